@@ -1,0 +1,5 @@
+"""Algorithms, all registered in one registry: `algorithms.get(name)`, `algorithms.names()`."""
+
+from algorithms.registry import AlgorithmSpec, get, names, register
+
+__all__ = ["AlgorithmSpec", "get", "names", "register"]

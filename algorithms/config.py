@@ -1,0 +1,131 @@
+"""Resolving a typed config: class defaults -> preset -> task overrides -> user `--set` values.
+
+Every value is checked against the dataclass field type and the config's own
+`validate()` before anything runs, so that a typo or a negative learning rate is refused
+with one clear message rather than a traceback minutes into a run.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from algorithms.registry import AlgorithmSpec, _unknown
+from harness.errors import UserError
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """Parse `key=value` strings from the command line; values are Python/TOML-like literals."""
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {pair!r}.")
+        out[key.strip()] = _parse_literal(raw.strip())
+    return out
+
+
+def _parse_literal(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw  # a bare string such as `kl` or `fast`
+
+
+def resolve(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str, Any]) -> Any:
+    """Build the frozen config for `spec` from its preset, the task and user overrides."""
+
+    if preset not in spec.presets:
+        raise UserError(_unknown(f"preset of {spec.name}", preset, sorted(spec.presets)))
+    fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
+    unknown = [key for key in overrides if key not in fields]
+    if unknown:
+        close = {k: difflib.get_close_matches(k, fields, n=1) for k in unknown}
+        hints = ", ".join(f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items())
+        raise UserError(
+            f"unknown config key {hints} for {spec.name}. Valid keys: {', '.join(sorted(fields))}."
+        )
+    values: dict[str, Any] = {}
+    values.update(spec.presets[preset])
+    values.update(spec.task_overrides(preset, task))
+    values.update(overrides)
+    hints = typing.get_type_hints(spec.config_cls)
+    coerced = {key: _coerce(spec.name, key, value, hints[key]) for key, value in values.items()}
+    try:
+        config = spec.config_cls(**coerced)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"invalid config for {spec.name}: {error}") from None
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as error:
+            raise UserError(f"invalid config for {spec.name}: {error}") from None
+    return config
+
+
+def _coerce(algo: str, key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against the field's type, converting the lossless cases (int -> float, list -> tuple)."""
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(algo, key, value, option)
+            except UserError as error:
+                errors.append(str(error))
+        raise UserError(errors[0] if errors else f"{algo}: {key} cannot be {value!r}.")
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{algo}: {key} must be one of {', '.join(map(repr, args))}, got {value!r}.")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise UserError(f"{algo}: {key} must be a list, got {value!r}.")
+        item_type = args[0] if args else Any
+        return tuple(_coerce(algo, key, item, item_type) for item in value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{algo}: {key} must be a number, got {value!r}.")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise UserError(f"{algo}: {key} must be an integer, got {value!r}.")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{algo}: {key} must be true or false, got {value!r}.")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UserError(f"{algo}: {key} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    """The config as a flat dict (tuples become lists) for TOML files and MLflow params."""
+
+    return {
+        f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
+        for f in dataclasses.fields(config)
+    }

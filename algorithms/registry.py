@@ -1,0 +1,84 @@
+"""The algorithm registry: one name -> one config class, its presets and its agent.
+
+Adding an algorithm is one new module in `algorithms/` that defines a frozen config
+dataclass and an agent class, decorated with `@register(...)`, plus its import line in
+`algorithms/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harness.errors import UserError
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """What the harness needs to know about one algorithm."""
+
+    name: str
+    summary: str
+    config_cls: type
+    agent_cls: type
+    # preset name -> field overrides applied on top of the config class defaults.
+    presets: Mapping[str, Mapping[str, Any]]
+    # (preset, task) -> overrides that a task needs in that preset (e.g. finger-spin's gamma).
+    task_overrides: Callable[[str, str], Mapping[str, Any]] = lambda preset, task: {}
+
+
+_REGISTRY: dict[str, AlgorithmSpec] = {}
+
+
+def register(
+    name: str,
+    *,
+    config: type,
+    presets: Mapping[str, Mapping[str, Any]],
+    summary: str,
+    task_overrides: Callable[[str, str], Mapping[str, Any]] | None = None,
+) -> Callable[[type], type]:
+    """Class decorator registering an agent class under `name`."""
+
+    if not dataclasses.is_dataclass(config) or not config.__dataclass_params__.frozen:
+        raise TypeError(f"config for {name!r} must be a frozen dataclass")
+    field_names = {f.name for f in dataclasses.fields(config)}
+    for preset, values in presets.items():
+        unknown = set(values) - field_names
+        if unknown:
+            raise TypeError(f"preset {preset!r} of {name!r} sets unknown keys {sorted(unknown)}")
+
+    def decorate(agent_cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(f"algorithm {name!r} registered twice")
+        _REGISTRY[name] = AlgorithmSpec(
+            name=name,
+            summary=summary,
+            config_cls=config,
+            agent_cls=agent_cls,
+            presets=presets,
+            task_overrides=task_overrides or (lambda preset, task: {}),
+        )
+        return agent_cls
+
+    return decorate
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> AlgorithmSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(_unknown("algorithm", name, names())) from None
+
+
+def _unknown(kind: str, value: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(value, valid, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"unknown {kind} {value!r}.{hint} Valid {kind}s: {', '.join(valid)}."

@@ -1,0 +1,56 @@
+"""`gorl-bench`: one command line for every algorithm, task, study and report.
+
+Each sub-command lives in its own module under `harness.commands` and registers itself
+with `register(subparsers)`; this file only wires them together and turns `UserError`
+into a short message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from harness.errors import UserError
+
+# Rendering is never needed; this keeps dm_control from probing for OpenGL.
+os.environ.setdefault("MUJOCO_GL", "disable")
+
+COMMAND_MODULES = ("catalog", "run", "bench", "study", "report", "diagnose", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="gorl-bench",
+        description="Benchmarks and ablations for online RL with generative policies.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"harness.commands.{name}")
+        except ModuleNotFoundError as error:
+            if error.name == f"harness.commands.{name}":
+                continue  # not built yet in this checkout
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"gorl-bench {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""`gorl-bench bench NAME`: speed benchmarks that print ratios against a reference measured in the same run.
+
+Each benchmark lives in `harness/benchmarks/<name>.py` with `add_arguments(parser)` and
+`main(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "envs": "env steps/s of the fast backend vs dm_control, and the raw physics limit",
+    "train": "end-to-end PPO env steps/s and the learner's share of wall time",
+    "gorl": "GoRL-FM wall-clock per counted env step relative to PPO",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="speed benchmarks (ratios against an in-run reference)")
+    names = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, summary in BENCHMARKS.items():
+        try:
+            module = importlib.import_module(f"harness.benchmarks.{name}")
+        except ModuleNotFoundError as error:
+            if error.name == f"harness.benchmarks.{name}":
+                continue
+            raise
+        sub = names.add_parser(name, help=summary)
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.main)
