@@ -1,0 +1,426 @@
+"""Study specifications: one TOML file describes one study, validated completely on load.
+
+A study is a set of *units*; a unit is one training run, (configuration x task x seed index).
+Three kinds of study decide where the configurations come from:
+
+* `grid`    - an ablation: one algorithm, the Cartesian product of declared parameter values
+              (`[grid]`), or a union of such products (`[[grid]]` tables), on top of `[fixed]`.
+* `compare` - named, fixed configurations (`[variants.<label>]`, each with its own `algo`).
+* `tune`    - a search space (`[space.<key>]`) explored by TPE or CMA-ES; one trial is one
+              sampled configuration evaluated on every (task, seed) pair, scored by the IQM of
+              normalised final scores.
+
+Everything that can be checked before a single env step is checked here: unknown keys, empty
+grids, unknown algorithms, presets or tasks, bad config values (through the algorithm's own
+`algorithms.config.resolve`) and budgets that do not fit a configuration's schedule. Errors are
+`UserError`s naming the file and the offending key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from algorithms.registry import _unknown
+from harness.errors import UserError
+
+SPEC_DIR = Path(__file__).parent
+KINDS = ("grid", "compare", "tune")
+SAMPLERS = ("tpe", "cmaes")
+PRUNERS = ("median", "hyperband", "none")
+
+_COMMON_KEYS = {"name", "kind", "description", "tasks", "seeds", "seed", "steps", "preset", "max_trials"}
+_KIND_KEYS = {
+    "grid": {"algo", "fixed", "grid"},
+    "compare": {"variants"},
+    "tune": {"algo", "fixed", "space", "sampler", "pruner"},
+}
+_SPACE_KEYS = {"low", "high", "log", "choices"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training run of a study: a configuration on one task with one seed index."""
+
+    variant: str  # label of the configuration, e.g. "num_refits=2" or "ppo"
+    algo: str
+    task: str
+    seed_index: int
+    params: Mapping[str, Any]  # config overrides on top of the preset, swept ones included
+    seed: int  # derived, see `derive_seed`
+
+    @property
+    def key(self) -> str:
+        return unit_key(self.variant, self.task, self.seed_index)
+
+    def record(self) -> dict[str, Any]:
+        """The unit as plain data, the shape stored in Optuna trial attributes."""
+
+        return {
+            "unit": self.key,
+            "variant": self.variant,
+            "algo": self.algo,
+            "task": self.task,
+            "seed": self.seed_index,
+            "params": dict(self.params),
+        }
+
+
+@dataclass(frozen=True)
+class SearchDim:
+    """One dimension of a tune study's search space."""
+
+    name: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated study specification; `raw` is the TOML content it was built from."""
+
+    name: str
+    kind: str
+    description: str
+    algo: str | None  # grid and tune studies; compare studies name one per variant
+    tasks: tuple[str, ...]
+    seeds: int
+    seed: int
+    steps: int
+    preset: str
+    max_trials: int | None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    grids: tuple[Mapping[str, tuple[Any, ...]], ...] = ()  # grid: union of Cartesian products
+    variants: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)  # compare
+    space: tuple[SearchDim, ...] = ()  # tune
+    sampler: str = "tpe"
+    pruner: str = "median"
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def swept(self) -> list[str]:
+        """Names of the parameters a grid study varies, in declaration order."""
+
+        return list(dict.fromkeys(name for grid in self.grids for name in grid))
+
+    def configurations(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(variant label, algo, overrides) for each configuration of a grid or compare study."""
+
+        if self.kind == "compare":
+            return [(label, algo, dict(params)) for label, (algo, params) in self.variants.items()]
+        out = []
+        for grid in self.grids:
+            names = list(grid)
+            for values in itertools.product(*grid.values()):
+                point = dict(zip(names, values, strict=True))
+                label = ",".join(f"{k}={_label_value(v)}" for k, v in point.items())
+                out.append((label, self.algo, {**self.fixed, **point}))
+        return out
+
+    def units(self) -> list[Unit]:
+        """Every unit of a grid or compare study, seed-major so early results cover all tasks."""
+
+        return [
+            self.unit(label, algo, params, task, index)
+            for label, algo, params in self.configurations()
+            for index in range(self.seeds)
+            for task in self.tasks
+        ]
+
+    def trial_units(self, variant: str, params: Mapping[str, Any]) -> list[Unit]:
+        """The (task, seed) units that make up one trial of a tune study, in reporting order."""
+
+        return [
+            self.unit(variant, self.algo, {**self.fixed, **params}, task, index)
+            for index in range(self.seeds)
+            for task in self.tasks
+        ]
+
+    def unit(self, variant: str, algo: str, params: Mapping[str, Any], task: str, index: int) -> Unit:
+        seed = derive_seed(self.seed, algo, self.preset, params, task, index)
+        return Unit(variant, algo, task, index, dict(params), seed)
+
+
+def unit_key(variant: str, task: str, seed_index: int) -> str:
+    return f"{variant}|{task}|seed{seed_index}"
+
+
+def derive_seed(
+    study_seed: int, algo: str, preset: str, params: Mapping[str, Any], task: str, seed_index: int
+) -> int:
+    """A unit's training seed, a pure function of the study seed, configuration, task and seed index.
+
+    Hashing (rather than, say, `study_seed + seed_index`) keeps seeds of different units
+    unrelated, and makes a re-run of a study reproduce every unit's numbers no matter which
+    worker picks it up or in which order.
+    """
+
+    blob = json.dumps([study_seed, algo, preset, dict(sorted(params.items())), task, seed_index])
+    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def spec_path(name_or_path: str | Path) -> Path:
+    """A spec file from a path, or the name of a spec shipped in `studies/`."""
+
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"study spec file {str(path)!r} does not exist.")
+        return path
+    shipped = SPEC_DIR / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SPEC_DIR.glob("*.toml"))
+    raise UserError(_unknown("study spec", str(name_or_path), names) + " Or pass the path of a TOML file.")
+
+
+def load_spec(name_or_path: str | Path, *, check_configs: bool = True) -> Spec:
+    """Load and validate a spec file (see `spec_path`).
+
+    With `check_configs`, every unit's configuration is resolved through its algorithm's
+    registry entry, so unknown algorithms and bad values fail now rather than mid-study.
+    """
+
+    path = spec_path(name_or_path)
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path.name}: not valid TOML: {error}.") from None
+    raw.setdefault("name", path.stem)
+    try:
+        return parse_spec(raw, check_configs=check_configs)
+    except UserError as error:
+        raise UserError(f"{path.name}: {error}") from None
+
+
+def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
+    """Validate spec content (a TOML document as a dict, or a study's stored `spec` attribute)."""
+
+    kind = _get(raw, "kind", str)
+    if kind not in KINDS:
+        raise UserError(_unknown("study kind", kind, list(KINDS)))
+    _check_keys("the spec", raw, _COMMON_KEYS | _KIND_KEYS[kind])
+    name = _get(raw, "name", str)
+    if not name or any(c in name for c in "/\\|") or name != name.strip():
+        raise UserError(f"name {name!r} must be non-empty, without spaces at the ends, '/', '\\' or '|'.")
+    seeds = _get(raw, "seeds", int)
+    steps = _get(raw, "steps", int)
+    if seeds < 1:
+        raise UserError(f"seeds must be at least 1, got {seeds}.")
+    if steps < 1:
+        raise UserError(f"steps (counted env steps per unit) must be positive, got {steps}.")
+    max_trials = raw.get("max_trials")
+    if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 1):
+        raise UserError(f"max_trials must be a positive integer, got {max_trials!r}.")
+    if kind == "tune" and max_trials is None:
+        raise UserError("a tune study needs max_trials, the number of configurations to try.")
+
+    spec = Spec(
+        name=name,
+        kind=kind,
+        description=str(raw.get("description", "")).strip(),
+        algo=_get(raw, "algo", str) if kind != "compare" else None,
+        tasks=_parse_tasks(raw.get("tasks")),
+        seeds=seeds,
+        seed=_get(raw, "seed", int, default=0),
+        steps=steps,
+        preset=_get(raw, "preset", str, default="cpu"),
+        max_trials=max_trials,
+        fixed=_table(raw, "fixed"),
+        grids=_parse_grids(raw.get("grid")) if kind == "grid" else (),
+        variants=_parse_variants(raw.get("variants")) if kind == "compare" else {},
+        space=_parse_space(raw.get("space")) if kind == "tune" else (),
+        sampler=_choice(raw, "sampler", SAMPLERS) if kind == "tune" else "tpe",
+        pruner=_choice(raw, "pruner", PRUNERS) if kind == "tune" else "none",
+        raw=dict(raw),
+    )
+    if kind == "tune":
+        overlap = set(spec.fixed) & {dim.name for dim in spec.space}
+        if overlap:
+            raise UserError(f"keys {sorted(overlap)} are both in [fixed] and in [space]; keep one.")
+    if check_configs:
+        check_configurations(spec)
+    return spec
+
+
+def check_configurations(spec: Spec) -> None:
+    """Resolve every distinct configuration on every task and check it fits the unit budget."""
+
+    import algorithms
+    from algorithms.config import resolve
+
+    if spec.kind == "tune":
+        # The corners of the space and each categorical choice: enough to catch unknown keys,
+        # wrong types and values the config's own validate() refuses.
+        configs = [("low", {**spec.fixed, **{d.name: _corner(d, 0) for d in spec.space}})]
+        configs.append(("high", {**spec.fixed, **{d.name: _corner(d, -1) for d in spec.space}}))
+        for dim in spec.space:
+            configs += [(f"{dim.name}={c!r}", {**configs[0][1], dim.name: c}) for c in dim.choices]
+        configurations = [(label, spec.algo, params) for label, params in configs]
+    else:
+        configurations = spec.configurations()
+    for label, algo, params in configurations:
+        algorithm = algorithms.get(algo)
+        for task in spec.tasks:
+            try:
+                config = resolve(algorithm, spec.preset, task, params)
+                _check_budget(config, spec.steps)
+            except UserError as error:
+                raise UserError(f"configuration {label!r} on {task}: {error}") from None
+
+
+def _check_budget(config: Any, steps: int) -> None:
+    """Refuse a unit budget that does not fit the configuration's schedule.
+
+    `steps_per_update` (env steps collected per policy update) is read from the config when
+    the algorithm exposes it; GoRL's schedule keys split the budget into encoder stages.
+    """
+
+    per_update = int(getattr(config, "steps_per_update", 1) or 1)
+    if steps < per_update:
+        raise UserError(f"the budget of {steps} steps is less than one update ({per_update} steps).")
+    refits = getattr(config, "num_refits", None)
+    per_refit = getattr(config, "encoder_steps_per_refit", None)
+    if per_refit:
+        if per_refit >= steps:
+            raise UserError(
+                f"encoder_steps_per_refit={per_refit} leaves no decoder refit within the budget of "
+                f"{steps} steps; use a value below the budget."
+            )
+        if per_refit < per_update:
+            raise UserError(
+                f"encoder_steps_per_refit={per_refit} is less than one update ({per_update} steps)."
+            )
+    elif refits is not None and steps // (refits + 1) < per_update:
+        raise UserError(
+            f"num_refits={refits} splits the budget of {steps} steps into {refits + 1} stages of "
+            f"{steps // (refits + 1)} steps, less than one update ({per_update} steps); raise steps."
+        )
+
+
+def _parse_tasks(value: Any) -> tuple[str, ...]:
+    import envs
+
+    if value == "paper":
+        return tuple(envs.PAPER_TASKS)
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+        raise UserError(
+            'tasks must be a non-empty list of task names, or "paper" for the paper\'s six tasks.'
+        )
+    tasks = tuple(envs.canonical_task(t) for t in value)
+    if len(set(tasks)) != len(tasks):
+        raise UserError(f"tasks lists a task twice: {list(value)}.")
+    return tasks
+
+
+def _parse_grids(value: Any) -> tuple[dict[str, tuple[Any, ...]], ...]:
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise UserError("a grid study needs a [grid] table (or several [[grid]] tables) of parameter lists.")
+    grids = []
+    for table in value:
+        if not table:
+            raise UserError("a [grid] table is empty; list at least one parameter and its values.")
+        grid = {}
+        for key, values in table.items():
+            if not isinstance(values, list) or not values:
+                raise UserError(f"grid parameter {key!r} needs a non-empty list of values, got {values!r}.")
+            if len(set(map(repr, values))) != len(values):
+                raise UserError(f"grid parameter {key!r} lists a value twice: {values!r}.")
+            grid[key] = tuple(values)
+        grids.append(grid)
+    return tuple(grids)
+
+
+def _parse_variants(value: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+    if not isinstance(value, dict) or not value:
+        raise UserError("a compare study needs [variants.<label>] tables, each with an `algo` key.")
+    variants = {}
+    for label, table in value.items():
+        if not isinstance(table, dict) or not isinstance(table.get("algo"), str):
+            raise UserError(f'variant {label!r} needs `algo = "<algorithm>"` and config overrides.')
+        if "|" in label:
+            raise UserError(f"variant label {label!r} must not contain '|'.")
+        params = {k: v for k, v in table.items() if k != "algo"}
+        variants[label] = (table["algo"], params)
+    return variants
+
+
+def _parse_space(value: Any) -> tuple[SearchDim, ...]:
+    if not isinstance(value, dict) or not value:
+        raise UserError("a tune study needs [space.<key>] tables with `low`/`high` (and `log`) or `choices`.")
+    dims = []
+    for name, table in value.items():
+        if not isinstance(table, dict):
+            raise UserError(
+                f"space entry {name!r} must be a table, e.g. [space.{name}] low = 1e-4 high = 1e-3."
+            )
+        _check_keys(f"[space.{name}]", table, _SPACE_KEYS)
+        if "choices" in table:
+            choices = table["choices"]
+            if set(table) != {"choices"} or not isinstance(choices, list) or not choices:
+                raise UserError(f"[space.{name}] with choices takes only a non-empty `choices` list.")
+            dims.append(SearchDim(name, choices=tuple(choices)))
+            continue
+        low, high, log = table.get("low"), table.get("high"), table.get("log", False)
+        numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (low, high))
+        if not numbers or not low < high:
+            raise UserError(f"[space.{name}] needs numbers low < high, got low={low!r}, high={high!r}.")
+        if not isinstance(log, bool) or (log and low <= 0):
+            raise UserError(f"[space.{name}]: log must be true or false, and log needs low > 0.")
+        dims.append(SearchDim(name, low=low, high=high, log=log))
+    return tuple(dims)
+
+
+def _corner(dim: SearchDim, end: int) -> Any:
+    return dim.choices[end] if dim.choices else (dim.low, dim.high)[end]
+
+
+def _get(raw: Mapping[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    if key not in raw:
+        if default is None:
+            raise UserError(f"missing required key {key!r}.")
+        return default
+    value = raw[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"{key} must be a {kind.__name__}, got {value!r}.")
+    return value
+
+
+def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise UserError(f"[{key}] must be a table of config overrides.")
+    return dict(value)
+
+
+def _choice(raw: Mapping[str, Any], key: str, valid: tuple[str, ...]) -> str:
+    value = _get(raw, key, str, default=valid[0])
+    if value not in valid:
+        raise UserError(_unknown(key, value, list(valid)))
+    return value
+
+
+def _check_keys(where: str, table: Mapping[str, Any], valid: set[str]) -> None:
+    unknown = sorted(set(table) - valid)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hints.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise UserError(f"unknown key {', '.join(hints)} in {where}. Valid keys: {', '.join(sorted(valid))}.")
+
+
+def _label_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
