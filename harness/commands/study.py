@@ -1,0 +1,68 @@
+"""`gorl-bench study run|worker|status`: Optuna-driven ablations, comparisons and tuning.
+
+A study's storage is a journal file under `runs/` by default (several processes, one machine)
+or an RDB URL such as `postgresql://user@host/db` (several machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("study", help="run Optuna studies: ablation grids, comparisons, tuning")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    run = actions.add_parser("run", help="create or resume a study and run local workers until it is done")
+    run.add_argument("spec", help="a spec shipped in studies/ (e.g. demo) or the path of a TOML file")
+    run.add_argument("--storage", help=STORAGE_HELP)
+    run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
+    run.add_argument("--device", default="cpu", help="torch device for every unit (default cpu)")
+    run.set_defaults(func=_run)
+
+    worker = actions.add_parser(
+        "worker", help="attach one more worker to an existing study, from any machine"
+    )
+    worker.add_argument("name", help="the study name (the spec's `name`, by default its file name)")
+    worker.add_argument("--storage", help=STORAGE_HELP)
+    worker.add_argument("--threads", type=int, help="torch threads for this worker (default: torch's choice)")
+    worker.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    worker.add_argument("--index", type=int, default=0, help="tells workers apart (seeds a tune sampler)")
+    worker.set_defaults(func=_worker)
+
+    status = actions.add_parser("status", help="complete / running / failed / pruned counts and an ETA")
+    status.add_argument("name", help="the study name")
+    status.add_argument("--storage", help=STORAGE_HELP)
+    status.set_defaults(func=_status)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from studies.runner import run_study
+
+    status = run_study(
+        args.spec, args.storage, workers=args.workers, tracking_uri=args.tracking_uri, device=args.device
+    )
+    print("\n".join(status.lines()))
+    if not status.finished:
+        print("Not finished: run the same command again to resume.")
+        return 1
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from studies.worker import run_worker
+
+    count = run_worker(args.name, args.storage, index=args.index, threads=args.threads, device=args.device)
+    print(f"worker {args.index}: ran {count} trial(s); nothing left to claim.")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from studies.status import study_status
+    from studies.worker import load_study
+
+    print("\n".join(study_status(load_study(args.name, args.storage)).lines()))
+    return 0

@@ -1,0 +1,158 @@
+"""`study run`: create or resume a study, then run local worker processes until it is done.
+
+The coordinating process does everything that must happen exactly once, before any worker
+starts: it validates the spec, creates the study and records the spec in it, creates the
+MLflow experiment and parent run, re-enqueues units of dead workers and enqueues the units
+that have no trial yet. Workers (here or on other machines) only claim and run units.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+from harness.errors import UserError
+from studies import tracking
+from studies.spec import Spec, load_spec
+from studies.status import StudyStatus, study_status
+from studies.storage import is_lost, open_storage, storage_location, sweep_lost_units
+
+POLL_S = 1.0
+
+
+def run_study(
+    spec_ref: str | Path,
+    location: str | None = None,
+    *,
+    workers: int = 1,
+    tracking_uri: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> StudyStatus:
+    """Create or resume the study described by `spec_ref` and run `workers` local processes on it."""
+
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}.")
+    spec = load_spec(spec_ref)
+    location = storage_location(location)
+    study = prepare_study(spec, location, tracking_uri or tracking.default_tracking_uri())
+    for _ in range(3):  # another round only when a worker died and left re-enqueued units
+        sweep_lost_units(study)
+        enqueue_missing_units(study, spec)
+        if study_status(study).finished:
+            break
+        _run_workers(study, location, workers, device, progress)
+    status = study_status(study)
+    if status.finished:
+        tracking.finish_run(
+            study.user_attrs["tracking_uri"], study.user_attrs["mlflow_parent_run_id"], "COMPLETE"
+        )
+    return status
+
+
+def prepare_study(spec: Spec, location: str, tracking_uri: str) -> optuna.Study:
+    """Create the study (or check that the existing one has the same spec) and its MLflow runs."""
+
+    study = optuna.create_study(
+        study_name=spec.name, storage=open_storage(location), direction="maximize", load_if_exists=True
+    )
+    stored = study.user_attrs.get("spec")
+    if stored is not None and stored != spec.raw:
+        raise UserError(
+            f"study {spec.name!r} already exists in {location} with a different spec. Give the spec a "
+            f"new `name`, or delete the old study: optuna delete-study --study-name {spec.name} "
+            "--storage <storage>."
+        )
+    tracking_uri = study.user_attrs.get("tracking_uri", tracking_uri)
+    experiment_id, parent_run_id = tracking.prepare_study_tracking(
+        tracking_uri, spec.name, {"gorl.kind": spec.kind}, study.user_attrs.get("mlflow_parent_run_id")
+    )
+    attrs = {
+        "spec": spec.raw,
+        "tracking_uri": tracking_uri,
+        "mlflow_experiment_id": experiment_id,
+        "mlflow_parent_run_id": parent_run_id,
+        "units_expected": [unit.key for unit in spec.units()] if spec.kind != "tune" else [],
+        "swept": spec.swept,
+    }
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+    return study
+
+
+def enqueue_missing_units(study: optuna.Study, spec: Spec) -> int:
+    """Enqueue each grid/compare unit that has no live, complete or genuinely failed trial."""
+
+    if spec.kind == "tune":
+        return 0
+    covered = {
+        t.user_attrs.get("unit")
+        for t in study.get_trials(deepcopy=False)
+        if not is_lost(t) and "duplicate_of" not in t.user_attrs
+    }
+    missing = [unit for unit in spec.units() if unit.key not in covered]
+    for unit in missing:
+        study.enqueue_trial({"unit": unit.key}, user_attrs=unit.record())
+    return len(missing)
+
+
+def _run_workers(study: optuna.Study, location: str, workers: int, device: str, progress: bool) -> None:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # One torch thread pool per worker, sized so that the workers together fill the machine.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "study",
+        "worker",
+        study.study_name,
+        "--storage",
+        location,
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+    ]
+    processes = [subprocess.Popen([*command, "--index", str(index)], env=env) for index in range(workers)]
+    try:
+        _watch(study, processes, workers, progress)
+    except BaseException:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait()
+        raise
+
+
+def _watch(study: optuna.Study, processes: list[subprocess.Popen], workers: int, progress: bool) -> None:
+    """Wait for the workers, showing units done / total and the ETA."""
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    status = study_status(study, workers)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task(study.study_name, total=status.total, info="")
+        while any(p.poll() is None for p in processes):
+            time.sleep(POLL_S)
+            status = study_status(study, workers)
+            eta = status.lines()[-1].strip()
+            info = f"running {status.running}  failed {status.failed}  pruned {status.pruned}  {eta}"
+            bar.update(task, completed=status.done, info=info)
+    crashed = [p.args[-1] for p in processes if p.returncode not in (0, None)]
+    if crashed:
+        print(
+            f"workers {', '.join(crashed)} exited abnormally; their units are re-enqueued.", file=sys.stderr
+        )

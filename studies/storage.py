@@ -1,0 +1,201 @@
+"""Where a study lives, how a worker claims a unit, and how units of dead workers are recovered.
+
+Two storages:
+
+* the embedded default, an Optuna journal file (`runs/studies.journal`): safe for several
+  processes on one machine, not for several machines (file locks over NFS are unreliable);
+* an RDB URL (`postgresql://...`, also `sqlite:///...` for one machine): workers on
+  different hosts share one study.
+
+Exactly-once: every unit is an enqueued WAITING trial, and a worker claims one by moving it
+WAITING -> RUNNING. Both storages make that transition atomic (a row lock on RDB, the order of
+the log on the journal), so two workers never claim the same trial.
+
+Recovery: a claimed trial records its owner (host, pid) and keeps a heartbeat while it runs.
+A trial is *lost* when its owner is a dead process on this host, or when its heartbeat is older
+than the grace period (Optuna's own heartbeat table on RDB, a trial attribute on the journal,
+which has no heartbeat of its own). `sweep_lost_units` marks lost trials FAILED and enqueues the
+same parameters again, so the unit is completed exactly once by whichever worker claims it next.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+DEFAULT_JOURNAL = Path("runs") / "studies.journal"
+HEARTBEAT_INTERVAL_S = 15
+GRACE_PERIOD_S = 90  # several missed heartbeats: a busy machine is not a dead worker
+OWNER_ATTR = "gorl:owner"  # trial system attr: {"host", "pid", "beat"}
+
+
+def storage_location(location: str | None) -> str:
+    """The storage as a string a worker on this machine can open: an RDB URL or an absolute path."""
+
+    if location and "://" in location:
+        return location
+    return str(Path(location or DEFAULT_JOURNAL).resolve())
+
+
+def open_storage(location: str | None) -> BaseStorage:
+    """Open (creating if needed) the storage at `location`; None means the embedded journal file."""
+
+    location = storage_location(location)
+    if "://" in location:
+        return RDBStorage(
+            _with_driver(location),
+            engine_kwargs={"pool_pre_ping": True},
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=GRACE_PERIOD_S,
+            heartbeat_stale_trial_callback=retry_lost_trial,
+        )
+    path = Path(location)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _with_driver(url: str) -> str:
+    """Name the installed PostgreSQL driver: SQLAlchemy 2.1 assumes psycopg 3 for a bare URL."""
+
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
+    """Atomically take one WAITING (enqueued) trial, or None when none is left.
+
+    Unlike `study.ask()`, this never creates a new trial: a grid study's units are exactly
+    the enqueued ones.
+    """
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if study._storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+                return optuna.Trial(study, trial._trial_id)
+        except UpdateFinishedTrialError:
+            continue  # finished by someone else between listing and claiming
+    return None
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
+    """Record this process as the trial's owner and keep its heartbeat while the body runs."""
+
+    storage = study._storage
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    stop = threading.Event()
+
+    def beat() -> None:
+        if isinstance(storage, RDBStorage):
+            storage.record_heartbeat(trial_id)
+        else:
+            storage.set_trial_system_attr(trial_id, OWNER_ATTR, {**owner, "beat": time.time()})
+
+    storage.set_trial_system_attr(trial_id, OWNER_ATTR, {**owner, "beat": time.time()})
+    beat()
+
+    def loop() -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                beat()
+            except Exception:  # noqa: BLE001 - a trial finished or a blip; the next beat retries
+                continue
+
+    thread = threading.Thread(target=loop, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def sweep_lost_units(study: optuna.Study) -> list[int]:
+    """Fail and re-enqueue the RUNNING trials whose worker is gone; returns their numbers."""
+
+    storage = study._storage
+    if isinstance(storage, RDBStorage):
+        # Heartbeats older than the grace period, from any host; `retry_lost_trial` re-enqueues.
+        optuna.storages.fail_stale_trials(study)
+    lost = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = _lost_reason(trial, journal=not isinstance(storage, RDBStorage))
+        if reason is None:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker lost: {reason}")
+            storage.set_trial_user_attr(trial._trial_id, "lost", True)
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # it finished after all, or another sweep got there first
+        retry_lost_trial(study, storage.get_trial(trial._trial_id))
+        lost.append(trial.number)
+    return lost
+
+
+def retry_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue the lost trial's parameters (its unit, or a tune trial's sampled values) again."""
+
+    params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    carried = {k: v for k, v in trial.user_attrs.items() if k in ("unit", "variant", "algo", "task", "seed")}
+    study.enqueue_trial(params, user_attrs={**carried, "retry_of": trial.number}, skip_if_exists=False)
+
+
+def is_lost(trial: FrozenTrial) -> bool:
+    """A FAILED trial whose worker died (and which was retried), as opposed to a unit that failed.
+
+    Trials failed by Optuna's RDB heartbeat check carry no reason of ours; a unit that failed
+    on its own always has `fail_reason` and no `lost` mark.
+    """
+
+    return trial.state == TrialState.FAIL and (
+        bool(trial.user_attrs.get("lost")) or "fail_reason" not in trial.user_attrs
+    )
+
+
+def _lost_reason(trial: FrozenTrial, *, journal: bool) -> str | None:
+    owner = trial.system_attrs.get(OWNER_ATTR)
+    now = time.time()
+    if owner is None:
+        # Claimed but the owner not yet written: only a long silence means the claimer died.
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        return (
+            f"no owner recorded {now - started:.0f} s after the claim"
+            if now - started > GRACE_PERIOD_S
+            else None
+        )
+    if owner["host"] == socket.gethostname() and not _process_alive(owner["pid"]):
+        return f"process {owner['pid']} on {owner['host']} is gone"
+    if journal and now - owner["beat"] > GRACE_PERIOD_S:
+        return f"no heartbeat from {owner['host']} (pid {owner['pid']}) for {now - owner['beat']:.0f} s"
+    return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A killed child not yet reaped by its parent is a zombie: dead for our purposes.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -1,0 +1,96 @@
+"""The Optuna -> MLflow adapter: a study is one MLflow parent run, each unit a nested child run.
+
+Optuna's own MLflowCallback is deprecated, and it cannot nest per-seed runs anyway. This
+adapter talks to MLflow through an explicit `MlflowClient` (never the process-global "active
+run"), because the run harness logs the unit's own run in the same process.
+
+The coordinating process calls `prepare_study_tracking` before any worker starts: the first
+use of an SQLite tracking store creates its schema, and two workers doing that at once fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRACKING_DB = Path("runs") / "mlflow.db"
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{DEFAULT_TRACKING_DB.resolve()}"
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def prepare_study_tracking(
+    tracking_uri: str, study_name: str, tags: Mapping[str, str], parent_run_id: str | None = None
+) -> tuple[str, str]:
+    """Create (or find) the study's experiment and parent run; returns (experiment id, parent run id).
+
+    `parent_run_id` is the run recorded by an earlier `study run` of the same study; it is
+    reused so that a resumed study keeps one parent.
+    """
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = _client(tracking_uri)
+    experiment = client.get_experiment_by_name(study_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(study_name)
+    if parent_run_id is None:
+        parent = client.create_run(experiment_id, run_name=study_name, tags={"gorl.role": "study", **tags})
+        parent_run_id = parent.info.run_id
+    else:
+        client.update_run(parent_run_id, status="RUNNING")
+    return experiment_id, parent_run_id
+
+
+def start_trial_run(
+    tracking_uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    study_name: str,
+    number: int,
+    params: Mapping[str, Any],
+) -> str:
+    """A tune trial's own run, nested under the study; its units nest under it in turn."""
+
+    client = _client(tracking_uri)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"trial-{number}",
+        tags={"mlflow.parentRunId": parent_run_id, "gorl.role": "trial", **_optuna_tags(study_name, number)},
+    )
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def log_trial_step(tracking_uri: str, run_id: str, objective: float, step: int) -> None:
+    _client(tracking_uri).log_metric(run_id, "objective", objective, step=step)
+
+
+def tag_unit_run(tracking_uri: str, run_id: str, study_name: str, number: int, state: str) -> None:
+    """Link a unit's run (created by the run harness) back to its Optuna trial."""
+
+    client = _client(tracking_uri)
+    for key, value in {**_optuna_tags(study_name, number), "optuna.state": state}.items():
+        client.set_tag(run_id, key, value)
+
+
+def finish_run(tracking_uri: str, run_id: str, state: str, value: float | None = None) -> None:
+    """Close a trial or study run with the Optuna state it ended in."""
+
+    client = _client(tracking_uri)
+    client.set_tag(run_id, "optuna.state", state)
+    if value is not None:
+        client.log_metric(run_id, "objective_final", value)
+    client.set_terminated(run_id, status={"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED"))
+
+
+def _optuna_tags(study_name: str, number: int) -> dict[str, str]:
+    return {"optuna.study": study_name, "optuna.trial": str(number)}

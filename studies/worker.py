@@ -1,0 +1,294 @@
+"""A study worker: claims units from the study's storage and runs them one after another.
+
+Any number of workers, on any number of machines sharing an RDB storage, can serve one study;
+everything a worker needs (the spec, the MLflow experiment and parent run) is read from the
+study itself. Each unit is one call of the run harness.
+
+* grid / compare: a trial is one unit, claimed from the queue that `study run` filled.
+* tune: a trial is one sampled configuration; its units run in a fixed (seed, task) order and
+  the IQM of normalised final scores so far is reported after each, so the pruner can stop a
+  bad configuration after its first units.
+
+A unit that fails (an exception, a non-finite score) is recorded FAILED with its reason and the
+worker moves on; a worker that dies is handled by `storage.sweep_lost_units`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from harness.errors import UserError
+from studies import tracking
+from studies.spec import Spec, Unit, parse_spec
+from studies.storage import claim_waiting_trial, heartbeat, is_lost, open_storage, sweep_lost_units
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every unit of one study shares: where to log and where to write."""
+
+    study: optuna.Study
+    spec: Spec
+    tracking_uri: str
+    parent_run_id: str
+    out_root: Path
+    device: str
+
+
+def run_worker(
+    name: str,
+    location: str | None,
+    *,
+    index: int = 0,
+    threads: int | None = None,
+    device: str = "cpu",
+    out_root: Path | None = None,
+) -> int:
+    """Serve study `name` until no unit is left (or the trial budget is spent); returns units run.
+
+    `index` tells workers of one study apart: it seeds a tune study's sampler, so that
+    concurrent workers do not propose the same configurations.
+    """
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    study = load_study(name, location)
+    spec = parse_spec(study.user_attrs["spec"], check_configs=False)  # validated by `study run`
+    if spec.kind == "tune":
+        study.sampler = _sampler(spec, index)
+        study.pruner = _pruner(spec)
+    context = Context(
+        study=study,
+        spec=spec,
+        tracking_uri=study.user_attrs["tracking_uri"],
+        parent_run_id=study.user_attrs["mlflow_parent_run_id"],
+        out_root=(out_root or Path("runs") / "studies" / name).resolve(),
+        device=device,
+    )
+    serve = _next_tune_trial if spec.kind == "tune" else _next_unit
+    count = 0
+    while serve(context):
+        count += 1
+    return count
+
+
+def load_study(name: str, location: str | None) -> optuna.Study:
+    storage = open_storage(location)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(
+            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        )
+        raise UserError(
+            f"no study {name!r} in this storage. Studies there: {', '.join(names) or 'none'}. "
+            "Create it with `gorl-bench study run SPEC` (with the same --storage)."
+        ) from None
+
+
+def over_budget(study: optuna.Study, spec: Spec) -> bool:
+    """True when the global trial budget (`max_trials`) is spent, counting every worker's trials."""
+
+    if spec.max_trials is None:
+        return False
+    counted = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING and not is_lost(t) and "duplicate_of" not in t.user_attrs
+    ]
+    return len(counted) >= spec.max_trials
+
+
+def _next_unit(context: Context) -> bool:
+    study, spec = context.study, context.spec
+    sweep_lost_units(study)
+    if over_budget(study, spec):
+        return False
+    trial = claim_waiting_trial(study)
+    if trial is None:
+        return False
+    units = {unit.key: unit for unit in spec.units()}
+    unit = units[trial.suggest_categorical("unit", list(units))]
+    _set_attrs(trial, unit.record())
+    done = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("unit") == unit.key
+    ]
+    if done:
+        # Only possible when two coordinators enqueued the same unit; never run it twice.
+        trial.set_user_attr("duplicate_of", done[0])
+        study.tell(trial, state=TrialState.PRUNED)
+        return True
+    with heartbeat(study, trial._trial_id):
+        try:
+            result = _execute(context, unit, context.parent_run_id, trial.report)
+        except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
+            _fail(study, trial, error)
+            return True
+    trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
+    trial.set_user_attr("final_score", result.final_score)
+    study.tell(trial, normalised(unit.task, result.final_score))
+    tracking.tag_unit_run(
+        context.tracking_uri, result.mlflow_run_id, study.study_name, trial.number, "COMPLETE"
+    )
+    return True
+
+
+def _next_tune_trial(context: Context) -> bool:
+    study, spec = context.study, context.spec
+    sweep_lost_units(study)
+    retry_waiting = bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    if not retry_waiting and over_budget(study, spec):
+        return False
+    trial = study.ask()  # takes a re-enqueued lost trial first, else samples a new configuration
+    params = {dim.name: _suggest(trial, dim) for dim in spec.space}
+    variant = f"trial-{trial.number}"
+    trial.set_user_attr("variant", variant)
+    trial.set_user_attr("algo", spec.algo)
+    trial.set_user_attr("params", {**spec.fixed, **params})
+    run_id = tracking.start_trial_run(
+        context.tracking_uri,
+        study.user_attrs["mlflow_experiment_id"],
+        context.parent_run_id,
+        study.study_name,
+        trial.number,
+        params,
+    )
+    trial.set_user_attr("mlflow_run_id", run_id)
+    records: list[dict[str, Any]] = []
+    scores: list[float] = []
+    state, value = "COMPLETE", None
+    with heartbeat(study, trial._trial_id):
+        try:
+            for step, unit in enumerate(spec.trial_units(variant, params)):
+                result = _execute(context, unit, run_id, None)
+                records.append({**unit.record(), "mlflow_run_id": result.mlflow_run_id})
+                trial.set_user_attr("units", records)
+                scores.append(normalised(unit.task, result.final_score))
+                value = iqm(scores)
+                trial.report(value, step)
+                tracking.log_trial_step(context.tracking_uri, run_id, value, step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            study.tell(trial, state=TrialState.PRUNED)
+        except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
+            state = "FAIL"
+            _fail(study, trial, error)
+        else:
+            study.tell(trial, value)
+    tracking.finish_run(context.tracking_uri, run_id, state, value if state == "COMPLETE" else None)
+    return True
+
+
+def _execute(
+    context: Context, unit: Unit, parent_run_id: str, report: Callable[[float, int], None] | None
+) -> Any:
+    """Run one unit through the run harness; raise if it did not produce a finite score."""
+
+    from harness.run import RunRequest, execute
+
+    def on_evaluation(step: int, mean_return: float) -> None:
+        if report is not None and math.isfinite(mean_return):
+            report(normalised(unit.task, mean_return), step)
+
+    request = RunRequest(
+        algo=unit.algo,
+        task=unit.task,
+        seed=unit.seed,
+        steps=context.spec.steps,
+        preset=context.spec.preset,
+        overrides=dict(unit.params),
+        device=context.device,
+        out_dir=context.out_root / _slug(unit.variant) / f"{unit.task}-seed{unit.seed_index}",
+        tracking_uri=context.tracking_uri,
+        experiment=context.study.study_name,
+        parent_run_id=parent_run_id,
+        run_name=unit.key,
+        tags={"gorl.study": context.study.study_name, "gorl.unit": unit.key, "gorl.variant": unit.variant},
+    )
+    result = execute(request, on_evaluation=on_evaluation, progress=False)
+    if not math.isfinite(result.final_score):
+        raise DivergedError(result.final_score, result.mlflow_run_id)
+    return result
+
+
+class DivergedError(FloatingPointError):
+    """A unit that ran to the end without a finite score; its MLflow run exists and is kept."""
+
+    def __init__(self, score: float, mlflow_run_id: str) -> None:
+        super().__init__(f"final score is {score} (the run diverged)")
+        self.mlflow_run_id = mlflow_run_id
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:
+    reason = f"{type(error).__name__}: {error}"
+    trial.set_user_attr("fail_reason", reason)
+    if isinstance(error, DivergedError):
+        trial.set_user_attr("mlflow_run_id", error.mlflow_run_id)
+    trial.set_user_attr("traceback", "".join(traceback.format_exception(error))[-4000:])
+    study.tell(trial, state=TrialState.FAIL)
+    print(f"[worker {os.getpid()}] trial {trial.number} failed: {reason}", flush=True)
+
+
+def normalised(task: str, score: float) -> float:
+    """A return mapped to [0, 1] by the task's score range (DMC: raw return / 1000)."""
+
+    import envs
+
+    low, high = envs.score_range(task)
+    return (score - low) / (high - low)
+
+
+def iqm(values: list[float]) -> float:
+    """Interquartile mean: the mean of the middle 50 % (the plain mean below four values)."""
+
+    from scipy.stats import trim_mean
+
+    return float(trim_mean(values, 0.25))
+
+
+def _suggest(trial: optuna.Trial, dim: Any) -> Any:
+    if dim.choices:
+        return trial.suggest_categorical(dim.name, list(dim.choices))
+    if isinstance(dim.low, int) and isinstance(dim.high, int):
+        return trial.suggest_int(dim.name, dim.low, dim.high, log=dim.log)
+    return trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)
+
+
+def _sampler(spec: Spec, index: int) -> optuna.samplers.BaseSampler:
+    seed = spec.seed * 1009 + index
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def _pruner(spec: Spec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.seeds * len(spec.tasks))
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3)
+    return optuna.pruners.NopPruner()
+
+
+def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text)
