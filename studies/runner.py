@@ -21,6 +21,7 @@ from studies import tracking
 from studies.spec import Spec, load_spec
 from studies.status import StudyStatus, study_status
 from studies.storage import is_lost, open_storage, storage_location, sweep_lost_units
+from studies.worker import work_left
 
 POLL_S = 1.0
 
@@ -41,10 +42,12 @@ def run_study(
     spec = load_spec(spec_ref)
     location = storage_location(location)
     study = prepare_study(spec, location, tracking_uri or tracking.default_tracking_uri())
-    for _ in range(3):  # another round only when a worker died and left re-enqueued units
+    # A second round is only needed when a worker died and its unit was re-enqueued after the
+    # other workers had run out of units; the bound keeps workers that crash at start from looping.
+    for _ in range(3):
         sweep_lost_units(study)
         enqueue_missing_units(study, spec)
-        if study_status(study).finished:
+        if not work_left(study, spec):
             break
         _run_workers(study, location, workers, device, progress)
     status = study_status(study)

@@ -5,6 +5,7 @@ Shared by `study status` and the progress display of `study run`.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,7 +26,7 @@ class StudyStatus:
     failed: int  # units (or tune trials) that failed on their own: NaN, exceptions
     lost: int  # attempts whose worker died; each was re-enqueued
     pruned: int
-    total: int  # units of a grid/compare study, max_trials of a tune study
+    total: int  # units of a grid/compare study (at most max_trials), max_trials of a tune study
     eta: timedelta | None
 
     @property
@@ -36,7 +37,7 @@ class StudyStatus:
 
     @property
     def finished(self) -> bool:
-        return self.done >= self.total and self.running == 0 and self.waiting == 0
+        return self.done >= self.total and self.running == 0
 
     def lines(self) -> list[str]:
         eta = "-" if self.eta is None else _format(self.eta)
@@ -62,7 +63,9 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
             lost += 1
         elif trial.user_attrs.get("duplicate_of") is None:
             counts[trial.state] += 1
-    total = len(attrs["units_expected"]) if kind != "tune" else int(attrs["spec"]["max_trials"])
+    # With a trial budget smaller than the grid, the study is finished when the budget is spent.
+    budget = attrs["spec"].get("max_trials")
+    total = min(len(attrs["units_expected"]), budget or math.inf) if kind != "tune" else int(budget)
     done = counts[TrialState.COMPLETE] + counts[TrialState.FAIL] + counts[TrialState.PRUNED]
     return StudyStatus(
         name=study.study_name,

@@ -98,7 +98,20 @@ def load_study(name: str, location: str | None) -> optuna.Study:
         ) from None
 
 
-def over_budget(study: optuna.Study, spec: Spec) -> bool:
+def work_left(study: optuna.Study, spec: Spec) -> bool:
+    """Whether a worker should claim (grid, compare) or start (tune) one more trial.
+
+    Enqueued trials of a tune study are retries of lost trials: they already count against
+    the budget, so they run even when it is spent.
+    """
+
+    waiting = bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    if spec.kind == "tune":
+        return waiting or not _over_budget(study, spec)
+    return waiting and not _over_budget(study, spec)
+
+
+def _over_budget(study: optuna.Study, spec: Spec) -> bool:
     """True when the global trial budget (`max_trials`) is spent, counting every worker's trials."""
 
     if spec.max_trials is None:
@@ -114,7 +127,7 @@ def over_budget(study: optuna.Study, spec: Spec) -> bool:
 def _next_unit(context: Context) -> bool:
     study, spec = context.study, context.spec
     sweep_lost_units(study)
-    if over_budget(study, spec):
+    if not work_left(study, spec):
         return False
     trial = claim_waiting_trial(study)
     if trial is None:
@@ -150,8 +163,7 @@ def _next_unit(context: Context) -> bool:
 def _next_tune_trial(context: Context) -> bool:
     study, spec = context.study, context.spec
     sweep_lost_units(study)
-    retry_waiting = bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    if not retry_waiting and over_budget(study, spec):
+    if not work_left(study, spec):
         return False
     trial = study.ask()  # takes a re-enqueued lost trial first, else samples a new configuration
     params = {dim.name: _suggest(trial, dim) for dim in spec.space}

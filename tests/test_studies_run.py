@@ -21,6 +21,7 @@ from harness import run as run_harness
 from harness.cli import main
 from studies import runner, tracking
 from studies.spec import load_spec
+from studies.status import study_status
 from studies.storage import storage_location
 from studies.worker import load_study, run_worker
 
@@ -236,7 +237,9 @@ def test_failing_units_are_recorded_and_the_study_goes_on(workdir, fake_execute)
 def test_trial_budget_holds_across_workers(workdir, fake_execute):
     prepared(spec_file(workdir, "max_trials = 4\n" + GRID_6))
     assert run_worker("tiny", None, index=0) + run_worker("tiny", None, index=1) == 4
-    assert len(load_study("tiny", None).get_trials(states=(TrialState.COMPLETE,))) == 4
+    study = load_study("tiny", None)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert study_status(study).finished
 
 
 def test_status_command_reports_counts_and_eta(workdir, fake_execute, capsys):
