@@ -1,0 +1,231 @@
+"""GoRL decoders: identity at init, the DDIM algebra, multimodal fitting, and `fit_decoder`'s contract."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from algorithms.decoders import (
+    DecoderConfig,
+    DiffusionDecoder,
+    FitConfig,
+    IdentityDecoder,
+    fit_decoder,
+    make_decoder,
+)
+from algorithms.generative import ConditionalMLP, time_embedding
+
+GENERATIVE = ["flow", "diffusion"]
+# Small and fast: every fit in this file takes about a second on 2 cores.
+SMALL = {"hidden_width": 32, "depth": 2}
+QUICK = FitConfig(steps=100, batch_size=128, lr=3e-3, eval_every=25)
+
+
+def bimodal_buffer(n: int = 4000, episode_len: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+    """Actions from a mixture of two Gaussians at (+-1.5, 0), one dummy observation, equal episodes."""
+
+    rng = np.random.default_rng(seed)
+    centre = 1.5 * rng.choice([-1.0, 1.0], n)
+    actions = np.stack([centre, np.zeros(n)], axis=1) + 0.2 * rng.standard_normal((n, 2))
+    return {
+        "obs": rng.standard_normal((n, 3)).astype(np.float32),
+        "actions": actions.astype(np.float32),
+        "episode_ids": np.arange(n) // episode_len,
+    }
+
+
+def randomise_head(decoder: torch.nn.Module, seed: int = 0) -> None:
+    """Give the zero-initialised output layer random weights, so the network does something."""
+
+    head = decoder.net.net[-1]
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(0.3 * torch.randn(head.weight.shape, generator=generator))
+        head.bias.copy_(0.3 * torch.randn(head.bias.shape, generator=generator))
+
+
+def test_time_embedding_is_cos_sin_of_doubling_frequencies():
+    t = torch.tensor([0.0, 0.3, 1.0])
+    emb = time_embedding(t)
+    assert emb.shape == (3, 8)
+    angles = t[:, None] * torch.tensor([1.0, 2.0, 4.0, 8.0])
+    torch.testing.assert_close(emb, torch.cat([angles.cos(), angles.sin()], dim=1))
+
+
+def test_fresh_conditional_mlp_outputs_zero():
+    net = ConditionalMLP(obs_dim=5, x_dim=3, hidden_width=16, depth=3, output_scale=0.25)
+    out = net(torch.randn(7, 5), torch.randn(7, 3), torch.rand(7))
+    assert out.shape == (7, 3)
+    assert torch.count_nonzero(out) == 0
+
+
+def test_identity_decoder_is_exact():
+    decoder = make_decoder(DecoderConfig(kind="identity"), obs_dim=4, act_dim=3)
+    assert isinstance(decoder, IdentityDecoder)
+    z = torch.randn(10, 3)
+    assert torch.equal(decoder.decode(torch.randn(10, 4), z), z)
+    assert decoder.state_dict() == {}
+
+
+@pytest.mark.parametrize("kind", GENERATIVE)
+def test_fresh_generative_decoder_is_the_identity(kind):
+    config = DecoderConfig(kind=kind, **SMALL)
+    decoder = make_decoder(config, obs_dim=4, act_dim=3, obs_mean=np.ones(4), obs_std=2 * np.ones(4))
+    obs, z = 10 * torch.randn(50, 4), 3 * torch.randn(50, 3)
+    torch.testing.assert_close(decoder.decode(obs, z), z, atol=1e-6, rtol=0)
+
+
+def test_diffusion_step_is_the_ddim_update():
+    """The rearranged step x + c_k f equals DDIM (eta = 0) with eps_hat = f + ((1 - r_k) / c_k) x."""
+
+    decoder = make_decoder(DecoderConfig(kind="diffusion", **SMALL), obs_dim=2, act_dim=2)
+    assert isinstance(decoder, DiffusionDecoder)
+    randomise_head(decoder)
+    obs, z = torch.randn(20, 2), torch.randn(20, 2)
+    alpha_bar = decoder.alpha_bar.double()
+    with torch.no_grad():
+        x = z.double()
+        for k in range(decoder.config.sampling_steps, 0, -1):
+            t = torch.full((20,), k / decoder.config.sampling_steps)
+            f = decoder.net(obs, x.float(), t).double()
+            eps_hat = f + decoder.residual_coef[k].double() * x
+            x0_hat = (x - (1 - alpha_bar[k]).sqrt() * eps_hat) / alpha_bar[k].sqrt()
+            x = alpha_bar[k - 1].sqrt() * x0_hat + (1 - alpha_bar[k - 1]).sqrt() * eps_hat
+        torch.testing.assert_close(decoder.decode(obs, z), x.float(), atol=1e-4, rtol=1e-4)
+    assert alpha_bar[0] == 1.0 and math.isclose(alpha_bar[-1].item(), 1e-3, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("kind", GENERATIVE)
+def test_decoder_trained_from_the_prior_reproduces_both_modes(kind):
+    buffer = bimodal_buffer()
+    fit = FitConfig(steps=400, batch_size=256, lr=3e-3, eval_every=100)
+    decoder, result = fit_decoder(
+        DecoderConfig(kind=kind, hidden_width=64, depth=3), **buffer, seed=0, fit=fit
+    )
+    assert result.best_val_loss < result.initial_val_loss
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        actions = decoder.decode(torch.randn(2000, 3), z).numpy()
+    near_right = np.mean(np.linalg.norm(actions - [1.5, 0.0], axis=1) < 0.6)
+    near_left = np.mean(np.linalg.norm(actions - [-1.5, 0.0], axis=1) < 0.6)
+    between = np.mean(np.abs(actions[:, 0]) < 0.5)
+    assert near_right > 0.3 and near_left > 0.3, (near_right, near_left)
+    assert between < 0.1, between
+
+
+def test_encoder_latent_ablation_learns_the_collected_pairing():
+    """With decoder_input='encoder_latent' the decoder regresses the map z -> a that produced the data."""
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2000, 2)).astype(np.float32)
+    buffer = {
+        "obs": np.zeros((2000, 1), np.float32),
+        "actions": 0.5 * z + 1.0,
+        "episode_ids": np.arange(2000) // 50,
+    }
+    fit = FitConfig(steps=300, batch_size=256, lr=3e-3, eval_every=100, decoder_input="encoder_latent")
+    decoder, _ = fit_decoder(DecoderConfig(kind="flow", **SMALL), **buffer, seed=0, fit=fit, latents=z)
+    probe = torch.randn(200, 2, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        decoded = decoder.decode(torch.zeros(200, 1), probe)
+    assert (decoded - (0.5 * probe + 1.0)).abs().mean() < 0.1
+
+
+@pytest.mark.parametrize("kind", GENERATIVE)
+def test_target_clip_clamps_pre_tanh_targets(kind):
+    actions = 4.0 * torch.randn(64, 2)
+    obs = torch.randn(64, 3)
+
+    def loss(clip, targets):
+        config = DecoderConfig(kind=kind, target_clip=clip, **SMALL)
+        decoder = make_decoder(config, 3, 2, generator=torch.Generator().manual_seed(0))
+        randomise_head(decoder)
+        return decoder.loss(obs, targets, torch.Generator().manual_seed(1))
+
+    clipped = loss(3.0, actions)
+    torch.testing.assert_close(clipped, loss(None, actions.clamp(-3.0, 3.0)))
+    torch.testing.assert_close(loss(0.0, actions), loss(None, actions))
+    assert not torch.allclose(clipped, loss(None, actions))
+
+
+def test_validation_split_is_by_episode():
+    buffer = bimodal_buffer(n=3000, episode_len=100)
+    _, result = fit_decoder(DecoderConfig(kind="flow", **SMALL), **buffer, seed=5, fit=QUICK)
+    assert not set(result.train_episodes) & set(result.val_episodes)
+    assert set(result.train_episodes) | set(result.val_episodes) == set(range(30))
+    assert len(result.val_episodes) == 3  # 10% of 30 episodes
+    assert (result.train_size, result.val_size) == (2700, 300)
+
+
+def test_best_validation_checkpoint_is_kept():
+    """A too-large learning rate makes validation loss bounce; the returned weights are the best ones."""
+
+    buffer = bimodal_buffer(n=2000)
+    config = DecoderConfig(kind="flow", **SMALL)
+    fit = FitConfig(steps=120, batch_size=128, lr=0.05, eval_every=10)
+    decoder, result = fit_decoder(config, **buffer, seed=0, fit=fit)
+    val_losses = [result.initial_val_loss] + [row[2] for row in result.curve]
+    assert result.best_val_loss == min(val_losses)
+    assert 0 < result.best_step < fit.steps and result.final_val_loss > result.best_val_loss
+
+    # Training is deterministic, so stopping at best_step reproduces the kept weights.
+    shorter = FitConfig(steps=result.best_step, batch_size=128, lr=0.05, eval_every=10)
+    reference, _ = fit_decoder(config, **buffer, seed=0, fit=shorter)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(decoder.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("kind", GENERATIVE)
+def test_same_seed_gives_identical_weights(kind):
+    buffer = bimodal_buffer(n=1000)
+    config = DecoderConfig(kind=kind, **SMALL)
+    first, result_a = fit_decoder(config, **buffer, seed=3, fit=QUICK)
+    second, result_b = fit_decoder(config, **buffer, seed=3, fit=QUICK)
+    other, _ = fit_decoder(config, **buffer, seed=4, fit=QUICK)
+    assert result_a.curve == result_b.curve
+    for name, value in first.state_dict().items():
+        assert torch.equal(second.state_dict()[name], value), name
+    assert not torch.equal(other.state_dict()["net.net.0.weight"], first.state_dict()["net.net.0.weight"])
+
+
+def test_state_dict_round_trip_restores_the_decoder():
+    config = DecoderConfig(kind="diffusion", **SMALL)
+    decoder, _ = fit_decoder(config, **bimodal_buffer(n=1000), seed=0, fit=QUICK)
+    restored = make_decoder(config, obs_dim=3, act_dim=2)
+    restored.load_state_dict(decoder.state_dict())
+    obs, z = torch.randn(5, 3), torch.randn(5, 2)
+    with torch.no_grad():
+        assert torch.equal(restored.decode(obs, z), decoder.decode(obs, z))
+
+
+def test_identity_fit_trains_nothing():
+    decoder, result = fit_decoder(DecoderConfig(kind="identity"), **bimodal_buffer(n=500), seed=0)
+    assert isinstance(decoder, IdentityDecoder)
+    assert result.steps == 0 and math.isnan(result.best_val_loss)
+
+
+def test_bad_inputs_are_refused():
+    config = DecoderConfig(kind="flow", **SMALL)
+    good = bimodal_buffer(n=400)
+
+    def refused(match, fit=QUICK, **changes):
+        with pytest.raises(ValueError, match=match):
+            fit_decoder(config, **{**good, **changes}, seed=0, fit=fit)
+
+    refused("at least 2 complete episodes", episode_ids=np.zeros(400, dtype=int))
+    refused("at least 2 complete episodes", obs=good["obs"][:0], actions=good["actions"][:0],
+            episode_ids=good["episode_ids"][:0])
+    nan_obs = good["obs"].copy()
+    nan_obs[7, 1] = np.nan
+    refused("obs contains NaN", obs=nan_obs)
+    refused("same length", actions=good["actions"][:-1])
+    refused("latent dim = action dim", latents=np.zeros((400, 3), np.float32))
+    refused("needs the encoder latents", fit=FitConfig(decoder_input="encoder_latent"))
+    with pytest.raises(ValueError, match="target_clip"):
+        fit_decoder(DecoderConfig(target_clip=-1.0), **good, seed=0, fit=QUICK)
+    decoder = make_decoder(config, obs_dim=3, act_dim=2)
+    with pytest.raises(ValueError, match="latent dim"):
+        decoder.decode(torch.zeros(4, 3), torch.zeros(4, 3))
