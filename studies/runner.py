@@ -20,7 +20,7 @@ from harness.errors import UserError
 from studies import tracking
 from studies.spec import Spec, load_spec
 from studies.status import StudyStatus, study_status
-from studies.storage import is_lost, open_storage, storage_location, sweep_lost_units
+from studies.storage import is_lost, open_storage, sqlalchemy_url, storage_location, sweep_lost_units
 from studies.worker import work_left
 
 POLL_S = 1.0
@@ -41,7 +41,14 @@ def run_study(
         raise UserError(f"--workers must be at least 1, got {workers}.")
     spec = load_spec(spec_ref)
     location = storage_location(location)
-    study = prepare_study(spec, location, tracking_uri or tracking.default_tracking_uri())
+    tracking_uri = sqlalchemy_url(tracking_uri or tracking.default_tracking_uri())
+    if "://" in location and not location.startswith("sqlite") and tracking_uri.startswith("sqlite:"):
+        print(
+            f"note: the tracking store {tracking_uri} is a local file; workers on other machines need a "
+            "shared one (--tracking-uri http://<mlflow server> or postgresql://...).",
+            file=sys.stderr,
+        )
+    study = prepare_study(spec, location, tracking_uri)
     # A second round is only needed when a worker died and its unit was re-enqueued after the
     # other workers had run out of units; the bound keeps workers that crash at start from looping.
     for _ in range(3):

@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,8 +45,21 @@ def storage_location(location: str | None) -> str:
     """The storage as a string a worker on this machine can open: an RDB URL or an absolute path."""
 
     if location and "://" in location:
-        return location
+        return sqlalchemy_url(location)
     return str(Path(location or DEFAULT_JOURNAL).resolve())
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Name the installed PostgreSQL driver: SQLAlchemy 2.1 assumes psycopg 3 for a bare URL.
+
+    Used for both stores (Optuna's and MLflow's), which open their URLs through SQLAlchemy.
+    """
+
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def open_storage(location: str | None) -> BaseStorage:
@@ -53,8 +67,10 @@ def open_storage(location: str | None) -> BaseStorage:
 
     location = storage_location(location)
     if "://" in location:
+        # Heartbeats are marked experimental in Optuna; they are what multi-host recovery needs.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         return RDBStorage(
-            _with_driver(location),
+            location,
             engine_kwargs={"pool_pre_ping": True},
             heartbeat_interval=HEARTBEAT_INTERVAL_S,
             grace_period=GRACE_PERIOD_S,
@@ -63,16 +79,6 @@ def open_storage(location: str | None) -> BaseStorage:
     path = Path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
-
-
-def _with_driver(url: str) -> str:
-    """Name the installed PostgreSQL driver: SQLAlchemy 2.1 assumes psycopg 3 for a bare URL."""
-
-    import importlib.util
-
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
 
 
 def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:

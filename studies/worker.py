@@ -64,15 +64,23 @@ def run_worker(
         import torch
 
         torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the coordinator shows progress
     study = load_study(name, location)
     spec = parse_spec(study.user_attrs["spec"], check_configs=False)  # validated by `study run`
+    tracking_uri = study.user_attrs["tracking_uri"]
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(
+            f"study {name!r} logs to {tracking_uri}, a file on the machine that created the study. "
+            "Workers on other machines need a shared tracking store: create the study with "
+            "`study run ... --tracking-uri http://<mlflow server>` (or a postgresql:// URL)."
+        )
     if spec.kind == "tune":
         study.sampler = _sampler(spec, index)
         study.pruner = _pruner(spec)
     context = Context(
         study=study,
         spec=spec,
-        tracking_uri=study.user_attrs["tracking_uri"],
+        tracking_uri=tracking_uri,
         parent_run_id=study.user_attrs["mlflow_parent_run_id"],
         out_root=(out_root or Path("runs") / "studies" / name).resolve(),
         device=device,
