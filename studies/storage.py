@@ -35,6 +35,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.errors import UserError
+
 DEFAULT_JOURNAL = Path("runs") / "studies.journal"
 HEARTBEAT_INTERVAL_S = 15
 GRACE_PERIOD_S = 90  # several missed heartbeats: a busy machine is not a dead worker
@@ -69,13 +71,19 @@ def open_storage(location: str | None) -> BaseStorage:
     if "://" in location:
         # Heartbeats are marked experimental in Optuna; they are what multi-host recovery needs.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            location,
-            engine_kwargs={"pool_pre_ping": True},
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-            heartbeat_stale_trial_callback=retry_lost_trial,
-        )
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return RDBStorage(
+                location,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=retry_lost_trial,
+            )
+        except SQLAlchemyError as error:
+            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            raise UserError(f"cannot open the study storage {location}: {reason}") from None
     path = Path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
