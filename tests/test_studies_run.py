@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from harness import run as run_harness
 from harness.cli import main
+from harness.errors import UserError
 from studies import runner, tracking
 from studies.spec import load_spec
 from studies.status import study_status
@@ -279,3 +280,11 @@ def test_tune_study_reports_iqm_per_unit_and_prunes(workdir, fake_execute):
     assert any(t.state == TrialState.PRUNED for t in study.trials)
     best = study.best_trial
     assert best.value == best.intermediate_values[1]  # the IQM over both units
+
+
+def test_resuming_with_a_changed_spec_is_refused(workdir, fake_execute):
+    path = spec_file(workdir, 'kind = "grid"\nalgo = "ppo"\nseeds = 1\n[grid]\nentropy_coef = [0.0]\n')
+    prepared(path)
+    path.write_text(path.read_text().replace("seeds = 1", "seeds = 2"))
+    with pytest.raises(UserError, match="already exists .* with a different spec"):
+        prepared(path)

@@ -124,3 +124,25 @@ def test_shipped_specs_validate(name, capsys):
 def test_catalog_lists_the_shipped_specs():
     names = [name for name, _ in studies.catalog()]
     assert {"timescale", "baselines", "regularizer", "prior-anchor", "tune-ppo", "demo"} <= set(names)
+
+
+def test_compare_and_tune_units(tmp_path):
+    key = ppo_key()
+    compare = GRID.replace('"grid"', '"compare"').replace('algo = "ppo"\n', "")
+    compare += f'[variants.base]\nalgo = "ppo"\n[variants.low]\nalgo = "ppo"\n{key} = 1e-4\n'
+    spec = load_spec(write(tmp_path, compare))
+    assert [u.key for u in spec.units()] == [
+        "base|toy-bimodal|seed0",
+        "base|toy-bimodal|seed1",
+        "low|toy-bimodal|seed0",
+        "low|toy-bimodal|seed1",
+    ]
+    assert spec.units()[2].params == {key: 1e-4}
+
+    tune = (
+        GRID.replace('"grid"', '"tune"') + f"max_trials = 5\n[fixed]\nclip = 0.2\n[space.{key}]\nlow = 1e-4\n"
+    )
+    spec = load_spec(write(tmp_path, tune + "high = 1e-3\nlog = true\n"))
+    units = spec.trial_units("trial-3", {key: 5e-4})
+    assert [(u.variant, u.seed_index) for u in units] == [("trial-3", 0), ("trial-3", 1)]
+    assert units[0].params == {"clip": 0.2, key: 5e-4}
