@@ -340,7 +340,7 @@ class FitResult:
     steps: int
     best_step: int  # 0 means the fresh (identity) decoder was never beaten on validation
     best_val_loss: float
-    initial_val_loss: float  # validation loss of the fresh identity-like decoder, for reference
+    initial_val_loss: float  # validation loss of the fresh decoder (the identity map), for reference
     final_val_loss: float
     #: (step, mean training loss since the previous evaluation, validation loss) at each evaluation.
     curve: tuple[tuple[int, float, float], ...]
@@ -353,15 +353,14 @@ class FitResult:
     def metrics(self, prefix: str = "decoder/") -> dict[str, float]:
         """Scalar summary for logging."""
 
-        train = [row[1] for row in self.curve if not math.isnan(row[1])]
         return {
             f"{prefix}steps": float(self.steps),
             f"{prefix}best_step": float(self.best_step),
             f"{prefix}best_val_loss": self.best_val_loss,
             f"{prefix}initial_val_loss": self.initial_val_loss,
             f"{prefix}final_val_loss": self.final_val_loss,
-            f"{prefix}first_train_loss": train[0] if train else math.nan,
-            f"{prefix}last_train_loss": train[-1] if train else math.nan,
+            f"{prefix}first_train_loss": self.curve[0][1] if self.curve else math.nan,
+            f"{prefix}last_train_loss": self.curve[-1][1] if self.curve else math.nan,
             f"{prefix}train_size": float(self.train_size),
             f"{prefix}val_size": float(self.val_size),
             f"{prefix}seconds": self.seconds,
@@ -439,10 +438,13 @@ def fit_decoder(
     if fit.decoder_input == "prior_noise":
         train_z = val_z = None
 
+    start_time = time.perf_counter()
     generator = torch.Generator().manual_seed(int(init_seed))
     mean, std = train_obs.mean(dim=0), train_obs.std(dim=0, correction=0)
+    # Chosen here, because a dimension constant on the training split carries no information,
+    # and dividing its later (possibly varying) values by ~1e-8 would blow the input up: scale 1.
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)
     decoder = make_decoder(config, obs_dim, act_dim, mean, std, generator)
-    start_time = time.perf_counter()
     split = dict(
         train_size=len(train_idx),
         val_size=len(val_idx),

@@ -201,6 +201,15 @@ def test_state_dict_round_trip_restores_the_decoder():
         assert torch.equal(restored.decode(obs, z), decoder.decode(obs, z))
 
 
+def test_decoder_normalises_raw_obs_with_training_split_statistics():
+    buffer = bimodal_buffer(n=1000)
+    buffer["obs"] = 5.0 + 2.0 * buffer["obs"]
+    buffer["obs"][:, 2] = 7.0  # constant: left unscaled rather than divided by ~0
+    decoder, _ = fit_decoder(DecoderConfig(kind="flow", **SMALL), **buffer, seed=0, fit=QUICK)
+    np.testing.assert_allclose(decoder.obs_mean.numpy(), [5.0, 5.0, 7.0], atol=0.2)
+    np.testing.assert_allclose(decoder.obs_std.numpy(), [2.0, 2.0, 1.0], atol=0.2)
+
+
 def test_identity_fit_trains_nothing():
     decoder, result = fit_decoder(DecoderConfig(kind="identity"), **bimodal_buffer(n=500), seed=0)
     assert isinstance(decoder, IdentityDecoder)
