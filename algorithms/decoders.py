@@ -80,11 +80,11 @@ class DecoderConfig:
             raise ValueError(f"obs_std_eps must be >= 0, got {self.obs_std_eps}")
 
     @property
-    def width(self) -> int:
+    def resolved_width(self) -> int:
         return self.hidden_width if self.hidden_width is not None else _RELEASE_WIDTH[self.kind]
 
     @property
-    def scale(self) -> float:
+    def resolved_output_scale(self) -> float:
         return self.output_scale if self.output_scale is not None else _RELEASE_OUTPUT_SCALE[self.kind]
 
 
@@ -135,7 +135,9 @@ class GenerativeDecoder(Decoder):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(config, obs_dim, act_dim)
-        self.net = ConditionalMLP(obs_dim, act_dim, config.width, config.depth, config.scale, generator)
+        self.net = ConditionalMLP(
+            obs_dim, act_dim, config.resolved_width, config.depth, config.resolved_output_scale, generator
+        )
         mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32)
         std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32)
         if mean.shape != (obs_dim,) or std.shape != (obs_dim,):
