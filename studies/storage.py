@@ -71,19 +71,27 @@ def open_storage(location: str | None) -> BaseStorage:
     if "://" in location:
         # Heartbeats are marked experimental in Optuna; they are what multi-host recovery needs.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        from sqlalchemy.exc import SQLAlchemyError
+        from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
-        try:
-            return RDBStorage(
-                location,
-                engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
-                heartbeat_stale_trial_callback=retry_lost_trial,
-            )
-        except SQLAlchemyError as error:
-            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-            raise UserError(f"cannot open the study storage {location}: {reason}") from None
+        # Two processes opening a fresh database race to create Optuna's tables; the loser
+        # sees a "duplicate" error and succeeds on a later try, once the tables exist.
+        for attempt in range(4):
+            try:
+                return RDBStorage(
+                    location,
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=GRACE_PERIOD_S,
+                    heartbeat_stale_trial_callback=retry_lost_trial,
+                )
+            except (IntegrityError, ProgrammingError) as error:
+                last = error
+                time.sleep(1.0 + attempt)
+            except SQLAlchemyError as error:
+                last = error
+                break
+        reason = str(getattr(last, "orig", None) or last).strip().splitlines()[0]
+        raise UserError(f"cannot open the study storage {location}: {reason}")
     path = Path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))

@@ -92,5 +92,17 @@ def finish_run(tracking_uri: str, run_id: str, state: str, value: float | None =
     client.set_terminated(run_id, status={"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED"))
 
 
+def close_orphan_runs(tracking_uri: str, experiment_id: str, filter_string: str) -> None:
+    """Mark KILLED the runs matching `filter_string` that a killed worker left RUNNING.
+
+    Called when a lost unit is retried, so `mlflow ui` does not show it running forever.
+    """
+
+    client = _client(tracking_uri)
+    query = f"{filter_string} and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment_id], filter_string=query):
+        client.set_terminated(run.info.run_id, status="KILLED")
+
+
 def _optuna_tags(study_name: str, number: int) -> dict[str, str]:
     return {"optuna.study": study_name, "optuna.trial": str(number)}

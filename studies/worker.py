@@ -153,6 +153,8 @@ def _next_unit(context: Context) -> bool:
         trial.set_user_attr("duplicate_of", done[0])
         study.tell(trial, state=TrialState.PRUNED)
         return True
+    if "retry_of" in trial.user_attrs:
+        _close_orphans(context, f"tags.`gorl.unit` = '{unit.key}'")
     with heartbeat(study, trial._trial_id):
         try:
             result = _execute(context, unit, context.parent_run_id, trial.report)
@@ -174,6 +176,11 @@ def _next_tune_trial(context: Context) -> bool:
     if not work_left(study, spec):
         return False
     trial = study.ask()  # takes a re-enqueued lost trial first, else samples a new configuration
+    if "retry_of" in trial.user_attrs:
+        lost_run = study.trials[trial.user_attrs["retry_of"]].user_attrs.get("mlflow_run_id")
+        if lost_run:
+            _close_orphans(context, f"tags.`mlflow.parentRunId` = '{lost_run}'")
+            _close_orphans(context, f"attributes.run_id = '{lost_run}'")
     params = {dim.name: _suggest(trial, dim) for dim in spec.space}
     variant = f"trial-{trial.number}"
     trial.set_user_attr("variant", variant)
@@ -253,6 +260,11 @@ class DivergedError(FloatingPointError):
     def __init__(self, score: float, mlflow_run_id: str) -> None:
         super().__init__(f"final score is {score} (the run diverged)")
         self.mlflow_run_id = mlflow_run_id
+
+
+def _close_orphans(context: Context, filter_string: str) -> None:
+    experiment_id = context.study.user_attrs["mlflow_experiment_id"]
+    tracking.close_orphan_runs(context.tracking_uri, experiment_id, filter_string)
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:

@@ -168,6 +168,12 @@ def check_recovered(workdir: Path, path: Path, storage: str) -> None:
     lost = [t for t in study.trials if t.state == TrialState.FAIL]
     assert lost and all(t.user_attrs.get("lost") for t in lost)
     assert {t.user_attrs.get("retry_of") for t in study.trials} >= {t.number for t in lost}
+    # The killed unit's MLflow run was closed when the unit was retried: nothing is left RUNNING.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(study.user_attrs["tracking_uri"])
+    runs = client.search_runs([study.user_attrs["mlflow_experiment_id"]])
+    assert {run.info.status for run in runs} <= {"FINISHED", "KILLED"}
 
 
 GRID_6 = 'kind = "grid"\nalgo = "ppo"\nseeds = 3\n[grid]\nentropy_coef = [0.0, 0.01]\n'
