@@ -3,3 +3,5 @@
 from algorithms.registry import AlgorithmSpec, get, names, register
 
 __all__ = ["AlgorithmSpec", "get", "names", "register"]
+
+import algorithms.ppo  # noqa: E402,F401 - registers "ppo"

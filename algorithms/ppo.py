@@ -1,0 +1,309 @@
+"""Gaussian PPO with a tanh-squashed diagonal Gaussian policy (the paper's PPO baseline).
+
+The algorithm on one screen, in the CleanRL style; collection, GAE and the minibatch loop
+come from `algorithms.onpolicy`.
+
+Log-probabilities: the rollout stores the *pre-tanh* action u and PPO's ratio uses the
+Gaussian log-density of u. The env receives a = tanh(u), whose log-density adds the
+Jacobian term -sum log(1 - tanh(u)^2); that term depends only on the stored u, not on the
+parameters, so it cancels in pi_new / pi_old and the ratio is exactly that of the squashed
+policy. Storing u also avoids atanh of actions that saturated to +-1 in float32. The entropy
+bonus is the Gaussian's analytic entropy (of u), which is what the bonus regularises: the
+policy's spread before squashing.
+
+The actor outputs mean and raw scale; std = softplus(raw) + min_std, a state-dependent
+std as in the official code's Brax-style `NormalTanhDistribution`. Deterministic actions
+are tanh(mean).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+import envs
+from algorithms.base import Agent
+from algorithms.networks import Activation, Init, mlp
+from algorithms.normalization import RunningMeanStd
+from algorithms.onpolicy import (
+    Batch,
+    EpisodeReturns,
+    PolicyStep,
+    clipped_surrogate,
+    collect_rollout,
+    compute_gae,
+    flatten,
+    make_adam,
+    minibatch_update,
+    torch_threads,
+)
+from algorithms.registry import register
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Defaults are the `paper` preset (MuJoCo Playground's brax_ppo_config, as used by the paper)."""
+
+    num_envs: int = 2048  # brax_ppo_config num_envs
+    # official code: 32 minibatches x 1024 x unroll 30 / 2048 envs = 480 steps per env per update
+    rollout_steps: int = 480
+    epochs: int = 16  # paper table 4 (optimisation epochs)
+    num_minibatches: int = 32  # brax_ppo_config num_minibatches (1024 x 30 = 30,720 transitions each)
+    lr: float = 1e-3  # paper table 4
+    gamma: float = 0.995  # paper table 4 (finger-spin 0.95: see `task_overrides`)
+    gae_lambda: float = 0.95  # paper table 4
+    clip: float = 0.2  # paper table 4 (the official code used 0.1 for its PPO baseline)
+    value_coef: float = 0.25  # paper table 4
+    entropy_coef: float = 0.01  # paper table 4
+    reward_scale: float = 10.0  # brax_ppo_config reward_scaling
+    max_grad_norm: float | None = None  # official code: no clipping in upstream PPO
+    normalize_obs: bool = True  # brax_ppo_config normalize_observations
+    actor_hidden: tuple[int, ...] = (32, 32, 32, 32)  # paper App. E.3: 4 x 32 actor
+    critic_hidden: tuple[int, ...] = (256, 256, 256, 256, 256)  # paper App. E.3: 5 x 256 critic
+    activation: Activation = "silu"  # paper App. E.3 / official code (swish)
+    init: Init = "lecun"  # official code: Flax default LeCun-uniform weights, zero biases
+    min_std: float = 1e-3  # official code: std = softplus(raw) + 1e-3
+    eval_episodes: int = 128  # official code: 128 deterministic episodes per evaluation point
+    eval_points: int = 10  # chosen here, because 10 points show a curve at 1/10 of the budget each
+    collect_threads: int = 1  # CPU notes: 1 torch thread is fastest for per-step inference
+    update_threads: int = 2  # CPU notes: 2 threads for the update on a 2-core machine
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.rollout_steps
+
+    def validate(self) -> None:
+        positive_ints = (
+            "num_envs",
+            "rollout_steps",
+            "epochs",
+            "num_minibatches",
+            "eval_episodes",
+            "eval_points",
+            "collect_threads",
+            "update_threads",
+        )
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches ({self.num_minibatches}) must divide the batch num_envs x rollout_steps "
+                f"= {self.batch_size}"
+            )
+        for name in ("lr", "clip", "reward_scale", "min_std"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("value_coef", "entropy_coef"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ValueError(
+                f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}"
+            )
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or none, got {self.max_grad_norm}")
+        if not self.actor_hidden or not self.critic_hidden or min(self.actor_hidden + self.critic_hidden) < 1:
+            raise ValueError("actor_hidden and critic_hidden must be non-empty lists of positive widths")
+
+
+PRESETS = {
+    "paper": {},
+    "cpu": {
+        "num_envs": 64,  # CPU notes: 64 envs batch well on 2 cores
+        "rollout_steps": 64,  # chosen here, because short rollouts give more updates within 1M steps
+        "epochs": 10,  # CleanRL
+        "num_minibatches": 4,  # chosen here: 1024 transitions each (CPU notes: overhead-bound below)
+        "lr": 3e-4,  # CleanRL / official release baselines
+        "gamma": 0.99,  # CleanRL
+        "clip": 0.2,  # CleanRL
+        "value_coef": 0.5,  # CleanRL
+        "entropy_coef": 0.0,  # CleanRL
+        "reward_scale": 0.1,  # chosen here, because it keeps value targets near CleanRL's normalised scale
+        "max_grad_norm": 0.5,  # CleanRL
+        "actor_hidden": (64, 64),  # CleanRL's 2 x 64
+        "critic_hidden": (64, 64),  # CleanRL's 2 x 64
+        "activation": "tanh",  # CleanRL
+        "init": "orthogonal",  # CleanRL
+        "eval_episodes": 16,  # chosen here, because 16 x 1000 steps cost ~2 s per point on 2 cores
+    },
+}
+
+
+def task_overrides(preset: str, task: str) -> dict[str, Any]:
+    """finger-spin uses gamma 0.95 for every method and preset (brax_ppo_config, paper §E)."""
+
+    return {"gamma": 0.95} if task == "finger-spin" else {}
+
+
+class ActorCritic(nn.Module):
+    """Separate actor (mean, raw scale) and critic MLPs on normalised observations."""
+
+    def __init__(self, obs_dim: int, act_dim: int, config: PPOConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        self.min_std = config.min_std
+        self.actor = mlp(
+            obs_dim,
+            config.actor_hidden,
+            2 * act_dim,
+            config.activation,
+            config.init,
+            out_gain=0.01,
+            generator=generator,
+        )
+        self.critic = mlp(
+            obs_dim,
+            config.critic_hidden,
+            1,
+            config.activation,
+            config.init,
+            out_gain=1.0,
+            generator=generator,
+        )
+
+    def dist(self, obs: Tensor) -> Normal:
+        mean, raw_scale = self.actor(obs).chunk(2, dim=-1)
+        return Normal(mean, F.softplus(raw_scale) + self.min_std)
+
+    def value(self, obs: Tensor) -> Tensor:
+        return self.critic(obs).squeeze(-1)
+
+
+@register(
+    "ppo",
+    config=PPOConfig,
+    presets=PRESETS,
+    summary="Gaussian PPO, tanh-squashed diagonal Gaussian (paper baseline)",
+    task_overrides=task_overrides,
+)
+class PPOAgent(Agent):
+    def __init__(self, config: PPOConfig, task: str, seed: int, budget: int, device: torch.device) -> None:
+        self.config, self.device = config, device
+        self.env = envs.make(task, config.num_envs, seed)
+        self.obs, _ = self.env.reset(seed=seed)
+        obs_dim = self.env.single_observation_space.shape[0]
+        act_dim = self.env.single_action_space.shape[0]
+        # Explicit generators (never torch's global RNG) so a checkpoint captures every random state.
+        self.init_rng = torch.Generator().manual_seed(seed)
+        self.action_rng = torch.Generator(device).manual_seed(seed + 1)
+        self.shuffle_rng = torch.Generator().manual_seed(seed + 2)
+        self.model = ActorCritic(obs_dim, act_dim, config, self.init_rng).to(device)
+        self.optimizer = make_adam(self.model.parameters(), config.lr)
+        self.normalizer = RunningMeanStd((obs_dim,)) if config.normalize_obs else None
+        self.episodes = EpisodeReturns(config.num_envs)
+        self.counted_steps = self.total_steps = 0
+
+    def sample(self, dist: Normal) -> Tensor:
+        noise = torch.randn(dist.mean.shape, generator=self.action_rng, device=self.device)
+        return dist.mean + dist.stddev * noise
+
+    def policy_step(self, obs: Tensor) -> PolicyStep:
+        dist = self.model.dist(obs)
+        u = self.sample(dist)
+        return PolicyStep(torch.tanh(u), u, dist.log_prob(u).sum(-1), self.model.value(obs))
+
+    def loss(self, mb: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        c = self.config
+        dist = self.model.dist(mb["obs"])
+        log_ratio = dist.log_prob(mb["actions"]).sum(-1) - mb["log_probs"]
+        policy_loss, metrics = clipped_surrogate(log_ratio, mb["advantages"], c.clip)
+        value_loss = c.value_coef * (self.model.value(mb["obs"]) - mb["returns"]).pow(2).mean()
+        entropy = dist.entropy().sum(-1).mean()
+        entropy_loss = -c.entropy_coef * entropy
+        metrics.update(
+            {
+                "loss/policy": policy_loss,
+                "loss/value": value_loss,
+                "loss/entropy": entropy_loss,
+                "train/entropy": entropy,
+            }
+        )
+        return policy_loss + value_loss + entropy_loss, metrics
+
+    def train_iteration(self) -> dict[str, float]:
+        c = self.config
+        t0 = time.perf_counter()
+        with torch_threads(c.collect_threads):
+            rollout, self.obs = collect_rollout(
+                self.env,
+                self.obs,
+                c.rollout_steps,
+                self.policy_step,
+                self.model.value,
+                self.normalizer,
+                c.reward_scale,
+                self.episodes,
+                self.device,
+            )
+        t1 = time.perf_counter()
+        advantages, returns = compute_gae(
+            rollout.rewards,
+            rollout.values,
+            rollout.next_values,
+            rollout.terminated,
+            rollout.truncated,
+            c.gamma,
+            c.gae_lambda,
+        )
+        with torch_threads(c.update_threads):
+            metrics = minibatch_update(
+                flatten(rollout, advantages, returns),
+                self.loss,
+                self.optimizer,
+                [list(self.model.actor.parameters()), list(self.model.critic.parameters())],
+                c.epochs,
+                c.num_minibatches,
+                c.max_grad_norm,
+                self.shuffle_rng,
+            )
+        t2 = time.perf_counter()
+        self.counted_steps += rollout.num_transitions
+        self.total_steps += rollout.num_transitions
+        metrics["perf/learner_fraction"] = (t2 - t1) / (t2 - t0)
+        returns_done = self.episodes.pop()
+        if returns_done:
+            metrics["train/episode_return"] = float(np.mean(returns_done))
+        return metrics
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        x = torch.from_numpy(self.normalizer.normalize(obs) if self.normalizer else obs.astype(np.float32))
+        dist = self.model.dist(x.to(self.device))
+        u = dist.mean if deterministic else self.sample(dist)
+        return torch.tanh(u).cpu().numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "normalizer": self.normalizer.state_dict() if self.normalizer else None,
+            "episodes": self.episodes.state_dict(),
+            "env": self.env.get_state(),
+            "obs": self.obs.copy(),
+            "action_rng": self.action_rng.get_state(),
+            "shuffle_rng": self.shuffle_rng.get_state(),
+            "counted_steps": self.counted_steps,
+            "total_steps": self.total_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.normalizer:
+            self.normalizer.load_state_dict(state["normalizer"])
+        self.episodes.load_state_dict(state["episodes"])
+        self.env.set_state(state["env"])
+        self.obs = state["obs"].copy()
+        self.action_rng.set_state(state["action_rng"])
+        self.shuffle_rng.set_state(state["shuffle_rng"])
+        self.counted_steps, self.total_steps = state["counted_steps"], state["total_steps"]
+
+    def close(self) -> None:
+        self.env.close()

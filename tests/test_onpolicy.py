@@ -1,0 +1,143 @@
+"""The shared on-policy core: GAE, the observation normaliser, collection and the minibatch loop."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+from algorithms.normalization import RunningMeanStd
+from algorithms.onpolicy import (
+    EpisodeReturns,
+    PolicyStep,
+    clipped_surrogate,
+    collect_rollout,
+    compute_gae,
+    make_adam,
+    minibatch_update,
+)
+
+
+def test_gae_matches_a_hand_computed_example_with_truncation_and_termination():
+    # One env, 4 steps: the episode is truncated after step 1 (bootstrap from V(final_obs) = 5)
+    # and the next one terminates after step 3 (no bootstrap).
+    gamma, lam = 0.5, 0.5
+    rewards = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    values = torch.tensor([[10.0], [20.0], [30.0], [40.0]])
+    next_values = torch.tensor([[20.0], [5.0], [40.0], [99.0]])  # 5 = V(final_obs); 99 must be ignored
+    terminated = torch.tensor([[False], [False], [False], [True]])
+    truncated = torch.tensor([[False], [True], [False], [False]])
+    adv, ret = compute_gae(rewards, values, next_values, terminated, truncated, gamma, lam)
+
+    d3 = 4.0 - 40.0  # terminal: no bootstrap
+    d2 = 3.0 + 0.5 * 40.0 - 30.0
+    d1 = 2.0 + 0.5 * 5.0 - 20.0  # truncated: bootstrap from the final obs, recursion cut
+    d0 = 1.0 + 0.5 * 20.0 - 10.0
+    a3 = d3
+    a2 = d2 + 0.25 * a3
+    a1 = d1
+    a0 = d0 + 0.25 * a1
+    expected = torch.tensor([[a0], [a1], [a2], [a3]])
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(ret, expected + values)
+
+
+def test_normaliser_matches_numpy_over_merged_batches():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, size=(n, 5)) * np.arange(1, 6) for n in (1, 7, 300, 64, 2)]
+    norm = RunningMeanStd((5,))
+    for batch in batches:
+        norm.update(batch)
+    data = np.concatenate(batches)
+    np.testing.assert_allclose(norm.mean, data.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(norm.var, data.var(axis=0), rtol=1e-10)
+    assert norm.count == len(data)
+    np.testing.assert_allclose(norm.normalize(data[:3]), (data[:3] - data.mean(0)) / data.std(0), rtol=1e-5)
+
+    restored = RunningMeanStd((5,))
+    restored.load_state_dict(norm.state_dict())
+    np.testing.assert_array_equal(restored.std, norm.std)
+
+
+def test_normaliser_std_does_not_shrink_with_many_updates():
+    rng = np.random.default_rng(1)
+    norm = RunningMeanStd((1,))
+    for _ in range(200):
+        norm.update(rng.normal(0.0, 3.0, size=(256, 1)))
+    assert norm.std[0] == pytest.approx(3.0, rel=0.02)
+
+
+def test_normaliser_is_the_identity_before_data():
+    x = np.array([[1.5, -2.0]], dtype=np.float32)
+    np.testing.assert_allclose(RunningMeanStd((2,)).normalize(x), x, rtol=1e-6)
+
+
+class CountingEnv(gymnasium.vector.VectorEnv):
+    """Obs = step index within the episode; episodes last 3 steps (truncated); reward 1 per step."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.num_envs = num_envs
+        self.single_observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.single_action_space = gymnasium.spaces.Box(-1, 1, (1,), np.float32)
+        self.t = np.zeros(num_envs, dtype=np.int64)
+
+    def reset(self, *, seed=None, options=None):
+        self.t[:] = 0
+        return self.t[:, None].astype(np.float32), {}
+
+    def step(self, actions):
+        self.t += 1
+        truncated = self.t == 3
+        final = self.t[:, None].astype(np.float32)
+        self.t[truncated] = 0
+        info = {"final_obs": final, "_final_obs": truncated} if truncated.any() else {}
+        obs = self.t[:, None].astype(np.float32)
+        return obs, np.ones(self.num_envs, np.float32), np.zeros(self.num_envs, bool), truncated, info
+
+
+def test_collect_bootstraps_truncation_from_final_obs_and_records_episode_returns():
+    env = CountingEnv(2)
+    obs, _ = env.reset()
+
+    def value(x):
+        return 100.0 + x[:, 0]  # V(obs) = 100 + step index, so V(final_obs) = 103
+
+    def policy(x):
+        zeros = torch.zeros(x.shape[0], 1)
+        return PolicyStep(zeros, zeros, torch.zeros(x.shape[0]), value(x))
+
+    episodes = EpisodeReturns(2)
+    rollout, next_obs = collect_rollout(env, obs, 4, policy, value, None, 2.0, episodes, torch.device("cpu"))
+    np.testing.assert_array_equal(rollout.next_values[:, 0].numpy(), [101, 102, 103, 101])
+    np.testing.assert_array_equal(rollout.truncated[:, 0].numpy(), [False, False, True, False])
+    assert rollout.rewards.unique().tolist() == [2.0]
+    assert episodes.pop() == [3.0, 3.0]
+    assert next_obs[0, 0] == 1.0
+
+
+def test_clipped_surrogate_clips_the_ratio():
+    log_ratio = torch.log(torch.tensor([1.5, 0.5, 1.0]))
+    adv = torch.tensor([1.0, -1.0, 2.0])
+    loss, metrics = clipped_surrogate(log_ratio, adv, 0.2)
+    assert loss.item() == pytest.approx(-(1.2 - 0.8 + 2.0) / 3)
+    assert metrics["train/clip_fraction"].item() == pytest.approx(2 / 3)
+
+
+def test_minibatch_update_fits_a_loss_and_refuses_non_finite_parameters():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(torch.zeros(1))
+    batch = {"x": torch.ones(64), "advantages": torch.randn(64, generator=generator)}
+
+    def loss_fn(mb):
+        loss = ((weight - mb["x"]) ** 2).mean()
+        return loss, {"loss/fit": loss}
+
+    optimizer = make_adam([weight], lr=0.1)
+    metrics = minibatch_update(batch, loss_fn, optimizer, [[weight]], 20, 4, 1.0, generator)
+    assert weight.item() == pytest.approx(1.0, abs=0.1)
+    assert set(metrics) == {"loss/total", "loss/fit"}
+
+    optimizer = torch.optim.SGD([weight], lr=1e30)
+    with pytest.raises(FloatingPointError):
+        minibatch_update(batch, loss_fn, optimizer, [[weight]], 3, 4, None, generator)
