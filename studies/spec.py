@@ -282,11 +282,12 @@ def check_configurations(spec: Spec) -> None:
 def _check_budget(config: Any, steps: int) -> None:
     """Refuse a unit budget that does not fit the configuration's schedule.
 
-    `steps_per_update` (env steps collected per policy update) is read from the config when
-    the algorithm exposes it; GoRL's schedule keys split the budget into encoder stages.
+    The env steps of one policy update are read from the config when the algorithm exposes
+    them (`steps_per_update`, or the on-policy `batch_size`); GoRL's schedule keys split the
+    budget into encoder stages.
     """
 
-    per_update = int(getattr(config, "steps_per_update", 1) or 1)
+    per_update = int(getattr(config, "steps_per_update", None) or getattr(config, "batch_size", 1))
     if steps < per_update:
         raise UserError(f"the budget of {steps} steps is less than one update ({per_update} steps).")
     refits = getattr(config, "num_refits", None)
