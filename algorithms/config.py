@@ -47,7 +47,7 @@ def resolve(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str,
     """Build the frozen config for `spec` from its preset, the task and user overrides."""
 
     if preset not in spec.presets:
-        raise UserError(_unknown(f"preset of {spec.name}", preset, sorted(spec.presets)))
+        raise UserError(_unknown("preset", preset, sorted(spec.presets), owner=spec.name))
     fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
     unknown = [key for key in overrides if key not in fields]
     if unknown:

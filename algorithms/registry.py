@@ -78,7 +78,8 @@ def get(name: str) -> AlgorithmSpec:
         raise UserError(_unknown("algorithm", name, names())) from None
 
 
-def _unknown(kind: str, value: str, valid: list[str]) -> str:
+def _unknown(kind: str, value: str, valid: list[str], owner: str = "") -> str:
     close = difflib.get_close_matches(value, valid, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return f"unknown {kind} {value!r}.{hint} Valid {kind}s: {', '.join(valid)}."
+    of = f" of {owner}" if owner else ""
+    return f"unknown {kind}{of} {value!r}.{hint} Valid {kind}s{of}: {', '.join(valid)}."
