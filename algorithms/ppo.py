@@ -170,7 +170,7 @@ class ActorCritic(nn.Module):
 
     def dist(self, obs: Tensor) -> Normal:
         mean, raw_scale = self.actor(obs).chunk(2, dim=-1)
-        return Normal(mean, F.softplus(raw_scale) + self.min_std)
+        return Normal(mean, F.softplus(raw_scale) + self.min_std, validate_args=False)
 
     def value(self, obs: Tensor) -> Tensor:
         return self.critic(obs).squeeze(-1)

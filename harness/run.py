@@ -1,0 +1,281 @@
+"""Running one (algorithm, task, seed) to its budget: evaluation, MLflow, checkpoints and resume.
+
+`execute(request)` starts a run and `resume(out_dir)` continues one from its checkpoint; both
+return a `RunResult`. This module is the only place that orders the pieces: the agent
+trains, `harness.evaluation` scores it, `harness.tracking` records it and
+`harness.checkpoint` saves it.
+
+Checkpoints hold the agent's complete state (weights, optimiser, normaliser, env snapshots,
+random generators) plus the run's own progress, so a resumed run continues bit-identically
+on the same machine: its evaluation history equals that of an uninterrupted run.
+
+A non-finite loss or parameter stops the run: the MLflow run is marked FAILED with a
+`status_reason` tag, the last good checkpoint stays on disk, and the result has status
+FAILED and a NaN score. An exception from `on_evaluation` (an Optuna pruner, say) or Ctrl-C
+ends the MLflow run as KILLED, keeps the checkpoint and propagates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import algorithms
+import envs
+from algorithms.config import as_dict, resolve
+from harness.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from harness.errors import UserError
+from harness.evaluation import Evaluator, evaluation_points
+from harness.tracking import RunTracker, git_commit, resolve_tracking_uri, to_toml
+
+EvaluationCallback = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything that defines a run; stored in its checkpoint so `resume` needs only the directory."""
+
+    algo: str
+    task: str
+    seed: int = 0
+    steps: int = 1_000_000
+    preset: str = "cpu"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    out_dir: Path | str | None = None  # default runs/<algo>-<task>-s<seed>-<timestamp>
+    tracking_uri: str | None = None  # default MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db
+    experiment: str | None = None  # default "gorl-bench"
+    parent_run_id: str | None = None  # nest the MLflow run under a study's run
+    run_name: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    checkpoint_every: int | None = None  # counted env steps; default: at every evaluation point
+
+
+@dataclass(frozen=True)
+class RunResult:
+    mlflow_run_id: str
+    final_score: float  # mean return at the last evaluation point; NaN if the run failed before it
+    eval_history: list[tuple[int, float, float]]  # (counted env steps, mean return, std)
+    counted_steps: int
+    total_steps: int
+    out_dir: Path
+    status: str  # "FINISHED" or "FAILED"
+
+
+@dataclass
+class _Progress:
+    """The run's own position, saved with the agent."""
+
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+    next_point: int = 0  # index into the evaluation points of the next one to run
+    next_checkpoint: int = 0  # counted steps at which the next periodic checkpoint is due
+
+
+def execute(
+    request: RunRequest, *, on_evaluation: EvaluationCallback | None = None, progress: bool = True
+) -> RunResult:
+    """Run `request` from scratch. `on_evaluation(counted_steps, mean_return)` follows every evaluation."""
+
+    if request.steps < 1:
+        raise UserError(f"--steps must be a positive number of env steps, got {request.steps}.")
+    if request.checkpoint_every is not None and request.checkpoint_every < 1:
+        raise UserError(f"--checkpoint-every must be positive, got {request.checkpoint_every}.")
+    task = envs.canonical_task(request.task)
+    spec = algorithms.get(request.algo)
+    config = resolve(spec, request.preset, task, dict(request.overrides))
+    device = _device(request.device)
+    out_dir = Path(request.out_dir or _default_out_dir(request)).resolve()
+    tracking_uri = resolve_tracking_uri(request.tracking_uri)
+    request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
+
+    tags = {
+        "git_commit": git_commit(),
+        "algorithm": request.algo,
+        "task": task,
+        "seed": str(request.seed),
+        "preset": request.preset,
+        **request.tags,
+    }
+    tracker = RunTracker.start(
+        tracking_uri, request.experiment, request.run_name, request.parent_run_id, tags
+    )
+    run_info = {"algo": request.algo, "task": task, "seed": request.seed, "steps": request.steps,
+                "preset": request.preset, "device": request.device}  # fmt: skip
+    tracker.log_params({**run_info, **as_dict(config)})
+    tracker.log_text(to_toml({"run": run_info, "config": as_dict(config)}), "config.toml")
+    try:
+        agent = spec.agent_cls(config, task, request.seed, request.steps, device)
+    except BaseException as error:
+        tracker.end("FAILED", f"{type(error).__name__}: {error}")
+        raise
+    return _train(request, config, agent, _Progress(), tracker, on_evaluation, progress)
+
+
+def resume(
+    out_dir: Path | str, *, on_evaluation: EvaluationCallback | None = None, progress: bool = True
+) -> RunResult:
+    """Continue the run saved in `out_dir` from its last checkpoint, in the same MLflow run."""
+
+    state = load_checkpoint(Path(out_dir))
+    # The directory may have moved since the run started.
+    request = dataclasses.replace(RunRequest(**state["request"]), out_dir=Path(out_dir).resolve())
+    spec = algorithms.get(request.algo)
+    config = resolve(spec, request.preset, request.task, dict(request.overrides))
+    agent = spec.agent_cls(config, request.task, request.seed, request.steps, _device(request.device))
+    agent.load_state_dict(state["agent"])
+    tracker = RunTracker.reopen(request.tracking_uri, state["mlflow_run_id"])
+    return _train(request, config, agent, _Progress(**state["progress"]), tracker, on_evaluation, progress)
+
+
+def _train(
+    request: RunRequest,
+    config: Any,
+    agent: algorithms.base.Agent,
+    position: _Progress,
+    tracker: RunTracker,
+    on_evaluation: EvaluationCallback | None,
+    progress: bool,
+) -> RunResult:
+    out_dir = Path(request.out_dir)
+    points = evaluation_points(request.steps, config.eval_points)
+    evaluator = Evaluator(request.task, config.eval_episodes, request.seed)
+
+    def checkpoint() -> Path:
+        return save_checkpoint(
+            out_dir,
+            {
+                "request": dataclasses.asdict(request),
+                "agent": agent.state_dict(),
+                "progress": dataclasses.asdict(position),
+                "mlflow_run_id": tracker.run_id,
+            },
+        )
+
+    def result(status: str) -> RunResult:
+        return RunResult(
+            mlflow_run_id=tracker.run_id,
+            final_score=position.history[-1][1] if position.history else math.nan,
+            eval_history=list(position.history),
+            counted_steps=agent.counted_steps,
+            total_steps=agent.total_steps,
+            out_dir=out_dir,
+            status=status,
+        )
+
+    bar = _ProgressBar(request, enabled=progress and sys.stderr.isatty())
+    in_callback = False
+    try:
+        with bar:
+            bar.update(agent.counted_steps, position.history)
+            while agent.counted_steps < request.steps:
+                before, start = agent.counted_steps, time.perf_counter()
+                metrics = agent.train_iteration()
+                elapsed = time.perf_counter() - start
+                step = agent.counted_steps
+                metrics.update({
+                    "perf/env_steps_per_s": (step - before) / elapsed,
+                    "steps/counted": step,
+                    "steps/total": agent.total_steps,
+                })  # fmt: skip
+                evaluated = step >= points[position.next_point]
+                if evaluated:
+                    while position.next_point < len(points) and step >= points[position.next_point]:
+                        position.next_point += 1
+                    mean, std = evaluator.evaluate(
+                        lambda obs: agent.act(obs, deterministic=True), position.next_point - 1
+                    )
+                    position.history.append((step, mean, std))
+                    metrics.update({"eval/return_mean": mean, "eval/return_std": std})
+                tracker.log_metrics(metrics, step)
+                due = step >= position.next_checkpoint if request.checkpoint_every else evaluated
+                if due or step >= request.steps:
+                    if request.checkpoint_every:
+                        position.next_checkpoint = step + request.checkpoint_every
+                    checkpoint()
+                bar.update(step, position.history)
+                if evaluated and on_evaluation is not None:
+                    in_callback = True
+                    on_evaluation(step, position.history[-1][1])
+                    in_callback = False
+    except FloatingPointError as error:
+        tracker.end("FAILED", f"stopped at {agent.counted_steps} counted env steps: {error}")
+        print(f"run failed: {error}; the last good checkpoint is kept in {out_dir}", file=sys.stderr)
+        return result("FAILED")
+    except BaseException as error:
+        stopped = in_callback or isinstance(error, KeyboardInterrupt)
+        reason = f"stopped at {agent.counted_steps} counted env steps by {type(error).__name__}: {error}"
+        tracker.end("KILLED" if stopped else "FAILED", reason)
+        raise
+    finally:
+        evaluator.close()
+        agent.close()
+    tracker.log_artifact(checkpoint_path(out_dir), "checkpoint")
+    tracker.end("FINISHED")
+    return result("FINISHED")
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}. Valid devices: cpu, cuda, cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} was requested but CUDA is not available here; use --device cpu.")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {name!r}. Valid devices: cpu, cuda, cuda:N.")
+    return device
+
+
+def _default_out_dir(request: RunRequest) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{request.algo}-{request.task}-s{request.seed}-{stamp}"
+
+
+class _ProgressBar:
+    """A rich progress bar (env steps, steps/s, last evaluation, ETA), or nothing when disabled."""
+
+    def __init__(self, request: RunRequest, enabled: bool) -> None:
+        self.progress: Any = None
+        self.origin: tuple[float, int] | None = None  # (time, step) of the first update
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn(f"{request.algo} {request.task} s{request.seed}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[speed]} steps/s"),
+                TextColumn("eval {task.fields[last_eval]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self.task_id = self.progress.add_task("run", total=request.steps, speed="-", last_eval="-")
+
+    def __enter__(self) -> _ProgressBar:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, step: int, history: list[tuple[int, float, float]]) -> None:
+        if self.progress is None:
+            return
+        if self.origin is None:
+            self.origin = (time.perf_counter(), step)
+        elapsed, done = time.perf_counter() - self.origin[0], step - self.origin[1]
+        speed = f"{done / elapsed:,.0f}" if done > 0 else "-"
+        last = f"{history[-1][1]:.1f}" if history else "-"
+        self.progress.update(self.task_id, completed=step, speed=speed, last_eval=last)

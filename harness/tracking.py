@@ -1,0 +1,164 @@
+"""MLflow tracking of one run: params, tags, batched metrics, artifacts and the final status.
+
+Everything goes through an explicit `MlflowClient` bound to one run id, never MLflow's
+process-global active run, so a study can log its own parent and trial runs in the same
+process. Metrics use `step` = counted env steps.
+
+Store: `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else the embedded SQLite store
+`runs/mlflow.db` under the working directory (as an absolute path, so a resumed run finds
+it from anywhere). The `./mlruns` file store is deprecated and raises in current MLflow, so
+it is refused here with a clear message. Artifacts of experiments created here go to
+`mlartifacts/` next to the SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+
+DEFAULT_TRACKING_DB = Path("runs") / "mlflow.db"
+DEFAULT_EXPERIMENT = "gorl-bench"
+STEP_METRIC = "steps/counted"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The tracking URI to use, made absolute for SQLite; creates the SQLite file's directory."""
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_TRACKING_DB.resolve()}"
+    if uri.startswith("file:") or "://" not in uri:
+        raise UserError(
+            f"tracking URI {uri!r} is a file store, which MLflow has deprecated and refuses. Use an SQLite "
+            f"store such as sqlite:///runs/mlflow.db, or a server such as http://127.0.0.1:5000."
+        )
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///")).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{path}"
+    return uri
+
+
+def git_commit() -> str:
+    """The commit of the checkout this code runs from, or "unknown" outside a git checkout."""
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """A small TOML writer for tables of scalars and flat lists (None has no TOML form: commented)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(item) for item in v) + "]"
+        text = str(v).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{text}"'
+
+    lines: list[str] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        for key, v in table.items():
+            lines.append(f"# {key} = none" if v is None else f"{key} = {value(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+class RunTracker:
+    """One MLflow run. Metrics at steps already in the store (a resumed run) are skipped."""
+
+    def __init__(self, tracking_uri: str, run_id: str, logged_through: int = -1) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.logged_through = logged_through
+
+    @classmethod
+    def start(
+        cls,
+        tracking_uri: str,
+        experiment: str | None,
+        run_name: str | None,
+        parent_run_id: str | None,
+        tags: Mapping[str, str],
+    ) -> RunTracker:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        name = experiment or DEFAULT_EXPERIMENT
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            location = None
+            if tracking_uri.startswith("sqlite:///"):
+                location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        all_tags = dict(tags)
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        return cls(tracking_uri, run.info.run_id)
+
+    @classmethod
+    def reopen(cls, tracking_uri: str, run_id: str) -> RunTracker:
+        """Continue `run_id`: mark it running again and skip metrics at steps it already has."""
+
+        tracker = cls(tracking_uri, run_id)
+        history = tracker.client.get_metric_history(run_id, STEP_METRIC)
+        tracker.logged_through = max((m.step for m in history), default=-1)
+        tracker.client.update_run(run_id, status="RUNNING")
+        if "status_reason" in tracker.client.get_run(run_id).data.tags:
+            tracker.client.delete_tag(run_id, "status_reason")  # from an earlier stop
+        return tracker
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, "none" if v is None else str(v)) for key, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """One batched write per call; `step` must carry `steps/counted` for resumed runs to skip it."""
+
+        if step <= self.logged_through:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(v), now, step) for key, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """Mark the run FINISHED, FAILED or KILLED; `reason` is kept as the `status_reason` tag."""
+
+        if reason:
+            self.client.set_tag(self.run_id, "status_reason", reason[:5000])
+        self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,139 @@
+"""`gorl-bench run` end to end on the toy task: MLflow records, determinism, failures and bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from harness.checkpoint import load_checkpoint
+from harness.cli import main
+from harness.run import RunRequest, execute
+
+TOY = "toy-bimodal"
+# 4 PPO updates of 64 envs x 64 steps with the cpu preset: a few seconds on the toy task.
+TINY = {"steps": 4 * 64 * 64, "overrides": {"eval_points": 4}}
+
+
+def request(tmp_path: Path, tracking_uri: str, **changes) -> RunRequest:
+    fields = {
+        "algo": "ppo",
+        "task": TOY,
+        "seed": 0,
+        "out_dir": tmp_path / "run",
+        "tracking_uri": tracking_uri,
+    }
+    return RunRequest(**{**fields, **TINY, **changes})
+
+
+def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_uri, capsys):
+    out = tmp_path / "cli-run"
+    argv = ["run", "--algo", "ppo", "--task", TOY, "--seed", "3", "--steps", str(TINY["steps"]),
+            "--set", "eval_points=4", "--out", str(out), "--tracking-uri", tracking_uri,
+            "--experiment", "cli-test", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert "FINISHED: final score" in capsys.readouterr().out
+
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cli-test").experiment_id])
+    assert run.info.status == "FINISHED"
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    assert params["lr"] == "0.0003" and params["task"] == TOY and params["seed"] == "3"
+    assert params["preset"] == "cpu" and params["eval_points"] == "4" and params["device"] == "cpu"
+    assert tags["algorithm"] == "ppo" and tags["task"] == TOY and tags["seed"] == "3"
+    assert tags["preset"] == "cpu" and tags["git_commit"]
+    for key in ("eval/return_mean", "eval/return_std", "train/episode_return", "loss/policy", "loss/value",
+                "loss/entropy", "train/approx_kl", "train/clip_fraction", "train/entropy",
+                "perf/env_steps_per_s", "perf/learner_fraction", "steps/counted", "steps/total"):  # fmt: skip
+        assert key in metrics, key
+    history = client.get_metric_history(run.info.run_id, "eval/return_mean")
+    saved = load_checkpoint(out)["progress"]["history"]
+    assert [(m.step, m.value) for m in history] == [(s, mean) for s, mean, _ in saved]
+    assert saved[-1][0] == TINY["steps"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"config.toml", "checkpoint"}
+    config_text = Path(client.download_artifacts(run.info.run_id, "config.toml", str(tmp_path))).read_text()
+    assert "lr = 0.0003" in config_text and 'task = "toy-bimodal"' in config_text
+
+
+def test_same_seed_gives_identical_evaluations(tmp_path, tracking_uri):
+    first = execute(request(tmp_path, tracking_uri, out_dir=tmp_path / "a"), progress=False)
+    second = execute(request(tmp_path, tracking_uri, out_dir=tmp_path / "b"), progress=False)
+    assert first.status == second.status == "FINISHED"
+    assert len(first.eval_history) == 4
+    assert first.eval_history == second.eval_history
+    assert first.final_score == first.eval_history[-1][1]
+    other = execute(request(tmp_path, tracking_uri, out_dir=tmp_path / "c", seed=1), progress=False)
+    assert other.eval_history != first.eval_history
+
+
+def test_on_evaluation_exception_ends_the_run_killed_and_keeps_the_checkpoint(tmp_path, tracking_uri):
+    class Pruned(Exception):
+        pass
+
+    seen = []
+
+    def prune(step: int, mean_return: float) -> None:
+        seen.append(step)
+        raise Pruned()
+
+    with pytest.raises(Pruned):
+        execute(request(tmp_path, tracking_uri), on_evaluation=prune, progress=False)
+    state = load_checkpoint(tmp_path / "run")
+    assert seen == [state["progress"]["history"][0][0]]
+    run = MlflowClient(tracking_uri).get_run(state["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+
+
+def test_diverging_run_is_marked_failed_and_writes_no_bad_checkpoint(tmp_path, tracking_uri, capsys):
+    argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), "--set", "lr=1e30",
+            "--out", str(tmp_path / "nan"), "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    assert "FAILED" in capsys.readouterr().out
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "non-finite" in run.data.tags["status_reason"]
+    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+
+
+def test_failed_run_result_has_nan_score(tmp_path, tracking_uri):
+    result = execute(request(tmp_path, tracking_uri, overrides={"lr": 1e30}), progress=False)
+    assert result.status == "FAILED" and math.isnan(result.final_score)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--algo", "nope", "--task", TOY], "Valid algorithms: "),
+        (["--algo", "ppo", "--task", TOY, "--preset", "fast"], "Valid presets of ppo: "),
+        (["--algo", "ppo", "--task", TOY, "--set", "entropy_coeff=0.1"], "did you mean 'entropy_coef'?"),
+        (["--algo", "ppo", "--task", TOY, "--set", "lr=-1"], "lr must be > 0"),
+        (["--algo", "ppo", "--task", TOY, "--set", "num_minibatches=3"], "must divide"),
+        (["--algo", "ppo", "--task", TOY, "--steps", "0"], "positive number of env steps"),
+        (["--task", TOY], "--algo and --task are required"),
+        (["--resume", "does-not-exist"], "cannot resume"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *argv, "--tracking-uri", tracking_uri, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
+def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["run", "--resume", str(tmp_path / "empty")]) == 2
+    assert "has no checkpoint.pt" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_refused(tmp_path, tracking_uri, capsys):
+    argv = ["run", "--algo", "ppo", "--task", TOY, "--device", "cuda", "--tracking-uri", tracking_uri]
+    assert main(argv) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
