@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 
 from harness.errors import UserError
+from harness.tracking import resolve_tracking_uri
 from studies import tracking
 from studies.spec import Spec, load_spec
 from studies.status import StudyStatus, study_status
@@ -41,7 +42,7 @@ def run_study(
         raise UserError(f"--workers must be at least 1, got {workers}.")
     spec = load_spec(spec_ref)
     location = storage_location(location)
-    tracking_uri = sqlalchemy_url(tracking_uri or tracking.default_tracking_uri())
+    tracking_uri = sqlalchemy_url(resolve_tracking_uri(tracking_uri))
     if "://" in location and not location.startswith("sqlite") and tracking_uri.startswith("sqlite:"):
         print(
             f"note: the tracking store {tracking_uri} is a local file; workers on other machines need a "

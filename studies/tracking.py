@@ -11,14 +11,7 @@ use of an SQLite tracking store creates its schema, and two workers doing that a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
-
-DEFAULT_TRACKING_DB = Path("runs") / "mlflow.db"
-
-
-def default_tracking_uri() -> str:
-    return f"sqlite:///{DEFAULT_TRACKING_DB.resolve()}"
 
 
 def _client(tracking_uri: str) -> Any:
@@ -36,8 +29,6 @@ def prepare_study_tracking(
     reused so that a resumed study keeps one parent.
     """
 
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = _client(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(study_name)

@@ -157,7 +157,9 @@ def _next_unit(context: Context) -> bool:
         _close_orphans(context, f"tags.`gorl.unit` = '{unit.key}'")
     with heartbeat(study, trial._trial_id):
         try:
-            result = _execute(context, unit, context.parent_run_id, trial.report)
+            result = _execute(
+                context, unit, context.parent_run_id, trial.report, "retry_of" in trial.user_attrs
+            )
         except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
             _fail(study, trial, error)
             return True
@@ -201,7 +203,7 @@ def _next_tune_trial(context: Context) -> bool:
     with heartbeat(study, trial._trial_id):
         try:
             for step, unit in enumerate(spec.trial_units(variant, params)):
-                result = _execute(context, unit, run_id, None)
+                result = _execute(context, unit, run_id, None, resume=False)
                 records.append({**unit.record(), "mlflow_run_id": result.mlflow_run_id})
                 trial.set_user_attr("units", records)
                 scores.append(normalised(unit.task, result.final_score))
@@ -223,43 +225,63 @@ def _next_tune_trial(context: Context) -> bool:
 
 
 def _execute(
-    context: Context, unit: Unit, parent_run_id: str, report: Callable[[float, int], None] | None
+    context: Context,
+    unit: Unit,
+    parent_run_id: str,
+    report: Callable[[float, int], None] | None,
+    resume: bool,
 ) -> Any:
-    """Run one unit through the run harness; raise if it did not produce a finite score."""
+    """Run one unit through the run harness; raise if it did not produce a finite score.
 
-    from harness.run import RunRequest, execute
+    With `resume` (a retried unit) and a checkpoint left by the lost attempt, the run
+    continues from it, bit-identically and in the same MLflow run.
+    """
+
+    from harness import run
+    from harness.checkpoint import checkpoint_path
 
     def on_evaluation(step: int, mean_return: float) -> None:
         if report is not None and math.isfinite(mean_return):
             report(normalised(unit.task, mean_return), step)
 
-    request = RunRequest(
-        algo=unit.algo,
-        task=unit.task,
-        seed=unit.seed,
-        steps=context.spec.steps,
-        preset=context.spec.preset,
-        overrides=dict(unit.params),
-        device=context.device,
-        out_dir=context.out_root / _slug(unit.variant) / f"{unit.task}-seed{unit.seed_index}",
-        tracking_uri=context.tracking_uri,
-        experiment=context.study.study_name,
-        parent_run_id=parent_run_id,
-        run_name=unit.key,
-        tags={"gorl.study": context.study.study_name, "gorl.unit": unit.key, "gorl.variant": unit.variant},
-    )
-    result = execute(request, on_evaluation=on_evaluation, progress=False)
+    out_dir = context.out_root / _slug(unit.variant) / f"{unit.task}-seed{unit.seed_index}"
+    if resume and checkpoint_path(out_dir).is_file():
+        result = run.resume(out_dir, on_evaluation=on_evaluation, progress=False)
+    else:
+        request = run.RunRequest(
+            algo=unit.algo,
+            task=unit.task,
+            seed=unit.seed,
+            steps=context.spec.steps,
+            preset=context.spec.preset,
+            overrides=dict(unit.params),
+            device=context.device,
+            out_dir=out_dir,
+            tracking_uri=context.tracking_uri,
+            experiment=context.study.study_name,
+            parent_run_id=parent_run_id,
+            run_name=unit.key,
+            tags={
+                "gorl.study": context.study.study_name,
+                "gorl.unit": unit.key,
+                "gorl.variant": unit.variant,
+            },
+        )
+        result = run.execute(request, on_evaluation=on_evaluation, progress=False)
     if not math.isfinite(result.final_score):
-        raise DivergedError(result.final_score, result.mlflow_run_id)
+        raise DivergedError(result)
     return result
 
 
 class DivergedError(FloatingPointError):
-    """A unit that ran to the end without a finite score; its MLflow run exists and is kept."""
+    """A unit that ended without a finite score; its MLflow run exists and says why."""
 
-    def __init__(self, score: float, mlflow_run_id: str) -> None:
-        super().__init__(f"final score is {score} (the run diverged)")
-        self.mlflow_run_id = mlflow_run_id
+    def __init__(self, result: Any) -> None:
+        super().__init__(
+            f"the run ended {result.status} with final score {result.final_score} (a non-finite loss or "
+            "parameter; the MLflow run's status_reason tag has the details)"
+        )
+        self.mlflow_run_id = result.mlflow_run_id
 
 
 def _close_orphans(context: Context, filter_string: str) -> None:

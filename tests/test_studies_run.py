@@ -8,6 +8,7 @@ fake, so they take no training time.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import textwrap
 from collections import Counter
@@ -20,7 +21,8 @@ from optuna.trial import TrialState
 from harness import run as run_harness
 from harness.cli import main
 from harness.errors import UserError
-from studies import runner, tracking
+from harness.tracking import resolve_tracking_uri
+from studies import runner
 from studies.spec import load_spec
 from studies.status import study_status
 from studies.storage import storage_location
@@ -43,18 +45,12 @@ def spec_file(tmp_path: Path, body: str, name: str = "tiny") -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def migrated_mlflow_db(tmp_path_factory) -> Path:
-    """One MLflow SQLite store with its schema created, copied per test (creation takes ~1.5 s)."""
-
-    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    tracking.prepare_study_tracking(f"sqlite:///{path}", "warm-up", {})
-    return path
-
-
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, migrated_mlflow_db) -> Path:
-    """Run in a fresh directory: `runs/` (journal, MLflow store, unit outputs) lands there."""
+    """Run in a fresh directory: `runs/` (journal, MLflow store, unit outputs) lands there.
+
+    The MLflow store is a copy of the session's migrated one (conftest.py), at the default path.
+    """
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
@@ -66,6 +62,7 @@ def workdir(tmp_path, monkeypatch, migrated_mlflow_db) -> Path:
 class FakeResult:
     mlflow_run_id: str
     final_score: float
+    status: str
 
 
 @pytest.fixture
@@ -86,7 +83,7 @@ def fake_execute(monkeypatch):
         score = float("nan") if request.overrides.get("entropy_coef") == 0.25 else 1000.0 / len(calls)
         if on_evaluation is not None:
             on_evaluation(1, score)
-        return FakeResult(mlflow_run_id=run.info.run_id, final_score=score)
+        return FakeResult(run.info.run_id, score, "FINISHED" if math.isfinite(score) else "FAILED")
 
     monkeypatch.setattr(run_harness, "execute", execute)
     return calls
@@ -94,7 +91,7 @@ def fake_execute(monkeypatch):
 
 def prepared(path: Path) -> optuna.Study:
     spec = load_spec(path)
-    study = runner.prepare_study(spec, storage_location(None), tracking.default_tracking_uri())
+    study = runner.prepare_study(spec, storage_location(None), resolve_tracking_uri(None))
     runner.enqueue_missing_units(study, spec)
     return study
 
@@ -234,7 +231,9 @@ def test_failing_units_are_recorded_and_the_study_goes_on(workdir, fake_execute)
     assert run_worker("tiny", None) == 3
     by_coef = {t.user_attrs["params"]["entropy_coef"]: t for t in load_study("tiny", None).trials}
     assert by_coef[0.0].state == TrialState.COMPLETE
-    assert by_coef[0.25].state == TrialState.FAIL and "diverged" in by_coef[0.25].user_attrs["fail_reason"]
+    assert (
+        by_coef[0.25].state == TrialState.FAIL and "ended FAILED" in by_coef[0.25].user_attrs["fail_reason"]
+    )
     assert by_coef[0.5].state == TrialState.FAIL
     assert by_coef[0.5].user_attrs["fail_reason"] == "RuntimeError: synthetic failure"
     # A failed unit is settled: resuming the study does not run it again.
