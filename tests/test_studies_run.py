@@ -30,19 +30,37 @@ from studies.worker import load_study, run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-TINY = {"steps": 2048}  # counted env steps per unit: a second or two on the toy task
+# A tiny PPO on the fast toy task: 4 updates of 8 envs x 32 steps, 2 short evaluations.
+TINY_PPO = """
+[fixed]
+num_envs = 8
+rollout_steps = 32
+epochs = 2
+num_minibatches = 2
+eval_points = 2
+eval_episodes = 2
+"""
 
 
-def spec_file(tmp_path: Path, body: str, name: str = "tiny") -> Path:
-    head = f"""
+def spec_file(tmp_path: Path, top: str, tables: str, name: str = "tiny") -> Path:
+    """A spec with `top`-level keys, the tiny PPO settings as [fixed], then `tables`."""
+
+    head = """
         description = "test study"
+        algo = "ppo"
         tasks = ["toy-bimodal"]
-        steps = {TINY["steps"]}
+        steps = 1024
         preset = "cpu"
     """
     path = tmp_path / f"{name}.toml"
-    path.write_text(textwrap.dedent(head) + textwrap.dedent(body))
+    path.write_text(textwrap.dedent(head) + textwrap.dedent(top) + TINY_PPO + textwrap.dedent(tables))
     return path
+
+
+def grid_spec(tmp_path: Path, seeds: int, coefs: list[float], top: str = "") -> Path:
+    """A grid over PPO's entropy coefficient (the fake harness fails 0.25 and 0.5)."""
+
+    return spec_file(tmp_path, f'kind = "grid"\nseeds = {seeds}\n{top}', f"[grid]\nentropy_coef = {coefs}\n")
 
 
 @pytest.fixture
@@ -108,7 +126,7 @@ def assert_each_unit_complete_once(study: optuna.Study) -> None:
 def test_grid_study_completes_with_nested_mlflow_runs(workdir):
     from mlflow.tracking import MlflowClient
 
-    path = spec_file(workdir, 'kind = "grid"\nalgo = "ppo"\nseeds = 2\n[grid]\nentropy_coef = [0.0, 0.01]\n')
+    path = grid_spec(workdir, 2, [0.0, 0.01])
     status = runner.run_study(path, workers=1, progress=False)
     assert status.finished and status.complete == 4
 
@@ -173,11 +191,8 @@ def check_recovered(workdir: Path, path: Path, storage: str) -> None:
     assert {run.info.status for run in runs} <= {"FINISHED", "KILLED"}
 
 
-GRID_6 = 'kind = "grid"\nalgo = "ppo"\nseeds = 3\n[grid]\nentropy_coef = [0.0, 0.01]\n'
-
-
 def test_killed_worker_leaves_units_recoverable_on_the_journal(workdir):
-    path = spec_file(workdir, GRID_6)
+    path = grid_spec(workdir, 3, [0.0, 0.01])
     storage = str(workdir / "runs" / "studies.journal")
     run_and_kill_one_worker(workdir, path, storage)
     check_recovered(workdir, path, storage)
@@ -215,7 +230,7 @@ def postgres_url():
 
 @pytest.mark.postgres
 def test_killed_worker_leaves_units_recoverable_on_postgresql(workdir, postgres_url):
-    path = spec_file(workdir, GRID_6)
+    path = grid_spec(workdir, 3, [0.0, 0.01])
     run_and_kill_one_worker(workdir, path, postgres_url)
     check_recovered(workdir, path, postgres_url)
 
@@ -224,9 +239,7 @@ def test_killed_worker_leaves_units_recoverable_on_postgresql(workdir, postgres_
 
 
 def test_failing_units_are_recorded_and_the_study_goes_on(workdir, fake_execute):
-    path = spec_file(
-        workdir, 'kind = "grid"\nalgo = "ppo"\nseeds = 1\n[grid]\nentropy_coef = [0.0, 0.25, 0.5]\n'
-    )
+    path = grid_spec(workdir, 1, [0.0, 0.25, 0.5])
     study = prepared(path)
     assert run_worker("tiny", None) == 3
     by_coef = {t.user_attrs["params"]["entropy_coef"]: t for t in load_study("tiny", None).trials}
@@ -241,7 +254,7 @@ def test_failing_units_are_recorded_and_the_study_goes_on(workdir, fake_execute)
 
 
 def test_trial_budget_holds_across_workers(workdir, fake_execute):
-    prepared(spec_file(workdir, "max_trials = 4\n" + GRID_6))
+    prepared(grid_spec(workdir, 3, [0.0, 0.01], top="max_trials = 4\n"))
     assert run_worker("tiny", None, index=0) + run_worker("tiny", None, index=1) == 4
     study = load_study("tiny", None)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
@@ -249,7 +262,7 @@ def test_trial_budget_holds_across_workers(workdir, fake_execute):
 
 
 def test_status_command_reports_counts_and_eta(workdir, fake_execute, capsys):
-    path = spec_file(workdir, 'kind = "grid"\nalgo = "ppo"\nseeds = 2\n[grid]\nentropy_coef = [0.0, 0.5]\n')
+    path = grid_spec(workdir, 2, [0.0, 0.5])
     prepared(path)
     run_worker("tiny", None)
     assert main(["study", "status", "tiny"]) == 0
@@ -261,17 +274,8 @@ def test_status_command_reports_counts_and_eta(workdir, fake_execute, capsys):
 
 
 def test_tune_study_reports_iqm_per_unit_and_prunes(workdir, fake_execute):
-    body = """
-        kind = "tune"
-        algo = "ppo"
-        seeds = 2
-        max_trials = 6
-        pruner = "median"
-        [space.clip]
-        low = 0.1
-        high = 0.3
-    """
-    prepared(spec_file(workdir, textwrap.dedent(body)))
+    top = 'kind = "tune"\nseeds = 2\nmax_trials = 6\npruner = "median"\n'
+    prepared(spec_file(workdir, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n"))
     assert run_worker("tiny", None) == 6
     study = load_study("tiny", None)
     assert len(study.trials) == 6
@@ -288,7 +292,7 @@ def test_tune_study_reports_iqm_per_unit_and_prunes(workdir, fake_execute):
 
 
 def test_resuming_with_a_changed_spec_is_refused(workdir, fake_execute):
-    path = spec_file(workdir, 'kind = "grid"\nalgo = "ppo"\nseeds = 1\n[grid]\nentropy_coef = [0.0]\n')
+    path = grid_spec(workdir, 1, [0.0])
     prepared(path)
     path.write_text(path.read_text().replace("seeds = 1", "seeds = 2"))
     with pytest.raises(UserError, match="already exists .* with a different spec"):
