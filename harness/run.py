@@ -92,7 +92,7 @@ def execute(
     task = envs.canonical_task(request.task)
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, task, dict(request.overrides))
-    device = _device(request.device)
+    device = resolve_device(request.device)
     out_dir = Path(request.out_dir or _default_out_dir(request)).resolve()
     tracking_uri = resolve_tracking_uri(request.tracking_uri)
     request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
@@ -130,7 +130,7 @@ def resume(
     request = dataclasses.replace(RunRequest(**state["request"]), out_dir=Path(out_dir).resolve())
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, request.task, dict(request.overrides))
-    agent = spec.agent_cls(config, request.task, request.seed, request.steps, _device(request.device))
+    agent = spec.agent_cls(config, request.task, request.seed, request.steps, resolve_device(request.device))
     agent.load_state_dict(state["agent"])
     tracker = RunTracker.reopen(request.tracking_uri, state["mlflow_run_id"])
     return _train(request, config, agent, _Progress(**state["progress"]), tracker, on_evaluation, progress)
@@ -223,7 +223,7 @@ def _train(
     return result("FINISHED")
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
