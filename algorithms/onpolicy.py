@@ -117,7 +117,9 @@ def make_adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr)
 
 
-def _as_input(obs: np.ndarray, normalizer: RunningMeanStd | None, device: torch.device) -> Tensor:
+def policy_input(obs: np.ndarray, normalizer: RunningMeanStd | None, device: torch.device) -> Tensor:
+    """Raw env observations -> the (normalised) float32 tensor a policy takes, on `device`."""
+
     x = normalizer.normalize(obs) if normalizer is not None else np.asarray(obs, dtype=np.float32)
     return torch.from_numpy(x).to(device)
 
@@ -144,14 +146,15 @@ def collect_rollout(
     terminated, truncated, raw_obs = [], [], []
     final_values: dict[int, tuple[np.ndarray, Tensor]] = {}  # step -> (env indices, V(final_obs))
     for t in range(num_steps):
-        x = _as_input(obs, normalizer, device)
+        x = policy_input(obs, normalizer, device)
         step = policy(x)
         next_obs, reward, term, trunc, info = env.step(step.env_action.cpu().numpy())
         term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
         ended_by_time = np.flatnonzero(trunc & ~term)
         if ended_by_time.size:
-            final_obs = np.asarray(info["final_obs"])[ended_by_time]
-            final_values[t] = (ended_by_time, value(_as_input(final_obs, normalizer, device)))
+            # Stacking rows also accepts gymnasium's object arrays (None where no episode ended).
+            final_obs = np.stack([info["final_obs"][i] for i in ended_by_time])
+            final_values[t] = (ended_by_time, value(policy_input(final_obs, normalizer, device)))
         episodes.record(np.asarray(reward, dtype=np.float64), term | trunc)
         steps["obs"].append(x)
         steps["actions"].append(step.action)
@@ -164,7 +167,7 @@ def collect_rollout(
         obs = next_obs
 
     values = torch.stack(steps["values"])
-    next_values = torch.cat([values[1:], value(_as_input(obs, normalizer, device))[None]])
+    next_values = torch.cat([values[1:], value(policy_input(obs, normalizer, device))[None]])
     for t, (index, v) in final_values.items():
         next_values[t, torch.from_numpy(index).to(device)] = v
     if normalizer is not None:

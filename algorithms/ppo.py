@@ -55,6 +55,7 @@ from algorithms.onpolicy import (
     flatten,
     make_adam,
     minibatch_update,
+    policy_input,
     torch_threads,
 )
 from algorithms.registry import register
@@ -287,8 +288,7 @@ class PPOAgent(Agent):
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        x = torch.from_numpy(self.normalizer.normalize(obs) if self.normalizer else obs.astype(np.float32))
-        dist = self.model.dist(x.to(self.device))
+        dist = self.model.dist(policy_input(obs, self.normalizer, self.device))
         u = dist.mean if deterministic else self.sample(dist)
         return torch.tanh(u).cpu().numpy()
 
