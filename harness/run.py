@@ -259,7 +259,8 @@ class _ProgressBar:
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
             )
-            self.task_id = self.progress.add_task("run", total=request.steps, speed="-", last_eval="-")
+            self.total = request.steps
+            self.task_id = self.progress.add_task("run", total=self.total, speed="-", last_eval="-")
 
     def __enter__(self) -> _ProgressBar:
         if self.progress is not None:
@@ -278,4 +279,4 @@ class _ProgressBar:
         elapsed, done = time.perf_counter() - self.origin[0], step - self.origin[1]
         speed = f"{done / elapsed:,.0f}" if done > 0 else "-"
         last = f"{history[-1][1]:.1f}" if history else "-"
-        self.progress.update(self.task_id, completed=step, speed=speed, last_eval=last)
+        self.progress.update(self.task_id, completed=min(step, self.total), speed=speed, last_eval=last)
