@@ -1,0 +1,102 @@
+"""Report statistics: exact metrics, the seedable stratified bootstrap, and agreement with rliable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rliable import metrics
+
+from harness.report import stats
+
+REPS = 2000
+
+# Three tasks x four runs, built so that every aggregate is known by hand:
+#   all twelve sorted: 0 .1 .1 .1 | .1 .2 .2 .4 .4 .6 | .8 2  -> IQM = 1.4 / 6
+#   per-task means .3, .85, .1 -> mean 1.25 / 3, median .3
+#   scores capped at 1 sum to 4 -> optimality gap 1 - 4 / 12
+KNOWN = np.array([[0.0, 0.2, 0.1], [0.2, 0.4, 0.1], [0.4, 0.8, 0.1], [0.6, 2.0, 0.1]])
+EXPECTED = {"Median": 0.3, "IQM": 1.4 / 6, "Mean": 1.25 / 3, "Optimality Gap": 1 - 4 / 12}
+
+
+def test_aggregates_are_exact_on_known_scores():
+    points, intervals = stats.interval_estimates({"a": KNOWN}, stats.aggregates, reps=REPS, seed=0)
+    assert dict(zip(stats.AGGREGATES, points["a"], strict=True)) == pytest.approx(EXPECTED, abs=1e-12)
+    assert intervals["a"].shape == (2, len(stats.AGGREGATES))
+    assert np.all(intervals["a"][0] <= points["a"]) and np.all(points["a"] <= intervals["a"][1])
+
+
+def test_batched_metrics_equal_rliable_on_every_resample():
+    rng = np.random.default_rng(1)
+    batch = rng.gamma(2.0, 0.3, size=(20, 7, 5))  # 20 resamples of (7 runs, 5 tasks), some above 1
+    rliable = [metrics.aggregate_median, metrics.aggregate_iqm, metrics.aggregate_mean]
+    rliable.append(metrics.aggregate_optimality_gap)
+    expected = np.array([[metric(scores) for metric in rliable] for scores in batch])
+    np.testing.assert_allclose(stats.aggregates(batch), expected, rtol=1e-12)
+    xs, ys = batch.round(1), rng.gamma(2.0, 0.3, size=(20, 4, 5)).round(1)  # rounded: ties happen
+    pairs = np.array([metrics.probability_of_improvement(x, y) for x, y in zip(xs, ys, strict=True)])
+    np.testing.assert_allclose(stats.probability_of_improvement(xs, ys), pairs, rtol=1e-12)
+
+
+def test_probability_of_improvement_extremes():
+    low, high = np.zeros((3, 2)), np.ones((4, 2))
+    points, _ = stats.interval_estimates(
+        {"high|low": (high, low), "tie": (low, low)}, stats.probability_of_improvement, reps=REPS, seed=0
+    )
+    assert points == {"high|low": 1.0, "tie": 0.5}
+
+
+def test_constant_runs_give_a_degenerate_interval():
+    scores = np.tile([0.2, 0.5, 0.9], (5, 1))
+    points, intervals = stats.interval_estimates({"c": scores}, stats.iqm, reps=REPS, seed=3)
+    assert intervals["c"] == pytest.approx([points["c"], points["c"]])
+
+
+def test_intervals_contain_the_population_value():
+    # Uniform(0, 1) scores: the population IQM, median, mean and optimality gap are all 0.5.
+    scores = np.random.default_rng(7).uniform(size=(40, 4))
+    _, intervals = stats.interval_estimates({"u": scores}, stats.aggregates, reps=REPS, seed=0)
+    lower, upper = intervals["u"]
+    assert np.all(lower < 0.5) and np.all(upper > 0.5)
+    assert np.all(upper - lower < 0.25)
+
+
+def test_intervals_are_bit_identical_for_a_seed_and_change_with_it():
+    scores = np.random.default_rng(0).uniform(size=(5, 3))
+    first = stats.interval_estimates({"a": scores, "b": scores / 2}, stats.aggregates, reps=REPS, seed=11)
+    again = stats.interval_estimates({"a": scores, "b": scores / 2}, stats.aggregates, reps=REPS, seed=11)
+    alone = stats.interval_estimates({"a": scores}, stats.aggregates, reps=REPS, seed=11)
+    other = stats.interval_estimates({"a": scores}, stats.aggregates, reps=REPS, seed=12)
+    assert np.array_equal(first[1]["a"], again[1]["a"]) and np.array_equal(first[1]["b"], again[1]["b"])
+    assert np.array_equal(first[1]["a"], alone[1]["a"])  # independent of the other variants
+    assert not np.array_equal(first[1]["a"], other[1]["a"])
+
+
+def test_curves_resample_whole_runs():
+    curves = np.random.default_rng(2).uniform(size=(6, 3, 4))
+    points, intervals = stats.interval_estimates({"a": curves}, stats.iqm_curve, reps=REPS, seed=0)
+    assert points["a"].shape == (4,) and intervals["a"].shape == (2, 4)
+    for t in range(4):
+        assert points["a"][t] == pytest.approx(metrics.aggregate_iqm(curves[..., t]))
+
+
+def test_agrees_with_rliable_library_within_bootstrap_noise():
+    from rliable import library
+
+    rng = np.random.default_rng(5)
+    score_dict = {"a": rng.uniform(size=(10, 5)), "b": rng.beta(2, 5, size=(8, 5))}
+
+    def rliable_aggregates(scores):
+        return np.array([
+            metrics.aggregate_median(scores),
+            metrics.aggregate_iqm(scores),
+            metrics.aggregate_mean(scores),
+            metrics.aggregate_optimality_gap(scores),
+        ])  # fmt: skip
+
+    np.random.seed(0)  # rliable draws from NumPy's global generator; its random_state seeds nothing
+    theirs_points, theirs = library.get_interval_estimates(score_dict, rliable_aggregates, reps=REPS)
+    ours_points, ours = stats.interval_estimates(score_dict, stats.aggregates, reps=REPS, seed=0)
+    for name in score_dict:
+        np.testing.assert_allclose(ours_points[name], theirs_points[name], rtol=1e-12)
+        width = theirs[name][1] - theirs[name][0]
+        assert np.all(np.abs(ours[name] - theirs[name]) < 0.15 * width + 1e-9)
