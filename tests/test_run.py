@@ -1,21 +1,35 @@
-"""`gorl-bench run` end to end on the toy task: MLflow records, determinism, failures and bad input."""
+"""`gorl-bench run` end to end on the toy task: MLflow records, determinism, resume after SIGKILL,
+failures and bad input."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness.checkpoint import load_checkpoint
+from harness.checkpoint import checkpoint_path, load_checkpoint
 from harness.cli import main
-from harness.run import RunRequest, execute
+from harness.run import RunRequest, execute, resume
 
 TOY = "toy-bimodal"
-# 4 PPO updates of 64 envs x 64 steps with the cpu preset: a few seconds on the toy task.
-TINY = {"steps": 4 * 64 * 64, "overrides": {"eval_points": 4}}
+# Small PPO updates (16 envs x 16 steps, 2 epochs) on one torch thread: the harness, not learning,
+# is under test, and one thread keeps the tests fast on a busy shared machine.
+SMALL = {"num_envs": 16, "rollout_steps": 16, "epochs": 2, "update_threads": 1, "eval_points": 4}
+TINY = {"steps": 4 * 16 * 16, "overrides": SMALL}
+
+
+def sets(overrides: dict) -> list[str]:
+    """`--set key=value` arguments for the CLI."""
+
+    return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
 
 
 def request(tmp_path: Path, tracking_uri: str, **changes) -> RunRequest:
@@ -32,7 +46,7 @@ def request(tmp_path: Path, tracking_uri: str, **changes) -> RunRequest:
 def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_uri, capsys):
     out = tmp_path / "cli-run"
     argv = ["run", "--algo", "ppo", "--task", TOY, "--seed", "3", "--steps", str(TINY["steps"]),
-            "--set", "eval_points=4", "--out", str(out), "--tracking-uri", tracking_uri,
+            *sets(SMALL), "--out", str(out), "--tracking-uri", tracking_uri,
             "--experiment", "cli-test", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     assert "FINISHED: final score" in capsys.readouterr().out
@@ -89,8 +103,9 @@ def test_on_evaluation_exception_ends_the_run_killed_and_keeps_the_checkpoint(tm
 
 
 def test_diverging_run_is_marked_failed_and_writes_no_bad_checkpoint(tmp_path, tracking_uri, capsys):
-    argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), "--set", "lr=1e30",
-            "--out", str(tmp_path / "nan"), "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), *sets(SMALL),
+            "--set", "lr=1e30", "--out", str(tmp_path / "nan"), "--tracking-uri", tracking_uri,
+            "--no-progress"]  # fmt: skip
     assert main(argv) == 1
     assert "FAILED" in capsys.readouterr().out
     client = MlflowClient(tracking_uri)
@@ -101,7 +116,7 @@ def test_diverging_run_is_marked_failed_and_writes_no_bad_checkpoint(tmp_path, t
 
 
 def test_failed_run_result_has_nan_score(tmp_path, tracking_uri):
-    result = execute(request(tmp_path, tracking_uri, overrides={"lr": 1e30}), progress=False)
+    result = execute(request(tmp_path, tracking_uri, overrides={**SMALL, "lr": 1e30}), progress=False)
     assert result.status == "FAILED" and math.isnan(result.final_score)
 
 
@@ -137,3 +152,56 @@ def test_cuda_without_cuda_is_refused(tmp_path, tracking_uri, capsys):
     argv = ["run", "--algo", "ppo", "--task", TOY, "--device", "cuda", "--tracking-uri", tracking_uri]
     assert main(argv) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+POINTS = 6
+STEPS = 60 * 16 * 16  # 60 small updates: the run is still going when its first checkpoint appears
+OVERRIDES = {**SMALL, "eval_points": POINTS}
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_uri):
+    reference = execute(
+        RunRequest(algo="ppo", task="toy-bimodal", seed=5, steps=STEPS, overrides=OVERRIDES,
+                   out_dir=tmp_path / "reference", tracking_uri=tracking_uri),
+        progress=False,
+    )  # fmt: skip
+    assert len(reference.eval_history) == POINTS
+
+    out = tmp_path / "killed"
+    argv = ["run", "--algo", "ppo", "--task", "toy-bimodal", "--seed", "5", "--steps", str(STEPS),
+            *sets(OVERRIDES), "--out", str(out), "--tracking-uri", tracking_uri,
+            "--no-progress"]  # fmt: skip
+    env = {**os.environ, "MUJOCO_GL": "disable"}
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not checkpoint_path(out).exists():
+        assert process.poll() is None, "the run ended before writing a checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    killed_at = load_checkpoint(out)["progress"]["history"]
+    assert len(killed_at) < POINTS, "the run finished before it was killed"
+
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    state = load_checkpoint(out)
+    assert [tuple(point) for point in state["progress"]["history"]] == reference.eval_history
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(state["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    for key in ("eval/return_mean", "steps/counted"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at one step after resume"
+    means = client.get_metric_history(run.info.run_id, "eval/return_mean")
+    assert [(m.step, m.value) for m in means] == [(s, mean) for s, mean, _ in reference.eval_history]
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, tracking_uri):
+    request = RunRequest(algo="ppo", task="toy-bimodal", steps=4 * 16 * 16, overrides=SMALL,
+                         out_dir=tmp_path / "done", tracking_uri=tracking_uri)  # fmt: skip
+    first = execute(request, progress=False)
+
+    again = resume(Path(first.out_dir), progress=False)
+    assert again.eval_history == first.eval_history and again.mlflow_run_id == first.mlflow_run_id
