@@ -38,9 +38,9 @@ def point_seed(run_seed: int, point: int) -> int:
 class Evaluator:
     """Runs `episodes` deterministic episodes in parallel, one per env of its own vector env."""
 
-    def __init__(self, task: str, episodes: int, run_seed: int) -> None:
+    def __init__(self, task: str, episodes: int, run_seed: int, backend: str = "auto") -> None:
         self.run_seed = run_seed
-        self.env = envs.make(task, episodes, run_seed + EVAL_SEED_OFFSET)
+        self.env = envs.make(task, episodes, run_seed + EVAL_SEED_OFFSET, backend=backend)
 
     def evaluate(self, act: Callable[[np.ndarray], np.ndarray], point: int) -> tuple[float, float]:
         """(mean, std) of the first episode's return in every env."""

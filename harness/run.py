@@ -147,7 +147,7 @@ def _train(
 ) -> RunResult:
     out_dir = Path(request.out_dir)
     points = evaluation_points(request.steps, config.eval_points)
-    evaluator = Evaluator(request.task, config.eval_episodes, request.seed)
+    evaluator = Evaluator(request.task, config.eval_episodes, request.seed, config.env_backend)
 
     def checkpoint() -> Path:
         return save_checkpoint(
