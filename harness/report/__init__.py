@@ -1,0 +1,196 @@
+"""Reports of a study: rliable statistics, paper-ready figures and tables, logged to MLflow.
+
+    report = build_report("timescale", reps=50_000, seed=0)
+
+reads the study's results (`results`: Optuna joined with MLflow), normalises them (`scores`),
+bootstraps aggregate metrics, probabilities of improvement, performance profiles, IQM
+sample-efficiency curves and, for grid studies, the ablation of each swept parameter
+(`stats`), then writes into the output directory:
+
+  results.csv                 the tidy table, one row per (unit, evaluation), with `score`
+  summary.md                  all tables, notes, missing and failed units (title marks PARTIAL)
+  tables.tex                  the same tables for LaTeX (booktabs)
+  aggregates, probability_of_improvement, performance_profile, sample_efficiency, ablation
+                              figures, each as .png and .pdf
+
+and logs the directory as the `report/` artifacts of the study's MLflow parent run.
+
+Ablations: each swept parameter gets its own panel; at each of its values, the runs of every
+configuration with that value are pooled (marginalising over the other swept parameters).
+Configurations that do not set the parameter (another table of a union of grids) are left out
+of its panel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import UserError
+from harness.report import figures, stats
+from harness.report.results import StudyResults, load_results, load_study_results
+from harness.report.scores import curve_arrays, final_score_arrays, normalise, pooled_by_value
+from harness.report.tables import Table, ablation_table, aggregate_table, improvement_table, per_task_table
+
+__all__ = ["Report", "build_report", "load_results"]
+
+DEFAULT_OUT = Path("runs") / "reports"
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Report:
+    out_dir: Path
+    partial: bool
+    missing: list[str]
+    failed: list[tuple[str, str]]
+    files: list[Path]
+    notes: list[str] = field(default_factory=list)  # trimmed variants, an MLflow upload that failed
+
+
+def build_report(
+    study_name: str,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    out_dir: Path | None = None,
+    *,
+    reps: int = 50_000,
+    seed: int = 0,
+    progress: stats.Progress | None = None,
+) -> Report:
+    """Write the report of study `study_name` (see the module docstring) and return what was written.
+
+    The intervals are a pure function of the results, `reps` and `seed`. `progress` is called
+    with the number of bootstrap resamples done, as they are done.
+    """
+
+    if reps < 100:
+        raise UserError(f"--reps must be at least 100 for 95% intervals, got {reps}.")
+    results = load_study_results(study_name, storage, tracking_uri)
+    out = Path(out_dir or DEFAULT_OUT / study_name)
+    out.mkdir(parents=True, exist_ok=True)
+    table = results.table.copy()
+    table.insert(table.columns.get_loc("eval_return") + 1, "score", normalise(table))
+    table.to_csv(out / "results.csv", index=False)
+    files = [out / "results.csv"]
+
+    finals, notes = final_score_arrays(table, results.tasks)
+    if not finals:
+        raise UserError(
+            f"no variant of study {study_name!r} has a finished run on every task yet; "
+            + "; ".join(notes)
+            + ". Report again when more units are done."
+        )
+    options = {"reps": reps, "seed": seed, "confidence": CONFIDENCE, "progress": progress}
+    sections: list[tuple[str, Table]] = []
+
+    points, intervals = stats.interval_estimates(finals, stats.aggregates, **options)
+    sections.append(("Aggregate metrics of final normalised scores", aggregate_table(points, intervals)))
+    files += figures.save(figures.aggregates_figure(points, intervals), out, "aggregates")
+
+    pairs = {
+        f"{x}{stats.PAIR_SEPARATOR}{y}": (finals[x], finals[y]) for x, y in itertools.combinations(finals, 2)
+    }
+    if pairs:
+        points, intervals = stats.interval_estimates(pairs, stats.probability_of_improvement, **options)
+        sections.append(("Probability of improvement", improvement_table(points, intervals)))
+        files += figures.save(
+            figures.improvement_figure(points, intervals), out, "probability_of_improvement"
+        )
+
+    taus = np.linspace(0.0, max(1.0, max(float(a.max()) for a in finals.values())), 101)
+    points, intervals = stats.interval_estimates(finals, stats.performance_profile(taus), **options)
+    files += figures.save(figures.profile_figure(taus, points, intervals), out, "performance_profile")
+
+    steps, curves, _ = curve_arrays(table, results.tasks)  # same trims as `finals`, already noted
+    points, intervals = stats.interval_estimates(curves, stats.iqm_curve, **options)
+    files += figures.save(
+        figures.sample_efficiency_figure(steps, points, intervals), out, "sample_efficiency"
+    )
+
+    sections.append(("Final return per task (mean ± std over seeds)", per_task_table(table, results.tasks)))
+    if results.kind == "grid" and results.parameters:
+        panels = _ablations(results, table, finals, options)
+        sections += [
+            (f"Ablation of {name}: final IQM", ablation_table(*panel, name)) for name, panel in panels.items()
+        ]
+        files += figures.save(figures.ablation_figure(panels), out, "ablation")
+
+    files += _write_tables(out, results, sections, notes, files, reps, seed)
+    notes += _log_artifacts(results, out)
+    return Report(out, results.partial, results.missing, results.failed, files, notes)
+
+
+def _ablations(
+    results: StudyResults, table: pd.DataFrame, finals: dict[str, np.ndarray], options: dict
+) -> dict[str, tuple[dict[str, float], dict[str, np.ndarray]]]:
+    """(points, intervals) of the final IQM at each value of each swept parameter, values in order."""
+
+    first = table.drop_duplicates("variant").set_index("variant")
+    panels = {}
+    for name in results.parameters:
+        values = {variant: value for variant, value in first[name].items() if pd.notna(value)}
+        pooled = pooled_by_value(finals, values)
+        if not pooled:
+            continue
+        ordered = {str(value): pooled[value] for value in sorted(pooled, key=_sort_key)}
+        panels[name] = stats.interval_estimates(ordered, stats.iqm, **options)
+    return panels
+
+
+def _sort_key(value: object) -> tuple:
+    # Numbers in numeric order, then anything else by its text.
+    return (0, float(value), "") if isinstance(value, int | float) else (1, 0.0, str(value))
+
+
+def _write_tables(
+    out: Path,
+    results: StudyResults,
+    sections: list[tuple[str, Table]],
+    notes: list[str],
+    files: list[Path],
+    reps: int,
+    seed: int,
+) -> list[Path]:
+    title = f"# Report: {results.study} ({results.kind})" + (" — PARTIAL" if results.partial else "")
+    lines = [
+        title,
+        "",
+        f"Normalised scores (DMC: return / 1000); {CONFIDENCE:.0%} stratified bootstrap intervals "
+        f"over seeds, {reps} resamples, seed {seed}. Tasks: {', '.join(results.tasks)}.",
+        "",
+    ]
+    for heading, table in sections:
+        lines += [f"## {heading}", "", table.markdown(), ""]
+    lines += ["## Figures", ""]
+    lines += [f"![{path.stem}]({path.name})" for path in files if path.suffix == ".png"]
+    lines += ["", f"## Missing units ({len(results.missing)})", ""]
+    lines += [f"- {unit}" for unit in results.missing] or ["none"]
+    lines += ["", f"## Failed units ({len(results.failed)})", ""]
+    lines += [f"- {unit}: {reason}" for unit, reason in results.failed] or ["none"]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    latex = "\n".join(table.latex(f"{results.study}: {heading}") for heading, table in sections)
+    (out / "tables.tex").write_text(latex)
+    return [out / "summary.md", out / "tables.tex"]
+
+
+def _log_artifacts(results: StudyResults, out: Path) -> list[str]:
+    """Attach the report to the study's MLflow parent run; a failure is a note, not an error."""
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if not results.parent_run_id:
+        return ["the study has no MLflow parent run; the report was not logged to MLflow"]
+    try:
+        client = MlflowClient(tracking_uri=results.tracking_uri)
+        client.log_artifacts(results.parent_run_id, str(out), artifact_path="report")
+    except (MlflowException, OSError) as error:
+        return [f"logging the report to MLflow run {results.parent_run_id} failed: {error}"]
+    return []

@@ -1,0 +1,225 @@
+"""Load a study's results: its Optuna trials joined with their MLflow runs, as one tidy table.
+
+Data contract (what `gorl-bench study run` and its workers write; this module reads nothing else):
+
+Optuna study, in `--storage` (default the journal file `runs/studies.journal`; a value with
+`://` is an RDB URL such as sqlite:///... or postgresql://...). Study user attrs:
+  spec                  the study spec as a dict: name, kind in {grid, compare, tune}, tasks, ...
+  tracking_uri          the MLflow store of the study's runs
+  mlflow_experiment_id  its MLflow experiment
+  mlflow_parent_run_id  the study's parent run (the report's artifacts go there)
+  units_expected        unit keys of a grid or compare study ("variant|task|seedN")
+  swept                 names of the parameters a grid study varies
+
+Trial user attrs, grid and compare studies (one trial = one unit = configuration x task x seed):
+  unit, variant, algo, task, seed (the seed index, an int), params (the unit's config overrides,
+  swept ones included), mlflow_run_id; FAILED trials carry fail_reason.
+Tune studies: one trial = one sampled configuration (variant "trial-<number>"); its user attr
+  `units` lists one record per finished unit with the same keys (unit, variant, algo, task,
+  seed, params, mlflow_run_id). A trial without `units` is read as a single unit record.
+
+Trials left out: lost attempts (a FAILED trial whose worker died, marked `lost` or without a
+fail_reason, always re-enqueued) and duplicates (`duplicate_of`). Pruned tune trials are left
+out too: their configuration was stopped early by design and has not run on every task.
+
+MLflow: each unit's run has the metric history `eval/return_mean` (and `eval/return_std`) with
+step = counted env steps; every point is already the mean over that evaluation's episodes, so
+the runs axis of the statistics holds independent seeds only. A unit's final score is its last
+evaluation.
+
+The table has one row per (unit, evaluation): study, variant, algo, task, seed, env_step,
+eval_return, then one column per swept parameter (grid) or searched parameter (tune).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.errors import UserError
+
+RETURN_METRIC = "eval/return_mean"
+COLUMNS = ["study", "variant", "algo", "task", "seed", "env_step", "eval_return"]
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """Everything the report needs to know about one study."""
+
+    study: str
+    kind: str
+    table: pd.DataFrame
+    missing: list[str]  # units (tune: trials) not finished yet
+    failed: list[tuple[str, str]]  # (unit or trial, reason)
+    parameters: list[str]  # parameter columns of `table`
+    tracking_uri: str
+    parent_run_id: str | None
+    tasks: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
+
+
+def load_results(
+    study_name: str, storage: str | None = None, tracking_uri: str | None = None
+) -> tuple[pd.DataFrame, list[str], list[tuple[str, str]]]:
+    """The study's tidy table, its missing units and its failed (unit, reason) pairs.
+
+    `storage` and `tracking_uri` default to the embedded journal and the study's own store.
+    """
+
+    results = load_study_results(study_name, storage, tracking_uri)
+    return results.table, results.missing, results.failed
+
+
+def load_study_results(
+    study_name: str, storage: str | None = None, tracking_uri: str | None = None
+) -> StudyResults:
+    """`load_results` with the study's metadata (kind, parameters, tasks, MLflow parent run)."""
+
+    from optuna.trial import TrialState
+
+    from studies.storage import is_lost
+
+    study = open_study(study_name, storage)
+    attrs = study.user_attrs
+    spec = attrs["spec"]
+    kind = spec["kind"]
+    parameters = list(attrs.get("swept") or []) if kind != "tune" else list(spec.get("space", {}))
+    uri = _tracking_uri(tracking_uri or attrs["tracking_uri"])
+    client = _mlflow_client(uri)
+
+    trials = [
+        t for t in study.get_trials(deepcopy=False) if not is_lost(t) and "duplicate_of" not in t.user_attrs
+    ]
+    rows: list[dict[str, Any]] = []
+    done: set[str] = set()
+    failed: dict[str, str] = {}
+    unfinished: list[str] = []
+    for trial in trials:
+        if trial.state == TrialState.FAIL:
+            label = trial.user_attrs.get("unit") or trial.user_attrs.get("variant") or f"trial-{trial.number}"
+            failed[label] = trial.user_attrs.get("fail_reason", "no reason recorded")
+        elif trial.state == TrialState.COMPLETE:
+            for record in trial.user_attrs.get("units") or [trial.user_attrs]:
+                history = _return_history(client, record.get("mlflow_run_id"))
+                if not history:
+                    run_id = record.get("mlflow_run_id")
+                    failed[record["unit"]] = f"no {RETURN_METRIC} history in MLflow run {run_id}"
+                    continue
+                done.add(record["unit"])
+                rows += [_row(study_name, record, parameters, step, value) for step, value in history]
+        elif trial.state in (TrialState.RUNNING, TrialState.WAITING) and kind == "tune":
+            variant = trial.user_attrs.get("variant", f"trial-{trial.number}")
+            unfinished.append(f"{variant} ({trial.state.name.lower()})")
+
+    if kind == "tune":
+        settled = sum(t.state.is_finished() for t in trials)
+        left = (spec.get("max_trials") or 0) - settled - len(unfinished)
+        missing = unfinished + ([f"{left} trial(s) not started"] if left > 0 else [])
+    else:
+        settled = done | set(failed)
+        missing = [unit for unit in attrs.get("units_expected", []) if unit not in settled]
+    failed_units = [(unit, reason) for unit, reason in failed.items() if unit not in done]
+    if not rows:
+        raise UserError(
+            f"study {study_name!r} has no finished unit with evaluations yet ({len(missing)} missing, "
+            f"{len(failed_units)} failed); run or resume it with `gorl-bench study run`, then report again."
+        )
+    table = pd.DataFrame(rows, columns=COLUMNS + parameters)
+    for name in parameters:
+        # Object columns keep each value as the spec wrote it: pandas would turn ints next to a
+        # missing value (a configuration that does not set the parameter) into floats.
+        table[name] = pd.Series([row[name] for row in rows], index=table.index, dtype=object)
+    tasks = [t for t in spec.get("tasks", []) if t in set(table["task"])] or sorted(table["task"].unique())
+    return StudyResults(
+        study=study_name,
+        kind=kind,
+        table=table,
+        missing=missing,
+        failed=failed_units,
+        parameters=parameters,
+        tracking_uri=uri,
+        parent_run_id=attrs.get("mlflow_parent_run_id"),
+        tasks=tasks,
+    )
+
+
+def open_study(study_name: str, storage: str | None) -> Any:
+    """Load a study without creating anything: a storage that does not exist is an error."""
+
+    from studies.storage import DEFAULT_JOURNAL
+    from studies.worker import load_study
+
+    location = storage or str(DEFAULT_JOURNAL)
+    path = None
+    if "://" not in location:
+        path = Path(location)
+    elif location.startswith("sqlite:///"):
+        path = Path(location.removeprefix("sqlite:///"))
+    if path is not None and not path.is_file():
+        raise UserError(
+            f"no study storage at {location}: the file does not exist. Pass the --storage a study was "
+            "run with (a journal file path or an RDB URL such as postgresql://...)."
+        )
+    study = load_study(study_name, location)
+    if not study.get_trials(deepcopy=False):
+        raise UserError(f"study {study_name!r} has no trials yet; start it with `gorl-bench study run`.")
+    if "spec" not in study.user_attrs:
+        raise UserError(
+            f"study {study_name!r} was not created by `gorl-bench study run` (it has no `spec` attribute), "
+            "so its units cannot be matched to MLflow runs."
+        )
+    return study
+
+
+def _tracking_uri(uri: str) -> str:
+    from studies.storage import sqlalchemy_url
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(
+            f"the MLflow store {uri} does not exist on this machine; pass the study's store with "
+            "--tracking-uri."
+        )
+    return sqlalchemy_url(uri)
+
+
+def _mlflow_client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _return_history(client: Any, run_id: str | None) -> list[tuple[int, float]]:
+    """(env step, mean return) of each evaluation, in step order; the latest value wins at a repeated step."""
+
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return []
+    try:
+        metrics = client.get_metric_history(run_id, RETURN_METRIC)
+    except MlflowException:
+        return []
+    by_step = {m.step: m.value for m in sorted(metrics, key=lambda m: (m.step, m.timestamp))}
+    return sorted(by_step.items())
+
+
+def _row(
+    study: str, record: dict[str, Any], parameters: list[str], step: int, value: float
+) -> dict[str, Any]:
+    params = record.get("params") or {}
+    return {
+        "study": study,
+        "variant": record["variant"],
+        "algo": record["algo"],
+        "task": record["task"],
+        "seed": int(record["seed"]),
+        "env_step": int(step),
+        "eval_return": float(value),
+        **{name: params.get(name) for name in parameters},
+    }

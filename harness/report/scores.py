@@ -1,0 +1,103 @@
+"""From the tidy results table to rliable-shaped arrays of normalised scores.
+
+Normalised score = (return - lo) / (hi - lo) with (lo, hi) = `envs.score_range(task)`: DMC
+returns lie in [0, 1000], so a DMC score is return / 1000; toy tasks declare their own range.
+
+rliable wants one rectangular array per variant, (runs, tasks[, checkpoints]). A finished study
+gives every variant the same seeds on every task; a study in progress may not. Then each
+variant keeps, on every task, as many runs as its least-covered task has (the lowest seed
+indices), and a variant with no run at all on some task is left out of the aggregates. Each
+such trim is returned as a note for the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+UNIT = ["variant", "task", "seed"]
+
+
+def normalise(table: pd.DataFrame) -> pd.Series:
+    """The normalised score of every row of a results table (by its `task` and `eval_return`)."""
+
+    import envs
+
+    ranges = {task: envs.score_range(task) for task in table["task"].unique()}
+    lo = table["task"].map(lambda task: ranges[task][0])
+    hi = table["task"].map(lambda task: ranges[task][1])
+    return (table["eval_return"] - lo) / (hi - lo)
+
+
+def final_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Each unit's last evaluation (its final score), units in the order of the table."""
+
+    return table.loc[table.groupby(UNIT, sort=False)["env_step"].idxmax()].reset_index(drop=True)
+
+
+def final_score_arrays(table: pd.DataFrame, tasks: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """{variant: (runs, tasks) final normalised scores} and notes on trimmed or left-out variants."""
+
+    finals = final_rows(table)
+    values = {tuple(row[UNIT]): np.float64(row["score"]) for _, row in finals.iterrows()}
+    return _rectangular(values, tasks)
+
+
+def curve_arrays(
+    table: pd.DataFrame, tasks: Sequence[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """(env steps, {variant: (runs, tasks, checkpoints) normalised scores}, notes).
+
+    Evaluations happen at the first update boundary past each evaluation point, so the exact
+    step differs between configurations with different update sizes. The common x axis is the
+    median step of the k-th evaluation over all units, and each run's curve is linearly
+    interpolated onto it (held constant beyond its own first and last evaluation).
+    """
+
+    units = {key: group.sort_values("env_step") for key, group in table.groupby(UNIT, sort=False)}
+    count = min(len(group) for group in units.values())
+    steps = np.median(np.stack([group["env_step"].to_numpy()[:count] for group in units.values()]), axis=0)
+    values = {
+        key: np.interp(steps, group["env_step"].to_numpy(), group["score"].to_numpy())
+        for key, group in units.items()
+    }
+    arrays, notes = _rectangular(values, tasks)
+    return steps, arrays, notes
+
+
+def pooled_by_value(
+    arrays: Mapping[str, np.ndarray], values: Mapping[str, object]
+) -> dict[object, np.ndarray]:
+    """Stack the runs of all variants sharing one value of a parameter: {value: (runs, tasks)}.
+
+    `values` maps each variant to its value of the parameter (variants without one are skipped).
+    Used for the ablation of one swept parameter, marginalising over the others.
+    """
+
+    pooled: dict[object, list[np.ndarray]] = {}
+    for variant, array in arrays.items():
+        if variant in values:
+            pooled.setdefault(values[variant], []).append(array)
+    return {value: np.concatenate(parts) for value, parts in pooled.items()}
+
+
+def _rectangular(
+    values: Mapping[tuple, np.ndarray], tasks: Sequence[str]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    by_variant: dict[str, dict[str, list[tuple[int, np.ndarray]]]] = {}
+    for (variant, task, seed), value in values.items():
+        by_variant.setdefault(variant, {}).setdefault(task, []).append((seed, value))
+    arrays, notes = {}, []
+    for variant, per_task in by_variant.items():
+        absent = [task for task in tasks if task not in per_task]
+        if absent:
+            notes.append(f"{variant}: left out of the aggregates, no finished run on {', '.join(absent)}")
+            continue
+        runs = min(len(per_task[task]) for task in tasks)
+        if any(len(per_task[task]) > runs for task in tasks):
+            notes.append(f"{variant}: {runs} run(s) per task used, as many as its least-covered task has")
+        columns = [sorted(per_task[task], key=lambda pair: pair[0])[:runs] for task in tasks]
+        arrays[variant] = np.stack([np.stack([value for _, value in column]) for column in columns], axis=1)
+    return arrays, notes
