@@ -1,0 +1,89 @@
+"""`gorl-bench report STUDY`: rliable statistics, figures and tables of a study, logged to MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
+# The bootstrap display appears only once it has run this long: short reports print no bar.
+PROGRESS_DELAY_S = 1.0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="rliable statistics, figures and tables of a study (also logged to its MLflow run)",
+        description="Aggregate a study's final scores with stratified bootstrap intervals (IQM, median, "
+        "mean, optimality gap, probability of improvement, performance profiles, sample-efficiency "
+        "curves, and ablations of grid studies) and write figures, tables and the tidy results CSV.",
+    )
+    parser.add_argument("study", help="the study name")
+    parser.add_argument("--storage", help=STORAGE_HELP)
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the study recorded)")
+    parser.add_argument("--out", type=Path, help="output directory (default runs/reports/STUDY)")
+    parser.add_argument("--reps", type=int, default=50_000, help="bootstrap resamples (default 50000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from harness.report import build_report
+
+    with DelayedProgress() as progress:
+        report = build_report(
+            args.study,
+            args.storage,
+            args.tracking_uri,
+            args.out,
+            reps=args.reps,
+            seed=args.seed,
+            progress=progress.advance,
+        )
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for unit, reason in report.failed:
+        print(f"failed: {unit}: {reason}")
+    if report.partial:
+        print(f"PARTIAL report: {len(report.missing)} unit(s) not finished yet:")
+        print("\n".join(f"  {unit}" for unit in report.missing))
+    print(
+        f"report of {args.study} written to {report.out_dir} (summary.md, figures, tables.tex, results.csv)"
+    )
+    return 0
+
+
+class DelayedProgress:
+    """A rich spinner counting bootstrap resamples, shown only once the work has taken a second."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.done = 0
+        self.display = None
+        self.task = None
+
+    def __enter__(self) -> DelayedProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.display is not None:
+            self.display.stop()
+
+    def advance(self, resamples: int) -> None:
+        self.done += resamples
+        if self.display is None:
+            if time.monotonic() - self.started < PROGRESS_DELAY_S:
+                return
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.display = Progress(
+                SpinnerColumn(),
+                TextColumn("bootstrap: {task.completed:,.0f} resamples"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self.display.start()
+            self.task = self.display.add_task("bootstrap", total=None)
+        self.display.update(self.task, completed=self.done)

@@ -1,0 +1,219 @@
+"""`gorl-bench report` end to end on a real Optuna journal study and a real MLflow SQLite store.
+
+The module builds one small grid study the way the study runner records it (study and trial
+user attrs, one nested MLflow run per unit with an `eval/return_mean` history), with one
+FAILED unit and one unit that never ran, plus a tune study and an empty study.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import optuna
+import pytest
+from matplotlib.image import imread
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState, create_trial
+
+from harness.cli import main
+from harness.errors import UserError
+from harness.report import build_report, load_results
+
+REPS = 2000
+TASKS = ["cartpole-swingup", "pendulum-swingup"]
+REFITS = [1, 2, 3]
+SEEDS = 3
+STEPS = [1000, 2000, 3000]
+FAILED = "num_refits=3|pendulum-swingup|seed2"
+MISSING = "num_refits=2|cartpole-swingup|seed1"
+
+
+def eval_return(refits: int, task_index: int, seed: int, step: int) -> float:
+    """Returns that grow with training and with the number of refits, distinct per seed."""
+
+    return 100.0 * refits * step / STEPS[-1] + 50.0 * task_index + 7.0 * seed
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, migrated_mlflow_db):
+    """(storage path, tracking URI) of a journal holding the studies and the MLflow store of their runs."""
+
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("report")
+    shutil.copy(migrated_mlflow_db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    storage_path = root / "studies.journal"
+    storage = JournalStorage(JournalFileBackend(str(storage_path)))
+    client = MlflowClient(tracking_uri=uri)
+    _grid_study(storage, client, uri, root)
+    _tune_study(storage, client, uri, root)
+    optuna.create_study(study_name="empty", storage=storage)
+    return storage_path, uri
+
+
+def _study(storage, client, uri, root, name, spec, units_expected, swept):
+    experiment = client.create_experiment(name, artifact_location=(root / "artifacts" / name).as_uri())
+    parent = client.create_run(experiment, run_name=name).info.run_id
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    attrs = {
+        "spec": spec,
+        "tracking_uri": uri,
+        "mlflow_experiment_id": experiment,
+        "mlflow_parent_run_id": parent,
+        "units_expected": units_expected,
+        "swept": swept,
+    }
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    return study, experiment, parent
+
+
+def _unit_run(client, experiment, parent, key, returns):
+    run_id = client.create_run(experiment, run_name=key, tags={"mlflow.parentRunId": parent}).info.run_id
+    for step, value in zip(STEPS, returns, strict=True):
+        client.log_metric(run_id, "eval/return_mean", value, step=step)
+        client.log_metric(run_id, "eval/return_std", 1.0, step=step)
+    client.set_terminated(run_id)
+    return run_id
+
+
+def _grid_study(storage, client, uri, root):
+    spec = {"name": "ablation", "kind": "grid", "algo": "gorl-fm", "tasks": TASKS, "seeds": SEEDS}
+    spec |= {"steps": STEPS[-1], "grid": {"num_refits": REFITS}}
+    keys = [f"num_refits={r}|{task}|seed{s}" for r in REFITS for s in range(SEEDS) for task in TASKS]
+    study, experiment, parent = _study(storage, client, uri, root, "ablation", spec, keys, ["num_refits"])
+    for refits in REFITS:
+        for seed in range(SEEDS):
+            for task_index, task in enumerate(TASKS):
+                key = f"num_refits={refits}|{task}|seed{seed}"
+                record = {"unit": key, "variant": f"num_refits={refits}", "algo": "gorl-fm", "task": task}
+                record |= {"seed": seed, "params": {"num_refits": refits, "lr": 3e-4}}
+                if key == MISSING:
+                    continue
+                if key == FAILED:
+                    record |= {"fail_reason": "FloatingPointError: loss is nan"}
+                    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=record))
+                    # A lost attempt of the same unit (worker died) is not a failure of the unit.
+                    lost = {**record, "lost": True, "fail_reason": "worker lost: process 1 is gone"}
+                    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=lost))
+                    continue
+                returns = [eval_return(refits, task_index, seed, step) for step in STEPS]
+                record["mlflow_run_id"] = _unit_run(client, experiment, parent, key, returns)
+                study.add_trial(create_trial(value=returns[-1] / 1000, user_attrs=record))
+
+
+def _tune_study(storage, client, uri, root):
+    spec = {"name": "tuning", "kind": "tune", "algo": "ppo", "tasks": TASKS, "seeds": 2, "steps": STEPS[-1]}
+    spec |= {"max_trials": 3, "space": {"lr": {"low": 1e-4, "high": 1e-3, "log": True}}}
+    study, experiment, parent = _study(storage, client, uri, root, "tuning", spec, [], [])
+    for number, lr in enumerate([2e-4, 5e-4]):
+        variant = f"trial-{number}"
+        trial_run = client.create_run(experiment, run_name=variant, tags={"mlflow.parentRunId": parent})
+        records = []
+        for seed in range(2):
+            for task_index, task in enumerate(TASKS):
+                key = f"{variant}|{task}|seed{seed}"
+                returns = [eval_return(number + 1, task_index, seed, step) for step in STEPS]
+                run_id = _unit_run(client, experiment, trial_run.info.run_id, key, returns)
+                records.append({"unit": key, "variant": variant, "algo": "ppo", "task": task, "seed": seed})
+                records[-1] |= {"params": {"lr": lr}, "mlflow_run_id": run_id}
+        attrs = {"variant": variant, "algo": "ppo", "params": {"lr": lr}, "units": records}
+        attrs["mlflow_run_id"] = trial_run.info.run_id
+        study.add_trial(create_trial(value=0.5, params={"lr": lr}, user_attrs=attrs, distributions=_lr()))
+
+
+def _lr():
+    return {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)}
+
+
+def test_load_results_joins_optuna_and_mlflow(stores):
+    storage, _ = stores
+    table, missing, failed = load_results("ablation", str(storage))
+    assert list(table.columns) == [
+        "study", "variant", "algo", "task", "seed", "env_step", "eval_return", "num_refits",
+    ]  # fmt: skip
+    assert len(table) == (len(REFITS) * SEEDS * len(TASKS) - 2) * len(STEPS)
+    assert missing == [MISSING]
+    assert failed == [(FAILED, "FloatingPointError: loss is nan")]
+    row = table[(table.variant == "num_refits=2") & (table.task == TASKS[1]) & (table.seed == 2)]
+    assert row.env_step.tolist() == STEPS
+    assert row.eval_return.tolist() == [eval_return(2, 1, 2, step) for step in STEPS]
+    assert row.num_refits.tolist() == [2, 2, 2]  # ints stay ints
+
+
+def test_report_end_to_end(stores, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    storage, uri = stores
+    out = tmp_path / "report"
+    first = build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
+    assert first.partial and first.missing == [MISSING]
+
+    for name in (
+        "aggregates",
+        "probability_of_improvement",
+        "performance_profile",
+        "sample_efficiency",
+        "ablation",
+    ):
+        assert (out / f"{name}.pdf").stat().st_size > 1000
+        pixels = imread(out / f"{name}.png")
+        assert pixels.std() > 0.05, f"{name}.png looks blank"
+
+    summary = (out / "summary.md").read_text()
+    assert summary.splitlines()[0] == "# Report: ablation (grid) — PARTIAL"
+    for text in (MISSING, FAILED, "Probability of improvement", "Ablation of num_refits", "IQM"):
+        assert text in summary
+    assert "\\begin{tabular}" in (out / "tables.tex").read_text()
+    csv = (out / "results.csv").read_text().splitlines()
+    assert csv[0] == "study,variant,algo,task,seed,env_step,eval_return,score,num_refits"
+
+    # Every run's score is 0.1 * refits at the end on the first task: IQM grows with refits.
+    lines = [line for line in summary.splitlines() if line.startswith("| num_refits=")]
+    iqms = [float(line.split("|")[3].split()[0]) for line in lines[:3]]
+    assert iqms == sorted(iqms)
+
+    parent = MlflowClient(tracking_uri=uri).get_experiment_by_name("ablation")
+    runs = MlflowClient(tracking_uri=uri).search_runs(
+        [parent.experiment_id], "attributes.run_name = 'ablation'"
+    )
+    logged = {f.path for f in MlflowClient(tracking_uri=uri).list_artifacts(runs[0].info.run_id, "report")}
+    assert {"report/summary.md", "report/results.csv", "report/ablation.png"} <= logged
+
+    again = tmp_path / "again"
+    build_report("ablation", str(storage), out_dir=again, reps=REPS, seed=0)
+    assert (again / "summary.md").read_text() == summary  # intervals are reproducible for a seed
+
+
+def test_tune_study_reports_each_trial_configuration(stores, tmp_path):
+    storage, _ = stores
+    table, missing, failed = load_results("tuning", str(storage))
+    assert sorted(table.variant.unique()) == ["trial-0", "trial-1"]
+    assert list(table.columns)[-1] == "lr"
+    assert missing == ["1 trial(s) not started"] and failed == []
+    report = build_report("tuning", str(storage), out_dir=tmp_path, reps=REPS)
+    assert report.partial and not (tmp_path / "ablation.png").exists()
+
+
+def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
+    storage, _ = stores
+    assert main(["report", "nope", "--storage", str(storage)]) == 2
+    assert "Studies there: ablation, empty, tuning" in capsys.readouterr().err
+    assert main(["report", "empty", "--storage", str(storage)]) == 2
+    assert "no trials yet" in capsys.readouterr().err
+    assert main(["report", "ablation", "--storage", str(tmp_path / "absent.journal")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(UserError, match="at least 100"):
+        build_report("ablation", str(storage), out_dir=tmp_path, reps=10)
+
+
+def test_cli_writes_a_partial_report(stores, tmp_path, capsys):
+    storage, _ = stores
+    code = main(["report", "ablation", "--storage", str(storage), "--out", str(tmp_path), "--reps", "500"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "PARTIAL report: 1 unit(s) not finished yet" in printed and MISSING in printed
+    assert np.isfinite(np.loadtxt(tmp_path / "results.csv", delimiter=",", skiprows=1, usecols=6)).all()
