@@ -88,8 +88,11 @@ class PPOConfig:
     env_backend: Literal["auto", "fast", "dm_control"] = "auto"
     eval_episodes: int = 128  # official code: 128 deterministic episodes per evaluation point
     eval_points: int = 10  # chosen here, because 10 points show a curve at 1/10 of the budget each
-    collect_threads: int = 1  # CPU notes: 1 torch thread is fastest for per-step inference
-    update_threads: int = 2  # CPU notes: 2 threads for the update on a 2-core machine
+    # chosen here, because 1 torch thread is fastest for per-step inference on small batches (CPU notes)
+    collect_threads: int = 1
+    # chosen here, because 2 threads speed up a FLOP-bound update on 2 idle cores (CPU notes: 1.6x for
+    # 256-wide nets); on cores shared with other processes, spin-waiting threads are many times slower
+    update_threads: int = 2
 
     @property
     def batch_size(self) -> int:
@@ -133,10 +136,10 @@ class PPOConfig:
 PRESETS = {
     "paper": {},
     "cpu": {
-        "num_envs": 64,  # CPU notes: 64 envs batch well on 2 cores
-        "rollout_steps": 64,  # chosen here, because short rollouts give more updates within 1M steps
+        "num_envs": 64,  # chosen here, because 64 envs batch inference well on 2 cores (CPU notes)
+        "rollout_steps": 64,  # chosen here, because 4096-step updates give 244 updates within 1M steps
         "epochs": 10,  # CleanRL
-        "num_minibatches": 4,  # chosen here: 1024 transitions each (CPU notes: overhead-bound below)
+        "num_minibatches": 4,  # chosen here, because smaller minibatches than 1024 are overhead-bound
         "lr": 3e-4,  # CleanRL / official release baselines
         "gamma": 0.99,  # CleanRL
         "clip": 0.2,  # CleanRL
@@ -148,6 +151,9 @@ PRESETS = {
         "critic_hidden": (64, 64),  # CleanRL's 2 x 64
         "activation": "tanh",  # CleanRL
         "init": "orthogonal",  # CleanRL
+        # chosen here, because 2 x 64 nets are overhead-bound (a second thread gains <= 20% on idle cores)
+        # while spin-waiting threads make the update over 10x slower when other processes share the cores
+        "update_threads": 1,
         "eval_episodes": 16,  # chosen here, because 16 x 1000 steps cost ~2 s per point on 2 cores
     },
 }

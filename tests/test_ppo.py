@@ -57,8 +57,7 @@ def test_every_default_names_its_source():
 
 
 def test_easy_toy_task_is_learned_and_state_round_trips():
-    # One update thread: two spin-waiting threads are many times slower on a busy shared machine.
-    config = resolve(algorithms.get("ppo"), "cpu", EASY_TOY, {"update_threads": 1})
+    config = resolve(algorithms.get("ppo"), "cpu", EASY_TOY, {})
     agent = PPOAgent(config, EASY_TOY, seed=0, budget=0, device=torch.device("cpu"))
     obs = agent.obs.copy()
 

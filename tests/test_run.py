@@ -20,9 +20,8 @@ from harness.cli import main
 from harness.run import RunRequest, execute, resume
 
 TOY = "toy-bimodal"
-# Small PPO updates (16 envs x 16 steps, 2 epochs) on one torch thread: the harness, not learning,
-# is under test, and one thread keeps the tests fast on a busy shared machine.
-SMALL = {"num_envs": 16, "rollout_steps": 16, "epochs": 2, "update_threads": 1, "eval_points": 4}
+# Small PPO updates (16 envs x 16 steps, 2 epochs): the harness, not learning, is under test.
+SMALL = {"num_envs": 16, "rollout_steps": 16, "epochs": 2, "eval_points": 4}
 TINY = {"steps": 4 * 16 * 16, "overrides": SMALL}
 
 
