@@ -113,8 +113,8 @@ def build_report(
     )
 
     sections.append(("Final return per task (mean ± std over seeds)", per_task_table(table, results.tasks)))
-    if results.kind == "grid" and results.parameters:
-        panels = _ablations(results, table, finals, options)
+    panels = _ablations(results, table, finals, options) if results.kind == "grid" else {}
+    if panels:
         sections += [
             (f"Ablation of {name}: final IQM", ablation_table(*panel, name)) for name, panel in panels.items()
         ]
@@ -133,18 +133,21 @@ def _ablations(
     first = table.drop_duplicates("variant").set_index("variant")
     panels = {}
     for name in results.parameters:
-        values = {variant: value for variant, value in first[name].items() if pd.notna(value)}
-        pooled = pooled_by_value(finals, values)
-        if not pooled:
-            continue
-        ordered = {str(value): pooled[value] for value in sorted(pooled, key=_sort_key)}
-        panels[name] = stats.interval_estimates(ordered, stats.iqm, **options)
+        # None: a configuration that does not set the parameter. Values are pooled by their text,
+        # so that list values (unhashable) work too, and ordered by the values themselves.
+        raw = {variant: value for variant, value in first[name].items() if value is not None}
+        pooled = pooled_by_value(finals, {variant: str(value) for variant, value in raw.items()})
+        order = sorted({str(value): value for value in raw.values()}.items(), key=lambda kv: _sort_key(kv[1]))
+        ordered = {label: pooled[label] for label, _ in order if label in pooled}
+        if ordered:
+            panels[name] = stats.interval_estimates(ordered, stats.iqm, **options)
     return panels
 
 
 def _sort_key(value: object) -> tuple:
     # Numbers in numeric order, then anything else by its text.
-    return (0, float(value), "") if isinstance(value, int | float) else (1, 0.0, str(value))
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    return (0, float(value), "") if numeric else (1, 0.0, str(value))
 
 
 def _write_tables(

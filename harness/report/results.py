@@ -33,7 +33,7 @@ eval_return, then one column per swept parameter (grid) or searched parameter (t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ class StudyResults:
     parameters: list[str]  # parameter columns of `table`
     tracking_uri: str
     parent_run_id: str | None
-    tasks: list[str] = field(default_factory=list)
+    tasks: list[str]  # the spec's tasks that have results, in spec order
 
     @property
     def partial(self) -> bool:

@@ -67,16 +67,15 @@ def curve_arrays(
     return steps, arrays, notes
 
 
-def pooled_by_value(
-    arrays: Mapping[str, np.ndarray], values: Mapping[str, object]
-) -> dict[object, np.ndarray]:
+def pooled_by_value(arrays: Mapping[str, np.ndarray], values: Mapping[str, str]) -> dict[str, np.ndarray]:
     """Stack the runs of all variants sharing one value of a parameter: {value: (runs, tasks)}.
 
-    `values` maps each variant to its value of the parameter (variants without one are skipped).
+    `values` maps each variant to (the text of) its value of the parameter; variants without one
+    are skipped.
     Used for the ablation of one swept parameter, marginalising over the others.
     """
 
-    pooled: dict[object, list[np.ndarray]] = {}
+    pooled: dict[str, list[np.ndarray]] = {}
     for variant, array in arrays.items():
         if variant in values:
             pooled.setdefault(values[variant], []).append(array)
