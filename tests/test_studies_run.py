@@ -30,7 +30,8 @@ from studies.worker import load_study, run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-# A tiny PPO on the fast toy task: 4 updates of 8 envs x 32 steps, 2 short evaluations.
+# A tiny PPO on the fast toy task: updates of 8 envs x 32 steps, 2 short evaluations, one
+# thread (two workers share two cores).
 TINY_PPO = """
 [fixed]
 num_envs = 8
@@ -39,28 +40,33 @@ epochs = 2
 num_minibatches = 2
 eval_points = 2
 eval_episodes = 2
+actor_hidden = [16]
+critic_hidden = [16]
+collect_threads = 1
+update_threads = 1
 """
 
 
-def spec_file(tmp_path: Path, top: str, tables: str, name: str = "tiny") -> Path:
+def spec_file(tmp_path: Path, top: str, tables: str, steps: int = 1024) -> Path:
     """A spec with `top`-level keys, the tiny PPO settings as [fixed], then `tables`."""
 
-    head = """
+    head = f"""
         description = "test study"
         algo = "ppo"
         tasks = ["toy-bimodal"]
-        steps = 1024
+        steps = {steps}
         preset = "cpu"
     """
-    path = tmp_path / f"{name}.toml"
+    path = tmp_path / "tiny.toml"
     path.write_text(textwrap.dedent(head) + textwrap.dedent(top) + TINY_PPO + textwrap.dedent(tables))
     return path
 
 
-def grid_spec(tmp_path: Path, seeds: int, coefs: list[float], top: str = "") -> Path:
+def grid_spec(tmp_path: Path, seeds: int, coefs: list[float], top: str = "", steps: int = 1024) -> Path:
     """A grid over PPO's entropy coefficient (the fake harness fails 0.25 and 0.5)."""
 
-    return spec_file(tmp_path, f'kind = "grid"\nseeds = {seeds}\n{top}', f"[grid]\nentropy_coef = {coefs}\n")
+    top = f'kind = "grid"\nseeds = {seeds}\n{top}'
+    return spec_file(tmp_path, top, f"[grid]\nentropy_coef = {coefs}\n", steps)
 
 
 @pytest.fixture
@@ -144,7 +150,10 @@ def test_grid_study_completes_with_nested_mlflow_runs(workdir):
 
 
 def run_and_kill_one_worker(workdir: Path, path: Path, storage: str) -> None:
-    """Start `study run --workers 2`, SIGKILL the worker of the newest running unit, let it finish."""
+    """Start `study run --workers 2`; SIGKILL a worker whose unit is past its first evaluation.
+
+    The harness checkpoints at every evaluation, so the retried unit resumes from there.
+    """
 
     import os
     import signal
@@ -154,24 +163,21 @@ def run_and_kill_one_worker(workdir: Path, path: Path, storage: str) -> None:
 
     command = [sys.executable, "-m", "harness.cli", "study", "run", str(path), "--workers", "2"]
     coordinator = subprocess.Popen([*command, "--storage", storage], cwd=workdir)
-    killed = None
+    study, killed = None, None
     deadline = time.monotonic() + 120
     while killed is None and time.monotonic() < deadline and coordinator.poll() is None:
         time.sleep(0.2)
-        try:
-            study = load_study("tiny", storage)
-        except Exception:  # noqa: BLE001 - the coordinator has not created it yet
-            continue
-        owned = [
-            t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if "gorl:owner" in t.system_attrs
-        ]
-        if owned:
-            victim = max(owned, key=lambda t: t.datetime_start)
-            killed = victim.system_attrs["gorl:owner"]["pid"]
-            os.kill(killed, signal.SIGKILL)
-    assert killed is not None, "no unit was ever seen running"
+        if study is None:
+            try:
+                study = load_study("tiny", storage)
+            except UserError:  # the coordinator has not created it yet
+                continue
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.intermediate_values and "gorl:owner" in trial.system_attrs:
+                killed = trial.system_attrs["gorl:owner"]["pid"]
+                os.kill(killed, signal.SIGKILL)
+                break
+    assert killed is not None, "no unit was ever seen past its first evaluation"
     coordinator.wait(timeout=180)
 
 
@@ -182,7 +188,10 @@ def check_recovered(workdir: Path, path: Path, storage: str) -> None:
     assert_each_unit_complete_once(study)
     lost = [t for t in study.trials if t.state == TrialState.FAIL]
     assert lost and all(t.user_attrs.get("lost") for t in lost)
-    assert {t.user_attrs.get("retry_of") for t in study.trials} >= {t.number for t in lost}
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") in {t.number for t in lost}]
+    assert len(retries) == len(lost)
+    # Resumed from the checkpoint at the first evaluation: only the last one was left to report.
+    assert all(len(t.intermediate_values) == 1 for t in retries if t.state == TrialState.COMPLETE)
     # The killed unit's MLflow run was closed when the unit was retried: nothing is left RUNNING.
     from mlflow.tracking import MlflowClient
 
@@ -191,8 +200,12 @@ def check_recovered(workdir: Path, path: Path, storage: str) -> None:
     assert {run.info.status for run in runs} <= {"FINISHED", "KILLED"}
 
 
+# Long enough (a few seconds per unit) for a worker to be killed in the middle of one.
+KILLABLE_STEPS = 8192
+
+
 def test_killed_worker_leaves_units_recoverable_on_the_journal(workdir):
-    path = grid_spec(workdir, 3, [0.0, 0.01])
+    path = grid_spec(workdir, 2, [0.0, 0.01], steps=KILLABLE_STEPS)
     storage = str(workdir / "runs" / "studies.journal")
     run_and_kill_one_worker(workdir, path, storage)
     check_recovered(workdir, path, storage)
@@ -230,7 +243,7 @@ def postgres_url():
 
 @pytest.mark.postgres
 def test_killed_worker_leaves_units_recoverable_on_postgresql(workdir, postgres_url):
-    path = grid_spec(workdir, 3, [0.0, 0.01])
+    path = grid_spec(workdir, 2, [0.0, 0.01], steps=KILLABLE_STEPS)
     run_and_kill_one_worker(workdir, path, postgres_url)
     check_recovered(workdir, path, postgres_url)
 
