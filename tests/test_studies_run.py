@@ -129,23 +129,28 @@ def assert_each_unit_complete_once(study: optuna.Study) -> None:
 # --- End to end, real training runs ---------------------------------------------------------------
 
 
-def test_grid_study_completes_with_nested_mlflow_runs(workdir):
+def test_grid_study_completes_with_nested_mlflow_runs_and_a_diverged_unit(workdir):
     from mlflow.tracking import MlflowClient
 
-    path = grid_spec(workdir, 2, [0.0, 0.01])
-    status = runner.run_study(path, workers=1, progress=False)
-    assert status.finished and status.complete == 4
+    # Two entropy coefficients, and a learning rate that makes the loss non-finite.
+    grids = "[[grid]]\nentropy_coef = [0.0, 0.01]\n[[grid]]\nlr = [1e30]\n"
+    status = runner.run_study(spec_file(workdir, 'kind = "grid"\nseeds = 1\n', grids), progress=False)
+    assert status.finished and (status.complete, status.failed) == (2, 1)
 
     study = load_study("tiny", None)
-    assert_each_unit_complete_once(study)
-    assert study.user_attrs["swept"] == ["entropy_coef"]
+    assert study.user_attrs["swept"] == ["entropy_coef", "lr"]
+    assert sorted(t.user_attrs["unit"] for t in study.trials) == sorted(study.user_attrs["units_expected"])
     client = MlflowClient(study.user_attrs["tracking_uri"])
     parent = study.user_attrs["mlflow_parent_run_id"]
     for trial in study.trials:
         assert {"unit", "variant", "algo", "task", "seed", "params", "mlflow_run_id"} <= set(trial.user_attrs)
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.data.tags["mlflow.parentRunId"] == parent
-        assert run.data.tags["optuna.trial"] == str(trial.number)
+        if trial.user_attrs["params"].get("lr") == 1e30:
+            assert trial.state == TrialState.FAIL and "ended FAILED" in trial.user_attrs["fail_reason"]
+            assert run.info.status == "FAILED"
+        else:
+            assert trial.state == TrialState.COMPLETE and run.data.tags["optuna.trial"] == str(trial.number)
     assert client.get_run(parent).info.status == "FINISHED"
 
 
