@@ -202,7 +202,8 @@ def _next_tune_trial(context: Context) -> bool:
     state, value = "COMPLETE", None
     with heartbeat(study, trial._trial_id):
         try:
-            for step, unit in enumerate(spec.trial_units(variant, params)):
+            units = spec.trial_units(variant, params)
+            for step, unit in enumerate(units):
                 result = _execute(context, unit, run_id, None, resume=False)
                 records.append({**unit.record(), "mlflow_run_id": result.mlflow_run_id})
                 trial.set_user_attr("units", records)
@@ -210,7 +211,8 @@ def _next_tune_trial(context: Context) -> bool:
                 value = iqm(scores)
                 trial.report(value, step)
                 tracking.log_trial_step(context.tracking_uri, run_id, value, step)
-                if trial.should_prune():
+                # After the last unit there is nothing left to save: the trial completes.
+                if step < len(units) - 1 and trial.should_prune():
                     raise optuna.TrialPruned()
         except optuna.TrialPruned:
             state = "PRUNED"
