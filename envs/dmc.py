@@ -1,0 +1,193 @@
+"""The `dm_control` backend: a loop over one dm_control suite environment per sub-env.
+
+This is the reference every other DMC backend is tested against, and it runs every suite
+task. Per sub-env it keeps the `control.Environment` from `suite.load`, whose task draws its
+randomness from its own seeded `np.random.RandomState`.
+
+Episodes: dm_control envs are loaded without a time limit and this class truncates every
+episode after `tasks.DMC_EPISODE_STEPS` (1000) control steps itself, which is what every
+suite task's default time limit amounts to (lqr, the one suite domain without a limit, gets
+the same). A dm_control termination (discount 0) is reported as `terminated`.
+
+Actions in [-1, 1] map affinely onto the action spec's bounds; dimensions that already have
+bounds [-1, 1] (every paper task) or that are effectively unbounded (lqr's +-1e10) pass through
+unchanged, so the values reaching MuJoCo are exactly the agent's.
+
+Snapshots (`get_state`) hold per sub-env the MuJoCo integration state (`mj_getState` with
+`mjSTATE_INTEGRATION`, which keeps `qacc_warmstart`), the model fields the task changed since
+loading (finger's target site, fish's target geom, ...), the task object's attributes (its
+RandomState included) and the step counter.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import numpy as np
+
+from envs import tasks
+from envs.base import VectorEnv, sub_seeds
+
+os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering backend is needed, and none may exist
+
+import mujoco  # noqa: E402
+from dm_control import suite  # noqa: E402
+from dm_control.rl import control  # noqa: E402
+
+# Everything a step depends on, including qacc_warmstart (the solver's starting point).
+_INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
+# Bounds at least this wide are treated as unbounded: the action passes through unscaled.
+_UNBOUNDED = 1e6
+
+
+def _seed_words(seed_sequence: np.random.SeedSequence) -> np.ndarray:
+    """128 bits from a seed sequence, the form `np.random.RandomState(...)` and `.seed(...)` accept."""
+
+    return seed_sequence.generate_state(4)
+
+
+def load(task: str, seed_sequence: np.random.SeedSequence) -> control.Environment:
+    """A dm_control suite env for canonical `domain-task`, with its own seeded RandomState."""
+
+    domain, name = task.split("-", 1)
+    random = np.random.RandomState(_seed_words(seed_sequence))
+    return suite.load(domain, name, task_kwargs={"random": random, "time_limit": float("inf")})
+
+
+def flatten(observation: dict[str, Any], out: np.ndarray) -> None:
+    """dm_control's observation dict, each entry flattened, in the dict's order, into `out`."""
+
+    start = 0
+    for value in observation.values():
+        flat = np.asarray(value).ravel()
+        out[start : start + flat.size] = flat
+        start += flat.size
+
+
+def observation_size(env: control.Environment) -> int:
+    return sum(int(np.prod(spec.shape)) for spec in env.observation_spec().values())
+
+
+def _model_arrays(model: mujoco.MjModel) -> dict[str, np.ndarray]:
+    """Every numpy field of an MjModel, by name (views into the model)."""
+
+    fields = {}
+    for name in dir(model):
+        if not name.startswith("_"):
+            value = getattr(model, name)
+            if isinstance(value, np.ndarray):
+                fields[name] = value
+    return fields
+
+
+class DMCVectorEnv(VectorEnv):
+    """N dm_control suite envs stepped one after another."""
+
+    def __init__(self, task: str, num_envs: int, seed: int) -> None:
+        self.envs = [load(task, s) for s in sub_seeds(seed, num_envs)]
+        spec = self.envs[0].action_spec()
+        super().__init__(task, num_envs, observation_size(self.envs[0]), spec.shape[0], seed)
+        low, high = spec.minimum * np.ones(spec.shape), spec.maximum * np.ones(spec.shape)
+        # Only dimensions with real, non-unit bounds are rescaled: a = -1 + (a + 1) is not always a.
+        self.rescaled = ((low != -1.0) | (high != 1.0)) & (high - low < _UNBOUNDED)
+        self.low, self.high = low, high
+        self.physics = [env.physics for env in self.envs]
+        # The freshly loaded model: snapshots store only the fields a task changed since then.
+        self.pristine_model = {k: v.copy() for k, v in _model_arrays(self.physics[0].model.ptr).items()}
+        self.state_size = mujoco.mj_stateSize(self.physics[0].model.ptr, _INTEGRATION)
+        self.steps = np.zeros(num_envs, np.int64)
+        self.obs = np.zeros((num_envs, self.obs_dim), np.float32)
+
+    def to_control(self, actions: np.ndarray) -> np.ndarray:
+        """Checked actions in [-1, 1] -> MuJoCo controls."""
+
+        if not self.rescaled.any():
+            return actions
+        scaled = self.low + (actions + 1.0) * (self.high - self.low) / 2
+        return np.where(self.rescaled, scaled, actions)
+
+    # --- episodes -----------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        seed_sequences = sub_seeds(self.seed if seed is None else seed, self.num_envs)
+        for env, seed_sequence in zip(self.envs, seed_sequences, strict=True):
+            env.task.random.seed(_seed_words(seed_sequence))
+        for i in range(self.num_envs):
+            self.reset_env(i)
+        return self.obs.copy(), {}
+
+    def reset_env(self, i: int) -> None:
+        """Start a new episode in sub-env i (dm_control's own task initialisation); writes obs[i]."""
+
+        time_step = self.envs[i].reset()
+        self.steps[i] = 0
+        flatten(time_step.observation, self.obs[i])
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        control_ = self.to_control(self.checked_actions(actions))
+        rewards = np.zeros(self.num_envs, np.float32)
+        terminated = np.zeros(self.num_envs, bool)
+        for i, env in enumerate(self.envs):
+            time_step = env.step(control_[i])
+            rewards[i] = time_step.reward
+            flatten(time_step.observation, self.obs[i])
+            terminated[i] = time_step.last() and time_step.discount == 0
+        self.steps += 1
+        return self.finish_step(rewards, terminated)
+
+    def finish_step(
+        self, rewards: np.ndarray, terminated: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Truncate at the episode length, autoreset ended sub-envs and return gymnasium's 5-tuple."""
+
+        truncated = (self.steps >= tasks.DMC_EPISODE_STEPS) & ~terminated
+        ended = terminated | truncated
+        final_obs = np.zeros_like(self.obs)
+        for i in np.flatnonzero(ended):
+            final_obs[i] = self.obs[i]
+            self.reset_env(i)
+        return self.obs.copy(), rewards, terminated, truncated, self.end_info(final_obs, ended)
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps.copy(),
+            "obs": self.obs.copy(),
+            "envs": [self._env_state(i) for i in range(self.num_envs)],
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if len(state["envs"]) != self.num_envs:
+            raise ValueError(f"snapshot of {len(state['envs'])} sub-envs, this env has {self.num_envs}")
+        self.steps[:] = state["steps"]
+        self.obs[:] = state["obs"]
+        for i, env_state in enumerate(state["envs"]):
+            self._set_env_state(i, env_state)
+
+    def _changed_model_fields(self, model: mujoco.MjModel) -> dict[str, np.ndarray]:
+        current = _model_arrays(model)
+        return {k: v.copy() for k, v in current.items() if not np.array_equal(v, self.pristine_model[k])}
+
+    def _env_state(self, i: int) -> dict[str, Any]:
+        physics = self.physics[i]
+        integration = np.empty(self.state_size, np.float64)
+        mujoco.mj_getState(physics.model.ptr, physics.data.ptr, integration, _INTEGRATION)
+        return {
+            "integration": integration,
+            "model": self._changed_model_fields(physics.model.ptr),
+            "task": copy.deepcopy(self.envs[i].task.__dict__),
+        }
+
+    def _set_env_state(self, i: int, state: dict[str, Any]) -> None:
+        physics = self.physics[i]
+        model, data = physics.model.ptr, physics.data.ptr
+        arrays = _model_arrays(model)
+        for name in set(self._changed_model_fields(model)) | set(state["model"]):
+            arrays[name][...] = state["model"].get(name, self.pristine_model[name])
+        mujoco.mj_setState(model, data, state["integration"], _INTEGRATION)
+        # Recompute the derived quantities (positions, contacts, sensors) the next step starts from.
+        mujoco.mj_forward(model, data)
+        self.envs[i].task.__dict__.update(copy.deepcopy(state["task"]))

@@ -1,0 +1,81 @@
+"""`gym:<id>`: any installed gymnasium env with a Box action space, under this package's conventions.
+
+One `gymnasium.make(id)` per sub-env, stepped in a loop. Actions in [-1, 1] are mapped
+affinely onto the env's action bounds (unbounded dimensions pass through), observations are
+flattened to float32. Episode ends (termination or the env's own time limit) follow the
+SAME_STEP autoreset convention of `envs.base`.
+
+Seeding: `reset(seed)` resets sub-env i with an integer drawn from the i-th spawned seed
+sequence; later episodes continue each sub-env's own generator. Snapshots pickle the
+sub-envs, so they work for every env that can be pickled (all classic-control and MuJoCo
+envs without a renderer).
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from envs.base import VectorEnv, sub_seeds
+from envs.tasks import GYM_PREFIX
+from harness.errors import UserError
+
+
+class GymVectorEnv(VectorEnv):
+    def __init__(self, task: str, num_envs: int, seed: int) -> None:
+        env_id = task[len(GYM_PREFIX) :]
+        self.envs = [gymnasium.make(env_id) for _ in range(num_envs)]
+        action_space = self.envs[0].action_space
+        if not isinstance(action_space, gymnasium.spaces.Box):
+            raise UserError(f"{task}: only continuous (Box) action spaces are supported, got {action_space}.")
+        obs_dim = gymnasium.spaces.flatdim(self.envs[0].observation_space)
+        super().__init__(task, num_envs, obs_dim, int(np.prod(action_space.shape)), seed)
+        self.action_shape = action_space.shape
+        self.low = action_space.low.astype(np.float64).ravel()
+        self.high = action_space.high.astype(np.float64).ravel()
+        self.bounded = np.isfinite(self.low) & np.isfinite(self.high)
+        self.obs = np.zeros((num_envs, obs_dim), np.float32)
+
+    def _flat(self, observation: Any) -> np.ndarray:
+        return gymnasium.spaces.flatten(self.envs[0].observation_space, observation)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        for i, seed_sequence in enumerate(sub_seeds(self.seed if seed is None else seed, self.num_envs)):
+            observation, _ = self.envs[i].reset(seed=int(seed_sequence.generate_state(1)[0]))
+            self.obs[i] = self._flat(observation)
+        return self.obs.copy(), {}
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        a = self.checked_actions(actions)
+        a = np.where(self.bounded, self.low + (a + 1.0) * (self.high - self.low) / 2, a)
+        rewards = np.zeros(self.num_envs, np.float32)
+        terminated = np.zeros(self.num_envs, bool)
+        truncated = np.zeros(self.num_envs, bool)
+        final_obs = np.zeros_like(self.obs)
+        for i, env in enumerate(self.envs):
+            action = a[i].reshape(self.action_shape).astype(env.action_space.dtype)
+            observation, reward, terminated[i], truncated[i], _ = env.step(action)
+            rewards[i] = reward
+            self.obs[i] = self._flat(observation)
+            if terminated[i] or truncated[i]:
+                final_obs[i] = self.obs[i]
+                observation, _ = env.reset()
+                self.obs[i] = self._flat(observation)
+        ended = terminated | truncated
+        return self.obs.copy(), rewards, terminated, truncated, self.end_info(final_obs, ended)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"envs": pickle.dumps(self.envs), "obs": self.obs.copy()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = pickle.loads(state["envs"])
+        self.obs[:] = state["obs"]
+
+    def close(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
