@@ -97,8 +97,10 @@ def execute(
     tracking_uri = resolve_tracking_uri(request.tracking_uri)
     request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
 
+    commit = git_commit()
     tags = {
-        "git_commit": git_commit(),
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,  # shown by the MLflow UI
         "algorithm": request.algo,
         "task": task,
         "seed": str(request.seed),
