@@ -224,15 +224,14 @@ def postgres_url():
     import uuid
 
     url = os.environ.get("GORL_TEST_POSTGRES_URL")
+    # Skip reasons are printed in the run's summary (pytest -ra, set in pyproject.toml).
     if not url:
-        print("\nPostgreSQL tests skipped: GORL_TEST_POSTGRES_URL is not set (.ci/run sets it).")
         pytest.skip("GORL_TEST_POSTGRES_URL is not set; .ci/run starts a server and sets it")
     import psycopg2
 
     try:
         admin = psycopg2.connect(url, connect_timeout=5)
     except psycopg2.OperationalError as error:
-        print(f"\nPostgreSQL tests skipped: cannot connect to {url}: {error}")
         pytest.skip(f"cannot connect to {url}: {error}")
     admin.autocommit = True
     name = f"gorl_test_{uuid.uuid4().hex[:12]}"
