@@ -87,6 +87,8 @@ def execute(
 
     if request.steps < 1:
         raise UserError(f"--steps must be a positive number of env steps, got {request.steps}.")
+    if request.seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {request.seed}.")
     if request.checkpoint_every is not None and request.checkpoint_every < 1:
         raise UserError(f"--checkpoint-every must be positive, got {request.checkpoint_every}.")
     task = envs.canonical_task(request.task)

@@ -128,6 +128,8 @@ def test_failed_run_result_has_nan_score(tmp_path, tracking_uri):
         (["--algo", "ppo", "--task", TOY, "--set", "lr=-1"], "lr must be > 0"),
         (["--algo", "ppo", "--task", TOY, "--set", "num_minibatches=3"], "must divide"),
         (["--algo", "ppo", "--task", TOY, "--steps", "0"], "positive number of env steps"),
+        (["--algo", "ppo", "--task", TOY, "--seed", "-1"], "non-negative"),
+        (["--algo", "ppo", "--task", "walker-wlak"], "walker-walk"),
         (["--task", TOY], "--algo and --task are required"),
         (["--resume", "does-not-exist"], "cannot resume"),
     ],
