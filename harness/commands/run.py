@@ -27,7 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--checkpoint-every", type=int, metavar="STEPS", help="checkpoint period (default: every evaluation)"
     )
-    parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the run saved in DIR")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run saved in DIR (its checkpoint holds every other option)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=main)
 
