@@ -122,7 +122,7 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
     stop = threading.Event()
 
     def beat() -> None:
-        if isinstance(storage, RDBStorage):
+        if _has_optuna_heartbeats(storage):
             storage.record_heartbeat(trial_id)
         else:
             storage.set_trial_system_attr(trial_id, OWNER_ATTR, {**owner, "beat": time.time()})
@@ -150,12 +150,12 @@ def sweep_lost_units(study: optuna.Study) -> list[int]:
     """Fail and re-enqueue the RUNNING trials whose worker is gone; returns their numbers."""
 
     storage = study._storage
-    if isinstance(storage, RDBStorage):
-        # Heartbeats older than the grace period, from any host; `retry_lost_trial` re-enqueues.
-        optuna.storages.fail_stale_trials(study)
+    # RDB: heartbeats older than the grace period, from any host; `retry_lost_trial` re-enqueues.
+    # (A no-op on the journal, whose heartbeats are checked below.)
+    optuna.storages.fail_stale_trials(study)
     lost = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = _lost_reason(trial, journal=not isinstance(storage, RDBStorage))
+        reason = _lost_reason(trial, journal=not _has_optuna_heartbeats(storage))
         if reason is None:
             continue
         try:
@@ -188,6 +188,13 @@ def is_lost(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and (
         bool(trial.user_attrs.get("lost")) or "fail_reason" not in trial.user_attrs
     )
+
+
+def _has_optuna_heartbeats(storage: BaseStorage) -> bool:
+    """True for RDB storages (as Optuna wraps them: in a cache), which keep a heartbeat table."""
+
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval is not None and interval() is not None
 
 
 def _lost_reason(trial: FrozenTrial, *, journal: bool) -> str | None:

@@ -314,3 +314,32 @@ def test_resuming_with_a_changed_spec_is_refused(workdir, fake_execute):
     path.write_text(path.read_text().replace("seeds = 1", "seeds = 2"))
     with pytest.raises(UserError, match="already exists .* with a different spec"):
         prepared(path)
+
+
+@pytest.mark.parametrize("rdb", [False, True], ids=["journal", "sqlite-rdb"])
+def test_a_silent_worker_on_another_host_is_declared_lost(workdir, monkeypatch, rdb):
+    """Heartbeats older than the grace period: Optuna's table on RDB, a trial attribute on the journal."""
+
+    import time
+
+    from studies import storage
+
+    monkeypatch.setattr(storage, "GRACE_PERIOD_S", 1)
+    monkeypatch.setattr(storage, "HEARTBEAT_INTERVAL_S", 1)
+    location = storage_location(f"sqlite:///{workdir}/runs/studies.db" if rdb else None)
+    spec = load_spec(grid_spec(workdir, 1, [0.0]))
+    study = runner.prepare_study(spec, location, resolve_tracking_uri(None))
+    runner.enqueue_missing_units(study, spec)
+    trial = storage.claim_waiting_trial(study)
+    # A worker on another host beats once, then goes silent (its PID means nothing here).
+    owner = {"host": "elsewhere", "pid": 1, "beat": time.time()}
+    study._storage.set_trial_system_attr(trial._trial_id, storage.OWNER_ATTR, owner)
+    if rdb:
+        study._storage.record_heartbeat(trial._trial_id)
+    assert storage.sweep_lost_units(study) == []
+    time.sleep(2.5)
+    storage.sweep_lost_units(study)
+    lost, retry = study.get_trials()
+    assert lost.state == TrialState.FAIL and storage.is_lost(lost)
+    assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == lost.number
+    assert retry.user_attrs["unit"] == lost.user_attrs["unit"]
