@@ -22,6 +22,7 @@ RandomState included) and the step counter.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from typing import Any
 
@@ -35,6 +36,19 @@ os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering backend is needed,
 import mujoco  # noqa: E402
 from dm_control import suite  # noqa: E402
 from dm_control.rl import control  # noqa: E402
+
+# MuJoCo's own warnings (e.g. an unstable simulation) would go to MUJOCO_LOG.TXT in the current
+# directory; importing dm_control installs a handler that sends them to absl logging instead.
+
+
+class _DropSettotalmassDeprecation(logging.Filter):
+    """dm_control's cheetah XML uses `settotalmass`; the compiler's deprecation notice comes per env."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'settotalmass' is deprecated" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropSettotalmassDeprecation())
 
 # Everything a step depends on, including qacc_warmstart (the solver's starting point).
 _INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION

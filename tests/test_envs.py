@@ -78,6 +78,7 @@ def test_task_lists_ranges_and_description():
 
 API_CASES = [
     ("walker-walk", "dm_control"),
+    ("walker-walk", "fast"),
     ("toy-bimodal", "auto"),
     ("gym:Pendulum-v1", "auto"),
 ]
@@ -170,6 +171,9 @@ SNAPSHOT_CASES = [
     ("walker-walk", "dm_control", 0),
     # finger-turn moves its target (a model field) and draws from its RandomState at every reset
     ("finger-turn_hard", "dm_control", 995),
+    # fish moves its target geom at every reset; the fast backend shares the snapshot code
+    ("fish-swim", "fast", 995),
+    ("humanoid-stand", "fast", 3),
     ("toy-bimodal", "auto", 10),
     ("gym:Pendulum-v1", "auto", 195),
 ]
@@ -208,6 +212,27 @@ def test_bad_actions_raise_and_the_env_keeps_working(task, backend):
             env.step(actions)
     obs, *_ = env.step(np.zeros((2, act_dim)))
     assert np.isfinite(obs).all()
+
+
+def test_an_error_in_the_worker_thread_propagates_and_the_pool_survives():
+    env = envs.make("walker-walk", 4, seed=0, backend="fast")
+    actions = np.zeros((4, env.act_dim))
+    models = env.models.copy()
+    env.models[0] = None  # sub-env 0 is stepped by the worker thread
+    with pytest.raises(TypeError):
+        env.step(actions)
+    env.models[:] = models
+    obs, *_ = env.step(actions)
+    assert np.isfinite(obs).all()
+    env.close()
+
+
+def test_auto_backend_picks_fast_where_it_exists():
+    from envs.dmc import DMCVectorEnv
+    from envs.fast import FastVectorEnv
+
+    assert type(envs.make("HopperStand", 1, seed=0)) is FastVectorEnv
+    assert type(envs.make("cartpole-balance", 1, seed=0)) is DMCVectorEnv
 
 
 def test_bad_make_arguments_raise_user_errors():
