@@ -69,21 +69,20 @@ def open_storage(location: str | None) -> BaseStorage:
 
     location = storage_location(location)
     if "://" in location:
-        # Heartbeats are marked experimental in Optuna; they are what multi-host recovery needs.
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
         # Two processes opening a fresh database race to create Optuna's tables; the loser
         # sees a "duplicate" error and succeeds on a later try, once the tables exist.
         for attempt in range(4):
             try:
-                return RDBStorage(
-                    location,
-                    engine_kwargs={"pool_pre_ping": True},
-                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                    grace_period=GRACE_PERIOD_S,
-                    heartbeat_stale_trial_callback=retry_lost_trial,
-                )
+                with _quiet_experimental():
+                    return RDBStorage(
+                        location,
+                        engine_kwargs={"pool_pre_ping": True},
+                        heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                        grace_period=GRACE_PERIOD_S,
+                        heartbeat_stale_trial_callback=retry_lost_trial,
+                    )
             except (IntegrityError, ProgrammingError) as error:
                 last = error
                 time.sleep(1.0 + attempt)
@@ -152,7 +151,8 @@ def sweep_lost_units(study: optuna.Study) -> list[int]:
     storage = study._storage
     # RDB: heartbeats older than the grace period, from any host; `retry_lost_trial` re-enqueues.
     # (A no-op on the journal, whose heartbeats are checked below.)
-    optuna.storages.fail_stale_trials(study)
+    with _quiet_experimental():
+        optuna.storages.fail_stale_trials(study)
     lost = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = _lost_reason(trial, journal=not _has_optuna_heartbeats(storage))
@@ -188,6 +188,15 @@ def is_lost(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and (
         bool(trial.user_attrs.get("lost")) or "fail_reason" not in trial.user_attrs
     )
+
+
+@contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    """Optuna marks its heartbeats experimental; they are what multi-host recovery needs."""
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def _has_optuna_heartbeats(storage: BaseStorage) -> bool:
