@@ -49,15 +49,15 @@ def run_worker(
     name: str,
     location: str | None,
     *,
-    index: int = 0,
+    index: int | None = None,
     threads: int | None = None,
     device: str = "cpu",
-    out_root: Path | None = None,
 ) -> int:
     """Serve study `name` until no unit is left (or the trial budget is spent); returns units run.
 
     `index` tells workers of one study apart: it seeds a tune study's sampler, so that
-    concurrent workers do not propose the same configurations.
+    concurrent workers do not propose the same configurations (`study run` numbers its local
+    workers 0, 1, ...); without one the sampler is seeded at random.
     """
 
     if threads:
@@ -82,7 +82,7 @@ def run_worker(
         spec=spec,
         tracking_uri=tracking_uri,
         parent_run_id=study.user_attrs["mlflow_parent_run_id"],
-        out_root=(out_root or Path("runs") / "studies" / name).resolve(),
+        out_root=(Path("runs") / "studies" / name).resolve(),
         device=device,
     )
     serve = _next_tune_trial if spec.kind == "tune" else _next_unit
@@ -326,8 +326,8 @@ def _suggest(trial: optuna.Trial, dim: Any) -> Any:
     return trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)
 
 
-def _sampler(spec: Spec, index: int) -> optuna.samplers.BaseSampler:
-    seed = spec.seed * 1009 + index
+def _sampler(spec: Spec, index: int | None) -> optuna.samplers.BaseSampler:
+    seed = None if index is None else spec.seed * 1009 + index
     if spec.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)

@@ -7,6 +7,7 @@ or an RDB URL such as `postgresql://user@host/db` (several machines).
 from __future__ import annotations
 
 import argparse
+import os
 
 STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
 
@@ -30,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--storage", help=STORAGE_HELP)
     worker.add_argument("--threads", type=int, help="torch threads for this worker (default: torch's choice)")
     worker.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    worker.add_argument("--index", type=int, default=0, help="tells workers apart (seeds a tune sampler)")
+    worker.add_argument(
+        "--index", type=int, help="a number unique among the study's workers: seeds a tune study's sampler"
+    )
     worker.set_defaults(func=_worker)
 
     status = actions.add_parser("status", help="complete / running / failed / pruned counts and an ETA")
@@ -56,7 +59,7 @@ def _worker(args: argparse.Namespace) -> int:
     from studies.worker import run_worker
 
     count = run_worker(args.name, args.storage, index=args.index, threads=args.threads, device=args.device)
-    print(f"worker {args.index}: ran {count} trial(s); nothing left to claim.")
+    print(f"worker {os.getpid()}: ran {count} trial(s); nothing left to claim.")
     return 0
 
 
