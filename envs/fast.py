@@ -48,12 +48,17 @@ class FastVectorEnv(DMCVectorEnv):
 
         self.models = [p.model.ptr for p in self.physics]
         self.datas = [p.data.ptr for p in self.physics]
-        self.ctrl_views = [data.ctrl for data in self.datas]
-        # (row segment of the buffer, flat view of the MjData array): views stay valid for the
-        # lifetime of the MjData, which resets and snapshots only ever write in place.
-        self.gathers = [
-            [(self.raw[i, layout.segment(f)], getattr(data, f).reshape(-1)) for f in layout.fields]
-            for i, data in enumerate(self.datas)
+        # Per sub-env: model, data, its ctrl view and the gather's (row segment of the buffer, flat
+        # MjData array) view pairs. Views stay valid for the lifetime of the MjData, which resets and
+        # snapshots only ever write in place.
+        self.per_env = [
+            (
+                model,
+                data,
+                data.ctrl,
+                [(self.raw[i, layout.segment(f)], getattr(data, f).reshape(-1)) for f in layout.fields],
+            )
+            for i, (model, data) in enumerate(zip(self.models, self.datas, strict=True))
         ]
         split = num_envs // 2
         self.chunks = [(0, split), (split, num_envs)] if num_envs >= THREADS else [(0, num_envs)]
@@ -62,21 +67,23 @@ class FastVectorEnv(DMCVectorEnv):
             self.pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="envs-fast")
 
     def _gather(self, i: int) -> None:
-        for destination, source in self.gathers[i]:
-            np.copyto(destination, source)
+        for destination, source in self.per_env[i][3]:
+            destination[:] = source
 
     def _step_chunk(self, start: int, stop: int, ctrl: np.ndarray) -> None:
+        """Step sub-envs start..stop-1; the hot loop, so the gather is inlined and names are local."""
+
         step1, step2, step = mujoco.mj_step1, mujoco.mj_step2, mujoco.mj_step
         middle_steps = self.n_sub - 1
-        copyto = np.copyto
         for i in range(start, stop):
-            model, data = self.models[i], self.datas[i]
-            copyto(self.ctrl_views[i], ctrl[i])
+            model, data, ctrl_view, gathers = self.per_env[i]
+            ctrl_view[:] = ctrl[i]
             step2(model, data)
             if middle_steps:
                 step(model, data, middle_steps)
             step1(model, data)
-            self._gather(i)
+            for destination, source in gathers:
+                destination[:] = source
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         ctrl = self.checked_actions(actions)

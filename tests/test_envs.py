@@ -217,11 +217,11 @@ def test_bad_actions_raise_and_the_env_keeps_working(task, backend):
 def test_an_error_in_the_worker_thread_propagates_and_the_pool_survives():
     env = envs.make("walker-walk", 4, seed=0, backend="fast")
     actions = np.zeros((4, env.act_dim))
-    models = env.models.copy()
-    env.models[0] = None  # sub-env 0 is stepped by the worker thread
+    good = env.per_env[0]
+    env.per_env[0] = (None, *good[1:])  # no model: sub-env 0 is stepped by the worker thread
     with pytest.raises(TypeError):
         env.step(actions)
-    env.models[:] = models
+    env.per_env[0] = good
     obs, *_ = env.step(actions)
     assert np.isfinite(obs).all()
     env.close()

@@ -1,0 +1,139 @@
+"""`gorl-bench bench envs`: env steps/s of the `fast` backend vs `dm_control`, and the raw physics limit.
+
+For every task and batch size N, with the same seeded random actions:
+
+* `dm_control`: `envs.make(task, N, seed, backend="dm_control").step(actions)`, a loop over N
+  dm_control envs;
+* `fast`: the same with `backend="fast"`;
+* `raw physics`: the fast env's own MjData on its own thread pool and split, doing only
+  `data.ctrl[:] = a; mj_step(model, data, nstep=n_sub)` per sub-env: no observations, no
+  rewards, no dm_control step structure. It is the ceiling for any in-process backend.
+
+Each cell is the median of `--repeats` timed runs of `--steps` control steps of all N envs
+(aggregate env steps/s = N x steps / seconds), after one untimed warm-up run. Runs stay
+within the first episode (no resets) when (repeats + 1) x steps < 1000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+DEFAULT_TASKS = ("walker-walk", "cheetah-run", "hopper-stand", "humanoid-stand")
+DEFAULT_SIZES = (8, 32, 64)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="fast tasks to time")
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES), help="numbers of envs N")
+    parser.add_argument("--steps", type=int, default=200, help="control steps per timed run (default 200)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the median is shown")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+
+
+def median_rate(run: Callable[[], None], env_steps: int, repeats: int) -> float:
+    """Median env steps/s of `run` (which performs `env_steps` env steps) over `repeats` timed runs."""
+
+    run()  # warm-up: caches, thread start, first-touch allocations
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return env_steps / statistics.median(seconds)
+
+
+def stepping(env, actions: np.ndarray) -> Callable[[], None]:
+    def run() -> None:
+        for a in actions:
+            env.step(a)
+
+    return run
+
+
+def raw_physics(env, actions: np.ndarray) -> Callable[[], None]:
+    """`mj_step(nstep=n_sub)` on the fast env's MjData, split over its thread pool like its step."""
+
+    import mujoco
+
+    def chunk(start: int, stop: int, a: np.ndarray) -> None:
+        for i in range(start, stop):
+            env.datas[i].ctrl[:] = a[i]
+            mujoco.mj_step(env.models[i], env.datas[i], env.n_sub)
+
+    def run() -> None:
+        for a in actions:
+            if env.pool is None:
+                chunk(*env.chunks[0], a)
+                continue
+            future = env.pool.submit(chunk, *env.chunks[0], a)
+            chunk(*env.chunks[1], a)
+            future.result()
+
+    return run
+
+
+def measure(task: str, num_envs: int, steps: int, repeats: int) -> dict[str, float]:
+    import envs
+
+    rates = {}
+    actions = None
+    for backend in ("dm_control", "fast"):
+        env = envs.make(task, num_envs, seed=0, backend=backend)
+        if actions is None:
+            rng = np.random.default_rng(0)
+            actions = rng.uniform(-1, 1, (steps, num_envs, env.act_dim)).astype(np.float32)
+        rates[backend] = median_rate(stepping(env, actions), num_envs * steps, repeats)
+        if backend == "fast":
+            rates["raw"] = median_rate(raw_physics(env, actions), num_envs * steps, repeats)
+        env.close()
+    return rates
+
+
+def main(args: argparse.Namespace) -> int:
+    from importlib.metadata import version
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    import envs
+
+    tasks = [envs.canonical_task(t) for t in args.tasks]
+    for task in tasks:
+        if task not in envs.FAST_TASKS:
+            from harness.errors import UserError
+
+            raise UserError(f"{task} has no fast backend; choose from {', '.join(envs.FAST_TASKS)}.")
+    console = Console(width=120)  # wide enough for the whole table, also when piped to a file
+    console.print(
+        f"Env stepping, aggregate env (control) steps/s, median of {args.repeats} runs of {args.steps} steps "
+        f"after a warm-up; {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, mujoco {version('mujoco')}, "
+        f"dm-control {version('dm-control')}, numpy {np.__version__}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    )
+    table = Table(box=box.MARKDOWN if args.markdown else box.SIMPLE_HEAD)
+    for column in ("task", "N", "dm_control", "fast", "fast / dm_control", "raw physics", "fast % of raw"):
+        table.add_column(column, justify="left" if column == "task" else "right", no_wrap=True)
+    for task in tasks:
+        for num_envs in args.sizes:
+            r = measure(task, num_envs, args.steps, args.repeats)
+            table.add_row(
+                task,
+                str(num_envs),
+                f"{r['dm_control']:,.0f}",
+                f"{r['fast']:,.0f}",
+                f"{r['fast'] / r['dm_control']:.2f}x",
+                f"{r['raw']:,.0f}",
+                f"{r['fast'] / r['raw']:.0%}",
+            )
+    console.print(table)
+    return 0
