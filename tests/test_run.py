@@ -206,3 +206,20 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, tracking_uri):
 
     again = resume(Path(first.out_dir), progress=False)
     assert again.eval_history == first.eval_history and again.mlflow_run_id == first.mlflow_run_id
+
+
+def test_sigterm_ends_the_mlflow_run_killed(tmp_path, tracking_uri):
+    out = tmp_path / "terminated"
+    argv = ["run", "--algo", "ppo", "--task", "toy-bimodal", "--steps", str(STEPS), *sets(OVERRIDES),
+            "--out", str(out), "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    env = {**os.environ, "MUJOCO_GL": "disable"}
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not checkpoint_path(out).exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait() == 130
+    run = MlflowClient(tracking_uri).get_run(load_checkpoint(out)["mlflow_run_id"])
+    assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["status_reason"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 
@@ -43,6 +44,8 @@ def main(args: argparse.Namespace) -> int:
     from harness.errors import UserError
     from harness.run import RunRequest, execute, resume
 
+    # `kill PID` ends the MLflow run as KILLED (like Ctrl-C) instead of leaving it RUNNING.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.resume is not None:
         result = resume(args.resume, progress=not args.no_progress)
     else:
@@ -74,3 +77,7 @@ def main(args: argparse.Namespace) -> int:
         f"steps; MLflow run {result.mlflow_run_id}; checkpoint in {result.out_dir}"
     )
     return 0 if result.status == "FINISHED" else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
