@@ -10,8 +10,9 @@ For every task and batch size N, with the same seeded random actions:
   rewards, no dm_control step structure. It is the ceiling for any in-process backend.
 
 Each cell is the median of `--repeats` timed runs of `--steps` control steps of all N envs
-(aggregate env steps/s = N x steps / seconds), after one untimed warm-up run. Runs stay
-within the first episode (no resets) when (repeats + 1) x steps < 1000.
+(aggregate env steps/s = N x steps / seconds), after one untimed warm-up run; the three modes
+alternate within every repeat. No episode resets happen while (repeats + 1) x steps < 1000
+(the defaults: 800), which times pure stepping; resets cost the same in both backends.
 """
 
 from __future__ import annotations
@@ -38,16 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
 
 
-def median_rate(run: Callable[[], None], env_steps: int, repeats: int) -> float:
-    """Median env steps/s of `run` (which performs `env_steps` env steps) over `repeats` timed runs."""
+def median_rates(runs: dict[str, Callable[[], None]], env_steps: int, repeats: int) -> dict[str, float]:
+    """Median env steps/s of each run (which performs `env_steps` env steps) over `repeats` timings.
 
-    run()  # warm-up: caches, thread start, first-touch allocations
-    seconds = []
+    The runs alternate within every repeat, so a burst of load from other processes hits all of
+    them alike and their ratios stay meaningful on a shared machine.
+    """
+
+    for run in runs.values():
+        run()  # warm-up: caches, thread start, first-touch allocations
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return env_steps / statistics.median(seconds)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: env_steps / statistics.median(times) for name, times in seconds.items()}
 
 
 def stepping(env, actions: np.ndarray) -> Callable[[], None]:
@@ -83,18 +90,20 @@ def raw_physics(env, actions: np.ndarray) -> Callable[[], None]:
 def measure(task: str, num_envs: int, steps: int, repeats: int) -> dict[str, float]:
     import envs
 
-    rates = {}
-    actions = None
-    for backend in ("dm_control", "fast"):
-        env = envs.make(task, num_envs, seed=0, backend=backend)
-        if actions is None:
-            rng = np.random.default_rng(0)
-            actions = rng.uniform(-1, 1, (steps, num_envs, env.act_dim)).astype(np.float32)
-        rates[backend] = median_rate(stepping(env, actions), num_envs * steps, repeats)
-        if backend == "fast":
-            rates["raw"] = median_rate(raw_physics(env, actions), num_envs * steps, repeats)
-        env.close()
-    return rates
+    reference = envs.make(task, num_envs, seed=0, backend="dm_control")
+    fast = envs.make(task, num_envs, seed=0, backend="fast")
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, (steps, num_envs, fast.act_dim)).astype(np.float32)
+    runs = {
+        "dm_control": stepping(reference, actions),
+        "fast": stepping(fast, actions),
+        "raw": raw_physics(fast, actions),
+    }
+    try:
+        return median_rates(runs, num_envs * steps, repeats)
+    finally:
+        reference.close()
+        fast.close()
 
 
 def main(args: argparse.Namespace) -> int:
