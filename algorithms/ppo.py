@@ -84,6 +84,7 @@ class PPOConfig:
     activation: Activation = "silu"  # paper App. E.3 / official code (swish)
     init: Init = "lecun"  # official code: Flax default LeCun-uniform weights, zero biases
     min_std: float = 1e-3  # official code: std = softplus(raw) + 1e-3
+    max_std: float | None = None  # official code: no cap for PPO (GoRL's encoder caps at 10)
     # chosen here, because the batched backend is faster and bit-identical where it exists (envs.make)
     env_backend: Literal["auto", "fast", "dm_control"] = "auto"
     eval_episodes: int = 128  # official code: 128 deterministic episodes per evaluation point
@@ -120,6 +121,8 @@ class PPOConfig:
         for name in ("lr", "clip", "reward_scale", "min_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_std is not None and not self.max_std > self.min_std:
+            raise ValueError(f"max_std must exceed min_std ({self.min_std}) or be none, got {self.max_std}")
         for name in ("value_coef", "entropy_coef"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -170,7 +173,7 @@ class ActorCritic(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, config: PPOConfig, generator: torch.Generator) -> None:
         super().__init__()
-        self.min_std = config.min_std
+        self.min_std, self.max_std = config.min_std, config.max_std
         self.actor = mlp(
             obs_dim,
             config.actor_hidden,
@@ -192,7 +195,10 @@ class ActorCritic(nn.Module):
 
     def dist(self, obs: Tensor) -> Normal:
         mean, raw_scale = self.actor(obs).chunk(2, dim=-1)
-        return Normal(mean, F.softplus(raw_scale) + self.min_std, validate_args=False)
+        std = F.softplus(raw_scale) + self.min_std
+        if self.max_std is not None:
+            std = std.clamp(max=self.max_std)
+        return Normal(mean, std, validate_args=False)
 
     def value(self, obs: Tensor) -> Tensor:
         return self.critic(obs).squeeze(-1)
