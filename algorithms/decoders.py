@@ -318,9 +318,9 @@ class FitConfig:
     eval_every: int = 100  # official release: validation every 100 steps
     # Official release: validation on 8 batches of 8192; here a fixed subset of that size.
     val_max_actions: int = 65_536
-    # Paper Eq. 4: fresh eps ~ N(0, I) ("prior_noise"); "encoder_latent" is the ablation
+    # Paper Eq. 4: fresh eps ~ N(0, I) ("prior"); "encoder_latent" is the ablation
     # (paper Fig. 4a) that puts the latent which produced each action at the path's noise end.
-    decoder_input: Literal["prior_noise", "encoder_latent"] = "prior_noise"
+    decoder_input: Literal["prior", "encoder_latent"] = "prior"
 
     def validate(self) -> None:
         if min(self.steps, self.batch_size, self.eval_every, self.val_max_actions) < 1:
@@ -329,9 +329,9 @@ class FitConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        if self.decoder_input not in ("prior_noise", "encoder_latent"):
+        if self.decoder_input not in ("prior", "encoder_latent"):
             raise ValueError(
-                f"decoder_input must be 'prior_noise' or 'encoder_latent', got {self.decoder_input!r}"
+                f"decoder_input must be 'prior' or 'encoder_latent', got {self.decoder_input!r}"
             )
 
 
@@ -403,6 +403,7 @@ def fit_decoder(
     seed: int,
     fit: FitConfig = FitConfig(),  # noqa: B008 - frozen dataclass, safe as a default
     latents: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[Decoder, FitResult]:
     """Train a fresh decoder of `config.kind` on a refinement buffer; keep the best-validation weights.
 
@@ -412,7 +413,8 @@ def fit_decoder(
     split into train and validation, so that validation measures generalisation to unseen
     trajectories rather than to neighbours of training steps. The fresh decoder is evaluated
     before the first step too, so the result is never worse on validation than the identity.
-    Deterministic for a seed and a torch thread count; uses the threads torch is set to.
+    Deterministic for a seed, a device and a torch thread count; uses the threads torch is set
+    to. The decoder is trained and returned on `device`.
     """
 
     config.validate()
@@ -432,21 +434,23 @@ def fit_decoder(
         val_idx = np.sort(rng.choice(val_idx, fit.val_max_actions, replace=False))
 
     def tensors(idx: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None]:
-        z = None if latents is None else torch.from_numpy(latents[idx])
-        return torch.from_numpy(obs[idx]), torch.from_numpy(actions[idx]), z
+        z = None if latents is None else torch.from_numpy(latents[idx]).to(device)
+        return torch.from_numpy(obs[idx]).to(device), torch.from_numpy(actions[idx]).to(device), z
 
     train_obs, train_act, train_z = tensors(train_idx)
     val_obs, val_act, val_z = tensors(val_idx)
-    if fit.decoder_input == "prior_noise":
+    if fit.decoder_input == "prior":
         train_z = val_z = None
 
     start_time = time.perf_counter()
-    generator = torch.Generator().manual_seed(int(init_seed))
+    init_rng = torch.Generator().manual_seed(int(init_seed))
     mean, std = train_obs.mean(dim=0), train_obs.std(dim=0, correction=0)
     # Chosen here, because a dimension constant on the training split carries no information,
     # and dividing its later (possibly varying) values by ~1e-8 would blow the input up: scale 1.
     std = torch.where(std < 1e-6, torch.ones_like(std), std)
-    decoder = make_decoder(config, obs_dim, act_dim, mean, std, generator)
+    decoder = make_decoder(config, obs_dim, act_dim, mean, std, init_rng).to(device)
+    # The minibatch indices and the noise are drawn where the data lives.
+    generator = torch.Generator(device=device).manual_seed(int(init_seed))
     split = dict(
         train_size=len(train_idx),
         val_size=len(val_idx),
@@ -464,10 +468,10 @@ def fit_decoder(
     best_val = initial_val = validate()
     best_step, best_state = 0, copy.deepcopy(decoder.state_dict())
     curve: list[tuple[int, float, float]] = []
-    window_loss, window_steps = torch.zeros(()), 0
+    window_loss, window_steps = torch.zeros((), device=device), 0
     for step in range(1, fit.steps + 1):
         # Minibatches with replacement by index: one gather per step, no per-sample Python work.
-        idx = torch.randint(len(train_idx), (fit.batch_size,), generator=generator)
+        idx = torch.randint(len(train_idx), (fit.batch_size,), generator=generator, device=device)
         batch_z = None if train_z is None else train_z[idx]
         loss = decoder.loss(train_obs[idx], train_act[idx], generator, batch_z)
         optimiser.zero_grad(set_to_none=True)
@@ -478,7 +482,7 @@ def fit_decoder(
         if step % fit.eval_every == 0 or step == fit.steps:
             val = validate()
             curve.append((step, window_loss.item() / window_steps, val))
-            window_loss, window_steps = torch.zeros(()), 0
+            window_loss, window_steps = torch.zeros((), device=device), 0
             if val < best_val:
                 best_val, best_step, best_state = val, step, copy.deepcopy(decoder.state_dict())
     decoder.load_state_dict(best_state)
