@@ -4,4 +4,5 @@ from algorithms.registry import AlgorithmSpec, get, names, register
 
 __all__ = ["AlgorithmSpec", "get", "names", "register"]
 
+import algorithms.gorl  # noqa: E402,F401 - registers "gorl-fm" and "gorl-diffusion"
 import algorithms.ppo  # noqa: E402,F401 - registers "ppo"

@@ -94,6 +94,7 @@ def execute(
     task = envs.canonical_task(request.task)
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, task, dict(request.overrides))
+    check_budget(config, request.steps)
     device = resolve_device(request.device)
     out_dir = Path(request.out_dir or _default_out_dir(request)).resolve()
     tracking_uri = resolve_tracking_uri(request.tracking_uri)
@@ -225,6 +226,17 @@ def _train(
     tracker.log_artifact(checkpoint_path(out_dir), "checkpoint")
     tracker.end("FINISHED")
     return result("FINISHED")
+
+
+def check_budget(config: Any, steps: int) -> None:
+    """Refuse a budget that does not fit the config's schedule (configs with a `check_budget` method)."""
+
+    check = getattr(config, "check_budget", None)
+    if check is not None:
+        try:
+            check(steps)
+        except ValueError as error:
+            raise UserError(f"--steps {steps}: {error}") from None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -283,30 +283,16 @@ def _check_budget(config: Any, steps: int) -> None:
     """Refuse a unit budget that does not fit the configuration's schedule.
 
     The env steps of one policy update are read from the config when the algorithm exposes
-    them (`steps_per_update`, or the on-policy `batch_size`); GoRL's schedule keys split the
-    budget into encoder stages.
+    them (`steps_per_update`, or the on-policy `batch_size`); a config with a schedule (GoRL's
+    stages) checks the rest itself, exactly as `gorl-bench run` does.
     """
+
+    from harness.run import check_budget
 
     per_update = int(getattr(config, "steps_per_update", None) or getattr(config, "batch_size", 1))
     if steps < per_update:
         raise UserError(f"the budget of {steps} steps is less than one update ({per_update} steps).")
-    refits = getattr(config, "num_refits", None)
-    per_refit = getattr(config, "encoder_steps_per_refit", None)
-    if per_refit:
-        if per_refit >= steps:
-            raise UserError(
-                f"encoder_steps_per_refit={per_refit} leaves no decoder refit within the budget of "
-                f"{steps} steps; use a value below the budget."
-            )
-        if per_refit < per_update:
-            raise UserError(
-                f"encoder_steps_per_refit={per_refit} is less than one update ({per_update} steps)."
-            )
-    elif refits is not None and steps // (refits + 1) < per_update:
-        raise UserError(
-            f"num_refits={refits} splits the budget of {steps} steps into {refits + 1} stages of "
-            f"{steps // (refits + 1)} steps, less than one update ({per_update} steps); raise steps."
-        )
+    check_budget(config, steps)
 
 
 def _parse_tasks(value: Any) -> tuple[str, ...]:

@@ -1,0 +1,214 @@
+"""GoRL: the stage schedule, stage 0 as Gaussian PPO, refits and step accounting, resume, bad input."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import algorithms
+from algorithms.config import resolve
+from algorithms.gorl import GoRLConfig, GoRLDiffusionConfig, latent_penalty, stage_config, stage_ends
+from algorithms.onpolicy import collect_rollout, compute_gae, flatten
+from harness.checkpoint import load_checkpoint
+from harness.cli import main
+from harness.errors import UserError
+from harness.run import RunRequest, execute, resume
+
+TOY = "toy-bimodal"
+CPU = torch.device("cpu")
+# Tiny updates (16 envs x 16 steps = 256 env steps) and refits (32 episodes of 16 steps, 50 decoder steps).
+SMALL = {"num_envs": 16, "rollout_steps": 16, "epochs": 2, "num_minibatches": 2, "eval_episodes": 8,
+         "refit_episodes": 32, "decoder_steps": 50, "decoder_batch_size": 64}  # fmt: skip
+UPDATE = 16 * 16
+REFIT_STEPS = 2 * 16 * 16  # 32 episodes on 16 envs: 2 rounds of 16 steps
+
+
+def config(algo: str = "gorl-fm", preset: str = "cpu", task: str = TOY, **overrides) -> GoRLConfig:
+    return resolve(algorithms.get(algo), preset, task, overrides)
+
+
+def test_paper_preset_is_the_official_release():
+    fm, diffusion = (
+        config(preset="paper", task="cheetah-run"),
+        config("gorl-diffusion", "paper", "cheetah-run"),
+    )
+    assert fm.batch_size == 983_040 and (fm.lr, fm.clip, fm.max_grad_norm, fm.max_std) == (
+        1e-3,
+        0.15,
+        0.5,
+        10.0,
+    )
+    assert [(c.clip, c.lr, c.latent_reg_coef) for c in (stage_config(fm, k) for k in range(4))] == [
+        (0.15, 1e-3, 5e-4), (0.3, 1e-3, 1e-3), (0.3, 1e-3, 1e-3), (0.3, 1e-3, 1e-3)]  # fmt: skip
+    assert [stage_config(diffusion, k).lr for k in range(4)] == [1e-3, 3e-4, 1e-4, 1e-4]
+    assert fm.reset_encoder and not diffusion.reset_encoder and fm.latent_reg == "l2"
+    assert fm.decoder_config().resolved_width == 128 and diffusion.decoder_config().resolved_width == 64
+    # 180M steps: stage ends at 1/3, 2/3, 5/6 of 184 updates, as the release's 60M / 60M / 30M / 30M.
+    ends = stage_ends(fm, 180_000_000)
+    assert [end // fm.batch_size for end in ends] == [61, 123, 153, 184]
+    hopper = config(preset="paper", task="hopper-stand")
+    assert hopper.decoder_width == 64 and hopper.target_clip is None
+    assert config(preset="paper", task="finger-spin").gamma == 0.95
+
+
+def test_schedule_keys_split_the_budget():
+    base = config(**SMALL)
+    budget = 12 * UPDATE
+    assert stage_ends(base, budget) == [u * UPDATE for u in (4, 8, 10, 12)]  # 1/3, 1/3, 1/6, 1/6
+    assert stage_ends(config(**SMALL, num_refits=2), budget) == [u * UPDATE for u in (4, 8, 12)]
+    assert stage_ends(config(**SMALL, num_refits=0), budget) == [budget]
+    per_refit = config(**SMALL, encoder_steps_per_refit=5 * UPDATE, num_refits=1)  # takes precedence
+    assert stage_ends(per_refit, budget) == [u * UPDATE for u in (5, 10, 12)]
+    absolute = config(**SMALL, stages=[2 * UPDATE, 10 * UPDATE])
+    assert stage_ends(absolute, budget) == [2 * UPDATE, 12 * UPDATE]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "steps", "message"),
+    [
+        ({"stages": [0.5, 0.25]}, 12 * UPDATE, "sum to 0.75"),
+        ({"stages": [1000, 2000]}, 12 * UPDATE, "sum to 3000"),
+        ({"num_refits": 5}, 4 * UPDATE, "too few for 6 encoder stages"),
+        ({"refit_episodes": 1}, 12 * UPDATE, "refit_episodes must be >= 2"),
+        ({"latent_reg": "entropy"}, 12 * UPDATE, "latent_reg must be one of"),
+        ({"later_clip": [0.2, -0.1]}, 12 * UPDATE, "later_clip must hold positive values"),
+        ({"decoder_input": "latent"}, 12 * UPDATE, "decoder_input must be one of"),
+        ({"latent_dim": 3}, 12 * UPDATE, "latent must have the action's size"),
+    ],
+)
+def test_bad_schedules_and_settings_are_refused_before_training(
+    tmp_path, tracking_uri, overrides, steps, message
+):
+    request = RunRequest(algo="gorl-fm", task=TOY, steps=steps, overrides={**SMALL, **overrides},
+                         out_dir=tmp_path / "run", tracking_uri=tracking_uri)  # fmt: skip
+    with pytest.raises(UserError, match=message):
+        execute(request, progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_every_default_names_its_source():
+    for cls in (GoRLConfig, GoRLDiffusionConfig):
+        lines = inspect.getsource(cls).splitlines()
+        for name in cls.__annotations__:
+            index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{name}:"))
+            assert "#" in lines[index] or lines[index - 1].strip().startswith("#"), (cls.__name__, name)
+
+
+def test_latent_penalties():
+    mean, std = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 2.0]])
+    assert latent_penalty("l2", mean, std).item() == pytest.approx((0 + 1) / 2 + (1 + 4) / 2)
+    # KL(N(1, 4) || N(0, 1)) = 0.5 (1 + 4 - 1) - log 2; the first dimension is N(0, 1) itself.
+    assert latent_penalty("kl", mean, std).item() == pytest.approx(2.0 - np.log(2.0))
+    assert latent_penalty("kl", torch.zeros(3, 2), torch.ones(3, 2)).item() == 0.0
+
+
+def test_with_the_identity_decoder_the_latent_gradient_is_gaussian_ppos():
+    """Stage 0 decodes z as itself: GoRL's loss and gradient are Gaussian PPO's on the same batch."""
+
+    shared = {**SMALL, "clip": 0.2, "max_std": None}  # num_refits=0 below: stage 0 only
+    ppo_keys = {k: v for k, v in shared.items() if "refit" not in k and "decoder" not in k}
+    ppo_config = resolve(algorithms.get("ppo"), "cpu", TOY, ppo_keys)
+    ppo = algorithms.get("ppo").agent_cls(ppo_config, TOY, 0, 4 * UPDATE, CPU)
+    gorl = algorithms.get("gorl-fm").agent_cls(config(**shared, latent_reg="none", num_refits=0), TOY, 0, 4 * UPDATE, CPU)
+    assert all(
+        torch.equal(a, b) for a, b in zip(ppo.model.parameters(), gorl.model.parameters(), strict=True)
+    )
+    source = algorithms.get("ppo").agent_cls(ppo_config, TOY, 1, 4 * UPDATE, CPU)  # makes the batch
+    rollout, _ = collect_rollout(source.env, source.obs, 16, source.policy_step, source.model.value,
+                                 source.normalizer, ppo_config.reward_scale, source.episodes, CPU)  # fmt: skip
+    batch = flatten(rollout, *compute_gae(rollout.rewards, rollout.values, rollout.next_values,
+                                          rollout.terminated, rollout.truncated, 0.99, 0.95))  # fmt: skip
+    grads = []
+    for agent in (ppo, gorl):
+        agent.model.zero_grad()
+        agent.loss(batch)[0].backward()
+        grads.append([p.grad.clone() for p in agent.model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    # And whole updates agree: the same env actions tanh(z), the same parameters afterwards.
+    for agent in (ppo, gorl):
+        agent.train_iteration()
+    assert all(
+        torch.equal(a, b) for a, b in zip(ppo.model.parameters(), gorl.model.parameters(), strict=True)
+    )
+    obs = ppo.obs[:4]
+    np.testing.assert_array_equal(ppo.act(obs), gorl.act(obs))
+
+
+@pytest.mark.parametrize("algo", ["gorl-fm", "gorl-diffusion"])
+def test_refits_count_their_env_steps_apart_and_switch_stages(algo):
+    budget = 12 * UPDATE
+    agent = algorithms.get(algo).agent_cls(config(algo, **SMALL, num_refits=2), TOY, 0, budget, CPU)
+    stages, decoders, encoders = [], [], []
+    while agent.counted_steps < budget:
+        before = [p.clone() for p in agent.model.parameters()]
+        metrics = agent.train_iteration()
+        stages.append(int(metrics["gorl/stage"]))
+        if "refit/env_steps" in metrics:
+            assert metrics["refit/env_steps"] == REFIT_STEPS
+            assert metrics["decoder/best_val_loss"] <= metrics["decoder/initial_val_loss"]
+            decoders.append(type(agent.decoder).__name__)
+            encoders.append(before)
+    assert stages == [0] * 4 + [1] * 4 + [2] * 4
+    assert agent.counted_steps == budget and agent.total_steps == budget + 2 * REFIT_STEPS
+    assert decoders == 2 * (["FlowMatchingDecoder"] if algo == "gorl-fm" else ["DiffusionDecoder"])
+    # The deterministic action is tanh of the decoded encoder mean, within (-1, 1).
+    actions = agent.act(agent.obs)
+    assert actions.shape == (16, 2) and np.abs(actions).max() < 1
+
+
+def test_fm_resets_the_encoder_at_a_refit_and_diffusion_keeps_it():
+    for algo, reset in (("gorl-fm", True), ("gorl-diffusion", False)):
+        agent = algorithms.get(algo).agent_cls(config(algo, **SMALL, num_refits=1), TOY, 0, 4 * UPDATE, CPU)
+        fresh = [p.clone() for p in agent.model.parameters()]
+        agent.train_iteration()
+        agent.train_iteration()
+        trained = [p.clone() for p in agent.model.parameters()]
+        agent.refit()
+        after = list(agent.model.parameters())
+        same_as = fresh if reset else trained
+        assert all(torch.equal(a, b) for a, b in zip(after, same_as, strict=True)), algo
+
+
+def test_resume_across_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, tracking_uri):
+    fields = dict(algo="gorl-fm", task=TOY, seed=1, steps=12 * UPDATE, tracking_uri=tracking_uri,
+                  overrides={**SMALL, "num_refits": 2, "eval_points": 4})  # fmt: skip
+    reference = execute(RunRequest(**fields, out_dir=tmp_path / "reference"), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_second_point(step: int, score: float) -> None:
+        if step == 6 * UPDATE:  # in stage 1, with a fitted decoder; the next boundary is at 8 updates
+            raise Stop
+
+    with pytest.raises(Stop):
+        execute(RunRequest(**fields, out_dir=tmp_path / "stopped"), on_evaluation=stop_at_second_point,
+                progress=False)  # fmt: skip
+    assert load_checkpoint(tmp_path / "stopped")["agent"]["stage"] == 1
+    resumed = resume(tmp_path / "stopped", progress=False)
+    assert resumed.eval_history == reference.eval_history
+    assert (resumed.counted_steps, resumed.total_steps) == (reference.counted_steps, reference.total_steps)
+    assert reference.total_steps == 12 * UPDATE + 2 * REFIT_STEPS
+
+
+def test_cli_runs_gorl_and_logs_stages_and_decoder_losses(tmp_path, tracking_uri, capsys):
+    overrides = [
+        arg for key, value in {**SMALL, "num_refits": 1}.items() for arg in ("--set", f"{key}={value}")
+    ]
+    argv = ["run", "--algo", "gorl-fm", "--task", TOY, "--steps", str(4 * UPDATE), *overrides,
+            "--out", str(tmp_path / "run"), "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    client = MlflowClient(tracking_uri)
+    run_id = load_checkpoint(tmp_path / "run")["mlflow_run_id"]
+    metrics = client.get_run(run_id).data.metrics
+    for key in ("gorl/stage", "decoder/best_val_loss", "decoder/last_train_loss", "refit/env_steps",
+                "train/entropy", "train/latent_std", "train/latent_mean_sq", "steps/total",
+                "eval/return_mean"):  # fmt: skip
+        assert key in metrics, key
+    stages = [(m.step, m.value) for m in client.get_metric_history(run_id, "gorl/stage")]
+    assert stages == [(UPDATE, 0), (2 * UPDATE, 0), (3 * UPDATE, 1), (4 * UPDATE, 1)]
+    assert metrics["steps/total"] == 4 * UPDATE + REFIT_STEPS
