@@ -1,0 +1,135 @@
+"""`gorl-bench demo` end to end on a tiny PPO-only spec: study, report, printed commands, resume.
+
+The demo's own spec (`studies/demo.toml`) takes minutes; `--spec` points the same code path at
+a spec of four tiny PPO units on the toy task, run by two real worker processes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from matplotlib.image import imread
+
+from harness.cli import main
+from harness.commands.demo import dashboard_command, mlflow_ui_command
+from studies.spec import load_spec
+
+TINY_PPO = """
+    algo = "ppo"
+    num_envs = 8
+    rollout_steps = 32
+    epochs = 2
+    num_minibatches = 2
+    eval_points = 2
+    eval_episodes = 2
+    actor_hidden = [16]
+    critic_hidden = [16]
+    collect_threads = 1
+    update_threads = 1
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, migrated_mlflow_db) -> Path:
+    """A fresh working directory whose `runs/` holds a copy of the session's migrated MLflow store."""
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    shutil.copy(migrated_mlflow_db, tmp_path / "runs" / "mlflow.db")
+    return tmp_path
+
+
+def tiny_spec(directory: Path) -> Path:
+    """Two PPO variants (entropy bonus off / on) x the toy task x 2 seeds: four short units."""
+
+    text = textwrap.dedent(
+        """
+        name = "tiny-demo"
+        kind = "compare"
+        description = "a tiny demo"
+        tasks = ["toy-bimodal"]
+        seeds = 2
+        steps = 1024
+        preset = "cpu"
+        """
+    )
+    for label, coef in (("no-bonus", 0.0), ("bonus", 0.01)):
+        text += f"\n[variants.{label}]\nentropy_coef = {coef}" + textwrap.dedent(TINY_PPO)
+    path = directory / "tiny-demo.toml"
+    path.write_text(text)
+    return path
+
+
+def mlflow_runs(experiment: str) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{Path('runs/mlflow.db').resolve()}")
+    found = client.get_experiment_by_name(experiment)
+    return len(client.search_runs([found.experiment_id])) if found else 0
+
+
+def test_demo_runs_the_study_reports_it_and_resumes(workdir, capsys):
+    spec = tiny_spec(workdir)
+    argv = ["demo", "--spec", str(spec), "--workers", "2", "--reps", "200"]
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = Path("runs/reports/tiny-demo")
+    assert "Units: 4 run now, 0 reused" in out
+    for name in ("aggregates", "sample_efficiency", "performance_profile", "probability_of_improvement"):
+        assert f"{report / name}.png" in out
+        pixels = imread(report / f"{name}.png")
+        assert np.var(pixels) > 0  # drawn, not blank
+    assert (report / "summary.md").is_file() and (report / "results.csv").is_file()
+    assert "ui --backend-store-uri sqlite:///runs/mlflow.db" in out
+    assert "optuna-dashboard runs/studies.journal" in out
+
+    study = optuna.load_study(study_name="tiny-demo", storage=_journal())
+    trials, runs = len(study.trials), mlflow_runs("tiny-demo")
+    assert trials == 4 and runs == 5  # four units nested under the study's parent run
+    (report / "aggregates.png").unlink()
+
+    # Again: nothing is trained twice, the report is rebuilt.
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "All 4 units are already done" in out and "Units: 0 run now, 4 reused" in out
+    study = optuna.load_study(study_name="tiny-demo", storage=_journal())
+    assert len(study.trials) == trials and mlflow_runs("tiny-demo") == runs
+    assert (report / "aggregates.png").is_file()
+
+
+def test_demo_refuses_bad_input_with_a_message(workdir, capsys):
+    assert main(["demo", "--spec", "no-such-spec"]) == 2
+    assert "unknown study spec" in capsys.readouterr().err.lower()
+    assert main(["demo", "--spec", str(tiny_spec(workdir)), "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert not Path("runs/studies.journal").exists()
+
+
+def test_printed_commands_name_the_stores():
+    assert mlflow_ui_command("http://db:5000").startswith("open http://db:5000")
+    command = mlflow_ui_command("postgresql+psycopg2://me@db/mlflow")
+    assert command.endswith("mlflow ui --backend-store-uri postgresql+psycopg2://me@db/mlflow")
+    assert dashboard_command("postgresql+psycopg2://me@db/gorl").endswith(
+        "optuna-dashboard postgresql+psycopg2://me@db/gorl"
+    )
+
+
+def test_the_shipped_demo_spec_is_an_ablation_with_a_baseline():
+    spec = load_spec("demo")
+    algos = {algo for _, algo, _ in spec.configurations()}
+    assert spec.kind == "compare" and algos == {"ppo", "gorl-fm"}
+    assert spec.seeds >= 3 and len(spec.tasks) == 2
+    refits = sorted(p["num_refits"] for _, algo, p in spec.configurations() if algo == "gorl-fm")
+    assert len(refits) == 2 and refits[0] != refits[1]
+
+
+def _journal() -> optuna.storages.BaseStorage:
+    from studies.storage import open_storage
+
+    return open_storage(None)
