@@ -31,7 +31,6 @@ Presets:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,28 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-import envs
-from algorithms.base import Agent
+from algorithms.actor_critic import ActorCriticAgent, CoreConfigMixin
 from algorithms.networks import Activation, Init, mlp
-from algorithms.normalization import RunningMeanStd
-from algorithms.onpolicy import (
-    Batch,
-    EpisodeReturns,
-    PolicyStep,
-    clipped_surrogate,
-    collect_rollout,
-    compute_gae,
-    flatten,
-    make_adam,
-    minibatch_update,
-    policy_input,
-    torch_threads,
-)
+from algorithms.onpolicy import Batch, PolicyStep, clipped_surrogate, policy_input
 from algorithms.registry import register
 
 
 @dataclass(frozen=True)
-class PPOConfig:
+class PPOConfig(CoreConfigMixin):
     """Defaults are the `paper` preset (MuJoCo Playground's brax_ppo_config, as used by the paper)."""
 
     num_envs: int = 2048  # brax_ppo_config num_envs
@@ -95,45 +80,16 @@ class PPOConfig:
     # 256-wide nets); on cores shared with other processes, spin-waiting threads are many times slower
     update_threads: int = 2
 
-    @property
-    def batch_size(self) -> int:
-        return self.num_envs * self.rollout_steps
-
     def validate(self) -> None:
-        positive_ints = (
-            "num_envs",
-            "rollout_steps",
-            "epochs",
-            "num_minibatches",
-            "eval_episodes",
-            "eval_points",
-            "collect_threads",
-            "update_threads",
-        )
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size % self.num_minibatches:
-            raise ValueError(
-                f"num_minibatches ({self.num_minibatches}) must divide the batch num_envs x rollout_steps "
-                f"= {self.batch_size}"
-            )
-        for name in ("lr", "clip", "reward_scale", "min_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        self.validate_core()
+        if not self.min_std > 0:
+            raise ValueError(f"min_std must be > 0, got {self.min_std}")
         if self.max_std is not None and not self.max_std > self.min_std:
             raise ValueError(f"max_std must exceed min_std ({self.min_std}) or be none, got {self.max_std}")
-        for name in ("value_coef", "entropy_coef"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
-            raise ValueError(
-                f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}"
-            )
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or none, got {self.max_grad_norm}")
-        if not self.actor_hidden or not self.critic_hidden or min(self.actor_hidden + self.critic_hidden) < 1:
-            raise ValueError("actor_hidden and critic_hidden must be non-empty lists of positive widths")
+        if not self.entropy_coef >= 0:
+            raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef}")
+        if not self.actor_hidden or min(self.actor_hidden) < 1:
+            raise ValueError("actor_hidden must be a non-empty list of positive widths")
 
 
 PRESETS = {
@@ -211,22 +167,9 @@ class ActorCritic(nn.Module):
     summary="Gaussian PPO, tanh-squashed diagonal Gaussian (paper baseline)",
     task_overrides=task_overrides,
 )
-class PPOAgent(Agent):
-    def __init__(self, config: PPOConfig, task: str, seed: int, budget: int, device: torch.device) -> None:
-        self.config, self.device = config, device
-        self.env = envs.make(task, config.num_envs, seed, backend=config.env_backend)
-        self.obs, _ = self.env.reset(seed=seed)
-        obs_dim = self.env.single_observation_space.shape[0]
-        act_dim = self.env.single_action_space.shape[0]
-        # Explicit generators (never torch's global RNG) so a checkpoint captures every random state.
-        self.init_rng = torch.Generator().manual_seed(seed)
-        self.action_rng = torch.Generator(device).manual_seed(seed + 1)
-        self.shuffle_rng = torch.Generator().manual_seed(seed + 2)
-        self.model = ActorCritic(obs_dim, act_dim, config, self.init_rng).to(device)
-        self.optimizer = make_adam(self.model.parameters(), config.lr)
-        self.normalizer = RunningMeanStd((obs_dim,)) if config.normalize_obs else None
-        self.episodes = EpisodeReturns(config.num_envs)
-        self.counted_steps = self.total_steps = 0
+class PPOAgent(ActorCriticAgent):
+    def build_model(self, obs_dim: int, act_dim: int) -> ActorCritic:
+        return ActorCritic(obs_dim, act_dim, self.config, self.init_rng)
 
     def sample(self, dist: Normal) -> Tensor:
         noise = torch.randn(dist.mean.shape, generator=self.action_rng, device=self.device)
@@ -242,7 +185,7 @@ class PPOAgent(Agent):
         dist = self.model.dist(mb["obs"])
         log_ratio = dist.log_prob(mb["actions"]).sum(-1) - mb["log_probs"]
         policy_loss, metrics = clipped_surrogate(log_ratio, mb["advantages"], c.clip)
-        value_loss = c.value_coef * (self.model.value(mb["obs"]) - mb["returns"]).pow(2).mean()
+        value_loss = self.value_loss(mb)
         entropy = dist.entropy().sum(-1).mean()
         entropy_loss = -c.entropy_coef * entropy
         metrics.update(
@@ -255,82 +198,8 @@ class PPOAgent(Agent):
         )
         return policy_loss + value_loss + entropy_loss, metrics
 
-    def train_iteration(self) -> dict[str, float]:
-        c = self.config
-        t0 = time.perf_counter()
-        with torch_threads(c.collect_threads):
-            rollout, self.obs = collect_rollout(
-                self.env,
-                self.obs,
-                c.rollout_steps,
-                self.policy_step,
-                self.model.value,
-                self.normalizer,
-                c.reward_scale,
-                self.episodes,
-                self.device,
-            )
-        t1 = time.perf_counter()
-        advantages, returns = compute_gae(
-            rollout.rewards,
-            rollout.values,
-            rollout.next_values,
-            rollout.terminated,
-            rollout.truncated,
-            c.gamma,
-            c.gae_lambda,
-        )
-        with torch_threads(c.update_threads):
-            metrics = minibatch_update(
-                flatten(rollout, advantages, returns),
-                self.loss,
-                self.optimizer,
-                [list(self.model.actor.parameters()), list(self.model.critic.parameters())],
-                c.epochs,
-                c.num_minibatches,
-                c.max_grad_norm,
-                self.shuffle_rng,
-            )
-        t2 = time.perf_counter()
-        self.counted_steps += rollout.num_transitions
-        self.total_steps += rollout.num_transitions
-        metrics["perf/learner_fraction"] = (t2 - t1) / (t2 - t0)
-        returns_done = self.episodes.pop()
-        if returns_done:
-            metrics["train/episode_return"] = float(np.mean(returns_done))
-        return metrics
-
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         dist = self.model.dist(policy_input(obs, self.normalizer, self.device))
         u = dist.mean if deterministic else self.sample(dist)
         return torch.tanh(u).cpu().numpy()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "normalizer": self.normalizer.state_dict() if self.normalizer else None,
-            "episodes": self.episodes.state_dict(),
-            "env": self.env.get_state(),
-            "obs": self.obs.copy(),
-            "action_rng": self.action_rng.get_state(),
-            "shuffle_rng": self.shuffle_rng.get_state(),
-            "counted_steps": self.counted_steps,
-            "total_steps": self.total_steps,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.normalizer:
-            self.normalizer.load_state_dict(state["normalizer"])
-        self.episodes.load_state_dict(state["episodes"])
-        self.env.set_state(state["env"])
-        self.obs = state["obs"].copy()
-        self.action_rng.set_state(state["action_rng"])
-        self.shuffle_rng.set_state(state["shuffle_rng"])
-        self.counted_steps, self.total_steps = state["counted_steps"], state["total_steps"]
-
-    def close(self) -> None:
-        self.env.close()

@@ -1,0 +1,206 @@
+"""The actor-critic agent skeleton shared by Gaussian PPO, FPO and DPPO (and GoRL through PPO).
+
+The three methods differ only in their policy: what it returns while collecting (a pre-tanh
+action, an action with its Monte-Carlo draws, a denoising chain) and how the loss turns that
+into a ratio. Everything else is one piece of code here:
+
+* construction: the training envs, the explicit random generators, the model (built by the
+  subclass), Adam, the observation normaliser and the episode-return tracker;
+* `train_iteration`: collect with `policy_step`, GAE, then `minibatch_update` with `loss`,
+  clipping the actor's and the critic's gradients separately;
+* `state_dict` / `load_state_dict`: weights, optimiser, normaliser, envs, every generator.
+
+A subclass implements `build_model` (a module with `actor`, `critic` and `value(obs)`),
+`policy_step`, `loss` and `act`, and lists any extra generator in `generator_names`.
+
+`CoreConfigMixin` gives a config dataclass with the PPO core's keys its `batch_size` and the
+checks of those keys, so every method refuses the same bad values with the same message.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import envs
+from algorithms.base import Agent
+from algorithms.normalization import RunningMeanStd
+from algorithms.onpolicy import (
+    Batch,
+    EpisodeReturns,
+    PolicyStep,
+    collect_rollout,
+    compute_gae,
+    flatten,
+    make_adam,
+    minibatch_update,
+    torch_threads,
+)
+
+
+class CoreConfigMixin:
+    """For frozen config dataclasses that have the PPO core's keys (it declares no fields itself)."""
+
+    num_envs: int
+    rollout_steps: int
+    num_minibatches: int
+    gamma: float
+    gae_lambda: float
+    value_coef: float
+    max_grad_norm: float | None
+    critic_hidden: tuple[int, ...]
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.rollout_steps
+
+    def validate_core(self) -> None:
+        """Raise ValueError naming the first PPO-core key with a bad value."""
+
+        positive_ints = (
+            "num_envs",
+            "rollout_steps",
+            "epochs",
+            "num_minibatches",
+            "eval_episodes",
+            "eval_points",
+            "collect_threads",
+            "update_threads",
+        )
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches ({self.num_minibatches}) must divide the batch num_envs x rollout_steps "
+                f"= {self.batch_size}"
+            )
+        for name in ("lr", "clip", "reward_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.value_coef >= 0:
+            raise ValueError(f"value_coef must be >= 0, got {self.value_coef}")
+        if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ValueError(
+                f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}"
+            )
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or none, got {self.max_grad_norm}")
+        if not self.critic_hidden or min(self.critic_hidden) < 1:
+            raise ValueError("critic_hidden must be a non-empty list of positive widths")
+
+
+class ActorCriticAgent(Agent):
+    """One on-policy run: envs, model, optimiser, normaliser and generators, trained by PPO-style updates."""
+
+    #: Generators saved in checkpoints. `init_rng` is not: it is used up by construction.
+    generator_names: tuple[str, ...] = ("action_rng", "shuffle_rng")
+
+    def __init__(self, config: Any, task: str, seed: int, budget: int, device: torch.device) -> None:
+        self.config, self.device = config, device
+        self.env = envs.make(task, config.num_envs, seed, backend=config.env_backend)
+        self.obs, _ = self.env.reset(seed=seed)
+        obs_dim = self.env.single_observation_space.shape[0]
+        act_dim = self.env.single_action_space.shape[0]
+        # Explicit generators (never torch's global RNG) so a checkpoint captures every random state.
+        self.init_rng = torch.Generator().manual_seed(seed)
+        self.action_rng = torch.Generator(device).manual_seed(seed + 1)
+        self.shuffle_rng = torch.Generator().manual_seed(seed + 2)
+        self.model = self.build_model(obs_dim, act_dim).to(device)
+        self.optimizer = make_adam(self.model.parameters(), config.lr)
+        self.normalizer = RunningMeanStd((obs_dim,)) if config.normalize_obs else None
+        self.episodes = EpisodeReturns(config.num_envs)
+        self.counted_steps = self.total_steps = 0
+
+    @abc.abstractmethod
+    def build_model(self, obs_dim: int, act_dim: int) -> nn.Module:
+        """The actor-critic, its weights drawn from `self.init_rng`: `actor`, `critic` and `value(obs)`."""
+
+    @abc.abstractmethod
+    def policy_step(self, obs: Tensor) -> PolicyStep:
+        """The behaviour policy on a batch of normalised observations, drawing from `self.action_rng`."""
+
+    @abc.abstractmethod
+    def loss(self, mb: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The minibatch loss (policy + value [+ regularisers]) and its metrics."""
+
+    def value_loss(self, mb: Batch) -> Tensor:
+        return self.config.value_coef * (self.model.value(mb["obs"]) - mb["returns"]).pow(2).mean()
+
+    def train_iteration(self) -> dict[str, float]:
+        c = self.config
+        t0 = time.perf_counter()
+        with torch_threads(c.collect_threads):
+            rollout, self.obs = collect_rollout(
+                self.env,
+                self.obs,
+                c.rollout_steps,
+                self.policy_step,
+                self.model.value,
+                self.normalizer,
+                c.reward_scale,
+                self.episodes,
+                self.device,
+            )
+        t1 = time.perf_counter()
+        advantages, returns = compute_gae(
+            rollout.rewards,
+            rollout.values,
+            rollout.next_values,
+            rollout.terminated,
+            rollout.truncated,
+            c.gamma,
+            c.gae_lambda,
+        )
+        with torch_threads(c.update_threads):
+            metrics = minibatch_update(
+                flatten(rollout, advantages, returns),
+                self.loss,
+                self.optimizer,
+                [list(self.model.actor.parameters()), list(self.model.critic.parameters())],
+                c.epochs,
+                c.num_minibatches,
+                c.max_grad_norm,
+                self.shuffle_rng,
+            )
+        t2 = time.perf_counter()
+        self.counted_steps += rollout.num_transitions
+        self.total_steps += rollout.num_transitions
+        metrics["perf/learner_fraction"] = (t2 - t1) / (t2 - t0)
+        returns_done = self.episodes.pop()
+        if returns_done:
+            metrics["train/episode_return"] = float(np.mean(returns_done))
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "normalizer": self.normalizer.state_dict() if self.normalizer else None,
+            "episodes": self.episodes.state_dict(),
+            "env": self.env.get_state(),
+            "obs": self.obs.copy(),
+            **{name: getattr(self, name).get_state() for name in self.generator_names},
+            "counted_steps": self.counted_steps,
+            "total_steps": self.total_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.normalizer:
+            self.normalizer.load_state_dict(state["normalizer"])
+        self.episodes.load_state_dict(state["episodes"])
+        self.env.set_state(state["env"])
+        self.obs = state["obs"].copy()
+        for name in self.generator_names:
+            getattr(self, name).set_state(state[name])
+        self.counted_steps, self.total_steps = state["counted_steps"], state["total_steps"]
+
+    def close(self) -> None:
+        self.env.close()
