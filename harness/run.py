@@ -130,6 +130,14 @@ def resume(
 ) -> RunResult:
     """Continue the run saved in `out_dir` from its last checkpoint, in the same MLflow run."""
 
+    request, config, agent, state = load_run(out_dir)
+    tracker = RunTracker.reopen(request.tracking_uri, state["mlflow_run_id"])
+    return _train(request, config, agent, _Progress(**state["progress"]), tracker, on_evaluation, progress)
+
+
+def load_run(out_dir: Path | str) -> tuple[RunRequest, Any, algorithms.base.Agent, dict[str, Any]]:
+    """The request, config and agent (in its saved state) of the run in `out_dir`, and the checkpoint."""
+
     state = load_checkpoint(Path(out_dir))
     # The directory may have moved since the run started.
     request = dataclasses.replace(RunRequest(**state["request"]), out_dir=Path(out_dir).resolve())
@@ -137,8 +145,7 @@ def resume(
     config = resolve(spec, request.preset, request.task, dict(request.overrides))
     agent = spec.agent_cls(config, request.task, request.seed, request.steps, resolve_device(request.device))
     agent.load_state_dict(state["agent"])
-    tracker = RunTracker.reopen(request.tracking_uri, state["mlflow_run_id"])
-    return _train(request, config, agent, _Progress(**state["progress"]), tracker, on_evaluation, progress)
+    return request, config, agent, state
 
 
 def _train(
