@@ -65,7 +65,7 @@ from algorithms.decoders import Decoder, DecoderConfig, FitConfig, fit_decoder, 
 from algorithms.normalization import RunningMeanStd
 from algorithms.onpolicy import Batch, PolicyStep, make_adam, policy_input, torch_threads
 from algorithms.ppo import PRESETS as PPO_PRESETS
-from algorithms.ppo import ActorCritic, PPOAgent, PPOConfig
+from algorithms.ppo import PPOAgent, PPOConfig
 from algorithms.ppo import task_overrides as ppo_task_overrides
 from algorithms.registry import register
 from harness.errors import UserError
@@ -430,9 +430,8 @@ class GoRLAgent(PPOAgent):
         self.stage, self.config = stage, stage_config(self.gorl, stage)
         if self.gorl.reset_encoder:
             # Official release: the same encoder seed in every stage, so every stage starts alike.
-            self.model = ActorCritic(
-                self.obs_dim, self.act_dim, self.config, torch.Generator().manual_seed(self.seed)
-            ).to(self.device)
+            self.init_rng = torch.Generator().manual_seed(self.seed)
+            self.model = self.build_model(self.obs_dim, self.act_dim).to(self.device)
             self.normalizer = RunningMeanStd((self.obs_dim,)) if self.config.normalize_obs else None
         self.optimizer = make_adam(self.model.parameters(), self.config.lr)
 
