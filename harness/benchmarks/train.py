@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -26,19 +28,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def measure(
-    task: str, preset: str, overrides: dict, iterations: int, device: torch.device
+    task: str,
+    preset: str,
+    overrides: dict,
+    iterations: int,
+    device: torch.device,
+    algo: str = "ppo",
+    prepare: Callable[[Any], None] | None = None,
 ) -> dict[str, float]:
-    """Steps/s and learner share of `iterations` PPO iterations on `task`, after one warm-up iteration."""
+    """Steps/s and learner share of `iterations` iterations of `algo` on `task`, after one warm-up.
+
+    `prepare(agent)`, if given, runs on the fresh agent first (e.g. to put GoRL in a later stage).
+    """
 
     import algorithms
     import envs
     from algorithms.config import resolve
 
-    spec = algorithms.get("ppo")
+    spec = algorithms.get(algo)
     task = envs.canonical_task(task)
     config = resolve(spec, preset, task, overrides)
     agent = spec.agent_cls(config, task, 0, (iterations + 1) * config.batch_size, device)
     try:
+        if prepare is not None:
+            prepare(agent)
         agent.train_iteration()
         learner_seconds = 0.0
         start = time.perf_counter()

@@ -1,0 +1,83 @@
+"""`gorl-bench bench gorl`: GoRL-FM's wall-clock per counted env step, relative to Gaussian PPO.
+
+Measured in one run, on the same task and preset:
+
+* PPO: `train_iteration` of the `ppo` agent (the reference);
+* GoRL-FM, stage 0: the encoder's PPO with the identity decoder;
+* GoRL-FM, stage >= 1: the same with a flow-matching decoder of the preset's size in the loop
+  (a fresh decoder costs exactly what a trained one does: 10 Euler steps per env step);
+* one decoder refit: collecting `refit_episodes` episodes and fitting the decoder.
+
+The ratio for a whole run combines them along the preset's stage schedule at `--steps`
+counted env steps: (stage-0 time + later-stage time + refits) / PPO time. Evaluation and
+tracking cost the same for both and are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from harness.benchmarks.train import measure
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default="walker-walk", help="task (default walker-walk)")
+    parser.add_argument("--preset", default="cpu", help="preset of both algorithms (default cpu)")
+    parser.add_argument("--iterations", type=int, default=8, help="timed iterations per phase (default 8)")
+    parser.add_argument("--steps", type=int, default=1_000_000, help="run budget for the schedule (1000000)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import algorithms
+    import envs
+    from algorithms.config import resolve
+    from algorithms.gorl import stage_ends
+    from harness.run import resolve_device
+
+    device = resolve_device(args.device)
+    task = envs.canonical_task(args.task)
+    config = resolve(algorithms.get("gorl-fm"), args.preset, task, {})
+    ends = stage_ends(config, args.steps)
+    print(f"GoRL-FM vs PPO on {task}, preset {args.preset}, {args.iterations} iterations per phase after one "
+          f"warm-up; torch {torch.__version__}, {platform.machine()}, device {device}")  # fmt: skip
+
+    def later_stage(agent: algorithms.gorl.GoRLAgent) -> None:
+        from algorithms.decoders import make_decoder
+
+        agent.env.decoder = make_decoder(config.decoder_config(), agent.obs_dim, agent.act_dim).to(device)
+        agent.begin_stage(1)
+
+    ppo = measure(task, args.preset, {}, args.iterations, device)
+    # One stage only, so that no refit falls inside the timed iterations; refits are timed apart.
+    one_stage = {"num_refits": 0}
+    stage0 = measure(task, args.preset, one_stage, args.iterations, device, algo="gorl-fm")
+    later = measure(
+        task, args.preset, one_stage, args.iterations, device, algo="gorl-fm", prepare=later_stage
+    )
+    agent = algorithms.get("gorl-fm").agent_cls(config, task, 0, args.steps, device)
+    try:
+        start = time.perf_counter()
+        refit_steps = agent.refit()["refit/env_steps"]
+        refit_seconds = time.perf_counter() - start
+    finally:
+        agent.close()
+
+    print("| phase | env steps/s | seconds per 1M counted steps | vs PPO |\n|---|---|---|---|")
+    for name, result in (("PPO", ppo), ("GoRL-FM stage 0 (identity decoder)", stage0),
+                         ("GoRL-FM stage >= 1 (flow decoder)", later)):  # fmt: skip
+        per_million = 1e6 / result["steps_per_s"]
+        print(f"| {name} | {result['steps_per_s']:,.0f} | {per_million:.0f} | "
+              f"{ppo['steps_per_s'] / result['steps_per_s']:.2f}x |")  # fmt: skip
+    print(f"\nOne refit: {refit_steps:,.0f} env steps and {config.decoder_steps:,} decoder steps in "
+          f"{refit_seconds:.1f} s.")  # fmt: skip
+    run_seconds = ends[0] / stage0["steps_per_s"] + (args.steps - ends[0]) / later["steps_per_s"]
+    run_seconds += (len(ends) - 1) * refit_seconds
+    ppo_seconds = args.steps / ppo["steps_per_s"]
+    print(f"A {args.steps:,}-step run ({len(ends) - 1} refits): GoRL-FM {run_seconds:.0f} s vs PPO "
+          f"{ppo_seconds:.0f} s = {run_seconds / ppo_seconds:.2f}x per counted env step.")  # fmt: skip
+    return 0
