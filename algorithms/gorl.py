@@ -87,6 +87,9 @@ class GoRLConfig(PPOConfig):
     latent_reg_coef: float = 5e-4  # official release: lambda_z 5e-4 in stage 0
     later_latent_reg_coef: tuple[float, ...] = (1e-3,)  # official release: lambda_z 1e-3 in stages 1-3
     reset_encoder: bool = True  # official release (FM): fresh encoder, critic and normaliser per stage
+    # official release (WalkerWalk FM, `gaussian_warm_value`): a reset actor outputs exactly N(0, I)
+    # and the critic and observation normaliser are kept; False: everything fresh (other tasks)
+    warm_value: bool = False
     # paper §3: the latent has the action's size (None); the decoders transport the latent onto the
     # pre-tanh action, so no other size is possible without a projection the paper does not define
     latent_dim: int | None = None
@@ -431,9 +434,27 @@ class GoRLAgent(PPOAgent):
         if self.gorl.reset_encoder:
             # Official release: the same encoder seed in every stage, so every stage starts alike.
             self.init_rng = torch.Generator().manual_seed(self.seed)
-            self.model = self.build_model(self.obs_dim, self.act_dim).to(self.device)
-            self.normalizer = RunningMeanStd((self.obs_dim,)) if self.config.normalize_obs else None
+            previous, self.model = self.model, self.build_model(self.obs_dim, self.act_dim).to(self.device)
+            if self.gorl.warm_value:
+                self.model.critic.load_state_dict(previous.critic.state_dict())
+                self._start_actor_at_the_prior()
+            else:
+                self.normalizer = RunningMeanStd((self.obs_dim,)) if self.config.normalize_obs else None
         self.optimizer = make_adam(self.model.parameters(), self.config.lr)
+
+    @torch.no_grad()
+    def _start_actor_at_the_prior(self) -> None:
+        """Zero the actor's output layer, its bias giving mean 0 and std exactly 1: z ~ N(0, I) everywhere.
+
+        The decoder was fitted to carry N(0, I) onto the last stage's behaviour, so the new stage
+        starts from that behaviour rather than from a narrower or shifted copy of it.
+        """
+
+        last = self.model.actor[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        # std = softplus(raw) + min_std = 1 (capped at max_std, which is above 1 when set).
+        last.bias[self.act_dim :] = math.log(math.expm1(1.0 - self.config.min_std))
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
@@ -479,7 +500,11 @@ def fm_task_overrides(preset: str, task: str) -> dict[str, Any]:
     if preset == "paper":
         overrides |= {
             "hopper-stand": {"decoder_width": 64, "target_clip": None},
-            "walker-walk": {"later_latent_reg_coef": (3e-3,), "later_lr": (1e-3, 1e-3, 3e-4)},
+            "walker-walk": {
+                "later_latent_reg_coef": (3e-3,),
+                "later_lr": (1e-3, 1e-3, 3e-4),
+                "warm_value": True,
+            },
             "finger-turn_hard": {"later_latent_reg_coef": (1e-3, 1e-3, 1e-2)},
         }.get(task, {})
     return overrides

@@ -113,13 +113,14 @@ def test_with_the_identity_decoder_the_latent_gradient_is_gaussian_ppos():
     ppo_keys = {k: v for k, v in shared.items() if "refit" not in k and "decoder" not in k}
     ppo_config = resolve(algorithms.get("ppo"), "cpu", TOY, ppo_keys)
     ppo = algorithms.get("ppo").agent_cls(ppo_config, TOY, 0, 4 * UPDATE, CPU)
-    gorl = algorithms.get("gorl-fm").agent_cls(config(**shared, latent_reg="none", num_refits=0), TOY, 0, 4 * UPDATE, CPU)
+    gorl_config = config(**shared, latent_reg="none", num_refits=0)
+    gorl = algorithms.get("gorl-fm").agent_cls(gorl_config, TOY, 0, 4 * UPDATE, CPU)
     assert all(
         torch.equal(a, b) for a, b in zip(ppo.model.parameters(), gorl.model.parameters(), strict=True)
     )
     source = algorithms.get("ppo").agent_cls(ppo_config, TOY, 1, 4 * UPDATE, CPU)  # makes the batch
     rollout, _ = collect_rollout(source.env, source.obs, 16, source.policy_step, source.model.value,
-                                 source.normalizer, ppo_config.reward_scale, source.episodes, CPU)  # fmt: skip
+                                 source.normalizer, 0.1, source.episodes, CPU)  # fmt: skip
     batch = flatten(rollout, *compute_gae(rollout.rewards, rollout.values, rollout.next_values,
                                           rollout.terminated, rollout.truncated, 0.99, 0.95))  # fmt: skip
     grads = []
@@ -212,3 +213,15 @@ def test_cli_runs_gorl_and_logs_stages_and_decoder_losses(tmp_path, tracking_uri
     stages = [(m.step, m.value) for m in client.get_metric_history(run_id, "gorl/stage")]
     assert stages == [(UPDATE, 0), (2 * UPDATE, 0), (3 * UPDATE, 1), (4 * UPDATE, 1)]
     assert metrics["steps/total"] == 4 * UPDATE + REFIT_STEPS
+
+
+def test_warm_value_starts_the_new_actor_at_the_prior_and_keeps_the_critic():
+    agent = algorithms.get("gorl-fm").agent_cls(config(**SMALL, warm_value=True), TOY, 0, 12 * UPDATE, CPU)
+    agent.train_iteration()
+    critic = [p.clone() for p in agent.model.critic.parameters()]
+    normalizer_count = agent.normalizer.count
+    agent.begin_stage(1)
+    dist = agent.model.dist(torch.randn(5, agent.obs_dim))
+    assert torch.equal(dist.mean, torch.zeros(5, 2)) and torch.allclose(dist.stddev, torch.ones(5, 2))
+    assert all(torch.equal(a, b) for a, b in zip(critic, agent.model.critic.parameters(), strict=True))
+    assert agent.normalizer.count == normalizer_count > 0
