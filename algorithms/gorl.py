@@ -483,6 +483,8 @@ CPU_PRESET = {
     **PPO_PRESETS["cpu"],  # the encoder's PPO settings: the same as Gaussian PPO's cpu preset
     "clip": 0.2,  # CleanRL, as in PPO's cpu preset (the release's stage-0 0.15 was tuned at 2048 envs)
     "later_clip": (),  # chosen here, because 0.2 is what the cpu PPO settings were checked with
+    # chosen here, because with 1M-step runs it scored 319 vs 203 (full reset) on cheetah-run (docs/gorl.md)
+    "warm_value": True,
     "refit_episodes": 32,  # chosen here, because 32 x 1000 steps cost ~2 s to collect on 2 cores
     "decoder_steps": 1500,  # chosen here, because ~20 s per refit keeps refits a small share of a run
     "decoder_batch_size": 512,  # chosen here, because 512 x 8 samples per step fit a 2-core budget

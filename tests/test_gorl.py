@@ -163,7 +163,8 @@ def test_refits_count_their_env_steps_apart_and_switch_stages(algo):
 
 def test_fm_resets_the_encoder_at_a_refit_and_diffusion_keeps_it():
     for algo, reset in (("gorl-fm", True), ("gorl-diffusion", False)):
-        agent = algorithms.get(algo).agent_cls(config(algo, **SMALL, num_refits=1), TOY, 0, 4 * UPDATE, CPU)
+        settings = config(algo, **SMALL, num_refits=1, warm_value=False)
+        agent = algorithms.get(algo).agent_cls(settings, TOY, 0, 4 * UPDATE, CPU)
         fresh = [p.clone() for p in agent.model.parameters()]
         agent.train_iteration()
         agent.train_iteration()
