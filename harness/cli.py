@@ -29,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"harness.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"harness.commands.{name}":
-                continue  # not built yet in this checkout
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"harness.commands.{name}").register(subparsers)
     return parser
 
 

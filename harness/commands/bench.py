@@ -20,12 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="speed benchmarks (ratios against an in-run reference)")
     names = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, summary in BENCHMARKS.items():
-        try:
-            module = importlib.import_module(f"harness.benchmarks.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"harness.benchmarks.{name}":
-                continue
-            raise
+        module = importlib.import_module(f"harness.benchmarks.{name}")
         sub = names.add_parser(name, help=summary)
         module.add_arguments(sub)
         sub.set_defaults(func=module.main)
