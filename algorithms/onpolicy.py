@@ -49,7 +49,9 @@ class PolicyStep:
 
     env_action: Tensor  # (N, act_dim) in [-1, 1], sent to the env
     action: Tensor  # (N, ...) what the loss re-evaluates: pre-tanh action, latent, chain, ...
-    log_prob: Tensor  # (N,) behaviour log-probability of `action` (or the method's per-sample statistic)
+    # (N,) behaviour log-probability of `action`, or the method's per-sample statistics: (N, K) per-step
+    # log-probabilities of a denoising chain, FPO's flow-matching loss
+    log_prob: Tensor
     value: Tensor  # (N,) V(obs)
 
 
@@ -59,7 +61,7 @@ class Rollout:
 
     obs: Tensor  # (T, N, obs_dim) normalised policy inputs
     actions: Tensor  # (T, N, ...)
-    log_probs: Tensor  # (T, N)
+    log_probs: Tensor  # (T, N, ...) as `PolicyStep.log_prob`
     values: Tensor  # (T, N)
     rewards: Tensor  # (T, N), already multiplied by the reward scale
     next_values: Tensor  # (T, N) V of the true next state (of final_obs where an episode ended)

@@ -160,16 +160,17 @@ STEPS = 60 * 16 * 16  # 60 small updates: the run is still going when its first 
 OVERRIDES = {**SMALL, "eval_points": POINTS}
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_uri):
+@pytest.mark.parametrize("algo", ["ppo", "fpo", "dppo"])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_uri, algo):
     reference = execute(
-        RunRequest(algo="ppo", task="toy-bimodal", seed=5, steps=STEPS, overrides=OVERRIDES,
+        RunRequest(algo=algo, task="toy-bimodal", seed=5, steps=STEPS, overrides=OVERRIDES,
                    out_dir=tmp_path / "reference", tracking_uri=tracking_uri),
         progress=False,
     )  # fmt: skip
     assert len(reference.eval_history) == POINTS
 
     out = tmp_path / "killed"
-    argv = ["run", "--algo", "ppo", "--task", "toy-bimodal", "--seed", "5", "--steps", str(STEPS),
+    argv = ["run", "--algo", algo, "--task", "toy-bimodal", "--seed", "5", "--steps", str(STEPS),
             *sets(OVERRIDES), "--out", str(out), "--tracking-uri", tracking_uri,
             "--no-progress"]  # fmt: skip
     env = {**os.environ, "MUJOCO_GL": "disable"}

@@ -1,0 +1,212 @@
+"""FPO: presets and validation, stored Monte-Carlo draws (ratio 1 at the start of an update), the CFM
+targets, evaluation noise, learning the easy toy task, and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import algorithms
+import envs
+from algorithms.config import resolve
+from algorithms.flow_policy import FlowPolicyConfig
+from algorithms.fpo import FPOAgent, FPOConfig
+from algorithms.onpolicy import EpisodeReturns, clipped_surrogate, collect_rollout, torch_threads
+from harness.checkpoint import load_checkpoint
+from harness.cli import main
+from harness.errors import UserError
+from harness.evaluation import Evaluator
+
+EASY_TOY = "toy-bimodal-easy"
+CPU = torch.device("cpu")
+
+
+def make(task: str = EASY_TOY, seed: int = 0, preset: str = "cpu", **overrides) -> FPOAgent:
+    return FPOAgent(resolve(algorithms.get("fpo"), preset, task, overrides), task, seed, 0, CPU)
+
+
+def test_paper_preset_is_the_official_release():
+    config = resolve(algorithms.get("fpo"), "paper", "cheetah-run", {})
+    assert config.batch_size == 2048 * 480 and config.batch_size // config.num_minibatches == 30 * 1024
+    assert (config.clip, config.lr, config.epochs, config.gamma) == (0.05, 3e-4, 16, 0.995)
+    assert (config.samples_per_action, config.flow_steps, config.t_discrete) == (8, 10, True)
+    assert (config.output_scale, config.reward_scale) == (0.25, 10.0)
+    assert (config.actor_width, config.actor_depth, config.critic_hidden) == (32, 4, (256,) * 5)
+    assert config.cfm_target == "eps" and config.eval_noise == "sample" and config.max_grad_norm is None
+
+
+def test_cpu_preset_is_ppos_for_the_shared_core():
+    fpo = resolve(algorithms.get("fpo"), "cpu", "cheetah-run", {})
+    ppo = resolve(algorithms.get("ppo"), "cpu", "cheetah-run", {})
+    shared = ("num_envs", "rollout_steps", "epochs", "num_minibatches", "gamma", "value_coef", "reward_scale",
+              "max_grad_norm", "critic_hidden", "update_threads", "eval_episodes")  # fmt: skip
+    for key in shared:
+        assert getattr(fpo, key) == getattr(ppo, key), key
+    assert (fpo.critic_activation, fpo.critic_init) == (ppo.activation, ppo.init)
+    assert fpo.clip == 0.05  # the paper's FPO clip in every preset
+
+
+@pytest.mark.parametrize("preset", ["paper", "cpu"])
+def test_finger_spin_uses_gamma_095_in_every_preset(preset):
+    assert resolve(algorithms.get("fpo"), preset, "finger-spin", {}).gamma == 0.95
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lr": -1e-3}, "lr must be > 0"),
+        ({"clip": 0.0}, "clip must be > 0"),
+        ({"samples_per_action": 0}, "samples_per_action must be >= 1"),
+        ({"flow_steps": 0}, "flow_steps must be >= 1"),
+        ({"actor_width": 0}, "actor_width must be >= 1"),
+        ({"output_scale": 0.0}, "output_scale must be > 0"),
+        ({"num_minibatches": 3}, "must divide"),
+        ({"critic_hidden": []}, "critic_hidden"),
+        ({"eval_noise": "mean"}, "eval_noise must be one of 'sample', 'zero'"),
+        ({"cfm_target": "noise"}, "cfm_target must be one of 'eps', 'velocity'"),
+        ({"t_discrete": "yes"}, "t_discrete must be true or false"),
+        ({"entropy_coef": 0.01}, "unknown config key 'entropy_coef'"),  # FPO has no entropy bonus
+    ],
+)
+def test_invalid_values_are_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        resolve(algorithms.get("fpo"), "cpu", "cheetah-run", overrides)
+
+
+def test_every_default_names_its_source():
+    for cls in (FlowPolicyConfig, FPOConfig):
+        lines = inspect.getsource(cls).splitlines()
+        for name in cls.__annotations__:
+            index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{name}:"))
+            assert "#" in lines[index] or lines[index - 1].strip().startswith("#"), (cls.__name__, name)
+
+
+def randomise(agent: FPOAgent) -> None:
+    """Random actor weights: a fresh actor's zero output layer would hide errors in the loss."""
+
+    generator = torch.Generator().manual_seed(123)
+    for p in agent.model.actor.parameters():
+        p.data.normal_(0.0, 0.3, generator=generator)
+
+
+def collect(agent: FPOAgent, steps: int = 4):
+    episodes = EpisodeReturns(agent.config.num_envs)
+    with torch_threads(agent.config.collect_threads):
+        rollout, _ = collect_rollout(agent.env, agent.obs, steps, agent.policy_step, agent.model.value,
+                                     agent.normalizer, 1.0, episodes, CPU)  # fmt: skip
+    return rollout
+
+
+def test_draws_are_stored_and_the_ratio_is_one_at_the_start_of_an_update():
+    agent = make(num_envs=16)
+    randomise(agent)
+    rollout = collect(agent)
+    n, d = agent.config.samples_per_action, agent.act_dim
+    assert rollout.actions.shape == (4, 16, d + n * d + n) and rollout.log_probs.shape == (4, 16)
+    t = rollout.actions[..., -n:]
+    assert set((t * 10).round().unique().tolist()) <= set(range(1, 11))  # t on the 10-step grid
+    assert torch.allclose(t * 10, (t * 10).round())
+    eps = rollout.actions[..., d : d + n * d]
+    assert abs(eps.std().item() - 1.0) < 0.1 and eps.unique().numel() == eps.numel()
+
+    with torch_threads(agent.config.collect_threads):
+        for step in range(4):  # same rows, same batch shapes as while collecting: exactly equal
+            new = agent.cfm_loss(rollout.obs[step], rollout.actions[step])
+            assert torch.equal(rollout.log_probs[step] - new, torch.zeros_like(new))
+    # As a minibatch of the update sees them (another batch shape): 1 up to float rounding, nothing clipped.
+    new = agent.cfm_loss(rollout.obs.flatten(0, 1), rollout.actions.flatten(0, 1))
+    log_ratio = rollout.log_probs.flatten() - new
+    assert log_ratio.abs().max().item() < 1e-5
+    _, metrics = clipped_surrogate(log_ratio, torch.randn(log_ratio.shape), agent.config.clip)
+    assert metrics["train/clip_fraction"].item() == 0.0 and metrics["train/approx_kl"].abs().item() < 1e-9
+    agent.close()
+
+
+def test_continuous_t_and_the_eps_target_is_the_weighted_velocity_loss():
+    agent = make(num_envs=8, t_discrete=False, samples_per_action=1)
+    randomise(agent)
+    obs = torch.randn(8, 2)
+    actions = agent.sample_pre_tanh(obs, agent.action_rng)
+    eps, t = agent.draws(8)
+    assert not torch.allclose(t * 10, (t * 10).round())  # off the grid
+    stored = torch.cat([actions, eps.flatten(1), t], dim=-1)
+    eps_loss = agent.cfm_loss(obs, stored)
+    velocity = agent.model.actor(obs, t[:, 0, None] * eps[:, 0] + (1 - t) * actions, t[:, 0])
+    plain = (eps[:, 0] - actions - velocity).pow(2).mean(-1)
+    torch.testing.assert_close(eps_loss, (1 - t[:, 0]) ** 2 * plain)
+    agent.config = dataclasses.replace(agent.config, cfm_target="velocity")
+    torch.testing.assert_close(agent.cfm_loss(obs, stored), plain)
+    agent.close()
+
+
+def test_evaluation_noise_modes():
+    obs = np.random.default_rng(0).normal(size=(5, 2))
+    zero = make(eval_noise="zero")
+    assert np.array_equal(zero.act(obs), np.zeros((5, 2)))  # fresh net: zero velocity, so x_0 = x_1 = 0
+    sample = make()
+    first, second = sample.act(obs), sample.act(obs)
+    assert not np.array_equal(first, second) and np.all(np.abs(first) < 1)
+    # Evaluation draws from its own generator: training noise is the same with or without it.
+    untouched = make()
+    x = torch.as_tensor(obs, dtype=torch.float32)
+    torch.testing.assert_close(sample.policy_step(x).action, untouched.policy_step(x).action, rtol=0, atol=0)
+    for agent in (zero, sample, untouched):
+        agent.close()
+
+
+# Cheap updates (64 envs x 32 steps, 10 epochs of 2 minibatches) and settings that learn the toy task in
+# 20 of them: PPO's clip 0.2, a larger step and output scale (FPO's paper settings need ~10x more updates).
+TOY_LEARNING = {"rollout_steps": 32, "epochs": 10, "num_minibatches": 2, "clip": 0.2, "lr": 1e-3,
+                "output_scale": 1.0}  # fmt: skip
+
+
+def test_easy_toy_task_is_learned_and_state_round_trips():
+    agent = make(**TOY_LEARNING)
+    obs = agent.obs.copy()
+
+    def sampled_return() -> float:
+        evaluator = Evaluator(EASY_TOY, 16, run_seed=0)
+        try:
+            return evaluator.evaluate(lambda o: agent.act(o, deterministic=True), point=0)[0]
+        finally:
+            evaluator.close()
+
+    before = sampled_return()
+    for _ in range(20):
+        metrics = agent.train_iteration()
+    after = sampled_return()
+    for key in ("loss/policy", "loss/value", "train/approx_kl", "train/clip_fraction", "train/cfm_loss",
+                "perf/learner_fraction", "train/episode_return"):  # fmt: skip
+        assert key in metrics, key
+    # Stated threshold: the updates close at least half the gap to the best possible return (the
+    # evaluation's own noise is ~0.4 at these returns).
+    best = envs.score_range(EASY_TOY)[1]
+    assert after > before + 0.5 * (best - before), (before, after, best)
+
+    clone = make(seed=1, **TOY_LEARNING)
+    clone.load_state_dict(agent.state_dict())
+    np.testing.assert_array_equal(clone.act(obs), agent.act(obs))  # weights, normaliser and eval_rng
+    x = torch.as_tensor(obs, dtype=torch.float32)
+    torch.testing.assert_close(clone.policy_step(x).action, agent.policy_step(x).action, rtol=0, atol=0)
+    agent.close()
+    clone.close()
+
+
+def test_listed_and_run_by_the_cli(tmp_path, tracking_uri, capsys):
+    assert main(["list"]) == 0
+    assert "fpo " in capsys.readouterr().out
+    steps = 2 * 16 * 16
+    argv = ["run", "--algo", "fpo", "--task", "toy-bimodal", "--steps", str(steps), "--set", "num_envs=16",
+            "--set", "rollout_steps=16", "--set", "eval_points=2", "--out", str(tmp_path / "run"),
+            "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    run_id = load_checkpoint(tmp_path / "run")["mlflow_run_id"]
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["samples_per_action"] == "8"
+    for key in ("eval/return_mean", "loss/policy", "loss/value", "train/cfm_loss", "train/clip_fraction"):
+        assert key in run.data.metrics, key
