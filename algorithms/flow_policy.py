@@ -23,13 +23,14 @@ per-step noise; only PPO's evaluation is the mean action. `eval_noise = "sample"
 default) evaluates that way, drawing from a generator of its own (`eval_rng`, saved in
 checkpoints) so evaluating never shifts the training noise. `eval_noise = "zero"` starts
 the chain at x_1 = 0 and adds no per-step noise: a deterministic policy (the flow's image
-of the prior's mode), comparable with PPO's mean-action evaluation.
+of the prior's mode), comparable with PPO's mean-action evaluation; for a multimodal
+policy that image need not lie on any of its modes.
 
 Observation normalisation is the harness's corrected running normaliser, frozen during a
-rollout, and the update re-reads the normalised inputs the rollout stored. The upstream baselines used a normaliser whose
-std shrinks like 1 / sqrt(updates), and updated it between collecting and the epochs (so
-their stored log-probabilities or losses were computed on differently normalised inputs);
-neither is reproduced.
+rollout, and the update re-reads the normalised inputs the rollout stored. The upstream
+baselines used a normaliser whose std shrinks like 1 / sqrt(updates), and updated it between
+collecting and the epochs (so their stored log-probabilities or losses were computed on
+differently normalised inputs than the update's); neither is reproduced.
 """
 
 from __future__ import annotations

@@ -41,8 +41,10 @@ Presets:
   PPO: GAE once over the whole rollout instead of per 30-step segment, the corrected
   observation normaliser (see `algorithms.flow_policy`).
 * `cpu`: PPO's `cpu` preset for the PPO core (64 envs x 64 steps, 10 epochs of 4
-  minibatches, lr 3e-4, gamma 0.99, 2 x 64 tanh critic, one update thread, 16 evaluation
-  episodes) with the FPO-specific values below.
+  minibatches, gamma 0.99, 2 x 64 tanh critic, one update thread, 16 evaluation episodes)
+  and the paper's FPO values, except lr 1e-3 instead of 3e-4: 40 gradient steps per update
+  instead of 512 need the larger step to learn within a 2-core budget (measurements in
+  `PRESETS`; docs/performance.md has a cheetah-run run).
 """
 
 from __future__ import annotations
