@@ -6,8 +6,14 @@ a spec of four tiny PPO units on the toy task, run by two real worker processes.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +50,7 @@ def workdir(tmp_path, monkeypatch, migrated_mlflow_db) -> Path:
     return tmp_path
 
 
-def tiny_spec(directory: Path) -> Path:
+def tiny_spec(directory: Path, steps: int = 1024) -> Path:
     """Two PPO variants (entropy bonus off / on) x the toy task x 2 seeds: four short units."""
 
     text = textwrap.dedent(
@@ -54,10 +60,10 @@ def tiny_spec(directory: Path) -> Path:
         description = "a tiny demo"
         tasks = ["toy-bimodal"]
         seeds = 2
-        steps = 1024
+        steps = {steps}
         preset = "cpu"
         """
-    )
+    ).format(steps=steps)
     for label, coef in (("no-bonus", 0.0), ("bonus", 0.01)):
         text += f"\n[variants.{label}]\nentropy_coef = {coef}" + textwrap.dedent(TINY_PPO)
     path = directory / "tiny-demo.toml"
@@ -101,6 +107,60 @@ def test_demo_runs_the_study_reports_it_and_resumes(workdir, capsys):
     study = optuna.load_study(study_name="tiny-demo", storage=_journal())
     assert len(study.trials) == trials and mlflow_runs("tiny-demo") == runs
     assert (report / "aggregates.png").is_file()
+
+
+def test_ctrl_c_leaves_a_resumable_study_and_says_so(workdir):
+    # Units long enough to be interrupted in the middle (several seconds each).
+    spec = tiny_spec(workdir, steps=20_480)
+    command = [sys.executable, "-m", "harness.cli", "demo", "--spec", str(spec), "--workers", "2"]
+    command += ["--reps", "200"]
+
+    def default_sigint() -> None:
+        # A shell's background job ignores SIGINT; the demo must see it as a terminal would send it.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    demo = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_sigint,
+        env={**os.environ, "MUJOCO_GL": "disable"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _running_trials() < 2:  # both workers are inside a unit
+            assert demo.poll() is None and time.monotonic() < deadline, demo.communicate()[0]
+            time.sleep(0.2)
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        out, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    assert demo.returncode == 130
+    assert "Traceback" not in out
+    message = r"Interrupted: [0-3] of 4 units done and kept; run the same command again to resume\."
+    assert re.fullmatch(message, out.rstrip().splitlines()[-1])
+
+    # Running it again finishes the study, retrying the interrupted units.
+    from studies.status import study_status
+
+    assert main(command[3:]) == 0
+    status = study_status(optuna.load_study(study_name="tiny-demo", storage=_journal()))
+    assert status.complete == 4 and status.lost >= 1
+
+
+def _running_trials() -> int:
+    from optuna.trial import TrialState
+
+    if not Path("runs/studies.journal").is_file():
+        return 0
+    try:
+        study = optuna.load_study(study_name="tiny-demo", storage=_journal())
+    except KeyError:
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def test_demo_refuses_bad_input_with_a_message(workdir, capsys):

@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import optuna
+
     from harness.commands import report
     from harness.report import DEFAULT_OUT
     from studies.runner import run_study
@@ -69,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
     from studies.worker import load_study
 
     started = time.monotonic()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the demo says itself what it creates or resumes
     spec = load_spec(args.spec)
     location = storage_location(args.storage)
     total = len(spec.units())
