@@ -20,8 +20,11 @@ noise. The critic is a plain MLP like PPO's.
 Evaluation (`eval_noise`). The official baselines' "deterministic" evaluation is still
 stochastic: FPO draws a fresh x_1 ~ N(0, I) for every action and DPPO also keeps its
 per-step noise; only PPO's evaluation is the mean action. `eval_noise = "sample"` (the
-default) evaluates that way, drawing from a generator of its own (`eval_rng`, saved in
-checkpoints) so evaluating never shifts the training noise. `eval_noise = "zero"` starts
+default) evaluates that way, drawing from a generator of its own (`eval_rng`) so evaluating
+never shifts the training noise. It is reseeded from (run seed, counted steps) at the first
+evaluation action after an update, so the score at a point depends on the run's seed and
+training only, not on how many evaluations came before it (the harness's rule for
+evaluation envs); its state is saved in checkpoints. `eval_noise = "zero"` starts
 the chain at x_1 = 0 and adds no per-step noise: a deterministic policy (the flow's image
 of the prior's mode), comparable with PPO's mean-action evaluation; for a multimodal
 policy that image need not lie on any of its modes.
@@ -133,7 +136,9 @@ class FlowPolicyAgent(ActorCriticAgent):
     def __init__(self, config: FlowPolicyConfig, task: str, seed: int, budget: int, device: torch.device):
         super().__init__(config, task, seed, budget, device)
         self.act_dim = self.env.single_action_space.shape[0]
-        self.eval_rng = torch.Generator(device).manual_seed(seed + 3)
+        self.seed = seed
+        self.eval_rng = torch.Generator(device)
+        self.eval_seeded_at: int | None = None  # counted steps at which eval_rng was last reseeded
 
     def build_model(self, obs_dim: int, act_dim: int) -> FlowActorCritic:
         return FlowActorCritic(obs_dim, act_dim, self.config, self.init_rng)
@@ -152,5 +157,21 @@ class FlowPolicyAgent(ActorCriticAgent):
             start = torch.zeros(x.shape[0], self.act_dim, device=self.device)
             pre_tanh = integrate_flow(self.model.actor, x, start, self.config.flow_steps)
         else:
-            pre_tanh = self.sample_pre_tanh(x, self.eval_rng if deterministic else self.action_rng)
+            pre_tanh = self.sample_pre_tanh(x, self.evaluation_rng() if deterministic else self.action_rng)
         return torch.tanh(pre_tanh).cpu().numpy()
+
+    def evaluation_rng(self) -> torch.Generator:
+        """`eval_rng`, reseeded from (seed, counted steps) when training has moved on since it last was."""
+
+        if self.eval_seeded_at != self.counted_steps:
+            entropy = [self.seed, self.counted_steps]
+            self.eval_rng.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+            self.eval_seeded_at = self.counted_steps
+        return self.eval_rng
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "eval_seeded_at": self.eval_seeded_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.eval_seeded_at = state["eval_seeded_at"]

@@ -151,11 +151,18 @@ def test_evaluation_noise_modes():
     sample = make()
     first, second = sample.act(obs), sample.act(obs)
     assert not np.array_equal(first, second) and np.all(np.abs(first) < 1)
-    # Evaluation draws from its own generator: training noise is the same with or without it.
+    # Evaluation draws from its own generator: training noise is the same with or without it, and after
+    # an update the evaluation noise depends only on the seed and the counted steps.
     untouched = make()
     x = torch.as_tensor(obs, dtype=torch.float32)
     torch.testing.assert_close(sample.policy_step(x).action, untouched.policy_step(x).action, rtol=0, atol=0)
-    for agent in (zero, sample, untouched):
+    small = {"num_envs": 16, "rollout_steps": 16}
+    evaluated, fresh = make(**small), make(**small)
+    evaluated.act(obs)
+    evaluated.train_iteration()
+    fresh.train_iteration()
+    np.testing.assert_array_equal(evaluated.act(obs), fresh.act(obs))
+    for agent in (zero, sample, untouched, evaluated, fresh):
         agent.close()
 
 
