@@ -122,7 +122,9 @@ class FlowActorCritic(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, c: FlowPolicyConfig, generator: torch.Generator) -> None:
         super().__init__()
         self.actor = ConditionalMLP(obs_dim, act_dim, c.actor_width, c.actor_depth, c.output_scale, generator)
-        self.critic = mlp(obs_dim, c.critic_hidden, 1, c.critic_activation, c.critic_init, 1.0, generator)
+        self.critic = mlp(
+            obs_dim, c.critic_hidden, 1, c.critic_activation, c.critic_init, out_gain=1.0, generator=generator
+        )
 
     def value(self, obs: Tensor) -> Tensor:
         return self.critic(obs).squeeze(-1)
