@@ -56,8 +56,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    import signal
+
+    from harness.commands.run import _interrupt
     from studies.worker import run_worker
 
+    # `kill PID` (or the coordinator stopping its workers) ends the unit's MLflow run as KILLED and
+    # keeps its checkpoint, as Ctrl-C does, instead of leaving the run RUNNING.
+    signal.signal(signal.SIGTERM, _interrupt)
     count = run_worker(args.name, args.storage, index=args.index, threads=args.threads, device=args.device)
     print(f"worker {os.getpid()}: ran {count} trial(s); nothing left to claim.")
     return 0
