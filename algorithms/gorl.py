@@ -58,7 +58,6 @@ import gymnasium
 import numpy as np
 import torch
 from torch import Tensor
-from torch.distributions import Normal
 
 import envs
 from algorithms.decoders import Decoder, DecoderConfig, FitConfig, fit_decoder, make_decoder
@@ -372,8 +371,8 @@ class GoRLAgent(PPOAgent):
         return PolicyStep(z, z, dist.log_prob(z).sum(-1), self.model.value(obs))
 
     def loss(self, mb: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, metrics = super().loss(mb)
-        dist: Normal = self.model.dist(mb["obs"])
+        dist = self.model.dist(mb["obs"])
+        loss, metrics = self.gaussian_loss(mb, dist)
         metrics["train/latent_mean_sq"] = dist.mean.detach().square().mean()
         metrics["train/latent_std"] = dist.stddev.detach().mean()
         if self.gorl.latent_reg == "none":

@@ -181,8 +181,12 @@ class PPOAgent(ActorCriticAgent):
         return PolicyStep(torch.tanh(u), u, dist.log_prob(u).sum(-1), self.model.value(obs))
 
     def loss(self, mb: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.gaussian_loss(mb, self.model.dist(mb["obs"]))
+
+    def gaussian_loss(self, mb: Batch, dist: Normal) -> tuple[Tensor, dict[str, Tensor]]:
+        """Clipped surrogate + value + entropy loss, given the policy's distribution on `mb["obs"]`."""
+
         c = self.config
-        dist = self.model.dist(mb["obs"])
         log_ratio = dist.log_prob(mb["actions"]).sum(-1) - mb["log_probs"]
         policy_loss, metrics = clipped_surrogate(log_ratio, mb["advantages"], c.clip)
         value_loss = self.value_loss(mb)
