@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from algorithms.generative import ConditionalMLP, flow_path, integrate_flow
+from algorithms.onpolicy import make_adam
 
 DecoderKind = Literal["identity", "flow", "diffusion"]
 
@@ -330,9 +331,7 @@ class FitConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.decoder_input not in ("prior", "encoder_latent"):
-            raise ValueError(
-                f"decoder_input must be 'prior' or 'encoder_latent', got {self.decoder_input!r}"
-            )
+            raise ValueError(f"decoder_input must be 'prior' or 'encoder_latent', got {self.decoder_input!r}")
 
 
 @dataclass(frozen=True)
@@ -464,7 +463,7 @@ def fit_decoder(
     def validate() -> float:
         return evaluate_loss(decoder, val_obs, val_act, int(val_seed), val_z, fit.batch_size)
 
-    optimiser = torch.optim.Adam(decoder.parameters(), lr=fit.lr)
+    optimiser = make_adam(decoder.parameters(), fit.lr)
     best_val = initial_val = validate()
     best_step, best_state = 0, copy.deepcopy(decoder.state_dict())
     curve: list[tuple[int, float, float]] = []
@@ -544,4 +543,3 @@ def _checked_buffer(
             bad = int((~np.isfinite(array)).any(axis=1).sum())
             raise ValueError(f"{name} contains NaN or infinite values in {bad} of {n} rows")
     return obs, actions, episode_ids, latents
-

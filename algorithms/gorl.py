@@ -359,6 +359,7 @@ class GoRLAgent(PPOAgent):
             )
         identity = make_decoder(DecoderConfig(kind="identity"), self.obs_dim, self.act_dim)
         self.env = LatentActionEnv(self.env, self.obs, identity, device)
+        self.refit_env: LatentActionEnv | None = None  # built at the first refit
 
     @property
     def decoder(self) -> Decoder:
@@ -404,13 +405,13 @@ class GoRLAgent(PPOAgent):
                 dist.mean.shape, generator=refit_rng, device=self.device
             )
 
-        env = envs.make(self.task, min(g.num_envs, g.refit_episodes), stage_seed, backend=g.env_backend)
-        try:
-            with torch_threads(g.collect_threads):
-                data = collect_refit_data(LatentActionEnv(env, None, self.decoder, self.device),
-                                          sample_latent, g.refit_episodes, stage_seed)  # fmt: skip
-        finally:
-            env.close()
+        if self.refit_env is None:
+            # Built once and kept: every round of every refit starts from its own seeded reset.
+            env = envs.make(self.task, min(g.num_envs, g.refit_episodes), stage_seed, backend=g.env_backend)
+            self.refit_env = LatentActionEnv(env, None, self.decoder, self.device)
+        self.refit_env.decoder = self.decoder
+        with torch_threads(g.collect_threads):
+            data = collect_refit_data(self.refit_env, sample_latent, g.refit_episodes, stage_seed)
         self.total_steps += data.env_steps
         with torch_threads(g.update_threads):
             decoder, fit = fit_decoder(
@@ -461,6 +462,11 @@ class GoRLAgent(PPOAgent):
         z = dist.mean if deterministic else self.sample(dist)
         raw = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         return torch.tanh(self.decoder.decode(raw, z)).cpu().numpy()
+
+    def close(self) -> None:
+        super().close()
+        if self.refit_env is not None:
+            self.refit_env.close()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "stage": self.stage, "decoder": self.decoder.state_dict()}
