@@ -72,11 +72,16 @@ class FPOConfig(FlowPolicyConfig):
     t_discrete: bool = True
     # official code (output_mode u_but_supervise_as_eps); "velocity" is the FPO paper's plain CFM loss
     cfm_target: Literal["eps", "velocity"] = "eps"
+    # official release: no bound in the loss mode the paper ran (upstream FPO offers +-3 in another
+    # mode); a bound keeps exp(L_old - L_new) finite when an action's old loss was large
+    max_log_ratio: float | None = None
 
     def validate(self) -> None:
         super().validate()
         if self.samples_per_action < 1:
             raise ValueError(f"samples_per_action must be >= 1, got {self.samples_per_action}")
+        if self.max_log_ratio is not None and not self.max_log_ratio > 0:
+            raise ValueError(f"max_log_ratio must be > 0 or none, got {self.max_log_ratio}")
 
 
 PRESETS = {
@@ -138,7 +143,10 @@ class FPOAgent(FlowPolicyAgent):
 
     def loss(self, mb: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         cfm = self.cfm_loss(mb["obs"], mb["actions"])
-        policy_loss, metrics = clipped_surrogate(mb["log_probs"] - cfm, mb["advantages"], self.config.clip)
+        log_ratio = mb["log_probs"] - cfm
+        if self.config.max_log_ratio is not None:
+            log_ratio = log_ratio.clamp(-self.config.max_log_ratio, self.config.max_log_ratio)
+        policy_loss, metrics = clipped_surrogate(log_ratio, mb["advantages"], self.config.clip)
         value_loss = self.value_loss(mb)
         metrics.update({"loss/policy": policy_loss, "loss/value": value_loss, "train/cfm_loss": cfm.mean()})
         return policy_loss + value_loss, metrics

@@ -71,6 +71,7 @@ def test_finger_spin_uses_gamma_095_in_every_preset(preset):
         ({"cfm_target": "noise"}, "cfm_target must be one of 'eps', 'velocity'"),
         ({"t_discrete": "yes"}, "t_discrete must be true or false"),
         ({"entropy_coef": 0.01}, "unknown config key 'entropy_coef'"),  # FPO has no entropy bonus
+        ({"max_log_ratio": 0.0}, "max_log_ratio must be > 0"),
     ],
 )
 def test_invalid_values_are_refused(overrides, message):
@@ -124,6 +125,19 @@ def test_draws_are_stored_and_the_ratio_is_one_at_the_start_of_an_update():
     assert log_ratio.abs().max().item() < 1e-5
     _, metrics = clipped_surrogate(log_ratio, torch.randn(log_ratio.shape), agent.config.clip)
     assert metrics["train/clip_fraction"].item() == 0.0 and metrics["train/approx_kl"].abs().item() < 1e-9
+    agent.close()
+
+
+def test_max_log_ratio_bounds_the_ratio_once_the_policy_has_moved():
+    agent = make(num_envs=16, max_log_ratio=0.01)
+    rollout = collect(agent)
+    randomise(agent)  # the policy moves away from the one that collected
+    batch = {"obs": rollout.obs.flatten(0, 1), "actions": rollout.actions.flatten(0, 1),
+             "log_probs": rollout.log_probs.flatten(), "advantages": torch.ones(64),
+             "returns": torch.zeros(64)}  # fmt: skip
+    _, metrics = agent.loss(batch)
+    # approx_kl = E[r - 1 - log r] with |log r| <= 0.01: at most e^0.01 - 1.01 ~ 5e-5.
+    assert 0 < metrics["train/approx_kl"].item() <= np.expm1(0.01) - 0.01 + 1e-7
     agent.close()
 
 
