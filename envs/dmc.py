@@ -21,9 +21,12 @@ RandomState included) and the step counter.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,7 @@ os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering backend is needed,
 import mujoco  # noqa: E402
 from dm_control import suite  # noqa: E402
 from dm_control.rl import control  # noqa: E402
+from dm_control.suite import common  # noqa: E402
 
 # MuJoCo's own warnings (e.g. an unstable simulation) would go to MUJOCO_LOG.TXT in the current
 # directory; importing dm_control installs a handler that sends them to absl logging instead.
@@ -62,12 +66,47 @@ def _seed_words(seed_sequence: np.random.SeedSequence) -> np.ndarray:
     return seed_sequence.generate_state(4)
 
 
-def load(task: str, seed_sequence: np.random.SeedSequence) -> control.Environment:
-    """A dm_control suite env for canonical `domain-task`, with its own seeded RandomState."""
+# Every suite domain's skybox is a builtin 800 x 4800 RGB texture: 11 MB of each sub-env's MjModel,
+# which would make 2048 sub-envs (the `paper` preset) need ~25 GB. Textures are only drawn, never
+# simulated, so sub-envs are loaded with 1 x 6 skyboxes; `tests/test_envs_parity.py` checks that
+# trajectories stay bit-identical to those of the suite's own models.
+_SKYBOX_ASSET = "./common/skybox.xml"
+_SKYBOX_TEXTURE = re.compile(rb'<texture[^>]*type="skybox"[^>]*>')
+
+
+def _shrink_skybox(xml: bytes) -> bytes:
+    def shrink(texture: re.Match) -> bytes:
+        return re.sub(rb'(width|height)="\d+"', rb'\1="1"', texture.group(0))
+
+    return _SKYBOX_TEXTURE.sub(shrink, xml)
+
+
+@contextlib.contextmanager
+def _small_skyboxes() -> Iterator[None]:
+    """While loading: the shared skybox asset and every domain XML read with 1 x 1 skybox faces."""
+
+    asset, read_model = common.ASSETS[_SKYBOX_ASSET], common.read_model
+    common.ASSETS[_SKYBOX_ASSET] = _shrink_skybox(asset)
+    common.read_model = lambda filename: _shrink_skybox(read_model(filename))
+    try:
+        yield
+    finally:
+        common.ASSETS[_SKYBOX_ASSET], common.read_model = asset, read_model
+
+
+def load(task: str, seed_sequence: np.random.SeedSequence, small_skybox: bool = True) -> control.Environment:
+    """A dm_control suite env for canonical `domain-task`, with its own seeded RandomState.
+
+    `small_skybox=False` keeps the suite's full-size skybox texture (for rendering).
+    """
 
     domain, name = task.split("-", 1)
     random = np.random.RandomState(_seed_words(seed_sequence))
-    return suite.load(domain, name, task_kwargs={"random": random, "time_limit": float("inf")})
+    kwargs = {"random": random, "time_limit": float("inf")}
+    if not small_skybox:
+        return suite.load(domain, name, task_kwargs=kwargs)
+    with _small_skyboxes():
+        return suite.load(domain, name, task_kwargs=kwargs)
 
 
 def flatten(observation: dict[str, Any], out: np.ndarray) -> None:

@@ -143,7 +143,8 @@ def describe_tasks() -> list[str]:
     lines = []
     for task in FAST_TASKS:
         paper = "paper main task" if task in PAPER_TASKS else "paper humanoid task"
-        lines.append(f"{task:18s} alias {by_task[task]:15s} backends: fast (default), dm_control  [{paper}]")
+        alias = by_task.get(task, "-")
+        lines.append(f"{task:18s} alias {alias:15s} backends: fast (default), dm_control  [{paper}]")
     for name, spec in toy.TASKS.items():
         lines.append(f"{name:18s} {spec.summary}")
     lines.append("Every dm_control suite task works as domain-task (dm_control backend), e.g. reacher-easy.")

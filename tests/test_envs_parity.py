@@ -89,3 +89,25 @@ def test_fast_observation_and_reward_functions_on_scattered_states(task):
     np.testing.assert_allclose(fast_task.observe(raw), expected_obs, rtol=0, atol=1e-12)
     assert expected_rewards.max() > 0.5, expected_rewards  # rewarding states were among them
     assert np.unique(expected_rewards).size > 1
+
+
+@pytest.mark.parametrize("task", ["walker-walk", "finger-turn_hard", "fish-swim"])
+def test_small_skybox_changes_no_physics(task):
+    """Sub-envs load 1 x 6 skyboxes to save memory; simulation must not notice (textures are drawn only)."""
+
+    from envs.dmc import load
+
+    seed = np.random.SeedSequence(3)
+    small, full = load(task, seed), load(task, seed, small_skybox=False)
+    assert small.physics.model.ptr.nbuffer < full.physics.model.ptr.nbuffer / 10
+    rng = np.random.default_rng(0)
+    for _ in range(2):  # two episodes: the reset draws the same from both
+        first, reference = small.reset(), full.reset()
+        for key in reference.observation:
+            np.testing.assert_array_equal(first.observation[key], reference.observation[key])
+        for _ in range(300):
+            action = rng.uniform(-1, 1, small.action_spec().shape)
+            step, ref_step = small.step(action), full.step(action)
+            assert step.reward == ref_step.reward
+        np.testing.assert_array_equal(small.physics.data.qpos, full.physics.data.qpos)
+        np.testing.assert_array_equal(small.physics.data.qvel, full.physics.data.qvel)
