@@ -58,12 +58,25 @@ def _run(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     import signal
 
-    from harness.commands.run import _interrupt
     from studies.worker import run_worker
+
+    def ignore(signum: int, frame: object) -> None:
+        pass
+
+    def interrupt_once(signum: int, frame: object) -> None:
+        # Ctrl-C reaches the worker from the terminal and then SIGTERM from the coordinator that
+        # stops it: a second interrupt in the middle of saving and shutting down would only
+        # break the cleanup (an atexit traceback), so after the first one both are ignored.
+        # A no-op handler, not SIG_IGN: one already pending when SIG_IGN is set makes Python print
+        # "Signal 15 ignored due to race condition" with a traceback.
+        signal.signal(signal.SIGINT, ignore)
+        signal.signal(signal.SIGTERM, ignore)
+        raise KeyboardInterrupt(f"signal {signum}")
 
     # `kill PID` (or the coordinator stopping its workers) ends the unit's MLflow run as KILLED and
     # keeps its checkpoint, as Ctrl-C does, instead of leaving the run RUNNING.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, interrupt_once)
+    signal.signal(signal.SIGTERM, interrupt_once)
     count = run_worker(args.name, args.storage, index=args.index, threads=args.threads, device=args.device)
     print(f"worker {os.getpid()}: ran {count} trial(s); nothing left to claim.")
     return 0
