@@ -273,9 +273,9 @@ class DiffusionDecoder(GenerativeDecoder):
     def _sample(self, obs_norm: Tensor, z: Tensor) -> Tensor:
         steps = self.config.sampling_steps
         x = z
-        for k in range(steps, 0, -1):
-            t = torch.full((x.shape[0],), k / steps, dtype=x.dtype, device=x.device)
-            x = x + self.step_coef[k] * self.net(obs_norm, x, t)
+        residual_at = self.net.on_grid(obs_norm, [k / steps for k in range(steps, 0, -1)])
+        for i, k in enumerate(range(steps, 0, -1)):
+            x = x + self.step_coef[k] * residual_at(x, i)
         return x
 
 

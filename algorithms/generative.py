@@ -19,9 +19,11 @@ differ only by t -> 1 - t and a sign of the velocity.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 #: Frequencies of the time embedding: cos/sin of t * 2^k for k = 0..3 (official code release).
 TIME_EMBEDDING_FREQUENCIES = 4
@@ -86,6 +88,36 @@ class ConditionalMLP(nn.Module):
 
         return self.output_scale * self.net(torch.cat([obs, x_t, time_embedding(t)], dim=-1))
 
+    def on_grid(self, obs: Tensor, times: Sequence[float]) -> Callable[[Tensor, int], Tensor]:
+        """`forward(obs, x, times[i])` as `f(x, i)`, for one batch of obs and a fixed time grid.
+
+        A sampler calls the network once per grid time on the same obs: the obs and time terms
+        of the first layer (a sum over the concatenated input) are computed once here, so each
+        call is the x term and the hidden layers, about half the small tensor ops of `forward`
+        (which is what a 64-env batch costs on a CPU). Equal to `forward` up to float rounding:
+        the first layer's sum is split in three.
+        """
+
+        first, *later = [layer for layer in self.net if isinstance(layer, nn.Linear)]
+        obs_dim = obs.shape[1]
+        x_dim = first.in_features - obs_dim - 2 * TIME_EMBEDDING_FREQUENCIES
+        w_obs, w_x, w_t = first.weight.split([obs_dim, x_dim, 2 * TIME_EMBEDDING_FREQUENCIES], dim=1)
+        t = torch.tensor(list(times), dtype=obs.dtype, device=obs.device)
+        time_terms = torch.addmm(first.bias, time_embedding(t), w_t.T)  # (len(times), hidden)
+        obs_and_time = (obs @ w_obs.T).unsqueeze(0) + time_terms.unsqueeze(1)  # (len(times), B, hidden)
+        w_x = w_x.T
+        # (bias, transposed weight) of the later layers: plain addmm calls skip nn.Module dispatch.
+        hidden = [(layer.bias, layer.weight.T) for layer in later[:-1]]
+        head_bias, head_weight = later[-1].bias, later[-1].weight.T
+
+        def at(x: Tensor, i: int) -> Tensor:
+            h = F.silu(torch.addmm(obs_and_time[i], x, w_x))
+            for bias, weight in hidden:
+                h = F.silu(torch.addmm(bias, h, weight))
+            return self.output_scale * torch.addmm(head_bias, h, head_weight)
+
+        return at
+
 
 def flow_path(actions: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """Point x_t on the straight path from the action (t = 0) to the noise (t = 1), and its velocity.
@@ -110,7 +142,7 @@ def integrate_flow(velocity: ConditionalMLP, obs: Tensor, x1: Tensor, steps: int
         raise ValueError(f"steps must be >= 1, got {steps}")
     x = x1
     dt = 1.0 / steps
-    for k in range(steps, 0, -1):
-        t = torch.full((x.shape[0],), k * dt, dtype=x.dtype, device=x.device)
-        x = x - dt * velocity(obs, x, t)
+    velocity_at = velocity.on_grid(obs, [k * dt for k in range(steps, 0, -1)])
+    for i in range(steps):
+        x = x - dt * velocity_at(x, i)
     return x

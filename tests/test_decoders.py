@@ -62,6 +62,23 @@ def test_fresh_conditional_mlp_outputs_zero():
     assert torch.count_nonzero(out) == 0
 
 
+def test_on_grid_matches_forward_at_every_grid_time():
+    """Samplers' precomputed obs/time terms give the network's own output (up to float rounding)."""
+
+    generator = torch.Generator().manual_seed(0)
+    net = ConditionalMLP(obs_dim=5, x_dim=3, hidden_width=16, depth=3, output_scale=0.25, generator=generator)
+    obs, x = torch.randn(7, 5), torch.randn(7, 3)
+    times = [1.0, 0.7, 0.1]
+    with torch.no_grad():
+        net.net[-1].weight.normal_(generator=generator)  # the zero-initialised head, made non-zero
+        net.net[-1].bias.normal_(generator=generator)
+        at = net.on_grid(obs, times)
+        for i, t in enumerate(times):
+            expected = net(obs, x, torch.full((7,), t))
+            assert torch.count_nonzero(expected) > 0
+            torch.testing.assert_close(at(x, i), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_identity_decoder_is_exact():
     decoder = make_decoder(DecoderConfig(kind="identity"), obs_dim=4, act_dim=3)
     assert isinstance(decoder, IdentityDecoder)
