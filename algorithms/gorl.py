@@ -160,6 +160,21 @@ class GoRLConfig(PPOConfig):
 
         stage_ends(self, budget)
 
+    def check_task(self, task: str, act_dim: int | None = None) -> None:
+        """Refuse a latent size the decoder cannot take on `task` (act_dim: read from the task if None)."""
+
+        if self.latent_dim is None:
+            return
+        if act_dim is None:
+            env = envs.make(task, 1, 0)
+            act_dim = env.single_action_space.shape[0]
+            env.close()
+        if self.latent_dim != act_dim:
+            raise ValueError(
+                f"latent_dim={self.latent_dim}: the decoder maps the latent onto the action, so the latent "
+                f"must have the action's size ({act_dim} for {task}); leave latent_dim unset"
+            )
+
 
 @dataclass(frozen=True)
 class GoRLDiffusionConfig(GoRLConfig):
@@ -351,12 +366,11 @@ class GoRLAgent(PPOAgent):
         super().__init__(config, task, seed, budget, device)
         self.obs_dim = self.env.single_observation_space.shape[0]
         self.act_dim = self.env.single_action_space.shape[0]
-        if config.latent_dim not in (None, self.act_dim):
+        try:
+            config.check_task(task, self.act_dim)
+        except ValueError as error:
             self.env.close()
-            raise UserError(
-                f"latent_dim={config.latent_dim}: the decoder maps the latent onto the action, so the latent "
-                f"must have the action's size ({self.act_dim} for {task}); leave latent_dim unset"
-            )
+            raise UserError(str(error)) from None
         identity = make_decoder(DecoderConfig(kind="identity"), self.obs_dim, self.act_dim)
         self.env = LatentActionEnv(self.env, self.obs, identity, device)
         self.refit_env: LatentActionEnv | None = None  # built at the first refit

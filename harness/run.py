@@ -94,7 +94,7 @@ def execute(
     task = envs.canonical_task(request.task)
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, task, dict(request.overrides))
-    check_budget(config, request.steps)
+    check_run(config, task, request.steps)
     device = resolve_device(request.device)
     out_dir = Path(request.out_dir or _default_out_dir(request)).resolve()
     tracking_uri = resolve_tracking_uri(request.tracking_uri)
@@ -235,15 +235,22 @@ def _train(
     return result("FINISHED")
 
 
-def check_budget(config: Any, steps: int) -> None:
-    """Refuse a budget that does not fit the config's schedule (configs with a `check_budget` method)."""
+def check_run(config: Any, task: str, steps: int) -> None:
+    """Refuse, before anything is built or tracked, a budget that does not fit the config's schedule
+    (configs with a `check_budget` method) or a task the config cannot run (a `check_task` method)."""
 
-    check = getattr(config, "check_budget", None)
-    if check is not None:
+    check_budget = getattr(config, "check_budget", None)
+    if check_budget is not None:
         try:
-            check(steps)
+            check_budget(steps)
         except ValueError as error:
             raise UserError(f"--steps {steps}: {error}") from None
+    check_task = getattr(config, "check_task", None)
+    if check_task is not None:
+        try:
+            check_task(task)
+        except ValueError as error:
+            raise UserError(str(error)) from None
 
 
 def resolve_device(name: str) -> torch.device:

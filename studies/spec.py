@@ -274,25 +274,26 @@ def check_configurations(spec: Spec) -> None:
         for task in spec.tasks:
             try:
                 config = resolve(algorithm, spec.preset, task, params)
-                _check_budget(config, spec.steps)
+                _check_unit(config, task, spec.steps)
             except UserError as error:
                 raise UserError(f"configuration {label!r} on {task}: {error}") from None
 
 
-def _check_budget(config: Any, steps: int) -> None:
-    """Refuse a unit budget that does not fit the configuration's schedule.
+def _check_unit(config: Any, task: str, steps: int) -> None:
+    """Refuse a unit that `gorl-bench run` would refuse: a budget below one update or outside the
+    configuration's schedule, or a task the configuration cannot run.
 
     The env steps of one policy update are read from the config when the algorithm exposes
     them (`steps_per_update`, or the on-policy `batch_size`); a config with a schedule (GoRL's
     stages) checks the rest itself, exactly as `gorl-bench run` does.
     """
 
-    from harness.run import check_budget
+    from harness.run import check_run
 
     per_update = int(getattr(config, "steps_per_update", None) or getattr(config, "batch_size", 1))
     if steps < per_update:
         raise UserError(f"the budget of {steps} steps is less than one update ({per_update} steps).")
-    check_budget(config, steps)
+    check_run(config, task, steps)
 
 
 def _parse_tasks(value: Any) -> tuple[str, ...]:

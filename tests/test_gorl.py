@@ -88,6 +88,9 @@ def test_bad_schedules_and_settings_are_refused_before_training(
     with pytest.raises(UserError, match=message):
         execute(request, progress=False)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    # Refused before tracking starts: no MLflow run records the refused request.
+    client = MlflowClient(tracking_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
 def test_every_default_names_its_source():
