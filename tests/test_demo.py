@@ -20,24 +20,11 @@ import numpy as np
 import optuna
 import pytest
 from matplotlib.image import imread
+from tiny_ppo import TINY_PPO
 
 from harness.cli import main
 from harness.commands.demo import dashboard_command, mlflow_ui_command
 from studies.spec import load_spec
-
-TINY_PPO = """
-    algo = "ppo"
-    num_envs = 8
-    rollout_steps = 32
-    epochs = 2
-    num_minibatches = 2
-    eval_points = 2
-    eval_episodes = 2
-    actor_hidden = [16]
-    critic_hidden = [16]
-    collect_threads = 1
-    update_threads = 1
-"""
 
 
 @pytest.fixture
@@ -65,7 +52,7 @@ def tiny_spec(directory: Path, steps: int = 1024) -> Path:
         """
     ).format(steps=steps)
     for label, coef in (("no-bonus", 0.0), ("bonus", 0.01)):
-        text += f"\n[variants.{label}]\nentropy_coef = {coef}" + textwrap.dedent(TINY_PPO)
+        text += f'\n[variants.{label}]\nalgo = "ppo"\nentropy_coef = {coef}' + TINY_PPO
     path = directory / "tiny-demo.toml"
     path.write_text(text)
     return path

@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from tiny_ppo import TINY_PPO
 
 from harness import run as run_harness
 from harness.cli import main
@@ -30,21 +31,6 @@ from studies.worker import load_study, run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-# A tiny PPO on the fast toy task: updates of 8 envs x 32 steps, 2 short evaluations, one
-# thread (two workers share two cores).
-TINY_PPO = """
-[fixed]
-num_envs = 8
-rollout_steps = 32
-epochs = 2
-num_minibatches = 2
-eval_points = 2
-eval_episodes = 2
-actor_hidden = [16]
-critic_hidden = [16]
-collect_threads = 1
-update_threads = 1
-"""
 
 
 def spec_file(tmp_path: Path, top: str, tables: str, steps: int = 1024) -> Path:
@@ -58,7 +44,8 @@ def spec_file(tmp_path: Path, top: str, tables: str, steps: int = 1024) -> Path:
         preset = "cpu"
     """
     path = tmp_path / "tiny.toml"
-    path.write_text(textwrap.dedent(head) + textwrap.dedent(top) + TINY_PPO + textwrap.dedent(tables))
+    fixed = "\n[fixed]" + TINY_PPO
+    path.write_text(textwrap.dedent(head) + textwrap.dedent(top) + fixed + textwrap.dedent(tables))
     return path
 
 
