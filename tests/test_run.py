@@ -160,6 +160,24 @@ STEPS = 60 * 16 * 16  # 60 small updates: the run is still going when its first 
 OVERRIDES = {**SMALL, "eval_points": POINTS}
 
 
+@pytest.mark.parametrize(
+    ("algo", "param", "value", "metric"),
+    [("fpo", "samples_per_action", "8", "train/cfm_loss"), ("dppo", "sigma", "0.2", "train/approx_kl")],
+)
+def test_generative_baselines_are_listed_and_run_by_the_cli(tmp_path, tracking_uri, capsys, algo, param,
+                                                            value, metric):  # fmt: skip
+    assert main(["list"]) == 0
+    assert f"{algo} " in capsys.readouterr().out
+    argv = ["run", "--algo", algo, "--task", "toy-bimodal", "--steps", "512", "--set", "num_envs=16",
+            "--set", "rollout_steps=16", "--set", "eval_points=2", "--out", str(tmp_path / "run"),
+            "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    run = MlflowClient(tracking_uri).get_run(load_checkpoint(tmp_path / "run")["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params[param] == value
+    for key in ("eval/return_mean", "loss/policy", "loss/value", "train/clip_fraction", metric):
+        assert key in run.data.metrics, key
+
+
 @pytest.mark.parametrize("algo", ["ppo", "fpo", "dppo"])
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_uri, algo):
     reference = execute(
