@@ -1,0 +1,47 @@
+"""The benchmark commands run and print their tables (tiny settings: this checks the code, not speed)."""
+
+from __future__ import annotations
+
+import re
+
+from harness.cli import main
+
+
+def table_rows(out: str) -> list[list[str]]:
+    """The Markdown table's body rows, as lists of cells."""
+
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows[1:]]  # without the header
+
+
+def test_bench_train_times_every_algorithm_against_the_first(capsys):
+    argv = ["bench", "train", "--algos", "ppo", "fpo", "gorl-fm", "--tasks", "toy-bimodal",
+            "--iterations", "1", "--set", "num_envs=8", "--set", "rollout_steps=8"]  # fmt: skip
+    assert main(argv) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[:3] for row in rows] == [["toy-bimodal", algo, "64"] for algo in ("ppo", "fpo", "gorl-fm")]
+    assert rows[0][-1] == "1.00x"
+    assert all(float(row[4].replace(",", "")) > 0 and re.fullmatch(r"\d+\.\d\dx", row[-1]) for row in rows)
+
+
+def test_bench_gorl_adds_up_a_run(capsys):
+    assert main(["bench", "gorl", "--task", "toy-bimodal", "--iterations", "1", "--steps", "100000"]) == 0
+    out = capsys.readouterr().out
+    assert [row[0] for row in table_rows(out)] == [
+        "PPO", "GoRL-FM stage 0 (identity decoder)", "GoRL-FM stage >= 1 (flow decoder)"
+    ]  # fmt: skip
+    assert re.search(r"One refit: 512 env steps and 1,000 decoder steps in \d+\.\d s\.", out)
+    assert re.search(r"A 100,000-step run \(3 refits\): .* = \d+\.\d\dx per counted env step\.", out)
+
+
+def test_bench_envs_compares_the_backends(capsys):
+    argv = ["bench", "envs", "--tasks", "cheetah-run", "--sizes", "2", "--steps", "5", "--repeats", "1",
+            "--markdown"]  # fmt: skip
+    assert main(argv) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert len(rows) == 1 and rows[0][0] == "cheetah-run" and rows[0][1] == "2"
+
+
+def test_bench_refuses_an_unknown_algorithm(capsys):
+    assert main(["bench", "train", "--algos", "ppo", "pop"]) == 2
+    assert "unknown algorithm 'pop'" in capsys.readouterr().err
