@@ -43,5 +43,11 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def next_iteration_note(self) -> str:
+        """What the next `train_iteration` does beyond one batch and update, in a few words, for
+        the progress bar (GoRL: a decoder refit, minutes at full scale); "" when nothing."""
+
+        return ""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release envs and threads."""

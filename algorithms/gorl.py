@@ -396,9 +396,16 @@ class GoRLAgent(PPOAgent):
         metrics["loss/latent_reg"] = penalty
         return loss + penalty, metrics
 
+    @property
+    def refit_due(self) -> bool:
+        return self.stage < len(self.ends) - 1 and self.counted_steps >= self.ends[self.stage]
+
+    def next_iteration_note(self) -> str:
+        return f"decoder refit {self.stage + 1} of {len(self.ends) - 1}" if self.refit_due else ""
+
     def train_iteration(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        if self.stage < len(self.ends) - 1 and self.counted_steps >= self.ends[self.stage]:
+        if self.refit_due:
             metrics.update(self.refit())
         metrics.update(super().train_iteration())
         metrics["gorl/stage"] = float(self.stage)

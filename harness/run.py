@@ -190,6 +190,7 @@ def _train(
             bar.update(agent.counted_steps, position.history)
             while agent.counted_steps < request.steps:
                 before, start = agent.counted_steps, time.perf_counter()
+                bar.note(agent.next_iteration_note())
                 metrics = agent.train_iteration()
                 elapsed = time.perf_counter() - start
                 step = agent.counted_steps
@@ -287,10 +288,11 @@ class _ProgressBar:
                 TextColumn("{task.fields[speed]} steps/s"),
                 TextColumn("eval {task.fields[last_eval]}"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[note]}"),
                 console=Console(stderr=True),
             )
             self.total = request.steps
-            self.task_id = self.progress.add_task("run", total=self.total, speed="-", last_eval="-")
+            self.task_id = self.progress.add_task("run", total=self.total, speed="-", last_eval="-", note="")
 
     def __enter__(self) -> _ProgressBar:
         if self.progress is not None:
@@ -300,6 +302,12 @@ class _ProgressBar:
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+    def note(self, text: str) -> None:
+        """Show what the coming iteration does when it is more than an update ("" clears it)."""
+
+        if self.progress is not None:
+            self.progress.update(self.task_id, note=text)
 
     def update(self, step: int, history: list[tuple[int, float, float]]) -> None:
         if self.progress is None:
