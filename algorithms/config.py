@@ -93,6 +93,8 @@ def _coerce(algo: str, key: str, value: Any, annotation: Any) -> Any:
                 errors.append(str(error))
         raise UserError(errors[0] if errors else f"{algo}: {key} cannot be {value!r}.")
     if origin is typing.Literal:
+        if value is None and "none" in args:
+            return "none"  # `--set latent_reg=none` parses as None; the option is the word itself
         if value not in args:
             raise UserError(f"{algo}: {key} must be one of {', '.join(map(repr, args))}, got {value!r}.")
         return value

@@ -8,7 +8,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import algorithms
-from algorithms.config import resolve
+from algorithms.config import parse_assignments, resolve
 from algorithms.gorl import GoRLConfig, latent_penalty, stage_config, stage_ends
 from algorithms.onpolicy import collect_rollout, compute_gae, flatten
 from harness.checkpoint import load_checkpoint
@@ -63,6 +63,12 @@ def test_schedule_keys_split_the_budget():
     assert stage_ends(per_refit, budget) == [u * UPDATE for u in (5, 10, 12)]
     absolute = config(**SMALL, stages=[2 * UPDATE, 10 * UPDATE])
     assert stage_ends(absolute, budget) == [2 * UPDATE, 12 * UPDATE]
+
+
+def test_the_word_none_on_the_command_line_selects_the_none_option():
+    overrides = parse_assignments(["latent_reg=none", "max_std=none"])
+    settings = resolve(algorithms.get("gorl-fm"), "cpu", TOY, overrides)
+    assert settings.latent_reg == "none" and settings.max_std is None  # an option, and an unset limit
 
 
 @pytest.mark.parametrize(
