@@ -12,7 +12,7 @@ def catalog() -> list[tuple[str, str]]:
     """(name, one-line summary) for each study spec shipped in this folder."""
 
     out = []
-    for path in sorted(SPEC_DIR.glob("*.toml")):
+    for path in sorted(SPEC_DIR.glob("*.toml"), key=lambda path: path.stem):
         with path.open("rb") as handle:
             data = tomllib.load(handle)
         summary = str(data.get("description", "")).strip()

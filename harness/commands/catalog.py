@@ -23,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
     for line in envs.describe_tasks():
         print(f"  {line}")
     print("Studies:")
-    for name, summary in studies.catalog():
-        print(f"  {name:16s} {summary}")
+    catalog = studies.catalog()
+    width = max([16, *(len(name) for name, _ in catalog)])
+    for name, summary in catalog:
+        print(f"  {name:{width}s} {summary}")
     return 0
