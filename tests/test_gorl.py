@@ -163,8 +163,12 @@ def test_refits_count_their_env_steps_apart_and_switch_stages(algo):
 
 
 def test_fm_resets_the_encoder_at_a_refit_and_diffusion_keeps_it():
+    """As in the release (`paper` presets); both `cpu` presets reset (with `warm_value`)."""
+
+    for algo in ("gorl-fm", "gorl-diffusion"):
+        assert config(algo).reset_encoder and config(algo).warm_value, algo
     for algo, reset in (("gorl-fm", True), ("gorl-diffusion", False)):
-        settings = config(algo, **SMALL, num_refits=1, warm_value=False)
+        settings = config(algo, "paper", **SMALL, num_refits=1, warm_value=False)
         agent = algorithms.get(algo).agent_cls(settings, TOY, 0, 4 * UPDATE, CPU)
         fresh = [p.clone() for p in agent.model.parameters()]
         agent.train_iteration()
