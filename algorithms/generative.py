@@ -95,7 +95,8 @@ class ConditionalMLP(nn.Module):
         of the first layer (a sum over the concatenated input) are computed once here, so each
         call is the x term and the hidden layers, about half the small tensor ops of `forward`
         (which is what a 64-env batch costs on a CPU). Equal to `forward` up to float rounding:
-        the first layer's sum is split in three.
+        the first layer's sum is split in three. Mirrors the layer stack built in `__init__`
+        (Linear + SiLU, then the Linear head); `tests/test_decoders.py` checks the two agree.
         """
 
         first, *later = [layer for layer in self.net if isinstance(layer, nn.Linear)]
