@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="tasks to time")
     parser.add_argument("--algos", nargs="+", default=["ppo"], help="algorithms, the first the reference")
     parser.add_argument("--preset", default="cpu", help="preset of every algorithm (default cpu)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     parser.add_argument("--iterations", type=int, default=8, help="timed iterations per task (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 

@@ -11,7 +11,7 @@ import importlib
 
 BENCHMARKS = {
     "envs": "env steps/s of the fast backend vs dm_control, and the raw physics limit",
-    "train": "end-to-end PPO env steps/s and the learner's share of wall time",
+    "train": "end-to-end training env steps/s per algorithm (--algos), the learner's share, ratios",
     "gorl": "GoRL-FM wall-clock per counted env step relative to PPO",
 }
 
