@@ -91,7 +91,7 @@ def test_fast_observation_and_reward_functions_on_scattered_states(task):
     assert np.unique(expected_rewards).size > 1
 
 
-@pytest.mark.parametrize("task", ["walker-walk", "finger-turn_hard", "fish-swim"])
+@pytest.mark.parametrize("task", envs.FAST_TASKS)
 def test_small_skybox_changes_no_physics(task):
     """Sub-envs load 1 x 6 skyboxes to save memory; simulation must not notice (textures are drawn only)."""
 
