@@ -72,13 +72,11 @@ def _seed_words(seed_sequence: np.random.SeedSequence) -> np.ndarray:
 # trajectories stay bit-identical to those of the suite's own models.
 _SKYBOX_ASSET = "./common/skybox.xml"
 _SKYBOX_TEXTURE = re.compile(rb'<texture[^>]*type="skybox"[^>]*>')
+_TEXTURE_SIZE = re.compile(rb'(width|height)="\d+"')
 
 
 def _shrink_skybox(xml: bytes) -> bytes:
-    def shrink(texture: re.Match) -> bytes:
-        return re.sub(rb'(width|height)="\d+"', rb'\1="1"', texture.group(0))
-
-    return _SKYBOX_TEXTURE.sub(shrink, xml)
+    return _SKYBOX_TEXTURE.sub(lambda texture: _TEXTURE_SIZE.sub(rb'\1="1"', texture.group(0)), xml)
 
 
 @contextlib.contextmanager
@@ -102,11 +100,8 @@ def load(task: str, seed_sequence: np.random.SeedSequence, small_skybox: bool = 
 
     domain, name = task.split("-", 1)
     random = np.random.RandomState(_seed_words(seed_sequence))
-    kwargs = {"random": random, "time_limit": float("inf")}
-    if not small_skybox:
-        return suite.load(domain, name, task_kwargs=kwargs)
-    with _small_skyboxes():
-        return suite.load(domain, name, task_kwargs=kwargs)
+    with _small_skyboxes() if small_skybox else contextlib.nullcontext():
+        return suite.load(domain, name, task_kwargs={"random": random, "time_limit": float("inf")})
 
 
 def flatten(observation: dict[str, Any], out: np.ndarray) -> None:
