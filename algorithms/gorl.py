@@ -513,7 +513,7 @@ CPU_PRESET = {
     "warm_value": True,
     "refit_episodes": 32,  # chosen here, because 32 x 1000 steps cost ~2 s to collect on 2 cores
     # chosen here: on walker-walk and cheetah-run refit buffers (docs/performance.md), 1,000 steps of
-    # 256 actions x 4 draws at lr 1e-3 reach the validation loss of 1,500 x 512 x 8 at 3e-4 in 1/4.5 the time
+    # 256 actions x 4 draws at lr 1e-3 reach the validation loss of 1,500 x 512 x 8 at 3e-4 with 1/6 the rows
     "decoder_steps": 1000,
     "decoder_batch_size": 256,
     "samples_per_action": 4,
