@@ -43,6 +43,10 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def observe_evaluation(self, mean_return: float) -> None:  # noqa: B027 - optional hook
+        """Called after every evaluation of the current policy with its mean return (GoRL keeps
+        the best-evaluated encoder of each stage, as the official release does)."""
+
     def next_iteration_note(self) -> str:
         """What the next `train_iteration` does beyond one batch and update, in a few words, for
         the progress bar (GoRL: a decoder refit, minutes at full scale); "" when nothing."""

@@ -12,8 +12,9 @@ and the two parts learn on two timescales:
   differentiated through it. The loss adds a pull of the latent Gaussian towards N(0, I)
   (`latent_reg`): `kl` is the analytic KL the paper describes, `l2` is the official
   release's lambda * (mean mu^2 + mean sigma^2);
-* the **decoder** g_phi(s, z) is refit only at stage boundaries: with the encoder frozen, a
-  fresh on-policy buffer is collected with the stochastic encoder and the current decoder,
+* the **decoder** g_phi(s, z) is refit only at stage boundaries: with the encoder frozen (by
+  default the stage's best-evaluated one, as in the release: `refit_from`), a fresh
+  on-policy buffer is collected with the stochastic encoder and the current decoder,
   and a *new* decoder (flow matching or diffusion, `algorithms.decoders`) learns to carry
   fresh noise eps ~ N(0, I) onto those pre-tanh actions (the "fixed-prior anchor", paper
   Eq. 4). Stage 0 uses the exact identity decoder, so it is tanh-Gaussian PPO; every new
@@ -35,11 +36,11 @@ of each refit is `decoder_steps` gradient steps on `refit_episodes` fresh episod
 steps spent collecting refit data are outside the budget, as in the paper: they are added
 to `total_steps` and logged as `refit/env_steps`, never to `counted_steps`.
 
-Encoder settings per stage. PPO's keys (`clip`, `lr`, `latent_reg_coef`) hold stage 0's
-values; `later_clip`, `later_lr` and `later_latent_reg_coef` list the values of stages 1,
-2, ... (the last one repeats; empty: stage 0's value). After a refit the encoder, critic and
-observation normaliser are re-initialised (`reset_encoder`, GoRL-FM) or kept (the release's
-GoRL-Diffusion); the Adam state is fresh either way.
+Encoder settings per stage. PPO's keys (`clip`, `lr`, `max_grad_norm`, `entropy_coef`) and
+`latent_reg_coef` hold stage 0's values; `later_clip`, `later_lr`, ... list the values of
+stages 1, 2, ... (the last one repeats; empty: stage 0's value). After a refit the encoder,
+critic and observation normaliser are re-initialised (`reset_encoder`, GoRL-FM) or kept (the
+release's GoRL-Diffusion); the Adam state is fresh either way.
 
 docs/gorl.md lists where the `paper` preset (the official release that produced Table 1)
 departs from the paper's text, and what this implementation leaves out.
@@ -47,6 +48,7 @@ departs from the paper's text, and what this implementation leaves out.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -82,13 +84,23 @@ class GoRLConfig(PPOConfig):
     max_std: float | None = 10.0  # official release: policy_scale_cap 10
     later_clip: tuple[float, ...] = (0.3,)  # official release (FM): clip 0.3 in stages 1-3
     later_lr: tuple[float, ...] = ()  # official release (FM): lr 1e-3 in every stage
+    # official release: 0.5 in every stage, except walker-walk and finger-turn_hard FM (1.0 after stage 0)
+    later_max_grad_norm: tuple[float, ...] = ()
+    # official release: 0.01 in every stage, except fish-swim diffusion (0.005 in stage 3)
+    later_entropy_coef: tuple[float, ...] = ()
     latent_reg: Literal["kl", "l2", "none"] = "l2"  # official release: L2 (the paper's text says KL)
     latent_reg_coef: float = 5e-4  # official release: lambda_z 5e-4 in stage 0
     later_latent_reg_coef: tuple[float, ...] = (1e-3,)  # official release: lambda_z 1e-3 in stages 1-3
     reset_encoder: bool = True  # official release (FM): fresh encoder, critic and normaliser per stage
+    # per-stage reset_encoder for stages 1, 2, ... (official release: hopper-stand diffusion resets
+    # in stage 1 only); empty: reset_encoder in every stage
+    later_reset_encoder: tuple[bool, ...] = ()
     # official release (WalkerWalk FM, `gaussian_warm_value`): a reset actor outputs exactly N(0, I)
     # and the critic and observation normaliser are kept; False: everything fresh (other tasks)
     warm_value: bool = False
+    # official release: a refit rolls out the stage's best-evaluated encoder, and the next stage
+    # starts from it (paper §3: "the latest or best" checkpoint); "last": the encoder at the stage's end
+    refit_from: Literal["best", "last"] = "best"
     # paper §3: the latent has the action's size (None); the decoders transport the latent onto the
     # pre-tanh action, so no other size is possible without a projection the paper does not define
     latent_dim: int | None = None
@@ -149,11 +161,13 @@ class GoRLConfig(PPOConfig):
             raise ValueError(
                 f"refit_episodes must be >= 2 (train and validation episodes), got {self.refit_episodes}"
             )
-        for name in ("later_clip", "later_lr"):
+        for name in ("later_clip", "later_lr", "later_max_grad_norm"):
             if any(not value > 0 for value in getattr(self, name)):
                 raise ValueError(f"{name} must hold positive values, got {list(getattr(self, name))}")
-        if self.latent_reg_coef < 0 or any(value < 0 for value in self.later_latent_reg_coef):
-            raise ValueError("latent_reg_coef and later_latent_reg_coef must be >= 0")
+        for name in ("latent_reg_coef", "later_latent_reg_coef", "later_entropy_coef"):
+            value = getattr(self, name)
+            if min(value if isinstance(value, tuple) else (value,), default=0.0) < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
 
     def check_budget(self, budget: int) -> None:
         """Refuse a budget in which some stage would get no PPO update."""
@@ -227,21 +241,24 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
     return [end * per_update for end in ends]
 
 
+#: Settings that may change per stage: `later_<name>` lists the values of stages 1, 2, ...
+PER_STAGE = ("clip", "lr", "latent_reg_coef", "max_grad_norm", "entropy_coef", "reset_encoder")
+
+
 def stage_config(config: GoRLConfig, stage: int) -> GoRLConfig:
-    """The config with `clip`, `lr` and `latent_reg_coef` set to their values in `stage`."""
+    """The config with every `PER_STAGE` setting at its value in `stage`.
+
+    `later_<name>` holds the values of stages 1, 2, ...: the last one repeats, and an empty
+    list keeps `<name>`'s own value in every stage.
+    """
 
     if stage == 0:
         return config
-
-    def later(values: tuple[float, ...], stage_zero: float) -> float:
-        return values[min(stage, len(values)) - 1] if values else stage_zero
-
-    return dataclasses.replace(
-        config,
-        clip=later(config.later_clip, config.clip),
-        lr=later(config.later_lr, config.lr),
-        latent_reg_coef=later(config.later_latent_reg_coef, config.latent_reg_coef),
-    )
+    values = {}
+    for name in PER_STAGE:
+        later = getattr(config, f"later_{name}")
+        values[name] = later[min(stage, len(later)) - 1] if later else getattr(config, name)
+    return dataclasses.replace(config, **values)
 
 
 def latent_penalty(kind: str, mean: Tensor, std: Tensor) -> Tensor:
@@ -374,6 +391,8 @@ class GoRLAgent(PPOAgent):
         identity = make_decoder(DecoderConfig(kind="identity"), self.obs_dim, self.act_dim)
         self.env = LatentActionEnv(self.env, self.obs, identity, device)
         self.refit_env: LatentActionEnv | None = None  # built at the first refit
+        # (mean return, encoder state) of the stage's best evaluation, with refit_from="best"
+        self.stage_best: tuple[float, dict[str, Any]] | None = None
 
     @property
     def decoder(self) -> Decoder:
@@ -396,6 +415,21 @@ class GoRLAgent(PPOAgent):
         metrics["loss/latent_reg"] = penalty
         return loss + penalty, metrics
 
+    def observe_evaluation(self, mean_return: float) -> None:
+        if self.gorl.refit_from == "best" and (self.stage_best is None or mean_return > self.stage_best[0]):
+            self.stage_best = (mean_return, self._encoder_state())
+
+    def _encoder_state(self) -> dict[str, Any]:
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "normalizer": self.normalizer.state_dict() if self.normalizer else None,
+        }
+
+    def _load_encoder_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.normalizer:
+            self.normalizer.load_state_dict(state["normalizer"])
+
     @property
     def refit_due(self) -> bool:
         return self.stage < len(self.ends) - 1 and self.counted_steps >= self.ends[self.stage]
@@ -412,10 +446,18 @@ class GoRLAgent(PPOAgent):
         return metrics
 
     def refit(self) -> dict[str, float]:
-        """End the current stage: collect with the frozen encoder, fit a new decoder, start the next stage."""
+        """End the current stage: collect with the frozen encoder, fit a new decoder, start the next stage.
+
+        With `refit_from="best"` the encoder first goes back to the stage's best-evaluated one
+        (if the stage had an evaluation): it is rolled out, and the next stage starts from it.
+        """
 
         g, stage = self.gorl, self.stage + 1
         start = time.perf_counter()
+        source: dict[str, float] = {}
+        if self.stage_best is not None:
+            source["refit/source_eval_return"] = self.stage_best[0]
+            self._load_encoder_state(self.stage_best[1])
         stage_seed = int(np.random.SeedSequence([self.seed, stage]).generate_state(1)[0])
         refit_rng = torch.Generator(self.device).manual_seed(stage_seed)
         normalizer, model = self.normalizer, self.model
@@ -446,13 +488,15 @@ class GoRLAgent(PPOAgent):
             "refit/env_steps": float(data.env_steps),
             "refit/episode_return": float(data.episode_returns.mean()),
             "refit/seconds": time.perf_counter() - start,
+            **source,
         }
 
     def begin_stage(self, stage: int) -> None:
         """Switch to `stage`'s encoder settings; re-initialise the encoder if `reset_encoder`."""
 
         self.stage, self.config = stage, stage_config(self.gorl, stage)
-        if self.gorl.reset_encoder:
+        self.stage_best = None
+        if stage > 0 and self.config.reset_encoder:
             # Official release: the same encoder seed in every stage, so every stage starts alike.
             self.init_rng = torch.Generator().manual_seed(self.seed)
             previous, self.model = self.model, self.build_model(self.obs_dim, self.act_dim).to(self.device)
@@ -490,7 +534,12 @@ class GoRLAgent(PPOAgent):
             self.refit_env.close()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "stage": self.stage, "decoder": self.decoder.state_dict()}
+        return {
+            **super().state_dict(),
+            "stage": self.stage,
+            "decoder": self.decoder.state_dict(),
+            "stage_best": self.stage_best,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         kind = self.gorl.decoder_config() if state["stage"] > 0 else DecoderConfig(kind="identity")
@@ -499,6 +548,7 @@ class GoRLAgent(PPOAgent):
         self.env.decoder = decoder
         self.begin_stage(state["stage"])
         super().load_state_dict(state)
+        self.stage_best = state["stage_best"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -545,17 +595,24 @@ def fm_task_overrides(preset: str, task: str) -> dict[str, Any]:
             "walker-walk": {
                 "later_latent_reg_coef": (3e-3,),
                 "later_lr": (1e-3, 1e-3, 3e-4),
+                "later_max_grad_norm": (1.0,),
                 "warm_value": True,
             },
-            "finger-turn_hard": {"later_latent_reg_coef": (1e-3, 1e-3, 1e-2)},
+            "finger-turn_hard": {"later_latent_reg_coef": (1e-3, 1e-3, 1e-2), "later_max_grad_norm": (1.0,)},
         }.get(task, {})
     return overrides
 
 
 def diffusion_task_overrides(preset: str, task: str) -> dict[str, Any]:
-    """finger-spin's gamma only: the release's diffusion task overrides are outside this config."""
+    """The release's per-task settings that this config can express (the rest: docs/gorl.md)."""
 
-    return ppo_task_overrides(preset, task)
+    overrides = dict(ppo_task_overrides(preset, task))
+    if preset == "paper":
+        overrides |= {
+            "fish-swim": {"later_entropy_coef": (0.01, 0.01, 0.005)},
+            "hopper-stand": {"later_reset_encoder": (True, False)},
+        }.get(task, {})
+    return overrides
 
 
 register(

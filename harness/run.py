@@ -207,6 +207,7 @@ def _train(
                         lambda obs: agent.act(obs, deterministic=True), position.next_point - 1
                     )
                     position.history.append((step, mean, std))
+                    agent.observe_evaluation(mean)
                     metrics.update({"eval/return_mean": mean, "eval/return_std": std})
                 tracker.log_metrics(metrics, step)
                 due = step >= position.next_checkpoint if request.checkpoint_every else evaluated

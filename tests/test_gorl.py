@@ -51,6 +51,16 @@ def test_paper_preset_is_the_official_release():
     hopper = config(preset="paper", task="hopper-stand")
     assert hopper.decoder_width == 64 and hopper.target_clip is None
     assert config(preset="paper", task="finger-spin").gamma == 0.95
+    # Per-task, per-stage settings of the release.
+    walker = config(preset="paper", task="walker-walk")
+    walker_stages = [stage_config(walker, k) for k in range(4)]
+    assert [(c.max_grad_norm, c.latent_reg_coef, c.lr) for c in walker_stages] == [
+        (0.5, 5e-4, 1e-3), (1.0, 3e-3, 1e-3), (1.0, 3e-3, 1e-3), (1.0, 3e-3, 3e-4)]  # fmt: skip
+    fish = config("gorl-diffusion", "paper", "fish-swim")
+    assert [stage_config(fish, k).entropy_coef for k in range(4)] == [0.01, 0.01, 0.01, 0.005]
+    hopper_diffusion = config("gorl-diffusion", "paper", "hopper-stand")
+    assert [stage_config(hopper_diffusion, k).reset_encoder for k in (1, 2, 3)] == [True, False, False]
+    assert fm.refit_from == diffusion.refit_from == "best"
 
 
 def test_schedule_keys_split_the_budget():
@@ -221,6 +231,20 @@ def test_cli_runs_gorl_and_logs_stages_and_decoder_losses(tmp_path, tracking_uri
     assert metrics["steps/total"] == 4 * UPDATE + REFIT_STEPS
 
 
+def test_later_reset_encoder_resets_in_the_listed_stages_only():
+    settings = config(**SMALL, num_refits=2, reset_encoder=False, warm_value=False,
+                      later_reset_encoder=[True, False])  # fmt: skip
+    agent = algorithms.get("gorl-fm").agent_cls(settings, TOY, 0, 6 * UPDATE, CPU)
+    fresh = [p.clone() for p in agent.model.parameters()]
+    for _ in range(2):
+        agent.train_iteration()
+        trained = [p.clone() for p in agent.model.parameters()]
+        agent.refit()
+        expected = fresh if agent.stage == 1 else trained
+        assert all(torch.equal(a, b) for a, b in zip(agent.model.parameters(), expected, strict=True))
+        assert (agent.normalizer.count == 0) == (agent.stage == 1)
+
+
 def test_warm_value_starts_the_new_actor_at_the_prior_and_keeps_the_critic():
     agent = algorithms.get("gorl-fm").agent_cls(config(**SMALL, warm_value=True), TOY, 0, 12 * UPDATE, CPU)
     agent.train_iteration()
@@ -231,3 +255,21 @@ def test_warm_value_starts_the_new_actor_at_the_prior_and_keeps_the_critic():
     assert torch.equal(dist.mean, torch.zeros(5, 2)) and torch.allclose(dist.stddev, torch.ones(5, 2))
     assert all(torch.equal(a, b) for a, b in zip(critic, agent.model.critic.parameters(), strict=True))
     assert agent.normalizer.count == normalizer_count > 0
+
+
+@pytest.mark.parametrize("refit_from", ["best", "last"])
+def test_a_refit_rolls_out_the_best_evaluated_encoder_and_the_next_stage_starts_from_it(refit_from):
+    settings = config(**SMALL, num_refits=1, reset_encoder=False, refit_from=refit_from)
+    agent = algorithms.get("gorl-fm").agent_cls(settings, TOY, 0, 6 * UPDATE, CPU)
+    snapshots = []
+    for score in (5.0, 9.0, 3.0):  # an evaluation after each of the stage's three updates
+        agent.train_iteration()
+        snapshots.append(([p.clone() for p in agent.model.parameters()], agent.normalizer.count))
+        agent.observe_evaluation(score)
+    metrics = agent.refit()
+    assert agent.stage == 1 and agent.stage_best is None
+    assert metrics.get("refit/source_eval_return") == (9.0 if refit_from == "best" else None)
+    # Warm-started (reset_encoder=False): stage 1 starts from exactly the encoder that was rolled out.
+    params, count = snapshots[1] if refit_from == "best" else snapshots[2]
+    assert all(torch.equal(a, b) for a, b in zip(agent.model.parameters(), params, strict=True))
+    assert agent.normalizer.count == count
