@@ -164,10 +164,7 @@ class GenerativeDecoder(Decoder):
         that the encoder induced, the variant the paper argues against).
         """
 
-        clip = self.config.target_clip
-        if clip:
-            # Rare huge pre-tanh actions (tanh is flat there) would dominate a squared loss.
-            actions = actions.clamp(-clip, clip)
+        actions = self.clipped_targets(actions)
         repeats = self.config.samples_per_action
         obs = self.normalise(obs).repeat_interleave(repeats, dim=0)
         actions = actions.repeat_interleave(repeats, dim=0)
@@ -179,6 +176,23 @@ class GenerativeDecoder(Decoder):
             noise = latents.repeat_interleave(repeats, dim=0)
         x_t, t, target = self._training_pair(actions, noise, generator)
         return (self.net(obs, x_t, t) - target).square().mean()
+
+    def clipped_targets(self, actions: Tensor) -> Tensor:
+        """Pre-tanh actions clamped to +-target_clip: rare huge ones (tanh is flat there) would
+        dominate a squared loss."""
+
+        clip = self.config.target_clip
+        return actions.clamp(-clip, clip) if clip else actions
+
+    def anchor_loss(self, obs: Tensor, latents: Tensor, actions: Tensor) -> Tensor:
+        """The official release's "pairwise" anchor ||g(s, z) - a||^2 through the whole sampler.
+
+        z is the latent that produced the action a at collection; the squared distance is
+        summed over action dimensions and averaged over the batch. It pulls the new decoder
+        towards mapping each collected latent where the previous decoder did.
+        """
+
+        return (self.decode(obs, latents) - self.clipped_targets(actions)).square().sum(-1).mean()
 
     @abc.abstractmethod
     def _training_pair(
@@ -322,10 +336,22 @@ class FitConfig:
     # Paper Eq. 4: fresh eps ~ N(0, I) ("prior"); "encoder_latent" is the ablation
     # (paper Fig. 4a) that puts the latent which produced each action at the path's noise end.
     decoder_input: Literal["prior", "encoder_latent"] = "prior"
+    # official release: the diffusion decoder adds 1e-3 x the pairwise anchor; 0 (FM): no anchor
+    anchor_weight: float = 0.0
+    # official release: the best `val_loss` checkpoint is kept (finger-spin and fish-swim FM: the
+    # best "endpoint" error of decoding validation states from fresh N(0, I) latents)
+    select_by: Literal["val_loss", "endpoint_mse"] = "val_loss"
+    endpoint_actions: int = 4096  # official release: 4096 validation states in the endpoint check
 
     def validate(self) -> None:
-        if min(self.steps, self.batch_size, self.eval_every, self.val_max_actions) < 1:
-            raise ValueError("steps, batch_size, eval_every and val_max_actions must be >= 1")
+        if min(self.steps, self.batch_size, self.eval_every, self.val_max_actions, self.endpoint_actions) < 1:
+            raise ValueError(
+                "steps, batch_size, eval_every, val_max_actions and endpoint_actions must be >= 1"
+            )
+        if not self.anchor_weight >= 0:
+            raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
+        if self.select_by not in ("val_loss", "endpoint_mse"):
+            raise ValueError(f"select_by must be 'val_loss' or 'endpoint_mse', got {self.select_by!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -339,12 +365,15 @@ class FitResult:
     """What happened while fitting; losses are NaN for the identity decoder (nothing to train)."""
 
     steps: int
-    best_step: int  # 0 means the fresh (identity) decoder was never beaten on validation
-    best_val_loss: float
+    best_step: int  # step of the kept weights; 0: the fresh (identity) decoder was never beaten
+    best_val_loss: float  # validation loss of the kept weights (the best by `select_by`)
     initial_val_loss: float  # validation loss of the fresh decoder (the identity map), for reference
     final_val_loss: float
-    #: (step, mean training loss since the previous evaluation, validation loss) at each evaluation.
-    curve: tuple[tuple[int, float, float], ...]
+    best_endpoint_mse: float  # endpoint error of the kept weights (see `endpoint_error`)
+    initial_endpoint_mse: float
+    #: (step, mean training loss since the previous evaluation, validation loss, endpoint error)
+    #: at each evaluation.
+    curve: tuple[tuple[int, float, float, float], ...]
     train_size: int
     val_size: int
     train_episodes: tuple[int, ...]
@@ -360,6 +389,8 @@ class FitResult:
             f"{prefix}best_val_loss": self.best_val_loss,
             f"{prefix}initial_val_loss": self.initial_val_loss,
             f"{prefix}final_val_loss": self.final_val_loss,
+            f"{prefix}best_endpoint_mse": self.best_endpoint_mse,
+            f"{prefix}initial_endpoint_mse": self.initial_endpoint_mse,
             f"{prefix}first_train_loss": self.curve[0][1] if self.curve else math.nan,
             f"{prefix}last_train_loss": self.curve[-1][1] if self.curve else math.nan,
             f"{prefix}train_size": float(self.train_size),
@@ -393,6 +424,16 @@ def evaluate_loss(
     return total / actions.shape[0]
 
 
+def endpoint_error(decoder: GenerativeDecoder, obs: Tensor, actions: Tensor, seed: int) -> float:
+    """Mean squared error between actions decoded from fresh z ~ N(0, I) (drawn from `seed`) and
+    the stored (clipped) actions: the official release's "endpoint" check of a decoder."""
+
+    generator = torch.Generator(device=actions.device).manual_seed(seed)
+    z = torch.randn(actions.shape, generator=generator, dtype=actions.dtype, device=actions.device)
+    with torch.no_grad():
+        return (decoder.decode(obs, z) - decoder.clipped_targets(actions)).square().mean().item()
+
+
 def fit_decoder(
     config: DecoderConfig,
     obs: np.ndarray,
@@ -408,10 +449,11 @@ def fit_decoder(
 
     obs (N, obs_dim) raw observations, actions (N, act_dim) pre-tanh actions, episode_ids (N,)
     any integer labels, latents (N, act_dim) the encoder latents that produced the actions
-    (needed only for `fit.decoder_input == "encoder_latent"`). Episodes, not transitions, are
-    split into train and validation, so that validation measures generalisation to unseen
-    trajectories rather than to neighbours of training steps. The fresh decoder is evaluated
-    before the first step too, so the result is never worse on validation than the identity.
+    (needed only for `fit.decoder_input == "encoder_latent"` or a pairwise anchor). Episodes, not
+    transitions, are split into train and validation, so that validation measures
+    generalisation to unseen trajectories rather than to neighbours of training steps. The
+    fresh decoder is evaluated before the first step too, so the kept weights are never worse
+    than the identity on the selection metric (`fit.select_by`).
     Deterministic for a seed, a device and a torch thread count; uses the threads torch is set
     to. The decoder is trained and returned on `device`.
     """
@@ -431,6 +473,11 @@ def fit_decoder(
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(val_idx) > fit.val_max_actions:
         val_idx = np.sort(rng.choice(val_idx, fit.val_max_actions, replace=False))
+    endpoint_rows = np.arange(len(val_idx))
+    if len(val_idx) > fit.endpoint_actions:
+        endpoint_rows = np.sort(
+            np.random.default_rng(val_seed).choice(endpoint_rows, fit.endpoint_actions, False)
+        )
 
     def tensors(idx: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None]:
         z = None if latents is None else torch.from_numpy(latents[idx]).to(device)
@@ -438,8 +485,9 @@ def fit_decoder(
 
     train_obs, train_act, train_z = tensors(train_idx)
     val_obs, val_act, val_z = tensors(val_idx)
-    if fit.decoder_input == "prior":
-        train_z = val_z = None
+    # The latents at the path's noise end: the encoder's (ablation), or None for fresh prior noise.
+    train_noise_z, val_noise_z = (train_z, val_z) if fit.decoder_input == "encoder_latent" else (None, None)
+    endpoint_obs, endpoint_act = val_obs[endpoint_rows], val_act[endpoint_rows]
 
     start_time = time.perf_counter()
     init_rng = torch.Generator().manual_seed(int(init_seed))
@@ -458,39 +506,47 @@ def fit_decoder(
     )
     if not isinstance(decoder, GenerativeDecoder):
         nan = math.nan
-        return decoder, FitResult(0, 0, nan, nan, nan, (), seconds=0.0, **split)
+        return decoder, FitResult(0, 0, nan, nan, nan, nan, nan, (), seconds=0.0, **split)
 
-    def validate() -> float:
-        return evaluate_loss(decoder, val_obs, val_act, int(val_seed), val_z, fit.batch_size)
+    def validate() -> tuple[float, float]:
+        return (
+            evaluate_loss(decoder, val_obs, val_act, int(val_seed), val_noise_z, fit.batch_size),
+            endpoint_error(decoder, endpoint_obs, endpoint_act, int(val_seed)),
+        )
 
+    selected = 0 if fit.select_by == "val_loss" else 1  # which of validate()'s numbers picks the weights
     optimiser = make_adam(decoder.parameters(), fit.lr)
-    best_val = initial_val = validate()
+    best = initial = validate()
     best_step, best_state = 0, copy.deepcopy(decoder.state_dict())
-    curve: list[tuple[int, float, float]] = []
+    curve: list[tuple[int, float, float, float]] = []
     window_loss, window_steps = torch.zeros((), device=device), 0
     for step in range(1, fit.steps + 1):
         # Minibatches with replacement by index: one gather per step, no per-sample Python work.
         idx = torch.randint(len(train_idx), (fit.batch_size,), generator=generator, device=device)
-        batch_z = None if train_z is None else train_z[idx]
-        loss = decoder.loss(train_obs[idx], train_act[idx], generator, batch_z)
+        obs_b, act_b = train_obs[idx], train_act[idx]
+        loss = decoder.loss(obs_b, act_b, generator, None if train_noise_z is None else train_noise_z[idx])
+        if fit.anchor_weight:
+            loss = loss + fit.anchor_weight * decoder.anchor_loss(obs_b, train_z[idx], act_b)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         window_loss += loss.detach()
         window_steps += 1
         if step % fit.eval_every == 0 or step == fit.steps:
-            val = validate()
-            curve.append((step, window_loss.item() / window_steps, val))
+            scores = validate()
+            curve.append((step, window_loss.item() / window_steps, *scores))
             window_loss, window_steps = torch.zeros((), device=device), 0
-            if val < best_val:
-                best_val, best_step, best_state = val, step, copy.deepcopy(decoder.state_dict())
+            if scores[selected] < best[selected]:
+                best, best_step, best_state = scores, step, copy.deepcopy(decoder.state_dict())
     decoder.load_state_dict(best_state)
     result = FitResult(
         steps=fit.steps,
         best_step=best_step,
-        best_val_loss=best_val,
-        initial_val_loss=initial_val,
+        best_val_loss=best[0],
+        initial_val_loss=initial[0],
         final_val_loss=curve[-1][2],
+        best_endpoint_mse=best[1],
+        initial_endpoint_mse=initial[1],
         curve=tuple(curve),
         seconds=time.perf_counter() - start_time,
         **split,
@@ -536,8 +592,9 @@ def _checked_buffer(
                 f"latents must have the shape of actions {actions.shape} (latent dim = action dim), "
                 f"got {latents.shape}"
             )
-    elif fit.decoder_input == "encoder_latent":
-        raise ValueError("decoder_input='encoder_latent' needs the encoder latents of the buffer")
+    elif fit.decoder_input == "encoder_latent" or fit.anchor_weight:
+        needs = "decoder_input='encoder_latent'" if fit.anchor_weight == 0 else "anchor_weight > 0"
+        raise ValueError(f"{needs} needs the encoder latents of the buffer")
     for name, array in (("obs", obs), ("actions", actions), ("latents", latents)):
         if array is not None and not np.isfinite(array).all():
             bad = int((~np.isfinite(array)).any(axis=1).sum())

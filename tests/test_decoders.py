@@ -152,6 +152,43 @@ def test_encoder_latent_ablation_learns_the_collected_pairing():
 
 
 @pytest.mark.parametrize("kind", GENERATIVE)
+def test_the_pairwise_anchor_pulls_the_decoder_to_the_collected_pairing(kind):
+    """The buffer pairs each latent z with a = 1 - 0.5 z, a reflection that a transport of the
+    prior has no reason to learn; the anchor (the release's diffusion term) pulls towards it."""
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2000, 2)).astype(np.float32)
+    buffer = {"obs": np.zeros((2000, 1), np.float32), "actions": 1.0 - 0.5 * z,
+              "episode_ids": np.arange(2000) // 50}  # fmt: skip
+    probe = torch.randn(500, 2, generator=torch.Generator().manual_seed(3))
+
+    def pairing_error(anchor_weight: float) -> float:
+        fit = FitConfig(steps=300, batch_size=256, lr=3e-3, eval_every=100, anchor_weight=anchor_weight)
+        decoder, _ = fit_decoder(DecoderConfig(kind=kind, **SMALL), **buffer, seed=0, fit=fit, latents=z)
+        with torch.no_grad():
+            return (decoder.decode(torch.zeros(500, 1), probe) - (1.0 - 0.5 * probe)).abs().mean().item()
+
+    without, anchored = pairing_error(0.0), pairing_error(10.0)
+    assert anchored < 0.7 * without, (anchored, without)
+
+    decoder = make_decoder(DecoderConfig(kind=kind, target_clip=3.0, **SMALL), 1, 2)
+    randomise_head(decoder)
+    obs, latents, actions = torch.randn(8, 1), torch.randn(8, 2), 4.0 * torch.randn(8, 2)
+    expected = (decoder.decode(obs, latents) - actions.clamp(-3, 3)).square().sum(-1).mean()
+    torch.testing.assert_close(decoder.anchor_loss(obs, latents, actions), expected)
+
+
+def test_endpoint_selection_keeps_the_weights_with_the_least_endpoint_error():
+    buffer = bimodal_buffer(n=2000)
+    fit = FitConfig(steps=120, batch_size=128, lr=0.05, eval_every=10, select_by="endpoint_mse")
+    _, result = fit_decoder(DecoderConfig(kind="flow", **SMALL), **buffer, seed=0, fit=fit)
+    endpoint = [result.initial_endpoint_mse] + [row[3] for row in result.curve]
+    assert result.best_endpoint_mse == min(endpoint) < result.initial_endpoint_mse
+    step_of_best = ([0] + [row[0] for row in result.curve])[endpoint.index(min(endpoint))]
+    assert result.best_step == step_of_best
+
+
+@pytest.mark.parametrize("kind", GENERATIVE)
 def test_target_clip_clamps_pre_tanh_targets(kind):
     actions = 4.0 * torch.randn(64, 2)
     obs = torch.randn(64, 3)
@@ -250,6 +287,7 @@ def test_bad_inputs_are_refused():
     refused("same length", actions=good["actions"][:-1])
     refused("latent dim = action dim", latents=np.zeros((400, 3), np.float32))
     refused("needs the encoder latents", fit=FitConfig(decoder_input="encoder_latent"))
+    refused("anchor_weight > 0 needs the encoder latents", fit=FitConfig(anchor_weight=1e-3))
     with pytest.raises(ValueError, match="target_clip"):
         fit_decoder(DecoderConfig(target_clip=-1.0), **good, seed=0, fit=QUICK)
     decoder = make_decoder(config, obs_dim=3, act_dim=2)

@@ -61,6 +61,10 @@ def test_paper_preset_is_the_official_release():
     hopper_diffusion = config("gorl-diffusion", "paper", "hopper-stand")
     assert [stage_config(hopper_diffusion, k).reset_encoder for k in (1, 2, 3)] == [True, False, False]
     assert fm.refit_from == diffusion.refit_from == "best"
+    assert (fm.anchor_weight, diffusion.anchor_weight, config("gorl-diffusion").anchor_weight) == (0, 1e-3, 0)
+    tasks = ("finger-spin", "fish-swim", "cheetah-run")
+    selections = [config(preset="paper", task=task).decoder_select for task in tasks]
+    assert selections == ["endpoint_mse", "endpoint_mse", "val_loss"]
 
 
 def test_schedule_keys_split_the_budget():
@@ -222,8 +226,8 @@ def test_cli_runs_gorl_and_logs_stages_and_decoder_losses(tmp_path, tracking_uri
     client = MlflowClient(tracking_uri)
     run_id = load_checkpoint(tmp_path / "run")["mlflow_run_id"]
     metrics = client.get_run(run_id).data.metrics
-    for key in ("gorl/stage", "decoder/best_val_loss", "decoder/last_train_loss", "refit/env_steps",
-                "train/entropy", "train/latent_std", "train/latent_mean_sq", "steps/total",
+    for key in ("gorl/stage", "decoder/best_val_loss", "decoder/best_endpoint_mse", "decoder/last_train_loss",
+                "refit/env_steps", "train/entropy", "train/latent_std", "train/latent_mean_sq", "steps/total",
                 "eval/return_mean"):  # fmt: skip
         assert key in metrics, key
     stages = [(m.step, m.value) for m in client.get_metric_history(run_id, "gorl/stage")]
