@@ -588,8 +588,8 @@ DIFFUSION_PRESETS = {
         **CPU_PRESET,
         "later_clip": (),
         "later_lr": (),
-        # chosen here: through the 10-step sampler the anchor makes a cpu refit's fit 3.4x slower
-        # (2.6 s -> 8.9 s on walker-walk) for the same validation loss (docs/gorl.md)
+        # chosen here: through the 10-step sampler the anchor makes a 1M-step cpu run 1.42x PPO's
+        # time instead of 1.20x (`bench gorl`, docs/performance.md) for the same validation loss
         "anchor_weight": 0.0,
         # chosen here, because on cheetah-run (1M steps, seed 0) the release's warm-started encoder
         # scored 138 and a `warm_value` reset 310 (docs/gorl.md), as for GoRL-FM

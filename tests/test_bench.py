@@ -34,6 +34,18 @@ def test_bench_gorl_adds_up_a_run(capsys):
     assert re.search(r"A 100,000-step run \(3 refits\): .* = \d+\.\d\dx per counted env step\.", out)
 
 
+def test_bench_gorl_times_the_diffusion_variant_with_overrides(capsys):
+    argv = ["bench", "gorl", "--algo", "gorl-diffusion", "--set", "decoder_steps=20", "--task", "toy-bimodal",
+            "--iterations", "1", "--steps", "100000"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "preset cpu decoder_steps=20" in out
+    assert [row[0] for row in table_rows(out)][1:] == [
+        "GoRL-Diffusion stage 0 (identity decoder)", "GoRL-Diffusion stage >= 1 (diffusion decoder)"
+    ]  # fmt: skip
+    assert re.search(r"One refit: 512 env steps and 20 decoder steps in \d+\.\d s\.", out)
+
+
 def test_bench_envs_compares_the_backends(capsys):
     argv = ["bench", "envs", "--tasks", "cheetah-run", "--sizes", "2", "--steps", "5", "--repeats", "1",
             "--markdown"]  # fmt: skip

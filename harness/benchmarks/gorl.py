@@ -1,11 +1,12 @@
-"""`gorl-bench bench gorl`: GoRL-FM's wall-clock per counted env step, relative to Gaussian PPO.
+"""`gorl-bench bench gorl`: GoRL's wall-clock per counted env step, relative to Gaussian PPO.
 
-Measured in one run, on the same task and preset:
+Measured in one run, on the same task and preset, for `--algo` (default `gorl-fm`) with the
+`--set` overrides (applied to GoRL only):
 
 * PPO: `train_iteration` of the `ppo` agent (the reference);
-* GoRL-FM, stage 0: the encoder's PPO with the identity decoder;
-* GoRL-FM, stage >= 1: the same with a flow-matching decoder of the preset's size in the loop
-  (a fresh decoder costs exactly what a trained one does: 10 Euler steps per env step);
+* GoRL, stage 0: the encoder's PPO with the identity decoder;
+* GoRL, stage >= 1: the same with a decoder of the preset's kind and size in the loop (a fresh
+  decoder costs exactly what a trained one does: 10 Euler or DDIM steps per env step);
 * one decoder refit: collecting `refit_episodes` episodes and fitting the decoder.
 
 The ratio for a whole run combines them along the preset's stage schedule at `--steps`
@@ -26,7 +27,11 @@ from harness.benchmarks.train import measure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--algo", default="gorl-fm", choices=["gorl-fm", "gorl-diffusion"],
+                        help="GoRL variant (default gorl-fm)")  # fmt: skip
     parser.add_argument("--task", default="walker-walk", help="task (default walker-walk)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="GoRL config override")  # fmt: skip
     parser.add_argument("--preset", default="cpu", help="preset of both algorithms (default cpu)")
     parser.add_argument("--iterations", type=int, default=8, help="timed iterations per phase (default 8)")
     parser.add_argument("--steps", type=int, default=1_000_000, help="run budget for the schedule (1000000)")
@@ -36,16 +41,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import algorithms
     import envs
-    from algorithms.config import resolve
+    from algorithms.config import parse_assignments, resolve
     from algorithms.gorl import stage_ends
     from harness.run import resolve_device
 
     device = resolve_device(args.device)
     task = envs.canonical_task(args.task)
-    config = resolve(algorithms.get("gorl-fm"), args.preset, task, {})
+    overrides = parse_assignments(args.overrides)
+    config = resolve(algorithms.get(args.algo), args.preset, task, overrides)
     ends = stage_ends(config, args.steps)
-    print(f"GoRL-FM vs PPO on {task}, preset {args.preset}, {args.iterations} iterations per phase after one "
-          f"warm-up; torch {torch.__version__}, {platform.machine()}, device {device}")  # fmt: skip
+    name = {"gorl-fm": "GoRL-FM", "gorl-diffusion": "GoRL-Diffusion"}[args.algo]
+    settings = "".join(f" {pair}" for pair in args.overrides)
+    print(f"{name} vs PPO on {task}, preset {args.preset}{settings}, "
+          f"{args.iterations} iterations per phase after one warm-up; torch {torch.__version__}, "
+          f"{platform.machine()}, device {device}")  # fmt: skip
 
     def later_stage(agent: algorithms.gorl.GoRLAgent) -> None:
         from algorithms.decoders import make_decoder
@@ -55,12 +64,12 @@ def main(args: argparse.Namespace) -> int:
 
     ppo = measure(task, args.preset, {}, args.iterations, device)
     # One stage only, so that no refit falls inside the timed iterations; refits are timed apart.
-    one_stage = {"num_refits": 0}
-    stage0 = measure(task, args.preset, one_stage, args.iterations, device, algo="gorl-fm")
+    one_stage = {**overrides, "num_refits": 0}
+    stage0 = measure(task, args.preset, one_stage, args.iterations, device, algo=args.algo)
     later = measure(
-        task, args.preset, one_stage, args.iterations, device, algo="gorl-fm", prepare=later_stage
+        task, args.preset, one_stage, args.iterations, device, algo=args.algo, prepare=later_stage
     )
-    agent = algorithms.get("gorl-fm").agent_cls(config, task, 0, args.steps, device)
+    agent = algorithms.get(args.algo).agent_cls(config, task, 0, args.steps, device)
     try:
         start = time.perf_counter()
         refit_steps = agent.refit()["refit/env_steps"]
@@ -69,16 +78,17 @@ def main(args: argparse.Namespace) -> int:
         agent.close()
 
     print("| phase | env steps/s | seconds per 1M counted steps | vs PPO |\n|---|---|---|---|")
-    for name, result in (("PPO", ppo), ("GoRL-FM stage 0 (identity decoder)", stage0),
-                         ("GoRL-FM stage >= 1 (flow decoder)", later)):  # fmt: skip
+    decoder = "flow" if args.algo == "gorl-fm" else "diffusion"
+    for phase, result in (("PPO", ppo), (f"{name} stage 0 (identity decoder)", stage0),
+                          (f"{name} stage >= 1 ({decoder} decoder)", later)):  # fmt: skip
         per_million = 1e6 / result["steps_per_s"]
-        print(f"| {name} | {result['steps_per_s']:,.0f} | {per_million:.0f} | "
+        print(f"| {phase} | {result['steps_per_s']:,.0f} | {per_million:.0f} | "
               f"{ppo['steps_per_s'] / result['steps_per_s']:.2f}x |")  # fmt: skip
     print(f"\nOne refit: {refit_steps:,.0f} env steps and {config.decoder_steps:,} decoder steps in "
           f"{refit_seconds:.1f} s.")  # fmt: skip
     run_seconds = ends[0] / stage0["steps_per_s"] + (args.steps - ends[0]) / later["steps_per_s"]
     run_seconds += (len(ends) - 1) * refit_seconds
     ppo_seconds = args.steps / ppo["steps_per_s"]
-    print(f"A {args.steps:,}-step run ({len(ends) - 1} refits): GoRL-FM {run_seconds:.0f} s vs PPO "
+    print(f"A {args.steps:,}-step run ({len(ends) - 1} refits): {name} {run_seconds:.0f} s vs PPO "
           f"{ppo_seconds:.0f} s = {run_seconds / ppo_seconds:.2f}x per counted env step.")  # fmt: skip
     return 0
