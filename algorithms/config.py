@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -40,7 +41,13 @@ def _parse_literal(raw: str) -> Any:
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        return raw  # a bare string such as `kl` or `fast`
+        pass
+    if raw.startswith("["):
+        try:
+            return tomllib.loads(f"value = {raw}")["value"]  # a TOML list, e.g. [true, false]
+        except tomllib.TOMLDecodeError:
+            pass
+    return raw  # a bare string such as `kl` or `fast`
 
 
 def resolve(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str, Any]) -> Any:

@@ -83,6 +83,8 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
     overrides = parse_assignments(["latent_reg=none", "max_std=none"])
     settings = resolve(algorithms.get("gorl-fm"), "cpu", TOY, overrides)
     assert settings.latent_reg == "none" and settings.max_std is None  # an option, and an unset limit
+    # Lists take TOML's lower-case booleans as the spec files do.
+    assert parse_assignments(["later_reset_encoder=[true, false]"]) == {"later_reset_encoder": [True, False]}
 
 
 @pytest.mark.parametrize(
