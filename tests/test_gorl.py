@@ -198,7 +198,7 @@ def test_fm_resets_the_encoder_at_a_refit_and_diffusion_keeps_it():
 
 def test_resume_across_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, tracking_uri):
     fields = dict(algo="gorl-fm", task=TOY, seed=1, steps=12 * UPDATE, tracking_uri=tracking_uri,
-                  overrides={**SMALL, "num_refits": 2, "eval_points": 4})  # fmt: skip
+                  overrides={**SMALL, "num_refits": 2, "eval_points": 4, "refit_from": "best"})  # fmt: skip
     reference = execute(RunRequest(**fields, out_dir=tmp_path / "reference"), progress=False)
 
     class Stop(Exception):
@@ -211,7 +211,9 @@ def test_resume_across_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, t
     with pytest.raises(Stop):
         execute(RunRequest(**fields, out_dir=tmp_path / "stopped"), on_evaluation=stop_at_second_point,
                 progress=False)  # fmt: skip
-    assert load_checkpoint(tmp_path / "stopped")["agent"]["stage"] == 1
+    stopped = load_checkpoint(tmp_path / "stopped")["agent"]
+    # In stage 1, holding the stage's best-evaluated encoder that the next refit will roll out.
+    assert stopped["stage"] == 1 and stopped["stage_best"] is not None
     resumed = resume(tmp_path / "stopped", progress=False)
     assert resumed.eval_history == reference.eval_history
     assert (resumed.counted_steps, resumed.total_steps) == (reference.counted_steps, reference.total_steps)
