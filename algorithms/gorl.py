@@ -423,7 +423,9 @@ class GoRLAgent(PPOAgent):
         return loss + penalty, metrics
 
     def observe_evaluation(self, mean_return: float) -> None:
-        if self.gorl.refit_from == "best" and (self.stage_best is None or mean_return > self.stage_best[0]):
+        if self.gorl.refit_from != "best" or self.stage == len(self.ends) - 1:
+            return  # nothing will be rolled out from it (the last stage has no refit)
+        if self.stage_best is None or mean_return > self.stage_best[0]:
             self.stage_best = (mean_return, self._encoder_state())
 
     def _encoder_state(self) -> dict[str, Any]:
