@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import inspect
 import tomllib
 import types
 import typing
@@ -80,6 +81,39 @@ def resolve(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str,
         except ValueError as error:
             raise UserError(f"invalid config for {spec.name}: {error}") from None
     return config
+
+
+def origins(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str, Any]) -> dict[str, str]:
+    """Which layer of `resolve` set each key: "--set", "task <task>", "preset <preset>" or "default"."""
+
+    layers = [("--set", overrides), (f"task {task}", spec.task_overrides(preset, task)),
+              (f"preset {preset}", spec.presets.get(preset, {}))]  # fmt: skip
+    return {
+        f.name: next((label for label, values in layers if f.name in values), "default")
+        for f in dataclasses.fields(spec.config_cls)
+    }
+
+
+def field_notes(config_cls: type) -> dict[str, str]:
+    """Each field's source comment in the class that last sets its default: the comment on the
+    field's line, or else the comment lines just above it ("" where there is none)."""
+
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    notes: dict[str, str] = {}
+    for cls in reversed(config_cls.__mro__):  # base classes first, so subclasses overwrite
+        if not dataclasses.is_dataclass(cls):
+            continue
+        lines = inspect.getsource(cls).splitlines()
+        for name in fields & set(vars(cls).get("__annotations__", {})):
+            index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{name}:"))
+            _, _, inline = lines[index].partition("  # ")
+            above: list[str] = []
+            for line in reversed(lines[:index]):
+                if inline or not line.strip().startswith("#"):
+                    break
+                above.insert(0, line.strip().removeprefix("#").strip())
+            notes[name] = inline.strip() or " ".join(above)
+    return notes
 
 
 def _coerce(algo: str, key: str, value: Any, annotation: Any) -> Any:

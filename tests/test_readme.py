@@ -114,6 +114,8 @@ class Checker:
                 assert args.spec in self.specs, f"{args.spec} is not a TOML block of the README"
             else:
                 load_spec(args.spec)
+        elif args.command == "config" and not PLACEHOLDER.match(args.algo):
+            assert main(argv) == 0, f"gorl-bench {shlex.join(argv)} failed"
         elif args.command in ("study", "report"):
             self.study_name(args.name if args.command == "study" else args.study)
 

@@ -1,0 +1,44 @@
+"""`gorl-bench config`: the resolved config, the layer that set each key, and its source."""
+
+from __future__ import annotations
+
+import tomllib
+
+import algorithms
+from algorithms.config import as_dict, origins, resolve
+from harness.cli import main
+
+
+def table(out: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split(" | ") for line in out.splitlines() if line.startswith("| ")]
+    return {row[0].strip(): [cell.strip() for cell in row[1:]] for row in rows[1:]}
+
+
+def test_each_key_names_the_layer_that_set_it():
+    spec = algorithms.get("gorl-fm")
+    layers = origins(spec, "paper", "walker-walk", {"lr": 1e-4})
+    assert layers["lr"] == "--set" and layers["warm_value"] == "task walker-walk"
+    assert layers["num_envs"] == "default"  # the paper preset is the class defaults
+    assert origins(spec, "cpu", "cheetah-run", {})["num_envs"] == "preset cpu"
+
+
+def test_the_command_prints_values_layers_and_sources(capsys):
+    assert main(["config", "gorl-fm", "--task", "walker-walk", "--set", "num_refits=3"]) == 0
+    rows = table(capsys.readouterr().out)
+    assert len(rows) == len(as_dict(resolve(algorithms.get("gorl-fm"), "cpu", "walker-walk", {})))
+    assert rows["num_refits"][:2] == ["3", "--set"]
+    assert rows["num_envs"][:2] == ["64", "preset cpu"]
+    assert rows["clip"][2].startswith("0.15: official release")  # the class default and its citation
+
+
+def test_toml_output_is_the_resolved_config(capsys):
+    assert main(["config", "gorl-diffusion", "--preset", "paper", "--task", "hopper-stand", "--toml"]) == 0
+    loaded = tomllib.loads(capsys.readouterr().out)["config"]
+    expected = as_dict(resolve(algorithms.get("gorl-diffusion"), "paper", "hopper-stand", {}))
+    assert loaded == {key: value for key, value in expected.items() if value is not None}
+    assert loaded["later_reset_encoder"] == [True, False]
+
+
+def test_bad_input_is_one_line(capsys):
+    assert main(["config", "gorl-fm", "--set", "lr=-1"]) == 2
+    assert "lr must be > 0" in capsys.readouterr().err
