@@ -175,6 +175,21 @@ class GoRLConfig(PPOConfig):
             if min(value if isinstance(value, tuple) else (value,), default=0.0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
 
+    def stage_table(self, budget: int) -> list[dict[str, Any]]:
+        """One row per encoder stage of a `budget`-step run: its counted env steps and the
+        settings that may change per stage (`PER_STAGE`)."""
+
+        ends = stage_ends(self, budget)
+        starts = [0, *ends[:-1]]
+        rows = []
+        for stage, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            settings = stage_config(self, stage)
+            row = {"stage": stage, "counted env steps": f"{start:,}-{end:,}"}
+            row |= {name: getattr(settings, name) for name in PER_STAGE}
+            row["reset_encoder"] = settings.reset_encoder if stage > 0 else "-"  # nothing to reset
+            rows.append(row)
+        return rows
+
     def check_budget(self, budget: int) -> None:
         """Refuse a budget in which some stage would get no PPO update."""
 

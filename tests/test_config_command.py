@@ -24,7 +24,8 @@ def test_each_key_names_the_layer_that_set_it():
 
 def test_the_command_prints_values_layers_and_sources(capsys):
     assert main(["config", "gorl-fm", "--task", "walker-walk", "--set", "num_refits=3"]) == 0
-    rows = table(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    rows = table(out[: out.index("Stages of a")])
     assert len(rows) == len(as_dict(resolve(algorithms.get("gorl-fm"), "cpu", "walker-walk", {})))
     assert rows["num_refits"][:2] == ["3", "--set"]
     assert rows["num_envs"][:2] == ["64", "preset cpu"]
@@ -42,3 +43,19 @@ def test_toml_output_is_the_resolved_config(capsys):
 def test_bad_input_is_one_line(capsys):
     assert main(["config", "gorl-fm", "--set", "lr=-1"]) == 2
     assert "lr must be > 0" in capsys.readouterr().err
+
+
+def test_gorl_shows_its_stages_with_their_settings(capsys):
+    argv = ["config", "gorl-fm", "--preset", "paper", "--task", "walker-walk", "--steps", "180000000"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    stages = out[out.index("Stages of a 180,000,000-step run") :]
+    rows = table(stages)  # keyed by stage number
+    assert list(rows) == ["0", "1", "2", "3"]
+    assert rows["0"][0] == "0-59,965,440" and rows["3"][0].endswith("180,879,360")  # 61/62/30/31 updates
+    clip, lr, max_grad_norm = (0, 1, 3)  # columns after the steps: clip, lr, latent_reg_coef, grad-norm
+    assert [rows[k][1 + clip] for k in "0123"] == ["0.15", "0.3", "0.3", "0.3"]
+    assert [rows[k][1 + lr] for k in "0123"] == ["0.001", "0.001", "0.001", "0.0003"]
+    assert [rows[k][1 + max_grad_norm] for k in "0123"] == ["0.5", "1.0", "1.0", "1.0"]
+    assert main(["config", "gorl-fm", "--steps", "100"]) == 2
+    assert "too few for 4 encoder stages" in capsys.readouterr().err
