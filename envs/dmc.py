@@ -26,6 +26,7 @@ import copy
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,6 +80,9 @@ def _shrink_skybox(xml: bytes) -> bytes:
     return _SKYBOX_TEXTURE.sub(lambda texture: _TEXTURE_SIZE.sub(rb'\1="1"', texture.group(0)), xml)
 
 
+_LOADING = threading.Lock()
+
+
 @contextlib.contextmanager
 def _small_skyboxes() -> Iterator[None]:
     """While loading: the shared skybox asset and every domain XML read with 1 x 1 skybox faces."""
@@ -100,7 +104,9 @@ def load(task: str, seed_sequence: np.random.SeedSequence, small_skybox: bool = 
 
     domain, name = task.split("-", 1)
     random = np.random.RandomState(_seed_words(seed_sequence))
-    with _small_skyboxes() if small_skybox else contextlib.nullcontext():
+    # The small skyboxes patch dm_control module globals while one env loads; loads take turns so
+    # that a load on another thread never sees the patch half applied or meant for another load.
+    with _LOADING, _small_skyboxes() if small_skybox else contextlib.nullcontext():
         return suite.load(domain, name, task_kwargs={"random": random, "time_limit": float("inf")})
 
 

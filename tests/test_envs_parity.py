@@ -111,3 +111,22 @@ def test_small_skybox_changes_no_physics(task):
             assert step.reward == ref_step.reward
         np.testing.assert_array_equal(small.physics.data.qpos, full.physics.data.qpos)
         np.testing.assert_array_equal(small.physics.data.qvel, full.physics.data.qvel)
+
+
+def test_loads_on_several_threads_get_the_skybox_each_asked_for():
+    """The small-skybox patch is global while one env loads; concurrent loads must not see another's."""
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from envs.dmc import load
+
+    def model_bytes(small: bool) -> int:
+        env = load("walker-walk", np.random.SeedSequence(0), small_skybox=small)
+        return env.physics.model.ptr.nbuffer
+
+    wanted = [True, False] * 6
+    with ThreadPoolExecutor(4) as pool:
+        sizes = list(pool.map(model_bytes, wanted))
+    small = {size for size, flag in zip(sizes, wanted, strict=True) if flag}
+    full = {size for size, flag in zip(sizes, wanted, strict=True) if not flag}
+    assert len(small) == len(full) == 1 and small.pop() < full.pop() / 10, sizes
