@@ -172,8 +172,9 @@ class GoRLConfig(PPOConfig):
                 raise ValueError(f"{name} must hold positive values, got {list(getattr(self, name))}")
         for name in ("latent_reg_coef", "later_latent_reg_coef", "later_entropy_coef"):
             value = getattr(self, name)
-            if min(value if isinstance(value, tuple) else (value,), default=0.0) < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+            shown = list(value) if isinstance(value, tuple) else value
+            if min(shown if isinstance(shown, list) else [shown], default=0.0) < 0:
+                raise ValueError(f"{name} must be >= 0, got {shown}")
 
     def stage_table(self, budget: int) -> list[dict[str, Any]]:
         """One row per encoder stage of a `budget`-step run: its counted env steps and the
