@@ -284,3 +284,59 @@ def test_a_refit_rolls_out_the_best_evaluated_encoder_and_the_next_stage_starts_
     params, count = snapshots[1] if refit_from == "best" else snapshots[2]
     assert all(torch.equal(a, b) for a, b in zip(agent.model.parameters(), params, strict=True))
     assert agent.normalizer.count == count
+
+
+EASY_TOY = "toy-bimodal-easy"
+
+
+def test_gorl_learns_the_easy_toy_through_its_refits(learns_easy_toy):
+    """The same threshold as PPO's, FPO's and DPPO's, with two decoder refits inside the 12 updates."""
+
+    settings = config(task=EASY_TOY, num_refits=2)
+    spec = algorithms.get("gorl-fm")
+
+    def make(seed: int):
+        return spec.agent_cls(settings, EASY_TOY, seed, 12 * settings.batch_size, CPU)
+
+    agent = make(0)
+    metrics, clone, _ = learns_easy_toy(agent, lambda: make(1), 12)
+    assert agent.stage == clone.stage == 2 and metrics["gorl/stage"] == 2
+    agent.close()
+    clone.close()
+
+
+def test_a_refit_hands_the_next_stage_the_behaviour_it_was_fitted_on():
+    """The fixed-prior anchor at work: after a refit the encoder restarts at N(0, I) (`warm_value`),
+    and prior latents through the new decoder must give the last stage's action distribution
+    (its stochastic actions at fixed states) and about its greedy return."""
+
+    from harness.evaluation import Evaluator
+
+    settings = config(task=EASY_TOY, num_refits=1, refit_episodes=256)
+    agent = algorithms.get("gorl-fm").agent_cls(settings, EASY_TOY, 0, 16 * settings.batch_size, CPU)
+    evaluator = Evaluator(EASY_TOY, 16, run_seed=0)
+
+    def sampled_and_greedy() -> tuple[np.ndarray, float]:
+        torch.manual_seed(0)
+        actions = agent.act(np.repeat(states, 2000, axis=0), deterministic=False).reshape(8, 2000, 2)
+        return actions, evaluator.evaluate(lambda obs: agent.act(obs), point=0)[0]
+
+    for _ in range(8):  # half the budget: the behaviour has moved towards the modes
+        agent.train_iteration()
+    states = agent.obs[:8].copy()
+    before, greedy_before = sampled_and_greedy()
+    agent.refit()
+    after, greedy_after = sampled_and_greedy()
+    evaluator.close()
+    agent.close()
+
+    def mismatch(actions: np.ndarray) -> tuple[float, float, float]:
+        ratio = actions.std(1) / before.std(1)
+        return np.abs(actions.mean(1) - before.mean(1)).max(), ratio.min(), ratio.max()
+
+    mean_error, low, high = mismatch(after)
+    assert mean_error < 0.1 and 0.75 < low <= high < 1.15, (mean_error, low, high)
+    assert abs(greedy_after - greedy_before) < 1.0, (greedy_before, greedy_after)
+    # Without the refit the same prior latents would give tanh(N(0, I)): the check above tells them apart.
+    identity = np.tanh(np.random.default_rng(0).standard_normal(before.shape))
+    assert mismatch(identity)[0] > 0.2 and mismatch(identity)[2] > 1.15
