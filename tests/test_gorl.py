@@ -305,15 +305,16 @@ def test_gorl_learns_the_easy_toy_through_its_refits(learns_easy_toy):
     clone.close()
 
 
-def test_a_refit_hands_the_next_stage_the_behaviour_it_was_fitted_on():
+@pytest.mark.parametrize("algo", ["gorl-fm", "gorl-diffusion"])
+def test_a_refit_hands_the_next_stage_the_behaviour_it_was_fitted_on(algo):
     """The fixed-prior anchor at work: after a refit the encoder restarts at N(0, I) (`warm_value`),
     and prior latents through the new decoder must give the last stage's action distribution
     (its stochastic actions at fixed states) and about its greedy return."""
 
     from harness.evaluation import Evaluator
 
-    settings = config(task=EASY_TOY, num_refits=1, refit_episodes=256)
-    agent = algorithms.get("gorl-fm").agent_cls(settings, EASY_TOY, 0, 16 * settings.batch_size, CPU)
+    settings = config(algo, task=EASY_TOY, num_refits=1, refit_episodes=256)
+    agent = algorithms.get(algo).agent_cls(settings, EASY_TOY, 0, 16 * settings.batch_size, CPU)
     evaluator = Evaluator(EASY_TOY, 16, run_seed=0)
 
     def sampled_and_greedy() -> tuple[np.ndarray, float]:
@@ -334,9 +335,11 @@ def test_a_refit_hands_the_next_stage_the_behaviour_it_was_fitted_on():
         ratio = actions.std(1) / before.std(1)
         return np.abs(actions.mean(1) - before.mean(1)).max(), ratio.min(), ratio.max()
 
+    # 10 sampling steps narrow a distribution a little (on a plain Gaussian: FM to ~0.87 of its
+    # std, diffusion ~0.79; docs/gorl.md), hence the lower bound on the std ratio.
     mean_error, low, high = mismatch(after)
-    assert mean_error < 0.1 and 0.75 < low <= high < 1.15, (mean_error, low, high)
+    assert mean_error < 0.2 and 0.6 < low <= high < 1.1, (mean_error, low, high)
     assert abs(greedy_after - greedy_before) < 1.0, (greedy_before, greedy_after)
     # Without the refit the same prior latents would give tanh(N(0, I)): the check above tells them apart.
     identity = np.tanh(np.random.default_rng(0).standard_normal(before.shape))
-    assert mismatch(identity)[0] > 0.2 and mismatch(identity)[2] > 1.15
+    assert mismatch(identity)[0] > 0.25 and mismatch(identity)[2] > 1.2
