@@ -133,6 +133,33 @@ def test_decoder_trained_from_the_prior_reproduces_both_modes(kind):
     assert between < 0.1, between
 
 
+def test_flow_decoder_follows_ten_euler_steps_of_the_exact_gaussian_flow():
+    """Fitted on N(0.3, 0.5^2 I) from the prior, the flow's exact marginal velocity is linear:
+    x(t) scales with sigma_t = sqrt(t^2 + (1 - t)^2 s^2). Ten Euler steps that evaluate the
+    velocity at the start of each step (t = 1, 0.9, ..., 0.1) scale the latent's std by the
+    product below, 0.431 rather than the exact 0.5 (0.527 if the velocity were read at the end
+    of each step, 0.474 at its middle): the learnt decoder must land on that number, which
+    checks the time convention, the direction and the grid of the sampler at once."""
+
+    s, steps = 0.5, 10
+    expected = 1.0
+    for k in range(steps, 0, -1):
+        t = k / steps
+        expected *= 1 - (t - (1 - t) * s**2) / (t**2 + (1 - t) ** 2 * s**2) / steps
+    rng = np.random.default_rng(0)
+    actions = (0.3 + s * rng.standard_normal((8000, 2))).astype(np.float32)
+    buffer = {"obs": np.zeros((8000, 1), np.float32), "actions": actions,
+              "episode_ids": np.arange(8000) // 100}  # fmt: skip
+    fit = FitConfig(steps=1500, batch_size=256, lr=3e-3, eval_every=500)
+    decoder, _ = fit_decoder(DecoderConfig(kind="flow", hidden_width=32, depth=2), **buffer, seed=0, fit=fit)
+    z = torch.randn(20000, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        decoded = decoder.decode(torch.zeros(20000, 1), z)
+    assert abs(expected - 0.431) < 1e-3
+    np.testing.assert_allclose(decoded.std(0).numpy(), expected, atol=0.02)
+    np.testing.assert_allclose(decoded.mean(0).numpy(), 0.3, atol=0.03)
+
+
 def test_encoder_latent_ablation_learns_the_collected_pairing():
     """With decoder_input='encoder_latent' the decoder regresses the map z -> a that produced the data."""
 
