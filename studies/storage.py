@@ -11,7 +11,7 @@ Exactly-once: every unit is an enqueued WAITING trial, and a worker claims one b
 WAITING -> RUNNING. Both storages make that transition atomic (a row lock on RDB, the order of
 the log on the journal), so two workers never claim the same trial.
 
-Recovery: a claimed trial records its owner (host, pid) and keeps a heartbeat while it runs.
+Recovery: a claimed trial records its owner (host, pid) with the claim and keeps a heartbeat while it runs.
 A trial is *lost* when its owner is a dead process on this host, or when its heartbeat is older
 than the grace period (Optuna's own heartbeat table on RDB, a trial attribute on the journal,
 which has no heartbeat of its own). `sweep_lost_units` marks lost trials FAILED and enqueues the
@@ -21,6 +21,7 @@ same parameters again, so the unit is completed exactly once by whichever worker
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -103,13 +105,41 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
     the enqueued ones.
     """
 
+    storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if study._storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+        # The owner is written with the claim, and Ctrl-C waits until both are stored: a trial
+        # RUNNING without an owner is recognised as lost only after the grace period, so an
+        # interrupt between the two writes would keep a rerun from retrying it for that long.
+        with _signals_deferred():
+            try:
+                claimed = storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
+            except UpdateFinishedTrialError:
+                continue  # finished by someone else between listing and claiming
+            if claimed:
+                storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, _owner())
                 return optuna.Trial(study, trial._trial_id)
-        except UpdateFinishedTrialError:
-            continue  # finished by someone else between listing and claiming
     return None
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back (on the main thread) until the body is done."""
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _owner() -> dict[str, Any]:
+    """This process as a trial's owner, with the time of its latest heartbeat."""
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "beat": time.time()}
 
 
 @contextmanager
@@ -117,16 +147,15 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
     """Record this process as the trial's owner and keep its heartbeat while the body runs."""
 
     storage = study._storage
-    owner = {"host": socket.gethostname(), "pid": os.getpid()}
     stop = threading.Event()
 
     def beat() -> None:
         if _has_optuna_heartbeats(storage):
             storage.record_heartbeat(trial_id)
         else:
-            storage.set_trial_system_attr(trial_id, OWNER_ATTR, {**owner, "beat": time.time()})
+            storage.set_trial_system_attr(trial_id, OWNER_ATTR, _owner())
 
-    storage.set_trial_system_attr(trial_id, OWNER_ATTR, {**owner, "beat": time.time()})
+    storage.set_trial_system_attr(trial_id, OWNER_ATTR, _owner())
     beat()
 
     def loop() -> None:
