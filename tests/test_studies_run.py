@@ -330,3 +330,30 @@ def test_a_silent_worker_on_another_host_is_declared_lost(workdir, monkeypatch, 
     assert lost.state == TrialState.FAIL and storage.is_lost(lost)
     assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == lost.number
     assert retry.user_attrs["unit"] == lost.user_attrs["unit"]
+
+
+def test_a_worker_that_dies_right_after_its_claim_is_retried_at_once(workdir):
+    """The owner is written with the claim, so a worker that dies before its unit starts (Ctrl-C
+    just after claiming) is recognised as gone by the next sweep, not only after the grace period."""
+
+    import subprocess
+    import sys
+
+    from studies import storage
+
+    location = storage_location(None)
+    spec = load_spec(grid_spec(workdir, 1, [0.0]))
+    study = runner.prepare_study(spec, location, resolve_tracking_uri(None))
+    runner.enqueue_missing_units(study, spec)
+    claim = (
+        "import optuna\n"
+        "from studies.storage import claim_waiting_trial, open_storage\n"
+        f"study = optuna.load_study(study_name={spec.name!r}, storage=open_storage({location!r}))\n"
+        "assert claim_waiting_trial(study) is not None\n"
+    )
+    subprocess.run([sys.executable, "-c", claim], check=True)
+    (claimed,) = study.get_trials()
+    assert claimed.state == TrialState.RUNNING and claimed.system_attrs[storage.OWNER_ATTR]["pid"] > 0
+    assert storage.sweep_lost_units(study) == [claimed.number]
+    lost, retry = study.get_trials()
+    assert "is gone" in lost.user_attrs["fail_reason"] and retry.state == TrialState.WAITING
