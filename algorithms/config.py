@@ -106,13 +106,13 @@ def field_notes(config_cls: type) -> dict[str, str]:
         lines = inspect.getsource(cls).splitlines()
         for name in fields & set(vars(cls).get("__annotations__", {})):
             index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{name}:"))
-            _, _, inline = lines[index].partition("  # ")
+            inline = lines[index].partition("  # ")[2].strip()
             above: list[str] = []
-            for line in reversed(lines[:index]):
-                if inline or not line.strip().startswith("#"):
+            for line in reversed(lines[:index] if not inline else []):
+                if not line.strip().startswith("#"):
                     break
                 above.insert(0, line.strip().removeprefix("#").strip())
-            notes[name] = inline.strip() or " ".join(above)
+            notes[name] = inline or " ".join(above)
     return notes
 
 
