@@ -362,7 +362,10 @@ class RefitData:
 def collect_refit_data(
     env: LatentActionEnv, sample_latent: Callable[[np.ndarray], Tensor], episodes: int, seed: int
 ) -> RefitData:
-    """Run `episodes` complete episodes, `env.num_envs` at a time, each round from a fresh seeded reset."""
+    """Run `episodes` complete episodes, `env.num_envs` at a time, each round from a fresh seeded reset.
+
+    Also runs GoRL's stage-start evaluations (with the encoder's mean as the latent).
+    """
 
     n = env.num_envs
     columns: dict[str, list[np.ndarray]] = {"obs": [], "actions": [], "latents": [], "episode_ids": []}
@@ -414,6 +417,7 @@ class GoRLAgent(PPOAgent):
         identity = make_decoder(DecoderConfig(kind="identity"), self.obs_dim, self.act_dim)
         self.env = LatentActionEnv(self.env, self.obs, identity, device)
         self.refit_env: LatentActionEnv | None = None  # built at the first refit
+        self.eval_env: LatentActionEnv | None = None  # stage-start evaluations (refit_from="best")
         # (mean return, encoder state) of the stage's best evaluation, with refit_from="best"
         self.stage_best: tuple[float, dict[str, Any]] | None = None
 
@@ -475,6 +479,8 @@ class GoRLAgent(PPOAgent):
 
         With `refit_from="best"` the encoder first goes back to the stage's best-evaluated one
         (if the stage had an evaluation): it is rolled out, and the next stage starts from it.
+        The new stage is then evaluated at its start, as the release does, and that start is
+        the first candidate for the new stage's best.
         """
 
         g, stage = self.gorl, self.stage + 1
@@ -508,6 +514,10 @@ class GoRLAgent(PPOAgent):
             )  # fmt: skip
         self.env.decoder = decoder
         self.begin_stage(stage)
+        if g.refit_from == "best":
+            eval_seed = int(np.random.SeedSequence([self.seed, stage, 1]).generate_state(1)[0])
+            source["refit/start_eval_return"] = self._stage_start_return(eval_seed)
+            self.observe_evaluation(source["refit/start_eval_return"])
         return {
             **fit.metrics("decoder/"),
             "refit/env_steps": float(data.env_steps),
@@ -515,6 +525,24 @@ class GoRLAgent(PPOAgent):
             "refit/seconds": time.perf_counter() - start,
             **source,
         }
+
+    @torch.no_grad()
+    def _stage_start_return(self, seed: int) -> float:
+        """Mean deterministic return of the policy a stage starts with, on `eval_episodes` episodes
+        of the agent's own evaluation env (the harness's evaluation points fall inside stages)."""
+
+        g = self.gorl
+        if self.eval_env is None:
+            env = envs.make(self.task, g.eval_episodes, seed, backend=g.env_backend)
+            self.eval_env = LatentActionEnv(env, None, self.decoder, self.device)
+        self.eval_env.decoder = self.decoder
+
+        def mean_latent(obs: np.ndarray) -> Tensor:
+            return self.model.dist(policy_input(obs, self.normalizer, self.device)).mean
+
+        with torch_threads(g.collect_threads):
+            episodes = collect_refit_data(self.eval_env, mean_latent, g.eval_episodes, seed)
+        return float(episodes.episode_returns.mean())
 
     def begin_stage(self, stage: int) -> None:
         """Switch to `stage`'s encoder settings; re-initialise the encoder if `reset_encoder`."""
@@ -555,8 +583,9 @@ class GoRLAgent(PPOAgent):
 
     def close(self) -> None:
         super().close()
-        if self.refit_env is not None:
-            self.refit_env.close()
+        for env in (self.refit_env, self.eval_env):
+            if env is not None:
+                env.close()
 
     def state_dict(self) -> dict[str, Any]:
         return {

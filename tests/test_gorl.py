@@ -242,6 +242,26 @@ def test_cli_runs_gorl_and_logs_stages_and_decoder_losses(tmp_path, tracking_uri
     assert metrics["steps/total"] == 4 * UPDATE + REFIT_STEPS
 
 
+def test_the_stage_start_is_evaluated_and_competes_for_the_stage_best():
+    """As in the release: a stage whose later evaluations never beat its start rolls out the start."""
+
+    settings = config(**SMALL, num_refits=2, reset_encoder=False, refit_from="best")
+    agent = algorithms.get("gorl-fm").agent_cls(settings, TOY, 0, 6 * UPDATE, CPU)
+    agent.train_iteration()
+    agent.observe_evaluation(5.0)
+    agent.train_iteration()
+    start = agent.refit()["refit/start_eval_return"]
+    assert 0.0 <= start <= 16.0 and agent.stage_best[0] == start
+    at_start = [p.clone() for p in agent.model.parameters()]
+    for _ in range(2):
+        agent.train_iteration()
+        agent.observe_evaluation(start - 1.0)  # the stage only gets worse
+    assert agent.refit()["refit/source_eval_return"] == start
+    # Warm-started: stage 2 begins from the encoder stage 1 started with.
+    assert all(torch.equal(a, b) for a, b in zip(agent.model.parameters(), at_start, strict=True))
+    agent.close()
+
+
 def test_later_reset_encoder_resets_in_the_listed_stages_only():
     settings = config(**SMALL, num_refits=2, reset_encoder=False, warm_value=False,
                       later_reset_encoder=[True, False])  # fmt: skip
