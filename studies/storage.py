@@ -121,6 +121,16 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
     return None
 
 
+def ask_owned(study: optuna.Study) -> optuna.Trial:
+    """`study.ask()` (a re-enqueued lost trial first, else a newly sampled one), with this process
+    written as its owner at once, as `claim_waiting_trial` does."""
+
+    with _signals_deferred():
+        trial = study.ask()
+        study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, _owner())
+    return trial
+
+
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back (on the main thread) until the body is done."""

@@ -30,7 +30,14 @@ from optuna.trial import TrialState
 from harness.errors import UserError
 from studies import tracking
 from studies.spec import Spec, Unit, parse_spec
-from studies.storage import claim_waiting_trial, heartbeat, is_lost, open_storage, sweep_lost_units
+from studies.storage import (
+    ask_owned,
+    claim_waiting_trial,
+    heartbeat,
+    is_lost,
+    open_storage,
+    sweep_lost_units,
+)
 
 
 @dataclass(frozen=True)
@@ -177,7 +184,7 @@ def _next_tune_trial(context: Context) -> bool:
     sweep_lost_units(study)
     if not work_left(study, spec):
         return False
-    trial = study.ask()  # takes a re-enqueued lost trial first, else samples a new configuration
+    trial = ask_owned(study)  # takes a re-enqueued lost trial first, else samples a new configuration
     if "retry_of" in trial.user_attrs:
         lost_run = study.trials[trial.user_attrs["retry_of"]].user_attrs.get("mlflow_run_id")
         if lost_run:

@@ -332,9 +332,11 @@ def test_a_silent_worker_on_another_host_is_declared_lost(workdir, monkeypatch, 
     assert retry.user_attrs["unit"] == lost.user_attrs["unit"]
 
 
-def test_a_worker_that_dies_right_after_its_claim_is_retried_at_once(workdir):
-    """The owner is written with the claim, so a worker that dies before its unit starts (Ctrl-C
-    just after claiming) is recognised as gone by the next sweep, not only after the grace period."""
+@pytest.mark.parametrize("kind", ["grid", "tune"])
+def test_a_worker_that_dies_right_after_its_claim_is_retried_at_once(workdir, kind):
+    """The owner is written with the claim (a grid unit) or the ask (a tune trial), so a worker
+    that dies before its work starts (Ctrl-C just after claiming) is recognised as gone by the
+    next sweep, not only after the grace period."""
 
     import subprocess
     import sys
@@ -342,14 +344,19 @@ def test_a_worker_that_dies_right_after_its_claim_is_retried_at_once(workdir):
     from studies import storage
 
     location = storage_location(None)
-    spec = load_spec(grid_spec(workdir, 1, [0.0]))
+    if kind == "grid":
+        path, take = grid_spec(workdir, 1, [0.0]), "claim_waiting_trial(study)"
+    else:
+        top = 'kind = "tune"\nseeds = 1\nmax_trials = 2\n'
+        path, take = spec_file(workdir, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n"), "ask_owned(study)"
+    spec = load_spec(path)
     study = runner.prepare_study(spec, location, resolve_tracking_uri(None))
     runner.enqueue_missing_units(study, spec)
     claim = (
         "import optuna\n"
-        "from studies.storage import claim_waiting_trial, open_storage\n"
+        "from studies.storage import ask_owned, claim_waiting_trial, open_storage\n"
         f"study = optuna.load_study(study_name={spec.name!r}, storage=open_storage({location!r}))\n"
-        "assert claim_waiting_trial(study) is not None\n"
+        f"assert {take} is not None\n"
     )
     subprocess.run([sys.executable, "-c", claim], check=True)
     (claimed,) = study.get_trials()
