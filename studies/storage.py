@@ -154,7 +154,8 @@ def _owner() -> dict[str, Any]:
 
 @contextmanager
 def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
-    """Record this process as the trial's owner and keep its heartbeat while the body runs."""
+    """Keep this process's heartbeat on the trial it claimed while the body runs (the claim wrote
+    it as the owner: `claim_waiting_trial`, `ask_owned`)."""
 
     storage = study._storage
     stop = threading.Event()
@@ -165,7 +166,6 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
         else:
             storage.set_trial_system_attr(trial_id, OWNER_ATTR, _owner())
 
-    storage.set_trial_system_attr(trial_id, OWNER_ATTR, _owner())
     beat()
 
     def loop() -> None:
