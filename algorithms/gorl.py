@@ -170,11 +170,11 @@ class GoRLConfig(PPOConfig):
         for name in ("later_clip", "later_lr", "later_max_grad_norm"):
             if any(not value > 0 for value in getattr(self, name)):
                 raise ValueError(f"{name} must hold positive values, got {list(getattr(self, name))}")
-        for name in ("latent_reg_coef", "later_latent_reg_coef", "later_entropy_coef"):
-            value = getattr(self, name)
-            shown = list(value) if isinstance(value, tuple) else value
-            if min(shown if isinstance(shown, list) else [shown], default=0.0) < 0:
-                raise ValueError(f"{name} must be >= 0, got {shown}")
+        if self.latent_reg_coef < 0:
+            raise ValueError(f"latent_reg_coef must be >= 0, got {self.latent_reg_coef}")
+        for name in ("later_latent_reg_coef", "later_entropy_coef"):
+            if any(value < 0 for value in getattr(self, name)):
+                raise ValueError(f"{name} must be >= 0, got {list(getattr(self, name))}")
 
     def stage_table(self, budget: int) -> list[dict[str, Any]]:
         """One row per encoder stage of a `budget`-step run: its counted env steps and the
@@ -526,7 +526,6 @@ class GoRLAgent(PPOAgent):
             **source,
         }
 
-    @torch.no_grad()
     def _stage_start_return(self, seed: int) -> float:
         """Mean deterministic return of the policy a stage starts with, on `eval_episodes` episodes
         of the agent's own evaluation env (the harness's evaluation points fall inside stages)."""

@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
         agent.close()
 
     print("| phase | env steps/s | seconds per 1M counted steps | vs PPO |\n|---|---|---|---|")
-    decoder = "flow" if args.algo == "gorl-fm" else "diffusion"
+    decoder = config.decoder_kind
     for phase, result in (("PPO", ppo), (f"{name} stage 0 (identity decoder)", stage0),
                           (f"{name} stage >= 1 ({decoder} decoder)", later)):  # fmt: skip
         per_million = 1e6 / result["steps_per_s"]

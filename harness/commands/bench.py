@@ -12,7 +12,7 @@ import importlib
 BENCHMARKS = {
     "envs": "env steps/s of the fast backend vs dm_control, and the raw physics limit",
     "train": "end-to-end training env steps/s per algorithm (--algos), the learner's share, ratios",
-    "gorl": "GoRL-FM wall-clock per counted env step relative to PPO",
+    "gorl": "GoRL (--algo gorl-fm or gorl-diffusion) wall-clock per counted env step relative to PPO",
 }
 
 
