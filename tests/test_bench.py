@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import re
 
+from markdown_table import table_rows
+
 from harness.cli import main
-
-
-def table_rows(out: str) -> list[list[str]]:
-    """The Markdown table's body rows, as lists of cells."""
-
-    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ")]
-    return [[cell.strip() for cell in row] for row in rows[1:]]  # without the header
 
 
 def test_bench_train_times_every_algorithm_against_the_first(capsys):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import tomllib
 
+from markdown_table import table_rows
+
 import algorithms
 from algorithms.config import as_dict, origins, resolve
 from harness.cli import main
 
 
 def table(out: str) -> dict[str, list[str]]:
-    rows = [line.strip("|").split(" | ") for line in out.splitlines() if line.startswith("| ")]
-    return {row[0].strip(): [cell.strip() for cell in row[1:]] for row in rows[1:]}
+    """The one Markdown table in `out`, keyed by its first column."""
+
+    return {row[0]: row[1:] for row in table_rows(out)}
 
 
 def test_each_key_names_the_layer_that_set_it():
