@@ -24,7 +24,9 @@ Stage schedule. The counted budget (the paper's convention: encoder env steps on
 into encoder stages, with a decoder refit between consecutive stages. Three keys set it, the
 first one given wins:
 
-* `encoder_steps_per_refit = L`: stages of L env steps (the last one takes the remainder);
+* `encoder_steps_per_refit = L`: stages of L env steps; the last one takes the remainder, so
+  it lasts between L/2 and 3L/2 (a stage of a few updates would cost a refit and end the run
+  right after it);
 * `num_refits = R`: R + 1 equal stages;
 * `stages`: stage lengths, as fractions of the budget that sum to 1 or as env steps that
   sum to the budget; the default (1/3, 1/3, 1/6, 1/6) is the release's 60M / 60M / 30M /
@@ -241,7 +243,8 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
     updates = math.ceil(budget / per_update)
     if config.encoder_steps_per_refit is not None:
         length = max(1, round(config.encoder_steps_per_refit / per_update))
-        ends = list(range(length, updates, length)) + [updates]
+        stages = max(1, math.floor(updates / length + 0.5))  # a remainder under L/2 joins the last stage
+        ends = [k * length for k in range(1, stages)] + [updates]
     else:
         if config.num_refits is not None:
             weights = [1.0] * (config.num_refits + 1)

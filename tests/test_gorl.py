@@ -74,7 +74,12 @@ def test_schedule_keys_split_the_budget():
     assert stage_ends(config(**SMALL, num_refits=2), budget) == [u * UPDATE for u in (4, 8, 12)]
     assert stage_ends(config(**SMALL, num_refits=0), budget) == [budget]
     per_refit = config(**SMALL, encoder_steps_per_refit=5 * UPDATE, num_refits=1)  # takes precedence
-    assert stage_ends(per_refit, budget) == [u * UPDATE for u in (5, 10, 12)]
+    assert stage_ends(per_refit, budget + UPDATE) == [u * UPDATE for u in (5, 10, 13)]
+    # A remainder under half a stage joins the last stage rather than costing a refit of its own.
+    assert stage_ends(per_refit, budget) == [5 * UPDATE, 12 * UPDATE]
+    assert stage_ends(config(**SMALL, encoder_steps_per_refit=4 * UPDATE), 13 * UPDATE) == [
+        u * UPDATE for u in (4, 8, 13)
+    ]
     absolute = config(**SMALL, stages=[2 * UPDATE, 10 * UPDATE])
     assert stage_ends(absolute, budget) == [2 * UPDATE, 12 * UPDATE]
 
