@@ -177,6 +177,11 @@ class GoRLConfig(PPOConfig):
         for name in ("later_latent_reg_coef", "later_entropy_coef"):
             if any(value < 0 for value in getattr(self, name)):
                 raise ValueError(f"{name} must be >= 0, got {list(getattr(self, name))}")
+        if self.warm_value and not (self.min_std < 1 and (self.max_std is None or self.max_std >= 1)):
+            raise ValueError(
+                f"warm_value restarts the encoder at std 1, which needs min_std < 1 <= max_std; got min_std="
+                f"{self.min_std}, max_std={self.max_std}"
+            )
 
     def stage_table(self, budget: int) -> list[dict[str, Any]]:
         """One row per encoder stage of a `budget`-step run: its counted env steps and the
@@ -573,7 +578,7 @@ class GoRLAgent(PPOAgent):
         last = self.model.actor[-1]
         last.weight.zero_()
         last.bias.zero_()
-        # std = softplus(raw) + min_std = 1 (capped at max_std, which is above 1 when set).
+        # std = softplus(raw) + min_std = 1 (validate() keeps min_std < 1 <= max_std with warm_value).
         last.bias[self.act_dim :] = math.log(math.expm1(1.0 - self.config.min_std))
 
     @torch.no_grad()

@@ -103,6 +103,7 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         ({"later_clip": [0.2, -0.1]}, 12 * UPDATE, "later_clip must hold positive values"),
         ({"later_entropy_coef": [-0.01]}, 12 * UPDATE, r"later_entropy_coef must be >= 0, got \[-0.01\]"),
         ({"anchor_weight": -1}, 12 * UPDATE, "anchor_weight must be >= 0"),
+        ({"warm_value": True, "max_std": 0.5}, 12 * UPDATE, "needs min_std < 1 <= max_std"),
         ({"refit_from": "first"}, 12 * UPDATE, "refit_from must be one of"),
         ({"decoder_input": "latent"}, 12 * UPDATE, "decoder_input must be one of"),
         ({"latent_dim": 3}, 12 * UPDATE, "latent must have the action's size"),
