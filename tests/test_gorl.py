@@ -268,6 +268,26 @@ def test_the_stage_start_is_evaluated_and_competes_for_the_stage_best():
     agent.close()
 
 
+def test_a_stage_end_without_an_evaluation_point_is_evaluated_and_competes():
+    """As in the release, a stage's final encoder is a candidate even if no evaluation point hit it."""
+
+    settings = config(**SMALL, num_refits=2, reset_encoder=False, refit_from="best")
+    agent = algorithms.get("gorl-fm").agent_cls(settings, TOY, 0, 6 * UPDATE, CPU)
+    agent.train_iteration()
+    agent.observe_evaluation(-1.0)  # below any return of the toy: the end must win
+    agent.train_iteration()
+    final = [p.clone() for p in agent.model.parameters()]
+    metrics = agent.refit()
+    assert 0.0 <= metrics["refit/end_eval_return"] == metrics["refit/source_eval_return"] <= 16.0
+    assert all(torch.equal(a, b) for a, b in zip(agent.model.parameters(), final, strict=True))
+    for _ in range(2):
+        agent.train_iteration()
+    agent.observe_evaluation(99.0)  # an evaluation point on the stage end: no second evaluation
+    metrics = agent.refit()
+    assert "refit/end_eval_return" not in metrics and metrics["refit/source_eval_return"] == 99.0
+    agent.close()
+
+
 def test_later_reset_encoder_resets_in_the_listed_stages_only():
     settings = config(**SMALL, num_refits=2, reset_encoder=False, warm_value=False,
                       later_reset_encoder=[True, False])  # fmt: skip
