@@ -63,7 +63,7 @@ class RunRequest:
 @dataclass(frozen=True)
 class RunResult:
     mlflow_run_id: str
-    final_score: float  # mean return at the last evaluation point; NaN if the run failed before it
+    final_score: float  # mean return at the budget's last evaluation point; NaN if the run failed
     eval_history: list[tuple[int, float, float]]  # (counted env steps, mean return, std)
     counted_steps: int
     total_steps: int
@@ -115,9 +115,9 @@ def execute(
     )
     run_info = {"algo": request.algo, "task": task, "seed": request.seed, "steps": request.steps,
                 "preset": request.preset, "device": request.device}  # fmt: skip
-    tracker.log_params({**run_info, **as_dict(config)})
-    tracker.log_text(to_toml({"run": run_info, "config": as_dict(config)}), "config.toml")
     try:
+        tracker.log_params({**run_info, **as_dict(config)})
+        tracker.log_text(to_toml({"run": run_info, "config": as_dict(config)}), "config.toml")
         agent = spec.agent_cls(config, task, request.seed, request.steps, device)
     except BaseException as error:
         tracker.end("FAILED", f"{type(error).__name__}: {error}")
@@ -159,7 +159,7 @@ def _train(
 ) -> RunResult:
     out_dir = Path(request.out_dir)
     points = evaluation_points(request.steps, config.eval_points)
-    evaluator = Evaluator(request.task, config.eval_episodes, request.seed, config.env_backend)
+    evaluator: Evaluator | None = None
 
     def checkpoint() -> Path:
         return save_checkpoint(
@@ -175,7 +175,8 @@ def _train(
     def result(status: str) -> RunResult:
         return RunResult(
             mlflow_run_id=tracker.run_id,
-            final_score=position.history[-1][1] if position.history else math.nan,
+            # A failed run's last evaluation scores part of the budget: no final score to compare.
+            final_score=position.history[-1][1] if status == "FINISHED" else math.nan,
             eval_history=list(position.history),
             counted_steps=agent.counted_steps,
             total_steps=agent.total_steps,
@@ -186,6 +187,7 @@ def _train(
     bar = _ProgressBar(request, enabled=progress and sys.stderr.isatty())
     in_callback = False
     try:
+        evaluator = Evaluator(request.task, config.eval_episodes, request.seed, config.env_backend)
         with bar:
             bar.update(agent.counted_steps, position.history)
             while agent.counted_steps < request.steps:
@@ -220,6 +222,7 @@ def _train(
                     in_callback = True
                     on_evaluation(step, position.history[-1][1])
                     in_callback = False
+        tracker.log_artifact(checkpoint_path(out_dir), "checkpoint")
     except FloatingPointError as error:
         tracker.end("FAILED", f"stopped at {agent.counted_steps} counted env steps: {error}")
         print(f"run failed: {error}; the last good checkpoint is kept in {out_dir}", file=sys.stderr)
@@ -230,9 +233,9 @@ def _train(
         tracker.end("KILLED" if stopped else "FAILED", reason)
         raise
     finally:
-        evaluator.close()
+        if evaluator is not None:
+            evaluator.close()
         agent.close()
-    tracker.log_artifact(checkpoint_path(out_dir), "checkpoint")
     tracker.end("FINISHED")
     return result("FINISHED")
 

@@ -15,9 +15,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import algorithms
 from harness.checkpoint import checkpoint_path, load_checkpoint
 from harness.cli import main
 from harness.run import RunRequest, execute, resume
+from harness.tracking import RunTracker
 
 TOY = "toy-bimodal"
 # Small PPO updates (16 envs x 16 steps, 2 epochs): the harness, not learning, is under test.
@@ -117,6 +119,33 @@ def test_diverging_run_is_marked_failed_and_writes_no_bad_checkpoint(tmp_path, t
 def test_failed_run_result_has_nan_score(tmp_path, tracking_uri):
     result = execute(request(tmp_path, tracking_uri, overrides={**SMALL, "lr": 1e30}), progress=False)
     assert result.status == "FAILED" and math.isnan(result.final_score)
+
+
+def test_a_run_that_diverges_after_evaluations_has_no_final_score(tmp_path, tracking_uri, monkeypatch):
+    """Its last evaluation scores part of the budget, which a study must not take for the result."""
+
+    agent_cls = algorithms.get("ppo").agent_cls
+    train_iteration = agent_cls.train_iteration
+
+    def diverge_halfway(agent):
+        if agent.counted_steps >= TINY["steps"] // 2:
+            raise FloatingPointError("non-finite loss/total")
+        return train_iteration(agent)
+
+    monkeypatch.setattr(agent_cls, "train_iteration", diverge_halfway)
+    result = execute(request(tmp_path, tracking_uri), progress=False)
+    assert result.status == "FAILED" and len(result.eval_history) == 2 and math.isnan(result.final_score)
+
+
+def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, monkeypatch):
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RunTracker, "log_artifact", disk_full)
+    with pytest.raises(OSError):
+        execute(request(tmp_path, tracking_uri), progress=False)
+    run = MlflowClient(tracking_uri).get_run(load_checkpoint(tmp_path / "run")["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "No space left" in run.data.tags["status_reason"]
 
 
 @pytest.mark.parametrize(
