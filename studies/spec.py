@@ -11,9 +11,9 @@ Three kinds of study decide where the configurations come from:
               normalised final scores.
 
 Everything that can be checked before a single env step is checked here: unknown keys, empty
-grids, unknown algorithms, presets or tasks, bad config values (through the algorithm's own
-`algorithms.config.resolve`) and budgets that do not fit a configuration's schedule. Errors are
-`UserError`s naming the file and the offending key.
+grids, unknown algorithms, presets or tasks, tasks without a score range, bad config values
+(through the algorithm's own `algorithms.config.resolve`) and budgets that do not fit a
+configuration's schedule. Errors are `UserError`s naming the file and the offending key.
 """
 
 from __future__ import annotations
@@ -308,6 +308,13 @@ def _parse_tasks(value: Any) -> tuple[str, ...]:
     tasks = tuple(envs.canonical_task(t) for t in value)
     if len(set(tasks)) != len(tasks):
         raise UserError(f"tasks lists a task twice: {list(value)}.")
+    for task in tasks:
+        # Every unit is scored by its normalised return; without a range each would fail at its
+        # first evaluation, after the study had started.
+        try:
+            envs.score_range(task)
+        except UserError as error:
+            raise UserError(f"{error} Studies score every unit by its normalised return.") from None
     return tasks
 
 

@@ -148,3 +148,11 @@ def test_compare_and_tune_units(tmp_path):
     units = spec.trial_units("trial-3", {key: 5e-4})
     assert [(u.variant, u.seed_index) for u in units] == [("trial-3", 0), ("trial-3", 1)]
     assert units[0].params == {"clip": 0.2, key: 5e-4}
+
+
+def test_a_task_without_a_score_range_is_refused(tmp_path):
+    """Units are scored by normalised returns: a task with no declared range would fail every unit."""
+
+    text = GRID.replace('"toy-bimodal"', '"gym:Pendulum-v1"') + f"[grid]\n{ppo_key()} = [1e-3]\n"
+    with pytest.raises(UserError, match="gym:Pendulum-v1 has no declared score range"):
+        load_spec(write(tmp_path, text), check_configs=False)
