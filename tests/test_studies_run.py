@@ -32,7 +32,6 @@ from studies.worker import load_study, run_worker
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-
 def spec_file(tmp_path: Path, top: str, tables: str, steps: int = 1024) -> Path:
     """A spec with `top`-level keys, the tiny PPO settings as [fixed], then `tables`."""
 
@@ -275,6 +274,13 @@ def test_status_command_reports_counts_and_eta(workdir, fake_execute, capsys):
     assert "complete 2" in out and "failed 2" in out and "ETA" in out
     assert main(["study", "status", "nope"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_status_of_a_missing_storage_is_refused_and_creates_nothing(workdir, capsys):
+    missing = workdir / "nothere.journal"
+    assert main(["study", "status", "tiny", "--storage", str(missing)]) == 2
+    assert not missing.exists()
+    assert "no study storage at" in capsys.readouterr().err
 
 
 def test_tune_study_reports_iqm_per_unit_and_prunes(workdir, fake_execute):

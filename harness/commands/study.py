@@ -84,8 +84,9 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from harness.report.results import open_study
     from studies.status import study_status
-    from studies.worker import load_study
 
-    print("\n".join(study_status(load_study(args.name, args.storage)).lines()))
+    # As `report` does: opening a journal path that does not exist would create an empty one.
+    print("\n".join(study_status(open_study(args.name, args.storage)).lines()))
     return 0
