@@ -29,15 +29,18 @@ def prepare_study_tracking(
     reused so that a resumed study keeps one parent.
     """
 
+    from harness.tracking import RunTracker
+
     client = _client(tracking_uri)
-    experiment = client.get_experiment_by_name(study_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(study_name)
     if parent_run_id is None:
-        parent = client.create_run(experiment_id, run_name=study_name, tags={"gorl.role": "study", **tags})
-        parent_run_id = parent.info.run_id
+        # The run harness's own start: the experiment it creates (named after the study, which the
+        # units log to as well) keeps its artifacts where every run's go, mlartifacts/ next to
+        # an SQLite store, not ./mlruns of whichever directory the coordinator runs in.
+        tags = {"gorl.role": "study", **tags}
+        parent_run_id = RunTracker.start(tracking_uri, study_name, study_name, None, tags).run_id
     else:
         client.update_run(parent_run_id, status="RUNNING")
-    return experiment_id, parent_run_id
+    return client.get_run(parent_run_id).info.experiment_id, parent_run_id
 
 
 def start_trial_run(

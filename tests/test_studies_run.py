@@ -301,6 +301,21 @@ def test_tune_study_reports_iqm_per_unit_and_prunes(workdir, fake_execute):
     assert best.value == best.intermediate_values[1]  # the IQM over both units
 
 
+def test_study_artifacts_go_next_to_the_sqlite_store_as_a_run_s_do(workdir):
+    """Not to ./mlruns of whichever directory the coordinator ran in."""
+
+    from mlflow.tracking import MlflowClient
+
+    study = prepared(grid_spec(workdir, 1, [0.0]))
+    client = MlflowClient(study.user_attrs["tracking_uri"])
+    experiment = client.get_experiment(study.user_attrs["mlflow_experiment_id"])
+    assert experiment.name == "tiny"
+    assert experiment.artifact_location == (workdir / "runs").resolve().joinpath("mlartifacts").as_uri()
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert (parent.info.run_name, parent.data.tags["gorl.role"]) == ("tiny", "study")
+    assert parent.info.experiment_id == experiment.experiment_id
+
+
 def test_resuming_with_a_changed_spec_is_refused(workdir, fake_execute):
     path = grid_spec(workdir, 1, [0.0])
     prepared(path)
