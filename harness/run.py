@@ -126,12 +126,25 @@ def execute(
 
 
 def resume(
-    out_dir: Path | str, *, on_evaluation: EvaluationCallback | None = None, progress: bool = True
+    out_dir: Path | str,
+    *,
+    tracking_uri: str | None = None,
+    on_evaluation: EvaluationCallback | None = None,
+    progress: bool = True,
 ) -> RunResult:
-    """Continue the run saved in `out_dir` from its last checkpoint, in the same MLflow run."""
+    """Continue the run saved in `out_dir` from its last checkpoint, in the same MLflow run.
+
+    `tracking_uri`: where that run's MLflow store is now, if it moved since the run started.
+    """
 
     request, config, agent, state = load_run(out_dir)
-    tracker = RunTracker.reopen(request.tracking_uri, state["mlflow_run_id"])
+    if tracking_uri is not None:
+        request = dataclasses.replace(request, tracking_uri=resolve_tracking_uri(tracking_uri))
+    try:
+        tracker = RunTracker.reopen(request.tracking_uri, state["mlflow_run_id"])
+    except BaseException:
+        agent.close()
+        raise
     return _train(request, config, agent, _Progress(**state["progress"]), tracker, on_evaluation, progress)
 
 
@@ -241,9 +254,20 @@ def _train(
 
 
 def check_run(config: Any, task: str, steps: int) -> None:
-    """Refuse, before anything is built or tracked, a budget that does not fit the config's schedule
-    (configs with a `check_budget` method) or a task the config cannot run (a `check_task` method)."""
+    """Refuse, before anything is built or tracked, a budget below one policy update, one that does
+    not fit the config's schedule (configs with a `check_budget` method) or a task the config
+    cannot run (a `check_task` method).
 
+    The env steps of one update are read from the config when the algorithm exposes them
+    (`steps_per_update`, or the on-policy `batch_size`).
+    """
+
+    per_update = int(getattr(config, "steps_per_update", None) or getattr(config, "batch_size", 1))
+    if steps < per_update:
+        raise UserError(
+            f"--steps {steps} is less than one policy update ({per_update} env steps); a run would train "
+            f"{per_update} steps anyway. Give at least {per_update}."
+        )
     check_budget = getattr(config, "check_budget", None)
     if check_budget is not None:
         try:

@@ -124,7 +124,20 @@ class RunTracker:
     def reopen(cls, tracking_uri: str, run_id: str) -> RunTracker:
         """Continue `run_id`: mark it running again and skip metrics at steps it already has."""
 
+        from mlflow.exceptions import MlflowException
+
+        missing = (
+            f"cannot resume: the MLflow store {tracking_uri} has no run {run_id}. If the store has moved, "
+            f"pass its new location with --tracking-uri."
+        )
+        # Checked first: MLflow would create an empty SQLite store at a path that is gone.
+        if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+            raise UserError(missing)
         tracker = cls(tracking_uri, run_id)
+        try:
+            tracker.client.get_run(run_id)
+        except MlflowException:
+            raise UserError(missing) from None
         history = tracker.client.get_metric_history(run_id, STEP_METRIC)
         tracker.logged_through = max((m.step for m in history), default=-1)
         tracker.client.update_run(run_id, status="RUNNING")

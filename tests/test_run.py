@@ -161,6 +161,8 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--algo", "ppo", "--task", "walker-wlak"], "walker-walk"),
         (["--task", TOY], "--algo and --task are required"),
         (["--resume", "does-not-exist"], "cannot resume"),
+        (["--algo", "ppo", "--task", TOY, "--steps", "100"], "less than one policy update (4096 env steps)"),
+        (["--resume", "run-dir", "--steps", "5", "--set", "lr=0.1"], "checkpoint fixes --steps, --set."),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatch, argv, message):
@@ -254,6 +256,21 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, tracking_uri):
 
     again = resume(Path(first.out_dir), progress=False)
     assert again.eval_history == first.eval_history and again.mlflow_run_id == first.mlflow_run_id
+
+
+def test_resume_finds_a_moved_tracking_store_when_told_where(tmp_path, capsys):
+    store = tmp_path / "old" / "mlflow.db"
+    first = execute(request(tmp_path, f"sqlite:///{store}"), progress=False)
+    moved = tmp_path / "new" / "mlflow.db"
+    moved.parent.mkdir()
+    store.rename(moved)
+    assert main(["run", "--resume", str(first.out_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"has no run {first.mlflow_run_id}" in err and "--tracking-uri" in err and "Traceback" not in err
+    assert not store.exists()  # no empty store left at the old path
+    argv = ["run", "--resume", str(first.out_dir), "--tracking-uri", f"sqlite:///{moved}", "--no-progress"]
+    assert main(argv) == 0
+    assert MlflowClient(f"sqlite:///{moved}").get_run(first.mlflow_run_id).info.status == "FINISHED"
 
 
 def test_sigterm_ends_the_mlflow_run_killed(tmp_path, tracking_uri):

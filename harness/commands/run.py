@@ -6,6 +6,12 @@ import argparse
 import signal
 from pathlib import Path
 
+DEFAULTS = {"seed": 0, "steps": 1_000_000, "preset": "cpu", "overrides": [], "device": "cpu"}
+#: The options a run's checkpoint fixes (argparse dest: flag): --resume refuses them rather than ignore them.
+FIXED_BY_CHECKPOINT = {"algo": "--algo", "task": "--task", "seed": "--seed", "steps": "--steps",
+                       "preset": "--preset", "overrides": "--set", "device": "--device", "out": "--out",
+                       "experiment": "--experiment", "checkpoint_every": "--checkpoint-every"}  # fmt: skip
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,15 +21,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--algo", help="registered algorithm (see `gorl-bench list`)")
     parser.add_argument("--task", help="task name, e.g. walker-walk")
-    parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    parser.add_argument("--steps", type=int, default=1_000_000, help="counted env steps (default 1000000)")
-    parser.add_argument("--preset", default="cpu", help="config preset (default cpu; paper: the paper's)")
+    # Defaults are applied in `main`, so that options given together with --resume can be told apart.
+    parser.add_argument("--seed", type=int, help=f"run seed (default {DEFAULTS['seed']})")
+    parser.add_argument("--steps", type=int, help=f"counted env steps (default {DEFAULTS['steps']})")
+    parser.add_argument("--preset", help=f"config preset (default {DEFAULTS['preset']}; paper: the paper's)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
+        "--set", dest="overrides", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
     )
-    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+    parser.add_argument("--device", help=f"torch device: cpu or cuda (default {DEFAULTS['device']})")
     parser.add_argument("--out", type=Path, help="run directory (default runs/<algo>-<task>-s<seed>-<time>)")
-    parser.add_argument("--tracking-uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db); with --resume: where the run's "
+        "store is now, if it moved",
+    )
     parser.add_argument("--experiment", help="MLflow experiment name (default gorl-bench)")
     parser.add_argument(
         "--checkpoint-every", type=int, metavar="STEPS", help="checkpoint period (default: every evaluation)"
@@ -32,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume",
         type=Path,
         metavar="DIR",
-        help="continue the run saved in DIR (its checkpoint holds every other option)",
+        help="continue the run saved in DIR (its checkpoint holds every option but --tracking-uri)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=main)
@@ -47,8 +58,18 @@ def main(args: argparse.Namespace) -> int:
     # `kill PID` ends the MLflow run as KILLED (like Ctrl-C) instead of leaving it RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
     if args.resume is not None:
-        result = resume(args.resume, progress=not args.no_progress)
+        given = [flag for name, flag in FIXED_BY_CHECKPOINT.items() if getattr(args, name) is not None]
+        if given:
+            options = ", ".join(given)
+            raise UserError(
+                f"--resume continues the run exactly as it was started; its checkpoint fixes {options}. "
+                f"To train with other settings, start a new run with another --out directory."
+            )
+        result = resume(args.resume, tracking_uri=args.tracking_uri, progress=not args.no_progress)
     else:
+        for name, default in DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
         if not args.algo or not args.task:
             raise UserError("--algo and --task are required (or --resume DIR to continue a run).")
         if args.out is not None and checkpoint_path(args.out).exists():
