@@ -133,17 +133,35 @@ def ask_owned(study: optuna.Study) -> optuna.Trial:
 
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back (on the main thread) until the body is done."""
+    """Handle SIGINT and SIGTERM only once the body is done.
+
+    Blocking them (pthread_sigmask) is not enough: a mask holds for the calling thread only, and
+    with other threads running (torch's) the kernel hands the signal to one of those, after which
+    Python runs the handler in the main thread all the same, inside the body. So for the body's
+    duration the handlers only record a signal, and the signals recorded are raised again after
+    the old handlers are back.
+    """
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield  # Python handlers can only be set, and only run, in the main thread
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    received: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # None: a handler installed outside Python, which could not be put back afterwards.
+        if signal.getsignal(signum) is not None:
+            previous[signum] = signal.signal(signum, record)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
 
 
 def _owner() -> dict[str, Any]:
