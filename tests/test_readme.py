@@ -25,6 +25,7 @@ import envs
 from algorithms import registry
 from algorithms.config import parse_assignments, resolve
 from harness.cli import build_parser, main
+from harness.commands.run import apply_defaults
 from harness.tracking import DEFAULT_TRACKING_DB
 from studies.spec import SPEC_DIR, load_spec
 from studies.storage import DEFAULT_JOURNAL, sqlalchemy_url
@@ -127,6 +128,7 @@ class Checker:
             self.outs.add(args.out)
         if PLACEHOLDER.match(args.algo) or PLACEHOLDER.match(args.task):
             return
+        apply_defaults(args)
         spec = algorithms.get(args.algo)
         resolve(spec, args.preset, envs.canonical_task(args.task), parse_assignments(args.overrides))
 

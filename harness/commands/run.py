@@ -67,9 +67,7 @@ def main(args: argparse.Namespace) -> int:
             )
         result = resume(args.resume, tracking_uri=args.tracking_uri, progress=not args.no_progress)
     else:
-        for name, default in DEFAULTS.items():
-            if getattr(args, name) is None:
-                setattr(args, name, default)
+        apply_defaults(args)
         if not args.algo or not args.task:
             raise UserError("--algo and --task are required (or --resume DIR to continue a run).")
         if args.out is not None and checkpoint_path(args.out).exists():
@@ -98,6 +96,14 @@ def main(args: argparse.Namespace) -> int:
         f"steps; MLflow run {result.mlflow_run_id}; checkpoint in {result.out_dir}"
     )
     return 0 if result.status == "FINISHED" else 1
+
+
+def apply_defaults(args: argparse.Namespace) -> None:
+    """Fill in the defaults of the options a new run takes (left unset by the parser, see `register`)."""
+
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def _interrupt(signum: int, frame: object) -> None:
