@@ -107,10 +107,14 @@ def enqueue_missing_units(study: optuna.Study, spec: Spec) -> int:
         for t in study.get_trials(deepcopy=False)
         if not is_lost(t) and "duplicate_of" not in t.user_attrs
     }
-    missing = [unit for unit in spec.units() if unit.key not in covered]
-    for unit in missing:
+    enqueued = 0
+    for unit in spec.units():
+        if unit.key in covered:
+            continue
         study.enqueue_trial({"unit": unit.key}, user_attrs=unit.record())
-    return len(missing)
+        covered.add(unit.key)  # a unit listed twice is still enqueued once
+        enqueued += 1
+    return enqueued
 
 
 def _run_workers(study: optuna.Study, location: str, workers: int, device: str, progress: bool) -> None:

@@ -113,17 +113,38 @@ class Spec:
         return list(dict.fromkeys(name for grid in self.grids for name in grid))
 
     def configurations(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """(variant label, algo, overrides) for each configuration of a grid or compare study."""
+        """(variant label, algo, overrides) for each configuration of a grid or compare study.
+
+        `[[grid]]` tables are a union: a configuration that several tables produce is listed once,
+        under the label of its first table. Overlap is the natural way to write some designs (one
+        parameter at a time around a centre point puts the centre in every table), and running
+        it once per table would repeat identical units (same overrides, same derived seeds), so
+        it is merged rather than refused. A label that two different configurations share (`1`
+        and `"1"`) is refused: a unit's key and output directory come from its label.
+        """
 
         if self.kind == "compare":
             return [(label, algo, dict(params)) for label, (algo, params) in self.variants.items()]
         out = []
+        seen: set[str] = set()
+        labels: dict[str, dict[str, Any]] = {}
         for grid in self.grids:
             names = list(grid)
             for values in itertools.product(*grid.values()):
                 point = dict(zip(names, values, strict=True))
                 label = ",".join(f"{k}={_label_value(v)}" for k, v in point.items())
-                out.append((label, self.algo, {**self.fixed, **point}))
+                params = {**self.fixed, **point}
+                identity = json.dumps(_canonical(params))
+                if identity in seen:
+                    continue
+                if label in labels:
+                    raise UserError(
+                        f"grid label {label!r} names two different configurations, {labels[label]} and "
+                        f"{params}; give the values distinct spellings."
+                    )
+                seen.add(identity)
+                labels[label] = params
+                out.append((label, self.algo, params))
         return out
 
     def units(self) -> list[Unit]:
@@ -164,8 +185,14 @@ def derive_seed(
     worker picks it up or in which order.
     """
 
-    blob = json.dumps([study_seed, algo, preset, dict(sorted(params.items())), task, seed_index])
+    blob = json.dumps([study_seed, algo, preset, _canonical(params), task, seed_index])
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def _canonical(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Config overrides in key order: two configurations are the same when these dump equal."""
+
+    return dict(sorted(params.items()))
 
 
 def spec_path(name_or_path: str | Path) -> Path:
@@ -244,6 +271,8 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
         pruner=_choice(raw, "pruner", PRUNERS) if kind == "tune" else "none",
         raw=dict(raw),
     )
+    if kind == "grid":
+        spec.configurations()  # refuses a label shared by two configurations
     if kind == "tune":
         overlap = set(spec.fixed) & {dim.name for dim in spec.space}
         if overlap:

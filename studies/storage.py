@@ -235,6 +235,13 @@ def retry_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     study.enqueue_trial(params, user_attrs={**carried, "retry_of": trial.number}, skip_if_exists=False)
 
 
+def is_alive(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """A RUNNING trial that `sweep_lost_units` leaves alone: its worker is taken to be at work."""
+
+    journal = not _has_optuna_heartbeats(study._storage)
+    return trial.state == TrialState.RUNNING and _lost_reason(trial, journal=journal) is None
+
+
 def is_lost(trial: FrozenTrial) -> bool:
     """A FAILED trial whose worker died (and which was retried), as opposed to a unit that failed.
 

@@ -34,6 +34,7 @@ from studies.storage import (
     ask_owned,
     claim_waiting_trial,
     heartbeat,
+    is_alive,
     is_lost,
     open_storage,
     sweep_lost_units,
@@ -150,14 +151,10 @@ def _next_unit(context: Context) -> bool:
     units = {unit.key: unit for unit in spec.units()}
     unit = units[trial.suggest_categorical("unit", list(units))]
     _set_attrs(trial, unit.record())
-    done = [
-        t.number
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("unit") == unit.key
-    ]
-    if done:
+    original = _original_of(study, trial.number, unit.key)
+    if original is not None:
         # Only possible when two coordinators enqueued the same unit; never run it twice.
-        trial.set_user_attr("duplicate_of", done[0])
+        trial.set_user_attr("duplicate_of", original)
         study.tell(trial, state=TrialState.PRUNED)
         return True
     if "retry_of" in trial.user_attrs:
@@ -177,6 +174,32 @@ def _next_unit(context: Context) -> bool:
         context.tracking_uri, result.mlflow_run_id, study.study_name, trial.number, "COMPLETE"
     )
     return True
+
+
+def _original_of(study: optuna.Study, number: int, key: str) -> int | None:
+    """Another trial of unit `key` that makes trial `number` a duplicate: one that completed, or one
+    that a live worker claimed before this one.
+
+    Claims are ordered by their start times (ties: by trial number) so that of two workers
+    claiming the same unit at once, each seeing the other's trial RUNNING, exactly one runs it.
+    The times come from the workers' clocks: across machines whose clocks differ by more than
+    the time between the two claims, both could run it.
+    """
+
+    trials = study.get_trials(deepcopy=False)
+    mine = next(t for t in trials if t.number == number)
+    same_unit = [t for t in trials if t.user_attrs.get("unit") == key and "duplicate_of" not in t.user_attrs]
+    for other in same_unit:
+        if other.number == number:
+            continue
+        if other.state == TrialState.COMPLETE:
+            return other.number
+        if other.state != TrialState.RUNNING:
+            continue
+        earlier = (other.datetime_start, other.number) < (mine.datetime_start, mine.number)
+        if earlier and is_alive(study, other):
+            return other.number
+    return None
 
 
 def _next_tune_trial(context: Context) -> bool:

@@ -264,6 +264,32 @@ def test_trial_budget_holds_across_workers(workdir, fake_execute):
     assert study_status(study).finished
 
 
+def test_overlapping_grid_tables_enqueue_and_run_each_unit_once(workdir, fake_execute):
+    grids = "[[grid]]\nentropy_coef = [0.0, 0.01]\n[[grid]]\nentropy_coef = [0.01]\n"
+    study = prepared(spec_file(workdir, 'kind = "grid"\nseeds = 1\n', grids))
+    assert len(study.trials) == 2
+    assert run_worker("tiny", None) == 2 and len(fake_execute) == 2
+    assert_each_unit_complete_once(study)
+
+
+def test_a_unit_running_under_a_live_worker_is_not_run_again(workdir, fake_execute):
+    """Two coordinators that enqueued the same unit: the later claim of it is a duplicate."""
+
+    from studies import storage
+
+    path = grid_spec(workdir, 1, [0.0])
+    study = prepared(path)
+    (unit,) = load_spec(path).units()
+    study.enqueue_trial({"unit": unit.key}, user_attrs=unit.record())  # the other coordinator's
+    running = storage.claim_waiting_trial(study)  # a live worker (this process) runs it
+    assert run_worker("tiny", None) == 1
+    assert fake_execute == []
+    first, second = load_study("tiny", None).trials
+    assert first.number == running.number and first.state == TrialState.RUNNING
+    assert second.state == TrialState.PRUNED and second.user_attrs["duplicate_of"] == first.number
+    assert runner.enqueue_missing_units(study, load_spec(path)) == 0
+
+
 def test_status_command_reports_counts_and_eta(workdir, fake_execute, capsys):
     path = grid_spec(workdir, 2, [0.0, 0.5])
     prepared(path)

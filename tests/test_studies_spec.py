@@ -85,6 +85,27 @@ def test_grid_union_expands_to_every_unit_once(tmp_path):
     assert {u.variant for u in units} == {f"{key}=0.001", f"{key}=0.002", f"{key}=0.0005"}
 
 
+def test_overlapping_grid_tables_name_each_configuration_once(tmp_path):
+    """A configuration in two tables is one configuration: its units would otherwise run twice,
+    identically (the same derived seeds), into one directory."""
+
+    key = ppo_key()
+    spec = load_spec(write(tmp_path, GRID + f"[[grid]]\n{key} = [3e-4, 1e-3]\n[[grid]]\n{key} = [1e-3]\n"))
+    assert [label for label, _, _ in spec.configurations()] == [f"{key}=0.0003", f"{key}=0.001"]
+    assert len({u.key for u in spec.units()}) == len(spec.units()) == 2 * 2
+    # One parameter at a time around a centre point: the centre is in both tables, under two labels.
+    centre = f"[fixed]\n{key} = 3e-4\nclip = 0.2\n"
+    tables = f"[[grid]]\n{key} = [1e-4, 3e-4]\n[[grid]]\nclip = [0.1, 0.2]\n"
+    spec = load_spec(write(tmp_path, GRID + centre + tables))
+    assert [label for label, _, _ in spec.configurations()] == [f"{key}=0.0001", f"{key}=0.0003", "clip=0.1"]
+
+
+def test_one_label_for_two_configurations_is_refused(tmp_path):
+    text = GRID + '[[grid]]\nclip = [1]\n[[grid]]\nclip = ["1"]\n'
+    with pytest.raises(UserError, match="label 'clip=1' names two different configurations"):
+        load_spec(write(tmp_path, text), check_configs=False)
+
+
 def test_unit_seeds_are_deterministic_and_distinct(tmp_path):
     spec = load_spec(write(tmp_path, GRID + f"[grid]\n{ppo_key()} = [1e-3, 2e-3]\n"))
     seeds = [u.seed for u in spec.units()]
