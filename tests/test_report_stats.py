@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from rliable import metrics
 
 from harness.report import stats
+from harness.report.scores import curve_arrays
 
 REPS = 2000
 
@@ -100,3 +102,18 @@ def test_agrees_with_rliable_library_within_bootstrap_noise():
         np.testing.assert_allclose(ours_points[name], theirs_points[name], rtol=1e-12)
         width = theirs[name][1] - theirs[name][0]
         assert np.all(np.abs(ours[name] - theirs[name]) < 0.15 * width + 1e-9)
+
+
+def test_curves_span_the_budget_when_units_have_different_numbers_of_evaluations():
+    """A large-batch unit evaluates once for several points; the x axis must still reach the budget."""
+
+    def unit(variant: str, steps: list[int]) -> pd.DataFrame:
+        scores = np.asarray(steps) / 8192
+        return pd.DataFrame({"variant": variant, "task": "toy", "seed": 0, "env_step": steps,
+                             "score": scores})  # fmt: skip
+
+    small_batch = unit("small-batch", [*range(819, 8192, 819), 8192])
+    table = pd.concat([small_batch, unit("large-batch", [2048, 4096, 6144, 8192])])
+    steps, arrays, _ = curve_arrays(table, ["toy"])
+    assert len(steps) == 11 and steps[-1] == 8192
+    assert arrays["small-batch"][0, 0, -1] == arrays["large-batch"][0, 0, -1] == 1.0

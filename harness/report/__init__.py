@@ -70,6 +70,8 @@ def build_report(
 
     if reps < 100:
         raise UserError(f"--reps must be at least 100 for 95% intervals, got {reps}.")
+    if seed < 0:
+        raise UserError(f"--seed must be a non-negative integer (it seeds numpy's bootstrap), got {seed}.")
     results = load_study_results(study_name, storage, tracking_uri)
     out = Path(out_dir or DEFAULT_OUT / study_name)
     out.mkdir(parents=True, exist_ok=True)

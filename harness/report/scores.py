@@ -51,14 +51,18 @@ def curve_arrays(
     """(env steps, {variant: (runs, tasks, checkpoints) normalised scores}, notes).
 
     Evaluations happen at the first update boundary past each evaluation point, so the exact
-    step differs between configurations with different update sizes. The common x axis is the
-    median step of the k-th evaluation over all units, and each run's curve is linearly
-    interpolated onto it (held constant beyond its own first and last evaluation).
+    step differs between configurations with different update sizes, and an update larger than
+    the spacing of the points evaluates once for several of them. The common x axis is that of
+    the units with the most evaluations (the median step of their k-th evaluation), so it spans
+    the whole budget, and each run's curve is linearly interpolated onto it (held constant
+    beyond its own first and last evaluation).
     """
 
     units = {key: group.sort_values("env_step") for key, group in table.groupby(UNIT, sort=False)}
-    count = min(len(group) for group in units.values())
-    steps = np.median(np.stack([group["env_step"].to_numpy()[:count] for group in units.values()]), axis=0)
+    most = max(len(group) for group in units.values())
+    steps = np.median(
+        np.stack([group["env_step"].to_numpy() for group in units.values() if len(group) == most]), axis=0
+    )
     values = {
         key: np.interp(steps, group["env_step"].to_numpy(), group["score"].to_numpy())
         for key, group in units.items()
