@@ -185,7 +185,14 @@ def derive_seed(
     worker picks it up or in which order.
     """
 
-    blob = json.dumps([study_seed, algo, preset, _canonical(params), task, seed_index])
+    return stable_seed(study_seed, algo, preset, _canonical(params), task, seed_index)
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 31-bit seed hashed from JSON-serialisable `parts`: the same on every machine and in every
+    process (unlike `hash()`), and unrelated for parts that differ in any way."""
+
+    blob = json.dumps(list(parts))
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from harness.errors import UserError
 from studies import tracking
-from studies.spec import Spec, Unit, parse_spec
+from studies.spec import Spec, Unit, parse_spec, stable_seed
 from studies.storage import (
     ask_owned,
     claim_waiting_trial,
@@ -63,9 +63,10 @@ def run_worker(
 ) -> int:
     """Serve study `name` until no unit is left (or the trial budget is spent); returns units run.
 
-    `index` tells workers of one study apart: it seeds a tune study's sampler, so that
-    concurrent workers do not propose the same configurations (`study run` numbers its local
-    workers 0, 1, ...); without one the sampler is seeded at random.
+    `index` tells workers of one study apart: with the number of trials already in the study,
+    it seeds a tune study's sampler, so that neither concurrent workers nor the sessions of a
+    resumed study propose the same configurations (`study run` numbers its local workers
+    0, 1, ... in every session); without one the sampler is seeded at random.
     """
 
     if threads:
@@ -83,7 +84,10 @@ def run_worker(
             "`study run ... --tracking-uri http://<mlflow server>` (or a postgresql:// URL)."
         )
     if spec.kind == "tune":
-        study.sampler = _sampler(spec, index)
+        # The index alone would repeat a session's proposals in the next one: TPE's start-up
+        # trials are random draws that ignore the history. The trials so far tell sessions apart,
+        # and replaying the same sessions gives the same seeds.
+        study.sampler = _sampler(spec, index, len(study.get_trials(deepcopy=False)))
         study.pruner = _pruner(spec)
     context = Context(
         study=study,
@@ -356,8 +360,8 @@ def _suggest(trial: optuna.Trial, dim: Any) -> Any:
     return trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)
 
 
-def _sampler(spec: Spec, index: int | None) -> optuna.samplers.BaseSampler:
-    seed = None if index is None else spec.seed * 1009 + index
+def _sampler(spec: Spec, index: int | None, trials_before: int) -> optuna.samplers.BaseSampler:
+    seed = None if index is None else stable_seed(spec.seed, index, trials_before)
     if spec.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)

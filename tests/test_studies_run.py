@@ -342,6 +342,45 @@ def test_study_artifacts_go_next_to_the_sqlite_store_as_a_run_s_do(workdir):
     assert parent.info.experiment_id == experiment.experiment_id
 
 
+def test_a_resumed_tune_study_proposes_new_configurations(workdir, fake_execute, monkeypatch):
+    """`study run` numbers its workers 0, 1, ... in every session, and TPE's start-up trials are
+    random draws whatever the history: a sampler seeded by the index alone proposed the first
+    session's configurations again."""
+
+    import socket
+    import subprocess
+    import time
+
+    from studies import storage
+
+    top = 'kind = "tune"\nseeds = 1\nmax_trials = 4\npruner = "none"\n'
+    prepared(spec_file(workdir, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n"))
+    fake = run_harness.execute
+
+    def interrupted_in_the_third(request, **kwargs):
+        if len(fake_execute) == 2:
+            raise KeyboardInterrupt  # Ctrl-C ends the first session
+        return fake(request, **kwargs)
+
+    monkeypatch.setattr(run_harness, "execute", interrupted_in_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker("tiny", None, index=0)
+    # The interrupted trial's worker process is gone, so the next session retries it.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    study = load_study("tiny", None)
+    (cut,) = study.get_trials(states=(TrialState.RUNNING,))
+    owner = {"host": socket.gethostname(), "pid": gone.pid, "beat": time.time()}
+    study._storage.set_trial_system_attr(cut._trial_id, storage.OWNER_ATTR, owner)
+    monkeypatch.setattr(run_harness, "execute", fake)
+    run_worker("tiny", None, index=0)  # the second session's worker 0
+
+    trials = load_study("tiny", None).trials
+    assert [t.user_attrs.get("retry_of") for t in trials] == [None, None, None, cut.number, None]
+    proposed = [t.params["clip"] for t in trials if "retry_of" not in t.user_attrs]
+    assert len(set(proposed)) == len(proposed) == 4, proposed
+
+
 def test_resuming_with_a_changed_spec_is_refused(workdir, fake_execute):
     path = grid_spec(workdir, 1, [0.0])
     prepared(path)
