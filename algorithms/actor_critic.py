@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ class CoreConfigMixin:
     gae_lambda: float
     value_coef: float
     max_grad_norm: float | None
+    grad_norm_scope: Literal["global", "per_network"]
     critic_hidden: tuple[int, ...]
 
     @property
@@ -129,6 +130,14 @@ class ActorCriticAgent(Agent):
     def loss(self, mb: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """The minibatch loss (policy + value [+ regularisers]) and its metrics."""
 
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The parameter groups whose gradient norms are each clipped to `max_grad_norm`."""
+
+        if self.config.grad_norm_scope == "global":
+            return [list(self.model.parameters())]
+        # Clipped apart, a large value gradient does not shrink the policy step.
+        return [list(self.model.actor.parameters()), list(self.model.critic.parameters())]
+
     def value_loss(self, mb: Batch) -> Tensor:
         return self.config.value_coef * (self.model.value(mb["obs"]) - mb["returns"]).pow(2).mean()
 
@@ -162,7 +171,7 @@ class ActorCriticAgent(Agent):
                 flatten(rollout, advantages, returns),
                 self.loss,
                 self.optimizer,
-                [list(self.model.actor.parameters()), list(self.model.critic.parameters())],
+                self.clip_groups(),
                 c.epochs,
                 c.num_minibatches,
                 c.max_grad_norm,

@@ -73,6 +73,7 @@ class FlowPolicyConfig(CoreConfigMixin):
     value_coef: float = 0.25  # paper table 4 and official release value_loss_coeff
     reward_scale: float = 10.0  # official release reward_scaling
     max_grad_norm: float | None = None  # official code: the upstream FPO/DPPO update has no clipping
+    grad_norm_scope: Literal["global", "per_network"] = "global"  # as PPO's (no clipping by default)
     normalize_obs: bool = True  # official release normalize_observations (its normaliser bug aside)
     flow_steps: int = 10  # paper App. E.4: 10 flow / denoising steps
     actor_width: int = 32  # paper App. E.3 and official code: velocity MLP 4 x 32
@@ -109,8 +110,8 @@ CPU_PRESET: dict[str, Any] = {
     **{
         key: PPO_PRESETS["cpu"][key]
         for key in ("num_envs", "rollout_steps", "epochs", "num_minibatches", "lr", "gamma", "value_coef",
-                    "reward_scale", "max_grad_norm", "critic_hidden", "update_threads", "eval_episodes",
-                    "eval_points")
+                    "reward_scale", "max_grad_norm", "grad_norm_scope", "critic_hidden", "update_threads",
+                    "eval_episodes", "eval_points")
     },  # fmt: skip
     "critic_activation": PPO_PRESETS["cpu"]["activation"],
     "critic_init": PPO_PRESETS["cpu"]["init"],

@@ -84,6 +84,7 @@ class GoRLConfig(PPOConfig):
     clip: float = 0.15  # official release: encoder clip 0.15 in stage 0 (the paper's text says 0.2)
     max_grad_norm: float | None = 0.5  # official release: global-norm clipping 0.5
     max_std: float | None = 10.0  # official release: policy_scale_cap 10
+    tanh_entropy: bool = False  # official release: tanh_entropy_correction=false (the latent is not squashed)
     later_clip: tuple[float, ...] = (0.3,)  # official release (FM): clip 0.3 in stages 1-3
     later_lr: tuple[float, ...] = ()  # official release (FM): lr 1e-3 in every stage
     # official release: 0.5 in every stage, except walker-walk and finger-turn_hard FM (1.0 after stage 0)
@@ -337,9 +338,9 @@ class LatentActionEnv:
     @torch.no_grad()
     def step(self, latents: np.ndarray | Tensor) -> tuple:
         z = torch.as_tensor(latents, dtype=torch.float32, device=self.device)
-        pre_tanh = self.decoder.decode(torch.as_tensor(self.last_obs, device=self.device), z)
-        self.last_pre_tanh = pre_tanh.cpu().numpy()
-        result = self.env.step(torch.tanh(pre_tanh).cpu().numpy())  # torch's tanh, bit-equal to PPO's
+        pre_tanh = self.decoder.decode(torch.as_tensor(self.last_obs, device=self.device), z).cpu()
+        self.last_pre_tanh = pre_tanh.numpy()
+        result = self.env.step(torch.tanh(pre_tanh).numpy())  # torch's tanh, bit-equal to PPO's on the CPU
         self.last_obs = result[0]
         return result
 

@@ -261,13 +261,12 @@ def minibatch_update(
     num_minibatches: int,
     max_grad_norm: float | None,
     generator: torch.Generator,
-    normalize_advantages: bool = True,
 ) -> dict[str, float]:
     """`epochs` passes over `batch` in `num_minibatches` shuffled minibatches; mean of the loss metrics.
 
     Advantages are normalised per minibatch (mean 0, std 1). Gradients are clipped to
-    `max_grad_norm` per group in `clip_groups` (e.g. actor and critic separately, so a large
-    value gradient does not shrink the policy step). `generator` (CPU) draws the shuffles.
+    `max_grad_norm` per group in `clip_groups` (all parameters at once, or actor and critic
+    apart). `generator` (CPU) draws the shuffles.
     Raises FloatingPointError when a loss or a parameter is not finite, before the caller
     can checkpoint the broken state.
     """
@@ -281,9 +280,8 @@ def minibatch_update(
         for start in range(0, minibatch_size * num_minibatches, minibatch_size):
             index = order[start : start + minibatch_size]
             minibatch = {key: value[index] for key, value in batch.items()}
-            if normalize_advantages:
-                adv = minibatch["advantages"]
-                minibatch["advantages"] = (adv - adv.mean()) / (adv.std() + 1e-8)
+            adv = minibatch["advantages"]
+            minibatch["advantages"] = (adv - adv.mean()) / (adv.std() + 1e-8)
             loss, metrics = loss_fn(minibatch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -37,7 +37,8 @@ def test_cpu_preset_is_ppos_for_the_shared_core():
     fpo = resolve(algorithms.get("fpo"), "cpu", "cheetah-run", {})
     ppo = resolve(algorithms.get("ppo"), "cpu", "cheetah-run", {})
     shared = ("num_envs", "rollout_steps", "epochs", "num_minibatches", "gamma", "value_coef", "reward_scale",
-              "max_grad_norm", "critic_hidden", "update_threads", "eval_episodes")  # fmt: skip
+              "max_grad_norm", "grad_norm_scope", "critic_hidden", "update_threads",
+              "eval_episodes")  # fmt: skip
     for key in shared:
         assert getattr(fpo, key) == getattr(ppo, key), key
     assert (fpo.critic_activation, fpo.critic_init) == (ppo.activation, ppo.init)

@@ -40,6 +40,8 @@ def test_paper_preset_is_the_official_release():
         0.5,
         10.0,
     )
+    # The release clips one global norm over all parameters and uses the latent Gaussian's plain entropy.
+    assert (fm.grad_norm_scope, fm.tanh_entropy) == ("global", False)
     assert [(c.clip, c.lr, c.latent_reg_coef) for c in (stage_config(fm, k) for k in range(4))] == [
         (0.15, 1e-3, 5e-4), (0.3, 1e-3, 1e-3), (0.3, 1e-3, 1e-3), (0.3, 1e-3, 1e-3)]  # fmt: skip
     assert [stage_config(diffusion, k).lr for k in range(4)] == [1e-3, 3e-4, 1e-4, 1e-4]

@@ -8,7 +8,7 @@ import torch
 
 import algorithms
 from algorithms.config import resolve
-from algorithms.ppo import PPOAgent
+from algorithms.ppo import PPOAgent, tanh_log_jacobian
 from harness.errors import UserError
 
 EASY_TOY = "toy-bimodal-easy"
@@ -58,3 +58,44 @@ def test_easy_toy_task_is_learned_and_state_round_trips(learns_easy_toy):
     assert np.all(np.abs(actions) <= 1.0)
     agent.close()
     clone.close()
+
+
+def test_tanh_entropy_adds_the_squashing_jacobian_and_pulls_saturated_means_back():
+    u = torch.linspace(-4.0, 4.0, 81)
+    assert torch.allclose(tanh_log_jacobian(u), torch.log(1 - torch.tanh(u.double()) ** 2).float(), atol=1e-5)
+    assert torch.isfinite(tanh_log_jacobian(torch.tensor([-100.0, 100.0]))).all()  # where tanh^2 rounds to 1
+
+    def entropy_gradient(tanh_entropy: bool) -> torch.Tensor:
+        settings = {"tanh_entropy": tanh_entropy, "entropy_coef": 1.0, "value_coef": 0.0}
+        config = resolve(algorithms.get("ppo"), "cpu", EASY_TOY, settings)
+        agent = PPOAgent(config, EASY_TOY, seed=0, budget=0, device=torch.device("cpu"))
+        mean = torch.full((256, 2), 2.5, requires_grad=True)  # a saturated mean: tanh(2.5) = 0.987
+        dist = torch.distributions.Normal(mean, torch.full((256, 2), 0.7))
+        batch = {"obs": torch.zeros(256, 2), "actions": torch.zeros(256, 2), "log_probs": torch.zeros(256),
+                 "advantages": torch.zeros(256), "returns": torch.zeros(256)}  # fmt: skip
+        loss, metrics = agent.gaussian_loss(batch, dist)
+        loss.backward()
+        agent.close()
+        return mean.grad.sum()
+
+    # Minimising -entropy: the Gaussian's entropy ignores the mean; the tanh term pushes it towards 0.
+    assert entropy_gradient(False) == 0.0
+    assert entropy_gradient(True) > 0.5
+
+
+@pytest.mark.parametrize("scope", ["global", "per_network"])
+def test_a_large_value_gradient_shrinks_the_policy_step_only_under_global_clipping(scope):
+    config = resolve(algorithms.get("ppo"), "cpu", EASY_TOY, {"grad_norm_scope": scope, "max_grad_norm": 0.5})
+    agent = PPOAgent(config, EASY_TOY, seed=0, budget=0, device=torch.device("cpu"))
+    for net, value in ((agent.model.actor, 1e-3), (agent.model.critic, 10.0)):
+        for p in net.parameters():
+            p.grad = torch.full_like(p, value)
+    actor_norm = torch.nn.utils.get_total_norm([p.grad for p in agent.model.actor.parameters()])
+    for group in agent.clip_groups():
+        torch.nn.utils.clip_grad_norm_(group, config.max_grad_norm)
+    clipped = torch.nn.utils.get_total_norm([p.grad for p in agent.model.actor.parameters()])
+    if scope == "global":
+        assert clipped < 1e-3 * actor_norm  # scaled by 0.5 / (the critic's norm)
+    else:
+        assert clipped == actor_norm < 0.5  # below the limit on its own: untouched
+    agent.close()
