@@ -171,15 +171,24 @@ def _owner() -> dict[str, Any]:
 
 
 @contextmanager
-def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
+def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[threading.Event]:
     """Keep this process's heartbeat on the trial it claimed while the body runs (the claim wrote
-    it as the owner: `claim_waiting_trial`, `ask_owned`)."""
+    it as the owner: `claim_waiting_trial`, `ask_owned`).
+
+    Yields an event that a beat sets when the claim is gone (see `owns`): a worker silent for
+    longer than the grace period (a suspended machine, a storage outage) was taken for dead by
+    another worker's sweep, which re-queued its unit. The body should stop the unit then; the
+    heartbeat stops too.
+    """
 
     storage = study._storage
     stop = threading.Event()
+    lost = threading.Event()
 
     def beat() -> None:
-        if _has_optuna_heartbeats(storage):
+        if not owns(study, trial_id):
+            lost.set()
+        elif _has_optuna_heartbeats(storage):
             storage.record_heartbeat(trial_id)
         else:
             storage.set_trial_system_attr(trial_id, OWNER_ATTR, _owner())
@@ -187,19 +196,29 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
     beat()
 
     def loop() -> None:
-        while not stop.wait(HEARTBEAT_INTERVAL_S):
+        while not lost.is_set() and not stop.wait(HEARTBEAT_INTERVAL_S):
             try:
                 beat()
-            except Exception:  # noqa: BLE001 - a trial finished or a blip; the next beat retries
+            except Exception:  # noqa: BLE001 - a blip (the storage unreachable); the next beat retries
                 continue
 
     thread = threading.Thread(target=loop, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
     try:
-        yield
+        yield lost
     finally:
         stop.set()
         thread.join()
+
+
+def owns(study: optuna.Study, trial_id: int) -> bool:
+    """Whether the trial is still RUNNING and recorded as this process's claim; false once a sweep,
+    on any machine, failed it as lost."""
+
+    trial = study._storage.get_trial(trial_id)
+    owner = trial.system_attrs.get(OWNER_ATTR)
+    mine = owner is None or (owner["host"], owner["pid"]) == (socket.gethostname(), os.getpid())
+    return trial.state == TrialState.RUNNING and mine
 
 
 def sweep_lost_units(study: optuna.Study) -> list[int]:

@@ -10,7 +10,9 @@ study itself. Each unit is one call of the run harness.
   bad configuration after its first units.
 
 A unit that fails (an exception, a non-finite score) is recorded FAILED with its reason and the
-worker moves on; a worker that dies is handled by `storage.sweep_lost_units`.
+worker moves on; a worker that dies is handled by `storage.sweep_lost_units`. A worker that was
+only silent (a suspended machine) and whose unit was re-queued meanwhile gives the unit up at
+its next evaluation, or drops its result, and moves on.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ from studies.storage import (
     is_alive,
     is_lost,
     open_storage,
+    owns,
     sweep_lost_units,
 )
 
@@ -161,19 +165,25 @@ def _next_unit(context: Context) -> bool:
         trial.set_user_attr("duplicate_of", original)
         study.tell(trial, state=TrialState.PRUNED)
         return True
-    if "retry_of" in trial.user_attrs:
+    retry = "retry_of" in trial.user_attrs
+    if retry:
         _close_orphans(context, f"tags.`gorl.unit` = '{unit.key}'")
-    with heartbeat(study, trial._trial_id):
-        try:
-            result = _execute(
-                context, unit, context.parent_run_id, trial.report, "retry_of" in trial.user_attrs
-            )
-        except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
-            _fail(study, trial, error)
+    try:
+        with heartbeat(study, trial._trial_id) as lost:
+            try:
+                result = _execute(context, unit, context.parent_run_id, trial.report, lost, resume=retry)
+            except ClaimLost:
+                raise
+            except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
+                _fail(study, trial, error)
+                return True
+        trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
+        trial.set_user_attr("final_score", result.final_score)
+        study.tell(trial, normalised(unit.task, result.final_score))
+    except Exception as error:
+        if _gave_up(study, trial, error):
             return True
-    trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
-    trial.set_user_attr("final_score", result.final_score)
-    study.tell(trial, normalised(unit.task, result.final_score))
+        raise
     tracking.tag_unit_run(
         context.tracking_uri, result.mlflow_run_id, study.study_name, trial.number, "COMPLETE"
     )
@@ -234,28 +244,37 @@ def _next_tune_trial(context: Context) -> bool:
     records: list[dict[str, Any]] = []
     scores: list[float] = []
     state, value = "COMPLETE", None
-    with heartbeat(study, trial._trial_id):
-        try:
-            units = spec.trial_units(variant, params)
-            for step, unit in enumerate(units):
-                result = _execute(context, unit, run_id, None, resume=False)
-                records.append({**unit.record(), "mlflow_run_id": result.mlflow_run_id})
-                trial.set_user_attr("units", records)
-                scores.append(normalised(unit.task, result.final_score))
-                value = iqm(scores)
-                trial.report(value, step)
-                tracking.log_trial_step(context.tracking_uri, run_id, value, step)
-                # After the last unit there is nothing left to save: the trial completes.
-                if step < len(units) - 1 and trial.should_prune():
-                    raise optuna.TrialPruned()
-        except optuna.TrialPruned:
-            state = "PRUNED"
-            study.tell(trial, state=TrialState.PRUNED)
-        except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
-            state = "FAIL"
-            _fail(study, trial, error)
-        else:
-            study.tell(trial, value)
+    try:
+        with heartbeat(study, trial._trial_id) as lost:
+            try:
+                units = spec.trial_units(variant, params)
+                for step, unit in enumerate(units):
+                    result = _execute(context, unit, run_id, None, lost, resume=False)
+                    records.append({**unit.record(), "mlflow_run_id": result.mlflow_run_id})
+                    trial.set_user_attr("units", records)
+                    scores.append(normalised(unit.task, result.final_score))
+                    value = iqm(scores)
+                    trial.report(value, step)
+                    tracking.log_trial_step(context.tracking_uri, run_id, value, step)
+                    # After the last unit there is nothing left to save: the trial completes.
+                    if step < len(units) - 1 and trial.should_prune():
+                        raise optuna.TrialPruned()
+            except optuna.TrialPruned:
+                state = "PRUNED"
+                study.tell(trial, state=TrialState.PRUNED)
+            except ClaimLost:
+                raise
+            except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
+                state = "FAIL"
+                _fail(study, trial, error)
+            else:
+                study.tell(trial, value)
+    except Exception as error:
+        if _gave_up(study, trial, error):
+            # Its retry is another trial with its own run; this one stopped, as a lost one's does.
+            _close_orphans(context, f"attributes.run_id = '{run_id}'")
+            return True
+        raise
     tracking.finish_run(context.tracking_uri, run_id, state, value if state == "COMPLETE" else None)
     return True
 
@@ -265,20 +284,27 @@ def _execute(
     unit: Unit,
     parent_run_id: str,
     report: Callable[[float, int], None] | None,
+    lost: threading.Event,
     resume: bool,
 ) -> Any:
     """Run one unit through the run harness; raise if it did not produce a finite score.
 
     With `resume` (a retried unit) and a checkpoint left by the lost attempt, the run
-    continues from it, bit-identically and in the same MLflow run.
+    continues from it, bit-identically and in the same MLflow run. Once `lost` is set (the
+    heartbeat found the claim gone) the unit stops at its next evaluation with `ClaimLost`.
     """
 
     from harness import run
     from harness.checkpoint import checkpoint_path
 
     def on_evaluation(step: int, mean_return: float) -> None:
+        if lost.is_set():
+            raise ClaimLost()
         if report is not None and math.isfinite(mean_return):
             report(normalised(unit.task, mean_return), step)
+
+    if lost.is_set():
+        raise ClaimLost()
 
     out_dir = context.out_root / _slug(unit.variant) / f"{unit.task}-seed{unit.seed_index}"
     if resume and checkpoint_path(out_dir).is_file():
@@ -307,6 +333,33 @@ def _execute(
     if not math.isfinite(result.final_score):
         raise DivergedError(result)
     return result
+
+
+class ClaimLost(Exception):
+    """The worker's trial was failed as lost elsewhere, and its unit re-queued: stop working on it."""
+
+
+def _gave_up(study: optuna.Study, trial: optuna.Trial, error: Exception) -> bool:
+    """Whether `error` means the claim on `trial` is gone; if so, say so in one line.
+
+    Recording a result on a trial that a sweep failed meanwhile (after the unit's last
+    evaluation) fails in Optuna, with an error that depends on the storage and the call; the
+    trial's state tells it apart from a genuine error, which is raised again.
+    """
+
+    if not isinstance(error, ClaimLost):
+        try:
+            if owns(study, trial._trial_id):
+                return False
+        except Exception:  # noqa: BLE001 - the storage is unreachable: the original error stands
+            return False
+    print(
+        f"[worker {os.getpid()}] trial {trial.number} was re-queued while this worker was silent for longer "
+        "than the grace period (a suspended machine, a storage outage?); it is given up here and its retry "
+        "runs from the queue.",
+        flush=True,
+    )
+    return True
 
 
 class DivergedError(FloatingPointError):

@@ -389,6 +389,60 @@ def test_resuming_with_a_changed_spec_is_refused(workdir, fake_execute):
         prepared(path)
 
 
+@pytest.mark.parametrize(
+    ("kind", "when"), [("grid", "during the run"), ("grid", "after the run"), ("tune", "during the run")]
+)
+def test_a_worker_whose_unit_was_requeued_gives_it_up_without_a_traceback(
+    workdir, fake_execute, monkeypatch, capsys, kind, when
+):
+    """A worker silent for longer than the grace period (a suspended machine, a storage outage)
+    has its unit re-queued by another worker's sweep: it stops the unit at its next evaluation,
+    or gives up the result when the unit ended first, and goes on with the study."""
+
+    import time
+
+    from studies import storage
+
+    monkeypatch.setattr(storage, "HEARTBEAT_INTERVAL_S", 0.05)
+    if kind == "grid":
+        prepared(grid_spec(workdir, 1, [0.0]))
+    else:
+        top = 'kind = "tune"\nseeds = 1\nmax_trials = 1\n'
+        prepared(spec_file(workdir, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n"))
+    fake, calls, stopped_by = run_harness.execute, [], []
+
+    def requeued_while_running(request, *, on_evaluation=None, progress=True):
+        calls.append(request)
+        if len(calls) > 1:  # the retry
+            return fake(request, on_evaluation=on_evaluation, progress=progress)
+        study = load_study("tiny", None)
+        (trial,) = study.get_trials(states=(TrialState.RUNNING,))
+        # Another worker's sweep, as it sees this worker's last heartbeat once the grace period is over.
+        with monkeypatch.context() as later:
+            later.setattr(storage, "GRACE_PERIOD_S", -1)
+            assert storage.sweep_lost_units(study) == [trial.number]
+        if when == "during the run":
+            try:
+                for step in range(100):
+                    on_evaluation(step, math.nan)  # nothing to report: only the heartbeat can stop it
+                    time.sleep(0.05)
+            except Exception as error:
+                stopped_by.append(type(error).__name__)
+                raise
+        else:
+            time.sleep(0.5)  # several heartbeats, which find the claim gone
+        return fake(request, progress=progress)
+
+    monkeypatch.setattr(run_harness, "execute", requeued_while_running)
+    assert run_worker("tiny", None) == 2
+    lost, retry = load_study("tiny", None).trials
+    assert lost.state == TrialState.FAIL and storage.is_lost(lost)
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == lost.number
+    assert stopped_by == (["ClaimLost"] if when == "during the run" else [])
+    out = capsys.readouterr().out
+    assert out.count("was re-queued") == 1 and "Traceback" not in out, out
+
+
 @pytest.mark.parametrize("rdb", [False, True], ids=["journal", "sqlite-rdb"])
 def test_a_silent_worker_on_another_host_is_declared_lost(workdir, monkeypatch, rdb):
     """Heartbeats older than the grace period: Optuna's table on RDB, a trial attribute on the journal."""
