@@ -17,10 +17,12 @@ its next evaluation, or drops its result, and moves on.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,7 +292,8 @@ def _execute(
     """Run one unit through the run harness; raise if it did not produce a finite score.
 
     With `resume` (a retried unit) and a checkpoint left by the lost attempt, the run
-    continues from it, bit-identically and in the same MLflow run. Once `lost` is set (the
+    continues from it, bit-identically and in the same MLflow run. A checkpoint of any other
+    run in the unit's directory is moved aside, with a line saying so. Once `lost` is set (the
     heartbeat found the claim gone) the unit stops at its next evaluation with `ClaimLost`.
     """
 
@@ -307,32 +310,79 @@ def _execute(
         raise ClaimLost()
 
     out_dir = context.out_root / _slug(unit.variant) / f"{unit.task}-seed{unit.seed_index}"
-    if resume and checkpoint_path(out_dir).is_file():
-        result = run.resume(out_dir, on_evaluation=on_evaluation, progress=False)
-    else:
-        request = run.RunRequest(
-            algo=unit.algo,
-            task=unit.task,
-            seed=unit.seed,
-            steps=context.spec.steps,
-            preset=context.spec.preset,
-            overrides=dict(unit.params),
-            device=context.device,
-            out_dir=out_dir,
-            tracking_uri=context.tracking_uri,
-            experiment=context.study.study_name,
-            parent_run_id=parent_run_id,
-            run_name=unit.key,
-            tags={
-                "gorl.study": context.study.study_name,
-                "gorl.unit": unit.key,
-                "gorl.variant": unit.variant,
-            },
+    request = run.RunRequest(
+        algo=unit.algo,
+        task=unit.task,
+        seed=unit.seed,
+        steps=context.spec.steps,
+        preset=context.spec.preset,
+        overrides=dict(unit.params),
+        device=context.device,
+        out_dir=out_dir,
+        tracking_uri=context.tracking_uri,
+        experiment=context.study.study_name,
+        parent_run_id=parent_run_id,
+        run_name=unit.key,
+        tags={
+            "gorl.study": context.study.study_name,
+            "gorl.unit": unit.key,
+            "gorl.variant": unit.variant,
+        },
+    )
+    if checkpoint_path(out_dir).is_file():
+        differences = _differences(out_dir, request)
+        if resume and not differences:
+            return _checked(run.resume(out_dir, on_evaluation=on_evaluation, progress=False))
+        # Another run's checkpoint (an earlier study of this name, or another spec version): never
+        # resumed, and never overwritten without a trace.
+        aside = _move_aside(out_dir)
+        why = "; ".join(differences) if differences else "the unit's first attempt resumes nothing"
+        print(
+            f"[worker {os.getpid()}] {unit.key}: {out_dir} held the checkpoint of another run ({why}); "
+            f"moved it to {aside.name}.",
+            flush=True,
         )
-        result = run.execute(request, on_evaluation=on_evaluation, progress=False)
+    return _checked(run.execute(request, on_evaluation=on_evaluation, progress=False))
+
+
+def _checked(result: Any) -> Any:
+    """The run harness's result, or `DivergedError` when the unit ended without a finite score."""
+
     if not math.isfinite(result.final_score):
         raise DivergedError(result)
     return result
+
+
+# What makes two runs the same run: their training (algorithm, task, seed, budget, configuration)
+# and their place in the study (the MLflow parent: a study, or a tune trial, of its own).
+_RUN_IDENTITY = ("algo", "task", "seed", "steps", "preset", "overrides", "parent_run_id")
+
+
+def _differences(out_dir: Path, request: Any) -> list[str]:
+    """How the run checkpointed in `out_dir` differs from `request` (empty: it is that run)."""
+
+    from harness.checkpoint import load_checkpoint
+
+    try:
+        saved = load_checkpoint(out_dir)["request"]
+    except Exception as error:  # noqa: BLE001 - an unreadable checkpoint cannot be resumed either
+        return [f"unreadable: {type(error).__name__}"]
+    wanted = dataclasses.asdict(request)
+    return [
+        f"{key} {saved.get(key)!r}, not {wanted[key]!r}"
+        for key in _RUN_IDENTITY
+        if saved.get(key) != wanted[key]
+    ]
+
+
+def _move_aside(out_dir: Path) -> Path:
+    """Rename `out_dir` to a free `<name>.stale-<time>` next to it; returns the new path."""
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, attempt = out_dir.with_name(f"{out_dir.name}.stale-{stamp}"), 1
+    while aside.exists():
+        aside, attempt = out_dir.with_name(f"{out_dir.name}.stale-{stamp}-{attempt}"), attempt + 1
+    return out_dir.rename(aside)
 
 
 class ClaimLost(Exception):

@@ -106,6 +106,21 @@ def prepared(path: Path) -> optuna.Study:
     return study
 
 
+def owned_by_a_dead_process(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Record as the trial's owner a process of this host that has exited, as a killed worker's."""
+
+    import socket
+    import subprocess
+    import time
+
+    from studies.storage import OWNER_ATTR
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    owner = {"host": socket.gethostname(), "pid": gone.pid, "beat": time.time()}
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner)
+
+
 def assert_each_unit_complete_once(study: optuna.Study) -> None:
     complete = Counter(t.user_attrs["unit"] for t in study.get_trials(states=(TrialState.COMPLETE,)))
     assert sorted(complete) == sorted(study.user_attrs["units_expected"])
@@ -189,6 +204,37 @@ def check_recovered(workdir: Path, path: Path, storage: str) -> None:
     client = MlflowClient(study.user_attrs["tracking_uri"])
     runs = client.search_runs([study.user_attrs["mlflow_experiment_id"]])
     assert {run.info.status for run in runs} <= {"FINISHED", "KILLED"}
+
+
+@pytest.mark.parametrize("attempt", ["a retry", "a first attempt"])
+def test_a_checkpoint_of_another_run_is_moved_aside_not_resumed(workdir, capsys, attempt):
+    """The unit's directory holds the checkpoint of an earlier study of the same name (deleted and
+    created again with another budget): a retry must not resume it, and no attempt may overwrite
+    it without a trace."""
+
+    from mlflow.tracking import MlflowClient
+
+    from studies import storage
+
+    path = grid_spec(workdir, 1, [0.0], steps=512)
+    study = prepared(path)
+    (unit,) = load_spec(path).units()
+    out_dir = workdir / "runs" / "studies" / "tiny" / unit.variant / f"{unit.task}-seed0"
+    request = run_harness.RunRequest(
+        unit.algo, unit.task, unit.seed, 256, overrides=unit.params, out_dir=out_dir
+    )
+    old = run_harness.execute(request, progress=False)
+    if attempt == "a retry":  # of a first attempt killed before its first checkpoint
+        claimed = storage.claim_waiting_trial(study)
+        owned_by_a_dead_process(study, study.trials[claimed.number])
+    assert run_worker("tiny", None) == 1
+
+    (done,) = load_study("tiny", None).get_trials(states=(TrialState.COMPLETE,))
+    run = MlflowClient(study.user_attrs["tracking_uri"]).get_run(done.user_attrs["mlflow_run_id"])
+    assert run.info.run_id != old.mlflow_run_id and run.data.params["steps"] == "512"
+    (aside,) = out_dir.parent.glob(f"{out_dir.name}.stale-*")
+    assert run_harness.load_run(aside)[0].steps == 256 and run_harness.load_run(out_dir)[0].steps == 512
+    assert f"moved it to {aside.name}" in capsys.readouterr().out
 
 
 # Long enough (a few seconds per unit) for a worker to be killed in the middle of one.
@@ -347,12 +393,6 @@ def test_a_resumed_tune_study_proposes_new_configurations(workdir, fake_execute,
     random draws whatever the history: a sampler seeded by the index alone proposed the first
     session's configurations again."""
 
-    import socket
-    import subprocess
-    import time
-
-    from studies import storage
-
     top = 'kind = "tune"\nseeds = 1\nmax_trials = 4\npruner = "none"\n'
     prepared(spec_file(workdir, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n"))
     fake = run_harness.execute
@@ -366,12 +406,9 @@ def test_a_resumed_tune_study_proposes_new_configurations(workdir, fake_execute,
     with pytest.raises(KeyboardInterrupt):
         run_worker("tiny", None, index=0)
     # The interrupted trial's worker process is gone, so the next session retries it.
-    gone = subprocess.Popen(["true"])
-    gone.wait()
     study = load_study("tiny", None)
     (cut,) = study.get_trials(states=(TrialState.RUNNING,))
-    owner = {"host": socket.gethostname(), "pid": gone.pid, "beat": time.time()}
-    study._storage.set_trial_system_attr(cut._trial_id, storage.OWNER_ATTR, owner)
+    owned_by_a_dead_process(study, cut)
     monkeypatch.setattr(run_harness, "execute", fake)
     run_worker("tiny", None, index=0)  # the second session's worker 0
 
