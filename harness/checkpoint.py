@@ -4,12 +4,20 @@ The file is written to a temporary name in the same directory, flushed to disk w
 then renamed over the old checkpoint with `os.replace` (atomic on POSIX), and the directory
 entry is synced too. A run killed at any moment therefore leaves either the previous
 checkpoint or the new one, never a partial file.
+
+A training process holds an exclusive lock on its run directory (`hold_run_directory`), so a
+second run or resume in the same directory is refused instead of overwriting the first one's
+checkpoints and logging its metrics twice. The kernel drops the lock when the process dies,
+so a run killed with SIGKILL can be resumed at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,7 @@ import torch
 from harness.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+LOCK_NAME = ".lock"
 
 
 def checkpoint_path(out_dir: Path) -> Path:
@@ -49,14 +58,62 @@ def save_checkpoint(out_dir: Path, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(out_dir: Path) -> dict[str, Any]:
-    """The payload saved in `out_dir`; a clear error when there is none."""
+    """The payload saved in `out_dir`; a clear error when there is none or it cannot be read."""
 
+    require_checkpoint(out_dir)
     path = checkpoint_path(out_dir)
-    if not path.is_file():
-        where = "does not exist" if not Path(out_dir).exists() else f"has no {CHECKPOINT_NAME}"
+    try:
+        # Our own files: they hold numpy arrays and env snapshots, which weights_only refuses.
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
         raise UserError(
-            f"cannot resume from {str(out_dir)!r}: the directory {where}. Pass the --out directory of "
-            f"a run that wrote at least one checkpoint (one is written at every evaluation point)."
-        )
-    # Our own files: they hold numpy arrays and env snapshots, which weights_only refuses.
-    return torch.load(path, map_location="cpu", weights_only=False)
+            f"{path} cannot be read ({type(error).__name__}: {error}); it is damaged or not a checkpoint."
+        ) from None
+    if not isinstance(payload, dict) or not {"request", "agent", "progress"} <= payload.keys():
+        raise UserError(f"{path} is not a gorl-bench run checkpoint.")
+    return payload
+
+
+def require_checkpoint(out_dir: Path) -> None:
+    """A clear error unless `out_dir` is a run directory with a checkpoint file."""
+
+    out_dir = Path(out_dir)
+    if checkpoint_path(out_dir).is_file():
+        return
+    if not out_dir.exists():
+        where = "the directory does not exist"
+    elif not out_dir.is_dir():
+        where = "it is a file, not a run directory"
+    else:
+        where = f"the directory has no {CHECKPOINT_NAME} file"
+    raise UserError(
+        f"cannot resume from {str(out_dir)!r}: {where}. Pass the --out directory of a run that "
+        f"wrote at least one checkpoint (one is written at every evaluation point)."
+    )
+
+
+@contextlib.contextmanager
+def hold_run_directory(out_dir: Path) -> Iterator[None]:
+    """Create `out_dir` if needed and hold its lock while the block runs; a clear error when
+    another process holds it or the directory cannot be used."""
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise UserError(f"cannot use {str(out_dir)!r} as a run directory: {error.strerror}.") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(
+                f"{str(out_dir)!r} is in use by a run that is still training (process {holder}); wait for "
+                f"it to finish, or stop it first, or choose another --out directory."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

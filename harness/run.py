@@ -32,7 +32,13 @@ import torch
 import algorithms
 import envs
 from algorithms.config import as_dict, resolve
-from harness.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from harness.checkpoint import (
+    checkpoint_path,
+    hold_run_directory,
+    load_checkpoint,
+    require_checkpoint,
+    save_checkpoint,
+)
 from harness.errors import UserError
 from harness.evaluation import Evaluator, evaluation_points
 from harness.tracking import RunTracker, git_commit, resolve_tracking_uri, to_toml
@@ -99,7 +105,26 @@ def execute(
     out_dir = Path(request.out_dir or _default_out_dir(request)).resolve()
     tracking_uri = resolve_tracking_uri(request.tracking_uri)
     request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
+    with hold_run_directory(out_dir):
+        if checkpoint_path(out_dir).exists():
+            raise UserError(
+                f"{str(out_dir)!r} already holds a run's checkpoint; continue it with --resume {out_dir}, "
+                f"or choose another --out directory."
+            )
+        return _start(request, spec, config, device, on_evaluation, progress)
 
+
+def _start(
+    request: RunRequest,
+    spec: algorithms.registry.AlgorithmSpec,
+    config: Any,
+    device: torch.device,
+    on_evaluation: EvaluationCallback | None,
+    progress: bool,
+) -> RunResult:
+    """Open the MLflow run, build the agent and train it (in its locked run directory)."""
+
+    task, tracking_uri = request.task, str(request.tracking_uri)
     commit = git_commit()
     tags = {
         "git_commit": commit,
@@ -137,15 +162,18 @@ def resume(
     `tracking_uri`: where that run's MLflow store is now, if it moved since the run started.
     """
 
-    request, config, agent, state = load_run(out_dir)
-    if tracking_uri is not None:
-        request = dataclasses.replace(request, tracking_uri=resolve_tracking_uri(tracking_uri))
-    try:
-        tracker = RunTracker.reopen(request.tracking_uri, state["mlflow_run_id"])
-    except BaseException:
-        agent.close()
-        raise
-    return _train(request, config, agent, _Progress(**state["progress"]), tracker, on_evaluation, progress)
+    require_checkpoint(Path(out_dir))  # before the lock, which would create a missing directory
+    with hold_run_directory(Path(out_dir)):
+        request, config, agent, state = load_run(out_dir)
+        if tracking_uri is not None:
+            request = dataclasses.replace(request, tracking_uri=resolve_tracking_uri(tracking_uri))
+        try:
+            tracker = RunTracker.reopen(request.tracking_uri, state["mlflow_run_id"])
+        except BaseException:
+            agent.close()
+            raise
+        progress_state = _Progress(**state["progress"])
+        return _train(request, config, agent, progress_state, tracker, on_evaluation, progress)
 
 
 def load_run(out_dir: Path | str) -> tuple[RunRequest, Any, algorithms.base.Agent, dict[str, Any]]:
@@ -238,7 +266,12 @@ def _train(
         tracker.log_artifact(checkpoint_path(out_dir), "checkpoint")
     except FloatingPointError as error:
         tracker.end("FAILED", f"stopped at {agent.counted_steps} counted env steps: {error}")
-        print(f"run failed: {error}; the last good checkpoint is kept in {out_dir}", file=sys.stderr)
+        kept = (
+            f"the last good checkpoint is kept in {out_dir}"
+            if checkpoint_path(out_dir).exists()
+            else "it had written no checkpoint yet"
+        )
+        print(f"run failed: {error}; {kept}", file=sys.stderr)
         return result("FAILED")
     except BaseException as error:
         stopped = in_callback or isinstance(error, KeyboardInterrupt)

@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import algorithms
-from harness.checkpoint import checkpoint_path, load_checkpoint
+from harness.checkpoint import checkpoint_path, hold_run_directory, load_checkpoint
 from harness.cli import main
 from harness.run import RunRequest, execute, resume
 from harness.tracking import RunTracker
@@ -108,7 +108,8 @@ def test_diverging_run_is_marked_failed_and_writes_no_bad_checkpoint(tmp_path, t
             "--set", "lr=1e30", "--out", str(tmp_path / "nan"), "--tracking-uri", tracking_uri,
             "--no-progress"]  # fmt: skip
     assert main(argv) == 1
-    assert "FAILED" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "it had written no checkpoint yet" in captured.err
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
     assert run.info.status == "FAILED"
@@ -177,6 +178,38 @@ def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["run", "--resume", str(tmp_path / "empty")]) == 2
     assert "has no checkpoint.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "cannot be read (EOFError"), (b"not a checkpoint", "cannot be read (UnpicklingError"),
+     ({"weights": [1.0]}, "is not a gorl-bench run checkpoint")],  # fmt: skip
+)
+def test_a_damaged_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, content, message):
+    run_dir = tmp_path / "damaged"
+    run_dir.mkdir()
+    if isinstance(content, bytes):
+        checkpoint_path(run_dir).write_bytes(content)
+    else:
+        torch.save(content, checkpoint_path(run_dir))
+    assert main(["run", "--resume", str(run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_path, tracking_uri, capsys):
+    argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), *sets(SMALL),
+            "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    with hold_run_directory(tmp_path / "busy"):  # as a run training there holds it
+        assert main([*argv, "--out", str(tmp_path / "busy")]) == 2
+        assert f"in use by a run that is still training (process {os.getpid()})" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main([*argv, "--out", str(tmp_path / "a-file")]) == 2
+    assert "cannot use" in capsys.readouterr().err
+    assert MlflowClient(tracking_uri).search_experiments(filter_string="name = 'gorl-bench'") == []
+    assert main([*argv, "--out", str(tmp_path / "busy")]) == 0  # the lock went with its holder
+    assert main([*argv, "--out", str(tmp_path / "busy")]) == 2  # a finished run is not overwritten
+    assert "already holds a run's checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

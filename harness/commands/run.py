@@ -51,7 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from algorithms.config import parse_assignments
-    from harness.checkpoint import checkpoint_path
     from harness.errors import UserError
     from harness.run import RunRequest, execute, resume
 
@@ -70,11 +69,6 @@ def main(args: argparse.Namespace) -> int:
         apply_defaults(args)
         if not args.algo or not args.task:
             raise UserError("--algo and --task are required (or --resume DIR to continue a run).")
-        if args.out is not None and checkpoint_path(args.out).exists():
-            raise UserError(
-                f"{str(args.out)!r} already holds a run's checkpoint; continue it with --resume "
-                f"{args.out}, or choose another --out directory."
-            )
         request = RunRequest(
             algo=args.algo,
             task=args.task,
