@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from markdown_table import table_rows
 
 from harness.cli import main
@@ -52,3 +53,37 @@ def test_bench_envs_compares_the_backends(capsys):
 def test_bench_refuses_an_unknown_algorithm(capsys):
     assert main(["bench", "train", "--algos", "ppo", "pop"]) == 2
     assert "unknown algorithm 'pop'" in capsys.readouterr().err
+
+
+# Each argv is otherwise tiny, so that before the counts were checked the test failed in seconds.
+TRAIN = ["bench", "train", "--tasks", "toy-bimodal", "--set", "num_envs=8", "--set", "rollout_steps=8"]
+GORL = ["bench", "gorl", "--task", "toy-bimodal", "--steps", "100000"]
+ENVS = ["bench", "envs", "--tasks", "cheetah-run", "--sizes", "2", "--steps", "5", "--repeats", "1"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        ([*TRAIN, "--iterations", "-1"], "--iterations"),
+        ([*TRAIN, "--iterations", "0"], "--iterations"),
+        ([*GORL, "--iterations", "0"], "--iterations"),
+        ([*GORL, "--iterations", "1", "--steps", "0"], "--steps"),
+        ([*ENVS, "--steps", "0"], "--steps"),
+        ([*ENVS, "--steps", "-2"], "--steps"),
+        ([*ENVS, "--repeats", "0"], "--repeats"),
+        ([*ENVS, "--sizes", "2", "0"], "--sizes"),
+    ],
+)
+def test_bench_refuses_a_count_below_one_before_timing(argv, option, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert f"argument {option}: must be a positive integer" in capsys.readouterr().err
+
+
+def test_bench_gorl_refuses_a_budget_run_would_refuse(capsys):
+    argv = ["bench", "gorl", "--task", "toy-bimodal-easy", "--iterations", "1", "--steps"]
+    assert main([*argv, "100"]) == 2
+    assert "--steps 100 is less than one policy update" in capsys.readouterr().err
+    assert main([*argv, "8192"]) == 2  # two PPO updates for four encoder stages
+    assert "too few for 4 encoder stages" in capsys.readouterr().err

@@ -27,15 +27,23 @@ from collections.abc import Callable
 
 import numpy as np
 
+from harness.commands.arguments import positive_int
+
 DEFAULT_TASKS = ("walker-walk", "cheetah-run", "hopper-stand", "humanoid-stand")
 DEFAULT_SIZES = (8, 32, 64)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="fast tasks to time")
-    parser.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES), help="numbers of envs N")
-    parser.add_argument("--steps", type=int, default=200, help="control steps per timed run (default 200)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the median is shown")
+    parser.add_argument(
+        "--sizes", nargs="+", type=positive_int, default=list(DEFAULT_SIZES), help="numbers of envs N"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=200, help="control steps per timed run (default 200)"
+    )
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed runs per cell; the median is shown"
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
 
 

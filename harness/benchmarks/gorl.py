@@ -24,6 +24,7 @@ import time
 import torch
 
 from harness.benchmarks.train import measure
+from harness.commands.arguments import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="GoRL config override")  # fmt: skip
     parser.add_argument("--preset", default="cpu", help="preset of both algorithms (default cpu)")
-    parser.add_argument("--iterations", type=int, default=8, help="timed iterations per phase (default 8)")
-    parser.add_argument("--steps", type=int, default=1_000_000, help="run budget for the schedule (1000000)")
+    parser.add_argument(
+        "--iterations", type=positive_int, default=8, help="timed iterations per phase (default 8)"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=1_000_000, help="run budget for the schedule (1000000)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
@@ -43,12 +48,14 @@ def main(args: argparse.Namespace) -> int:
     import envs
     from algorithms.config import parse_assignments, resolve
     from algorithms.gorl import stage_ends
-    from harness.run import resolve_device
+    from harness.run import check_run, resolve_device
 
     device = resolve_device(args.device)
     task = envs.canonical_task(args.task)
     overrides = parse_assignments(args.overrides)
     config = resolve(algorithms.get(args.algo), args.preset, task, overrides)
+    # The schedule at --steps must be one `gorl-bench run` would accept; refused before any timing.
+    check_run(config, task, args.steps)
     ends = stage_ends(config, args.steps)
     name = {"gorl-fm": "GoRL-FM", "gorl-diffusion": "GoRL-Diffusion"}[args.algo]
     settings = "".join(f" {pair}" for pair in args.overrides)

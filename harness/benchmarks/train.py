@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from harness.commands.arguments import positive_int
+
 DEFAULT_TASKS = ("walker-walk", "cheetah-run")
 
 
@@ -27,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
-    parser.add_argument("--iterations", type=int, default=8, help="timed iterations per task (default 8)")
+    parser.add_argument(
+        "--iterations", type=positive_int, default=8, help="timed iterations per task (default 8)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
