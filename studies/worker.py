@@ -298,7 +298,7 @@ def _execute(
     """
 
     from harness import run
-    from harness.checkpoint import checkpoint_path
+    from harness.checkpoint import checkpoint_path, hold_run_directory
 
     def on_evaluation(step: int, mean_return: float) -> None:
         if lost.is_set():
@@ -330,12 +330,15 @@ def _execute(
         },
     )
     if checkpoint_path(out_dir).is_file():
-        differences = _differences(out_dir, request)
-        if resume and not differences:
+        # Under the directory's lock: a run still training there is an error, not moved away.
+        with hold_run_directory(out_dir):
+            differences = _differences(out_dir, request)
+            resumable = resume and not differences
+            # Another run's checkpoint (an earlier study of this name, another spec version): never
+            # resumed, and never overwritten without a trace.
+            aside = None if resumable else _move_aside(out_dir)
+        if aside is None:
             return _checked(run.resume(out_dir, on_evaluation=on_evaluation, progress=False))
-        # Another run's checkpoint (an earlier study of this name, or another spec version): never
-        # resumed, and never overwritten without a trace.
-        aside = _move_aside(out_dir)
         why = "; ".join(differences) if differences else "the unit's first attempt resumes nothing"
         print(
             f"[worker {os.getpid()}] {unit.key}: {out_dir} held the checkpoint of another run ({why}); "
@@ -366,7 +369,7 @@ def _differences(out_dir: Path, request: Any) -> list[str]:
     try:
         saved = load_checkpoint(out_dir)["request"]
     except Exception as error:  # noqa: BLE001 - an unreadable checkpoint cannot be resumed either
-        return [f"unreadable: {type(error).__name__}"]
+        return [f"unreadable: {error}"]
     wanted = dataclasses.asdict(request)
     return [
         f"{key} {saved.get(key)!r}, not {wanted[key]!r}"

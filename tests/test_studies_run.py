@@ -206,24 +206,31 @@ def check_recovered(workdir: Path, path: Path, storage: str) -> None:
     assert {run.info.status for run in runs} <= {"FINISHED", "KILLED"}
 
 
+def with_an_earlier_run_in_its_directory(workdir: Path) -> tuple[optuna.Study, Path, str]:
+    """A one-unit study of 1024 steps whose unit directory holds the finished checkpoint of a
+    512-step run of the same unit: an earlier study of the same name, deleted and created again
+    with another budget. Returns the study, the directory and the earlier run's MLflow run id."""
+
+    path = grid_spec(workdir, 1, [0.0], steps=1024)
+    study = prepared(path)
+    (unit,) = load_spec(path).units()
+    out_dir = workdir / "runs" / "studies" / "tiny" / unit.variant / f"{unit.task}-seed0"
+    request = run_harness.RunRequest(
+        unit.algo, unit.task, unit.seed, 512, overrides=unit.params, out_dir=out_dir
+    )
+    return study, out_dir, run_harness.execute(request, progress=False).mlflow_run_id
+
+
 @pytest.mark.parametrize("attempt", ["a retry", "a first attempt"])
 def test_a_checkpoint_of_another_run_is_moved_aside_not_resumed(workdir, capsys, attempt):
-    """The unit's directory holds the checkpoint of an earlier study of the same name (deleted and
-    created again with another budget): a retry must not resume it, and no attempt may overwrite
-    it without a trace."""
+    """A retry must not resume another run's checkpoint, and no attempt may overwrite it without
+    a trace."""
 
     from mlflow.tracking import MlflowClient
 
     from studies import storage
 
-    path = grid_spec(workdir, 1, [0.0], steps=512)
-    study = prepared(path)
-    (unit,) = load_spec(path).units()
-    out_dir = workdir / "runs" / "studies" / "tiny" / unit.variant / f"{unit.task}-seed0"
-    request = run_harness.RunRequest(
-        unit.algo, unit.task, unit.seed, 256, overrides=unit.params, out_dir=out_dir
-    )
-    old = run_harness.execute(request, progress=False)
+    study, out_dir, old_run_id = with_an_earlier_run_in_its_directory(workdir)
     if attempt == "a retry":  # of a first attempt killed before its first checkpoint
         claimed = storage.claim_waiting_trial(study)
         owned_by_a_dead_process(study, study.trials[claimed.number])
@@ -231,10 +238,22 @@ def test_a_checkpoint_of_another_run_is_moved_aside_not_resumed(workdir, capsys,
 
     (done,) = load_study("tiny", None).get_trials(states=(TrialState.COMPLETE,))
     run = MlflowClient(study.user_attrs["tracking_uri"]).get_run(done.user_attrs["mlflow_run_id"])
-    assert run.info.run_id != old.mlflow_run_id and run.data.params["steps"] == "512"
+    assert run.info.run_id != old_run_id and run.data.params["steps"] == "1024"
     (aside,) = out_dir.parent.glob(f"{out_dir.name}.stale-*")
-    assert run_harness.load_run(aside)[0].steps == 256 and run_harness.load_run(out_dir)[0].steps == 512
+    assert run_harness.load_run(aside)[0].steps == 512 and run_harness.load_run(out_dir)[0].steps == 1024
     assert f"moved it to {aside.name}" in capsys.readouterr().out
+
+
+def test_the_directory_of_a_run_still_training_is_not_moved_aside(workdir):
+    from harness.checkpoint import hold_run_directory
+
+    study, out_dir, _ = with_an_earlier_run_in_its_directory(workdir)
+    with hold_run_directory(out_dir):  # the earlier study's worker, still training
+        assert run_worker("tiny", None) == 1
+    (trial,) = load_study("tiny", None).trials
+    assert trial.state == TrialState.FAIL and "still training" in trial.user_attrs["fail_reason"]
+    assert run_harness.load_run(out_dir)[0].steps == 512
+    assert not list(out_dir.parent.glob(f"{out_dir.name}.stale-*"))
 
 
 # Long enough (a few seconds per unit) for a worker to be killed in the middle of one.
