@@ -158,6 +158,19 @@ def test_demo_refuses_bad_input_with_a_message(workdir, capsys):
     assert not Path("runs/studies.journal").exists()
 
 
+def test_demo_checks_the_report_options_before_the_study_runs(workdir, capsys):
+    spec = str(tiny_spec(workdir))
+    assert main(["demo", "--spec", spec, "--reps", "0"]) == 2
+    assert "--reps must be at least 100" in capsys.readouterr().err
+    assert not Path("runs/studies.journal").exists()  # refused before the study ran
+    Path("taken").write_text("")
+    assert main(["demo", "--spec", spec, "--reps", "200", "--out", "taken"]) == 2
+    assert "output directory taken: it exists and is not a directory" in capsys.readouterr().err
+    assert main(["demo", "--spec", spec, "--reps", "200", "--out", "taken/report"]) == 2
+    assert f"{workdir / 'taken'} exists and is not a directory" in capsys.readouterr().err
+    assert not Path("runs/studies.journal").exists()
+
+
 def test_printed_commands_name_the_stores():
     assert mlflow_ui_command("http://db:5000").startswith("open http://db:5000")
     command = mlflow_ui_command("postgresql+psycopg2://me@db/mlflow")

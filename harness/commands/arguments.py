@@ -1,13 +1,18 @@
-"""Argument types shared by the sub-commands.
+"""Checks of command-line arguments shared by the sub-commands.
 
 A value that can never work (a count of zero, a negative seed) is refused by argparse while
 the command line is parsed, before anything is loaded, trained or timed, with the usual
-`gorl-bench COMMAND: error: argument --NAME: ...` line and exit status 2.
+`gorl-bench COMMAND: error: argument --NAME: ...` line and exit status 2. An output directory
+is checked by `check_out_dir` in the command's `main`, also before any work.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+from harness.errors import UserError
 
 
 def positive_int(text: str) -> int:
@@ -33,3 +38,29 @@ def _integer(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def check_out_dir(path: Path) -> None:
+    """Refuse an output directory that cannot be created or written into, before any work.
+
+    Called in a command's `main` rather than as an argparse `type`, because a default directory
+    (one named after the study, say) needs the check as much as a given one: otherwise the
+    mistake only shows once the figures are written, after the study or analysis has run.
+    """
+
+    path = Path(path)
+    existing = path.absolute()
+    # The nearest part of the path that exists (a dangling link counts: mkdir cannot replace it).
+    while not (existing.exists() or existing.is_symlink()):
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "it" if existing == path.absolute() else str(existing)
+        raise UserError(
+            f"cannot write to the output directory {path}: {where} exists and is not a directory. "
+            "Choose another directory with --out (it is created if missing)."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"cannot write to the output directory {path}: {existing} is not writable by this user. "
+            "Choose another directory with --out."
+        )

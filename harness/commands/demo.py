@@ -64,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
     import optuna
 
     from harness.commands import report
-    from harness.report import DEFAULT_OUT
+    from harness.commands.arguments import check_out_dir
+    from harness.report import DEFAULT_OUT, check_bootstrap
     from studies.runner import run_study
     from studies.spec import load_spec
     from studies.storage import storage_location
@@ -73,6 +74,10 @@ def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the demo says itself what it creates or resumes
     spec = load_spec(args.spec)
+    out = args.out or DEFAULT_OUT / spec.name
+    # The report's own checks, made before the study: otherwise they fail only after it has trained.
+    check_bootstrap(args.reps, seed=0)
+    check_out_dir(out)
     location = storage_location(args.storage)
     total = len(spec.units())
     reused = _units_done(spec.name, location)
@@ -91,7 +96,6 @@ def main(args: argparse.Namespace) -> int:
     ran = max(status.done - reused, 0)
     print(f"Units: {ran} run now, {reused} reused from an earlier run.")
 
-    out = args.out or DEFAULT_OUT / spec.name
     report_args = argparse.Namespace(
         study=spec.name, storage=location, tracking_uri=args.tracking_uri, out=out, reps=args.reps, seed=0
     )

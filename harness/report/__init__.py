@@ -36,7 +36,7 @@ from harness.report.results import StudyResults, load_results, load_study_result
 from harness.report.scores import curve_arrays, final_score_arrays, normalise, pooled_by_value
 from harness.report.tables import Table, ablation_table, aggregate_table, improvement_table, per_task_table
 
-__all__ = ["Report", "build_report", "load_results"]
+__all__ = ["Report", "build_report", "check_bootstrap", "load_results"]
 
 DEFAULT_OUT = Path("runs") / "reports"
 CONFIDENCE = 0.95
@@ -68,10 +68,7 @@ def build_report(
     with the number of bootstrap resamples done, as they are done.
     """
 
-    if reps < 100:
-        raise UserError(f"--reps must be at least 100 for 95% intervals, got {reps}.")
-    if seed < 0:
-        raise UserError(f"--seed must be a non-negative integer (it seeds numpy's bootstrap), got {seed}.")
+    check_bootstrap(reps, seed)
     results = load_study_results(study_name, storage, tracking_uri)
     out = Path(out_dir or DEFAULT_OUT / study_name)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +122,16 @@ def build_report(
     files += _write_tables(out, results, sections, notes, files, reps, seed)
     notes += _log_artifacts(results, out)
     return Report(out, results.partial, results.missing, results.failed, files, notes)
+
+
+def check_bootstrap(reps: int, seed: int) -> None:
+    """Refuse bootstrap settings that cannot give the report's intervals (also checked by `demo`
+    before its study runs, so that a typo does not cost the whole study)."""
+
+    if reps < 100:
+        raise UserError(f"--reps must be at least 100 for 95% intervals, got {reps}.")
+    if seed < 0:
+        raise UserError(f"--seed must be a non-negative integer (it seeds numpy's bootstrap), got {seed}.")
 
 
 def _ablations(
