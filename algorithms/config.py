@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import tomllib
 import types
 import typing
@@ -147,6 +148,8 @@ def _coerce(algo: str, key: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{algo}: {key} must be a number, got {value!r}.")
+        if not math.isfinite(value):  # 1e999 parses as inf
+            raise UserError(f"{algo}: {key} must be a finite number, got {value!r}.")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):

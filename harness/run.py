@@ -313,6 +313,8 @@ def check_run(config: Any, task: str, steps: int) -> None:
             check_task(task)
         except ValueError as error:
             raise UserError(str(error)) from None
+    if getattr(config, "eval_points", 0) > steps:  # more points than env steps: a list of useless points
+        raise UserError(f"eval_points {config.eval_points} is more than --steps {steps}; give at most that.")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -38,6 +38,7 @@ def test_finger_spin_uses_gamma_095_in_every_preset(preset):
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
         ({"actor_hidden": []}, "actor_hidden"),
         ({"lr": "fast"}, "lr must be a number"),
+        ({"clip": float("inf")}, "clip must be a finite number, got inf"),
     ],
 )
 def test_invalid_values_are_refused(overrides, message):

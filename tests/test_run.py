@@ -163,6 +163,8 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--task", TOY], "--algo and --task are required"),
         (["--resume", "does-not-exist"], "cannot resume"),
         (["--algo", "ppo", "--task", TOY, "--steps", "100"], "less than one policy update (4096 env steps)"),
+        (["--algo", "ppo", "--task", TOY, "--steps", "8192", "--set", "eval_points=1e9"], "than --steps"),
+        (["--algo", "ppo", "--task", TOY, "--set", "min_std=1e999"], "min_std must be a finite number"),
         (["--resume", "run-dir", "--steps", "5", "--set", "lr=0.1"], "checkpoint fixes --steps, --set."),
     ],
 )
