@@ -93,8 +93,8 @@ def execute(
 
     if request.steps < 1:
         raise UserError(f"--steps must be a positive number of env steps, got {request.steps}.")
-    if request.seed < 0:
-        raise UserError(f"--seed must be a non-negative integer, got {request.seed}.")
+    if not 0 <= request.seed < 2**32:  # torch and numpy take 64-bit seeds; seed + k must fit too
+        raise UserError(f"--seed must be an integer from 0 to 2**32 - 1, got {request.seed}.")
     if request.checkpoint_every is not None and request.checkpoint_every < 1:
         raise UserError(f"--checkpoint-every must be positive, got {request.checkpoint_every}.")
     task = envs.canonical_task(request.task)

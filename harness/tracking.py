@@ -23,6 +23,8 @@ from typing import Any
 from harness.errors import UserError
 
 DEFAULT_TRACKING_DB = Path("runs") / "mlflow.db"
+#: The URI schemes of MLflow stores (SQLAlchemy databases, with or without a driver, and servers).
+STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 DEFAULT_EXPERIMENT = "gorl-bench"
 STEP_METRIC = "steps/counted"
 
@@ -36,11 +38,19 @@ def resolve_tracking_uri(uri: str | None) -> str:
             f"tracking URI {uri!r} is a file store, which MLflow has deprecated and refuses. Use an SQLite "
             f"store such as sqlite:///runs/mlflow.db, or a server such as http://127.0.0.1:5000."
         )
+    scheme = uri.partition("://")[0].partition("+")[0]
+    if scheme not in STORE_SCHEMES:
+        raise UserError(
+            f"tracking URI {uri!r} names no MLflow store: use sqlite:///PATH, postgresql://..., mysql://..., "
+            f"or a tracking server's http(s):// address."
+        )
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///")).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{path}"
-    return uri
+    from studies.storage import sqlalchemy_url  # the installed PostgreSQL driver, as for Optuna's store
+
+    return sqlalchemy_url(uri)
 
 
 def git_commit() -> str:
@@ -102,11 +112,23 @@ class RunTracker:
         parent_run_id: str | None,
         tags: Mapping[str, str],
     ) -> RunTracker:
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
+        from sqlalchemy.exc import SQLAlchemyError
 
-        client = MlflowClient(tracking_uri=tracking_uri)
         name = experiment or DEFAULT_EXPERIMENT
-        found = client.get_experiment_by_name(name)
+        try:
+            client = MlflowClient(tracking_uri=tracking_uri)
+            found = client.get_experiment_by_name(name)  # the store is opened (and set up) here
+        except (MlflowException, SQLAlchemyError) as error:
+            reason = str(error).splitlines()[0]
+            raise UserError(f"cannot open the MLflow store {tracking_uri}: {reason}") from None
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise UserError(
+                f"MLflow experiment {name!r} was deleted; restore it (`mlflow experiments restore "
+                f"--experiment-id {found.experiment_id}` with MLFLOW_TRACKING_URI={tracking_uri}) or "
+                f"choose another --experiment."
+            )
         if found is not None:
             experiment_id = found.experiment_id
         else:

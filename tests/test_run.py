@@ -158,7 +158,8 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--algo", "ppo", "--task", TOY, "--set", "lr=-1"], "lr must be > 0"),
         (["--algo", "ppo", "--task", TOY, "--set", "num_minibatches=3"], "must divide"),
         (["--algo", "ppo", "--task", TOY, "--steps", "0"], "positive number of env steps"),
-        (["--algo", "ppo", "--task", TOY, "--seed", "-1"], "non-negative"),
+        (["--algo", "ppo", "--task", TOY, "--seed", "-1"], "from 0 to 2**32 - 1"),
+        (["--algo", "ppo", "--task", TOY, "--seed", str(2**70)], "from 0 to 2**32 - 1"),
         (["--algo", "ppo", "--task", "walker-wlak"], "walker-walk"),
         (["--task", TOY], "--algo and --task are required"),
         (["--resume", "does-not-exist"], "cannot resume"),
@@ -174,6 +175,27 @@ def test_bad_input_is_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatc
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize(
+    ("tracking", "message"),
+    [("foo://bar", "names no MLflow store"), ("sqlite:///{tmp}/not-a-db", "cannot open the MLflow store"),
+     ("deleted", "MLflow experiment 'gone' was deleted; restore it")],  # fmt: skip
+)
+def test_a_tracking_store_that_cannot_take_the_run_is_one_clear_error(tmp_path, capsys, tracking, message):
+    if tracking == "deleted":
+        tracking = f"sqlite:///{tmp_path}/mlflow.db"
+        client = MlflowClient(tracking)
+        client.delete_experiment(client.create_experiment("gone"))
+    else:
+        (tmp_path / "not-a-db").write_text("plain text, not SQLite\n" * 100)
+        tracking = tracking.format(tmp=tmp_path)
+    argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), *sets(SMALL),
+            "--experiment", "gone", "--tracking-uri", tracking, "--out", str(tmp_path / "run"),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
