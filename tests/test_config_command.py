@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
+import pytest
 from markdown_table import table_rows
 
 import algorithms
@@ -60,5 +61,29 @@ def test_gorl_shows_its_stages_with_their_settings(capsys):
     assert [rows[k][1 + clip] for k in "0123"] == ["0.15", "0.3", "0.3", "0.3"]
     assert [rows[k][1 + lr] for k in "0123"] == ["0.001", "0.001", "0.001", "0.0003"]
     assert [rows[k][1 + max_grad_norm] for k in "0123"] == ["0.5", "1.0", "1.0", "1.0"]
-    assert main(["config", "gorl-fm", "--steps", "100"]) == 2
+    assert main(["config", "gorl-fm", "--steps", "8192"]) == 2  # two PPO updates
     assert "too few for 4 encoder stages" in capsys.readouterr().err
+
+
+def test_what_run_refuses_is_refused(capsys):
+    argv = ["config", "gorl-fm", "--task", "toy-bimodal-easy", "--set", "latent_dim=5"]
+    assert main(argv) == 2
+    assert "the latent must have the action's size (2 for toy-bimodal-easy)" in capsys.readouterr().err
+    assert main([*argv, "--toml", "--steps", "1000000"]) == 2  # --toml is checked once given a budget
+    assert "the latent must have the action's size" in capsys.readouterr().err
+    assert main(["config", "ppo", "--steps", "100"]) == 2
+    assert "--steps 100 is less than one policy update" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["config", "ppo", "--steps", "-3"])
+    assert exited.value.code == 2
+    assert "argument --steps: must be a positive integer, got -3" in capsys.readouterr().err
+
+
+def test_a_long_list_is_shortened_in_its_cell(capsys):
+    stages = "[" + ", ".join(["0.1"] * 10) + "]"
+    assert main(["config", "gorl-fm", "--set", f"stages={stages}", "--set", "num_refits=null"]) == 0
+    out = capsys.readouterr().out
+    assert table(out[: out.index("Stages of a")])["stages"][0] == (
+        "[0.1, 0.1, 0.1, 0.1, ..., 0.1, 0.1, 0.1, 0.1] (10 items)"
+    )
+    assert len(table(out[out.index("Stages of a") :])) == 10  # every stage keeps its own row

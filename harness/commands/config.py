@@ -11,6 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+from harness.commands.arguments import positive_int
+from harness.commands.run import DEFAULTS as RUN_DEFAULTS
+
+# A list longer than this is shortened in the table (its first and last items and its length):
+# e.g. the `stages` of a many-refit schedule would otherwise fill a terminal line many times over.
+MAX_LIST_ITEMS = 8
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
     parser.add_argument(
-        "--steps", type=int, default=1_000_000, help="run budget for a stage schedule (default 1000000)"
+        "--steps",
+        type=positive_int,
+        help=f"run budget, checked as `run` checks it; the table's stage schedule is for it (default "
+        f"{RUN_DEFAULTS['steps']}; with --toml: no budget, so no budget check)",
     )
     parser.add_argument("--toml", action="store_true", help="print the resolved values as TOML only")
     parser.set_defaults(func=main)
@@ -40,23 +50,25 @@ def main(args: argparse.Namespace) -> int:
     import algorithms
     import envs
     from algorithms.config import as_dict, field_notes, origins, parse_assignments, resolve
-    from harness.errors import UserError
+    from harness.run import check_run
     from harness.tracking import to_toml
 
     spec = algorithms.get(args.algo)
     task = envs.canonical_task(args.task)
     overrides = parse_assignments(args.overrides)
     config = resolve(spec, args.preset, task, overrides)
+    steps = args.steps or RUN_DEFAULTS["steps"]
+    # What `run` would refuse (a latent size the task cannot take, a budget below one update or
+    # one the stage schedule cannot split) is refused here too, so that a config shown without
+    # complaint is one that runs. The TOML holds no budget: without --steps it is not checked.
+    if args.steps is not None or not args.toml:
+        check_run(config, task, steps)
     values = as_dict(config)
     if args.toml:
         print(to_toml({"config": values}), end="")
         return 0
-    stage_rows = []
-    if hasattr(config, "stage_table"):  # an algorithm with a stage schedule (GoRL)
-        try:
-            stage_rows = config.stage_table(args.steps)
-        except ValueError as error:
-            raise UserError(str(error)) from None
+    # An algorithm with a stage schedule (GoRL); check_run has checked that the budget fits it.
+    stage_rows = config.stage_table(steps) if hasattr(config, "stage_table") else []
     set_by = origins(spec, args.preset, task, overrides)
     notes = field_notes(spec.config_cls)
     defaults = {f.name: f.default for f in dataclasses.fields(spec.config_cls)}
@@ -65,10 +77,20 @@ def main(args: argparse.Namespace) -> int:
     for key, value in values.items():
         default = defaults[key]
         default = list(default) if isinstance(default, tuple) else default
-        print(f"| {key} | {value!r} | {set_by[key]} | {default!r}: {notes[key]} |")
+        print(f"| {key} | {_cell(value)} | {set_by[key]} | {_cell(default)}: {notes[key]} |")
     if stage_rows:
-        print(f"\nStages of a {args.steps:,}-step run (a decoder refit between consecutive stages):\n")
+        print(f"\nStages of a {steps:,}-step run (a decoder refit between consecutive stages):\n")
         print("| " + " | ".join(stage_rows[0]) + " |\n" + "|---" * len(stage_rows[0]) + "|")
         for row in stage_rows:
             print("| " + " | ".join(str(value) for value in row.values()) + " |")
     return 0
+
+
+def _cell(value: object) -> str:
+    """`repr(value)`, with a long list shortened to its first and last items and its length."""
+
+    if not isinstance(value, list | tuple) or len(value) <= MAX_LIST_ITEMS:
+        return repr(value)
+    half = MAX_LIST_ITEMS // 2
+    items = [repr(item) for item in value[:half]] + ["..."] + [repr(item) for item in value[-half:]]
+    return f"[{', '.join(items)}] ({len(value)} items)"
