@@ -2,7 +2,9 @@
 
 Everything goes through an explicit `MlflowClient` bound to one run id, never MLflow's
 process-global active run, so a study can log its own parent and trial runs in the same
-process. Metrics use `step` = counted env steps.
+process. Metrics use `step` = counted env steps. Ctrl-C waits for a write in progress to end
+(`harness.signals`): an SQLite write cut short keeps its lock, and the run could then not be
+marked KILLED.
 
 Store: `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else the embedded SQLite store
 `runs/mlflow.db` under the working directory (as an absolute path, so a resumed run finds
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.signals import signals_deferred
 
 DEFAULT_TRACKING_DB = Path("runs") / "mlflow.db"
 #: The URI schemes of MLflow stores (SQLAlchemy databases, with or without a driver, and servers).
@@ -162,17 +165,19 @@ class RunTracker:
             raise UserError(missing) from None
         history = tracker.client.get_metric_history(run_id, STEP_METRIC)
         tracker.logged_through = max((m.step for m in history), default=-1)
-        tracker.client.update_run(run_id, status="RUNNING")
-        if "status_reason" in tracker.client.get_run(run_id).data.tags:
-            tracker.client.delete_tag(run_id, "status_reason")  # from an earlier stop
+        with signals_deferred():
+            tracker.client.update_run(run_id, status="RUNNING")
+            if "status_reason" in tracker.client.get_run(run_id).data.tags:
+                tracker.client.delete_tag(run_id, "status_reason")  # from an earlier stop
         return tracker
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(key, "none" if v is None else str(v)) for key, v in params.items()]
-        for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+        with signals_deferred():
+            for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+                self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """One batched write per call; `step` must carry `steps/counted` for resumed runs to skip it."""
@@ -183,17 +188,21 @@ class RunTracker:
 
         now = int(time.time() * 1000)
         batch = [Metric(key, float(v), now, step) for key, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        with signals_deferred():
+            self.client.log_batch(self.run_id, metrics=batch)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        with signals_deferred():
+            self.client.log_text(self.run_id, text, artifact_file)
 
     def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+        with signals_deferred():
+            self.client.log_artifact(self.run_id, str(path), artifact_dir)
 
     def end(self, status: str, reason: str | None = None) -> None:
         """Mark the run FINISHED, FAILED or KILLED; `reason` is kept as the `status_reason` tag."""
 
-        if reason:
-            self.client.set_tag(self.run_id, "status_reason", reason[:5000])
-        self.client.set_terminated(self.run_id, status=status)
+        with signals_deferred():
+            if reason:
+                self.client.set_tag(self.run_id, "status_reason", reason[:5000])
+            self.client.set_terminated(self.run_id, status=status)

@@ -21,7 +21,6 @@ same parameters again, so the unit is completed exactly once by whichever worker
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import threading
 import time
@@ -38,6 +37,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import UserError
+from harness.signals import signals_deferred
 
 DEFAULT_JOURNAL = Path("runs") / "studies.journal"
 HEARTBEAT_INTERVAL_S = 15
@@ -110,7 +110,7 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
         # The owner is written with the claim, and Ctrl-C waits until both are stored: a trial
         # RUNNING without an owner is recognised as lost only after the grace period, so an
         # interrupt between the two writes would keep a rerun from retrying it for that long.
-        with _signals_deferred():
+        with signals_deferred():
             try:
                 claimed = storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
             except UpdateFinishedTrialError:
@@ -125,43 +125,10 @@ def ask_owned(study: optuna.Study) -> optuna.Trial:
     """`study.ask()` (a re-enqueued lost trial first, else a newly sampled one), with this process
     written as its owner at once, as `claim_waiting_trial` does."""
 
-    with _signals_deferred():
+    with signals_deferred():
         trial = study.ask()
         study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, _owner())
     return trial
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Handle SIGINT and SIGTERM only once the body is done.
-
-    Blocking them (pthread_sigmask) is not enough: a mask holds for the calling thread only, and
-    with other threads running (torch's) the kernel hands the signal to one of those, after which
-    Python runs the handler in the main thread all the same, inside the body. So for the body's
-    duration the handlers only record a signal, and the signals recorded are raised again after
-    the old handlers are back.
-    """
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Python handlers can only be set, and only run, in the main thread
-        return
-    received: list[int] = []
-
-    def record(signum: int, frame: object) -> None:
-        received.append(signum)
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # None: a handler installed outside Python, which could not be put back afterwards.
-        if signal.getsignal(signum) is not None:
-            previous[signum] = signal.signal(signum, record)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(received):
-            signal.raise_signal(signum)
 
 
 def _owner() -> dict[str, Any]:

@@ -528,36 +528,6 @@ def test_a_silent_worker_on_another_host_is_declared_lost(workdir, monkeypatch, 
     assert retry.user_attrs["unit"] == lost.user_attrs["unit"]
 
 
-@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
-def test_a_signal_during_a_claim_is_handled_after_it(name):
-    """The claim and its owner are written together, even when the signal reaches another thread
-    (torch's, say: the kernel may hand a process-directed signal to any thread not blocking it)."""
-
-    import os
-    import signal
-    import threading
-    import time
-
-    from studies.storage import _signals_deferred
-
-    signum = getattr(signal, name)
-    events = []
-    go = threading.Event()
-    sender = threading.Thread(target=lambda: (go.wait(), os.kill(os.getpid(), signum)))
-    sender.start()  # before the block, like a worker's torch threads
-    previous = signal.signal(signum, lambda *_: events.append("handled"))
-    try:
-        with _signals_deferred():
-            go.set()
-            sender.join()
-            time.sleep(0.2)  # where a handler run inside the block would run
-            events.append("body done")
-        events.append("after the block")
-    finally:
-        signal.signal(signum, previous)
-    assert events == ["body done", "handled", "after the block"]
-
-
 @pytest.mark.parametrize("kind", ["grid", "tune"])
 def test_a_worker_that_dies_right_after_its_claim_is_retried_at_once(workdir, kind):
     """The owner is written with the claim (a grid unit) or the ask (a tune trial), so a worker

@@ -1,0 +1,35 @@
+"""`harness.signals`: Ctrl-C and `kill` wait for the store write in progress."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from harness.signals import signals_deferred
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_inside_the_block_is_handled_after_it(name):
+    """Even when the signal reaches another thread (torch's, say: the kernel may hand a
+    process-directed signal to any thread not blocking it)."""
+
+    signum = getattr(signal, name)
+    events = []
+    go = threading.Event()
+    sender = threading.Thread(target=lambda: (go.wait(), os.kill(os.getpid(), signum)))
+    sender.start()  # before the block, like a worker's torch threads
+    previous = signal.signal(signum, lambda *_: events.append("handled"))
+    try:
+        with signals_deferred():
+            go.set()
+            sender.join()
+            time.sleep(0.2)  # where a handler run inside the block would run
+            events.append("body done")
+        events.append("after the block")
+    finally:
+        signal.signal(signum, previous)
+    assert events == ["body done", "handled", "after the block"]
