@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+
 import matplotlib.image
+import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.checkpoint import load_checkpoint
@@ -43,3 +46,50 @@ def test_multimodality_of_a_gorl_and_a_ppo_run(tmp_path, tracking_uri, capsys):
 def test_a_directory_without_a_run_is_refused(tmp_path, capsys):
     assert main(["diagnose", "multimodality", str(tmp_path)]) == 2
     assert "holds no run checkpoint" in capsys.readouterr().err
+
+
+def test_bad_options_are_refused_before_the_runs_load(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["diagnose", "multimodality", str(tmp_path), "--seed", "-1"])
+    assert exited.value.code == 2
+    assert "argument --seed: must be a non-negative integer, got -1" in capsys.readouterr().err
+
+
+def test_a_moved_store_keeps_the_figure_and_says_how_to_log_it(tmp_path, migrated_mlflow_db, capsys):
+    # A run and its MLflow store in one folder, which is then moved: the checkpoint still names
+    # the store at its old, absolute path.
+    old, moved = tmp_path / "project", tmp_path / "moved"
+    old.mkdir()
+    shutil.copy(migrated_mlflow_db, old / "mlflow.db")
+    request = RunRequest(algo="ppo", task="toy-bimodal", steps=256, overrides=SMALL, out_dir=old / "run",
+                         tracking_uri=f"sqlite:///{old / 'mlflow.db'}")  # fmt: skip
+    run_id = execute(request, progress=False).mlflow_run_id
+    (tmp_path / "taken").write_text("")
+    argv = ["diagnose", "multimodality", str(old / "run"), "--samples", "100", "--state-steps", "1"]
+    assert main([*argv, "--out", str(tmp_path / "taken")]) == 2
+    assert "output directory" in capsys.readouterr().err
+    old.rename(moved)
+
+    argv[2] = str(moved / "run")
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    figure = moved / "run" / "diagnostics" / "multimodality.png"
+    assert "bimodality coefficient" in captured.out and figure.is_file()
+    error = " ".join(captured.err.split())  # the message as one paragraph, whatever the wrapping
+    assert f"the figure was written to {figure}" in error
+    assert f"the MLflow store sqlite:///{old / 'mlflow.db'} does not exist" in error
+    assert "--tracking-uri" in error and "Traceback" not in captured.err
+    assert not old.exists()  # no empty store made at the old path
+
+    # A store that exists but never held the run (another project's, say) is named as such.
+    other = tmp_path / "other.db"
+    shutil.copy(migrated_mlflow_db, other)
+    assert main([*argv, "--tracking-uri", f"sqlite:///{other}"]) == 2
+    assert f"has no run {run_id}" in " ".join(capsys.readouterr().err.split())
+
+    assert main([*argv, "--tracking-uri", f"sqlite:///{moved / 'mlflow.db'}"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the figure was not attached to MLflow run {run_id}: its artifact directory" in err
+    metrics = MlflowClient(f"sqlite:///{moved / 'mlflow.db'}").get_run(run_id).data.metrics
+    assert 0 < metrics["diagnose/multimodality/bimodality_coefficient"] < 1
+    assert not old.exists()  # nor its artifact folder: MLflow records that one's old path too

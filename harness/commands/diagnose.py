@@ -6,18 +6,33 @@ per run, so that a GoRL run can be set beside a Gaussian-PPO one. The state is r
 running the first run's deterministic policy for `--state-steps` steps from a seeded reset:
 a state in the middle of the behaviour, not an initial one. Sarle's bimodality coefficient
 and the KDE's peak count (`algorithms.multimodality`) go to the terminal and, with the
-figure, to each run's MLflow run.
+figure, to each run's MLflow run (`--tracking-uri` if the store has moved since the run);
+the figure is kept and the statistics printed even when that logging fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from harness.commands.arguments import check_out_dir, non_negative_int
+
 DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
 DEFAULT_STATE_STEPS = 200  # chosen here, because 200 steps leave the reset pose on every DMC task
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What `diagnose_multimodality` wrote and found."""
+
+    figure: Path
+    reports: list[tuple[str, object]]  # (run label, MultimodalityReport)
+    unlogged: list[str] = field(default_factory=list)  # "RUN: why" for each run MLflow could not take
+    notes: list[str] = field(default_factory=list)  # a figure not attached to an MLflow run, and why
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,37 +51,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     multimodality.add_argument(
         "--state-steps", type=int, default=DEFAULT_STATE_STEPS, help="policy steps to the fixed state (200)"
     )
-    multimodality.add_argument("--seed", type=int, default=0, help="seed of the state's reset (default 0)")
+    multimodality.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the state's reset (default 0)"
+    )
     multimodality.add_argument(
         "--out", type=Path, help="figure directory (default: the first run's diagnostics/)"
+    )
+    multimodality.add_argument(
+        "--tracking-uri",
+        help="MLflow store of the runs, if it moved since they ran (default: the one each run recorded)",
     )
     multimodality.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from harness.errors import UserError
+    from harness.tracking import resolve_tracking_uri
 
     if args.samples < 4 or args.state_steps < 0:
         raise UserError("--samples must be >= 4 and --state-steps >= 0.")
-    figure, reports = diagnose_multimodality(args.runs, args.samples, args.state_steps, args.seed, args.out)
-    for run, report in reports:
+    tracking_uri = resolve_tracking_uri(args.tracking_uri) if args.tracking_uri else None
+    diagnosis = diagnose_multimodality(
+        args.runs, args.samples, args.state_steps, args.seed, args.out, tracking_uri
+    )
+    for run, report in diagnosis.reports:
         verdict = "bimodal" if report.bimodal else "not bimodal"
         statistics = f"{report.kde_peaks} KDE peak(s), PC1 explains {report.explained_variance:.0%}"
         print(
             f"{run}: bimodality coefficient {report.bimodality_coefficient:.3f} (5/9 = 0.556), "
             f"{statistics}: {verdict}"
         )
-    print(f"figure: {figure}")
+    print(f"figure: {diagnosis.figure}")
+    for note in diagnosis.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if diagnosis.unlogged:
+        raise UserError(
+            f"the figure was written to {diagnosis.figure} and the statistics are above, but logging them "
+            f"to MLflow failed: {'; '.join(diagnosis.unlogged)}. If a run's folder or its MLflow store has "
+            "moved since it ran, pass the store's location with --tracking-uri."
+        )
     return 0
 
 
 def diagnose_multimodality(
-    run_dirs: list[Path], samples: int, state_steps: int, seed: int, out: Path | None
-) -> tuple[Path, list[tuple[str, object]]]:
-    """Analyse every run at one state; returns the figure path and (run label, MultimodalityReport) pairs."""
+    run_dirs: list[Path],
+    samples: int,
+    state_steps: int,
+    seed: int,
+    out: Path | None,
+    tracking_uri: str | None = None,
+) -> Diagnosis:
+    """Analyse every run at one state, draw the figure into `out` and log the results to each
+    run's MLflow run (in `tracking_uri` if given, else in the store the run recorded)."""
 
     import torch
-    from mlflow.tracking import MlflowClient
 
     from algorithms.multimodality import analyse_actions
     from harness.checkpoint import checkpoint_path
@@ -76,6 +114,8 @@ def diagnose_multimodality(
     for run_dir in run_dirs:
         if not checkpoint_path(run_dir).exists():
             raise UserError(f"{str(run_dir)!r} holds no run checkpoint; give the --out directory of a run.")
+    out = Path(out) if out is not None else Path(run_dirs[0]) / "diagnostics"
+    check_out_dir(out)
     runs = [load_run(run_dir) for run_dir in run_dirs]
     tasks = {request.task for request, *_ in runs}
     if len(tasks) > 1:
@@ -93,16 +133,63 @@ def diagnose_multimodality(
         label = f"{request.algo} {request.task} s{request.seed} @ {agent.counted_steps:,} steps"
         labelled.append((request, checkpoint, label, analyse_actions(actions)))
 
-    out = Path(out) if out is not None else Path(run_dirs[0]) / "diagnostics"
     out.mkdir(parents=True, exist_ok=True)
     figure = _plot([(label, report) for _, _, label, report in labelled], out / "multimodality.png")
+    diagnosis = Diagnosis(figure, [(label, report) for _, _, label, report in labelled])
     for request, checkpoint, _, report in labelled:
-        client = MlflowClient(request.tracking_uri)
-        run_id = checkpoint["mlflow_run_id"]
+        _log(tracking_uri or request.tracking_uri, checkpoint, report, figure, request.out_dir, diagnosis)
+    return diagnosis
+
+
+def _log(
+    tracking_uri: str, checkpoint: dict, report: object, figure: Path, run_dir: Path, diagnosis: Diagnosis
+) -> None:
+    """Log `report` and `figure` to the checkpoint's MLflow run; what could not be goes to `diagnosis`."""
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id = checkpoint["mlflow_run_id"]
+    # Checked first: MLflow would create an empty SQLite store at a path that is gone, as it is
+    # when the folder holding the run and its store has moved (the checkpoint records the old path).
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        diagnosis.unlogged.append(f"{run_dir}: the MLflow store {tracking_uri} does not exist")
+        return
+    client = MlflowClient(tracking_uri)
+    try:
+        artifacts = client.get_run(run_id).info.artifact_uri
+    except MlflowException:
+        diagnosis.unlogged.append(f"{run_dir}: the MLflow store {tracking_uri} has no run {run_id}")
+        return
+    try:
         for key, value in report.metrics("diagnose/multimodality/").items():
             client.log_metric(run_id, key, value, step=checkpoint["agent"]["counted_steps"])
-        client.log_artifact(run_id, str(figure), "diagnostics")
-    return figure, [(label, report) for _, _, label, report in labelled]
+        if _local_directory_gone(artifacts):
+            # MLflow records a local artifact directory as an absolute path, which does not follow a
+            # store that has moved: attaching the figure would recreate the old folder.
+            diagnosis.notes.append(
+                f"the figure was not attached to MLflow run {run_id}: its artifact directory {artifacts} "
+                "does not exist (has the store moved?); its statistics were logged"
+            )
+        else:
+            client.log_artifact(run_id, str(figure), "diagnostics")
+    except (MlflowException, OSError) as error:  # a server that went away, an unwritable artifact store
+        diagnosis.unlogged.append(
+            f"{run_dir}: logging to MLflow run {run_id} in {tracking_uri} failed: {error}"
+        )
+
+
+def _local_directory_gone(artifact_uri: str) -> bool:
+    """Whether `artifact_uri` is a local directory that does not exist (every run made by `gorl-bench
+    run` has logged its config.toml there, so the directory exists unless it has moved)."""
+
+    from urllib.parse import urlparse
+
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    if urlparse(artifact_uri).scheme not in ("", "file"):
+        return False  # an artifact server or a cloud bucket: nothing local to check
+    return not Path(local_file_uri_to_path(artifact_uri)).is_dir()
 
 
 def _fixed_state(task: str, agent: object, steps: int, seed: int) -> np.ndarray:
