@@ -62,12 +62,13 @@ def make(task: str, num_envs: int, seed: int, backend: str = "auto") -> gymnasiu
     if backend not in BACKENDS:
         raise UserError(f"Unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}.")
     if backend == "fast" and task not in FAST_TASKS:
+        others = "'dm_control' or 'auto'" if is_dmc(task) else "'auto'"
         raise UserError(
-            f"{task} has no fast backend; use backend='dm_control' or 'auto'. "
+            f"{task} has no fast backend; use the backend (a config's env_backend) {others}. "
             f"Fast tasks: {', '.join(FAST_TASKS)}."
         )
     if backend == "dm_control" and not is_dmc(task):
-        raise UserError(f"{task} is not a dm_control task; use backend='auto'.")
+        raise UserError(f"{task} is not a dm_control task; use the backend (a config's env_backend) 'auto'.")
 
     if task.startswith("gym:"):
         from envs.gym import GymVectorEnv as env_class

@@ -244,6 +244,8 @@ def test_bad_make_arguments_raise_user_errors():
         envs.make("walker-walk", 1, seed=0, backend="mjx")
     with pytest.raises(UserError, match="no fast backend.*dm_control"):
         envs.make("ball_in_cup-catch", 1, seed=0, backend="fast")
+    with pytest.raises(UserError, match=r"env_backend\) 'auto'\. Fast tasks"):
+        envs.make("toy-bimodal", 1, seed=0, backend="fast")  # a toy task has no dm_control backend to offer
     with pytest.raises(UserError, match="not a dm_control task"):
         envs.make("toy-bimodal", 1, seed=0, backend="dm_control")
     with pytest.raises(UserError, match="walker-walk"):
