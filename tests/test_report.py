@@ -212,6 +212,24 @@ def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     assert "--seed must be a non-negative integer" in capsys.readouterr().err
 
 
+def test_a_wrong_output_or_store_is_refused_with_a_message(stores, tmp_path, migrated_mlflow_db, capsys):
+    storage, uri = stores
+    argv = ["report", "ablation", "--storage", str(storage), "--reps", "500"]
+    (tmp_path / "taken").write_text("")
+    assert main([*argv, "--out", str(tmp_path / "taken")]) == 2
+    assert "output directory" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "taken" / "report")]) == 2
+    assert f"{tmp_path / 'taken'} exists and is not a directory" in capsys.readouterr().err
+
+    # An existing store that never held the study's runs: not "16 failed" units, a wrong store.
+    other = tmp_path / "other.db"
+    shutil.copy(migrated_mlflow_db, other)
+    assert main([*argv, "--tracking-uri", f"sqlite:///{other}", "--out", str(tmp_path / "out")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the MLflow store sqlite:///{other} has none of the 16 runs of study 'ablation'" in err
+    assert f"the study recorded {uri}" in err and "check --tracking-uri" in err
+
+
 def test_cli_writes_a_partial_report(stores, tmp_path, capsys):
     storage, _ = stores
     code = main(["report", "ablation", "--storage", str(storage), "--out", str(tmp_path), "--reps", "500"])

@@ -30,14 +30,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness.report import build_report
+    from harness.commands.arguments import check_out_dir
+    from harness.report import DEFAULT_OUT, build_report
 
+    out = args.out or DEFAULT_OUT / args.study
+    check_out_dir(out)  # before the study is read and bootstrapped, not when the first file is written
     with DelayedProgress() as progress:
         report = build_report(
             args.study,
             args.storage,
             args.tracking_uri,
-            args.out,
+            out,
             reps=args.reps,
             seed=args.seed,
             progress=progress.advance,

@@ -90,7 +90,8 @@ def load_study_results(
     spec = attrs["spec"]
     kind = spec["kind"]
     parameters = list(attrs.get("swept") or []) if kind != "tune" else list(spec.get("space", {}))
-    uri = _tracking_uri(tracking_uri or attrs["tracking_uri"])
+    given_uri = tracking_uri or attrs["tracking_uri"]
+    uri = _tracking_uri(given_uri)
     client = _mlflow_client(uri)
 
     trials = [
@@ -100,15 +101,17 @@ def load_study_results(
     done: set[str] = set()
     failed: dict[str, str] = {}
     unfinished: list[str] = []
+    looked_up: list[str] = []  # MLflow run ids of finished units
     for trial in trials:
         if trial.state == TrialState.FAIL:
             label = trial.user_attrs.get("unit") or trial.user_attrs.get("variant") or f"trial-{trial.number}"
             failed[label] = trial.user_attrs.get("fail_reason", "no reason recorded")
         elif trial.state == TrialState.COMPLETE:
             for record in trial.user_attrs.get("units") or [trial.user_attrs]:
-                history = _return_history(client, record.get("mlflow_run_id"))
+                run_id = record.get("mlflow_run_id")
+                looked_up += [run_id] if run_id else []
+                history = _return_history(client, run_id)
                 if not history:
-                    run_id = record.get("mlflow_run_id")
                     failed[record["unit"]] = f"no {RETURN_METRIC} history in MLflow run {run_id}"
                     continue
                 done.add(record["unit"])
@@ -125,6 +128,14 @@ def load_study_results(
         settled = done | set(failed)
         missing = [unit for unit in attrs.get("units_expected", []) if unit not in settled]
     failed_units = [(unit, reason) for unit, reason in failed.items() if unit not in done]
+    if not rows and looked_up and not any(_run_exists(client, run_id) for run_id in looked_up):
+        # Not the units' failure: the store is the wrong one (a mistyped --tracking-uri, another
+        # project's store, or a study's recorded store replaced by a fresh one).
+        recorded = f"the study recorded {attrs['tracking_uri']}" if tracking_uri else "the study recorded it"
+        raise UserError(
+            f"the MLflow store {given_uri} has none of the {len(looked_up)} runs of study {study_name!r}'s "
+            f"finished units ({recorded}); check --tracking-uri: pass the store the study ran with."
+        )
     if not rows:
         raise UserError(
             f"study {study_name!r} has no finished unit with evaluations yet ({len(missing)} missing, "
@@ -192,6 +203,16 @@ def _mlflow_client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def _run_exists(client: Any, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def _return_history(client: Any, run_id: str | None) -> list[tuple[int, float]]:
