@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -175,6 +176,41 @@ def unit_key(variant: str, task: str, seed_index: int) -> str:
     return f"{variant}|{task}|seed{seed_index}"
 
 
+# A directory name that is the label itself: no separators, no spaces, never hidden, "." or "..".
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
+_NAME_MAX = 100  # well below the usual 255-byte limit on a file name
+
+
+def variant_dir(label: str) -> str:
+    """The directory, under the study's folder, of a configuration's units.
+
+    A plain label (`ppo`, `lr=0.001`, `num_refits=3`) is its own directory name. Any other label
+    gets a readable slug plus a hash of the exact label: two labels that slug alike ("ppo a",
+    "ppo/a") stay apart, and no label can name the study's folder itself or one outside it (".",
+    "..", "") or a hidden directory.
+    """
+
+    if _PLAIN_NAME.fullmatch(label) and len(label) <= _NAME_MAX:
+        return label
+    slug = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", label).lstrip("._-")[: _NAME_MAX - 11] or "variant"
+    return f"{slug}-{hashlib.sha256(label.encode()).hexdigest()[:10]}"
+
+
+def _check_variant_dirs(labels: list[str]) -> None:
+    """Refuse two labels whose directories a file system that ignores case (macOS, Windows by
+    default) would take for one: their units would write into each other's directories."""
+
+    seen: dict[str, str] = {}
+    for label in labels:
+        other = seen.setdefault(variant_dir(label).casefold(), label)
+        if other != label:
+            raise UserError(
+                f"labels {other!r} and {label!r} would write to one output directory "
+                f"({variant_dir(other)!r} and {variant_dir(label)!r} differ at most in case); "
+                "rename one, or give the values distinct spellings."
+            )
+
+
 def derive_seed(
     study_seed: int, algo: str, preset: str, params: Mapping[str, Any], task: str, seed_index: int
 ) -> int:
@@ -245,8 +281,11 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
         raise UserError(_unknown("study kind", kind, list(KINDS)))
     _check_keys("the spec", raw, _COMMON_KEYS | _KIND_KEYS[kind])
     name = _get(raw, "name", str)
-    if not name or any(c in name for c in "/\\|") or name != name.strip():
-        raise UserError(f"name {name!r} must be non-empty, without spaces at the ends, '/', '\\' or '|'.")
+    if not name or any(c in name for c in "/\\|") or name != name.strip() or name in (".", ".."):
+        # The name is a directory under runs/studies/ and runs/reports/: "." or ".." would be another one.
+        raise UserError(
+            f"name {name!r} must be non-empty, not '.' or '..', without spaces at the ends, '/', '\\' or '|'."
+        )
     seeds = _get(raw, "seeds", int)
     steps = _get(raw, "steps", int)
     if seeds < 1:
@@ -278,8 +317,9 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
         pruner=_choice(raw, "pruner", PRUNERS) if kind == "tune" else "none",
         raw=dict(raw),
     )
-    if kind == "grid":
-        spec.configurations()  # refuses a label shared by two configurations
+    if kind != "tune":
+        # Refuses a grid label shared by two configurations, and labels whose directories clash.
+        _check_variant_dirs([label for label, _, _ in spec.configurations()])
     if kind == "tune":
         overlap = set(spec.fixed) & {dim.name for dim in spec.space}
         if overlap:

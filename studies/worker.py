@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import threading
 import time
 import traceback
@@ -34,7 +33,7 @@ from optuna.trial import TrialState
 
 from harness.errors import UserError
 from studies import tracking
-from studies.spec import Spec, Unit, parse_spec, stable_seed
+from studies.spec import Spec, Unit, parse_spec, stable_seed, variant_dir
 from studies.storage import (
     ask_owned,
     claim_waiting_trial,
@@ -309,7 +308,7 @@ def _execute(
     if lost.is_set():
         raise ClaimLost()
 
-    out_dir = context.out_root / _slug(unit.variant) / f"{unit.task}-seed{unit.seed_index}"
+    out_dir = context.out_root / variant_dir(unit.variant) / f"{unit.task}-seed{unit.seed_index}"
     request = run.RunRequest(
         algo=unit.algo,
         task=unit.task,
@@ -484,7 +483,3 @@ def _pruner(spec: Spec) -> optuna.pruners.BasePruner:
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text)

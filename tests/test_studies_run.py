@@ -8,6 +8,7 @@ fake, so they take no training time.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import textwrap
@@ -24,7 +25,7 @@ from harness.cli import main
 from harness.errors import UserError
 from harness.tracking import resolve_tracking_uri
 from studies import runner
-from studies.spec import load_spec
+from studies.spec import load_spec, variant_dir
 from studies.status import study_status
 from studies.storage import storage_location
 from studies.worker import load_study, run_worker
@@ -97,6 +98,16 @@ def fake_execute(monkeypatch):
 
     monkeypatch.setattr(run_harness, "execute", execute)
     return calls
+
+
+def compare_spec(tmp_path: Path, labels: list[str], seeds: int = 1) -> Path:
+    """A compare study of tiny PPO variants with the given (TOML-quoted) labels."""
+
+    head = f'kind = "compare"\ndescription = "test"\ntasks = ["toy-bimodal"]\nseeds = {seeds}\nsteps = 1024\n'
+    variants = "".join(f'\n[variants.{json.dumps(label)}]\nalgo = "ppo"' + TINY_PPO for label in labels)
+    path = tmp_path / "tiny.toml"
+    path.write_text(head + variants)
+    return path
 
 
 def prepared(path: Path) -> optuna.Study:
@@ -214,7 +225,7 @@ def with_an_earlier_run_in_its_directory(workdir: Path) -> tuple[optuna.Study, P
     path = grid_spec(workdir, 1, [0.0], steps=1024)
     study = prepared(path)
     (unit,) = load_spec(path).units()
-    out_dir = workdir / "runs" / "studies" / "tiny" / unit.variant / f"{unit.task}-seed0"
+    out_dir = workdir / "runs" / "studies" / "tiny" / variant_dir(unit.variant) / f"{unit.task}-seed0"
     request = run_harness.RunRequest(
         unit.algo, unit.task, unit.seed, 512, overrides=unit.params, out_dir=out_dir
     )
@@ -319,6 +330,20 @@ def test_failing_units_are_recorded_and_the_study_goes_on(workdir, fake_execute)
     assert by_coef[0.5].user_attrs["fail_reason"] == "RuntimeError: synthetic failure"
     # A failed unit is settled: resuming the study does not run it again.
     assert runner.enqueue_missing_units(study, load_spec(path)) == 0
+
+
+def test_labels_that_slug_alike_get_their_own_directories_inside_the_study(workdir, fake_execute):
+    """Labels "ppo a" and "ppo/a" once shared one directory (the second unit overwrote the first's
+    checkpoint), and ".." wrote next to the study's folder instead of inside it."""
+
+    labels = ["ppo a", "ppo/a", "..", ".", "lr=0.001"]
+    prepared(compare_spec(workdir, labels))
+    assert run_worker("tiny", None) == len(labels)
+    study_dir = (workdir / "runs" / "studies" / "tiny").resolve()
+    variant_dirs = {Path(request.out_dir).parent for request in fake_execute}
+    assert len(variant_dirs) == len(labels)
+    assert all(path.parent == study_dir and not path.name.startswith(".") for path in variant_dirs)
+    assert study_dir / "lr=0.001" in variant_dirs  # a plain label keeps its own name
 
 
 def test_trial_budget_holds_across_workers(workdir, fake_execute):

@@ -9,7 +9,7 @@ import pytest
 import algorithms
 import studies
 from harness.errors import UserError
-from studies.spec import SPEC_DIR, derive_seed, load_spec
+from studies.spec import SPEC_DIR, derive_seed, load_spec, variant_dir
 
 GRID = """
 kind = "grid"
@@ -177,3 +177,27 @@ def test_a_task_without_a_score_range_is_refused(tmp_path):
     text = GRID.replace('"toy-bimodal"', '"gym:Pendulum-v1"') + f"[grid]\n{ppo_key()} = [1e-3]\n"
     with pytest.raises(UserError, match="gym:Pendulum-v1 has no declared score range"):
         load_spec(write(tmp_path, text), check_configs=False)
+
+
+def test_variant_directories_are_plain_labels_or_distinct_safe_names():
+    for plain in ("ppo", "gorl-fm-3-refits", "num_refits=3", "lr=0.001", "input=prior,reset=true"):
+        assert variant_dir(plain) == plain  # the directories of existing studies keep their names
+    odd = ["ppo a", "ppo/a", "ppo_a_", "", ".", "..", ".hidden", "a" * 300, "hidden=[64, 64]"]
+    names = [variant_dir(label) for label in odd]
+    assert len(set(names)) == len(names)
+    assert all(0 < len(n) <= 100 and "/" not in n and not n.startswith((".", "-")) for n in names)
+    assert variant_dir("ppo a") == variant_dir("ppo a") and variant_dir("ppo a").startswith("ppo_a-")
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_study_name_that_is_not_a_folder_of_its_own_is_refused(tmp_path, name):
+    with pytest.raises(UserError, match="must be non-empty, not '.' or '..'"):
+        text = f'name = "{name}"\n' + GRID + "[grid]\nclip = [0.1]\n"
+        load_spec(write(tmp_path, text), check_configs=False)
+
+
+def test_labels_whose_directories_differ_only_in_case_are_refused(tmp_path):
+    compare = GRID.replace('"grid"', '"compare"').replace('algo = "ppo"\n', "")
+    compare += '[variants.PPO]\nalgo = "ppo"\n[variants.ppo]\nalgo = "ppo"\n'
+    with pytest.raises(UserError, match="labels 'PPO' and 'ppo' would write to one output directory"):
+        load_spec(write(tmp_path, compare), check_configs=False)
