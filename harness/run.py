@@ -286,27 +286,28 @@ def _train(
     return result("FINISHED")
 
 
-def check_run(config: Any, task: str, steps: int) -> None:
+def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -> None:
     """Refuse, before anything is built or tracked, a budget below one policy update, one that does
     not fit the config's schedule (configs with a `check_budget` method) or a task the config
     cannot run (a `check_task` method).
 
     The env steps of one update are read from the config when the algorithm exposes them
-    (`steps_per_update`, or the on-policy `batch_size`).
+    (`steps_per_update`, or the on-policy `batch_size`). `steps_name` is what the user wrote the
+    budget as: `--steps` on the command line, `steps` in a study spec.
     """
 
     per_update = int(getattr(config, "steps_per_update", None) or getattr(config, "batch_size", 1))
     if steps < per_update:
         raise UserError(
-            f"--steps {steps} is less than one policy update ({per_update} env steps); a run would train "
-            f"{per_update} steps anyway. Give at least {per_update}."
+            f"{steps_name} {steps} is less than one policy update ({per_update} env steps); a run would "
+            f"train {per_update} steps anyway. Give at least {per_update}."
         )
     check_budget = getattr(config, "check_budget", None)
     if check_budget is not None:
         try:
             check_budget(steps)
         except ValueError as error:
-            raise UserError(f"--steps {steps}: {error}") from None
+            raise UserError(f"{steps_name} {steps}: {error}") from None
     check_task = getattr(config, "check_task", None)
     if check_task is not None:
         try:
@@ -314,7 +315,9 @@ def check_run(config: Any, task: str, steps: int) -> None:
         except ValueError as error:
             raise UserError(str(error)) from None
     if getattr(config, "eval_points", 0) > steps:  # more points than env steps: a list of useless points
-        raise UserError(f"eval_points {config.eval_points} is more than --steps {steps}; give at most that.")
+        raise UserError(
+            f"eval_points {config.eval_points} is more than {steps_name} {steps}; give at most that."
+        )
 
 
 def resolve_device(name: str) -> torch.device:

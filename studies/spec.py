@@ -332,9 +332,6 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
 def check_configurations(spec: Spec) -> None:
     """Resolve every distinct configuration on every task and check it fits the unit budget."""
 
-    import algorithms
-    from algorithms.config import resolve
-
     if spec.kind == "tune":
         # The corners of the space and each categorical choice: enough to catch unknown keys,
         # wrong types and values the config's own validate() refuses.
@@ -346,30 +343,23 @@ def check_configurations(spec: Spec) -> None:
     else:
         configurations = spec.configurations()
     for label, algo, params in configurations:
-        algorithm = algorithms.get(algo)
         for task in spec.tasks:
             try:
-                config = resolve(algorithm, spec.preset, task, params)
-                _check_unit(config, task, spec.steps)
+                check_unit(spec, algo, task, params)
             except UserError as error:
                 raise UserError(f"configuration {label!r} on {task}: {error}") from None
 
 
-def _check_unit(config: Any, task: str, steps: int) -> None:
-    """Refuse a unit that `gorl-bench run` would refuse: a budget below one update or outside the
-    configuration's schedule, or a task the configuration cannot run.
+def check_unit(spec: Spec, algo: str, task: str, params: Mapping[str, Any]) -> None:
+    """Refuse a unit that `gorl-bench run` would refuse: bad config values, a budget below one
+    update or outside the configuration's schedule, or a task the configuration cannot run."""
 
-    The env steps of one policy update are read from the config when the algorithm exposes
-    them (`steps_per_update`, or the on-policy `batch_size`); a config with a schedule (GoRL's
-    stages) checks the rest itself, exactly as `gorl-bench run` does.
-    """
-
+    import algorithms
+    from algorithms.config import resolve
     from harness.run import check_run
 
-    per_update = int(getattr(config, "steps_per_update", None) or getattr(config, "batch_size", 1))
-    if steps < per_update:
-        raise UserError(f"the budget of {steps} steps is less than one update ({per_update} steps).")
-    check_run(config, task, steps)
+    config = resolve(algorithms.get(algo), spec.preset, task, dict(params))
+    check_run(config, task, spec.steps, steps_name="steps")
 
 
 def _parse_tasks(value: Any) -> tuple[str, ...]:

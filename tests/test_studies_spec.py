@@ -47,7 +47,11 @@ def ppo_key() -> str:
         (GRID.replace('"ppo"', '"ppp"') + "[grid]\nlr = [1e-3]\n", "unknown algorithm 'ppp'"),
         (GRID.replace('"toy-bimodal"', '"no-such-task"') + "[grid]\nlr = [1e-3]\n", "no-such-task"),
         (GRID.replace("seeds = 2", "seeds = 0") + "[grid]\nlr = [1e-3]\n", "seeds must be at least 1"),
-        (GRID.replace("steps = 4096", "steps = 1") + "[grid]\nlr = [1e-3]\n", "less than one update"),
+        (
+            GRID.replace("steps = 4096", "steps = 1") + "[grid]\nlr = [1e-3]\n",
+            "steps 1 is less than one policy update (4096 env steps)",
+        ),
+        (GRID + "[grid]\neval_points = [5000]\n", "eval_points 5000 is more than steps 4096"),
         (GRID + "[grid]\nno_such_key = [1, 2]\n", "unknown config key 'no_such_key'"),
         (GRID.replace('"grid"', '"compare"').replace('algo = "ppo"\n', ""), "[variants.<label>]"),
         (GRID.replace('"grid"', '"tune"') + "[space.lr]\nlow = 1e-3\nhigh = 1e-2\n", "needs max_trials"),
@@ -68,6 +72,7 @@ def test_bad_specs_fail_with_a_clear_message(tmp_path, text, message):
         load_spec(write(tmp_path, text))
     assert message.replace("lr", ppo_key()) in str(error.value)
     assert str(error.value).startswith("study.toml: ")
+    assert "--steps" not in str(error.value)  # a spec's budget is its `steps` key
 
 
 def test_unknown_spec_name_lists_the_shipped_ones():
