@@ -20,6 +20,7 @@ same parameters again, so the unit is completed exactly once by whichever worker
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -94,8 +95,47 @@ def open_storage(location: str | None) -> BaseStorage:
         reason = str(getattr(last, "orig", None) or last).strip().splitlines()[0]
         raise UserError(f"cannot open the study storage {location}: {reason}")
     path = Path(location)
+    _check_journal(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except (ValueError, AssertionError, KeyError, TypeError) as error:
+        # Optuna replays the whole log on opening; a damaged line fails there with a decoding
+        # error or a failed assertion on an unknown operation.
+        raise UserError(
+            f"the study journal {location} is damaged and cannot be read ({type(error).__name__}: {error}). "
+            "Pass the --storage a study was run with, or a path that does not exist yet for a new one."
+        ) from None
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse a path that is not an Optuna journal file before Optuna reads it, or appends to it:
+    opening any existing file as a journal wrote the new study's records into it."""
+
+    if path.is_dir():
+        raise UserError(
+            f"the study storage {path} is a directory; pass a journal file path (default "
+            f"{DEFAULT_JOURNAL}) or an RDB URL such as postgresql://..."
+        )
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline(1 << 16)  # a journal's first record, the study's creation, is short
+    except FileNotFoundError:
+        return  # a new journal
+    except OSError as error:
+        raise UserError(f"cannot read the study journal {path}: {error.strerror or error}.") from None
+    if not first:
+        return  # an empty file is an empty journal
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and "op_code" in record):
+        raise UserError(
+            f"{path} is not an Optuna journal file (its first line is not a journal record), so it is left "
+            "untouched. Pass the --storage a study was run with, or a path that does not exist yet for a "
+            "new one."
+        )
 
 
 def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:

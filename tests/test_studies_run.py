@@ -399,6 +399,43 @@ def test_status_of_a_missing_storage_is_refused_and_creates_nothing(workdir, cap
     assert "no study storage at" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "option", [["study", "worker", "x", "--threads"], ["study", "run", "x", "--workers"]]
+)
+def test_a_count_below_one_is_refused_while_parsing(workdir, capsys, option):
+    """--threads -3 reached torch.set_num_threads, which raised a RuntimeError."""
+
+    with pytest.raises(SystemExit) as raised:
+        main([*option, "-3"])
+    assert raised.value.code == 2
+    assert f"argument {option[-1]}: must be a positive integer, got -3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) + b"\n", b"not a journal\n", b'{"op": 1}\n'])
+def test_a_storage_file_that_is_not_a_journal_is_refused_and_left_untouched(workdir, capsys, content):
+    """A binary file gave a UnicodeDecodeError, a text file a JSONDecodeError; `study run` appended
+    the new study's records to the file."""
+
+    path = grid_spec(workdir, 1, [0.0])
+    storage = workdir / "notes.bin"
+    storage.write_bytes(content)
+    assert main(["study", "status", "tiny", "--storage", str(storage)]) == 2
+    assert main(["study", "run", str(path), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("is not an Optuna journal file") == 2 and "Traceback" not in err
+    assert storage.read_bytes() == content
+
+
+def test_a_damaged_journal_is_a_clear_error(workdir, capsys):
+    prepared(grid_spec(workdir, 1, [0.0]))
+    journal = workdir / "runs" / "studies.journal"
+    first, *rest = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join([first, b"\xff\xfe not a record\n", *rest]))
+    assert main(["study", "status", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert f"the study journal {journal} is damaged" in err and "Traceback" not in err
+
+
 def test_tune_study_reports_iqm_per_unit_and_prunes(workdir, fake_execute):
     top = 'kind = "tune"\nseeds = 2\nmax_trials = 6\npruner = "median"\n'
     prepared(spec_file(workdir, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from harness.commands.arguments import positive_int
+
 STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
 
 
@@ -19,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run = actions.add_parser("run", help="create or resume a study and run local workers until it is done")
     run.add_argument("spec", help="a spec shipped in studies/ (e.g. demo) or the path of a TOML file")
     run.add_argument("--storage", help=STORAGE_HELP)
-    run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    run.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default 1)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
     run.add_argument("--device", default="cpu", help="torch device for every unit (default cpu)")
     run.set_defaults(func=_run)
@@ -29,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     worker.add_argument("name", help="the study name (the spec's `name`, by default its file name)")
     worker.add_argument("--storage", help=STORAGE_HELP)
-    worker.add_argument("--threads", type=int, help="torch threads for this worker (default: torch's choice)")
+    worker.add_argument(
+        "--threads", type=positive_int, help="torch threads for this worker (default: torch's choice)"
+    )
     worker.add_argument("--device", default="cpu", help="torch device (default cpu)")
     worker.add_argument(
         "--index", type=int, help="a number unique among the study's workers: seeds a tune study's sampler"
