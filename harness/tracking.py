@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -95,6 +96,41 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def check_run_exists(tracking_uri: str, run_id: str) -> None:
+    """A clear error unless the store at `tracking_uri` holds run `run_id` (a store that has moved
+    since the run started is the usual cause)."""
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    missing = (
+        f"the MLflow store {tracking_uri} has no run {run_id}. If the store has moved, pass its new "
+        f"location with --tracking-uri."
+    )
+    # Checked first: MLflow would create an empty SQLite store at a path that is gone.
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(missing)
+    try:
+        MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException:
+        raise UserError(missing) from None
+
+
+def local_artifacts_gone(artifact_uri: str) -> bool:
+    """Whether `artifact_uri` is a local directory that does not exist. MLflow records it as an
+    absolute path, which does not follow a store that has moved, and writing there would
+    recreate the old folder. (Every run logs its config.toml at its start, so a run's directory
+    exists unless it has moved.)"""
+
+    from urllib.parse import urlparse
+
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    if urlparse(artifact_uri).scheme not in ("", "file"):
+        return False  # an artifact server or a cloud bucket: nothing local to check
+    return not Path(local_file_uri_to_path(artifact_uri)).is_dir()
+
+
 class RunTracker:
     """One MLflow run. Metrics at steps already in the store (a resumed run) are skipped."""
 
@@ -149,20 +185,8 @@ class RunTracker:
     def reopen(cls, tracking_uri: str, run_id: str) -> RunTracker:
         """Continue `run_id`: mark it running again and skip metrics at steps it already has."""
 
-        from mlflow.exceptions import MlflowException
-
-        missing = (
-            f"cannot resume: the MLflow store {tracking_uri} has no run {run_id}. If the store has moved, "
-            f"pass its new location with --tracking-uri."
-        )
-        # Checked first: MLflow would create an empty SQLite store at a path that is gone.
-        if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
-            raise UserError(missing)
+        check_run_exists(tracking_uri, run_id)
         tracker = cls(tracking_uri, run_id)
-        try:
-            tracker.client.get_run(run_id)
-        except MlflowException:
-            raise UserError(missing) from None
         history = tracker.client.get_metric_history(run_id, STEP_METRIC)
         tracker.logged_through = max((m.step for m in history), default=-1)
         with signals_deferred():
@@ -196,6 +220,17 @@ class RunTracker:
             self.client.log_text(self.run_id, text, artifact_file)
 
     def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
+        """Attach a file, unless the run's local artifact directory has moved (see
+        `local_artifacts_gone`): the file stays where it is, and a line says so."""
+
+        artifacts = self.client.get_run(self.run_id).info.artifact_uri
+        if local_artifacts_gone(artifacts):
+            print(
+                f"{path.name} was not attached to MLflow run {self.run_id}: its artifact directory "
+                f"{artifacts} does not exist (has the store moved?)",
+                file=sys.stderr,
+            )
+            return
         with signals_deferred():
             self.client.log_artifact(self.run_id, str(path), artifact_dir)
 

@@ -77,7 +77,7 @@ def test_a_moved_store_keeps_the_figure_and_says_how_to_log_it(tmp_path, migrate
     assert "bimodality coefficient" in captured.out and figure.is_file()
     error = " ".join(captured.err.split())  # the message as one paragraph, whatever the wrapping
     assert f"the figure was written to {figure}" in error
-    assert f"the MLflow store sqlite:///{old / 'mlflow.db'} does not exist" in error
+    assert f"the MLflow store sqlite:///{old / 'mlflow.db'} has no run {run_id}" in error
     assert "--tracking-uri" in error and "Traceback" not in captured.err
     assert not old.exists()  # no empty store made at the old path
 

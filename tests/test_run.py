@@ -316,18 +316,19 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, tracking_uri):
 
 
 def test_resume_finds_a_moved_tracking_store_when_told_where(tmp_path, capsys):
-    store = tmp_path / "old" / "mlflow.db"
+    store = tmp_path / "old" / "mlflow.db"  # with its artifacts in old/mlartifacts
     first = execute(request(tmp_path, f"sqlite:///{store}"), progress=False)
+    (tmp_path / "old").rename(tmp_path / "new")
     moved = tmp_path / "new" / "mlflow.db"
-    moved.parent.mkdir()
-    store.rename(moved)
     assert main(["run", "--resume", str(first.out_dir), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"has no run {first.mlflow_run_id}" in err and "--tracking-uri" in err and "Traceback" not in err
     assert not store.exists()  # no empty store left at the old path
     argv = ["run", "--resume", str(first.out_dir), "--tracking-uri", f"sqlite:///{moved}", "--no-progress"]
     assert main(argv) == 0
+    assert "checkpoint.pt was not attached" in capsys.readouterr().err
     assert MlflowClient(f"sqlite:///{moved}").get_run(first.mlflow_run_id).info.status == "FINISHED"
+    assert not (tmp_path / "old").exists()  # MLflow's absolute artifact path was not recreated
 
 
 def test_sigterm_ends_the_mlflow_run_killed(tmp_path, tracking_uri):

@@ -149,24 +149,21 @@ def _log(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from harness.errors import UserError
+    from harness.tracking import check_run_exists, local_artifacts_gone
+
     run_id = checkpoint["mlflow_run_id"]
-    # Checked first: MLflow would create an empty SQLite store at a path that is gone, as it is
-    # when the folder holding the run and its store has moved (the checkpoint records the old path).
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        diagnosis.unlogged.append(f"{run_dir}: the MLflow store {tracking_uri} does not exist")
+    try:
+        check_run_exists(tracking_uri, run_id)
+    except UserError as error:
+        diagnosis.unlogged.append(f"{run_dir}: {error}")
         return
     client = MlflowClient(tracking_uri)
     try:
-        artifacts = client.get_run(run_id).info.artifact_uri
-    except MlflowException:
-        diagnosis.unlogged.append(f"{run_dir}: the MLflow store {tracking_uri} has no run {run_id}")
-        return
-    try:
         for key, value in report.metrics("diagnose/multimodality/").items():
             client.log_metric(run_id, key, value, step=checkpoint["agent"]["counted_steps"])
-        if _local_directory_gone(artifacts):
-            # MLflow records a local artifact directory as an absolute path, which does not follow a
-            # store that has moved: attaching the figure would recreate the old folder.
+        artifacts = client.get_run(run_id).info.artifact_uri
+        if local_artifacts_gone(artifacts):
             diagnosis.notes.append(
                 f"the figure was not attached to MLflow run {run_id}: its artifact directory {artifacts} "
                 "does not exist (has the store moved?); its statistics were logged"
@@ -177,19 +174,6 @@ def _log(
         diagnosis.unlogged.append(
             f"{run_dir}: logging to MLflow run {run_id} in {tracking_uri} failed: {error}"
         )
-
-
-def _local_directory_gone(artifact_uri: str) -> bool:
-    """Whether `artifact_uri` is a local directory that does not exist (every run made by `gorl-bench
-    run` has logged its config.toml there, so the directory exists unless it has moved)."""
-
-    from urllib.parse import urlparse
-
-    from mlflow.utils.file_utils import local_file_uri_to_path
-
-    if urlparse(artifact_uri).scheme not in ("", "file"):
-        return False  # an artifact server or a cloud bucket: nothing local to check
-    return not Path(local_file_uri_to_path(artifact_uri)).is_dir()
 
 
 def _fixed_state(task: str, agent: object, steps: int, seed: int) -> np.ndarray:
