@@ -265,9 +265,10 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
         ends = [math.floor(fraction * updates + 0.5) for fraction in cumulative[:-1]] + [updates]
     lengths = np.diff([0, *ends])
     if lengths.min() < 1:
+        shown = lengths.tolist() if len(lengths) <= 8 else f"{int((lengths < 1).sum())} of them 0"
         raise ValueError(
             f"the budget of {budget} env steps is {updates} PPO updates of {per_update} steps, too few for "
-            f"{len(ends)} encoder stages (stage lengths in updates would be {lengths.tolist()}); raise the "
+            f"{len(ends)} encoder stages (stage lengths in updates would be {shown}); raise the "
             f"budget or use fewer refits"
         )
     return [end * per_update for end in ends]
