@@ -1,9 +1,10 @@
 """`study run`: create or resume a study, then run local worker processes until it is done.
 
 The coordinating process does everything that must happen exactly once, before any worker
-starts: it validates the spec, creates the study and records the spec in it, creates the
-MLflow experiment and parent run, re-enqueues units of dead workers and enqueues the units
-that have no trial yet. Workers (here or on other machines) only claim and run units.
+starts: it validates the spec and the device, creates the study and records the spec in it,
+creates the MLflow experiment and parent run, re-enqueues units of dead workers (and, when
+asked, failed units) and enqueues the units that have no trial yet. Workers (here or on other
+machines) only claim and run units.
 """
 
 from __future__ import annotations
@@ -15,13 +16,25 @@ import time
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from harness.errors import UserError
 from harness.tracking import resolve_tracking_uri
 from studies import tracking
 from studies.spec import Spec, load_spec
 from studies.status import StudyStatus, study_status
-from studies.storage import is_lost, open_storage, sqlalchemy_url, storage_location, sweep_lost_units
+from studies.storage import (
+    DIVERGED,
+    ERROR,
+    failure_kind,
+    is_lost,
+    open_storage,
+    rerun_failed_trial,
+    rerun_trials,
+    sqlalchemy_url,
+    storage_location,
+    sweep_lost_units,
+)
 from studies.worker import work_left
 
 POLL_S = 1.0
@@ -35,11 +48,21 @@ def run_study(
     tracking_uri: str | None = None,
     device: str = "cpu",
     progress: bool = True,
+    retry_failed: bool = False,
+    retry_diverged: bool = False,
 ) -> StudyStatus:
-    """Create or resume the study described by `spec_ref` and run `workers` local processes on it."""
+    """Create or resume the study described by `spec_ref` and run `workers` local processes on it.
+
+    Units (tune: trials) that failed on their own are settled and not run again, unless
+    `retry_failed` (those that failed with an error) or `retry_diverged` (those whose training
+    diverged) enqueues them once more.
+    """
+
+    from harness.run import resolve_device
 
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}.")
+    resolve_device(device)  # every unit would fail for it, each after its worker had started
     spec = load_spec(spec_ref)
     location = storage_location(location)
     tracking_uri = sqlalchemy_url(resolve_tracking_uri(tracking_uri))
@@ -50,6 +73,12 @@ def run_study(
             file=sys.stderr,
         )
     study = prepare_study(spec, location, tracking_uri)
+    kinds = {ERROR} if retry_failed else set()
+    kinds |= {DIVERGED} if retry_diverged else set()
+    rerun = rerun_failed(study, kinds)
+    if rerun and progress:
+        noun = "trial" if spec.kind == "tune" else "unit"
+        print(f"rerunning {rerun} failed {noun}(s).", file=sys.stderr)
     # A second round is only needed when a worker died and its unit was re-enqueued after the
     # other workers had run out of units; the bound keeps workers that crash at start from looping.
     for _ in range(3):
@@ -117,6 +146,28 @@ def enqueue_missing_units(study: optuna.Study, spec: Spec) -> int:
     return enqueued
 
 
+def rerun_failed(study: optuna.Study, kinds: set[str]) -> int:
+    """Enqueue again each unit (tune: trial) that failed on its own for a reason in `kinds` and has
+    not been rerun yet; returns how many. Done once per `study run`, outside its rounds of
+    workers: a unit that fails again stays failed until the next `--retry-failed`."""
+
+    if not kinds:
+        return 0
+    trials = study.get_trials(deepcopy=False)
+    replaced = rerun_trials(trials)
+    failed = [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and not is_lost(t)
+        and t.number not in replaced
+        and failure_kind(t) in kinds
+    ]
+    for trial in failed:
+        rerun_failed_trial(study, trial)
+    return len(failed)
+
+
 def _run_workers(study: optuna.Study, location: str, workers: int, device: str, progress: bool) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
     # One torch thread pool per worker, sized so that the workers together fill the machine.
@@ -163,9 +214,8 @@ def _watch(study: optuna.Study, processes: list[subprocess.Popen], workers: int,
         while any(p.poll() is None for p in processes):
             time.sleep(POLL_S)
             status = study_status(study, workers)
-            eta = status.lines()[-1].strip()
-            info = f"running {status.running}  failed {status.failed}  pruned {status.pruned}  {eta}"
-            bar.update(task, completed=status.done, info=info)
+            counts = f"running {status.running}  failed {status.failed}  pruned {status.pruned}"
+            bar.update(task, completed=status.done, info=f"{counts}  {status.eta_text}")
     crashed = [p.args[-1] for p in processes if p.returncode not in (0, None)]
     if crashed:
         print(

@@ -1,6 +1,6 @@
-"""How far a study has come: trial counts by state, units done, and an ETA.
+"""How far a study has come: trial counts by state, units done, failures and an ETA.
 
-Shared by `study status` and the progress display of `study run`.
+Shared by `study status` and the progress display and summary of `study run`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,18 @@ from datetime import timedelta
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from studies.storage import is_lost
+from studies.storage import DIVERGED, ERROR, INVALID, failure_kind, is_lost, rerun_trials
+
+SHOWN_FAILURES = 5  # `gorl-bench report` lists them all
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A unit (tune: a trial) that failed on its own, and was not rerun since."""
+
+    label: str  # the unit ("variant|task|seedN"), or the tune trial ("trial-N")
+    kind: str  # studies.storage.ERROR, DIVERGED or INVALID
+    reason: str  # its first line
 
 
 @dataclass(frozen=True)
@@ -23,11 +34,16 @@ class StudyStatus:
     complete: int
     running: int
     waiting: int
-    failed: int  # units (or tune trials) that failed on their own: NaN, exceptions
+    failures: tuple[Failure, ...]  # units (or tune trials) that failed on their own: NaN, exceptions
     lost: int  # attempts whose worker died; each was re-enqueued
+    rerun: int  # failed attempts that `study run --retry-failed` (or --retry-diverged) replaced
     pruned: int
     total: int  # units of a grid/compare study (at most max_trials), max_trials of a tune study
     eta: timedelta | None
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
     @property
     def done(self) -> int:
@@ -39,15 +55,53 @@ class StudyStatus:
     def finished(self) -> bool:
         return self.done >= self.total and self.running == 0
 
+    @property
+    def eta_text(self) -> str:
+        return "ETA " + ("-" if self.eta is None else _format(self.eta))
+
     def lines(self) -> list[str]:
-        eta = "-" if self.eta is None else _format(self.eta)
-        return [
-            f"study {self.name} ({self.kind}): {self.done}/{self.total} done"
-            + (" - finished" if self.finished else ""),
+        ending = ""
+        if self.finished:
+            ending = f" - finished, {self.failed} failed" if self.failed else " - finished"
+        rerun = f"  failed+rerun {self.rerun}" if self.rerun else ""
+        lines = [
+            f"study {self.name} ({self.kind}): {self.done}/{self.total} done{ending}",
             f"  complete {self.complete}  running {self.running}  waiting {self.waiting}  "
-            f"failed {self.failed}  pruned {self.pruned}  lost+retried {self.lost}",
-            f"  ETA {eta}",
+            f"failed {self.failed}  pruned {self.pruned}  lost+retried {self.lost}{rerun}",
+            f"  {self.eta_text}",
         ]
+        for failure in self.failures[:SHOWN_FAILURES]:
+            lines.append(f"  failed {failure.label}: {failure.reason[:300]}")
+        if self.failed > SHOWN_FAILURES:
+            more = self.failed - SHOWN_FAILURES
+            lines.append(f"  ... and {more} more (`gorl-bench report` lists them all)")
+        return lines
+
+    def advice(self, command: str) -> list[str]:
+        """What to do about the failures, for a study run again with `command` (`gorl-bench study run
+        SPEC ...`); empty when nothing failed."""
+
+        if not self.failures:
+            return []
+        noun = "trial" if self.kind == "tune" else "unit"
+        kinds = {failure.kind for failure in self.failures}
+        lines = [f"{self.failed} {noun}(s) failed (listed above): the study did not fully succeed."]
+        if ERROR in kinds:
+            lines.append(
+                f"Failed {noun}s are not rerun by default. Once the cause of an error is fixed (a device, "
+                f"disk space, a directory in use), rerun the {noun}s it failed: {command} --retry-failed"
+            )
+        if DIVERGED in kinds:
+            lines.append(
+                f"Diverged {noun}s (a non-finite loss or score) are kept as results: on the same code and "
+                f"machine their seeds diverge again. To rerun them from the start: {command} --retry-diverged"
+            )
+        if INVALID in kinds:
+            lines.append(
+                "Sampled combinations that the configuration refuses are never rerun: narrow [space] so that "
+                "every combination is valid (a changed spec needs a new study `name`)."
+            )
+        return lines
 
 
 def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus:
@@ -57,12 +111,21 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
     attrs = study.user_attrs
     kind = attrs["spec"]["kind"]
     counts = {state: 0 for state in TrialState}
-    lost = 0
+    lost = rerun = 0
+    replaced = rerun_trials(trials)
+    failures = []
     for trial in trials:
         if is_lost(trial):
             lost += 1
+        elif trial.state == TrialState.FAIL and trial.number in replaced:
+            rerun += 1
         elif trial.user_attrs.get("duplicate_of") is None:
             counts[trial.state] += 1
+            if trial.state == TrialState.FAIL:
+                mine = trial.user_attrs
+                label = mine.get("unit") or mine.get("variant") or f"trial-{trial.number}"
+                reason = (str(mine["fail_reason"]).strip().splitlines() or ["no reason recorded"])[0]
+                failures.append(Failure(label, failure_kind(trial), reason))
     # With a trial budget smaller than the grid, the study is finished when the budget is spent.
     budget = attrs["spec"].get("max_trials")
     total = min(len(attrs["units_expected"]), budget or math.inf) if kind != "tune" else int(budget)
@@ -73,8 +136,9 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
         complete=counts[TrialState.COMPLETE],
         running=counts[TrialState.RUNNING],
         waiting=counts[TrialState.WAITING],
-        failed=counts[TrialState.FAIL],
+        failures=tuple(failures),
         lost=lost,
+        rerun=rerun,
         pruned=counts[TrialState.PRUNED],
         total=total,
         eta=_eta(trials, max(total - done, 0), workers or counts[TrialState.RUNNING] or 1),

@@ -256,9 +256,45 @@ def sweep_lost_units(study: optuna.Study) -> list[int]:
 def retry_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue the lost trial's parameters (its unit, or a tune trial's sampled values) again."""
 
+    _enqueue_again(study, trial, "retry_of")
+
+
+def rerun_failed_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue a unit (tune: a configuration) that failed on its own again; the rerun replaces it."""
+
+    _enqueue_again(study, trial, "rerun_of")
+
+
+def _enqueue_again(study: optuna.Study, trial: FrozenTrial, link: str) -> None:
     params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
     carried = {k: v for k, v in trial.user_attrs.items() if k in ("unit", "variant", "algo", "task", "seed")}
-    study.enqueue_trial(params, user_attrs={**carried, "retry_of": trial.number}, skip_if_exists=False)
+    study.enqueue_trial(params, user_attrs={**carried, link: trial.number}, skip_if_exists=False)
+
+
+def rerun_trials(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the failed trials that a rerun replaced (`study run --retry-failed`): like lost
+    attempts, they no longer count as the study's result or against its trial budget.
+
+    A finished trial cannot be marked any more, so the rerun records what it replaces.
+    """
+
+    return {t.user_attrs["rerun_of"] for t in trials if "rerun_of" in t.user_attrs}
+
+
+# Why a unit (tune: a trial) failed on its own, as the worker records it in the `failure` user attr.
+ERROR = "error"  # an exception: a missing device, a full disk, a directory in use; a rerun may succeed
+DIVERGED = "diverged"  # a non-finite loss or score: on the same code and machine its seed diverges again
+INVALID = "invalid"  # a sampled tune combination that the configuration refuses: refused again
+
+
+def failure_kind(trial: FrozenTrial) -> str:
+    """ERROR, DIVERGED or INVALID for a trial that failed on its own (not a lost one)."""
+
+    kind = trial.user_attrs.get("failure")
+    if kind is None:  # a trial failed before failure kinds were recorded
+        diverged = str(trial.user_attrs.get("fail_reason", "")).startswith("DivergedError")
+        kind = DIVERGED if diverged else ERROR
+    return kind
 
 
 def is_alive(study: optuna.Study, trial: FrozenTrial) -> bool:

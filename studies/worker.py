@@ -9,8 +9,10 @@ study itself. Each unit is one call of the run harness.
   the IQM of normalised final scores so far is reported after each, so the pruner can stop a
   bad configuration after its first units.
 
-A unit that fails (an exception, a non-finite score) is recorded FAILED with its reason and the
-worker moves on; a worker that dies is handled by `storage.sweep_lost_units`. A worker that was
+A unit that fails (an exception, a non-finite score) is recorded FAILED with its reason and kind
+(`storage.failure_kind`) and the worker moves on: `study run --retry-failed` reruns it later. A
+sampled tune configuration that the algorithm's config refuses fails before any of its units
+starts; a worker that dies is handled by `storage.sweep_lost_units`. A worker that was
 only silent (a suspended machine) and whose unit was re-queued meanwhile gives the unit up at
 its next evaluation, or drops its result, and moves on.
 """
@@ -33,15 +35,20 @@ from optuna.trial import TrialState
 
 from harness.errors import UserError
 from studies import tracking
-from studies.spec import Spec, Unit, parse_spec, stable_seed, variant_dir
+from studies.spec import Spec, Unit, check_unit, parse_spec, stable_seed, variant_dir
 from studies.storage import (
+    DIVERGED,
+    ERROR,
+    INVALID,
     ask_owned,
     claim_waiting_trial,
+    failure_kind,
     heartbeat,
     is_alive,
     is_lost,
     open_storage,
     owns,
+    rerun_trials,
     sweep_lost_units,
 )
 
@@ -74,6 +81,9 @@ def run_worker(
     0, 1, ... in every session); without one the sampler is seeded at random.
     """
 
+    from harness.run import resolve_device
+
+    resolve_device(device)  # before any claim: otherwise every unit fails with the same reason
     if threads:
         import torch
 
@@ -141,10 +151,15 @@ def _over_budget(study: optuna.Study, spec: Spec) -> bool:
 
     if spec.max_trials is None:
         return False
+    trials = study.get_trials(deepcopy=False)
+    replaced = rerun_trials(trials)  # a rerun takes the place of the failed trial it reruns
     counted = [
         t
-        for t in study.get_trials(deepcopy=False)
-        if t.state != TrialState.WAITING and not is_lost(t) and "duplicate_of" not in t.user_attrs
+        for t in trials
+        if t.state != TrialState.WAITING
+        and not is_lost(t)
+        and t.number not in replaced
+        and "duplicate_of" not in t.user_attrs
     ]
     return len(counted) >= spec.max_trials
 
@@ -169,10 +184,19 @@ def _next_unit(context: Context) -> bool:
     retry = "retry_of" in trial.user_attrs
     if retry:
         _close_orphans(context, f"tags.`gorl.unit` = '{unit.key}'")
+    resume, fresh = retry, _FIRST_ATTEMPT
+    rerun_of = trial.user_attrs.get("rerun_of")
+    if rerun_of is not None:
+        # An error may have stopped the unit mid-way: its checkpoint holds the training so far. A
+        # diverged unit's last checkpoint would only diverge again.
+        resume = failure_kind(study.get_trials(deepcopy=False)[rerun_of]) != DIVERGED
+        fresh = "a rerun of a diverged unit starts from the beginning"
     try:
         with heartbeat(study, trial._trial_id) as lost:
             try:
-                result = _execute(context, unit, context.parent_run_id, trial.report, lost, resume=retry)
+                result = _execute(
+                    context, unit, context.parent_run_id, trial.report, lost, resume=resume, fresh=fresh
+                )
             except ClaimLost:
                 raise
             except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
@@ -233,6 +257,11 @@ def _next_tune_trial(context: Context) -> bool:
     trial.set_user_attr("variant", variant)
     trial.set_user_attr("algo", spec.algo)
     trial.set_user_attr("params", {**spec.fixed, **params})
+    try:
+        _check_sampled(spec, params)
+    except InvalidConfiguration as error:
+        _fail(study, trial, error)
+        return True
     run_id = tracking.start_trial_run(
         context.tracking_uri,
         study.user_attrs["mlflow_experiment_id"],
@@ -280,6 +309,24 @@ def _next_tune_trial(context: Context) -> bool:
     return True
 
 
+_FIRST_ATTEMPT = "the unit's first attempt resumes nothing"
+
+
+def _check_sampled(spec: Spec, params: dict[str, Any]) -> None:
+    """Raise `InvalidConfiguration` for a sampled configuration that a unit would refuse.
+
+    The spec's own check covers the corners of the space; a combination inside it can still be
+    refused (a num_minibatches that does not divide the batch). Checked before any unit or MLflow
+    run starts, it fails at once and is recorded as invalid, which `--retry-failed` never reruns.
+    """
+
+    for task in spec.tasks:
+        try:
+            check_unit(spec, spec.algo, task, {**spec.fixed, **params})
+        except UserError as error:
+            raise InvalidConfiguration(f"the sampled configuration {params} on {task}: {error}") from None
+
+
 def _execute(
     context: Context,
     unit: Unit,
@@ -287,12 +334,14 @@ def _execute(
     report: Callable[[float, int], None] | None,
     lost: threading.Event,
     resume: bool,
+    fresh: str = _FIRST_ATTEMPT,
 ) -> Any:
     """Run one unit through the run harness; raise if it did not produce a finite score.
 
-    With `resume` (a retried unit) and a checkpoint left by the lost attempt, the run
+    With `resume` (a retried unit) and a checkpoint left by the lost or failed attempt, the run
     continues from it, bit-identically and in the same MLflow run. A checkpoint of any other
-    run in the unit's directory is moved aside, with a line saying so. Once `lost` is set (the
+    run in the unit's directory, or without `resume` one of this very run (`fresh` says why it is
+    not resumed), is moved aside, with a line saying so. Once `lost` is set (the
     heartbeat found the claim gone) the unit stops at its next evaluation with `ClaimLost`.
     """
 
@@ -338,7 +387,7 @@ def _execute(
             aside = None if resumable else _move_aside(out_dir)
         if aside is None:
             return _checked(run.resume(out_dir, on_evaluation=on_evaluation, progress=False))
-        why = "; ".join(differences) if differences else "the unit's first attempt resumes nothing"
+        why = "; ".join(differences) if differences else fresh
         print(
             f"[worker {os.getpid()}] {unit.key}: {out_dir} held the checkpoint of another run ({why}); "
             f"moved it to {aside.name}.",
@@ -387,6 +436,10 @@ def _move_aside(out_dir: Path) -> Path:
     return out_dir.rename(aside)
 
 
+class InvalidConfiguration(UserError):
+    """A sampled tune configuration that the algorithm's config, or the budget, refuses."""
+
+
 class ClaimLost(Exception):
     """The worker's trial was failed as lost elsewhere, and its unit re-queued: stop working on it."""
 
@@ -433,6 +486,8 @@ def _close_orphans(context: Context, filter_string: str) -> None:
 def _fail(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:
     reason = f"{type(error).__name__}: {error}"
     trial.set_user_attr("fail_reason", reason)
+    kinds = {DivergedError: DIVERGED, InvalidConfiguration: INVALID}
+    trial.set_user_attr("failure", kinds.get(type(error), ERROR))
     if isinstance(error, DivergedError):
         trial.set_user_attr("mlflow_run_id", error.mlflow_run_id)
     trial.set_user_attr("traceback", "".join(traceback.format_exception(error))[-4000:])

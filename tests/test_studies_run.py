@@ -100,6 +100,16 @@ def fake_execute(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def workers_in_process(monkeypatch):
+    """`study run` with its worker in this process, so that it runs units with the faked harness."""
+
+    def run_workers(study, location, workers, device, progress):
+        run_worker(study.study_name, location, index=0, device=device)
+
+    monkeypatch.setattr(runner, "_run_workers", run_workers)
+
+
 def compare_spec(tmp_path: Path, labels: list[str], seeds: int = 1) -> Path:
     """A compare study of tiny PPO variants with the given (TOML-quoted) labels."""
 
@@ -267,6 +277,36 @@ def test_the_directory_of_a_run_still_training_is_not_moved_aside(workdir):
     assert not list(out_dir.parent.glob(f"{out_dir.name}.stale-*"))
 
 
+def test_a_unit_rerun_after_an_error_resumes_its_checkpoint(workdir, monkeypatch):
+    """`--retry-failed` reruns a unit stopped by an error from its last checkpoint, in its MLflow run."""
+
+    real = run_harness.execute
+
+    def disk_full_after_the_first_evaluation(request, *, on_evaluation=None, progress=True):
+        def stop(step, mean_return):
+            raise OSError("No space left on device")
+
+        return real(request, on_evaluation=stop, progress=progress)
+
+    path = grid_spec(workdir, 1, [0.0])
+    prepared(path)
+    monkeypatch.setattr(run_harness, "execute", disk_full_after_the_first_evaluation)
+    assert run_worker("tiny", None) == 1
+    monkeypatch.setattr(run_harness, "execute", real)
+    status = runner.run_study(path, retry_failed=True, progress=False)
+    assert (status.complete, status.failed, status.rerun) == (1, 0, 1)
+    failed, rerun = load_study("tiny", None).trials
+    assert failed.user_attrs["failure"] == "error" and rerun.user_attrs["rerun_of"] == failed.number
+    assert len(rerun.intermediate_values) == 1  # only the evaluation after the checkpoint was left
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(resolve_tracking_uri(None))
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    (run,) = client.search_runs([experiment], "tags.`gorl.unit` != ''")  # the unit's one run
+    assert run.info.run_id == rerun.user_attrs["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "eval/return_mean")) == 2
+
+
 # Long enough (a few seconds per unit) for a worker to be killed in the middle of one.
 KILLABLE_STEPS = 8192
 
@@ -346,6 +386,81 @@ def test_labels_that_slug_alike_get_their_own_directories_inside_the_study(workd
     assert study_dir / "lr=0.001" in variant_dirs  # a plain label keeps its own name
 
 
+@pytest.mark.parametrize("device", ["tpu", "cuda"])
+def test_a_device_that_cannot_run_is_refused_before_any_unit(
+    workdir, fake_execute, workers_in_process, monkeypatch, capsys, device
+):
+    """Every unit failed with "CUDA is not available", and the study ended "finished" with status 0."""
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    path = grid_spec(workdir, 1, [0.0])
+    assert main(["study", "run", str(path), "--device", device]) == 2
+    assert not (workdir / "runs" / "studies.journal").exists()  # refused before the study was created
+    prepared(path)
+    assert main(["study", "worker", "tiny", "--device", device]) == 2
+    assert capsys.readouterr().err.count(f"device {device!r}") == 2
+    assert fake_execute == [] and load_study("tiny", None).trials[0].state == TrialState.WAITING
+
+
+def test_failed_units_fail_the_study_run_and_are_rerun_only_when_asked(
+    workdir, fake_execute, workers_in_process, monkeypatch, capsys
+):
+    """A study whose units failed ended "finished" with status 0, and no rerun of `study run`
+    could run them again once the cause was fixed."""
+
+    fake, broken = run_harness.execute, [True]
+
+    def out_of_disk_space_until_fixed(request, **kwargs):
+        if request.overrides.get("entropy_coef") == 0.1 and broken:
+            raise OSError("No space left on device")
+        return fake(request, **kwargs)
+
+    monkeypatch.setattr(run_harness, "execute", out_of_disk_space_until_fixed)
+    path = str(grid_spec(workdir, 1, [0.0, 0.1, 0.25]))  # the fake diverges at 0.25
+    assert main(["study", "run", path]) == 1
+    out = capsys.readouterr().out
+    assert "3/3 done - finished, 2 failed" in out
+    assert "failed entropy_coef=0.1|toy-bimodal|seed0: OSError: No space left on device" in out
+    assert f"gorl-bench study run {path} --retry-failed" in out and "--retry-diverged" in out
+
+    assert main(["study", "run", path]) == 1  # settled: nothing runs again unasked
+    assert len(fake_execute) == 2 and "--retry-failed" in capsys.readouterr().out
+
+    broken.clear()  # the disk has space again
+    assert main(["study", "run", path, "--retry-failed"]) == 1  # the diverged unit is still failed
+    out = capsys.readouterr().out
+    assert "3/3 done - finished, 1 failed" in out and "failed+rerun 1" in out
+    assert [r.overrides["entropy_coef"] for r in fake_execute[2:]] == [0.1]
+
+    assert main(["study", "run", path, "--retry-diverged"]) == 1  # it diverges again
+    assert [r.overrides["entropy_coef"] for r in fake_execute[3:]] == [0.25]
+    status = study_status(load_study("tiny", None))
+    assert (status.complete, status.failed, status.rerun, status.finished) == (2, 1, 2, True)
+
+
+def test_an_invalid_sampled_combination_fails_at_once_and_fails_the_study_run(
+    workdir, fake_execute, workers_in_process, capsys
+):
+    """A tune study with a combination that the config refuses ended "finished" with status 0."""
+
+    fixed = TINY_PPO.replace("num_minibatches = 2\n", "")  # 8 envs x 32 steps: a batch of 256
+    top = 'kind = "tune"\nseeds = 1\nmax_trials = 1\n'
+    path = spec_file(workdir, top, "[space.num_minibatches]\nlow = 2\nhigh = 4\n")
+    path.write_text(path.read_text().replace(TINY_PPO, fixed))
+    study = prepared(path)  # the corners, 2 and 4, divide the batch; 3 does not
+    study.enqueue_trial({"num_minibatches": 3})
+    assert main(["study", "run", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "1/1 done - finished, 1 failed" in out and "never rerun" in out
+    (trial,) = load_study("tiny", None).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["failure"] == "invalid"
+    assert "num_minibatches (3) must divide" in trial.user_attrs["fail_reason"]
+    assert fake_execute == []  # no unit ran
+    assert main(["study", "run", str(path), "--retry-failed"]) == 1 and fake_execute == []
+
+
 def test_trial_budget_holds_across_workers(workdir, fake_execute):
     prepared(grid_spec(workdir, 3, [0.0, 0.01], top="max_trials = 4\n"))
     assert run_worker("tiny", None, index=0) + run_worker("tiny", None, index=1) == 4
@@ -386,8 +501,10 @@ def test_status_command_reports_counts_and_eta(workdir, fake_execute, capsys):
     run_worker("tiny", None)
     assert main(["study", "status", "tiny"]) == 0
     out = capsys.readouterr().out
-    assert "study tiny (grid): 4/4 done - finished" in out
+    assert "study tiny (grid): 4/4 done - finished, 2 failed" in out
     assert "complete 2" in out and "failed 2" in out and "ETA" in out
+    assert "failed entropy_coef=0.5|toy-bimodal|seed1: RuntimeError: synthetic failure" in out
+    assert "gorl-bench study run SPEC --retry-failed" in out
     assert main(["study", "status", "nope"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
 

@@ -24,6 +24,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default 1)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
     run.add_argument("--device", default="cpu", help="torch device for every unit (default cpu)")
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="rerun the units (tune: trials) that failed with an error, such as a missing device or a full "
+        "disk, from their last checkpoint where they have one; failed units are otherwise settled",
+    )
+    run.add_argument(
+        "--retry-diverged",
+        action="store_true",
+        help="rerun the units (tune: trials) whose training diverged (a non-finite loss or score), from "
+        "the start; on the same code and machine a seed diverges again",
+    )
     run.set_defaults(func=_run)
 
     worker = actions.add_parser(
@@ -50,13 +62,32 @@ def _run(args: argparse.Namespace) -> int:
     from studies.runner import run_study
 
     status = run_study(
-        args.spec, args.storage, workers=args.workers, tracking_uri=args.tracking_uri, device=args.device
+        args.spec,
+        args.storage,
+        workers=args.workers,
+        tracking_uri=args.tracking_uri,
+        device=args.device,
+        retry_failed=args.retry_failed,
+        retry_diverged=args.retry_diverged,
     )
     print("\n".join(status.lines()))
     if not status.finished:
         print("Not finished: run the same command again to resume.")
         return 1
+    if status.failed:
+        # A study with failed units is not a success, even with nothing left to run.
+        print("\n".join(status.advice(_run_command(args.spec, args.storage))))
+        return 1
     return 0
+
+
+def _run_command(spec: str, storage: str | None) -> str:
+    """The `study run` command line to suggest: spec and storage as the user gave them."""
+
+    import shlex
+
+    storage_option = f" --storage {shlex.quote(storage)}" if storage else ""
+    return f"gorl-bench study run {shlex.quote(spec)}{storage_option}"
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -92,5 +123,6 @@ def _status(args: argparse.Namespace) -> int:
     from studies.status import study_status
 
     # As `report` does: opening a journal path that does not exist would create an empty one.
-    print("\n".join(study_status(open_study(args.name, args.storage)).lines()))
+    status = study_status(open_study(args.name, args.storage))
+    print("\n".join(status.lines() + status.advice(_run_command("SPEC", args.storage))))
     return 0
