@@ -109,6 +109,9 @@ def _tune_study(storage, client, uri, root):
     spec = {"name": "tuning", "kind": "tune", "algo": "ppo", "tasks": TASKS, "seeds": 2, "steps": STEPS[-1]}
     spec |= {"max_trials": 3, "space": {"lr": {"low": 1e-4, "high": 1e-3, "log": True}}}
     study, experiment, parent = _study(storage, client, uri, root, "tuning", spec, [], [])
+    # Trial 0 failed for a reason a rerun fixes (`study run --retry-failed`); trial 1 replaced it.
+    failed = {"variant": "trial-0", "fail_reason": "OSError: No space left on device", "failure": "error"}
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=failed))
     for number, lr in enumerate([2e-4, 5e-4]):
         variant = f"trial-{number}"
         trial_run = client.create_run(experiment, run_name=variant, tags={"mlflow.parentRunId": parent})
@@ -122,6 +125,7 @@ def _tune_study(storage, client, uri, root):
                 records[-1] |= {"params": {"lr": lr}, "mlflow_run_id": run_id}
         attrs = {"variant": variant, "algo": "ppo", "params": {"lr": lr}, "units": records}
         attrs["mlflow_run_id"] = trial_run.info.run_id
+        attrs |= {"rerun_of": 0} if number == 0 else {}
         study.add_trial(create_trial(value=0.5, params={"lr": lr}, user_attrs=attrs, distributions=_lr()))
 
 

@@ -19,7 +19,8 @@ Tune studies: one trial = one sampled configuration (variant "trial-<number>"); 
   seed, params, mlflow_run_id). A trial without `units` is read as a single unit record.
 
 Trials left out: lost attempts (a FAILED trial whose worker died, marked `lost` or without a
-fail_reason, always re-enqueued) and duplicates (`duplicate_of`). Pruned tune trials are left
+fail_reason, always re-enqueued), failed trials that a rerun replaced (`study run
+--retry-failed`) and duplicates (`duplicate_of`). Pruned tune trials are left
 out too: their configuration was stopped early by design and has not run on every task.
 
 MLflow: each unit's run has the metric history `eval/return_mean` (and `eval/return_std`) with
@@ -83,7 +84,7 @@ def load_study_results(
 
     from optuna.trial import TrialState
 
-    from studies.storage import is_lost
+    from studies.storage import is_lost, rerun_trials
 
     study = open_study(study_name, storage)
     attrs = study.user_attrs
@@ -94,8 +95,12 @@ def load_study_results(
     uri = _tracking_uri(given_uri)
     client = _mlflow_client(uri)
 
+    every_trial = study.get_trials(deepcopy=False)
+    replaced = rerun_trials(every_trial)
     trials = [
-        t for t in study.get_trials(deepcopy=False) if not is_lost(t) and "duplicate_of" not in t.user_attrs
+        t
+        for t in every_trial
+        if not is_lost(t) and t.number not in replaced and "duplicate_of" not in t.user_attrs
     ]
     rows: list[dict[str, Any]] = []
     done: set[str] = set()
