@@ -120,6 +120,9 @@ def main(args: argparse.Namespace) -> int:
     if not status.finished:
         print("The study did not finish (see the counts above): run the same command again to resume.")
         return 1
+    if status.failed:  # the report above is built from the units that did finish
+        print("\n".join(status.advice(f"gorl-bench study run {args.spec} --storage {location}")))
+        return 1
     return 0
 
 
