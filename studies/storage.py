@@ -12,9 +12,10 @@ WAITING -> RUNNING. Both storages make that transition atomic (a row lock on RDB
 the log on the journal), so two workers never claim the same trial.
 
 Recovery: a claimed trial records its owner (host, pid) with the claim and keeps a heartbeat while it runs.
-A trial is *lost* when its owner is a dead process on this host, or when its heartbeat is older
-than the grace period (Optuna's own heartbeat table on RDB, a trial attribute on the journal,
-which has no heartbeat of its own). `sweep_lost_units` marks lost trials FAILED and enqueues the
+A trial is *lost* when its owner is a dead process on this host, or, for an owner on another
+host, when its heartbeat is older than the grace period (Optuna's own heartbeat table on RDB,
+which Optuna applies to every host, a trial attribute on the journal, which has no heartbeat
+of its own). `sweep_lost_units` marks lost trials FAILED and enqueues the
 same parameters again, so the unit is completed exactly once by whichever worker claims it next.
 """
 
@@ -343,8 +344,11 @@ def _lost_reason(trial: FrozenTrial, *, journal: bool) -> str | None:
             if now - started > GRACE_PERIOD_S
             else None
         )
-    if owner["host"] == socket.gethostname() and not _process_alive(owner["pid"]):
-        return f"process {owner['pid']} on {owner['host']} is gone"
+    if owner["host"] == socket.gethostname():
+        # A process here is asked directly. Its heartbeat may be old while it is alive: after a
+        # suspend, a sweep can run before its first beat, and a retry would then find the unit's
+        # directory still held by it.
+        return None if _process_alive(owner["pid"]) else f"process {owner['pid']} on {owner['host']} is gone"
     if journal and now - owner["beat"] > GRACE_PERIOD_S:
         return f"no heartbeat from {owner['host']} (pid {owner['pid']}) for {now - owner['beat']:.0f} s"
     return None

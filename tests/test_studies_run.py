@@ -652,9 +652,11 @@ def test_a_worker_whose_unit_was_requeued_gives_it_up_without_a_traceback(
             return fake(request, on_evaluation=on_evaluation, progress=progress)
         study = load_study("tiny", None)
         (trial,) = study.get_trials(states=(TrialState.RUNNING,))
-        # Another worker's sweep, as it sees this worker's last heartbeat once the grace period is over.
+        # Another host's sweep, as it sees this worker's last heartbeat once the grace period is over
+        # (on this host the worker's process is alive, which a sweep here would ask directly).
         with monkeypatch.context() as later:
             later.setattr(storage, "GRACE_PERIOD_S", -1)
+            later.setattr(storage.socket, "gethostname", lambda: "elsewhere")
             assert storage.sweep_lost_units(study) == [trial.number]
         if when == "during the run":
             try:
@@ -705,6 +707,27 @@ def test_a_silent_worker_on_another_host_is_declared_lost(workdir, monkeypatch, 
     assert lost.state == TrialState.FAIL and storage.is_lost(lost)
     assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == lost.number
     assert retry.user_attrs["unit"] == lost.user_attrs["unit"]
+
+
+def test_a_live_worker_on_this_host_is_not_lost_however_old_its_heartbeat(workdir, monkeypatch):
+    """After a suspend, a sweep may run before the worker's first beat; the worker is still there
+    (and holds its unit's directory, so a retry could not run)."""
+
+    import os
+    import socket
+    import time
+
+    from studies import storage
+
+    monkeypatch.setattr(storage, "GRACE_PERIOD_S", 1)
+    spec = load_spec(grid_spec(workdir, 1, [0.0]))
+    study = runner.prepare_study(spec, storage_location(None), resolve_tracking_uri(None))
+    runner.enqueue_missing_units(study, spec)
+    trial = storage.claim_waiting_trial(study)
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "beat": time.time() - 3600}
+    study._storage.set_trial_system_attr(trial._trial_id, storage.OWNER_ATTR, owner)
+    assert storage.sweep_lost_units(study) == []
+    assert study.get_trials()[0].state == TrialState.RUNNING
 
 
 @pytest.mark.parametrize("kind", ["grid", "tune"])
