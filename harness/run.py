@@ -154,17 +154,20 @@ def resume(
     out_dir: Path | str,
     *,
     tracking_uri: str | None = None,
+    device: str | None = None,
     on_evaluation: EvaluationCallback | None = None,
     progress: bool = True,
 ) -> RunResult:
     """Continue the run saved in `out_dir` from its last checkpoint, in the same MLflow run.
 
     `tracking_uri`: where that run's MLflow store is now, if it moved since the run started.
+    `device`: train on another device than the run started on (a study rerun after a device
+    failure); the result is then no longer bit-identical to an uninterrupted run.
     """
 
     require_checkpoint(Path(out_dir))  # before the lock, which would create a missing directory
     with hold_run_directory(Path(out_dir)):
-        request, config, agent, state = load_run(out_dir)
+        request, config, agent, state = load_run(out_dir, device)
         if tracking_uri is not None:
             request = dataclasses.replace(request, tracking_uri=resolve_tracking_uri(tracking_uri))
         try:
@@ -176,12 +179,17 @@ def resume(
         return _train(request, config, agent, progress_state, tracker, on_evaluation, progress)
 
 
-def load_run(out_dir: Path | str) -> tuple[RunRequest, Any, algorithms.base.Agent, dict[str, Any]]:
-    """The request, config and agent (in its saved state) of the run in `out_dir`, and the checkpoint."""
+def load_run(
+    out_dir: Path | str, device: str | None = None
+) -> tuple[RunRequest, Any, algorithms.base.Agent, dict[str, Any]]:
+    """The request, config and agent (in its saved state, on `device` if given) of the run in
+    `out_dir`, and the checkpoint."""
 
     state = load_checkpoint(Path(out_dir))
     # The directory may have moved since the run started.
     request = dataclasses.replace(RunRequest(**state["request"]), out_dir=Path(out_dir).resolve())
+    if device is not None:
+        request = dataclasses.replace(request, device=device)
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, request.task, dict(request.overrides))
     agent = spec.agent_cls(config, request.task, request.seed, request.steps, resolve_device(request.device))

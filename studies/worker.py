@@ -386,7 +386,9 @@ def _execute(
             # resumed, and never overwritten without a trace.
             aside = None if resumable else _move_aside(out_dir)
         if aside is None:
-            return _checked(run.resume(out_dir, on_evaluation=on_evaluation, progress=False))
+            # On the study's device: a rerun after a device failure must not go back to that device.
+            resumed = run.resume(out_dir, device=context.device, on_evaluation=on_evaluation, progress=False)
+            return _checked(resumed)
         why = "; ".join(differences) if differences else fresh
         print(
             f"[worker {os.getpid()}] {unit.key}: {out_dir} held the checkpoint of another run ({why}); "

@@ -292,6 +292,13 @@ def test_a_unit_rerun_after_an_error_resumes_its_checkpoint(workdir, monkeypatch
     prepared(path)
     monkeypatch.setattr(run_harness, "execute", disk_full_after_the_first_evaluation)
     assert run_worker("tiny", None) == 1
+    # As if the first attempt ran on a GPU that then failed: the rerun trains on the study's device.
+    from harness.checkpoint import load_checkpoint, save_checkpoint
+
+    (checkpoint,) = (workdir / "runs").rglob("checkpoint.pt")
+    state = load_checkpoint(checkpoint.parent)
+    state["request"]["device"] = "cuda:7"
+    save_checkpoint(checkpoint.parent, state)
     monkeypatch.setattr(run_harness, "execute", real)
     status = runner.run_study(path, retry_failed=True, progress=False)
     assert (status.complete, status.failed, status.rerun) == (1, 0, 1)
