@@ -97,23 +97,39 @@ def hold_run_directory(out_dir: Path) -> Iterator[None]:
     """Create `out_dir` if needed and hold its lock while the block runs; a clear error when
     another process holds it or the directory cannot be used."""
 
-    out_dir = Path(out_dir)
+    fd = _lock_run_directory(Path(out_dir))
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise UserError(f"cannot use {str(out_dir)!r} as a run directory: {error.strerror}.") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            raise UserError(
-                f"{str(out_dir)!r} is in use by a run that is still training (process {holder}); wait for "
-                f"it to finish, or stop it first, or choose another --out directory."
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock_run_directory(out_dir: Path) -> int:
+    """The descriptor of `out_dir`'s lock file, locked by this process."""
+
+    lock_path = out_dir / LOCK_NAME
+    while True:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise UserError(f"cannot use {str(out_dir)!r} as a run directory: {error.strerror}.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"{str(out_dir)!r} is in use by a run that is still training (process {holder}); wait for "
+                f"it to finish, or stop it first, or choose another --out directory."
+            ) from None
+        # The holder may have moved the directory aside (a study's stale run) between our open and
+        # our lock: then we hold the moved directory's lock, and must lock the new one instead.
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)

@@ -346,3 +346,26 @@ def test_sigterm_ends_the_mlflow_run_killed(tmp_path, tracking_uri):
     assert process.wait() == 130
     run = MlflowClient(tracking_uri).get_run(load_checkpoint(out)["mlflow_run_id"])
     assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["status_reason"]
+
+
+def test_the_lock_follows_a_run_directory_moved_aside_while_taking_it(tmp_path, monkeypatch):
+    """A study moves a stale run directory aside while holding its lock; a process that opened the
+    old lock file just before must end up holding the new directory's lock, not the moved one's."""
+
+    import fcntl
+
+    run_dir, real_flock = tmp_path / "unit", fcntl.flock
+
+    def moved_aside_first(fd, operation):
+        if not (tmp_path / "unit.stale").exists():
+            run_dir.rename(tmp_path / "unit.stale")  # what the lock holder did meanwhile
+        return real_flock(fd, operation)
+
+    run_dir.mkdir()
+    monkeypatch.setattr(fcntl, "flock", moved_aside_first)
+    with hold_run_directory(run_dir):
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        probe = os.open(run_dir / ".lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):  # held: by us
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(probe)
