@@ -516,9 +516,10 @@ def test_status_command_reports_counts_and_eta(workdir, fake_execute, capsys):
     assert "no study 'nope'" in capsys.readouterr().err
 
 
-def test_status_of_a_missing_storage_is_refused_and_creates_nothing(workdir, capsys):
+@pytest.mark.parametrize("command", ["status", "worker"])
+def test_a_missing_storage_is_refused_and_nothing_is_created(workdir, capsys, command):
     missing = workdir / "nothere.journal"
-    assert main(["study", "status", "tiny", "--storage", str(missing)]) == 2
+    assert main(["study", command, "tiny", "--storage", str(missing)]) == 2
     assert not missing.exists()
     assert "no study storage at" in capsys.readouterr().err
 

@@ -168,21 +168,9 @@ def load_study_results(
 def open_study(study_name: str, storage: str | None) -> Any:
     """Load a study without creating anything: a storage that does not exist is an error."""
 
-    from studies.storage import DEFAULT_JOURNAL
     from studies.worker import load_study
 
-    location = storage or str(DEFAULT_JOURNAL)
-    path = None
-    if "://" not in location:
-        path = Path(location)
-    elif location.startswith("sqlite:///"):
-        path = Path(location.removeprefix("sqlite:///"))
-    if path is not None and not path.is_file():
-        raise UserError(
-            f"no study storage at {location}: the file does not exist. Pass the --storage a study was "
-            "run with (a journal file path or an RDB URL such as postgresql://...)."
-        )
-    study = load_study(study_name, location)
+    study = load_study(study_name, storage)
     if not study.get_trials(deepcopy=False):
         raise UserError(f"study {study_name!r} has no trials yet; start it with `gorl-bench study run`.")
     if "spec" not in study.user_attrs:
