@@ -174,11 +174,13 @@ class RunTracker:
             location = None
             if tracking_uri.startswith("sqlite:///"):
                 location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-            experiment_id = client.create_experiment(name, artifact_location=location)
+            with signals_deferred():
+                experiment_id = client.create_experiment(name, artifact_location=location)
         all_tags = dict(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        with signals_deferred():
+            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         return cls(tracking_uri, run.info.run_id)
 
     @classmethod
