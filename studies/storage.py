@@ -266,9 +266,14 @@ def rerun_failed_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     _enqueue_again(study, trial, "rerun_of")
 
 
+# What a trial enqueued again keeps of the trial it repeats: its unit, and whether it is the rerun
+# of a failed unit (a diverged unit's rerun must not resume, even when a retry repeats the rerun).
+_CARRIED_ATTRS = ("unit", "variant", "algo", "task", "seed", "rerun_of")
+
+
 def _enqueue_again(study: optuna.Study, trial: FrozenTrial, link: str) -> None:
     params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-    carried = {k: v for k, v in trial.user_attrs.items() if k in ("unit", "variant", "algo", "task", "seed")}
+    carried = {k: v for k, v in trial.user_attrs.items() if k in _CARRIED_ATTRS}
     study.enqueue_trial(params, user_attrs={**carried, link: trial.number}, skip_if_exists=False)
 
 

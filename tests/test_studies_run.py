@@ -314,6 +314,36 @@ def test_a_unit_rerun_after_an_error_resumes_its_checkpoint(workdir, monkeypatch
     assert len(client.get_metric_history(run.info.run_id, "eval/return_mean")) == 2
 
 
+def test_a_retry_of_a_lost_rerun_of_a_diverged_unit_still_starts_from_the_beginning(
+    workdir, fake_execute, monkeypatch
+):
+    """A rerun of a diverged unit whose worker died before it moved the diverged checkpoint aside is
+    retried as a rerun: the retry must not resume that checkpoint either."""
+
+    from studies import storage, worker
+
+    path = grid_spec(workdir, 1, [0.25])  # the fake harness diverges on 0.25
+    prepared(path)
+    assert run_worker("tiny", None) == 1
+    study = load_study("tiny", None)
+    assert runner.rerun_failed(study, {storage.DIVERGED}) == 1
+    rerun = storage.claim_waiting_trial(study)
+    owned_by_a_dead_process(study, study.trials[rerun.number])
+    resumed = []
+    execute = worker._execute
+
+    def spy(*args, **kwargs):
+        resumed.append(kwargs["resume"])
+        return execute(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "_execute", spy)
+    assert run_worker("tiny", None) == 1
+    diverged, lost, retry = load_study("tiny", None).trials
+    assert storage.is_lost(lost) and retry.user_attrs["retry_of"] == lost.number
+    assert retry.user_attrs["rerun_of"] == diverged.number
+    assert resumed == [False]
+
+
 # Long enough (a few seconds per unit) for a worker to be killed in the middle of one.
 KILLABLE_STEPS = 8192
 
