@@ -271,7 +271,12 @@ def _train(
                     in_callback = True
                     on_evaluation(step, position.history[-1][1])
                     in_callback = False
-        tracker.log_artifact(checkpoint_path(out_dir), "checkpoint")
+        if not tracker.log_artifact(checkpoint_path(out_dir), "checkpoint"):
+            print(
+                f"the checkpoint was not attached to MLflow run {tracker.run_id}: its artifact directory "
+                f"does not exist (has the store moved?); it stays in {out_dir}",
+                file=sys.stderr,
+            )
     except FloatingPointError as error:
         tracker.end("FAILED", f"stopped at {agent.counted_steps} counted env steps: {error}")
         kept = (

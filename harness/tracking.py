@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -221,20 +220,15 @@ class RunTracker:
         with signals_deferred():
             self.client.log_text(self.run_id, text, artifact_file)
 
-    def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
-        """Attach a file, unless the run's local artifact directory has moved (see
-        `local_artifacts_gone`): the file stays where it is, and a line says so."""
+    def log_artifact(self, path: Path, artifact_dir: str | None = None) -> bool:
+        """Attach a file; False (and nothing written) when the run's local artifact directory has
+        moved (see `local_artifacts_gone`): the caller says so."""
 
-        artifacts = self.client.get_run(self.run_id).info.artifact_uri
-        if local_artifacts_gone(artifacts):
-            print(
-                f"{path.name} was not attached to MLflow run {self.run_id}: its artifact directory "
-                f"{artifacts} does not exist (has the store moved?)",
-                file=sys.stderr,
-            )
-            return
+        if local_artifacts_gone(self.client.get_run(self.run_id).info.artifact_uri):
+            return False
         with signals_deferred():
             self.client.log_artifact(self.run_id, str(path), artifact_dir)
+        return True
 
     def end(self, status: str, reason: str | None = None) -> None:
         """Mark the run FINISHED, FAILED or KILLED; `reason` is kept as the `status_reason` tag."""

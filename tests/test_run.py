@@ -326,7 +326,7 @@ def test_resume_finds_a_moved_tracking_store_when_told_where(tmp_path, capsys):
     assert not store.exists()  # no empty store left at the old path
     argv = ["run", "--resume", str(first.out_dir), "--tracking-uri", f"sqlite:///{moved}", "--no-progress"]
     assert main(argv) == 0
-    assert "checkpoint.pt was not attached" in capsys.readouterr().err
+    assert "the checkpoint was not attached" in capsys.readouterr().err
     assert MlflowClient(f"sqlite:///{moved}").get_run(first.mlflow_run_id).info.status == "FINISHED"
     assert not (tmp_path / "old").exists()  # MLflow's absolute artifact path was not recreated
 

@@ -25,7 +25,7 @@ DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
 DEFAULT_STATE_STEPS = 200  # chosen here, because 200 steps leave the reset pose on every DMC task
 
 
-@dataclass(frozen=True)
+@dataclass
 class Diagnosis:
     """What `diagnose_multimodality` wrote and found."""
 
@@ -147,10 +147,9 @@ def _log(
     """Log `report` and `figure` to the checkpoint's MLflow run; what could not be goes to `diagnosis`."""
 
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from harness.errors import UserError
-    from harness.tracking import check_run_exists, local_artifacts_gone
+    from harness.tracking import RunTracker, check_run_exists
 
     run_id = checkpoint["mlflow_run_id"]
     try:
@@ -158,18 +157,14 @@ def _log(
     except UserError as error:
         diagnosis.unlogged.append(f"{run_dir}: {error}")
         return
-    client = MlflowClient(tracking_uri)
+    tracker = RunTracker(tracking_uri, run_id)
     try:
-        for key, value in report.metrics("diagnose/multimodality/").items():
-            client.log_metric(run_id, key, value, step=checkpoint["agent"]["counted_steps"])
-        artifacts = client.get_run(run_id).info.artifact_uri
-        if local_artifacts_gone(artifacts):
+        tracker.log_metrics(report.metrics("diagnose/multimodality/"), checkpoint["agent"]["counted_steps"])
+        if not tracker.log_artifact(figure, "diagnostics"):
             diagnosis.notes.append(
-                f"the figure was not attached to MLflow run {run_id}: its artifact directory {artifacts} "
-                "does not exist (has the store moved?); its statistics were logged"
+                f"the figure was not attached to MLflow run {run_id}: its artifact directory does not "
+                "exist (has the store moved?); its statistics were logged"
             )
-        else:
-            client.log_artifact(run_id, str(figure), "diagnostics")
     except (MlflowException, OSError) as error:  # a server that went away, an unwritable artifact store
         diagnosis.unlogged.append(
             f"{run_dir}: logging to MLflow run {run_id} in {tracking_uri} failed: {error}"
