@@ -204,22 +204,18 @@ def _next_unit(context: Context) -> bool:
         fresh = "a rerun of a diverged unit starts from the beginning"
     try:
         with heartbeat(study, trial._trial_id) as lost:
-            try:
-                result = _execute(
-                    context, unit, context.parent_run_id, trial.report, lost, resume=resume, fresh=fresh
-                )
-            except ClaimLost:
-                raise
-            except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
-                _fail(study, trial, error)
-                return True
+            result = _execute(
+                context, unit, context.parent_run_id, trial.report, lost, resume=resume, fresh=fresh
+            )
         trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
         trial.set_user_attr("final_score", result.final_score)
         study.tell(trial, normalised(unit.task, result.final_score))
-    except Exception as error:
-        if _gave_up(study, trial, error):
-            return True
-        raise
+    except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
+        if _claim_gone(study, trial, error):
+            _give_up(trial)
+        else:
+            _fail(study, trial, error)
+        return True
     tracking.tag_unit_run(
         context.tracking_uri, result.mlflow_run_id, study.study_name, trial.number, "COMPLETE"
     )
@@ -287,35 +283,31 @@ def _next_tune_trial(context: Context) -> bool:
     state, value = "COMPLETE", None
     try:
         with heartbeat(study, trial._trial_id) as lost:
-            try:
-                units = spec.trial_units(variant, params)
-                for step, unit in enumerate(units):
-                    result = _execute(context, unit, run_id, None, lost, resume=False)
-                    records.append({**unit.record(), "mlflow_run_id": result.mlflow_run_id})
-                    trial.set_user_attr("units", records)
-                    scores.append(normalised(unit.task, result.final_score))
-                    value = iqm(scores)
-                    trial.report(value, step)
-                    tracking.log_trial_step(context.tracking_uri, run_id, value, step)
-                    # After the last unit there is nothing left to save: the trial completes.
-                    if step < len(units) - 1 and trial.should_prune():
-                        raise optuna.TrialPruned()
-            except optuna.TrialPruned:
-                state = "PRUNED"
-                study.tell(trial, state=TrialState.PRUNED)
-            except ClaimLost:
-                raise
-            except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
-                state = "FAIL"
-                _fail(study, trial, error)
-            else:
-                study.tell(trial, value)
-    except Exception as error:
-        if _gave_up(study, trial, error):
+            units = spec.trial_units(variant, params)
+            for step, unit in enumerate(units):
+                result = _execute(context, unit, run_id, None, lost, resume=False)
+                records.append({**unit.record(), "mlflow_run_id": result.mlflow_run_id})
+                trial.set_user_attr("units", records)
+                scores.append(normalised(unit.task, result.final_score))
+                value = iqm(scores)
+                trial.report(value, step)
+                tracking.log_trial_step(context.tracking_uri, run_id, value, step)
+                # After the last unit there is nothing left to save: the trial completes.
+                if step < len(units) - 1 and trial.should_prune():
+                    state = "PRUNED"
+                    break
+        if state == "PRUNED":
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+    except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
+        if _claim_gone(study, trial, error):
+            _give_up(trial)
             # Its retry is another trial with its own run; this one stopped, as a lost one's does.
             _close_orphans(context, f"attributes.run_id = '{run_id}'")
             return True
-        raise
+        state = "FAIL"
+        _fail(study, trial, error)
     tracking.finish_run(context.tracking_uri, run_id, state, value if state == "COMPLETE" else None)
     return True
 
@@ -457,27 +449,29 @@ class ClaimLost(Exception):
     """The worker's trial was failed as lost elsewhere, and its unit re-queued: stop working on it."""
 
 
-def _gave_up(study: optuna.Study, trial: optuna.Trial, error: Exception) -> bool:
-    """Whether `error` means the claim on `trial` is gone; if so, say so in one line.
+def _claim_gone(study: optuna.Study, trial: optuna.Trial, error: Exception) -> bool:
+    """Whether `error` comes from the claim on `trial` being gone rather than from the unit.
 
     Recording a result on a trial that a sweep failed meanwhile (after the unit's last
     evaluation) fails in Optuna, with an error that depends on the storage and the call; the
-    trial's state tells it apart from a genuine error, which is raised again.
+    trial's state tells it apart from a genuine error.
     """
 
-    if not isinstance(error, ClaimLost):
-        try:
-            if owns(study, trial._trial_id):
-                return False
-        except Exception:  # noqa: BLE001 - the storage is unreachable: the original error stands
-            return False
+    if isinstance(error, ClaimLost):
+        return True
+    try:
+        return not owns(study, trial._trial_id)
+    except Exception:  # noqa: BLE001 - the storage is unreachable: the original error stands
+        return False
+
+
+def _give_up(trial: optuna.Trial) -> None:
     print(
         f"[worker {os.getpid()}] trial {trial.number} was re-queued while this worker was silent for longer "
         "than the grace period (a suspended machine, a storage outage?); it is given up here and its retry "
         "runs from the queue.",
         flush=True,
     )
-    return True
 
 
 class DivergedError(FloatingPointError):
