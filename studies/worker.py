@@ -53,6 +53,25 @@ from studies.storage import (
 )
 
 
+class InvalidConfiguration(UserError):
+    """A sampled tune configuration that the algorithm's config, or the budget, refuses."""
+
+
+class ClaimLost(Exception):
+    """The worker's trial was failed as lost elsewhere, and its unit re-queued: stop working on it."""
+
+
+class DivergedError(FloatingPointError):
+    """A unit that ended without a finite score; its MLflow run exists and says why."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__(
+            f"the run ended {result.status} with final score {result.final_score} (a non-finite loss or "
+            "parameter; the MLflow run's status_reason tag has the details)"
+        )
+        self.mlflow_run_id = result.mlflow_run_id
+
+
 @dataclass(frozen=True)
 class Context:
     """What every unit of one study shares: where to log and where to write."""
@@ -192,21 +211,18 @@ def _next_unit(context: Context) -> bool:
         trial.set_user_attr("duplicate_of", original)
         study.tell(trial, state=TrialState.PRUNED)
         return True
-    retry = "retry_of" in trial.user_attrs
-    if retry:
+    if "retry_of" in trial.user_attrs:
         _close_orphans(context, f"tags.`gorl.unit` = '{unit.key}'")
-    resume, fresh = retry, _FIRST_ATTEMPT
     rerun_of = trial.user_attrs.get("rerun_of")
-    if rerun_of is not None:
+    if rerun_of is None:
+        resume = "retry_of" in trial.user_attrs  # a lost attempt's checkpoint holds its training so far
+    else:
         # An error may have stopped the unit mid-way: its checkpoint holds the training so far. A
         # diverged unit's last checkpoint would only diverge again.
         resume = failure_kind(study.get_trials(deepcopy=False)[rerun_of]) != DIVERGED
-        fresh = "a rerun of a diverged unit starts from the beginning"
     try:
         with heartbeat(study, trial._trial_id) as lost:
-            result = _execute(
-                context, unit, context.parent_run_id, trial.report, lost, resume=resume, fresh=fresh
-            )
+            result = _execute(context, unit, context.parent_run_id, trial.report, lost, resume=resume)
         trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
         trial.set_user_attr("final_score", result.final_score)
         study.tell(trial, normalised(unit.task, result.final_score))
@@ -312,9 +328,6 @@ def _next_tune_trial(context: Context) -> bool:
     return True
 
 
-_FIRST_ATTEMPT = "the unit's first attempt resumes nothing"
-
-
 def _check_sampled(spec: Spec, params: dict[str, Any]) -> None:
     """Raise `InvalidConfiguration` for a sampled configuration that a unit would refuse.
 
@@ -336,16 +349,17 @@ def _execute(
     parent_run_id: str,
     report: Callable[[float, int], None] | None,
     lost: threading.Event,
+    *,
     resume: bool,
-    fresh: str = _FIRST_ATTEMPT,
 ) -> Any:
     """Run one unit through the run harness; raise if it did not produce a finite score.
 
-    With `resume` (a retried unit) and a checkpoint left by the lost or failed attempt, the run
-    continues from it, bit-identically and in the same MLflow run. A checkpoint of any other
-    run in the unit's directory, or without `resume` one of this very run (`fresh` says why it is
-    not resumed), is moved aside, with a line saying so. Once `lost` is set (the
-    heartbeat found the claim gone) the unit stops at its next evaluation with `ClaimLost`.
+    With `resume` (a retried unit, a rerun after an error) and a checkpoint left by the lost or
+    failed attempt, the run continues from it, bit-identically and in the same MLflow run. A
+    checkpoint of any other run in the unit's directory, or without `resume` one of this very run
+    (a diverged unit's, which its rerun does not resume), is moved aside, with a line saying so.
+    Once `lost` is set (the heartbeat found the claim gone) the unit stops at its next evaluation
+    with `ClaimLost`.
     """
 
     from harness import run
@@ -392,11 +406,14 @@ def _execute(
             # On the study's device: a rerun after a device failure must not go back to that device.
             resumed = run.resume(out_dir, device=context.device, on_evaluation=on_evaluation, progress=False)
             return _checked(resumed)
-        why = "; ".join(differences) if differences else fresh
+        if differences:
+            held = f"the checkpoint of another run ({'; '.join(differences)})"
+        else:
+            # This very run's, yet not to be resumed: every attempt at a unit after its first is a
+            # retry or a rerun, and of those only a diverged unit's rerun starts over.
+            held = "its checkpoint, not resumed: a rerun of a diverged unit starts from the beginning"
         print(
-            f"[worker {os.getpid()}] {unit.key}: {out_dir} held the checkpoint of another run ({why}); "
-            f"moved it to {aside.name}.",
-            flush=True,
+            f"[worker {os.getpid()}] {unit.key}: {out_dir} held {held}; moved it to {aside.name}.", flush=True
         )
     return _checked(run.execute(request, on_evaluation=on_evaluation, progress=False))
 
@@ -441,14 +458,6 @@ def _move_aside(out_dir: Path) -> Path:
     return out_dir.rename(aside)
 
 
-class InvalidConfiguration(UserError):
-    """A sampled tune configuration that the algorithm's config, or the budget, refuses."""
-
-
-class ClaimLost(Exception):
-    """The worker's trial was failed as lost elsewhere, and its unit re-queued: stop working on it."""
-
-
 def _claim_gone(study: optuna.Study, trial: optuna.Trial, error: Exception) -> bool:
     """Whether `error` comes from the claim on `trial` being gone rather than from the unit.
 
@@ -472,17 +481,6 @@ def _give_up(trial: optuna.Trial) -> None:
         "runs from the queue.",
         flush=True,
     )
-
-
-class DivergedError(FloatingPointError):
-    """A unit that ended without a finite score; its MLflow run exists and says why."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__(
-            f"the run ended {result.status} with final score {result.final_score} (a non-finite loss or "
-            "parameter; the MLflow run's status_reason tag has the details)"
-        )
-        self.mlflow_run_id = result.mlflow_run_id
 
 
 def _close_orphans(context: Context, filter_string: str) -> None:
