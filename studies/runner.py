@@ -22,15 +22,14 @@ from harness.errors import UserError
 from harness.tracking import resolve_tracking_uri
 from studies import tracking
 from studies.spec import Spec, load_spec
-from studies.status import StudyStatus, study_status
+from studies.status import StudyStatus, study_status, unit_noun
 from studies.storage import (
     DIVERGED,
     ERROR,
+    counted_trials,
     failure_kind,
-    is_lost,
     open_storage,
     rerun_failed_trial,
-    rerun_trials,
     sqlalchemy_url,
     storage_location,
     sweep_lost_units,
@@ -77,8 +76,7 @@ def run_study(
     kinds |= {DIVERGED} if retry_diverged else set()
     rerun = rerun_failed(study, kinds)
     if rerun and progress:
-        noun = "trial" if spec.kind == "tune" else "unit"
-        print(f"rerunning {rerun} failed {noun}(s).", file=sys.stderr)
+        print(f"rerunning {rerun} failed {unit_noun(spec.kind)}(s).", file=sys.stderr)
     # A second round is only needed when a worker died and its unit was re-enqueued after the
     # other workers had run out of units; the bound keeps workers that crash at start from looping.
     for _ in range(3):
@@ -127,15 +125,12 @@ def prepare_study(spec: Spec, location: str, tracking_uri: str) -> optuna.Study:
 
 
 def enqueue_missing_units(study: optuna.Study, spec: Spec) -> int:
-    """Enqueue each grid/compare unit that has no live, complete or genuinely failed trial."""
+    """Enqueue each grid/compare unit that has no waiting, live, complete or genuinely failed trial
+    (a failure that a rerun replaced does not count: the unit is done only once its rerun is)."""
 
     if spec.kind == "tune":
         return 0
-    covered = {
-        t.user_attrs.get("unit")
-        for t in study.get_trials(deepcopy=False)
-        if not is_lost(t) and "duplicate_of" not in t.user_attrs
-    }
+    covered = {t.user_attrs.get("unit") for t in counted_trials(study.get_trials(deepcopy=False))}
     enqueued = 0
     for unit in spec.units():
         if unit.key in covered:
@@ -153,16 +148,8 @@ def rerun_failed(study: optuna.Study, kinds: set[str]) -> int:
 
     if not kinds:
         return 0
-    trials = study.get_trials(deepcopy=False)
-    replaced = rerun_trials(trials)
-    failed = [
-        t
-        for t in trials
-        if t.state == TrialState.FAIL
-        and not is_lost(t)
-        and t.number not in replaced
-        and failure_kind(t) in kinds
-    ]
+    counted = counted_trials(study.get_trials(deepcopy=False))
+    failed = [t for t in counted if t.state == TrialState.FAIL and failure_kind(t) in kinds]
     for trial in failed:
         rerun_failed_trial(study, trial)
     return len(failed)

@@ -343,11 +343,18 @@ def check_configurations(spec: Spec) -> None:
     else:
         configurations = spec.configurations()
     for label, algo, params in configurations:
-        for task in spec.tasks:
-            try:
-                check_unit(spec, algo, task, params)
-            except UserError as error:
-                raise UserError(f"configuration {label!r} on {task}: {error}") from None
+        check_on_every_task(spec, algo, params, f"configuration {label!r}")
+
+
+def check_on_every_task(spec: Spec, algo: str, params: Mapping[str, Any], described: str) -> None:
+    """`check_unit` on each of the spec's tasks; the error starts with `described` (the configuration)
+    and the task."""
+
+    for task in spec.tasks:
+        try:
+            check_unit(spec, algo, task, params)
+        except UserError as error:
+            raise UserError(f"{described} on {task}: {error}") from None
 
 
 def check_unit(spec: Spec, algo: str, task: str, params: Mapping[str, Any]) -> None:

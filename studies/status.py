@@ -7,13 +7,23 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from studies.storage import DIVERGED, ERROR, INVALID, failure_kind, is_lost, rerun_trials
+from studies.storage import (
+    DIVERGED,
+    ERROR,
+    INVALID,
+    counted_trials,
+    failure_kind,
+    is_lost,
+    rerun_trials,
+    trial_label,
+)
 
 SHOWN_FAILURES = 5  # `gorl-bench report` lists them all
 
@@ -83,7 +93,7 @@ class StudyStatus:
 
         if not self.failures:
             return []
-        noun = "trial" if self.kind == "tune" else "unit"
+        noun = unit_noun(self.kind)
         kinds = {failure.kind for failure in self.failures}
         lines = [f"{self.failed} {noun}(s) failed (listed above): the study did not fully succeed."]
         if ERROR in kinds:
@@ -104,28 +114,25 @@ class StudyStatus:
         return lines
 
 
+def unit_noun(kind: str) -> str:
+    """What a study of `kind` runs one by one: units, or the trials (configurations) of a tune study."""
+
+    return "trial" if kind == "tune" else "unit"
+
+
 def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus:
     """Count the study's trials; the ETA assumes `workers` (default: the running trials) in parallel."""
 
     trials = study.get_trials(deepcopy=False)
     attrs = study.user_attrs
     kind = attrs["spec"]["kind"]
-    counts = {state: 0 for state in TrialState}
-    lost = rerun = 0
-    replaced = rerun_trials(trials)
-    failures = []
-    for trial in trials:
-        if is_lost(trial):
-            lost += 1
-        elif trial.state == TrialState.FAIL and trial.number in replaced:
-            rerun += 1
-        elif trial.user_attrs.get("duplicate_of") is None:
-            counts[trial.state] += 1
-            if trial.state == TrialState.FAIL:
-                mine = trial.user_attrs
-                label = mine.get("unit") or mine.get("variant") or f"trial-{trial.number}"
-                reason = (str(mine["fail_reason"]).strip().splitlines() or ["no reason recorded"])[0]
-                failures.append(Failure(label, failure_kind(trial), reason))
+    counted = counted_trials(trials)
+    counts = Counter(trial.state for trial in counted)
+    failures = [
+        Failure(trial_label(trial), failure_kind(trial), _first_line(trial.user_attrs["fail_reason"]))
+        for trial in counted
+        if trial.state == TrialState.FAIL
+    ]
     # With a trial budget smaller than the grid, the study is finished when the budget is spent.
     budget = attrs["spec"].get("max_trials")
     total = min(len(attrs["units_expected"]), budget or math.inf) if kind != "tune" else int(budget)
@@ -137,12 +144,16 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
         running=counts[TrialState.RUNNING],
         waiting=counts[TrialState.WAITING],
         failures=tuple(failures),
-        lost=lost,
-        rerun=rerun,
+        lost=sum(is_lost(trial) for trial in trials),
+        rerun=len(rerun_trials(trials)),  # each names the failed trial it replaced
         pruned=counts[TrialState.PRUNED],
         total=total,
         eta=_eta(trials, max(total - done, 0), workers or counts[TrialState.RUNNING] or 1),
     )
+
+
+def _first_line(reason: object) -> str:
+    return (str(reason).strip().splitlines() or ["no reason recorded"])[0]
 
 
 def _eta(trials: list[FrozenTrial], remaining: int, parallel: int) -> timedelta | None:

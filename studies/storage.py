@@ -287,6 +287,24 @@ def rerun_trials(trials: list[FrozenTrial]) -> set[int]:
     return {t.user_attrs["rerun_of"] for t in trials if "rerun_of" in t.user_attrs}
 
 
+def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that make the study's result and count against its budget: all but lost attempts,
+    failed trials that a rerun replaced, and duplicates of a unit that another trial runs."""
+
+    replaced = rerun_trials(trials)
+    return [
+        t
+        for t in trials
+        if not is_lost(t) and t.number not in replaced and "duplicate_of" not in t.user_attrs
+    ]
+
+
+def trial_label(trial: FrozenTrial) -> str:
+    """How reports name a trial: its unit ("variant|task|seedN"), or a tune trial's variant ("trial-N")."""
+
+    return trial.user_attrs.get("unit") or trial.user_attrs.get("variant") or f"trial-{trial.number}"
+
+
 # Why a unit (tune: a trial) failed on its own, as the worker records it in the `failure` user attr.
 ERROR = "error"  # an exception: a missing device, a full disk, a directory in use; a rerun may succeed
 DIVERGED = "diverged"  # a non-finite loss or score: on the same code and machine its seed diverges again

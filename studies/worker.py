@@ -35,20 +35,19 @@ from optuna.trial import TrialState
 
 from harness.errors import UserError
 from studies import tracking
-from studies.spec import Spec, Unit, check_unit, parse_spec, stable_seed, variant_dir
+from studies.spec import Spec, Unit, check_on_every_task, parse_spec, stable_seed, variant_dir
 from studies.storage import (
     DIVERGED,
     ERROR,
     INVALID,
     ask_owned,
     claim_waiting_trial,
+    counted_trials,
     failure_kind,
     heartbeat,
     is_alive,
-    is_lost,
     open_storage,
     owns,
-    rerun_trials,
     sweep_lost_units,
 )
 
@@ -181,17 +180,9 @@ def _over_budget(study: optuna.Study, spec: Spec) -> bool:
 
     if spec.max_trials is None:
         return False
-    trials = study.get_trials(deepcopy=False)
-    replaced = rerun_trials(trials)  # a rerun takes the place of the failed trial it reruns
-    counted = [
-        t
-        for t in trials
-        if t.state != TrialState.WAITING
-        and not is_lost(t)
-        and t.number not in replaced
-        and "duplicate_of" not in t.user_attrs
-    ]
-    return len(counted) >= spec.max_trials
+    counted = counted_trials(study.get_trials(deepcopy=False))
+    started = [t for t in counted if t.state != TrialState.WAITING]
+    return len(started) >= spec.max_trials
 
 
 def _next_unit(context: Context) -> bool:
@@ -336,11 +327,10 @@ def _check_sampled(spec: Spec, params: dict[str, Any]) -> None:
     run starts, it fails at once and is recorded as invalid, which `--retry-failed` never reruns.
     """
 
-    for task in spec.tasks:
-        try:
-            check_unit(spec, spec.algo, task, {**spec.fixed, **params})
-        except UserError as error:
-            raise InvalidConfiguration(f"the sampled configuration {params} on {task}: {error}") from None
+    try:
+        check_on_every_task(spec, spec.algo, {**spec.fixed, **params}, f"the sampled configuration {params}")
+    except UserError as error:
+        raise InvalidConfiguration(str(error)) from None
 
 
 def _execute(
@@ -409,8 +399,8 @@ def _execute(
         if differences:
             held = f"the checkpoint of another run ({'; '.join(differences)})"
         else:
-            # This very run's, yet not to be resumed: every attempt at a unit after its first is a
-            # retry or a rerun, and of those only a diverged unit's rerun starts over.
+            # This very run's, yet not to be resumed: a diverged unit's rerun starts over. (So does, rarely,
+            # a unit enqueued afresh because its rerun was lost before a retry was enqueued.)
             held = "its checkpoint, not resumed: a rerun of a diverged unit starts from the beginning"
         print(
             f"[worker {os.getpid()}] {unit.key}: {out_dir} held {held}; moved it to {aside.name}.", flush=True

@@ -344,6 +344,24 @@ def test_a_retry_of_a_lost_rerun_of_a_diverged_unit_still_starts_from_the_beginn
     assert resumed == [False]
 
 
+def test_a_unit_whose_rerun_was_lost_without_a_retry_is_enqueued_again(workdir, fake_execute):
+    """A sweep that stopped between failing a lost rerun and enqueueing its retry leaves the unit
+    only a failure that the rerun replaced, which no longer counts: the unit is enqueued again, or
+    the study could never finish."""
+
+    from studies import storage
+
+    path = grid_spec(workdir, 1, [0.5])  # the fake harness fails 0.5 with an error
+    prepared(path)
+    assert run_worker("tiny", None) == 1
+    study = load_study("tiny", None)
+    assert runner.rerun_failed(study, {storage.ERROR}) == 1
+    rerun = storage.claim_waiting_trial(study)
+    study._storage.set_trial_user_attr(rerun._trial_id, "lost", True)
+    study._storage.set_trial_state_values(rerun._trial_id, TrialState.FAIL)
+    assert runner.enqueue_missing_units(study, load_spec(path)) == 1
+
+
 # Long enough (a few seconds per unit) for a worker to be killed in the middle of one.
 KILLABLE_STEPS = 8192
 

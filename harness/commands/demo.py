@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.commands.study import STORAGE_HELP
+from harness.commands.study import STORAGE_HELP, run_command
 
 # The demo is sized for two cores; more workers only help on a machine with more.
 DEFAULT_WORKERS = max(2, min(os.cpu_count() or 2, 8))
@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         print("The study did not finish (see the counts above): run the same command again to resume.")
         return 1
     if status.failed:  # the report above is built from the units that did finish
-        print("\n".join(status.advice(f"gorl-bench study run {args.spec} --storage {location}")))
+        print("\n".join(status.advice(run_command(args.spec, location))))
         return 1
     return 0
 

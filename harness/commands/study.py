@@ -76,13 +76,13 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if status.failed:
         # A study with failed units is not a success, even with nothing left to run.
-        print("\n".join(status.advice(_run_command(args.spec, args.storage))))
+        print("\n".join(status.advice(run_command(args.spec, args.storage))))
         return 1
     return 0
 
 
-def _run_command(spec: str, storage: str | None) -> str:
-    """The `study run` command line to suggest: spec and storage as the user gave them."""
+def run_command(spec: str, storage: str | None) -> str:
+    """The `study run` command line to suggest, quoted for a shell: spec and storage as given."""
 
     import shlex
 
@@ -124,5 +124,5 @@ def _status(args: argparse.Namespace) -> int:
 
     # As `report` does: opening a journal path that does not exist would create an empty one.
     status = study_status(open_study(args.name, args.storage))
-    print("\n".join(status.lines() + status.advice(_run_command("SPEC", args.storage))))
+    print("\n".join(status.lines() + status.advice(run_command("SPEC", args.storage))))
     return 0

@@ -84,7 +84,7 @@ def load_study_results(
 
     from optuna.trial import TrialState
 
-    from studies.storage import is_lost, rerun_trials
+    from studies.storage import counted_trials, trial_label
 
     study = open_study(study_name, storage)
     attrs = study.user_attrs
@@ -95,13 +95,7 @@ def load_study_results(
     uri = _tracking_uri(given_uri)
     client = _mlflow_client(uri)
 
-    every_trial = study.get_trials(deepcopy=False)
-    replaced = rerun_trials(every_trial)
-    trials = [
-        t
-        for t in every_trial
-        if not is_lost(t) and t.number not in replaced and "duplicate_of" not in t.user_attrs
-    ]
+    trials = counted_trials(study.get_trials(deepcopy=False))
     rows: list[dict[str, Any]] = []
     done: set[str] = set()
     failed: dict[str, str] = {}
@@ -109,8 +103,7 @@ def load_study_results(
     looked_up: list[str] = []  # MLflow run ids of finished units
     for trial in trials:
         if trial.state == TrialState.FAIL:
-            label = trial.user_attrs.get("unit") or trial.user_attrs.get("variant") or f"trial-{trial.number}"
-            failed[label] = trial.user_attrs.get("fail_reason", "no reason recorded")
+            failed[trial_label(trial)] = trial.user_attrs.get("fail_reason", "no reason recorded")
         elif trial.state == TrialState.COMPLETE:
             for record in trial.user_attrs.get("units") or [trial.user_attrs]:
                 run_id = record.get("mlflow_run_id")
@@ -133,7 +126,7 @@ def load_study_results(
         settled = done | set(failed)
         missing = [unit for unit in attrs.get("units_expected", []) if unit not in settled]
     failed_units = [(unit, reason) for unit, reason in failed.items() if unit not in done]
-    if not rows and looked_up and not any(_run_exists(client, run_id) for run_id in looked_up):
+    if not rows and looked_up and not any(_run_exists(uri, run_id) for run_id in looked_up):
         # Not the units' failure: the store is the wrong one (a mistyped --tracking-uri, another
         # project's store, or a study's recorded store replaced by a fresh one).
         recorded = f"the study recorded {attrs['tracking_uri']}" if tracking_uri else "the study recorded it"
@@ -198,12 +191,12 @@ def _mlflow_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def _run_exists(client: Any, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
+def _run_exists(tracking_uri: str, run_id: str) -> bool:
+    from harness.tracking import check_run_exists
 
     try:
-        client.get_run(run_id)
-    except MlflowException:
+        check_run_exists(tracking_uri, run_id)
+    except UserError:
         return False
     return True
 
