@@ -15,6 +15,7 @@ it is refused here with a clear message. Artifacts of experiments created here g
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import time
@@ -51,9 +52,18 @@ def resolve_tracking_uri(uri: str | None) -> str:
         path = Path(uri.removeprefix("sqlite:///")).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{path}"
-    from studies.storage import sqlalchemy_url  # the installed PostgreSQL driver, as for Optuna's store
-
     return sqlalchemy_url(uri)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Name the installed PostgreSQL driver: SQLAlchemy 2.1 assumes psycopg 3 for a bare URL.
+
+    Used for both stores (Optuna's and MLflow's), which open their URLs through SQLAlchemy.
+    """
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def git_commit() -> str:

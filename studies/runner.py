@@ -30,7 +30,6 @@ from studies.storage import (
     failure_kind,
     open_storage,
     rerun_failed_trial,
-    sqlalchemy_url,
     storage_location,
     sweep_lost_units,
 )
@@ -64,7 +63,7 @@ def run_study(
     resolve_device(device)  # every unit would fail for it, each after its worker had started
     spec = load_spec(spec_ref)
     location = storage_location(location)
-    tracking_uri = sqlalchemy_url(resolve_tracking_uri(tracking_uri))
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     if "://" in location and not location.startswith("sqlite") and tracking_uri.startswith("sqlite:"):
         print(
             f"note: the tracking store {tracking_uri} is a local file; workers on other machines need a "

@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import UserError
 from harness.signals import signals_deferred
+from harness.tracking import sqlalchemy_url
 
 DEFAULT_JOURNAL = Path("runs") / "studies.journal"
 HEARTBEAT_INTERVAL_S = 15
@@ -53,19 +54,6 @@ def storage_location(location: str | None) -> str:
     if location and "://" in location:
         return sqlalchemy_url(location)
     return str(Path(location or DEFAULT_JOURNAL).resolve())
-
-
-def sqlalchemy_url(url: str) -> str:
-    """Name the installed PostgreSQL driver: SQLAlchemy 2.1 assumes psycopg 3 for a bare URL.
-
-    Used for both stores (Optuna's and MLflow's), which open their URLs through SQLAlchemy.
-    """
-
-    import importlib.util
-
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
 
 
 def open_storage(location: str | None) -> BaseStorage:

@@ -175,14 +175,14 @@ def open_study(study_name: str, storage: str | None) -> Any:
 
 
 def _tracking_uri(uri: str) -> str:
-    from studies.storage import sqlalchemy_url
+    from harness.tracking import resolve_tracking_uri
 
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UserError(
             f"the MLflow store {uri} does not exist on this machine; pass the study's store with "
             "--tracking-uri."
         )
-    return sqlalchemy_url(uri)
+    return resolve_tracking_uri(uri)  # as the study's runs were logged: with the installed driver
 
 
 def _mlflow_client(uri: str) -> Any:
