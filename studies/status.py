@@ -98,8 +98,9 @@ class StudyStatus:
         lines = [f"{self.failed} {noun}(s) failed (listed above): the study did not fully succeed."]
         if ERROR in kinds:
             lines.append(
-                f"Failed {noun}s are not rerun by default. Once the cause of an error is fixed (a device, "
-                f"disk space, a directory in use), rerun the {noun}s it failed: {command} --retry-failed"
+                f"Failed {noun}s are not rerun by default. Once the cause of an error is fixed (a full disk, "
+                f"a directory in use, CUDA out of memory), rerun the {noun}s it failed: "
+                f"{command} --retry-failed"
             )
         if DIVERGED in kinds:
             lines.append(

@@ -294,7 +294,7 @@ def trial_label(trial: FrozenTrial) -> str:
 
 
 # Why a unit (tune: a trial) failed on its own, as the worker records it in the `failure` user attr.
-ERROR = "error"  # an exception: a missing device, a full disk, a directory in use; a rerun may succeed
+ERROR = "error"  # an exception: a full disk, a directory in use, CUDA out of memory; a rerun may succeed
 DIVERGED = "diverged"  # a non-finite loss or score: on the same code and machine its seed diverges again
 INVALID = "invalid"  # a sampled tune combination that the configuration refuses: refused again
 

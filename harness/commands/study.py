@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--retry-failed",
         action="store_true",
-        help="rerun the units (tune: trials) that failed with an error, such as a missing device or a full "
-        "disk, from their last checkpoint where they have one; failed units are otherwise settled",
+        help="rerun the units (tune: trials) that failed with an error, such as a full disk, a directory in "
+        "use or CUDA out of memory: a unit from its last checkpoint where it has one, a tune trial's "
+        "configuration as a new trial from the start; failed units are otherwise settled",
     )
     run.add_argument(
         "--retry-diverged",
