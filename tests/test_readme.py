@@ -26,9 +26,9 @@ from algorithms import registry
 from algorithms.config import parse_assignments, resolve
 from harness.cli import build_parser, main
 from harness.commands.run import apply_defaults
-from harness.tracking import DEFAULT_TRACKING_DB
+from harness.tracking import DEFAULT_TRACKING_DB, sqlalchemy_url
 from studies.spec import SPEC_DIR, load_spec
-from studies.storage import DEFAULT_JOURNAL, sqlalchemy_url
+from studies.storage import DEFAULT_JOURNAL
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
