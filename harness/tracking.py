@@ -52,7 +52,26 @@ def resolve_tracking_uri(uri: str | None) -> str:
         path = Path(uri.removeprefix("sqlite:///")).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{path}"
+    if scheme in ("http", "https"):
+        _check_server(uri)
     return sqlalchemy_url(uri)
+
+
+def _check_server(uri: str) -> None:
+    """Ask a tracking server's health endpoint once: MLflow's own client retries a server that is
+    down for minutes before it fails, which looks like a hang."""
+
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: a server (perhaps behind a proxy without /health)
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(f"cannot reach the MLflow tracking server at {uri}: {reason}.") from None
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -180,6 +180,7 @@ def test_bad_input_is_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatc
 @pytest.mark.parametrize(
     ("tracking", "message"),
     [("foo://bar", "names no MLflow store"), ("sqlite:///{tmp}/not-a-db", "cannot open the MLflow store"),
+     ("http://127.0.0.1:1", "cannot reach the MLflow tracking server at http://127.0.0.1:1"),
      ("deleted", "MLflow experiment 'gone' was deleted; restore it")],  # fmt: skip
 )
 def test_a_tracking_store_that_cannot_take_the_run_is_one_clear_error(tmp_path, capsys, tracking, message):
