@@ -27,6 +27,7 @@ from harness.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOCK_NAME = ".lock"
+RUN_KEYS = {"request", "agent", "progress", "mlflow_run_id"}  # what every run checkpoint holds
 
 
 def checkpoint_path(out_dir: Path) -> Path:
@@ -69,7 +70,7 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any]:
         raise UserError(
             f"{path} cannot be read ({type(error).__name__}: {error}); it is damaged or not a checkpoint."
         ) from None
-    if not isinstance(payload, dict) or not {"request", "agent", "progress"} <= payload.keys():
+    if not isinstance(payload, dict) or not payload.keys() >= RUN_KEYS:
         raise UserError(f"{path} is not a gorl-bench run checkpoint.")
     return payload
 
@@ -123,7 +124,7 @@ def _lock_run_directory(out_dir: Path) -> int:
             os.close(fd)
             raise UserError(
                 f"{str(out_dir)!r} is in use by a run that is still training (process {holder}); wait for "
-                f"it to finish, or stop it first, or choose another --out directory."
+                f"it to finish, or stop it first."
             ) from None
         # The holder may have moved the directory aside (a study's stale run) between our open and
         # our lock: then we hold the moved directory's lock, and must lock the new one instead.

@@ -169,7 +169,8 @@ def resume(
     with hold_run_directory(Path(out_dir)):
         request, config, agent, state = load_run(out_dir, device)
         if tracking_uri is not None:
-            request = dataclasses.replace(request, tracking_uri=resolve_tracking_uri(tracking_uri))
+            moved_to = resolve_tracking_uri(tracking_uri, create=False)
+            request = dataclasses.replace(request, tracking_uri=moved_to)
         try:
             tracker = RunTracker.reopen(request.tracking_uri, state["mlflow_run_id"])
         except BaseException:

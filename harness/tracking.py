@@ -33,8 +33,9 @@ DEFAULT_EXPERIMENT = "gorl-bench"
 STEP_METRIC = "steps/counted"
 
 
-def resolve_tracking_uri(uri: str | None) -> str:
-    """The tracking URI to use, made absolute for SQLite; creates the SQLite file's directory."""
+def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
+    """The tracking URI to use, made absolute for SQLite; creates the SQLite file's directory
+    unless `create` is False (a store that must exist already: a resumed or diagnosed run's)."""
 
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_TRACKING_DB.resolve()}"
     if uri.startswith("file:") or "://" not in uri:
@@ -50,7 +51,8 @@ def resolve_tracking_uri(uri: str | None) -> str:
         )
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///")).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{path}"
     if scheme in ("http", "https"):
         _check_server(uri)

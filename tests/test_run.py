@@ -208,7 +208,8 @@ def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("content", "message"),
     [(b"", "cannot be read (EOFError"), (b"not a checkpoint", "cannot be read (UnpicklingError"),
-     ({"weights": [1.0]}, "is not a gorl-bench run checkpoint")],  # fmt: skip
+     ({"weights": [1.0]}, "is not a gorl-bench run checkpoint"),
+     ({"request": {}, "agent": {}, "progress": {}}, "is not a gorl-bench run checkpoint")],  # fmt: skip
 )
 def test_a_damaged_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, content, message):
     run_dir = tmp_path / "damaged"
@@ -325,6 +326,9 @@ def test_resume_finds_a_moved_tracking_store_when_told_where(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"has no run {first.mlflow_run_id}" in err and "--tracking-uri" in err and "Traceback" not in err
     assert not store.exists()  # no empty store left at the old path
+    typo = tmp_path / "nowhere" / "mlflow.db"
+    assert main(["run", "--resume", str(first.out_dir), "--tracking-uri", f"sqlite:///{typo}"]) == 2
+    assert "has no run" in capsys.readouterr().err and not typo.parent.exists()  # nothing created
     argv = ["run", "--resume", str(first.out_dir), "--tracking-uri", f"sqlite:///{moved}", "--no-progress"]
     assert main(argv) == 0
     assert "the checkpoint was not attached" in capsys.readouterr().err

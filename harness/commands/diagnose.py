@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.samples < 4 or args.state_steps < 0:
         raise UserError("--samples must be >= 4 and --state-steps >= 0.")
-    tracking_uri = resolve_tracking_uri(args.tracking_uri) if args.tracking_uri else None
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, create=False) if args.tracking_uri else None
     diagnosis = diagnose_multimodality(
         args.runs, args.samples, args.state_steps, args.seed, args.out, tracking_uri
     )
@@ -87,8 +87,7 @@ def main(args: argparse.Namespace) -> int:
     if diagnosis.unlogged:
         raise UserError(
             f"the figure was written to {diagnosis.figure} and the statistics are above, but logging them "
-            f"to MLflow failed: {'; '.join(diagnosis.unlogged)}. If a run's folder or its MLflow store has "
-            "moved since it ran, pass the store's location with --tracking-uri."
+            f"to MLflow failed: {'; '.join(reason.rstrip('.') for reason in diagnosis.unlogged)}."
         )
     return 0
 
@@ -110,6 +109,7 @@ def diagnose_multimodality(
     from harness.checkpoint import checkpoint_path
     from harness.errors import UserError
     from harness.run import load_run
+    from harness.tracking import check_run_exists
 
     for run_dir in run_dirs:
         if not checkpoint_path(run_dir).exists():
@@ -117,6 +117,9 @@ def diagnose_multimodality(
     out = Path(out) if out is not None else Path(run_dirs[0]) / "diagnostics"
     check_out_dir(out)
     runs = [load_run(run_dir) for run_dir in run_dirs]
+    if tracking_uri is not None:  # a store named on purpose must hold the runs: checked before the work
+        for _, _, _, checkpoint in runs:
+            check_run_exists(tracking_uri, checkpoint["mlflow_run_id"])
     tasks = {request.task for request, *_ in runs}
     if len(tasks) > 1:
         raise UserError(
