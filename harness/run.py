@@ -102,7 +102,7 @@ def execute(
     config = resolve(spec, request.preset, task, dict(request.overrides))
     check_run(config, task, request.steps)
     device = resolve_device(request.device)
-    out_dir = Path(request.out_dir or _default_out_dir(request)).resolve()
+    out_dir = Path(request.out_dir or default_out_dir(request)).resolve()
     tracking_uri = resolve_tracking_uri(request.tracking_uri)
     request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
     with hold_run_directory(out_dir):
@@ -346,7 +346,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _default_out_dir(request: RunRequest) -> Path:
+def default_out_dir(request: RunRequest) -> Path:
+    """runs/<algo>-<task>-s<seed>-<time>: where a run without --out writes."""
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{request.algo}-{request.task}-s{request.seed}-{stamp}"
 

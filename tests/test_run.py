@@ -342,13 +342,14 @@ def test_sigterm_ends_the_mlflow_run_killed(tmp_path, tracking_uri):
             "--out", str(out), "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
     env = {**os.environ, "MUJOCO_GL": "disable"}
     process = subprocess.Popen([sys.executable, "-m", "harness.cli", *argv], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 120
     while not checkpoint_path(out).exists():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     assert process.wait() == 130
+    assert f"continue with gorl-bench run --resume {out}" in process.stderr.read()
     run = MlflowClient(tracking_uri).get_run(load_checkpoint(out)["mlflow_run_id"])
     assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["status_reason"]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
+import sys
 from pathlib import Path
 
 DEFAULTS = {"seed": 0, "steps": 1_000_000, "preset": "cpu", "overrides": [], "device": "cpu"}
@@ -51,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from algorithms.config import parse_assignments
+    from harness.checkpoint import checkpoint_path
     from harness.errors import UserError
-    from harness.run import RunRequest, execute, resume
+    from harness.run import RunRequest, default_out_dir, execute, resume
 
     # `kill PID` ends the MLflow run as KILLED (like Ctrl-C) instead of leaving it RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -64,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
                 f"--resume continues the run exactly as it was started; its checkpoint fixes {options}. "
                 f"To train with other settings, start a new run with another --out directory."
             )
-        result = resume(args.resume, tracking_uri=args.tracking_uri, progress=not args.no_progress)
+        request, run_dir = None, Path(args.resume)
     else:
         apply_defaults(args)
         if not args.algo or not args.task:
@@ -82,7 +85,18 @@ def main(args: argparse.Namespace) -> int:
             experiment=args.experiment,
             checkpoint_every=args.checkpoint_every,
         )
-        result = execute(request, progress=not args.no_progress)
+        run_dir = Path(request.out_dir or default_out_dir(request))
+        request = dataclasses.replace(request, out_dir=run_dir)
+    try:
+        if request is None:
+            result = resume(run_dir, tracking_uri=args.tracking_uri, progress=not args.no_progress)
+        else:
+            result = execute(request, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if checkpoint_path(run_dir).is_file():
+            print(f"the last checkpoint is in {run_dir}: continue with gorl-bench run --resume {run_dir}",
+                  file=sys.stderr)  # fmt: skip
+        raise
     for step, mean, std in result.eval_history:
         print(f"eval @ {step:>10,d} steps: {mean:8.2f} +- {std:.2f}")
     print(
