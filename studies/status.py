@@ -23,6 +23,7 @@ from studies.storage import (
     is_lost,
     rerun_trials,
     trial_label,
+    worker_gone_here,
 )
 
 SHOWN_FAILURES = 5  # `gorl-bench report` lists them all
@@ -43,6 +44,7 @@ class StudyStatus:
     kind: str
     complete: int
     running: int
+    stopped: int  # of the running ones: their worker on this host is gone; the next sweep retries them
     waiting: int
     failures: tuple[Failure, ...]  # units (or tune trials) that failed on their own: NaN, exceptions
     lost: int  # attempts whose worker died; each was re-enqueued
@@ -74,12 +76,18 @@ class StudyStatus:
         if self.finished:
             ending = f" - finished, {self.failed} failed" if self.failed else " - finished"
         rerun = f"  failed+rerun {self.rerun}" if self.rerun else ""
+        stopped = f" ({self.stopped} stopped)" if self.stopped else ""
         lines = [
             f"study {self.name} ({self.kind}): {self.done}/{self.total} done{ending}",
-            f"  complete {self.complete}  running {self.running}  waiting {self.waiting}  "
+            f"  complete {self.complete}  running {self.running}{stopped}  waiting {self.waiting}  "
             f"failed {self.failed}  pruned {self.pruned}  lost+retried {self.lost}{rerun}",
             f"  {self.eta_text}",
         ]
+        if self.stopped:
+            lines.append(
+                f"  {self.stopped} running {unit_noun(self.kind)}(s) lost their worker (stopped or crashed): "
+                "`gorl-bench study run` retries them from their last checkpoint"
+            )
         for failure in self.failures[:SHOWN_FAILURES]:
             lines.append(f"  failed {failure.label}: {failure.reason[:300]}")
         if self.failed > SHOWN_FAILURES:
@@ -143,6 +151,7 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
         kind=kind,
         complete=counts[TrialState.COMPLETE],
         running=counts[TrialState.RUNNING],
+        stopped=sum(worker_gone_here(t) for t in counted if t.state == TrialState.RUNNING),
         waiting=counts[TrialState.WAITING],
         failures=tuple(failures),
         lost=sum(is_lost(trial) for trial in trials),

@@ -355,14 +355,24 @@ def _lost_reason(trial: FrozenTrial, *, journal: bool) -> str | None:
             if now - started > GRACE_PERIOD_S
             else None
         )
+    if worker_gone_here(trial):
+        return f"process {owner['pid']} on {owner['host']} is gone"
     if owner["host"] == socket.gethostname():
         # A process here is asked directly. Its heartbeat may be old while it is alive: after a
         # suspend, a sweep can run before its first beat, and a retry would then find the unit's
         # directory still held by it.
-        return None if _process_alive(owner["pid"]) else f"process {owner['pid']} on {owner['host']} is gone"
+        return None
     if journal and now - owner["beat"] > GRACE_PERIOD_S:
         return f"no heartbeat from {owner['host']} (pid {owner['pid']}) for {now - owner['beat']:.0f} s"
     return None
+
+
+def worker_gone_here(trial: FrozenTrial) -> bool:
+    """Whether a RUNNING trial's worker was a process on this host that is gone (Ctrl-C, a crash):
+    the next sweep (`study run`, a worker's start) retries its unit."""
+
+    owner = trial.system_attrs.get(OWNER_ATTR)
+    return owner is not None and owner["host"] == socket.gethostname() and not _process_alive(owner["pid"])
 
 
 def _process_alive(pid: int) -> bool:

@@ -786,6 +786,30 @@ def test_a_live_worker_on_this_host_is_not_lost_however_old_its_heartbeat(workdi
     assert study.get_trials()[0].state == TrialState.RUNNING
 
 
+def test_status_tells_a_unit_whose_worker_is_gone_from_one_that_runs(workdir):
+    """After Ctrl-C of `study run`, its units stay RUNNING until the next sweep retries them."""
+
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from studies import storage
+    from studies.status import study_status
+
+    spec = load_spec(grid_spec(workdir, 2, [0.0]))
+    study = runner.prepare_study(spec, storage_location(None), resolve_tracking_uri(None))
+    runner.enqueue_missing_units(study, spec)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    for pid in (os.getpid(), int(gone.stdout)):
+        trial = storage.claim_waiting_trial(study)
+        owner = {"host": socket.gethostname(), "pid": pid, "beat": 0.0}
+        study._storage.set_trial_system_attr(trial._trial_id, storage.OWNER_ATTR, owner)
+    status = study_status(study)
+    assert (status.running, status.stopped) == (2, 1)
+    assert "1 running unit(s) lost their worker" in "\n".join(status.lines())
+
+
 @pytest.mark.parametrize("kind", ["grid", "tune"])
 def test_a_worker_that_dies_right_after_its_claim_is_retried_at_once(workdir, kind):
     """The owner is written with the claim (a grid unit) or the ask (a tune trial), so a worker
