@@ -50,9 +50,12 @@ def test_bench_envs_compares_the_backends(capsys):
     assert len(rows) == 1 and rows[0][0] == "cheetah-run" and rows[0][1] == "2"
 
 
-def test_bench_refuses_an_unknown_algorithm(capsys):
+def test_bench_refuses_an_unknown_algorithm_or_task_before_printing(capsys):
     assert main(["bench", "train", "--algos", "ppo", "pop"]) == 2
     assert "unknown algorithm 'pop'" in capsys.readouterr().err
+    assert main(["bench", "train", "--tasks", "walker-wlak"]) == 2
+    captured = capsys.readouterr()
+    assert "walker-walk" in captured.err and captured.out == ""  # no table header before the error
 
 
 # Each argv is otherwise tiny, so that before the counts were checked the test failed in seconds.

@@ -78,11 +78,14 @@ def measure(
 
 def main(args: argparse.Namespace) -> int:
     import algorithms
+    import envs
     from algorithms.config import parse_assignments
     from harness.run import resolve_device
 
     for algo in args.algos:
-        algorithms.get(algo)  # an unknown name is refused before anything is timed
+        algorithms.get(algo)  # an unknown name is refused before anything is timed or printed
+    for task in args.tasks:
+        envs.canonical_task(task)
     overrides = parse_assignments(args.overrides)
     device = resolve_device(args.device)
     print(f"{', '.join(args.algos)} end to end, preset {args.preset}"
