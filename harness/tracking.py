@@ -126,6 +126,13 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sqlite_store_missing(uri: str) -> bool:
+    """Whether `uri` names an SQLite store whose file does not exist: MLflow would create it empty
+    (typically a store that has moved, or one on the machine that created a study)."""
+
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
+
+
 def check_run_exists(tracking_uri: str, run_id: str) -> None:
     """A clear error unless the store at `tracking_uri` holds run `run_id` (a store that has moved
     since the run started is the usual cause)."""
@@ -137,8 +144,7 @@ def check_run_exists(tracking_uri: str, run_id: str) -> None:
         f"the MLflow store {tracking_uri} has no run {run_id}. If the store has moved, pass its new "
         f"location with --tracking-uri."
     )
-    # Checked first: MLflow would create an empty SQLite store at a path that is gone.
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+    if sqlite_store_missing(tracking_uri):  # checked first: MLflow would create it empty
         raise UserError(missing)
     try:
         MlflowClient(tracking_uri).get_run(run_id)

@@ -34,6 +34,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.errors import UserError
+from harness.tracking import sqlite_store_missing
 from studies import tracking
 from studies.spec import Spec, Unit, check_on_every_task, parse_spec, stable_seed, variant_dir
 from studies.storage import (
@@ -110,7 +111,7 @@ def run_worker(
     study = load_study(name, location)
     spec = parse_spec(study.user_attrs["spec"], check_configs=False)  # validated by `study run`
     tracking_uri = study.user_attrs["tracking_uri"]
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+    if sqlite_store_missing(tracking_uri):
         raise UserError(
             f"study {name!r} logs to {tracking_uri}, a file on the machine that created the study. "
             "Workers on other machines need a shared tracking store: create the study with "

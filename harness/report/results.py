@@ -35,7 +35,6 @@ eval_return, then one column per swept parameter (grid) or searched parameter (t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -175,9 +174,9 @@ def open_study(study_name: str, storage: str | None) -> Any:
 
 
 def _tracking_uri(uri: str) -> str:
-    from harness.tracking import resolve_tracking_uri
+    from harness.tracking import resolve_tracking_uri, sqlite_store_missing
 
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if sqlite_store_missing(uri):
         raise UserError(
             f"the MLflow store {uri} does not exist on this machine; pass the study's store with "
             "--tracking-uri."
