@@ -50,6 +50,7 @@ def stores(tmp_path_factory, migrated_mlflow_db):
     client = MlflowClient(tracking_uri=uri)
     _grid_study(storage, client, uri, root)
     _tune_study(storage, client, uri, root)
+    _aliased_study(storage, client, uri, root)
     optuna.create_study(study_name="empty", storage=storage)
     return storage_path, uri
 
@@ -129,6 +130,29 @@ def _tune_study(storage, client, uri, root):
         study.add_trial(create_trial(value=0.5, params={"lr": lr}, user_attrs=attrs, distributions=_lr()))
 
 
+# The spec names a task by another spelling, and no unit finished on its last task.
+ALIASED_TASKS = ["Cartpole-Swingup", "pendulum-swingup", "cheetah-run"]
+
+
+def _aliased_study(storage, client, uri, root):
+    spec = {"name": "aliased", "kind": "grid", "algo": "gorl-fm", "tasks": ALIASED_TASKS, "seeds": 2}
+    spec |= {"steps": STEPS[-1], "grid": {"num_refits": [1, 2]}}
+    tasks = ["cartpole-swingup", "pendulum-swingup", "cheetah-run"]  # as the study runner names units
+    keys = [f"num_refits={r}|{task}|seed{s}" for r in (1, 2) for s in range(2) for task in tasks]
+    study, experiment, parent = _study(storage, client, uri, root, "aliased", spec, keys, ["num_refits"])
+    for key in keys:
+        refits, task, seed = key.split("|")
+        record = {"unit": key, "variant": refits, "algo": "gorl-fm", "task": task, "seed": int(seed[-1])}
+        record["params"] = {"num_refits": int(refits[-1])}
+        if task == "cheetah-run":
+            record["fail_reason"] = "FloatingPointError: loss is nan"
+            study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=record))
+            continue
+        returns = [eval_return(int(refits[-1]), tasks.index(task), int(seed[-1]), step) for step in STEPS]
+        record["mlflow_run_id"] = _unit_run(client, experiment, parent, key, returns)
+        study.add_trial(create_trial(value=returns[-1] / 1000, user_attrs=record))
+
+
 def _lr():
     return {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)}
 
@@ -202,10 +226,22 @@ def test_tune_study_reports_each_trial_configuration(stores, tmp_path):
     assert report.partial and not (tmp_path / "ablation.png").exists()
 
 
+def test_tasks_spelled_otherwise_are_kept_and_tasks_without_results_are_noted(stores, tmp_path):
+    storage, _ = stores
+    report = build_report("aliased", str(storage), out_dir=tmp_path, reps=REPS)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Tasks: cartpole-swingup, pendulum-swingup." in summary
+    note = (
+        "cheetah-run: no finished run of any variant; "
+        "the statistics cover cartpole-swingup, pendulum-swingup only"
+    )
+    assert note in report.notes and note in summary
+
+
 def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     storage, _ = stores
     assert main(["report", "nope", "--storage", str(storage)]) == 2
-    assert "Studies there: ablation, empty, tuning" in capsys.readouterr().err
+    assert "Studies there: ablation, aliased, empty, tuning" in capsys.readouterr().err
     assert main(["report", "empty", "--storage", str(storage)]) == 2
     assert "no trials yet" in capsys.readouterr().err
     assert main(["report", "ablation", "--storage", str(tmp_path / "absent.journal")]) == 2

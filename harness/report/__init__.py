@@ -78,6 +78,10 @@ def build_report(
     files = [out / "results.csv"]
 
     finals, notes = final_score_arrays(table, results.tasks)
+    notes = [
+        f"{task}: no finished run of any variant; the statistics cover {', '.join(results.tasks)} only"
+        for task in results.tasks_without_results
+    ] + notes
     if not finals:
         raise UserError(
             f"no variant of study {study_name!r} has a finished run on every task yet; "

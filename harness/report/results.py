@@ -58,6 +58,7 @@ class StudyResults:
     tracking_uri: str
     parent_run_id: str | None
     tasks: list[str]  # the spec's tasks that have results, in spec order
+    tasks_without_results: list[str]  # the spec's tasks on which no unit has finished
 
     @property
     def partial(self) -> bool:
@@ -83,6 +84,7 @@ def load_study_results(
 
     from optuna.trial import TrialState
 
+    from studies.spec import parse_spec
     from studies.storage import counted_trials, trial_label
 
     study = open_study(study_name, storage)
@@ -143,7 +145,10 @@ def load_study_results(
         # Object columns keep each value as the spec wrote it: pandas would turn ints next to a
         # missing value (a configuration that does not set the parameter) into floats.
         table[name] = pd.Series([row[name] for row in rows], index=table.index, dtype=object)
-    tasks = [t for t in spec.get("tasks", []) if t in set(table["task"])] or sorted(table["task"].unique())
+    # The spec's tasks in their canonical names (the units' names): a spec may write an alias.
+    spec_tasks = parse_spec(spec, check_configs=False).tasks
+    present = set(table["task"])
+    tasks = [task for task in spec_tasks if task in present] or sorted(present)
     return StudyResults(
         study=study_name,
         kind=kind,
@@ -154,6 +159,7 @@ def load_study_results(
         tracking_uri=uri,
         parent_run_id=attrs.get("mlflow_parent_run_id"),
         tasks=tasks,
+        tasks_without_results=[task for task in spec_tasks if task not in present],
     )
 
 
