@@ -105,7 +105,8 @@ def test_agrees_with_rliable_library_within_bootstrap_noise():
 
 
 def test_curves_span_the_budget_when_units_have_different_numbers_of_evaluations():
-    """A large-batch unit evaluates once for several points; the x axis must still reach the budget."""
+    """A large-batch unit evaluates once for several points; the x axis must still reach the budget,
+    and must not start before that unit's first evaluation (its curve would show an unmeasured score)."""
 
     def unit(variant: str, steps: list[int]) -> pd.DataFrame:
         scores = np.asarray(steps) / 8192
@@ -115,5 +116,7 @@ def test_curves_span_the_budget_when_units_have_different_numbers_of_evaluations
     small_batch = unit("small-batch", [*range(819, 8192, 819), 8192])
     table = pd.concat([small_batch, unit("large-batch", [2048, 4096, 6144, 8192])])
     steps, arrays, _ = curve_arrays(table, ["toy"])
-    assert len(steps) == 11 and steps[-1] == 8192
+    # 819 and 1638 lie before large-batch's first evaluation (2048) by more than half a spacing.
+    assert list(steps[:2]) == [2457, 3276] and len(steps) == 9 and steps[-1] == 8192
     assert arrays["small-batch"][0, 0, -1] == arrays["large-batch"][0, 0, -1] == 1.0
+
