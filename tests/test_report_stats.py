@@ -120,3 +120,18 @@ def test_curves_span_the_budget_when_units_have_different_numbers_of_evaluations
     assert list(steps[:2]) == [2457, 3276] and len(steps) == 9 and steps[-1] == 8192
     assert arrays["small-batch"][0, 0, -1] == arrays["large-batch"][0, 0, -1] == 1.0
 
+
+@pytest.mark.parametrize("variants", [1, 8])
+def test_the_aggregates_x_label_sits_below_the_tick_labels(variants):
+    from harness.report import figures
+
+    rng = np.random.default_rng(0)
+    finals = {f"variant-{i}": rng.uniform(size=(3, 2)) for i in range(variants)}
+    points, intervals = stats.interval_estimates(finals, stats.aggregates, reps=100, seed=0)
+    fig = figures.aggregates_figure(points, intervals)
+    renderer = fig.canvas.get_renderer()
+    (label,) = [text for text in fig.texts if text.get_text() == figures.SCORE_LABEL]
+    ticks = [tick for ax in fig.axes for tick in ax.get_xticklabels() if tick.get_text()]
+    ticks_bottom = min(tick.get_window_extent(renderer).y0 for tick in ticks)
+    assert label.get_window_extent(renderer).y1 < ticks_bottom
+

@@ -23,6 +23,8 @@ from harness.report.stats import AGGREGATES, PAIR_SEPARATOR  # noqa: E402
 
 FORMATS = ("png", "pdf")
 SCORE_LABEL = "Normalized score"
+# Inches from the axes' lower edge down to the x label's baseline: rliable's tick labels take ~0.35.
+XLABEL_DROP = 0.7
 
 
 def save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
@@ -39,6 +41,8 @@ def aggregates_figure(points: Mapping[str, np.ndarray], intervals: Mapping[str, 
     """Median, IQM, mean and optimality gap of each variant with their intervals."""
 
     row_height = 0.37  # rliable's default, in inches per variant
+    height = row_height * len(points)  # rliable's figure height
+    axes_bottom = plt.rcParams["figure.subplot.bottom"] * height  # inches above the figure's edge
     fig, _ = plot_utils.plot_interval_estimates(
         dict(points),
         dict(intervals),
@@ -46,9 +50,9 @@ def aggregates_figure(points: Mapping[str, np.ndarray], intervals: Mapping[str, 
         algorithms=list(points),
         xlabel=SCORE_LABEL,
         row_height=row_height,
-        # rliable places the label in figure coordinates; keep it 0.35 inch below the axes
-        # however many rows there are, clear of the tick labels.
-        xlabel_y_coordinate=-0.35 / (row_height * len(points)),
+        # rliable places the label's baseline in figure coordinates; keep it a fixed distance below
+        # the axes (under rliable's large tick labels) however many rows, i.e. inches, there are.
+        xlabel_y_coordinate=(axes_bottom - XLABEL_DROP) / height,
     )
     return fig
 
