@@ -135,3 +135,12 @@ def test_the_aggregates_x_label_sits_below_the_tick_labels(variants):
     ticks_bottom = min(tick.get_window_extent(renderer).y0 for tick in ticks)
     assert label.get_window_extent(renderer).y1 < ticks_bottom
 
+
+def test_latex_tables_escape_what_latex_would_misread():
+    from harness.report.tables import Table
+
+    latex = Table(["X > Y", "lr_max ^ 2"], [["[]", "50% & more"], ["[0.001]", "a < b"]]).latex("caption")
+    rows = latex.splitlines()
+    assert "X $>$ Y & lr\\_max \\textasciicircum{} 2 \\\\" in rows
+    # After `\\midrule` or `\\\\`, a bare "[" would start an optional argument.
+    assert "{}[] & 50\\% \\& more \\\\" in rows and "{}[0.001] & a $<$ b \\\\" in rows

@@ -96,9 +96,16 @@ def _estimate(point: float, interval: np.ndarray) -> str:
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
     "\\": "\\textbackslash{}",
     "~": "\\textasciitilde{}",
+    "^": "\\textasciicircum{}",
     "±": "$\\pm$",
+    # LaTeX's default (OT1) font encoding prints these as "¡" and "¿" in text mode.
+    "<": "$<$",
+    ">": "$>$",
 }
 
 
 def _escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
+    escaped = "".join(_LATEX_SPECIAL.get(char, char) for char in text)
+    # A cell that starts with "[" (a list-valued parameter) would, first in its row, be read as the
+    # optional argument of the `\\` or `\\midrule` before it; braces end that.
+    return "{}" + escaped if escaped.startswith("[") else escaped
