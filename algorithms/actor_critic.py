@@ -7,7 +7,8 @@ into a ratio. Everything else is one piece of code here:
 * construction: the training envs, the explicit random generators, the model (built by the
   subclass), Adam, the observation normaliser and the episode-return tracker;
 * `train_iteration`: collect with `policy_step`, GAE, then `minibatch_update` with `loss`,
-  clipping the actor's and the critic's gradients separately;
+  clipping the gradients to `max_grad_norm` (if set) over all parameters or per network
+  (`grad_norm_scope`);
 * `state_dict` / `load_state_dict`: weights, optimiser, normaliser, envs, every generator.
 
 A subclass implements `build_model` (a module with `actor`, `critic` and `value(obs)`),

@@ -22,8 +22,8 @@ and the likelihood using the same sigma (the patch's fix), nothing clipped. Depa
 from Ren et al.'s own DPPO, which the paper did not run: no DDPM/DDIM mean with a cosine
 schedule, no clipping of x or of the noise to the action range (the env action is tanh of
 x_0, so x needs no bounds), and every step of the chain enters the loss. The official
-likelihood adds 1e-6 to sigma; here it is sigma exactly, which keeps the log-density
-analytic (the constant shifts cancel in the ratio anyway).
+likelihood adds 1e-6 to sigma inside the noise term; here it is sigma exactly, which keeps the
+log-density analytic (the official term rescales each log-ratio by about 4e-5 at sigma 0.05).
 
 Evaluation: with `eval_noise = "sample"` (official) the chain keeps its per-step noise;
 "zero" starts at x_K = 0 and follows the means, a deterministic policy.

@@ -8,7 +8,7 @@ by integrating a learned velocity field v(obs, x_t, t) with 10 Euler steps from 
 
 They differ in how PPO gets a likelihood ratio for such a policy: FPO (`algorithms.fpo`)
 uses the change of a conditional flow-matching loss, DPPO (`algorithms.dppo`) adds Gaussian
-noise to every step and multiplies the steps' likelihoods. Neither has an entropy bonus
+noise to every step and gives PPO one clipped ratio per denoising step. Neither has an entropy bonus
 (paper App. E.4: entropy 0 for both): neither likelihood gives a tractable entropy.
 
 The actor is `ConditionalMLP` on [normalised obs, x_t, time embedding]: SiLU and

@@ -38,8 +38,9 @@ Presets:
 
 * `paper`: the release's fpo.toml (2048 envs x 480 steps, 16 epochs of 32 minibatches,
   gamma 0.995, reward x 10, 4 x 32 velocity MLP, 5 x 256 critic). Departures shared with
-  PPO: GAE once over the whole rollout instead of per 30-step segment, the corrected
-  observation normaliser (see `algorithms.flow_policy`).
+  PPO (see `algorithms.ppo`): GAE once over the whole rollout instead of per 30-step segment,
+  truncated steps bootstrapped from V(final_obs) instead of masked out of the loss, the
+  corrected observation normaliser (see `algorithms.flow_policy`).
 * `cpu`: PPO's `cpu` preset for the PPO core (64 envs x 64 steps, 10 epochs of 4
   minibatches, gamma 0.99, 2 x 64 tanh critic, one update thread, 16 evaluation episodes)
   and the paper's FPO values, except lr 1e-3 instead of 3e-4: 40 gradient steps per update

@@ -21,8 +21,9 @@ Conventions:
   only a true termination gets a zero next value. With SAME_STEP autoreset the obs row
   returned at an episode end is already the next episode's reset obs; the true last obs is
   `info["final_obs"]`.
-* Torch uses 1 thread while collecting (per-step inference on a small batch is slower with
-  more) and 2 in the update, as measured in the CPU performance notes.
+* Torch uses `collect_threads` while collecting and `update_threads` in the update (defaults
+  1 and 2, as measured in the CPU performance notes: per-step inference on a small batch is
+  slower with more threads; the `cpu` presets update with 1, see their reasons).
 """
 
 from __future__ import annotations

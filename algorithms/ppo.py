@@ -27,7 +27,10 @@ Presets:
   30,720 single transitions. Brax instead cuts the rollout into 30-step segments, shuffles
   segments, and recomputes GAE inside every minibatch with the current value network,
   bootstrapping each segment from its last next-observation; the batch sizes are the same,
-  the advantage targets differ slightly (fresher values in Brax, full-length GAE here).
+  the advantage targets differ slightly (fresher values in Brax, full-length GAE here). At a
+  time-limit truncation (every DMC episode ends so) GAE bootstraps from V(final_obs) and the
+  step is trained like any other; the release zeroes that step's TD error and advantage and
+  masks it out of the value loss (one transition per 1000-step episode).
 * `cpu`: CleanRL-style settings for a 2-core machine: 64 envs x 64 steps, 10 epochs of 4
   minibatches of 1024, 2 x 64 tanh networks, gamma 0.99, lr 3e-4. Reaches a cheetah-run
   score above 500 within 1M env steps (CleanRL's PPO reports 433 after 8M).
