@@ -15,14 +15,16 @@ unchanged, so the values reaching MuJoCo are exactly the agent's.
 
 Snapshots (`get_state`) hold per sub-env the MuJoCo integration state (`mj_getState` with
 `mjSTATE_INTEGRATION`, which keeps `qacc_warmstart`), the model fields the task changed since
-loading (finger's target site, fish's target geom, ...), the task object's attributes (its
-RandomState included) and the step counter.
+loading (finger's target site, fish's target geom, ...) or drew at loading (lqr's stiffness),
+the task object's attributes (its RandomState included) and the step counter. lqr draws its
+model when it is loaded, so its `reset(seed=...)` re-draws the initial state but not the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 import re
@@ -107,7 +109,22 @@ def load(task: str, seed_sequence: np.random.SeedSequence, small_skybox: bool = 
     # The small skyboxes patch dm_control module globals while one env loads; loads take turns so
     # that a load on another thread never sees the patch half applied or meant for another load.
     with _LOADING, _small_skyboxes() if small_skybox else contextlib.nullcontext():
-        return suite.load(domain, name, task_kwargs={"random": random, "time_limit": float("inf")})
+        env = suite.load(domain, name, task_kwargs={"random": random, "time_limit": float("inf")})
+    if os.environ.get("MUJOCO_GL") == "disable":
+        env.physics.__class__ = _without_rendering(type(env.physics))
+    return env
+
+
+@functools.cache
+def _without_rendering(physics_class: type) -> type:
+    """`physics_class` with no rendering contexts, for processes without a rendering backend.
+
+    Reading dm_control's `Physics.contexts` creates a rendering context, which fails without
+    one. quadruped-escape reads it at every reset to re-upload its new terrain for drawing (it
+    skips the upload when there are none), so without this the task could not run at all.
+    """
+
+    return type(physics_class.__name__, (physics_class,), {"contexts": None})
 
 
 def flatten(observation: dict[str, Any], out: np.ndarray) -> None:
@@ -148,8 +165,11 @@ class DMCVectorEnv(VectorEnv):
         self.rescaled = ((low != -1.0) | (high != 1.0)) & (high - low < _UNBOUNDED)
         self.low, self.high = low, high
         self.physics = [env.physics for env in self.envs]
-        # The freshly loaded model: snapshots store only the fields a task changed since then.
-        self.pristine_model = {k: v.copy() for k, v in _model_arrays(self.physics[0].model.ptr).items()}
+        # The model as loaded with a fixed seed: a snapshot stores the fields in which a sub-env's
+        # model differs from it, i.e. those a task changed since loading (finger's target site) and
+        # those it drew at loading (lqr's joint stiffness), so it restores into an env of any seed.
+        reference = load(task, np.random.SeedSequence(0))
+        self.pristine_model = {k: v.copy() for k, v in _model_arrays(reference.physics.model.ptr).items()}
         self.state_size = mujoco.mj_stateSize(self.physics[0].model.ptr, _INTEGRATION)
         self.steps = np.zeros(num_envs, np.int64)
         self.obs = np.zeros((num_envs, self.obs_dim), np.float32)

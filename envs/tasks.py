@@ -47,7 +47,8 @@ ALIASES: dict[str, str] = {
 GYM_PREFIX = "gym:"
 
 # Every dm_control suite task ends after 1000 control steps; dm_control's per-step reward is
-# in [0, 1], so an episode's return is in [0, 1000].
+# in [0, 1], so an episode's return is in [0, 1000]. The exception is the lqr domain, whose
+# reward is 1 minus a quadratic cost and so unbounded below (`score_range` refuses it).
 DMC_EPISODE_STEPS = 1000
 DMC_SCORE_RANGE = (0.0, 1000.0)
 
@@ -111,16 +112,19 @@ def is_dmc(task: str) -> bool:
 def score_range(task: str) -> tuple[float, float]:
     """(worst, best) episode return used to normalise scores of `task`.
 
-    DMC: (0, 1000). Toy tasks: their declared range. gym:<id>: the reward range is not
-    declared by gymnasium, so these raise `UserError`.
+    DMC: (0, 1000). Toy tasks: their declared range. gym:<id> (gymnasium declares no reward
+    range) and dm_control's lqr tasks (a reward unbounded below) raise `UserError`.
     """
 
     task = canonical_task(task)
     if task in toy.TASKS:
         return toy.TASKS[task].score_range
-    if is_dmc(task):
+    if is_dmc(task) and not task.startswith("lqr-"):
         return DMC_SCORE_RANGE
-    raise UserError(f"{task} has no declared score range; normalised scores need a dm_control or toy task.")
+    raise UserError(
+        f"{task} has no declared score range; normalised scores need a dm_control task (other than "
+        "lqr, whose reward is unbounded below) or a toy task."
+    )
 
 
 def max_episode_steps(task: str) -> int | None:

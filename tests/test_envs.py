@@ -65,6 +65,8 @@ def test_task_lists_ranges_and_description():
     assert all(envs.canonical_task(n) == n for n in names)
     assert envs.score_range("WalkerWalk") == (0.0, 1000.0)
     assert envs.score_range("toy-bimodal") == (0.0, 16.0)
+    with pytest.raises(UserError, match="lqr, whose reward is unbounded below"):
+        envs.score_range("lqr-lqr_2_1")
     assert envs.max_episode_steps("hopper-stand") == 1000
     assert envs.max_episode_steps("toy-bimodal-easy") == 16
     assert envs.max_episode_steps("gym:Pendulum-v1") == 200
@@ -174,6 +176,10 @@ SNAPSHOT_CASES = [
     # fish moves its target geom at every reset; the fast backend shares the snapshot code
     ("fish-swim", "fast", 995),
     ("humanoid-stand", "fast", 3),
+    # lqr draws its joint stiffness when it is loaded, from the construction seed
+    ("lqr-lqr_2_1", "dm_control", 5),
+    # quadruped-escape reads the physics' rendering contexts at every reset (none here)
+    ("quadruped-escape", "dm_control", 3),
     ("toy-bimodal", "auto", 10),
     ("gym:Pendulum-v1", "auto", 195),
 ]
