@@ -303,7 +303,7 @@ class Humanoid(FastTask):
         move = tolerance(
             speed, bounds=(self.move_speed, INF), margin=self.move_speed, value_at_margin=0, sigmoid="linear"
         )
-        return small_control(ctrl) * stand_reward * (5 * move + 1) / 6
+        return small_control(ctrl) * stand_reward * ((5 * move + 1) / 6)  # dm_control's grouping
 
 
 TASKS: dict[str, type[FastTask]] = {
