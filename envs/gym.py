@@ -7,17 +7,22 @@ SAME_STEP autoreset convention of `envs.base`.
 
 Seeding: `reset(seed)` resets sub-env i with an integer drawn from the i-th spawned seed
 sequence; later episodes continue each sub-env's own generator. Snapshots pickle the
-sub-envs, so they work for every env that can be pickled (all classic-control and MuJoCo
-envs without a renderer).
+sub-envs (wrappers included: the time limit's step count), which restores classic-control
+envs exactly. A MuJoCo env pickles as a freshly constructed one (gymnasium's `EzPickle`), so
+its simulation state (`mj_getState`, as for the dm_control backend) and its generator are
+stored beside the pickle and put back after it.
 """
 
 from __future__ import annotations
 
+import copy
 import pickle
 from typing import Any
 
 import gymnasium
+import mujoco
 import numpy as np
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
 from envs.base import VectorEnv, sub_seeds
 from envs.tasks import GYM_PREFIX
@@ -68,14 +73,42 @@ class GymVectorEnv(VectorEnv):
         return self.obs.copy(), rewards, terminated, truncated, self.end_info(final_obs, ended)
 
     def get_state(self) -> dict[str, Any]:
-        return {"envs": pickle.dumps(self.envs), "obs": self.obs.copy()}
+        return {
+            "envs": pickle.dumps(self.envs),
+            "mujoco": [_mujoco_state(env.unwrapped) for env in self.envs],
+            "obs": self.obs.copy(),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         for env in self.envs:
             env.close()
         self.envs = pickle.loads(state["envs"])
+        # (Snapshots written before MuJoCo states were stored hold classic-control envs only.)
+        for env, mujoco_state in zip(self.envs, state.get("mujoco") or [None] * self.num_envs, strict=True):
+            if mujoco_state is not None:
+                _set_mujoco_state(env.unwrapped, mujoco_state)
         self.obs[:] = state["obs"]
 
     def close(self, **kwargs: Any) -> None:
         for env in self.envs:
             env.close()
+
+
+# Everything a MuJoCo step depends on, including qacc_warmstart (the solver's starting point).
+_INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
+
+
+def _mujoco_state(env: gymnasium.Env) -> dict[str, Any] | None:
+    """What a pickle of a gymnasium MuJoCo env loses: its simulation state and its generator."""
+
+    if not isinstance(env, MujocoEnv):
+        return None
+    integration = np.empty(mujoco.mj_stateSize(env.model, _INTEGRATION), np.float64)
+    mujoco.mj_getState(env.model, env.data, integration, _INTEGRATION)
+    return {"integration": integration, "np_random": copy.deepcopy(env.np_random)}
+
+
+def _set_mujoco_state(env: MujocoEnv, state: dict[str, Any]) -> None:
+    mujoco.mj_setState(env.model, env.data, state["integration"], _INTEGRATION)
+    mujoco.mj_forward(env.model, env.data)  # the derived quantities the next step starts from
+    env.np_random = copy.deepcopy(state["np_random"])
