@@ -8,8 +8,9 @@ Conventions (the same for every backend):
   in its row, and the last observation of the ended episode in `info["final_obs"][i]`
   (float32 `(num_envs, obs_dim)`, rows of envs that did not end are zero) with the mask
   `info["_final_obs"]`. Both keys are present only on steps where some episode ended.
-* seeding: sub-env i draws its randomness from `SeedSequence(seed).spawn(num_envs)[i]`, so
-  `(task, num_envs, seed)` fixes every trajectory. `reset(seed=None)` re-seeds with the
+* seeding: `(task, num_envs, seed)` fixes every trajectory. The dm_control and gym backends
+  give sub-env i the randomness of `SeedSequence(seed).spawn(num_envs)[i]`; the toy task draws
+  the whole batch from one generator seeded with `seed`. `reset(seed=None)` re-seeds with the
   construction seed.
 * `get_state()` returns a picklable snapshot; `set_state(snapshot)` continues bit-identically.
 """
