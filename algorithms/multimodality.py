@@ -120,12 +120,13 @@ def analyse_actions(
     """Project action samples (n, act_dim) on PC1, then compute Sarle's coefficient and the KDE."""
 
     projections, direction, explained = principal_projection(samples)
+    coefficient = bimodality_coefficient(projections)  # first: its ValueError says why samples cannot do
     grid, density = kde_curve(projections, bw_factor, grid_size)
     return MultimodalityReport(
         n=projections.size,
         direction=direction,
         explained_variance=explained,
-        bimodality_coefficient=bimodality_coefficient(projections),
+        bimodality_coefficient=coefficient,
         kde_peaks=count_peaks(density),
         grid=grid,
         density=density,

@@ -43,6 +43,16 @@ def test_multimodality_of_a_gorl_and_a_ppo_run(tmp_path, tracking_uri, capsys):
     assert load_checkpoint(tmp_path / "ppo")["agent"]["counted_steps"] == 4 * 256
 
 
+def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(tmp_path, tracking_uri, capsys):
+    # A std of 1e-12 around the mean: every sampled action is the same float32 value.
+    overrides = {**SMALL, "min_std": 1e-12, "max_std": 2e-12}
+    request = RunRequest(algo="ppo", task="toy-bimodal", steps=256, overrides=overrides,
+                         out_dir=tmp_path / "ppo", tracking_uri=tracking_uri)  # fmt: skip
+    execute(request, progress=False)
+    assert main(["diagnose", "multimodality", str(tmp_path / "ppo"), "--samples", "100"]) == 2
+    assert "at this state are all the same (a collapsed or saturated policy)" in capsys.readouterr().err
+
+
 def test_a_directory_without_a_run_is_refused(tmp_path, capsys):
     assert main(["diagnose", "multimodality", str(tmp_path)]) == 2
     assert "holds no run checkpoint" in capsys.readouterr().err

@@ -90,3 +90,6 @@ def test_bad_samples_are_refused():
         principal_projection(np.array([[0.0, 1.0], [np.nan, 2.0]]))
     with pytest.raises(ValueError, match="n >= 2"):
         principal_projection(np.zeros((1, 3)))
+    # All samples equal (a saturated policy): a clear error, not scipy's singular-covariance one.
+    with pytest.raises(ValueError, match="not all equal"):
+        analyse_actions(np.ones((10_000, 3), np.float32))

@@ -134,6 +134,11 @@ def diagnose_multimodality(
             actions = agent.act(np.repeat(state[None], samples, axis=0), deterministic=False)
         agent.close()
         label = f"{request.algo} {request.task} s{request.seed} @ {agent.counted_steps:,} steps"
+        if np.ptp(actions, axis=0).max() == 0:
+            raise UserError(
+                f"the {samples:,} actions sampled from {label} at this state are all the same (a collapsed "
+                "or saturated policy): there is no distribution to analyse."
+            )
         labelled.append((request, checkpoint, label, analyse_actions(actions)))
 
     out.mkdir(parents=True, exist_ok=True)
