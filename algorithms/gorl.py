@@ -102,7 +102,8 @@ class GoRLConfig(PPOConfig):
     # and the critic and observation normaliser are kept; False: everything fresh (other tasks)
     warm_value: bool = False
     # official release: a refit rolls out the stage's best-evaluated encoder, and the next stage
-    # starts from it (paper §3: "the latest or best" checkpoint); "last": the encoder at the stage's end
+    # starts from it (paper §3: "the latest or best" checkpoint; with reset_encoder, from its critic
+    # and normaliser if warm_value, else afresh); "last": the encoder at the stage's end
     refit_from: Literal["best", "last"] = "best"
     # paper §3: the latent has the action's size (None); the decoders transport the latent onto the
     # pre-tanh action, so no other size is possible without a projection the paper does not define
@@ -490,7 +491,8 @@ class GoRLAgent(PPOAgent):
         """End the current stage: collect with the frozen encoder, fit a new decoder, start the next stage.
 
         With `refit_from="best"` the encoder first goes back to the stage's best-evaluated one:
-        it is rolled out, and the next stage starts from it. As in the release, every stage is
+        it is rolled out, and the next stage starts from it (or, with `reset_encoder`, from its
+        critic and normaliser if `warm_value`, else afresh). As in the release, every stage is
         evaluated at its start and at its end (here only where no evaluation point of the
         harness fell on the end), so both compete with the evaluations in between.
         """
