@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from harness.errors import UserError
 from harness.tracking import sqlite_store_missing
 from studies import tracking
+from studies.pruning import make_pruner
 from studies.spec import Spec, Unit, check_on_every_task, parse_spec, stable_seed, variant_dir
 from studies.storage import (
     DIVERGED,
@@ -122,7 +123,7 @@ def run_worker(
         # trials are random draws that ignore the history. The trials so far tell sessions apart,
         # and replaying the same sessions gives the same seeds.
         study.sampler = _sampler(spec, index, len(study.get_trials(deepcopy=False)))
-        study.pruner = _pruner(spec)
+        study.pruner = make_pruner(spec.pruner, spec.seeds * len(spec.tasks))
     context = Context(
         study=study,
         spec=spec,
@@ -292,16 +293,17 @@ def _next_tune_trial(context: Context) -> bool:
     try:
         with heartbeat(study, trial._trial_id) as lost:
             units = spec.trial_units(variant, params)
-            for step, unit in enumerate(units):
+            for done, unit in enumerate(units, start=1):
                 result = _execute(context, unit, run_id, None, lost, resume=False)
                 records.append({**unit.record(), "mlflow_run_id": result.mlflow_run_id})
                 trial.set_user_attr("units", records)
                 scores.append(normalised(unit.task, result.final_score))
                 value = iqm(scores)
-                trial.report(value, step)
-                tracking.log_trial_step(context.tracking_uri, run_id, value, step)
+                # Step = units done, the resource Hyperband counts (`studies.pruning`).
+                trial.report(value, done)
+                tracking.log_trial_step(context.tracking_uri, run_id, value, done)
                 # After the last unit there is nothing left to save: the trial completes.
-                if step < len(units) - 1 and trial.should_prune():
+                if done < len(units) and trial.should_prune():
                     state = "PRUNED"
                     break
         if state == "PRUNED":
@@ -521,14 +523,6 @@ def _sampler(spec: Spec, index: int | None, trials_before: int) -> optuna.sample
     if spec.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-
-
-def _pruner(spec: Spec) -> optuna.pruners.BasePruner:
-    if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.seeds * len(spec.tasks))
-    if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3)
-    return optuna.pruners.NopPruner()
 
 
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
