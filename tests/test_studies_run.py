@@ -627,6 +627,17 @@ def test_tune_study_reports_iqm_per_unit_and_prunes(workdir, fake_execute):
     assert best.value == best.intermediate_values[2]  # the IQM over both units
 
 
+def test_a_cmaes_tune_study_runs_past_its_random_first_trial(workdir, fake_execute):
+    """CMA-ES samples its first trial at random and needs the `cmaes` package from the second on."""
+
+    top = 'kind = "tune"\nseeds = 1\nmax_trials = 3\nsampler = "cmaes"\npruner = "none"\n'
+    space = "[space.clip]\nlow = 0.1\nhigh = 0.3\n[space.lr]\nlow = 1e-4\nhigh = 1e-3\n"
+    prepared(spec_file(workdir, top, space))
+    assert run_worker("tiny", None) == 3
+    study = load_study("tiny", None)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+
+
 def test_study_artifacts_go_next_to_the_sqlite_store_as_a_run_s_do(workdir):
     """Not to ./mlruns of whichever directory the coordinator ran in."""
 
