@@ -24,8 +24,9 @@ import itertools
 import json
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,8 @@ def spec_path(name_or_path: str | Path) -> Path:
 
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise UserError(f"study spec {str(path)!r} is a directory, not a TOML file.")
         if not path.is_file():
             raise UserError(f"study spec file {str(path)!r} does not exist.")
         return path
@@ -264,8 +267,10 @@ def load_spec(name_or_path: str | Path, *, check_configs: bool = True) -> Spec:
     try:
         with path.open("rb") as handle:
             raw = tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML files are UTF-8
         raise UserError(f"{path.name}: not valid TOML: {error}.") from None
+    except OSError as error:
+        raise UserError(f"cannot read the study spec {str(path)!r}: {error.strerror}.") from None
     raw.setdefault("name", path.stem)
     try:
         return parse_spec(raw, check_configs=check_configs)
@@ -293,7 +298,7 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
     if steps < 1:
         raise UserError(f"steps (counted env steps per unit) must be positive, got {steps}.")
     max_trials = raw.get("max_trials")
-    if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 1):
+    if max_trials is not None and (type(max_trials) is not int or max_trials < 1):
         raise UserError(f"max_trials must be a positive integer, got {max_trials!r}.")
     if kind == "tune" and max_trials is None:
         raise UserError("a tune study needs max_trials, the number of configurations to try.")
@@ -312,7 +317,7 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
         fixed=_table(raw, "fixed"),
         grids=_parse_grids(raw.get("grid")) if kind == "grid" else (),
         variants=_parse_variants(raw.get("variants")) if kind == "compare" else {},
-        space=_parse_space(raw.get("space")) if kind == "tune" else (),
+        space=_parse_space(raw.get("space"), _get(raw, "algo", str)) if kind == "tune" else (),
         sampler=_choice(raw, "sampler", SAMPLERS) if kind == "tune" else "tpe",
         pruner=_choice(raw, "pruner", PRUNERS) if kind == "tune" else "none",
         raw=dict(raw),
@@ -324,6 +329,12 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
         overlap = set(spec.fixed) & {dim.name for dim in spec.space}
         if overlap:
             raise UserError(f"keys {sorted(overlap)} are both in [fixed] and in [space]; keep one.")
+        categorical = [dim.name for dim in spec.space if dim.choices]
+        if spec.sampler == "cmaes" and categorical:
+            raise UserError(
+                f'sampler = "cmaes" optimises numeric ranges only; it would draw {categorical} at random in '
+                'every trial. Use sampler = "tpe", or give them as ranges or [fixed] values.'
+            )
     if check_configs:
         check_configurations(spec)
     return spec
@@ -425,7 +436,7 @@ def _parse_variants(value: Any) -> dict[str, tuple[str, dict[str, Any]]]:
     return variants
 
 
-def _parse_space(value: Any) -> tuple[SearchDim, ...]:
+def _parse_space(value: Any, algo: str) -> tuple[SearchDim, ...]:
     if not isinstance(value, dict) or not value:
         raise UserError("a tune study needs [space.<key>] tables with `low`/`high` (and `log`) or `choices`.")
     dims = []
@@ -447,12 +458,36 @@ def _parse_space(value: Any) -> tuple[SearchDim, ...]:
             raise UserError(f"[space.{name}] needs numbers low < high, got low={low!r}, high={high!r}.")
         if not isinstance(log, bool) or (log and low <= 0):
             raise UserError(f"[space.{name}]: log must be true or false, and log needs low > 0.")
-        dims.append(SearchDim(name, low=low, high=high, log=log))
+        dims.append(_typed_range(SearchDim(name, low=low, high=high, log=log), algo))
     return tuple(dims)
+
+
+def _typed_range(dim: SearchDim, algo: str) -> SearchDim:
+    """The range with its config field's type, which decides whether integers or floats are
+    sampled, however the TOML wrote the bounds (`1` or `1.0`). A key that is no numeric field is
+    left as written: `check_configurations` names the problem."""
+
+    import algorithms
+
+    hints = typing.get_type_hints(algorithms.get(algo).config_cls)
+    kinds = set(typing.get_args(hints.get(dim.name))) or {hints.get(dim.name)}
+    if float in kinds:
+        return replace(dim, low=float(dim.low), high=float(dim.high))
+    if int in kinds:
+        if not (float(dim.low).is_integer() and float(dim.high).is_integer()):
+            raise UserError(
+                f"[space.{dim.name}]: {dim.name} is an integer, so low and high must be whole numbers, "
+                f"got low={dim.low!r}, high={dim.high!r}."
+            )
+        return replace(dim, low=int(dim.low), high=int(dim.high))
+    return dim
 
 
 def _corner(dim: SearchDim, end: int) -> Any:
     return dim.choices[end] if dim.choices else (dim.low, dim.high)[end]
+
+
+_KIND_NAMES = {int: "an integer", str: "a string", float: "a number", bool: "true or false"}
 
 
 def _get(raw: Mapping[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -462,7 +497,7 @@ def _get(raw: Mapping[str, Any], key: str, kind: type, default: Any = None) -> A
         return default
     value = raw[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise UserError(f"{key} must be a {kind.__name__}, got {value!r}.")
+        raise UserError(f"{key} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}.")
     return value
 
 

@@ -64,6 +64,21 @@ def ppo_key() -> str:
             + 'max_trials = 3\npruner = "mediane"\n[space.lr]\nchoices = [1e-3]\n',
             "Did you mean median",
         ),
+        (GRID.replace("seeds = 2", 'seeds = "2"') + "[grid]\nlr = [1e-3]\n", "seeds must be an integer"),
+        (
+            GRID.replace('"grid"', '"tune"') + "max_trials = true\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n",
+            "max_trials must be a positive integer, got True",
+        ),
+        (
+            GRID.replace('"grid"', '"tune"') + "max_trials = 3\n[space.epochs]\nlow = 1.5\nhigh = 4\n",
+            "epochs is an integer, so low and high must be whole numbers, got low=1.5",
+        ),
+        (
+            GRID.replace('"grid"', '"tune"')
+            + 'max_trials = 3\nsampler = "cmaes"\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n'
+            + "[space.gamma]\nchoices = [0.99, 0.995]\n",
+            "it would draw ['gamma'] at random in every trial",
+        ),
     ],
 )
 def test_bad_specs_fail_with_a_clear_message(tmp_path, text, message):
@@ -73,6 +88,23 @@ def test_bad_specs_fail_with_a_clear_message(tmp_path, text, message):
     assert message.replace("lr", ppo_key()) in str(error.value)
     assert str(error.value).startswith("study.toml: ")
     assert "--steps" not in str(error.value)  # a spec's budget is its `steps` key
+
+
+def test_a_range_samples_the_type_of_its_config_field_however_the_bounds_are_written(tmp_path):
+    tune = GRID.replace('"grid"', '"tune"') + "max_trials = 3\n"
+    spec = load_spec(write(tmp_path, tune + "[space.epochs]\nlow = 1.0\nhigh = 4.0\n"))
+    assert (spec.space[0].low, spec.space[0].high) == (1, 4) and isinstance(spec.space[0].low, int)
+    spec = load_spec(write(tmp_path, tune + "[space.max_grad_norm]\nlow = 1\nhigh = 10\n"))
+    assert isinstance(spec.space[0].low, float) and isinstance(spec.space[0].high, float)
+
+
+def test_an_unreadable_spec_file_is_a_clear_error(tmp_path):
+    (tmp_path / "latin.toml").write_bytes(b'\xff\xfekind = "tune"\n')
+    with pytest.raises(UserError, match="latin.toml: not valid TOML"):
+        load_spec(tmp_path / "latin.toml")
+    (tmp_path / "adir.toml").mkdir()
+    with pytest.raises(UserError, match="is a directory, not a TOML file"):
+        load_spec(tmp_path / "adir.toml")
 
 
 def test_unknown_spec_name_lists_the_shipped_ones():
