@@ -84,9 +84,12 @@ class StudyStatus:
             f"  {self.eta_text}",
         ]
         if self.stopped:
+            # A unit resumes its checkpoint; a tune trial is retried as a new trial from its first unit.
+            tune = self.kind == "tune"
+            retried = "as new trials, from their first unit" if tune else "from their last checkpoint"
             lines.append(
                 f"  {self.stopped} running {unit_noun(self.kind)}(s) lost their worker (stopped or crashed): "
-                "`gorl-bench study run` retries them from their last checkpoint"
+                f"`gorl-bench study run` retries them {retried}"
             )
         for failure in self.failures[:SHOWN_FAILURES]:
             lines.append(f"  failed {failure.label}: {failure.reason[:300]}")
