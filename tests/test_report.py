@@ -128,6 +128,11 @@ def _tune_study(storage, client, uri, root):
         attrs["mlflow_run_id"] = trial_run.info.run_id
         attrs |= {"rerun_of": 0} if number == 0 else {}
         study.add_trial(create_trial(value=0.5, params={"lr": lr}, user_attrs=attrs, distributions=_lr()))
+    # Trial 2: pruned after its first unit.
+    pruned = {"variant": "trial-2", "algo": "ppo", "params": {"lr": 1e-4}, "units": [{"unit": "u"}]}
+    study.add_trial(
+        create_trial(state=TrialState.PRUNED, value=0.125, intermediate_values={1: 0.125}, user_attrs=pruned)
+    )
 
 
 # The spec names a task by another spelling, and no unit finished on its last task.
@@ -221,9 +226,29 @@ def test_tune_study_reports_each_trial_configuration(stores, tmp_path):
     table, missing, failed = load_results("tuning", str(storage))
     assert sorted(table.variant.unique()) == ["trial-0", "trial-1"]
     assert list(table.columns)[-1] == "lr"
-    assert missing == ["1 trial(s) not started"] and failed == []
+    assert missing == [] and failed == []  # 3 trials settled: failed-then-rerun, complete, pruned
     report = build_report("tuning", str(storage), out_dir=tmp_path, reps=REPS)
-    assert report.partial and not (tmp_path / "ablation.png").exists()
+    assert not report.partial and not (tmp_path / "ablation.png").exists()
+    summary = (tmp_path / "summary.md").read_text()
+    # Ranked best first with the sampled parameters: trial-1 (lr 5e-4) scores higher than trial-0.
+    ranking = summary[summary.index("## Trials ranked by final IQM") :]
+    assert ranking.index("| 1 | trial-1 |") < ranking.index("| 2 | trial-0 |")
+    assert "| 0.0005 |" in ranking and "| 0.0002 |" in ranking
+    assert "## Pruned trials (1)" in summary and "trial-2: after 1 of 4 units, IQM so far 0.125" in summary
+
+
+def test_probabilities_of_improvement_are_limited_to_the_best_variants(stores, tmp_path, monkeypatch):
+    import harness.report
+
+    monkeypatch.setattr(harness.report, "MAX_COMPARED", 2)
+    storage, _ = stores
+    report = build_report("ablation", str(storage), out_dir=tmp_path, reps=REPS)
+    summary = (tmp_path / "summary.md").read_text()
+    section = summary[summary.index("## Probability of improvement") :].split("\n## ")[0]
+    pairs = [line for line in section.splitlines() if line.startswith("| num_refits=")]
+    assert len(pairs) == 1 and pairs[0].startswith("| num_refits=3 | num_refits=2 |")  # the two best only
+    note = "probability of improvement: between the 2 variants with the highest IQM (3 in all)"
+    assert note in report.notes
 
 
 def test_tasks_spelled_otherwise_are_kept_and_tasks_without_results_are_noted(stores, tmp_path):

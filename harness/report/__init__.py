@@ -15,6 +15,11 @@ sample-efficiency curves and, for grid studies, the ablation of each swept param
 
 and logs the directory as the `report/` artifacts of the study's MLflow parent run.
 
+Tune studies also get their trials ranked by final IQM (the objective) with the sampled
+parameters, and the list of pruned trials (left out of the statistics, which need every unit).
+Probabilities of improvement are computed between the `MAX_COMPARED` variants with the highest
+IQM.
+
 Ablations: each swept parameter gets its own panel; at each of its values, the runs of every
 configuration with that value are pooled (marginalising over the other swept parameters).
 Configurations that do not set the parameter (another table of a union of grids) are left out
@@ -34,12 +39,22 @@ from harness.errors import UserError
 from harness.report import figures, stats
 from harness.report.results import StudyResults, load_results, load_study_results
 from harness.report.scores import curve_arrays, final_score_arrays, normalise, pooled_by_value
-from harness.report.tables import Table, ablation_table, aggregate_table, improvement_table, per_task_table
+from harness.report.tables import (
+    Table,
+    ablation_table,
+    aggregate_table,
+    improvement_table,
+    per_task_table,
+    ranked_trials_table,
+)
 
 __all__ = ["Report", "build_report", "check_bootstrap", "load_results"]
 
 DEFAULT_OUT = Path("runs") / "reports"
 CONFIDENCE = 0.95
+# Probabilities of improvement are computed between the variants with the highest IQM only, at
+# most this many (28 pairs): a 40-trial tune study would otherwise give 780 pairs.
+MAX_COMPARED = 8
 
 
 @dataclass(frozen=True)
@@ -94,9 +109,24 @@ def build_report(
     points, intervals = stats.interval_estimates(finals, stats.aggregates, **options)
     sections.append(("Aggregate metrics of final normalised scores", aggregate_table(points, intervals)))
     files += figures.save(figures.aggregates_figure(points, intervals), out, "aggregates")
+    at = list(stats.AGGREGATES).index("IQM")
+    ranked = sorted(finals, key=lambda variant: -points[variant][at])
+    if results.kind == "tune":
+        first = table.drop_duplicates("variant").set_index("variant")
+        params = {v: {name: first.at[v, name] for name in results.parameters} for v in ranked}
+        iqms = {v: (points[v][at], intervals[v][:, at]) for v in ranked}
+        ranking = ranked_trials_table(iqms, params)
+        sections.append(("Trials ranked by final IQM (the tune objective)", ranking))
 
+    compared = ranked[:MAX_COMPARED]
+    if len(ranked) > MAX_COMPARED:
+        notes.append(
+            f"probability of improvement: between the {MAX_COMPARED} variants with the highest IQM "
+            f"({len(ranked)} in all)"
+        )
     pairs = {
-        f"{x}{stats.PAIR_SEPARATOR}{y}": (finals[x], finals[y]) for x, y in itertools.combinations(finals, 2)
+        f"{x}{stats.PAIR_SEPARATOR}{y}": (finals[x], finals[y])
+        for x, y in itertools.combinations(compared, 2)
     }
     if pairs:
         points, intervals = stats.interval_estimates(pairs, stats.probability_of_improvement, **options)
@@ -188,6 +218,9 @@ def _write_tables(
     lines += [f"- {unit}" for unit in results.missing] or ["none"]
     lines += ["", f"## Failed units ({len(results.failed)})", ""]
     lines += [f"- {unit}: {reason}" for unit, reason in results.failed] or ["none"]
+    if results.kind == "tune":
+        lines += ["", f"## Pruned trials ({len(results.pruned)}), left out of the statistics", ""]
+        lines += [f"- {trial}" for trial in results.pruned] or ["none"]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -34,7 +34,7 @@ eval_return, then one column per swept parameter (grid) or searched parameter (t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -59,6 +59,7 @@ class StudyResults:
     parent_run_id: str | None
     tasks: list[str]  # the spec's tasks that have results, in spec order
     tasks_without_results: list[str]  # the spec's tasks on which no unit has finished
+    pruned: list[str] = field(default_factory=list)  # tune: each pruned trial, how far it got
 
     @property
     def partial(self) -> bool:
@@ -96,11 +97,15 @@ def load_study_results(
     uri = _tracking_uri(given_uri)
     client = _mlflow_client(uri)
 
+    # The spec's tasks in their canonical names (the units' names): a spec may write an alias.
+    spec_tasks = parse_spec(spec, check_configs=False).tasks
+    units_per_trial = len(spec_tasks) * spec.get("seeds", 1)
     trials = counted_trials(study.get_trials(deepcopy=False))
     rows: list[dict[str, Any]] = []
     done: set[str] = set()
     failed: dict[str, str] = {}
     unfinished: list[str] = []
+    pruned: list[str] = []
     looked_up: list[str] = []  # MLflow run ids of finished units
     for trial in trials:
         if trial.state == TrialState.FAIL:
@@ -115,6 +120,10 @@ def load_study_results(
                     continue
                 done.add(record["unit"])
                 rows += [_row(study_name, record, parameters, step, value) for step, value in history]
+        elif trial.state == TrialState.PRUNED:
+            done_units = len(trial.user_attrs.get("units") or [])
+            so_far = f", IQM so far {trial.value:.3f}" if trial.value is not None else ""
+            pruned.append(f"{trial_label(trial)}: after {done_units} of {units_per_trial} units{so_far}")
         elif trial.state in (TrialState.RUNNING, TrialState.WAITING) and kind == "tune":
             variant = trial.user_attrs.get("variant", f"trial-{trial.number}")
             unfinished.append(f"{variant} ({trial.state.name.lower()})")
@@ -145,8 +154,6 @@ def load_study_results(
         # Object columns keep each value as the spec wrote it: pandas would turn ints next to a
         # missing value (a configuration that does not set the parameter) into floats.
         table[name] = pd.Series([row[name] for row in rows], index=table.index, dtype=object)
-    # The spec's tasks in their canonical names (the units' names): a spec may write an alias.
-    spec_tasks = parse_spec(spec, check_configs=False).tasks
     present = set(table["task"])
     tasks = [task for task in spec_tasks if task in present] or sorted(present)
     return StudyResults(
@@ -160,6 +167,7 @@ def load_study_results(
         parent_run_id=attrs.get("mlflow_parent_run_id"),
         tasks=tasks,
         tasks_without_results=[task for task in spec_tasks if task not in present],
+        pruned=pruned,
     )
 
 

@@ -60,6 +60,23 @@ def improvement_table(points: Mapping[str, float], intervals: Mapping[str, np.nd
     return Table(["X", "Y", "P(X > Y)"], rows)
 
 
+def ranked_trials_table(
+    iqms: Mapping[str, tuple[float, np.ndarray]], params: Mapping[str, Mapping[str, object]]
+) -> Table:
+    """Tune trials, best first: rank, trial, final IQM [95% interval] and the sampled parameters."""
+
+    names = list(next(iter(params.values()), {}))
+    rows = [
+        [str(rank), trial, _estimate(*iqms[trial]), *(_parameter(params[trial][name]) for name in names)]
+        for rank, trial in enumerate(iqms, start=1)
+    ]
+    return Table(["Rank", "Trial", "IQM", *names], rows)
+
+
+def _parameter(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def per_task_table(table: pd.DataFrame, tasks: Sequence[str]) -> Table:
     """Variant x task: mean ± std (over seeds) of the final raw return, with the number of seeds."""
 
