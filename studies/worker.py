@@ -20,6 +20,7 @@ its next evaluation, or drops its result, and moves on.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import threading
@@ -511,8 +512,12 @@ def iqm(values: list[float]) -> float:
 
 
 def _suggest(trial: optuna.Trial, dim: Any) -> Any:
-    if dim.choices:
+    if dim.choices and all(c is None or isinstance(c, bool | int | float | str) for c in dim.choices):
         return trial.suggest_categorical(dim.name, list(dim.choices))
+    if dim.choices:
+        # Optuna's categorical choices are None, bool, int, float or str; other values (a network's
+        # widths, a list) would warn in every command that reads the journal. They go as JSON text.
+        return json.loads(trial.suggest_categorical(dim.name, [json.dumps(c) for c in dim.choices]))
     if isinstance(dim.low, int) and isinstance(dim.high, int):
         return trial.suggest_int(dim.name, dim.low, dim.high, log=dim.log)
     return trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)

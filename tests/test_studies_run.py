@@ -627,6 +627,22 @@ def test_tune_study_reports_iqm_per_unit_and_prunes(workdir, fake_execute):
     assert best.value == best.intermediate_values[2]  # the IQM over both units
 
 
+def test_list_valued_choices_reach_the_runs_as_lists_without_optuna_warnings(workdir, fake_execute):
+    import warnings
+
+    top = 'kind = "tune"\nseeds = 1\nmax_trials = 2\npruner = "none"\n'
+    spec = spec_file(workdir, top, "\n[space.critic_hidden]\nchoices = [[16], [8, 8]]\n")
+    spec.write_text(spec.read_text().replace("critic_hidden = [16]\n", "", 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared(spec)
+        assert run_worker("tiny", None) == 2
+        study = load_study("tiny", None)  # reads the journal again
+    assert not [w for w in caught if "categorical distribution" in str(w.message)]
+    assert all(request.overrides["critic_hidden"] in ([16], [8, 8]) for request in fake_execute)
+    assert all(t.user_attrs["params"]["critic_hidden"] in ([16], [8, 8]) for t in study.trials)
+
+
 def test_a_cmaes_tune_study_runs_past_its_random_first_trial(workdir, fake_execute):
     """CMA-ES samples its first trial at random and needs the `cmaes` package from the second on."""
 
