@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ import torch
 from harness.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+TMP_PREFIX = ".checkpoint-"  # a checkpoint being written; left behind only by a killed process
 LOCK_NAME = ".lock"
 RUN_KEYS = {"request", "agent", "progress", "mlflow_run_id"}  # what every run checkpoint holds
 
@@ -38,17 +40,26 @@ def save_checkpoint(out_dir: Path, payload: dict[str, Any]) -> Path:
     """Write `payload` (anything torch.save can pickle) to `out_dir/checkpoint.pt` atomically."""
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = checkpoint_path(out_dir)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=out_dir)
+    # Serialised in memory first: torch's writer reports a full disk as an opaque "unexpected
+    # pos" error, a plain file write as ENOSPC.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    tmp = None
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=out_dir)
         with os.fdopen(fd, "wb") as file:
-            torch.save(payload, file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            kept = "the previous checkpoint is kept" if target.exists() else "no checkpoint was written"
+            raise UserError(f"cannot write the checkpoint in {out_dir}: {error.strerror}; {kept}.") from None
         raise
     dir_fd = os.open(out_dir, os.O_RDONLY)
     try:
@@ -102,6 +113,9 @@ def hold_run_directory(out_dir: Path) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        # Half-written checkpoints of a process killed while saving: nobody else writes here now.
+        for leftover in Path(out_dir).glob(f"{TMP_PREFIX}*.tmp"):
+            leftover.unlink(missing_ok=True)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -117,6 +131,9 @@ def _lock_run_directory(out_dir: Path) -> int:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise UserError(f"cannot use {str(out_dir)!r} as a run directory: {error.strerror}.") from None
+        if not os.access(out_dir, os.W_OK | os.X_OK):  # checkpoints could not be written: say so now
+            os.close(fd)
+            raise UserError(f"cannot use {str(out_dir)!r} as a run directory: it is not writable.")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -145,7 +145,10 @@ def _start(
         tracker.log_text(to_toml({"run": run_info, "config": as_dict(config)}), "config.toml")
         agent = spec.agent_cls(config, task, request.seed, request.steps, device)
     except BaseException as error:
-        tracker.end("FAILED", f"{type(error).__name__}: {error}")
+        stopped = isinstance(error, KeyboardInterrupt)
+        tracker.end("KILLED" if stopped else "FAILED", f"{type(error).__name__}: {error}")
+        if isinstance(error, OSError):  # e.g. an MLflow artifact directory it may not write
+            raise UserError(f"cannot start the run: {error}") from None
         raise
     return _train(request, config, agent, _Progress(), tracker, on_evaluation, progress)
 
@@ -187,14 +190,24 @@ def load_run(
     `out_dir`, and the checkpoint."""
 
     state = load_checkpoint(Path(out_dir))
-    # The directory may have moved since the run started.
-    request = dataclasses.replace(RunRequest(**state["request"]), out_dir=Path(out_dir).resolve())
+    try:
+        # The directory may have moved since the run started.
+        request = dataclasses.replace(RunRequest(**state["request"]), out_dir=Path(out_dir).resolve())
+    except TypeError as error:
+        raise UserError(f"{checkpoint_path(Path(out_dir))} holds no valid run request ({error}).") from None
     if device is not None:
         request = dataclasses.replace(request, device=device)
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, request.task, dict(request.overrides))
     agent = spec.agent_cls(config, request.task, request.seed, request.steps, resolve_device(request.device))
-    agent.load_state_dict(state["agent"])
+    try:
+        agent.load_state_dict(state["agent"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        agent.close()
+        raise UserError(
+            f"{checkpoint_path(Path(out_dir))} does not fit a {request.algo} agent ({type(error).__name__}: "
+            f"{error}); it is damaged or was written by another version."
+        ) from None
     return request, config, agent, state
 
 

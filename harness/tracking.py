@@ -49,14 +49,36 @@ def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
             f"tracking URI {uri!r} names no MLflow store: use sqlite:///PATH, postgresql://..., mysql://..., "
             f"or a tracking server's http(s):// address."
         )
+    if scheme == "sqlite" and (not uri.startswith("sqlite:///") or uri.endswith(":memory:")):
+        raise UserError(
+            f"tracking URI {uri!r} is an in-memory SQLite store, which keeps nothing after the run: use a "
+            "file, sqlite:///PATH."
+        )
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///")).resolve()
         if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_store_directory(path)
         uri = f"sqlite:///{path}"
     if scheme in ("http", "https"):
         _check_server(uri)
     return sqlalchemy_url(uri)
+
+
+def _create_store_directory(path: Path) -> None:
+    """The SQLite file's directory, checked at once: MLflow retries a store it cannot open for
+    about 100 s before it fails, which looks like a hang."""
+
+    if path.is_dir():
+        raise UserError(f"the SQLite store {path} is a directory; name a file in it, e.g. {path}/mlflow.db.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror
+        raise UserError(f"cannot create the MLflow store's directory {path.parent}: {reason}.") from None
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)
+    if not writable:
+        where = path if path.exists() else path.parent
+        raise UserError(f"cannot write the MLflow store {path}: {where} is not writable.")
 
 
 def _check_server(uri: str) -> None:
@@ -204,19 +226,23 @@ class RunTracker:
                 f"--experiment-id {found.experiment_id}` with MLFLOW_TRACKING_URI={tracking_uri}) or "
                 f"choose another --experiment."
             )
-        if found is not None:
-            experiment_id = found.experiment_id
-        else:
-            location = None
-            if tracking_uri.startswith("sqlite:///"):
-                location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-            with signals_deferred():
-                experiment_id = client.create_experiment(name, artifact_location=location)
         all_tags = dict(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        with signals_deferred():
-            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        try:
+            if found is not None:
+                experiment_id = found.experiment_id
+            else:
+                location = None
+                if tracking_uri.startswith("sqlite:///"):
+                    location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+                with signals_deferred():
+                    experiment_id = client.create_experiment(name, artifact_location=location)
+            with signals_deferred():
+                run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        except (MlflowException, SQLAlchemyError) as error:  # e.g. a store it may read but not write
+            reason = str(error).splitlines()[0]
+            raise UserError(f"cannot write to the MLflow store {tracking_uri}: {reason}") from None
         return cls(tracking_uri, run.info.run_id)
 
     @classmethod
@@ -225,12 +251,21 @@ class RunTracker:
 
         check_run_exists(tracking_uri, run_id)
         tracker = cls(tracking_uri, run_id)
+        if tracker.client.get_run(run_id).info.lifecycle_stage == "deleted":
+            raise UserError(
+                f"MLflow run {run_id} was deleted; restore it (`mlflow runs restore --run-id {run_id}` with "
+                f"MLFLOW_TRACKING_URI={tracking_uri}) to continue it."
+            )
         history = tracker.client.get_metric_history(run_id, STEP_METRIC)
         tracker.logged_through = max((m.step for m in history), default=-1)
-        with signals_deferred():
-            tracker.client.update_run(run_id, status="RUNNING")
-            if "status_reason" in tracker.client.get_run(run_id).data.tags:
-                tracker.client.delete_tag(run_id, "status_reason")  # from an earlier stop
+        try:
+            with signals_deferred():
+                tracker.client.update_run(run_id, status="RUNNING")
+                if "status_reason" in tracker.client.get_run(run_id).data.tags:
+                    tracker.client.delete_tag(run_id, "status_reason")  # from an earlier stop
+        except KeyboardInterrupt:  # held back until the writes ended: the run must not stay RUNNING
+            tracker.end("KILLED", "stopped while resuming")
+            raise
         return tracker
 
     def log_params(self, params: Mapping[str, Any]) -> None:

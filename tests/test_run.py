@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 import algorithms
 from harness.checkpoint import checkpoint_path, hold_run_directory, load_checkpoint
 from harness.cli import main
+from harness.errors import UserError
 from harness.run import RunRequest, execute, resume
 from harness.tracking import RunTracker
 
@@ -181,7 +182,11 @@ def test_bad_input_is_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatc
     ("tracking", "message"),
     [("foo://bar", "names no MLflow store"), ("sqlite:///{tmp}/not-a-db", "cannot open the MLflow store"),
      ("http://127.0.0.1:1", "cannot reach the MLflow tracking server at http://127.0.0.1:1"),
-     ("deleted", "MLflow experiment 'gone' was deleted; restore it")],  # fmt: skip
+     ("deleted", "MLflow experiment 'gone' was deleted; restore it"),
+     # MLflow itself retries a directory for ~100 s before failing
+     ("sqlite:///{tmp}", "is a directory; name a file in it"),
+     ("sqlite:///{tmp}/not-a-db/mlflow.db", "cannot create the MLflow store's directory"),
+     ("sqlite://", "in-memory SQLite store, which keeps nothing")],  # fmt: skip
 )
 def test_a_tracking_store_that_cannot_take_the_run_is_one_clear_error(tmp_path, capsys, tracking, message):
     if tracking == "deleted":
@@ -199,6 +204,62 @@ def test_a_tracking_store_that_cannot_take_the_run_is_one_clear_error(tmp_path, 
     assert message in err and "Traceback" not in err
 
 
+def test_resume_of_a_run_deleted_in_mlflow_is_one_clear_error(tmp_path, tracking_uri, capsys):
+    result = execute(request(tmp_path, tracking_uri), progress=False)
+    MlflowClient(tracking_uri).delete_run(result.mlflow_run_id)
+    assert main(["run", "--resume", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"MLflow run {result.mlflow_run_id} was deleted; restore it" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("when", ["start", "resume"])
+def test_ctrl_c_while_the_mlflow_run_is_set_up_ends_it_killed(tmp_path, tracking_uri, monkeypatch, when):
+    """A SIGINT held back during the first MLflow writes of a run (or of its resumption) is raised
+    when they end: the run must end KILLED, not FAILED or RUNNING."""
+
+    if when == "resume":
+        execute(request(tmp_path, tracking_uri), progress=False)
+    owner, method = (RunTracker, "log_params") if when == "start" else (MlflowClient, "update_run")
+    original = getattr(owner, method)
+
+    def interrupted(*args, **kwargs):
+        result = original(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the write holds signals back
+        return result
+
+    monkeypatch.setattr(owner, method, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        if when == "start":
+            execute(request(tmp_path, tracking_uri), progress=False)
+        else:
+            resume(tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
+    assert run.info.status == "KILLED"
+
+
+def test_an_empty_out_directory_is_refused_while_parsing(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--algo", "ppo", "--task", TOY, "--out", ""])
+    assert exited.value.code == 2
+    assert "--out: must name a directory, got an empty value" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_clear_error_and_leaves_no_temporary_file(tmp_path):
+    from harness.checkpoint import save_checkpoint
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match="cannot write the checkpoint in .*a-file/run: Not a directory"):
+        save_checkpoint(tmp_path / "a-file" / "run", {"x": 1})
+    # A process killed while saving leaves its temporary file; the next holder of the directory
+    # removes it.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".checkpoint-abc123.tmp").write_bytes(b"half a checkpoint")
+    with hold_run_directory(tmp_path / "run"):
+        assert list((tmp_path / "run").glob("*.tmp")) == []
+
+
 def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["run", "--resume", str(tmp_path / "empty")]) == 2
@@ -209,7 +270,9 @@ def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
     ("content", "message"),
     [(b"", "cannot be read (EOFError"), (b"not a checkpoint", "cannot be read (UnpicklingError"),
      ({"weights": [1.0]}, "is not a gorl-bench run checkpoint"),
-     ({"request": {}, "agent": {}, "progress": {}}, "is not a gorl-bench run checkpoint")],  # fmt: skip
+     ({"request": {}, "agent": {}, "progress": {}}, "is not a gorl-bench run checkpoint"),
+     ({"request": {}, "agent": {}, "progress": {}, "mlflow_run_id": "x"},
+      "no valid run request")],  # fmt: skip
 )
 def test_a_damaged_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, content, message):
     run_dir = tmp_path / "damaged"
