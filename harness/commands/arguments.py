@@ -33,6 +33,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def directory(text: str) -> Path:
+    """argparse `type` of a directory option: an empty value would silently mean the current one."""
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, got an empty value")
+    return Path(text)
+
+
 def _integer(text: str) -> int:
     try:
         return int(text)

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness.commands.arguments import directory
 from harness.commands.study import STORAGE_HELP, run_command
 
 # The demo is sized for two cores; more workers only help on a machine with more.
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_WORKERS,
         help="local worker processes (default: one per core, 2-8)",
     )
-    parser.add_argument("--out", type=Path, help="report directory (default runs/reports/demo)")
+    parser.add_argument("--out", type=directory, help="report directory (default runs/reports/demo)")
     parser.add_argument(
         "--reps", type=int, default=DEFAULT_REPS, help=f"bootstrap resamples (default {DEFAULT_REPS})"
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.commands.arguments import check_out_dir, non_negative_int
+from harness.commands.arguments import check_out_dir, directory, non_negative_int
 
 DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
 DEFAULT_STATE_STEPS = 200  # chosen here, because 200 steps leave the reset pose on every DMC task
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="KDE of sampled actions at one state, projected on PC1, with a bimodality statistic",
     )
     multimodality.add_argument(
-        "runs", nargs="+", type=Path, metavar="RUN", help="run directories (same task)"
+        "runs", nargs="+", type=directory, metavar="RUN", help="run directories (same task)"
     )
     multimodality.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="actions per run (10000)")
     multimodality.add_argument(
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seed", type=non_negative_int, default=0, help="seed of the state's reset (default 0)"
     )
     multimodality.add_argument(
-        "--out", type=Path, help="figure directory (default: the first run's diagnostics/)"
+        "--out", type=directory, help="figure directory (default: the first run's diagnostics/)"
     )
     multimodality.add_argument(
         "--tracking-uri",

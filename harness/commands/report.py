@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+
+from harness.commands.arguments import directory
 
 STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
 # The bootstrap display appears only once it has run this long: short reports print no bar.
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("study", help="the study name")
     parser.add_argument("--storage", help=STORAGE_HELP)
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the study recorded)")
-    parser.add_argument("--out", type=Path, help="output directory (default runs/reports/STUDY)")
+    parser.add_argument("--out", type=directory, help="output directory (default runs/reports/STUDY)")
     parser.add_argument("--reps", type=int, default=50_000, help="bootstrap resamples (default 50000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.set_defaults(func=main)

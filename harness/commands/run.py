@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from harness.commands.arguments import directory
+
 DEFAULTS = {"seed": 0, "steps": 1_000_000, "preset": "cpu", "overrides": [], "device": "cpu"}
 #: The options a run's checkpoint fixes (argparse dest: flag): --resume refuses them rather than ignore them.
 FIXED_BY_CHECKPOINT = {"algo": "--algo", "task": "--task", "seed": "--seed", "steps": "--steps",
@@ -31,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set", dest="overrides", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
     )
     parser.add_argument("--device", help=f"torch device: cpu or cuda (default {DEFAULTS['device']})")
-    parser.add_argument("--out", type=Path, help="run directory (default runs/<algo>-<task>-s<seed>-<time>)")
+    parser.add_argument(
+        "--out", type=directory, help="run directory (default runs/<algo>-<task>-s<seed>-<time>)"
+    )
     parser.add_argument(
         "--tracking-uri",
         help="MLflow URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db); with --resume: where the run's "
@@ -43,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--resume",
-        type=Path,
+        type=directory,
         metavar="DIR",
         help="continue the run saved in DIR (its checkpoint holds every option but --tracking-uri)",
     )
@@ -53,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from algorithms.config import parse_assignments
+    from envs import canonical_task
     from harness.checkpoint import checkpoint_path
     from harness.errors import UserError
     from harness.run import RunRequest, default_out_dir, execute, resume
@@ -85,7 +90,9 @@ def main(args: argparse.Namespace) -> int:
             experiment=args.experiment,
             checkpoint_every=args.checkpoint_every,
         )
-        run_dir = Path(request.out_dir or default_out_dir(request))
+        # Named after the canonical task (`CheetahRun` -> cheetah-run), as the run's params are.
+        named = dataclasses.replace(request, task=canonical_task(args.task))
+        run_dir = Path(request.out_dir or default_out_dir(named))
         request = dataclasses.replace(request, out_dir=run_dir)
     try:
         if request is None:
@@ -99,9 +106,12 @@ def main(args: argparse.Namespace) -> int:
         raise
     for step, mean, std in result.eval_history:
         print(f"eval @ {step:>10,d} steps: {mean:8.2f} +- {std:.2f}")
+    saved = "no checkpoint"
+    if checkpoint_path(result.out_dir).is_file():
+        saved = f"checkpoint in {result.out_dir}"
     print(
         f"{result.status}: final score {result.final_score:.2f} after {result.counted_steps:,d} counted env "
-        f"steps; MLflow run {result.mlflow_run_id}; checkpoint in {result.out_dir}"
+        f"steps; MLflow run {result.mlflow_run_id}; {saved}"
     )
     return 0 if result.status == "FINISHED" else 1
 
