@@ -78,8 +78,9 @@ def main(args: argparse.Namespace) -> int:
         verdict = "bimodal" if report.bimodal else "not bimodal"
         statistics = f"{report.kde_peaks} KDE peak(s), PC1 explains {report.explained_variance:.0%}"
         print(
-            f"{run}: bimodality coefficient {report.bimodality_coefficient:.3f} (5/9 = 0.556), "
-            f"{statistics}: {verdict}"
+            f"{run}: bimodality coefficient {report.bimodality_coefficient:.3f}, {statistics}: {verdict} "
+            "(bimodal: a coefficient above 5/9 = 0.556 and at least 2 peaks of the KDE, whose kernel "
+            "width is 0.8 x the sample's std)"
         )
     print(f"figure: {diagnosis.figure}")
     for note in diagnosis.notes:
