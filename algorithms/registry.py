@@ -30,6 +30,10 @@ class AlgorithmSpec:
     task_overrides: Callable[[str, str], Mapping[str, Any]] = lambda preset, task: {}
 
 
+#: The config keys the run harness reads from every algorithm's config: how often and on how
+#: many episodes it evaluates, and the env backend of its evaluation envs.
+HARNESS_KEYS = frozenset({"eval_points", "eval_episodes", "env_backend"})
+
 _REGISTRY: dict[str, AlgorithmSpec] = {}
 
 
@@ -46,6 +50,9 @@ def register(
     if not dataclasses.is_dataclass(config) or not config.__dataclass_params__.frozen:
         raise TypeError(f"config for {name!r} must be a frozen dataclass")
     field_names = {f.name for f in dataclasses.fields(config)}
+    missing = sorted(HARNESS_KEYS - field_names)
+    if missing:
+        raise TypeError(f"config for {name!r} lacks the keys the run harness reads: {missing}")
     for preset, values in presets.items():
         unknown = set(values) - field_names
         if unknown:

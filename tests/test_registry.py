@@ -15,3 +15,16 @@ def test_every_default_names_its_source(name):
     notes = field_notes(algorithms.get(name).config_cls)
     assert len(notes) > 20
     assert [key for key, note in notes.items() if not note] == []
+
+
+def test_a_config_without_the_keys_the_harness_reads_is_refused_at_registration():
+    import dataclasses
+
+    from algorithms.registry import register
+
+    @dataclasses.dataclass(frozen=True)
+    class Incomplete:
+        lr: float = 3e-4
+
+    with pytest.raises(TypeError, match=r"the run harness reads: \['env_backend', 'eval_episodes'"):
+        register("incomplete", config=Incomplete, presets={"cpu": {}}, summary="")
