@@ -123,7 +123,9 @@ def _coerce(algo: str, key: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        # TOML has no null, so a study spec writes "none" for it, as `--set key=none` may.
+        none_word = isinstance(value, str) and value.lower() == "none" and str not in args
+        if (value is None or none_word) and type(None) in args:
             return None
         errors = []
         for option in args:

@@ -87,3 +87,12 @@ def test_a_long_list_is_shortened_in_its_cell(capsys):
         "[0.1, 0.1, 0.1, 0.1, ..., 0.1, 0.1, 0.1, 0.1] (10 items)"
     )
     assert len(table(out[out.index("Stages of a") :])) == 10  # every stage keeps its own row
+
+
+def test_a_spec_writes_none_as_the_word_for_optional_keys():
+    """TOML has no null: `max_grad_norm = "none"` in a study spec means None, as `--set` does; a
+    string option whose value is the word "none" keeps it."""
+
+    spec = algorithms.get("gorl-fm")
+    config = resolve(spec, "cpu", "cheetah-run", {"max_grad_norm": "none", "latent_reg": "none"})
+    assert config.max_grad_norm is None and config.latent_reg == "none"
