@@ -126,7 +126,7 @@ class GoRLConfig(PPOConfig):
     anchor_weight: float = 0.0
     # official release: keep the best-validation-loss decoder (finger-spin, fish-swim FM: endpoint_mse)
     decoder_select: Literal["val_loss", "endpoint_mse"] = "val_loss"
-    decoder_width: int | None = None  # None: official release's width for the kind (FM 128, diffusion 64)
+    decoder_width: int | None = None  # official release's width for the kind (FM 128, diffusion 64)
     decoder_depth: int = 4  # paper App. E.4 and official release: 4 hidden layers
     sampling_steps: int = 10  # paper App. E.4: 10 Euler (FM) or DDIM (diffusion) steps
     samples_per_action: int = 8  # official release: 8 (eps, t) draws per action in the decoder loss
@@ -270,7 +270,7 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
         raise ValueError(
             f"the budget of {budget} env steps is {updates} PPO updates of {per_update} steps, too few for "
             f"{len(ends)} encoder stages (stage lengths in updates would be {shown}); raise the "
-            f"budget or use fewer refits"
+            f"budget (the paper's, which the `paper` preset is for, is 180,000,000) or use fewer refits"
         )
     return [end * per_update for end in ends]
 

@@ -299,6 +299,6 @@ def minibatch_update(
     if bad or not all(bool(torch.isfinite(p).all()) for p in params):
         raise FloatingPointError(
             f"non-finite {', '.join(bad) if bad else 'parameters'} in the update "
-            f"(loss/total = {means.get('loss/total')}); the learning rate may be too high"
+            f"(loss/total = {means.get('loss/total')}); the learning rate or the reward scale may be too high"
         )
     return means
