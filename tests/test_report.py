@@ -256,6 +256,7 @@ def test_tasks_spelled_otherwise_are_kept_and_tasks_without_results_are_noted(st
     report = build_report("aliased", str(storage), out_dir=tmp_path, reps=REPS)
     summary = (tmp_path / "summary.md").read_text()
     assert "Tasks: cartpole-swingup, pendulum-swingup." in summary
+    assert "(worst, best): cartpole-swingup (0.0, 1000.0), pendulum-swingup (0.0, 1000.0)." in summary
     note = (
         "cheetah-run: no finished run of any variant; "
         "the statistics cover cartpole-swingup, pendulum-swingup only"

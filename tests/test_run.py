@@ -159,6 +159,7 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--algo", "ppo", "--task", TOY, "--set", "lr=-1"], "lr must be > 0"),
         (["--algo", "ppo", "--task", TOY, "--set", "num_minibatches=3"], "must divide"),
         (["--algo", "ppo", "--task", TOY, "--steps", "0"], "positive number of env steps"),
+        (["--algo", "ppo", "--task", TOY, "--steps", "1e2"], "100 is less than one policy update"),
         (["--algo", "ppo", "--task", TOY, "--seed", "-1"], "from 0 to 2**32 - 1"),
         (["--algo", "ppo", "--task", TOY, "--seed", str(2**70)], "from 0 to 2**32 - 1"),
         (["--algo", "ppo", "--task", "walker-wlak"], "walker-walk"),

@@ -9,6 +9,7 @@ is checked by `check_out_dir` in the command's `main`, also before any work.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from harness.errors import UserError
 def positive_int(text: str) -> int:
     """argparse `type` of a count that must be at least 1 (iterations, steps, repeats, resamples)."""
 
-    value = _integer(text)
+    value = integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
@@ -27,7 +28,7 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse `type` of a value that must be 0 or more (a seed: numpy refuses negative ones)."""
 
-    value = _integer(text)
+    value = integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
     return value
@@ -41,11 +42,20 @@ def directory(text: str) -> Path:
     return Path(text)
 
 
-def _integer(text: str) -> int:
+def integer(text: str) -> int:
+    """argparse `type` of an integer, also written in scientific notation (`--steps 1e6`)."""
+
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}")
+    return int(value)
 
 
 def check_out_dir(path: Path) -> None:

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness.commands.arguments import directory
+from harness.commands.arguments import directory, integer
 
 DEFAULTS = {"seed": 0, "steps": 1_000_000, "preset": "cpu", "overrides": [], "device": "cpu"}
 #: The options a run's checkpoint fixes (argparse dest: flag): --resume refuses them rather than ignore them.
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", help="task name, e.g. walker-walk")
     # Defaults are applied in `main`, so that options given together with --resume can be told apart.
     parser.add_argument("--seed", type=int, help=f"run seed (default {DEFAULTS['seed']})")
-    parser.add_argument("--steps", type=int, help=f"counted env steps (default {DEFAULTS['steps']})")
+    parser.add_argument("--steps", type=integer, help=f"counted env steps (default {DEFAULTS['steps']})")
     parser.add_argument("--preset", help=f"config preset (default {DEFAULTS['preset']}; paper: the paper's)")
     parser.add_argument(
         "--set", dest="overrides", action="append", metavar="KEY=VALUE", help="config override (repeatable)"

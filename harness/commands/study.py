@@ -115,7 +115,7 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, interrupt_once)
     signal.signal(signal.SIGTERM, interrupt_once)
     count = run_worker(args.name, args.storage, index=args.index, threads=args.threads, device=args.device)
-    print(f"worker {os.getpid()}: ran {count} trial(s); nothing left to claim.")
+    print(f"worker {os.getpid()}: nothing left to claim ({count} claimed and run here).")
     return 0
 
 

@@ -202,12 +202,16 @@ def _write_tables(
     reps: int,
     seed: int,
 ) -> list[Path]:
+    import envs
+
     title = f"# Report: {results.study} ({results.kind})" + (" — PARTIAL" if results.partial else "")
+    ranges = ", ".join(f"{task} {envs.score_range(task)}" for task in results.tasks)
     lines = [
         title,
         "",
-        f"Normalised scores (DMC: return / 1000); {CONFIDENCE:.0%} stratified bootstrap intervals "
-        f"over seeds, {reps} resamples, seed {seed}. Tasks: {', '.join(results.tasks)}.",
+        f"Normalised score = (return - worst) / (best - worst), with each task's (worst, best): {ranges}. "
+        f"{CONFIDENCE:.0%} stratified bootstrap intervals over seeds, {reps} resamples, seed {seed}. "
+        f"Tasks: {', '.join(results.tasks)}.",
         "",
     ]
     for heading, table in sections:
