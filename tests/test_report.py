@@ -51,6 +51,7 @@ def stores(tmp_path_factory, migrated_mlflow_db):
     _grid_study(storage, client, uri, root)
     _tune_study(storage, client, uri, root)
     _aliased_study(storage, client, uri, root)
+    _diverging_study(storage, client, uri, root)
     optuna.create_study(study_name="empty", storage=storage)
     return storage_path, uri
 
@@ -154,6 +155,26 @@ def _aliased_study(storage, client, uri, root):
             study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=record))
             continue
         returns = [eval_return(int(refits[-1]), tasks.index(task), int(seed[-1]), step) for step in STEPS]
+        record["mlflow_run_id"] = _unit_run(client, experiment, parent, key, returns)
+        study.add_trial(create_trial(value=returns[-1] / 1000, user_attrs=record))
+
+
+def _diverging_study(storage, client, uri, root):
+    """Two variants on one task, 2 seeds; seed 1 of `num_refits=2` diverged."""
+
+    spec = {"name": "diverging", "kind": "grid", "algo": "gorl-fm", "tasks": ["cartpole-swingup"], "seeds": 2}
+    spec |= {"steps": STEPS[-1], "grid": {"num_refits": [1, 2]}}
+    keys = [f"num_refits={r}|cartpole-swingup|seed{s}" for r in (1, 2) for s in range(2)]
+    study, experiment, parent = _study(storage, client, uri, root, "diverging", spec, keys, ["num_refits"])
+    for key in keys:
+        refits, task, seed = key.split("|")
+        record = {"unit": key, "variant": refits, "algo": "gorl-fm", "task": task, "seed": int(seed[-1])}
+        record["params"] = {"num_refits": int(refits[-1])}
+        if key == "num_refits=2|cartpole-swingup|seed1":
+            record |= {"fail_reason": "DivergedError: final score nan", "failure": "diverged"}
+            study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=record))
+            continue
+        returns = [eval_return(int(refits[-1]), 0, int(seed[-1]), step) for step in STEPS]
         record["mlflow_run_id"] = _unit_run(client, experiment, parent, key, returns)
         study.add_trial(create_trial(value=returns[-1] / 1000, user_attrs=record))
 
@@ -264,10 +285,23 @@ def test_tasks_spelled_otherwise_are_kept_and_tasks_without_results_are_noted(st
     assert note in report.notes and note in summary
 
 
+def test_a_diverged_unit_counts_with_its_task_s_worst_score(stores, tmp_path):
+    """Leaving it out would rate `num_refits=2` by its surviving seed alone (0.2 here, not 0.1)."""
+
+    storage, _ = stores
+    report = build_report("diverging", str(storage), out_dir=tmp_path, reps=REPS)
+    summary = (tmp_path / "summary.md").read_text()
+    aggregates = summary[summary.index("## Aggregate metrics") :].split("\n## ")[0]
+    (row,) = [line for line in aggregates.splitlines() if line.startswith("| num_refits=2 |")]
+    assert row.split("|")[4].split()[0] == "0.100"  # the mean of 0.2 (seed 0) and 0 (diverged)
+    assert "(n=2)" in summary.split("| num_refits=2 |")[-1].splitlines()[0]
+    assert any("1 diverged unit(s) count with their task's worst score" in note for note in report.notes)
+
+
 def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     storage, _ = stores
     assert main(["report", "nope", "--storage", str(storage)]) == 2
-    assert "Studies there: ablation, aliased, empty, tuning" in capsys.readouterr().err
+    assert "Studies there: ablation, aliased, diverging, empty, tuning" in capsys.readouterr().err
     assert main(["report", "empty", "--storage", str(storage)]) == 2
     assert "no trials yet" in capsys.readouterr().err
     assert main(["report", "ablation", "--storage", str(tmp_path / "absent.journal")]) == 2

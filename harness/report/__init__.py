@@ -15,6 +15,9 @@ sample-efficiency curves and, for grid studies, the ablation of each swept param
 
 and logs the directory as the `report/` artifacts of the study's MLflow parent run.
 
+A diverged unit (grid, compare) is a result: it counts with its task's worst score in the
+final-score statistics and tables, and has no curve.
+
 Tune studies also get their trials ranked by final IQM (the objective) with the sampled
 parameters, and the list of pruned trials (left out of the statistics, which need every unit).
 Probabilities of improvement are computed between the `MAX_COMPARED` variants with the highest
@@ -92,11 +95,24 @@ def build_report(
     table.to_csv(out / "results.csv", index=False)
     files = [out / "results.csv"]
 
-    finals, notes = final_score_arrays(table, results.tasks)
+    # Final scores: the finished units' last evaluations and the diverged units at their task's
+    # worst score (a diverged seed is the method's failure; leaving it out would flatter it).
+    ends = table
+    diverged = results.diverged if results.diverged is not None else table.iloc[:0]
+    if len(diverged):
+        scored = diverged.assign(score=normalise(diverged))[table.columns]
+        ends = pd.concat([table, scored], ignore_index=True)
+    finals, notes = final_score_arrays(ends, results.tasks)
     notes = [
         f"{task}: no finished run of any variant; the statistics cover {', '.join(results.tasks)} only"
         for task in results.tasks_without_results
     ] + notes
+    if len(diverged):
+        units = ", ".join(f"{row.variant}|{row.task}|seed{row.seed}" for row in diverged.itertuples())
+        notes.append(
+            f"{len(diverged)} diverged unit(s) count with their task's worst score in the final-score "
+            f"statistics and tables, and have no curve: {units}"
+        )
     if not finals:
         raise UserError(
             f"no variant of study {study_name!r} has a finished run on every task yet; "
@@ -145,8 +161,8 @@ def build_report(
         figures.sample_efficiency_figure(steps, points, intervals), out, "sample_efficiency"
     )
 
-    sections.append(("Final return per task (mean ± std over seeds)", per_task_table(table, results.tasks)))
-    panels = _ablations(results, table, finals, options) if results.kind == "grid" else {}
+    sections.append(("Final return per task (mean ± std over seeds)", per_task_table(ends, results.tasks)))
+    panels = _ablations(results, ends, finals, options) if results.kind == "grid" else {}
     if panels:
         sections += [
             (f"Ablation of {name}: final IQM", ablation_table(*panel, name)) for name, panel in panels.items()

@@ -60,6 +60,9 @@ class StudyResults:
     tasks: list[str]  # the spec's tasks that have results, in spec order
     tasks_without_results: list[str]  # the spec's tasks on which no unit has finished
     pruned: list[str] = field(default_factory=list)  # tune: each pruned trial, how far it got
+    # Grid / compare units whose training diverged: a result, scored at the task's worst return
+    # at the end of the budget (rows like `table`'s); they have no curve.
+    diverged: pd.DataFrame | None = None
 
     @property
     def partial(self) -> bool:
@@ -85,8 +88,9 @@ def load_study_results(
 
     from optuna.trial import TrialState
 
+    import envs
     from studies.spec import parse_spec
-    from studies.storage import counted_trials, trial_label
+    from studies.storage import DIVERGED, counted_trials, failure_kind, trial_label
 
     study = open_study(study_name, storage)
     attrs = study.user_attrs
@@ -106,10 +110,13 @@ def load_study_results(
     failed: dict[str, str] = {}
     unfinished: list[str] = []
     pruned: list[str] = []
+    diverged: dict[str, dict[str, Any]] = {}  # grid / compare: unit -> its record
     looked_up: list[str] = []  # MLflow run ids of finished units
     for trial in trials:
         if trial.state == TrialState.FAIL:
             failed[trial_label(trial)] = trial.user_attrs.get("fail_reason", "no reason recorded")
+            if kind != "tune" and failure_kind(trial) == DIVERGED and "task" in trial.user_attrs:
+                diverged[trial.user_attrs["unit"]] = trial.user_attrs
         elif trial.state == TrialState.COMPLETE:
             for record in trial.user_attrs.get("units") or [trial.user_attrs]:
                 run_id = record.get("mlflow_run_id")
@@ -168,6 +175,14 @@ def load_study_results(
         tasks=tasks,
         tasks_without_results=[task for task in spec_tasks if task not in present],
         pruned=pruned,
+        diverged=pd.DataFrame(
+            [
+                _row(study_name, record, parameters, spec["steps"], envs.score_range(record["task"])[0])
+                for unit, record in diverged.items()
+                if unit not in done
+            ],
+            columns=COLUMNS + parameters,
+        ),
     )
 
 
