@@ -247,7 +247,7 @@ def _train(
             status=status,
         )
 
-    bar = _ProgressBar(request, enabled=progress and sys.stderr.isatty())
+    bar = _ProgressBar(request, enabled=progress)
     in_callback = False
     try:
         evaluator = Evaluator(request.task, config.eval_episodes, request.seed, config.env_backend)
@@ -367,17 +367,24 @@ def default_out_dir(request: RunRequest) -> Path:
 
 
 class _ProgressBar:
-    """A rich progress bar (env steps, steps/s, last evaluation, ETA), or nothing when disabled."""
+    """A rich progress bar (env steps, steps/s, last evaluation, ETA), or nothing when disabled.
+
+    When stderr is not a terminal (`nohup`, a batch job's log), a bar would show nothing until the
+    run ends: then one line per evaluation is printed instead.
+    """
 
     def __init__(self, request: RunRequest, enabled: bool) -> None:
         self.progress: Any = None
         self.origin: tuple[float, int] | None = None  # (time, step) of the first update
-        if enabled:
+        self.label = f"{request.algo} {request.task} s{request.seed}"
+        self.total = request.steps
+        self.lines_for = 0 if enabled and not sys.stderr.isatty() else None  # evaluations printed
+        if enabled and self.lines_for is None:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
-                TextColumn(f"{request.algo} {request.task} s{request.seed}"),
+                TextColumn(self.label),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[speed]} steps/s"),
@@ -386,7 +393,6 @@ class _ProgressBar:
                 TextColumn("{task.fields[note]}"),
                 console=Console(stderr=True),
             )
-            self.total = request.steps
             self.task_id = self.progress.add_task("run", total=self.total, speed="-", last_eval="-", note="")
 
     def __enter__(self) -> _ProgressBar:
@@ -405,11 +411,16 @@ class _ProgressBar:
             self.progress.update(self.task_id, note=text)
 
     def update(self, step: int, history: list[tuple[int, float, float]]) -> None:
-        if self.progress is None:
+        if self.progress is None and self.lines_for is None:
             return
         if self.origin is None:
             self.origin = (time.perf_counter(), step)
         elapsed, done = time.perf_counter() - self.origin[0], step - self.origin[1]
         speed = f"{done / elapsed:,.0f}" if done > 0 else "-"
         last = f"{history[-1][1]:.1f}" if history else "-"
-        self.progress.update(self.task_id, completed=min(step, self.total), speed=speed, last_eval=last)
+        if self.progress is not None:
+            self.progress.update(self.task_id, completed=min(step, self.total), speed=speed, last_eval=last)
+        elif len(history) > self.lines_for:
+            self.lines_for = len(history)
+            print(f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}",
+                  file=sys.stderr, flush=True)  # fmt: skip

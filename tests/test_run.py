@@ -439,3 +439,12 @@ def test_the_lock_follows_a_run_directory_moved_aside_while_taking_it(tmp_path, 
         with pytest.raises(BlockingIOError):  # held: by us
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.close(probe)
+
+
+def test_without_a_terminal_progress_is_one_line_per_evaluation(tmp_path, tracking_uri, capsys):
+    """A log file (nohup, a batch job) gets each evaluation as it happens, not a silent bar."""
+
+    execute(request(tmp_path, tracking_uri), progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ppo toy-bimodal s0: ")]
+    assert len(lines) == SMALL["eval_points"]
+    assert lines[-1].startswith(f"ppo toy-bimodal s0: {TINY['steps']:,}/{TINY['steps']:,} env steps")
