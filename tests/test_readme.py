@@ -184,8 +184,8 @@ def test_every_shell_command_of_the_readme_is_valid(tmp_path):
         checker.check(words)
 
 
-def test_gorl_bench_commands_in_the_text_parse():
-    checker = Checker({})
+def test_gorl_bench_commands_in_the_text_parse(tmp_path):
+    checker = Checker(readme_specs(tmp_path))
     commands = inline_gorl_commands()
     assert commands
     for words in commands:
@@ -205,6 +205,8 @@ def test_the_readme_study_specs_load(tmp_path):
     assert "table1.toml" in specs
     spec = load_spec(specs["table1.toml"])
     assert spec.preset == "paper" and spec.steps == 180_000_000 and spec.tasks == envs.PAPER_TASKS
+    tune = load_spec(specs["tune-gorl.toml"])
+    assert tune.kind == "tune" and [dim.name for dim in tune.space] == ["num_refits", "decoder_steps"]
 
 
 def test_the_algorithm_snippet_registers_an_algorithm(monkeypatch):
