@@ -69,6 +69,8 @@ class StudyStatus:
 
     @property
     def eta_text(self) -> str:
+        if self.stopped and self.stopped >= self.running and not self.finished:
+            return "ETA - (no worker is running)"  # the ETA assumed workers that are gone
         return "ETA " + ("-" if self.eta is None else _format(self.eta))
 
     def lines(self) -> list[str]:

@@ -828,13 +828,20 @@ def test_status_tells_a_unit_whose_worker_is_gone_from_one_that_runs(workdir):
     study = runner.prepare_study(spec, storage_location(None), resolve_tracking_uri(None))
     runner.enqueue_missing_units(study, spec)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    owners = []
     for pid in (os.getpid(), int(gone.stdout)):
         trial = storage.claim_waiting_trial(study)
-        owner = {"host": socket.gethostname(), "pid": pid, "beat": 0.0}
-        study._storage.set_trial_system_attr(trial._trial_id, storage.OWNER_ATTR, owner)
+        owners.append((trial, {"host": socket.gethostname(), "pid": pid, "beat": 0.0}))
+        study._storage.set_trial_system_attr(trial._trial_id, storage.OWNER_ATTR, owners[-1][1])
     status = study_status(study)
     assert (status.running, status.stopped) == (2, 1)
     assert "1 running unit(s) lost their worker" in "\n".join(status.lines())
+    assert "no worker is running" not in status.eta_text
+    # Once every running unit's worker is gone, no ETA is promised.
+    trial, owner = owners[0]
+    gone_owner = {**owner, "pid": int(gone.stdout)}
+    study._storage.set_trial_system_attr(trial._trial_id, storage.OWNER_ATTR, gone_owner)
+    assert study_status(study).eta_text == "ETA - (no worker is running)"
 
 
 @pytest.mark.parametrize("kind", ["grid", "tune"])

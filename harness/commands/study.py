@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from harness.commands.arguments import positive_int
 
@@ -62,15 +63,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from studies.runner import run_study
 
-    status = run_study(
-        args.spec,
-        args.storage,
-        workers=args.workers,
-        tracking_uri=args.tracking_uri,
-        device=args.device,
-        retry_failed=args.retry_failed,
-        retry_diverged=args.retry_diverged,
-    )
+    try:
+        status = run_study(
+            args.spec,
+            args.storage,
+            workers=args.workers,
+            tracking_uri=args.tracking_uri,
+            device=args.device,
+            retry_failed=args.retry_failed,
+            retry_diverged=args.retry_diverged,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\nstopped: finished units are kept; `{run_command(args.spec, args.storage)}` resumes the study "
+            "(interrupted units from their last checkpoints).",
+            file=sys.stderr,
+        )
+        raise
     print("\n".join(status.lines()))
     if not status.finished:
         print("Not finished: run the same command again to resume.")
