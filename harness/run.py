@@ -142,7 +142,10 @@ def _start(
                 "preset": request.preset, "device": request.device}  # fmt: skip
     try:
         tracker.log_params({**run_info, **as_dict(config)})
-        tracker.log_text(to_toml({"run": run_info, "config": as_dict(config)}), "config.toml")
+        config_toml = to_toml({"run": run_info, "config": as_dict(config)})
+        tracker.log_text(config_toml, "config.toml")
+        # Also next to the checkpoint, where a reader of the run directory looks for it first.
+        (Path(request.out_dir) / "config.toml").write_text(config_toml)
         agent = spec.agent_cls(config, task, request.seed, request.steps, device)
     except BaseException as error:
         stopped = isinstance(error, KeyboardInterrupt)

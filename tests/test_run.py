@@ -59,6 +59,7 @@ def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_ur
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     assert params["lr"] == "0.0003" and params["task"] == TOY and params["seed"] == "3"
     assert params["preset"] == "cpu" and params["eval_points"] == "4" and params["device"] == "cpu"
+    assert 'task = "toy-bimodal"' in (out / "config.toml").read_text()  # also in the run directory
     assert tags["algorithm"] == "ppo" and tags["task"] == TOY and tags["seed"] == "3"
     assert tags["preset"] == "cpu" and tags["git_commit"]
     for key in ("eval/return_mean", "eval/return_std", "train/episode_return", "loss/policy", "loss/value",
