@@ -52,6 +52,7 @@ class StudyStatus:
     pruned: int
     total: int  # units of a grid/compare study (at most max_trials), max_trials of a tune study
     eta: timedelta | None
+    best: str | None = None  # tune: the best complete trial so far, its objective and parameters
 
     @property
     def failed(self) -> int:
@@ -85,6 +86,8 @@ class StudyStatus:
             f"failed {self.failed}  pruned {self.pruned}  lost+retried {self.lost}{rerun}",
             f"  {self.eta_text}",
         ]
+        if self.best:
+            lines.append(f"  best so far: {self.best}")
         if self.stopped:
             # A unit resumes its checkpoint; a tune trial is retried as a new trial from its first unit.
             tune = self.kind == "tune"
@@ -164,7 +167,22 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
         pruned=counts[TrialState.PRUNED],
         total=total,
         eta=_eta(trials, max(total - done, 0), workers or counts[TrialState.RUNNING] or 1),
+        best=_best_trial(counted) if kind == "tune" else None,
     )
+
+
+def _best_trial(trials: list[FrozenTrial]) -> str | None:
+    """`trial-N: IQM 0.612, lr=0.0003 clip=0.2` for the complete trial of the highest objective."""
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not complete:
+        return None
+    best = max(complete, key=lambda t: t.value)
+    used = best.user_attrs.get("params", {})  # as the runs got them (a list choice is JSON to Optuna)
+    values = {name: used.get(name, value) for name, value in best.params.items()}
+    params = " ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+                      for name, value in values.items())  # fmt: skip
+    return f"{trial_label(best)}: IQM {best.value:.3f}, {params}"
 
 
 def _first_line(reason: object) -> str:

@@ -625,6 +625,9 @@ def test_tune_study_reports_iqm_per_unit_and_prunes(workdir, fake_execute):
     assert any(t.state == TrialState.PRUNED for t in study.trials)
     best = study.best_trial
     assert best.value == best.intermediate_values[2]  # the IQM over both units
+    status = study_status(study)
+    assert status.best == f"trial-{best.number}: IQM {best.value:.3f}, clip={best.params['clip']:.4g}"
+    assert f"  best so far: {status.best}" in status.lines()
 
 
 def test_list_valued_choices_reach_the_runs_as_lists_without_optuna_warnings(workdir, fake_execute):
