@@ -136,47 +136,46 @@ def _tune_study(storage, client, uri, root):
     )
 
 
-# The spec names a task by another spelling, and no unit finished on its last task.
-ALIASED_TASKS = ["Cartpole-Swingup", "pendulum-swingup", "cheetah-run"]
+def _refits_grid(storage, client, uri, root, name, spec_tasks, tasks, failure):
+    """A `num_refits` 1-vs-2 grid over `tasks` (the spec names them `spec_tasks`), 2 seeds, as the
+    study runner records it; `failure(unit)` gives the attrs of a unit that failed, or None."""
 
-
-def _aliased_study(storage, client, uri, root):
-    spec = {"name": "aliased", "kind": "grid", "algo": "gorl-fm", "tasks": ALIASED_TASKS, "seeds": 2}
+    spec = {"name": name, "kind": "grid", "algo": "gorl-fm", "tasks": spec_tasks, "seeds": 2}
     spec |= {"steps": STEPS[-1], "grid": {"num_refits": [1, 2]}}
-    tasks = ["cartpole-swingup", "pendulum-swingup", "cheetah-run"]  # as the study runner names units
     keys = [f"num_refits={r}|{task}|seed{s}" for r in (1, 2) for s in range(2) for task in tasks]
-    study, experiment, parent = _study(storage, client, uri, root, "aliased", spec, keys, ["num_refits"])
+    study, experiment, parent = _study(storage, client, uri, root, name, spec, keys, ["num_refits"])
     for key in keys:
         refits, task, seed = key.split("|")
         record = {"unit": key, "variant": refits, "algo": "gorl-fm", "task": task, "seed": int(seed[-1])}
         record["params"] = {"num_refits": int(refits[-1])}
-        if task == "cheetah-run":
-            record["fail_reason"] = "FloatingPointError: loss is nan"
-            study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=record))
+        if failure(key):
+            study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=record | failure(key)))
             continue
         returns = [eval_return(int(refits[-1]), tasks.index(task), int(seed[-1]), step) for step in STEPS]
         record["mlflow_run_id"] = _unit_run(client, experiment, parent, key, returns)
         study.add_trial(create_trial(value=returns[-1] / 1000, user_attrs=record))
 
 
+def _aliased_study(storage, client, uri, root):
+    """The spec names a task by another spelling, and no unit finished on its last task."""
+
+    def failure(unit):
+        return {"fail_reason": "FloatingPointError: loss is nan"} if "cheetah-run" in unit else None
+
+    tasks = ["cartpole-swingup", "pendulum-swingup", "cheetah-run"]  # as the study runner names units
+    spec_tasks = ["Cartpole-Swingup", "pendulum-swingup", "cheetah-run"]
+    _refits_grid(storage, client, uri, root, "aliased", spec_tasks, tasks, failure)
+
+
 def _diverging_study(storage, client, uri, root):
     """Two variants on one task, 2 seeds; seed 1 of `num_refits=2` diverged."""
 
-    spec = {"name": "diverging", "kind": "grid", "algo": "gorl-fm", "tasks": ["cartpole-swingup"], "seeds": 2}
-    spec |= {"steps": STEPS[-1], "grid": {"num_refits": [1, 2]}}
-    keys = [f"num_refits={r}|cartpole-swingup|seed{s}" for r in (1, 2) for s in range(2)]
-    study, experiment, parent = _study(storage, client, uri, root, "diverging", spec, keys, ["num_refits"])
-    for key in keys:
-        refits, task, seed = key.split("|")
-        record = {"unit": key, "variant": refits, "algo": "gorl-fm", "task": task, "seed": int(seed[-1])}
-        record["params"] = {"num_refits": int(refits[-1])}
-        if key == "num_refits=2|cartpole-swingup|seed1":
-            record |= {"fail_reason": "DivergedError: final score nan", "failure": "diverged"}
-            study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=record))
-            continue
-        returns = [eval_return(int(refits[-1]), 0, int(seed[-1]), step) for step in STEPS]
-        record["mlflow_run_id"] = _unit_run(client, experiment, parent, key, returns)
-        study.add_trial(create_trial(value=returns[-1] / 1000, user_attrs=record))
+    def failure(unit):
+        diverged = {"fail_reason": "DivergedError: final score nan", "failure": "diverged"}
+        return diverged if unit == "num_refits=2|cartpole-swingup|seed1" else None
+
+    tasks = ["cartpole-swingup"]
+    _refits_grid(storage, client, uri, root, "diverging", tasks, tasks, failure)
 
 
 def _lr():
