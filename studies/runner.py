@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from harness.errors import UserError
 from harness.tracking import resolve_tracking_uri
 from studies import tracking
-from studies.spec import Spec, load_spec
+from studies.spec import Spec, load_spec, parse_spec
 from studies.status import StudyStatus, study_status, unit_noun
 from studies.storage import (
     DIVERGED,
@@ -61,8 +61,8 @@ def run_study(
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}.")
     resolve_device(device)  # every unit would fail for it, each after its worker had started
-    spec = load_spec(spec_ref)
     location = storage_location(location)
+    spec = _spec_to_run(spec_ref, location)
     tracking_uri = resolve_tracking_uri(tracking_uri)
     if "://" in location and not location.startswith("sqlite") and tracking_uri.startswith("sqlite:"):
         print(
@@ -90,6 +90,28 @@ def run_study(
             study.user_attrs["tracking_uri"], study.user_attrs["mlflow_parent_run_id"], "COMPLETE"
         )
     return status
+
+
+def _spec_to_run(spec_ref: str | Path, location: str) -> Spec:
+    """The spec file or shipped spec `spec_ref`, or else, for the name of a study already in the
+    storage (one created from a file elsewhere), the spec it was created with: a study resumes by
+    its name as `study status` and `report` find it."""
+
+    from studies.worker import load_study
+
+    try:
+        return load_spec(spec_ref)
+    except UserError as error:
+        name = str(spec_ref)
+        if Path(name).suffix:
+            raise
+        try:
+            stored = load_study(name, location).user_attrs.get("spec")
+        except UserError:
+            raise error from None
+        if stored is None:
+            raise
+        return parse_spec(stored)
 
 
 def prepare_study(spec: Spec, location: str, tracking_uri: str) -> optuna.Study:

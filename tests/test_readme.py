@@ -113,7 +113,7 @@ class Checker:
         elif args.command == "study" and args.action == "run":
             if args.spec.endswith(".toml"):
                 assert args.spec in self.specs, f"{args.spec} is not a TOML block of the README"
-            else:
+            elif args.spec not in self.studies:  # a study created from a README spec resumes by name
                 load_spec(args.spec)
         elif args.command == "config" and not PLACEHOLDER.match(args.algo):
             assert main(argv) == 0, f"gorl-bench {shlex.join(argv)} failed"

@@ -646,6 +646,15 @@ def test_list_valued_choices_reach_the_runs_as_lists_without_optuna_warnings(wor
     assert all(t.user_attrs["params"]["critic_hidden"] in ([16], [8, 8]) for t in study.trials)
 
 
+def test_a_study_created_from_a_file_resumes_by_its_name(workdir, fake_execute, workers_in_process):
+    prepared(grid_spec(workdir, 1, [0.0, 0.01]))  # created (as by a `study run` stopped at once)
+    (workdir / "tiny.toml").unlink()  # e.g. run from another directory: only the name is at hand
+    status = runner.run_study("tiny", progress=False)
+    assert status.finished and status.complete == 2
+    with pytest.raises(UserError, match="unknown study spec 'tinny'"):
+        runner.run_study("tinny", progress=False)
+
+
 def test_a_cmaes_tune_study_runs_past_its_random_first_trial(workdir, fake_execute):
     """CMA-ES samples its first trial at random and needs the `cmaes` package from the second on."""
 
