@@ -421,8 +421,10 @@ class _ProgressBar:
         elapsed, done = time.perf_counter() - self.origin[0], step - self.origin[1]
         speed = f"{done / elapsed:,.0f}" if done > 0 else "-"
         last = f"{history[-1][1]:.1f}" if history else "-"
+        # A run trains whole updates, so its last one may end past --steps: the total follows.
+        self.total = max(self.total, step)
         if self.progress is not None:
-            self.progress.update(self.task_id, completed=min(step, self.total), speed=speed, last_eval=last)
+            self.progress.update(self.task_id, total=self.total, completed=step, speed=speed, last_eval=last)
         elif len(history) > self.lines_for:
             self.lines_for = len(history)
             print(f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}",
