@@ -17,6 +17,7 @@ ends the MLflow run as KILLED, keeps the checkpoint and propagates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -33,6 +34,7 @@ import algorithms
 import envs
 from algorithms.config import as_dict, resolve
 from harness.checkpoint import (
+    LOCK_NAME,
     checkpoint_path,
     hold_run_directory,
     load_checkpoint,
@@ -103,15 +105,31 @@ def execute(
     check_run(config, task, request.steps)
     device = resolve_device(request.device)
     out_dir = Path(request.out_dir or default_out_dir(request)).resolve()
-    tracking_uri = resolve_tracking_uri(request.tracking_uri)
-    request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
-    with hold_run_directory(out_dir):
-        if checkpoint_path(out_dir).exists():
-            raise UserError(
-                f"{str(out_dir)!r} already holds a run's checkpoint; continue it with --resume {out_dir}, "
-                f"or choose another --out directory."
-            )
-        return _start(request, spec, config, device, on_evaluation, progress)
+    created = not out_dir.exists()
+    try:
+        with hold_run_directory(out_dir):
+            if checkpoint_path(out_dir).exists():
+                raise UserError(
+                    f"{str(out_dir)!r} already holds a run's checkpoint; continue it with --resume "
+                    f"{out_dir}, or choose another --out directory."
+                )
+            # After the directory: a refused --out leaves no store behind, a refused store no directory.
+            tracking_uri = resolve_tracking_uri(request.tracking_uri)
+            request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
+            return _start(request, spec, config, device, on_evaluation, progress)
+    except UserError:
+        if created:
+            _remove_if_unused(out_dir)
+        raise
+
+
+def _remove_if_unused(out_dir: Path) -> None:
+    """Remove a run directory this process created and wrote nothing into but its lock file."""
+
+    with contextlib.suppress(OSError):
+        if {path.name for path in out_dir.iterdir()} <= {LOCK_NAME}:
+            (out_dir / LOCK_NAME).unlink(missing_ok=True)
+            out_dir.rmdir()
 
 
 def _start(

@@ -204,6 +204,7 @@ def test_a_tracking_store_that_cannot_take_the_run_is_one_clear_error(tmp_path, 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # the run directory it created is gone again
 
 
 def test_resume_of_a_run_deleted_in_mlflow_is_one_clear_error(tmp_path, tracking_uri, capsys):
