@@ -41,12 +41,28 @@ __all__ = [
     "FAST_TASKS",
     "PAPER_TASKS",
     "canonical_task",
+    "check_backend",
     "describe_tasks",
     "make",
     "max_episode_steps",
     "score_range",
     "task_names",
 ]
+
+
+def check_backend(task: str, backend: str) -> None:
+    """Refuse a backend that does not exist or that `task` (canonical) has no implementation for."""
+
+    if backend not in BACKENDS:
+        raise UserError(f"Unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}.")
+    if backend == "fast" and task not in FAST_TASKS:
+        others = "'dm_control' or 'auto'" if is_dmc(task) else "'auto'"
+        raise UserError(
+            f"{task} has no fast backend; use the backend (a config's env_backend) {others}. "
+            f"Fast tasks: {', '.join(FAST_TASKS)}."
+        )
+    if backend == "dm_control" and not is_dmc(task):
+        raise UserError(f"{task} is not a dm_control task; use the backend (a config's env_backend) 'auto'.")
 
 
 def make(task: str, num_envs: int, seed: int, backend: str = "auto") -> gymnasium.vector.VectorEnv:
@@ -59,16 +75,7 @@ def make(task: str, num_envs: int, seed: int, backend: str = "auto") -> gymnasiu
 
     task = canonical_task(task)
     check_num_envs(num_envs)
-    if backend not in BACKENDS:
-        raise UserError(f"Unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}.")
-    if backend == "fast" and task not in FAST_TASKS:
-        others = "'dm_control' or 'auto'" if is_dmc(task) else "'auto'"
-        raise UserError(
-            f"{task} has no fast backend; use the backend (a config's env_backend) {others}. "
-            f"Fast tasks: {', '.join(FAST_TASKS)}."
-        )
-    if backend == "dm_control" and not is_dmc(task):
-        raise UserError(f"{task} is not a dm_control task; use the backend (a config's env_backend) 'auto'.")
+    check_backend(task, backend)
 
     if task.startswith("gym:"):
         from envs.gym import GymVectorEnv as env_class

@@ -336,8 +336,8 @@ def _train(
 
 def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -> None:
     """Refuse, before anything is built or tracked, a budget below one policy update, one that does
-    not fit the config's schedule (configs with a `check_budget` method) or a task the config
-    cannot run (a `check_task` method).
+    not fit the config's schedule (configs with a `check_budget` method), a task the config
+    cannot run (a `check_task` method) or an env backend the task lacks.
 
     The env steps of one update are read from the config when the algorithm exposes them
     (`steps_per_update`, or the on-policy `batch_size`). `steps_name` is what the user wrote the
@@ -362,6 +362,7 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
             check_task(task)
         except ValueError as error:
             raise UserError(str(error)) from None
+    envs.check_backend(task, config.env_backend)  # every config has one (`algorithms.registry`)
     if getattr(config, "eval_points", 0) > steps:  # more points than env steps: a list of useless points
         raise UserError(
             f"eval_points {config.eval_points} is more than {steps_name} {steps}; give at most that."

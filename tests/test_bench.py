@@ -90,3 +90,26 @@ def test_bench_gorl_refuses_a_budget_run_would_refuse(capsys):
     assert "--steps 100 is less than one policy update" in capsys.readouterr().err
     assert main([*argv, "8192"]) == 2  # two PPO updates for four encoder stages
     assert "too few for 4 encoder stages" in capsys.readouterr().err
+
+
+def test_bench_train_checks_every_configuration_before_printing(capsys):
+    # ppo has no `num_refits`; toy-bimodal has no fast backend: both refused before any timing.
+    assert main([*TRAIN, "--algos", "gorl-fm", "ppo", "--set", "num_refits=1", "--iterations", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown config key 'num_refits'" in captured.err and captured.out == ""
+    assert main([*TRAIN, "--set", "env_backend=fast", "--iterations", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "toy-bimodal has no fast backend" in captured.err and captured.out == ""
+
+
+def test_bench_gorl_keeps_refits_out_of_its_stage_timings(capsys):
+    """`encoder_steps_per_refit` takes precedence over the `num_refits = 0` of the stage timings."""
+
+    argv = [*GORL, "--iterations", "2", "--set", "num_envs=8", "--set", "rollout_steps=8",
+            "--set", "encoder_steps_per_refit=64"]  # fmt: skip
+    assert main(argv) == 0
+    assert re.search(r"A 100,000-step run \(\d+ refits\)", capsys.readouterr().out)
+    # bench train times stage 0 only, and says so when a refit would fall inside it.
+    short_stages = ["--set", "encoder_steps_per_refit=64"]
+    assert main([*TRAIN, "--algos", "gorl-fm", "--iterations", "2", *short_stages]) == 2
+    assert "a decoder refit fell inside the timed iterations of gorl-fm" in capsys.readouterr().err

@@ -73,6 +73,8 @@ def test_what_run_refuses_is_refused(capsys):
     assert "the latent must have the action's size" in capsys.readouterr().err
     assert main(["config", "ppo", "--steps", "100"]) == 2
     assert "--steps 100 is less than one policy update" in capsys.readouterr().err
+    assert main(["config", "ppo", "--task", "toy-bimodal", "--set", "env_backend=fast"]) == 2
+    assert "toy-bimodal has no fast backend" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         main(["config", "ppo", "--steps", "-3"])
     assert exited.value.code == 2

@@ -71,7 +71,8 @@ def main(args: argparse.Namespace) -> int:
 
     ppo = measure(task, args.preset, {}, args.iterations, device)
     # One stage only, so that no refit falls inside the timed iterations; refits are timed apart.
-    one_stage = {**overrides, "num_refits": 0}
+    # (`encoder_steps_per_refit` would take precedence over `num_refits`.)
+    one_stage = {**overrides, "num_refits": 0, "encoder_steps_per_refit": None}
     stage0 = measure(task, args.preset, one_stage, args.iterations, device, algo=args.algo)
     later = measure(
         task, args.preset, one_stage, args.iterations, device, algo=args.algo, prepare=later_stage

@@ -52,6 +52,7 @@ def measure(
     import algorithms
     import envs
     from algorithms.config import resolve
+    from harness.errors import UserError
 
     spec = algorithms.get(algo)
     task = envs.canonical_task(task)
@@ -68,6 +69,11 @@ def measure(
         for _ in range(iterations):
             iteration_start = time.perf_counter()
             metrics = agent.train_iteration()
+            if "refit/env_steps" in metrics:  # a GoRL stage shorter than the timed iterations
+                raise UserError(
+                    f"a decoder refit fell inside the timed iterations of {algo} (its stages are set "
+                    "shorter than them); `gorl-bench bench gorl` times refits apart."
+                )
             learner_seconds += metrics["perf/learner_fraction"] * (time.perf_counter() - iteration_start)
         wall = time.perf_counter() - start
     finally:
@@ -79,14 +85,15 @@ def measure(
 def main(args: argparse.Namespace) -> int:
     import algorithms
     import envs
-    from algorithms.config import parse_assignments
+    from algorithms.config import parse_assignments, resolve
     from harness.run import resolve_device
 
-    for algo in args.algos:
-        algorithms.get(algo)  # an unknown name is refused before anything is timed or printed
-    for task in args.tasks:
-        envs.canonical_task(task)
     overrides = parse_assignments(args.overrides)
+    # Every (task, algorithm) configuration is checked before anything is timed or printed.
+    for task in map(envs.canonical_task, args.tasks):
+        for algo in args.algos:
+            config = resolve(algorithms.get(algo), args.preset, task, overrides)
+            envs.check_backend(task, config.env_backend)
     device = resolve_device(args.device)
     print(f"{', '.join(args.algos)} end to end, preset {args.preset}"
           f"{' ' + ' '.join(args.overrides) if args.overrides else ''}, {args.iterations} iterations after "
