@@ -159,6 +159,10 @@ class GoRLConfig(PPOConfig):
 
     def validate(self) -> None:
         super().validate()
+        # Named as the user sets them; the fit's own check names its internal fields.
+        for key in ("decoder_steps", "decoder_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         self.decoder_config().validate()
         self.fit_config().validate()
         if self.encoder_steps_per_refit is not None and self.encoder_steps_per_refit < 1:

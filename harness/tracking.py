@@ -127,7 +127,8 @@ def git_commit() -> str:
 
 
 def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
-    """A small TOML writer for tables of scalars and flat lists (None has no TOML form: commented)."""
+    """A small TOML writer for tables of scalars and flat lists. None, which TOML lacks, is written
+    as "none", the word a study spec and `--set` take for it."""
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -143,7 +144,7 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
     for name, table in tables.items():
         lines.append(f"[{name}]")
         for key, v in table.items():
-            lines.append(f"# {key} = none" if v is None else f"{key} = {value(v)}")
+            lines.append(f'{key} = "none"' if v is None else f"{key} = {value(v)}")
         lines.append("")
     return "\n".join(lines)
 

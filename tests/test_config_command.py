@@ -40,7 +40,7 @@ def test_toml_output_is_the_resolved_config(capsys):
     assert main(["config", "gorl-diffusion", "--preset", "paper", "--task", "hopper-stand", "--toml"]) == 0
     loaded = tomllib.loads(capsys.readouterr().out)["config"]
     expected = as_dict(resolve(algorithms.get("gorl-diffusion"), "paper", "hopper-stand", {}))
-    assert loaded == {key: value for key, value in expected.items() if value is not None}
+    assert loaded == {key: "none" if value is None else value for key, value in expected.items()}
     assert loaded["later_reset_encoder"] == [True, False]
 
 
@@ -75,6 +75,8 @@ def test_what_run_refuses_is_refused(capsys):
     assert "--steps 100 is less than one policy update" in capsys.readouterr().err
     assert main(["config", "ppo", "--task", "toy-bimodal", "--set", "env_backend=fast"]) == 2
     assert "toy-bimodal has no fast backend" in capsys.readouterr().err
+    assert main(["config", "gorl-fm", "--set", "decoder_steps=0"]) == 2  # named as the user set it
+    assert "decoder_steps must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         main(["config", "ppo", "--steps", "-3"])
     assert exited.value.code == 2
@@ -89,6 +91,13 @@ def test_a_long_list_is_shortened_in_its_cell(capsys):
         "[0.1, 0.1, 0.1, 0.1, ..., 0.1, 0.1, 0.1, 0.1] (10 items)"
     )
     assert len(table(out[out.index("Stages of a") :])) == 10  # every stage keeps its own row
+
+
+def test_a_none_in_the_toml_output_reads_back_as_none(capsys):
+    assert main(["config", "ppo", "--set", "max_grad_norm=none", "--toml"]) == 0
+    written = tomllib.loads(capsys.readouterr().out)["config"]
+    assert written["max_grad_norm"] == "none"
+    assert resolve(algorithms.get("ppo"), "cpu", "walker-walk", written).max_grad_norm is None
 
 
 def test_a_spec_writes_none_as_the_word_for_optional_keys():

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.commands.arguments import directory
+from harness.commands.arguments import directory, integer, positive_int
 from harness.commands.study import STORAGE_HELP, run_command
 
 # The demo is sized for two cores; more workers only help on a machine with more.
@@ -48,13 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=DEFAULT_WORKERS,
         help="local worker processes (default: one per core, 2-8)",
     )
     parser.add_argument("--out", type=directory, help="report directory (default runs/reports/demo)")
     parser.add_argument(
-        "--reps", type=int, default=DEFAULT_REPS, help=f"bootstrap resamples (default {DEFAULT_REPS})"
+        "--reps", type=integer, default=DEFAULT_REPS, help=f"bootstrap resamples (default {DEFAULT_REPS})"
     )
     # Lets the tests point the demo at a tiny spec; users run `study run` for other specs.
     parser.add_argument("--spec", default="demo", help=argparse.SUPPRESS)
