@@ -89,9 +89,10 @@ class StudyStatus:
         if self.best:
             lines.append(f"  best so far: {self.best}")
         if self.stopped:
-            # A unit resumes its checkpoint; a tune trial is retried as a new trial from its first unit.
+            # A unit resumes its checkpoint; a tune trial is retried as a new trial that reuses the
+            # units its attempt finished and runs the others from their start.
             tune = self.kind == "tune"
-            retried = "as new trials, from their first unit" if tune else "from their last checkpoint"
+            retried = "as new trials, reusing their finished units" if tune else "from their last checkpoint"
             lines.append(
                 f"  {self.stopped} running {unit_noun(self.kind)}(s) lost their worker (stopped or crashed): "
                 f"`gorl-bench study run` retries them {retried}"

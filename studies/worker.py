@@ -291,14 +291,20 @@ def _next_tune_trial(context: Context) -> bool:
     records: list[dict[str, Any]] = []
     scores: list[float] = []
     state, value = "COMPLETE", None
+    finished = _finished_units(study, trial)
     try:
         with heartbeat(study, trial._trial_id) as lost:
             units = spec.trial_units(variant, params)
             for done, unit in enumerate(units, start=1):
-                result = _execute(context, unit, run_id, None, lost, resume=False)
-                records.append({**unit.record(), "mlflow_run_id": result.mlflow_run_id})
+                earlier = finished.get((unit.task, unit.seed_index))
+                if earlier is not None:  # finished by the lost attempt this trial retries: reused
+                    run_id_of_unit, score = earlier["mlflow_run_id"], earlier["score"]
+                else:
+                    result = _execute(context, unit, run_id, None, lost, resume=False)
+                    run_id_of_unit, score = result.mlflow_run_id, normalised(unit.task, result.final_score)
+                records.append({**unit.record(), "mlflow_run_id": run_id_of_unit, "score": score})
                 trial.set_user_attr("units", records)
-                scores.append(normalised(unit.task, result.final_score))
+                scores.append(score)
                 value = iqm(scores)
                 # Step = units done, the resource Hyperband counts (`studies.pruning`).
                 trial.report(value, done)
@@ -321,6 +327,18 @@ def _next_tune_trial(context: Context) -> bool:
         _fail(study, trial, error)
     tracking.finish_run(context.tracking_uri, run_id, state, value if state == "COMPLETE" else None)
     return True
+
+
+def _finished_units(study: optuna.Study, trial: optuna.Trial) -> dict[tuple[str, int], dict[str, Any]]:
+    """(task, seed index) -> record of each unit that the lost attempt a tune trial retries had
+    finished (its MLflow run and normalised score): the retry reuses them rather than train them
+    again. Records of attempts made before scores were recorded are not reused."""
+
+    if "retry_of" not in trial.user_attrs:
+        return {}
+    lost = study.trials[trial.user_attrs["retry_of"]]
+    records = lost.user_attrs.get("units") or []
+    return {(r["task"], r["seed"]): r for r in records if "score" in r and r.get("mlflow_run_id")}
 
 
 def _check_sampled(spec: Spec, params: dict[str, Any]) -> None:

@@ -655,6 +655,36 @@ def test_a_study_created_from_a_file_resumes_by_its_name(workdir, fake_execute, 
         runner.run_study("tinny", progress=False)
 
 
+def test_a_retried_tune_trial_reuses_the_units_its_lost_attempt_finished(workdir, fake_execute):
+    import subprocess
+    import sys
+
+    top = 'kind = "tune"\nseeds = 2\nmax_trials = 1\npruner = "none"\n'
+    spec = load_spec(spec_file(workdir, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n"))
+    location = storage_location(None)
+    runner.prepare_study(spec, location, resolve_tracking_uri(None))
+    # A worker that sampled the trial, finished its first unit (seed 0) and died.
+    finished = {"unit": "trial-0|toy-bimodal|seed0", "variant": "trial-0", "algo": "ppo", "seed": 0,
+                "task": "toy-bimodal", "params": {}, "mlflow_run_id": "run-of-seed-0",
+                "score": 0.5}  # fmt: skip
+    attempt = (
+        "import optuna\n"
+        "from studies.storage import ask_owned, open_storage\n"
+        f"study = optuna.load_study(study_name={spec.name!r}, storage=open_storage({location!r}))\n"
+        "trial = ask_owned(study)\n"
+        "trial.suggest_float('clip', 0.1, 0.3)\n"
+        f"trial.set_user_attr('units', [{finished!r}])\n"
+    )
+    subprocess.run([sys.executable, "-c", attempt], check=True)
+    assert run_worker("tiny", None) == 1
+    assert len(fake_execute) == 1  # the unit of seed 1 only
+    retry = next(t for t in load_study("tiny", None).trials if t.state == TrialState.COMPLETE)
+    first, second = retry.user_attrs["units"]
+    assert (first["seed"], second["seed"]) == (0, 1)
+    assert first["mlflow_run_id"] == "run-of-seed-0" and first["variant"] == retry.user_attrs["variant"]
+    assert retry.value == (0.5 + second["score"]) / 2  # the IQM of two units is their mean
+
+
 def test_a_cmaes_tune_study_runs_past_its_random_first_trial(workdir, fake_execute):
     """CMA-ES samples its first trial at random and needs the `cmaes` package from the second on."""
 
