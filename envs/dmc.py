@@ -44,6 +44,8 @@ from dm_control import suite  # noqa: E402
 from dm_control.rl import control  # noqa: E402
 from dm_control.suite import common  # noqa: E402
 
+from envs.physics_state import get_integration_state, set_integration_state  # noqa: E402
+
 # MuJoCo's own warnings (e.g. an unstable simulation) would go to MUJOCO_LOG.TXT in the current
 # directory; importing dm_control installs a handler that sends them to absl logging instead.
 
@@ -57,8 +59,6 @@ class _DropSettotalmassDeprecation(logging.Filter):
 
 logging.getLogger("absl").addFilter(_DropSettotalmassDeprecation())
 
-# Everything a step depends on, including qacc_warmstart (the solver's starting point).
-_INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
 # Bounds at least this wide are treated as unbounded: the action passes through unscaled.
 _UNBOUNDED = 1e6
 
@@ -170,7 +170,6 @@ class DMCVectorEnv(VectorEnv):
         # those it drew at loading (lqr's joint stiffness), so it restores into an env of any seed.
         reference = load(task, np.random.SeedSequence(0))
         self.pristine_model = {k: v.copy() for k, v in _model_arrays(reference.physics.model.ptr).items()}
-        self.state_size = mujoco.mj_stateSize(self.physics[0].model.ptr, _INTEGRATION)
         self.steps = np.zeros(num_envs, np.int64)
         self.obs = np.zeros((num_envs, self.obs_dim), np.float32)
 
@@ -247,10 +246,8 @@ class DMCVectorEnv(VectorEnv):
 
     def _env_state(self, i: int) -> dict[str, Any]:
         physics = self.physics[i]
-        integration = np.empty(self.state_size, np.float64)
-        mujoco.mj_getState(physics.model.ptr, physics.data.ptr, integration, _INTEGRATION)
         return {
-            "integration": integration,
+            "integration": get_integration_state(physics.model.ptr, physics.data.ptr),
             "model": self._changed_model_fields(physics.model.ptr),
             "task": copy.deepcopy(self.envs[i].task.__dict__),
         }
@@ -261,7 +258,5 @@ class DMCVectorEnv(VectorEnv):
         arrays = _model_arrays(model)
         for name in set(self._changed_model_fields(model)) | set(state["model"]):
             arrays[name][...] = state["model"].get(name, self.pristine_model[name])
-        mujoco.mj_setState(model, data, state["integration"], _INTEGRATION)
-        # Recompute the derived quantities (positions, contacts, sensors) the next step starts from.
-        mujoco.mj_forward(model, data)
+        set_integration_state(model, data, state["integration"])
         self.envs[i].task.__dict__.update(copy.deepcopy(state["task"]))

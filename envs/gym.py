@@ -9,7 +9,7 @@ Seeding: `reset(seed)` resets sub-env i with an integer drawn from the i-th spaw
 sequence; later episodes continue each sub-env's own generator. Snapshots pickle the
 sub-envs (wrappers included: the time limit's step count), which restores classic-control
 envs exactly. A MuJoCo env pickles as a freshly constructed one (gymnasium's `EzPickle`), so
-its simulation state (`mj_getState`, as for the dm_control backend) and its generator are
+its simulation state (`envs.physics_state`, as for the dm_control backend) and its generator are
 stored beside the pickle and put back after it.
 """
 
@@ -20,11 +20,11 @@ import pickle
 from typing import Any
 
 import gymnasium
-import mujoco
 import numpy as np
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
 from envs.base import VectorEnv, sub_seeds
+from envs.physics_state import get_integration_state, set_integration_state
 from envs.tasks import GYM_PREFIX
 from harness.errors import UserError
 
@@ -94,21 +94,15 @@ class GymVectorEnv(VectorEnv):
             env.close()
 
 
-# Everything a MuJoCo step depends on, including qacc_warmstart (the solver's starting point).
-_INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
-
-
 def _mujoco_state(env: gymnasium.Env) -> dict[str, Any] | None:
     """What a pickle of a gymnasium MuJoCo env loses: its simulation state and its generator."""
 
     if not isinstance(env, MujocoEnv):
         return None
-    integration = np.empty(mujoco.mj_stateSize(env.model, _INTEGRATION), np.float64)
-    mujoco.mj_getState(env.model, env.data, integration, _INTEGRATION)
+    integration = get_integration_state(env.model, env.data)
     return {"integration": integration, "np_random": copy.deepcopy(env.np_random)}
 
 
 def _set_mujoco_state(env: MujocoEnv, state: dict[str, Any]) -> None:
-    mujoco.mj_setState(env.model, env.data, state["integration"], _INTEGRATION)
-    mujoco.mj_forward(env.model, env.data)  # the derived quantities the next step starts from
+    set_integration_state(env.model, env.data, state["integration"])
     env.np_random = copy.deepcopy(state["np_random"])
