@@ -363,7 +363,7 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
         except ValueError as error:
             raise UserError(str(error)) from None
     envs.check_backend(task, config.env_backend)  # every config has one (`algorithms.registry`)
-    if getattr(config, "eval_points", 0) > steps:  # more points than env steps: a list of useless points
+    if config.eval_points > steps:  # more points than env steps: a list of useless points
         raise UserError(
             f"eval_points {config.eval_points} is more than {steps_name} {steps}; give at most that."
         )

@@ -57,9 +57,7 @@ def measure(
     spec = algorithms.get(algo)
     task = envs.canonical_task(task)
     config = resolve(spec, preset, task, overrides)
-    # A run budget far beyond the timed steps: it only matters to agents with a stage schedule
-    # (GoRL), whose timed iterations then all fall in stage 0 (`bench gorl` times the rest).
-    agent = spec.agent_cls(config, task, 0, 1000 * (iterations + 1) * config.batch_size, device)
+    agent = spec.agent_cls(config, task, 0, budget(config, iterations), device)
     try:
         if prepare is not None:
             prepare(agent)
@@ -82,18 +80,26 @@ def measure(
     return {"steps": steps, "seconds": wall, "steps_per_s": steps / wall, "learner": learner_seconds / wall}
 
 
+def budget(config: Any, iterations: int) -> int:
+    """A run budget far beyond the timed steps: it only matters to agents with a stage schedule
+    (GoRL), whose timed iterations then all fall in stage 0 (`bench gorl` times the rest)."""
+
+    return 1000 * (iterations + 1) * config.batch_size
+
+
 def main(args: argparse.Namespace) -> int:
     import algorithms
     import envs
     from algorithms.config import parse_assignments, resolve
-    from harness.run import resolve_device
+    from harness.run import check_run, resolve_device
 
     overrides = parse_assignments(args.overrides)
-    # Every (task, algorithm) configuration is checked before anything is timed or printed.
+    # Every (task, algorithm) configuration is checked as `run` checks it, before anything is
+    # timed or printed.
     for task in map(envs.canonical_task, args.tasks):
         for algo in args.algos:
             config = resolve(algorithms.get(algo), args.preset, task, overrides)
-            envs.check_backend(task, config.env_backend)
+            check_run(config, task, budget(config, args.iterations))
     device = resolve_device(args.device)
     print(f"{', '.join(args.algos)} end to end, preset {args.preset}"
           f"{' ' + ' '.join(args.overrides) if args.overrides else ''}, {args.iterations} iterations after "
