@@ -97,8 +97,7 @@ def build_report(
 
     # Final scores: the finished units' last evaluations and the diverged units at their task's
     # worst score (a diverged seed is the method's failure; leaving it out would flatter it).
-    ends = table
-    diverged = results.diverged if results.diverged is not None else table.iloc[:0]
+    ends, diverged = table, results.diverged
     if len(diverged):
         scored = diverged.assign(score=normalise(diverged))[table.columns]
         ends = pd.concat([table, scored], ignore_index=True)

@@ -34,7 +34,7 @@ eval_return, then one column per swept parameter (grid) or searched parameter (t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -59,10 +59,10 @@ class StudyResults:
     parent_run_id: str | None
     tasks: list[str]  # the spec's tasks that have results, in spec order
     tasks_without_results: list[str]  # the spec's tasks on which no unit has finished
-    pruned: list[str] = field(default_factory=list)  # tune: each pruned trial, how far it got
+    pruned: list[str]  # tune: each pruned trial, how far it got
     # Grid / compare units whose training diverged: a result, scored at the task's worst return
     # at the end of the budget (rows like `table`'s); they have no curve.
-    diverged: pd.DataFrame | None = None
+    diverged: pd.DataFrame
 
     @property
     def partial(self) -> bool:
@@ -102,8 +102,9 @@ def load_study_results(
     client = _mlflow_client(uri)
 
     # The spec's tasks in their canonical names (the units' names): a spec may write an alias.
-    spec_tasks = parse_spec(spec, check_configs=False).tasks
-    units_per_trial = len(spec_tasks) * spec.get("seeds", 1)
+    parsed = parse_spec(spec, check_configs=False)
+    spec_tasks = parsed.tasks
+    units_per_trial = len(spec_tasks) * parsed.seeds
     trials = counted_trials(study.get_trials(deepcopy=False))
     rows: list[dict[str, Any]] = []
     done: set[str] = set()
@@ -177,7 +178,7 @@ def load_study_results(
         pruned=pruned,
         diverged=pd.DataFrame(
             [
-                _row(study_name, record, parameters, spec["steps"], envs.score_range(record["task"])[0])
+                _row(study_name, record, parameters, parsed.steps, envs.score_range(record["task"])[0])
                 for unit, record in diverged.items()
                 if unit not in done
             ],
