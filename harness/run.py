@@ -400,8 +400,9 @@ class _ProgressBar:
         self.origin: tuple[float, int] | None = None  # (time, step) of the first update
         self.label = f"{request.algo} {request.task} s{request.seed}"
         self.total = request.steps
-        self.lines_for = 0 if enabled and not sys.stderr.isatty() else None  # evaluations printed
-        if enabled and self.lines_for is None:
+        self.plain = enabled and not sys.stderr.isatty()  # lines instead of a bar
+        self.printed = 0  # evaluations printed as lines
+        if enabled and not self.plain:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -433,7 +434,7 @@ class _ProgressBar:
             self.progress.update(self.task_id, note=text)
 
     def update(self, step: int, history: list[tuple[int, float, float]]) -> None:
-        if self.progress is None and self.lines_for is None:
+        if self.progress is None and not self.plain:
             return
         if self.origin is None:
             self.origin = (time.perf_counter(), step)
@@ -444,7 +445,7 @@ class _ProgressBar:
         self.total = max(self.total, step)
         if self.progress is not None:
             self.progress.update(self.task_id, total=self.total, completed=step, speed=speed, last_eval=last)
-        elif len(history) > self.lines_for:
-            self.lines_for = len(history)
+        elif len(history) > self.printed:
+            self.printed = len(history)
             print(f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}",
                   file=sys.stderr, flush=True)  # fmt: skip
