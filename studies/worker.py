@@ -12,7 +12,8 @@ study itself. Each unit is one call of the run harness.
 A unit that fails (an exception, a non-finite score) is recorded FAILED with its reason and kind
 (`storage.failure_kind`) and the worker moves on: `study run --retry-failed` reruns it later. A
 sampled tune configuration that the algorithm's config refuses fails before any of its units
-starts; a worker that dies is handled by `storage.sweep_lost_units`. A worker that was
+starts; a worker that dies is handled by `storage.sweep_lost_units` (the retry of a lost tune
+trial reuses the units it had finished). A worker that was
 only silent (a suspended machine) and whose unit was re-queued meanwhile gives the unit up at
 its next evaluation, or drops its result, and moves on.
 """

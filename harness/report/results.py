@@ -16,7 +16,8 @@ Trial user attrs, grid and compare studies (one trial = one unit = configuration
   swept ones included), mlflow_run_id; FAILED trials carry fail_reason.
 Tune studies: one trial = one sampled configuration (variant "trial-<number>"); its user attr
   `units` lists one record per finished unit with the same keys (unit, variant, algo, task,
-  seed, params, mlflow_run_id). A trial without `units` is read as a single unit record.
+  seed, params, mlflow_run_id) and its normalised `score` (which a retry of the trial reuses).
+  A trial without `units` is read as a single unit record.
 
 Trials left out: lost attempts (a FAILED trial whose worker died, marked `lost` or without a
 fail_reason, always re-enqueued), failed trials that a rerun replaced (`study run
