@@ -99,7 +99,7 @@ def require_checkpoint(out_dir: Path) -> None:
     else:
         where = f"the directory has no {CHECKPOINT_NAME} file"
     raise UserError(
-        f"cannot resume from {str(out_dir)!r}: {where}. Pass the --out directory of a run that "
+        f"{str(out_dir)!r} holds no run checkpoint: {where}. Pass the --out directory of a run that "
         f"wrote at least one checkpoint (one is written at every evaluation point)."
     )
 

@@ -17,7 +17,7 @@ from harness.errors import UserError
 # Rendering is never needed; this keeps dm_control from probing for OpenGL.
 os.environ.setdefault("MUJOCO_GL", "disable")
 
-COMMAND_MODULES = ("catalog", "config", "run", "bench", "study", "report", "diagnose", "demo")
+COMMAND_MODULES = ("catalog", "config", "run", "evaluate", "bench", "study", "report", "diagnose", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,9 +43,15 @@ class Evaluator:
         self.env = envs.make(task, episodes, run_seed + EVAL_SEED_OFFSET, backend=backend)
 
     def evaluate(self, act: Callable[[np.ndarray], np.ndarray], point: int) -> tuple[float, float]:
-        """(mean, std) of the first episode's return in every env."""
+        """(mean, std) of the first episode's return in every env, at evaluation point `point`."""
 
-        obs, _ = self.env.reset(seed=point_seed(self.run_seed, point))
+        returns = self.episode_returns(act, point_seed(self.run_seed, point))
+        return float(returns.mean()), float(returns.std())
+
+    def episode_returns(self, act: Callable[[np.ndarray], np.ndarray], reset_seed: int) -> np.ndarray:
+        """The return of the first episode in every env after a reset with `reset_seed`."""
+
+        obs, _ = self.env.reset(seed=reset_seed)
         n = obs.shape[0]
         returns = np.zeros(n, dtype=np.float64)
         done = np.zeros(n, dtype=bool)
@@ -54,7 +60,7 @@ class Evaluator:
                 obs, reward, terminated, truncated, _ = self.env.step(act(obs))
                 returns += np.where(done, 0.0, reward)
                 done |= np.asarray(terminated) | np.asarray(truncated)
-        return float(returns.mean()), float(returns.std())
+        return returns
 
     def close(self) -> None:
         self.env.close()

@@ -107,14 +107,13 @@ def diagnose_multimodality(
     import torch
 
     from algorithms.multimodality import analyse_actions
-    from harness.checkpoint import checkpoint_path
+    from harness.checkpoint import require_checkpoint
     from harness.errors import UserError
     from harness.run import load_run
     from harness.tracking import check_run_exists
 
-    for run_dir in run_dirs:
-        if not checkpoint_path(run_dir).exists():
-            raise UserError(f"{str(run_dir)!r} holds no run checkpoint; give the --out directory of a run.")
+    for run_dir in run_dirs:  # all of them before the first is loaded
+        require_checkpoint(run_dir)
     out = Path(out) if out is not None else Path(run_dirs[0]) / "diagnostics"
     check_out_dir(out)
     runs = [load_run(run_dir) for run_dir in run_dirs]

@@ -1,0 +1,136 @@
+"""`gorl-bench evaluate RUN [RUN ...]`: score saved policies again, with more episodes or other seeds.
+
+Each run's checkpoint is loaded and its policy plays `--episodes` episodes, one per env of a
+fresh evaluation env, as in training (`harness.evaluation`): deterministic actions unless
+`--stochastic` (FPO and DPPO keep their configured evaluation noise either way, as in
+training). By default the episodes, their number and their reset seed are those of the run's
+last evaluation, so `evaluate RUN` repeats that evaluation: for a finished run it prints the
+final score again, which shows that the checkpoint is the policy that was scored. Runs are
+only read: nothing is written to the run directory or to MLflow; `--json` keeps the returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from harness.commands.arguments import directory, non_negative_int, positive_int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score saved runs again (more episodes, other seeds, stochastic actions)",
+        description="Evaluate the policies saved in run directories; by default repeat each run's last "
+        "evaluation exactly.",
+    )
+    parser.add_argument("runs", nargs="+", type=directory, metavar="RUN", help="run directories")
+    parser.add_argument(
+        "--episodes", type=positive_int, help="episodes per run (default: the run's eval_episodes)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        help="reset seed of the evaluation env (default: the one of the run's last evaluation)",
+    )
+    parser.add_argument(
+        "--stochastic", action="store_true", help="sample actions from the policy instead of its mean"
+    )
+    parser.add_argument("--device", help="torch device to load the policies on (default: each run's)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every episode's return here")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from harness.checkpoint import require_checkpoint
+    from harness.errors import UserError
+
+    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
+        raise UserError(f"--json {args.json}: give a file in an existing directory.")
+    for run_dir in args.runs:  # all of them before the first is loaded
+        require_checkpoint(run_dir)
+    results = []
+    for run_dir in args.runs:
+        result = evaluate_run(run_dir, args.episodes, args.seed, not args.stochastic, args.device)
+        print(describe(result))
+        results.append(result)
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        except OSError as error:
+            raise UserError(f"cannot write --json {args.json}: {error.strerror}.") from None
+        print(f"returns written to {args.json}")
+    return 0
+
+
+def evaluate_run(
+    run_dir: Path, episodes: int | None, seed: int | None, deterministic: bool, device: str | None
+) -> dict:
+    """Play the saved policy of `run_dir`; the result as a JSON-ready dict (see `describe`)."""
+
+    import envs
+    from harness.errors import UserError
+    from harness.evaluation import Evaluator, point_seed
+    from harness.run import load_run
+
+    request, config, agent, checkpoint = load_run(run_dir, device)
+    try:
+        history = checkpoint["progress"]["history"]
+        last_point = checkpoint["progress"]["next_point"] - 1
+        if seed is None:
+            if not history:
+                raise UserError(
+                    f"{run_dir} has not been evaluated yet, so there is no evaluation to repeat; give --seed."
+                )
+            seed = point_seed(request.seed, last_point)
+        episodes = episodes or config.eval_episodes
+        evaluator = Evaluator(request.task, episodes, request.seed, config.env_backend)
+        try:
+            returns = evaluator.episode_returns(lambda obs: agent.act(obs, deterministic=deterministic), seed)
+        finally:
+            evaluator.close()
+        counted_steps = agent.counted_steps
+    finally:
+        agent.close()
+    try:
+        worst, best = envs.score_range(request.task)
+        score = float((returns.mean() - worst) / (best - worst))
+    except UserError:  # gym ids and lqr declare no range: returns only
+        score = math.nan
+    return {
+        "run": str(run_dir),
+        "algo": request.algo,
+        "task": request.task,
+        "run_seed": request.seed,
+        "counted_steps": counted_steps,
+        "reset_seed": seed,
+        "deterministic": deterministic,
+        "returns": returns.tolist(),
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "normalised_score": None if math.isnan(score) else score,
+        "last_evaluation": list(history[-1]) if history else None,  # (counted steps, mean, std)
+    }
+
+
+def describe(result: dict) -> str:
+    """One line for the terminal: what was evaluated, the returns, and the run's own last evaluation."""
+
+    import numpy as np
+
+    returns = np.asarray(result["returns"])
+    actions = "deterministic" if result["deterministic"] else "stochastic"
+    line = (
+        f"{result['run']}: {result['algo']} {result['task']} s{result['run_seed']} @ "
+        f"{result['counted_steps']:,} steps, {len(returns)} {actions} episodes (reset seed "
+        f"{result['reset_seed']}): return {result['mean']:.2f} +- {result['std']:.2f} "
+        f"(min {returns.min():.2f}, max {returns.max():.2f})"
+    )
+    if result["normalised_score"] is not None:
+        line += f", normalised score {result['normalised_score']:.3f}"
+    if result["last_evaluation"] is not None:
+        step, mean, _ = result["last_evaluation"]
+        line += f"; the run's last evaluation: {mean:.2f} at {step:,} steps"
+    return line

@@ -1,0 +1,78 @@
+"""`gorl-bench evaluate`: a saved policy scored again, by default exactly as its last evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from harness.checkpoint import load_checkpoint, save_checkpoint
+from harness.cli import main
+from harness.run import RunRequest, execute
+
+SMALL = {"num_envs": 16, "rollout_steps": 16, "epochs": 2, "num_minibatches": 2, "eval_episodes": 8,
+         "eval_points": 2}  # fmt: skip
+# Two refits within 2,048 steps: the last evaluation follows a stage boundary and a best-encoder choice.
+GORL = {"refit_episodes": 32, "decoder_steps": 50, "decoder_batch_size": 64, "num_refits": 2}
+
+
+def _run(tmp_path, tracking_uri, algo, task, overrides, steps):
+    request = RunRequest(algo=algo, task=task, steps=steps, overrides=overrides, out_dir=tmp_path / algo,
+                         tracking_uri=tracking_uri)  # fmt: skip
+    return execute(request, progress=False)
+
+
+def test_by_default_a_run_is_evaluated_exactly_as_its_last_evaluation(tmp_path, tracking_uri, capsys):
+    gorl = _run(tmp_path, tracking_uri, "gorl-fm", "toy-bimodal", {**SMALL, **GORL}, 8 * 256)
+    # A DMC task on the batched backend: episodes of 1000 steps, each env its own initial state.
+    ppo = _run(tmp_path, tracking_uri, "ppo", "cartpole-balance",
+               {**SMALL, "num_envs": 4, "eval_episodes": 3}, 128)  # fmt: skip
+    out = tmp_path / "returns.json"
+    assert main(["evaluate", str(tmp_path / "gorl-fm"), str(tmp_path / "ppo"), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    for result, run in zip(results, (gorl, ppo), strict=True):
+        assert len(result["returns"]) == (8 if result["algo"] == "gorl-fm" else 3)
+        assert result["mean"] == run.final_score and result["std"] == run.eval_history[-1][2]
+        assert result["counted_steps"] == run.counted_steps and result["deterministic"]
+    printed = capsys.readouterr().out
+    assert f"the run's last evaluation: {gorl.final_score:.2f}" in printed and "normalised score" in printed
+
+
+def test_more_episodes_other_seeds_and_stochastic_actions(tmp_path, tracking_uri, capsys):
+    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
+    run_dir = str(tmp_path / "ppo")
+
+    def returns(*options: str) -> np.ndarray:
+        out = tmp_path / "returns.json"
+        assert main(["evaluate", run_dir, "--json", str(out), *options]) == 0
+        return np.array(json.loads(out.read_text())[0]["returns"])
+
+    many = returns("--episodes", "40", "--seed", "7")
+    assert many.shape == (40,) and many.std() > 0
+    np.testing.assert_array_equal(returns("--episodes", "40", "--seed", "7"), many)  # reproducible
+    assert not np.array_equal(returns("--episodes", "40", "--seed", "8"), many)
+    sampled = returns("--episodes", "40", "--seed", "7", "--stochastic")
+    assert not np.array_equal(sampled, many)
+    np.testing.assert_array_equal(returns("--episodes", "40", "--seed", "7", "--stochastic"), sampled)
+
+
+def test_a_run_not_yet_evaluated_needs_a_seed(tmp_path, tracking_uri, capsys):
+    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
+    checkpoint = load_checkpoint(tmp_path / "ppo")
+    checkpoint["progress"].update(history=[], next_point=0)
+    save_checkpoint(tmp_path / "ppo", checkpoint)
+    assert main(["evaluate", str(tmp_path / "ppo")]) == 2
+    assert "no evaluation to repeat; give --seed" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "ppo"), "--seed", "0"]) == 0
+    assert "the run's last evaluation" not in capsys.readouterr().out
+
+
+def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, tracking_uri, capsys):
+    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
+    good = str(tmp_path / "ppo")
+    assert main(["evaluate", good, str(tmp_path / "missing")]) == 2
+    assert "holds no run checkpoint: the directory does not exist" in capsys.readouterr().err
+    assert main(["evaluate", good, "--json", str(tmp_path / "no" / "such.json")]) == 2
+    assert "give a file in an existing directory" in capsys.readouterr().err
+    assert main(["evaluate", good, "--json", str(tmp_path)]) == 2
+    assert capsys.readouterr().out == ""  # nothing was evaluated
