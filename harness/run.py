@@ -63,7 +63,7 @@ class RunRequest:
     tracking_uri: str | None = None  # default MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db
     experiment: str | None = None  # default "gorl-bench"
     parent_run_id: str | None = None  # nest the MLflow run under a study's run
-    run_name: str | None = None
+    run_name: str | None = None  # of the MLflow run; default: the run directory's name
     tags: Mapping[str, str] = field(default_factory=dict)
     checkpoint_every: int | None = None  # counted env steps; default: at every evaluation point
 
@@ -153,9 +153,9 @@ def _start(
         "preset": request.preset,
         **request.tags,
     }
-    tracker = RunTracker.start(
-        tracking_uri, request.experiment, request.run_name, request.parent_run_id, tags
-    )
+    # Named after its run directory by default, so the MLflow UI and the directory name each other.
+    run_name = request.run_name or Path(request.out_dir).name
+    tracker = RunTracker.start(tracking_uri, request.experiment, run_name, request.parent_run_id, tags)
     run_info = {"algo": request.algo, "task": task, "seed": request.seed, "steps": request.steps,
                 "preset": request.preset, "device": request.device}  # fmt: skip
     try:

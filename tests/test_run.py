@@ -55,7 +55,7 @@ def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_ur
 
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cli-test").experiment_id])
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.info.run_name == "cli-run"  # named after its directory
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     assert params["lr"] == "0.0003" and params["task"] == TOY and params["seed"] == "3"
     assert params["preset"] == "cpu" and params["eval_points"] == "4" and params["device"] == "cpu"
