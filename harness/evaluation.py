@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -35,6 +36,13 @@ def point_seed(run_seed: int, point: int) -> int:
     return int(np.random.SeedSequence([run_seed + EVAL_SEED_OFFSET, point]).generate_state(1)[0])
 
 
+class EpisodeObserver(Protocol):
+    def reset(self) -> None: ...
+
+    def step(self, ended: np.ndarray) -> None:
+        """After a step; `ended[i]`: sub-env i's episode ended at it (and the sub-env was reset)."""
+
+
 class Evaluator:
     """Runs `episodes` deterministic episodes in parallel, one per env of its own vector env."""
 
@@ -48,10 +56,18 @@ class Evaluator:
         returns = self.episode_returns(act, point_seed(self.run_seed, point))
         return float(returns.mean()), float(returns.std())
 
-    def episode_returns(self, act: Callable[[np.ndarray], np.ndarray], reset_seed: int) -> np.ndarray:
-        """The return of the first episode in every env after a reset with `reset_seed`."""
+    def episode_returns(
+        self,
+        act: Callable[[np.ndarray], np.ndarray],
+        reset_seed: int,
+        observer: EpisodeObserver | None = None,
+    ) -> np.ndarray:
+        """The return of the first episode in every env after a reset with `reset_seed`; `observer`
+        (a video recorder) sees the reset and every step."""
 
         obs, _ = self.env.reset(seed=reset_seed)
+        if observer is not None:
+            observer.reset()
         n = obs.shape[0]
         returns = np.zeros(n, dtype=np.float64)
         done = np.zeros(n, dtype=bool)
@@ -59,7 +75,10 @@ class Evaluator:
             while not done.all():
                 obs, reward, terminated, truncated, _ = self.env.step(act(obs))
                 returns += np.where(done, 0.0, reward)
-                done |= np.asarray(terminated) | np.asarray(truncated)
+                ended = np.asarray(terminated) | np.asarray(truncated)
+                if observer is not None:
+                    observer.step(ended)
+                done |= ended
         return returns
 
     def close(self) -> None:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
+import pytest
 
 from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.cli import main
@@ -13,6 +19,7 @@ from harness.run import RunRequest, execute
 SMALL = {"num_envs": 16, "rollout_steps": 16, "epochs": 2, "num_minibatches": 2, "eval_episodes": 8,
          "eval_points": 2}  # fmt: skip
 # Two refits within 2,048 steps: the last evaluation follows a stage boundary and a best-encoder choice.
+ROOT = Path(__file__).resolve().parents[1]
 GORL = {"refit_episodes": 32, "decoder_steps": 50, "decoder_batch_size": 64, "num_refits": 2}
 
 
@@ -76,3 +83,33 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     assert "give a file in an existing directory" in capsys.readouterr().err
     assert main(["evaluate", good, "--json", str(tmp_path)]) == 2
     assert capsys.readouterr().out == ""  # nothing was evaluated
+
+
+def _can_render_with_egl() -> bool:
+    probe = "import mujoco; mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8).close()"
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_render_with_egl(), reason="MuJoCo cannot render with EGL on this machine")
+def test_a_video_shows_the_first_evaluated_episode(tmp_path, tracking_uri):
+    _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", {**SMALL, "num_envs": 4, "eval_episodes": 2}, 128)
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    command = [sys.executable, "-m", "harness.cli", "evaluate", str(tmp_path / "ppo"), "--video",
+               str(tmp_path / "videos")]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    frames = iio.imread(tmp_path / "videos" / "ppo.gif")
+    # cartpole: 1000 steps of 0.01 s, a frame every 3 steps (30 per second) and the initial state.
+    assert frames.shape == (1 + 1000 // 3, 240, 320, 3)
+    assert frames.std() > 10 and np.abs(frames[0].astype(int) - frames[-1]).mean() > 1  # drawn, moving
+    assert iio.immeta(tmp_path / "videos" / "ppo.gif")["duration"] == 30  # ms: real time
+    assert "video of its first episode" in done.stdout
+
+
+def test_a_video_needs_a_rendering_backend_and_a_mujoco_task(tmp_path, tracking_uri, capsys):
+    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
+    assert os.environ["MUJOCO_GL"] == "disable"
+    assert main(["evaluate", str(tmp_path / "ppo"), "--video", str(tmp_path / "videos")]) == 2
+    assert "a video needs an OpenGL backend for MuJoCo, and MUJOCO_GL is 'disable'" in capsys.readouterr().err
+    assert not (tmp_path / "videos").exists()

@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from harness.commands.arguments import directory, non_negative_int, positive_int
+from harness.commands.arguments import check_out_dir, directory, non_negative_int, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", help="torch device to load the policies on (default: each run's)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every episode's return here")
+    parser.add_argument(
+        "--video",
+        type=directory,
+        metavar="DIR",
+        help="also write each run's first episode as DIR/<run>.gif (needs MUJOCO_GL=egl, osmesa or glfw)",
+    )
     parser.set_defaults(func=main)
 
 
@@ -51,9 +57,22 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--json {args.json}: give a file in an existing directory.")
     for run_dir in args.runs:  # all of them before the first is loaded
         require_checkpoint(run_dir)
+    videos: list[Path | None] = [None] * len(args.runs)
+    if args.video is not None:
+        from harness.video import check_rendering
+
+        check_rendering()
+        check_out_dir(args.video)
+        videos = [args.video / f"{Path(run_dir).resolve().name}.gif" for run_dir in args.runs]
+        if len(set(videos)) < len(videos):
+            raise UserError(
+                "--video names each video after its run directory, and two runs' directories share a "
+                "name: evaluate them one at a time, with a --video directory each."
+            )
+        args.video.mkdir(parents=True, exist_ok=True)
     results = []
-    for run_dir in args.runs:
-        result = evaluate_run(run_dir, args.episodes, args.seed, not args.stochastic, args.device)
+    for run_dir, video in zip(args.runs, videos, strict=True):
+        result = evaluate_run(run_dir, args.episodes, args.seed, not args.stochastic, args.device, video)
         print(describe(result))
         results.append(result)
     if args.json is not None:
@@ -66,14 +85,21 @@ def main(args: argparse.Namespace) -> int:
 
 
 def evaluate_run(
-    run_dir: Path, episodes: int | None, seed: int | None, deterministic: bool, device: str | None
+    run_dir: Path,
+    episodes: int | None,
+    seed: int | None,
+    deterministic: bool,
+    device: str | None,
+    video: Path | None = None,
 ) -> dict:
-    """Play the saved policy of `run_dir`; the result as a JSON-ready dict (see `describe`)."""
+    """Play the saved policy of `run_dir`, recording its first episode as the GIF `video` if
+    given; the result as a JSON-ready dict (see `describe`)."""
 
     import envs
     from harness.errors import UserError
     from harness.evaluation import Evaluator, point_seed
     from harness.run import load_run
+    from harness.video import EpisodeRecorder
 
     request, config, agent, checkpoint = load_run(run_dir, device)
     try:
@@ -88,7 +114,11 @@ def evaluate_run(
         episodes = episodes or config.eval_episodes
         evaluator = Evaluator(request.task, episodes, request.seed, config.env_backend)
         try:
-            returns = evaluator.episode_returns(lambda obs: agent.act(obs, deterministic=deterministic), seed)
+            recorder = EpisodeRecorder(evaluator.env) if video is not None else None
+            act = lambda obs: agent.act(obs, deterministic=deterministic)  # noqa: E731
+            returns = evaluator.episode_returns(act, seed, recorder)
+            if recorder is not None:
+                recorder.save(video)
         finally:
             evaluator.close()
         counted_steps = agent.counted_steps
@@ -112,6 +142,7 @@ def evaluate_run(
         "std": float(returns.std()),
         "normalised_score": None if math.isnan(score) else score,
         "last_evaluation": list(history[-1]) if history else None,  # (counted steps, mean, std)
+        "video": None if video is None else str(video),
     }
 
 
@@ -133,4 +164,6 @@ def describe(result: dict) -> str:
     if result["last_evaluation"] is not None:
         step, mean, _ = result["last_evaluation"]
         line += f"; the run's last evaluation: {mean:.2f} at {step:,} steps"
+    if result["video"] is not None:
+        line += f"; video of its first episode: {result['video']}"
     return line

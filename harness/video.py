@@ -1,0 +1,102 @@
+"""A GIF of one evaluation episode: MuJoCo's offscreen renderer on the evaluation env's first sub-env.
+
+`EpisodeRecorder` is called after every step of an evaluation (`Evaluator.episode_returns`)
+and draws sub-env 0 until its first episode ends, so the video shows exactly the first of the
+episodes being scored. Frames are kept at about `FPS` frames per simulated second and the GIF
+plays in real time. Rendering needs an OpenGL backend, chosen by MuJoCo when it is imported:
+the harness sets `MUJOCO_GL=disable` unless it is set, so a recording asks for it explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import UserError
+
+FPS = 30  # a common video rate; DMC control steps run at 40-100 per simulated second
+GL_BACKENDS = ("egl", "osmesa", "glfw")  # MuJoCo's: headless GPU or Mesa, software, a display
+
+
+def check_rendering() -> None:
+    """A clear error unless MuJoCo can render in this process."""
+
+    backend = os.environ.get("MUJOCO_GL", "disable")
+    if backend not in GL_BACKENDS:
+        raise UserError(
+            f"a video needs an OpenGL backend for MuJoCo, and MUJOCO_GL is {backend!r}: run the command "
+            "with MUJOCO_GL=egl (headless, with a GPU or Mesa's EGL), MUJOCO_GL=osmesa (software) or "
+            "MUJOCO_GL=glfw (with a display)."
+        )
+
+
+def _mujoco_handles(env: Any) -> tuple[Any, Any, float]:
+    """(MjModel, MjData, seconds per env step) of sub-env 0 of a MuJoCo-backed vector env."""
+
+    if hasattr(env, "physics"):  # dm_control backends
+        physics = env.physics[0]
+        return physics.model.ptr, physics.data.ptr, env.envs[0].control_timestep()
+    first = getattr(env, "envs", [None])[0]
+    unwrapped = getattr(first, "unwrapped", None)
+    if hasattr(unwrapped, "model") and hasattr(unwrapped, "data"):  # gymnasium MuJoCo envs
+        return unwrapped.model, unwrapped.data, unwrapped.dt
+    raise UserError(f"{env.task} is not simulated with MuJoCo, so it has nothing to render.")
+
+
+class EpisodeRecorder:
+    """Frames of sub-env 0's first episode; `save` writes them as a GIF."""
+
+    def __init__(self, env: Any, width: int = 320, height: int = 240, camera: int | None = None) -> None:
+        import mujoco
+
+        check_rendering()
+        self.model, self.data, step_seconds = _mujoco_handles(env)
+        # Camera 0 is the task's own view (a tracking camera on most DMC tasks); -1 is MuJoCo's free one.
+        self.camera = camera if camera is not None else (0 if self.model.ncam > 0 else -1)
+        if not -1 <= self.camera < self.model.ncam:
+            raise UserError(f"{env.task} has cameras -1 (free) to {self.model.ncam - 1}, not {self.camera}.")
+        try:
+            self.renderer = mujoco.Renderer(self.model, height, width)
+        except Exception as error:  # noqa: BLE001 - a missing GL library shows up as any of several errors
+            raise UserError(
+                f"MuJoCo cannot render with MUJOCO_GL={os.environ.get('MUJOCO_GL')} here "
+                f"({type(error).__name__}: {error}); try another of {', '.join(GL_BACKENDS)}."
+            ) from None
+        self.every = max(1, round(1 / (FPS * step_seconds)))  # env steps per frame
+        self.frame_seconds = self.every * step_seconds
+        self.steps = 0
+        self.recording = False
+        self.frames: list[np.ndarray] = []
+
+    def _render(self) -> np.ndarray:
+        self.renderer.update_scene(self.data, camera=self.camera)
+        return self.renderer.render().copy()
+
+    def reset(self) -> None:
+        """After the env's reset: the episode's initial state is the first frame."""
+
+        self.steps, self.recording, self.frames = 0, True, [self._render()]
+
+    def step(self, ended: np.ndarray) -> None:
+        """After a step: `ended` says which sub-envs' episodes ended at it (and were reset)."""
+
+        if not self.recording:
+            return
+        if ended[0]:  # sub-env 0 already shows its next episode's first state
+            self.recording = False
+            return
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.frames.append(self._render())
+
+    def save(self, path: Path) -> None:
+        import imageio.v3 as iio
+
+        self.renderer.close()
+        try:
+            iio.imwrite(path, np.stack(self.frames), duration=round(1000 * self.frame_seconds), loop=0)
+        except OSError as error:
+            raise UserError(f"cannot write the video {path}: {error.strerror or error}.") from None
