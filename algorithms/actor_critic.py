@@ -100,7 +100,8 @@ class CoreConfigMixin:
 class ActorCriticAgent(Agent):
     """One on-policy run: envs, model, optimiser, normaliser and generators, trained by PPO-style updates."""
 
-    #: Generators saved in checkpoints. `init_rng` is not: it is used up by construction.
+    #: Generators saved in checkpoints. `init_rng` is not: it draws initial weights only, at
+    #: construction and (GoRL) when a stage re-initialises its encoder, which re-seeds it first.
     generator_names: tuple[str, ...] = ("action_rng", "shuffle_rng")
 
     def __init__(self, config: Any, task: str, seed: int, budget: int, device: torch.device) -> None:

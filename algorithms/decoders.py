@@ -445,7 +445,8 @@ def fit_decoder(
     latents: np.ndarray | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[Decoder, FitResult]:
-    """Train a fresh decoder of `config.kind` on a refinement buffer; keep the best-validation weights.
+    """Train a fresh decoder of `config.kind` on a refinement buffer; keep the weights best on the
+    validation episodes (by `fit.select_by`: flow or noise loss, or endpoint error).
 
     obs (N, obs_dim) raw observations, actions (N, act_dim) pre-tanh actions, episode_ids (N,)
     any integer labels, latents (N, act_dim) the encoder latents that produced the actions

@@ -12,13 +12,13 @@ and the two parts learn on two timescales:
   differentiated through it. The loss adds a pull of the latent Gaussian towards N(0, I)
   (`latent_reg`): `kl` is the analytic KL the paper describes, `l2` is the official
   release's lambda * (mean mu^2 + mean sigma^2);
-* the **decoder** g_phi(s, z) is refit only at stage boundaries: with the encoder frozen (by
-  default the stage's best-evaluated one, as in the release: `refit_from`), a fresh
-  on-policy buffer is collected with the stochastic encoder and the current decoder,
-  and a *new* decoder (flow matching or diffusion, `algorithms.decoders`) learns to carry
-  fresh noise eps ~ N(0, I) onto those pre-tanh actions (the "fixed-prior anchor", paper
-  Eq. 4). Stage 0 uses the exact identity decoder, so it is tanh-Gaussian PPO; every new
-  decoder starts as the exact identity too.
+* the **decoder** g_phi(s, z) is refit only at stage boundaries: with the encoder frozen (the
+  stage's best-evaluated one, as in the release and the `paper` preset, or its last one, as in
+  the `cpu` presets: `refit_from`), a fresh on-policy buffer is collected with the stochastic
+  encoder and the current decoder, and a *new* decoder (flow matching or diffusion,
+  `algorithms.decoders`) learns to carry fresh noise eps ~ N(0, I) onto those pre-tanh
+  actions (the "fixed-prior anchor", paper Eq. 4). Stage 0 uses the exact identity decoder,
+  so it is tanh-Gaussian PPO; every new decoder starts as the exact identity too.
 
 Stage schedule. The counted budget (the paper's convention: encoder env steps only) is cut
 into encoder stages, with a decoder refit between consecutive stages. Three keys set it, the
@@ -41,8 +41,10 @@ to `total_steps` and logged as `refit/env_steps`, never to `counted_steps`.
 Encoder settings per stage. PPO's keys (`clip`, `lr`, `max_grad_norm`, `entropy_coef`) and
 `latent_reg_coef` hold stage 0's values; `later_clip`, `later_lr`, ... list the values of
 stages 1, 2, ... (the last one repeats; empty: stage 0's value). After a refit the encoder,
-critic and observation normaliser are re-initialised (`reset_encoder`, GoRL-FM) or kept (the
-release's GoRL-Diffusion); the Adam state is fresh either way.
+critic and observation normaliser are re-initialised (`reset_encoder`: the release's GoRL-FM),
+or only the actor is, to output exactly N(0, I) while the critic and normaliser are kept
+(`reset_encoder` with `warm_value`: the `cpu` presets, the release's WalkerWalk FM), or nothing
+is (the release's GoRL-Diffusion); the Adam state is fresh in every case.
 
 docs/gorl.md lists where the `paper` preset (the official release that produced Table 1)
 departs from the paper's text, and what this implementation leaves out.
@@ -131,10 +133,6 @@ class GoRLConfig(PPOConfig):
     sampling_steps: int = 10  # paper App. E.4: 10 Euler (FM) or DDIM (diffusion) steps
     samples_per_action: int = 8  # official release: 8 (eps, t) draws per action in the decoder loss
     target_clip: float | None = 3.0  # official release: pre-tanh targets clipped to +-3
-
-    @property
-    def steps_per_update(self) -> int:
-        return self.batch_size
 
     def decoder_config(self) -> DecoderConfig:
         return DecoderConfig(
@@ -374,12 +372,14 @@ class RefitData:
 
 
 @torch.no_grad()
-def collect_refit_data(
+def play_episodes(
     env: LatentActionEnv, sample_latent: Callable[[np.ndarray], Tensor], episodes: int, seed: int
 ) -> RefitData:
-    """Run `episodes` complete episodes, `env.num_envs` at a time, each round from a fresh seeded reset.
+    """Run `episodes` complete episodes, `env.num_envs` at a time, each round from a fresh seeded
+    reset; their transitions and returns.
 
-    Also runs GoRL's stage-start and stage-end evaluations (with the encoder's mean as the latent).
+    Collects a refit buffer (stochastic latents) and runs GoRL's stage-start and stage-end
+    evaluations (the encoder's mean as the latent).
     """
 
     n = env.num_envs
@@ -527,7 +527,7 @@ class GoRLAgent(PPOAgent):
             self.refit_env = LatentActionEnv(env, None, self.decoder, self.device)
         self.refit_env.decoder = self.decoder
         with torch_threads(g.collect_threads):
-            data = collect_refit_data(self.refit_env, sample_latent, g.refit_episodes, stage_seed)
+            data = play_episodes(self.refit_env, sample_latent, g.refit_episodes, stage_seed)
         self.total_steps += data.env_steps
         with torch_threads(g.update_threads):
             decoder, fit = fit_decoder(
@@ -563,7 +563,7 @@ class GoRLAgent(PPOAgent):
             return self.model.dist(policy_input(obs, self.normalizer, self.device)).mean
 
         with torch_threads(g.collect_threads):
-            episodes = collect_refit_data(self.eval_env, mean_latent, g.eval_episodes, seed)
+            episodes = play_episodes(self.eval_env, mean_latent, g.eval_episodes, seed)
         return float(episodes.episode_returns.mean())
 
     def begin_stage(self, stage: int) -> None:

@@ -219,14 +219,14 @@ def flatten(rollout: Rollout, advantages: Tensor, returns: Tensor) -> Batch:
     """The rollout as one batch of T*N transitions with the fields a loss needs.
 
     Only these fields are shuffled into minibatches (indexing costs time per field):
-    obs, actions, log_probs, values, advantages, returns.
+    obs, actions, log_probs, advantages, returns. The old values are not: no loss here clips
+    the value loss around them.
     """
 
     fields = {
         "obs": rollout.obs,
         "actions": rollout.actions,
         "log_probs": rollout.log_probs,
-        "values": rollout.values,
         "advantages": advantages,
         "returns": returns,
     }

@@ -339,12 +339,12 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
     not fit the config's schedule (configs with a `check_budget` method), a task the config
     cannot run (a `check_task` method) or an env backend the task lacks.
 
-    The env steps of one update are read from the config when the algorithm exposes them
-    (`steps_per_update`, or the on-policy `batch_size`). `steps_name` is what the user wrote the
-    budget as: `--steps` on the command line, `steps` in a study spec.
+    The env steps of one update are the on-policy configs' `batch_size` (1 for a config without
+    one). `steps_name` is what the user wrote the budget as: `--steps` on the command line,
+    `steps` in a study spec.
     """
 
-    per_update = int(getattr(config, "steps_per_update", None) or getattr(config, "batch_size", 1))
+    per_update = int(getattr(config, "batch_size", 1))
     if steps < per_update:
         raise UserError(
             f"{steps_name} {steps} is less than one policy update ({per_update} env steps); a run would "
