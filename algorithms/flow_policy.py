@@ -91,8 +91,9 @@ class FlowPolicyConfig(CoreConfigMixin):
     env_backend: Literal["auto", "fast", "dm_control"] = "auto"
     eval_episodes: int = 128  # official release: 128 evaluation episodes per point
     eval_points: int = 30  # paper §5: an evaluation every 6M env steps of the 180M budget
-    collect_threads: int = 1  # chosen here, because 1 torch thread is fastest for per-step inference
-    # chosen here, because 2 threads speed up the FLOP-bound 5 x 256 critic on 2 idle cores (CPU notes)
+    # chosen here, as for PPO (algorithms.ppo): one step's batch is too little work to share
+    collect_threads: int = 1
+    # chosen here, as for PPO: a second thread speeds up the update on idle cores (docs/performance.md)
     update_threads: int = 2
 
     def validate(self) -> None:

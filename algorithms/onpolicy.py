@@ -22,8 +22,8 @@ Conventions:
   returned at an episode end is already the next episode's reset obs; the true last obs is
   `info["final_obs"]`.
 * Torch uses `collect_threads` while collecting and `update_threads` in the update (defaults
-  1 and 2, as measured in the CPU performance notes: per-step inference on a small batch is
-  slower with more threads; the `cpu` presets update with 1, see their reasons).
+  1 and 2: inference on one step's small batch is too little work to share between threads,
+  while a wide network's update is not; the `cpu` presets update with 1, see docs/performance.md).
 """
 
 from __future__ import annotations

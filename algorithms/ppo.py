@@ -91,10 +91,11 @@ class PPOConfig(CoreConfigMixin):
     env_backend: Literal["auto", "fast", "dm_control"] = "auto"
     eval_episodes: int = 128  # official code: 128 deterministic episodes per evaluation point
     eval_points: int = 30  # paper §5: an evaluation every 6M env steps of the 180M budget
-    # chosen here, because 1 torch thread is fastest for per-step inference on small batches (CPU notes)
+    # chosen here, because inference on one step's batch is too little work to share between threads
     collect_threads: int = 1
-    # chosen here, because 2 threads speed up a FLOP-bound update on 2 idle cores (CPU notes: 1.6x for
-    # 256-wide nets); on cores shared with other processes, spin-waiting threads are many times slower
+    # chosen here, because a second thread speeds up an update on 2 idle cores (20% for 2 x 64 nets,
+    # docs/performance.md; more for the FLOP-bound 5 x 256 critic); on cores shared with other
+    # processes, spin-waiting threads are many times slower (same section), hence 1 in the cpu presets
     update_threads: int = 2
 
     def validate(self) -> None:
@@ -112,7 +113,8 @@ class PPOConfig(CoreConfigMixin):
 PRESETS = {
     "paper": {},
     "cpu": {
-        "num_envs": 64,  # chosen here, because 64 envs batch inference well on 2 cores (CPU notes)
+        # chosen here, because the fast backend's throughput grows up to 64 envs (docs/performance.md)
+        "num_envs": 64,
         "rollout_steps": 64,  # chosen here, because 4096-step updates give 244 updates within 1M steps
         "epochs": 10,  # CleanRL
         "num_minibatches": 4,  # chosen here, because smaller minibatches than 1024 are overhead-bound

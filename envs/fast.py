@@ -38,7 +38,7 @@ import numpy as np
 from envs.dmc import DMCVectorEnv
 from envs.fast_tasks import TASKS
 
-THREADS = 2  # the machine's cores; the notes measured 2 threads as the sweet spot for 2 cores
+THREADS = 2  # one per core of the 2-core machine it was tuned on (docs/performance.md, env stepping)
 
 
 class FastVectorEnv(DMCVectorEnv):
