@@ -25,6 +25,7 @@ from envs.tasks import (
     describe_tasks,
     is_dmc,
     max_episode_steps,
+    normalised_score,
     score_range,
     task_names,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "describe_tasks",
     "make",
     "max_episode_steps",
+    "normalised_score",
     "score_range",
     "task_names",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+from typing import Any
 
 from envs import toy
 from harness.errors import UserError
@@ -125,6 +126,14 @@ def score_range(task: str) -> tuple[float, float]:
         f"{task} has no declared score range; normalised scores need a dm_control task (other than "
         "lqr, whose reward is unbounded below) or a toy task."
     )
+
+
+def normalised_score(task: str, episode_return: Any) -> Any:
+    """`episode_return` (a number or an array) mapped to [0, 1] by `score_range(task)`: DMC
+    return / 1000; `UserError` for a task without a range."""
+
+    worst, best = score_range(task)
+    return (episode_return - worst) / (best - worst)
 
 
 def max_episode_steps(task: str) -> int | None:

@@ -35,6 +35,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+import envs
 from harness.errors import UserError
 from harness.tracking import sqlite_store_missing
 from studies import tracking
@@ -220,7 +221,7 @@ def _next_unit(context: Context) -> bool:
             result = _execute(context, unit, context.parent_run_id, trial.report, lost, resume=resume)
         trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
         trial.set_user_attr("final_score", result.final_score)
-        study.tell(trial, normalised(unit.task, result.final_score))
+        study.tell(trial, envs.normalised_score(unit.task, result.final_score))
     except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
         if _claim_gone(study, trial, error):
             _give_up(trial)
@@ -302,7 +303,8 @@ def _next_tune_trial(context: Context) -> bool:
                     run_id_of_unit, score = earlier["mlflow_run_id"], earlier["score"]
                 else:
                     result = _execute(context, unit, run_id, None, lost, resume=False)
-                    run_id_of_unit, score = result.mlflow_run_id, normalised(unit.task, result.final_score)
+                    run_id_of_unit = result.mlflow_run_id
+                    score = envs.normalised_score(unit.task, result.final_score)
                 records.append({**unit.record(), "mlflow_run_id": run_id_of_unit, "score": score})
                 trial.set_user_attr("units", records)
                 scores.append(score)
@@ -382,7 +384,7 @@ def _execute(
         if lost.is_set():
             raise ClaimLost()
         if report is not None and math.isfinite(mean_return):
-            report(normalised(unit.task, mean_return), step)
+            report(envs.normalised_score(unit.task, mean_return), step)
 
     if lost.is_set():
         raise ClaimLost()
@@ -511,15 +513,6 @@ def _fail(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> Non
     trial.set_user_attr("traceback", "".join(traceback.format_exception(error))[-4000:])
     study.tell(trial, state=TrialState.FAIL)
     print(f"[worker {os.getpid()}] trial {trial.number} failed: {reason}", flush=True)
-
-
-def normalised(task: str, score: float) -> float:
-    """A return mapped to [0, 1] by the task's score range (DMC: raw return / 1000)."""
-
-    import envs
-
-    low, high = envs.score_range(task)
-    return (score - low) / (high - low)
 
 
 def iqm(values: list[float]) -> float:

@@ -125,8 +125,7 @@ def evaluate_run(
     finally:
         agent.close()
     try:
-        worst, best = envs.score_range(request.task)
-        score = float((returns.mean() - worst) / (best - worst))
+        score = float(envs.normalised_score(request.task, returns.mean()))
     except UserError:  # gym ids and lqr declare no range: returns only
         score = math.nan
     return {

@@ -25,10 +25,8 @@ def normalise(table: pd.DataFrame) -> pd.Series:
 
     import envs
 
-    ranges = {task: envs.score_range(task) for task in table["task"].unique()}
-    lo = table["task"].map(lambda task: ranges[task][0])
-    hi = table["task"].map(lambda task: ranges[task][1])
-    return (table["eval_return"] - lo) / (hi - lo)
+    returns = table.groupby("task", sort=False)["eval_return"]
+    return returns.transform(lambda task_returns: envs.normalised_score(task_returns.name, task_returns))
 
 
 def final_rows(table: pd.DataFrame) -> pd.DataFrame:
