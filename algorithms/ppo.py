@@ -21,7 +21,10 @@ are tanh(mean).
 
 Presets:
 
-* `paper`: MuJoCo Playground's brax_ppo_config as the paper used it. One update collects 480
+* `paper`: MuJoCo Playground's brax_ppo_config as the paper states it (Table 4). The release's
+  PPO baseline, which produced Table 1's PPO column, departed from it in lr (3e-4) and clip
+  (0.1): `--set lr=3e-4 --set clip=0.1` runs that baseline (GoRL's `paper` preset instead
+  follows the release, see docs/gorl.md). One update collects 480
   steps of 2048 envs (983,040 transitions), computes GAE once over the whole rollout with
   the value network that collected it, and runs 16 epochs of 32 shuffled minibatches of
   30,720 single transitions. Brax instead cuts the rollout into 30-step segments, shuffles
