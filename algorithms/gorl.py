@@ -637,7 +637,8 @@ CPU_PRESET = {
     **PPO_PRESETS["cpu"],  # the encoder's PPO settings: the same as Gaussian PPO's cpu preset
     "clip": 0.2,  # CleanRL, as in PPO's cpu preset (the release's stage-0 0.15 was tuned at 2048 envs)
     "later_clip": (),  # chosen here, because 0.2 is what the cpu PPO settings were checked with
-    # chosen here, because with 1M-step runs it scored 319 vs 203 (full reset) on cheetah-run (docs/gorl.md)
+    # chosen here, because on cheetah-run (1M steps, seed 0) it scored 358.6 vs 249.6 with the
+    # release's reset of everything (docs/gorl.md)
     "warm_value": True,
     "refit_episodes": 32,  # chosen here, because 32 x 1000 steps cost ~2 s to collect on 2 cores
     # chosen here: on walker-walk and cheetah-run refit buffers (docs/performance.md), 1,000 steps of
