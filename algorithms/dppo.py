@@ -99,15 +99,22 @@ class DPPOAgent(FlowPolicyAgent):
         dt = 1.0 / self.config.flow_steps
         return [k * dt for k in range(self.config.flow_steps, 0, -1)]
 
+    def step_mean(self, obs: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """The mean of a denoising step from x at times t: one Euler step x - dt v(s, x, t).
+
+        The chain samples with it and the loss scores stored chains with it: one formula, so the
+        ratio at the start of an update is exactly 1."""
+
+        return x - (1.0 / self.config.flow_steps) * self.model.actor(obs, x, t)
+
     def chain(self, obs: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Sample chains x_K..x_0 (B, K + 1, act_dim) and their per-step log-densities (B, K)."""
 
         c, batch = self.config, obs.shape[0]
-        dt = 1.0 / c.flow_steps
         x = self.noise((batch, self.act_dim), generator)
         states, log_probs = [x], []
         for t in self.step_times():
-            mean = x - dt * self.model.actor(obs, x, torch.full((batch,), t, device=self.device))
+            mean = self.step_mean(obs, x, torch.full((batch,), t, device=self.device))
             x = mean + c.sigma * self.noise((batch, self.act_dim), generator)
             log_probs.append(gaussian_log_density(x, mean, c.sigma))
             states.append(x)
@@ -121,8 +128,7 @@ class DPPOAgent(FlowPolicyAgent):
         starts = chains[:, :-1].reshape(batch * steps, self.act_dim)
         ends = chains[:, 1:].reshape(batch * steps, self.act_dim)
         t = torch.tensor(self.step_times(), device=self.device).repeat(batch)
-        velocity = self.model.actor(obs.repeat_interleave(steps, dim=0), starts, t)
-        means = starts - (1.0 / steps) * velocity
+        means = self.step_mean(obs.repeat_interleave(steps, dim=0), starts, t)
         return gaussian_log_density(ends, means, c.sigma).reshape(batch, steps)
 
     def sample_pre_tanh(self, obs: Tensor, generator: torch.Generator) -> Tensor:

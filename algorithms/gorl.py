@@ -658,7 +658,8 @@ DIFFUSION_PRESETS = {
     "paper": {},
     "cpu": {
         **CPU_PRESET,
-        "later_clip": (),
+        # chosen here, because the cpu lr (3e-4) is already the release's stage-1 value, and its
+        # later 1e-4 was set for stages of 30M steps: the same lr in every stage, as for GoRL-FM
         "later_lr": (),
         # chosen here: through the 10-step sampler the anchor makes a 1M-step cpu run 1.42x PPO's
         # time instead of 1.20x (`bench gorl`, docs/performance.md) for the same validation loss
