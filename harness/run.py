@@ -80,7 +80,7 @@ class RunResult:
 
 
 @dataclass
-class _Progress:
+class _RunPosition:
     """The run's own position, saved with the agent."""
 
     history: list[tuple[int, float, float]] = field(default_factory=list)
@@ -171,7 +171,7 @@ def _start(
         if isinstance(error, OSError):  # e.g. an MLflow artifact directory it may not write
             raise UserError(f"cannot start the run: {error}") from None
         raise
-    return _train(request, config, agent, _Progress(), tracker, on_evaluation, progress)
+    return _train(request, config, agent, _RunPosition(), tracker, on_evaluation, progress)
 
 
 def resume(
@@ -200,8 +200,8 @@ def resume(
         except BaseException:
             agent.close()
             raise
-        progress_state = _Progress(**state["progress"])
-        return _train(request, config, agent, progress_state, tracker, on_evaluation, progress)
+        position = _RunPosition(**state["progress"])
+        return _train(request, config, agent, position, tracker, on_evaluation, progress)
 
 
 def load_run(
@@ -236,7 +236,7 @@ def _train(
     request: RunRequest,
     config: Any,
     agent: algorithms.base.Agent,
-    position: _Progress,
+    position: _RunPosition,
     tracker: RunTracker,
     on_evaluation: EvaluationCallback | None,
     progress: bool,
