@@ -5,6 +5,8 @@ and draws sub-env 0 until its first episode ends, so the video shows exactly the
 episodes being scored. Frames are kept at about `FPS` frames per simulated second and the GIF
 plays in real time. Rendering needs an OpenGL backend, chosen by MuJoCo when it is imported:
 the harness sets `MUJOCO_GL=disable` unless it is set, so a recording asks for it explicitly.
+The sky is drawn plain: DMC sub-envs load 1-pixel skybox textures to save memory (`envs.dmc`),
+and the video shows the evaluated env itself rather than a copy with the suite's textures.
 """
 
 from __future__ import annotations
