@@ -20,6 +20,7 @@ from envs.base import check_num_envs
 from envs.tasks import (
     ALIASES,
     FAST_TASKS,
+    GYM_PREFIX,
     PAPER_TASKS,
     canonical_task,
     describe_tasks,
@@ -43,6 +44,7 @@ __all__ = [
     "PAPER_TASKS",
     "canonical_task",
     "check_backend",
+    "check_installed",
     "describe_tasks",
     "make",
     "max_episode_steps",
@@ -67,6 +69,19 @@ def check_backend(task: str, backend: str) -> None:
         raise UserError(f"{task} is not a dm_control task; use the backend (a config's env_backend) 'auto'.")
 
 
+def check_installed(task: str) -> None:
+    """Refuse a `gym:<id>` task (canonical) whose optional dependency (Box2D, say) is not installed.
+
+    Gymnasium registers such ids anyway and fails only when one is made, so one env is made and
+    closed here: a run checks this before it creates its directory or its MLflow run.
+    """
+
+    if task.startswith(GYM_PREFIX):
+        from envs.gym import make_one
+
+        make_one(task[len(GYM_PREFIX) :]).close()
+
+
 def make(task: str, num_envs: int, seed: int, backend: str = "auto") -> gymnasium.vector.VectorEnv:
     """A vector env of `num_envs` copies of `task`, seeded by `seed`, reset with that seed.
 
@@ -79,7 +94,7 @@ def make(task: str, num_envs: int, seed: int, backend: str = "auto") -> gymnasiu
     check_num_envs(num_envs)
     check_backend(task, backend)
 
-    if task.startswith("gym:"):
+    if task.startswith(GYM_PREFIX):
         from envs.gym import GymVectorEnv as env_class
     elif not is_dmc(task):
         from envs.toy import ToyBimodalEnv as env_class

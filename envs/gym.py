@@ -32,7 +32,7 @@ from harness.errors import UserError
 class GymVectorEnv(VectorEnv):
     def __init__(self, task: str, num_envs: int, seed: int) -> None:
         env_id = task[len(GYM_PREFIX) :]
-        self.envs = [gymnasium.make(env_id) for _ in range(num_envs)]
+        self.envs = [make_one(env_id) for _ in range(num_envs)]
         action_space = self.envs[0].action_space
         if not isinstance(action_space, gymnasium.spaces.Box):
             raise UserError(f"{task}: only continuous (Box) action spaces are supported, got {action_space}.")
@@ -92,6 +92,16 @@ class GymVectorEnv(VectorEnv):
     def close(self, **kwargs: Any) -> None:
         for env in self.envs:
             env.close()
+
+
+def make_one(env_id: str) -> gymnasium.Env:
+    """`gymnasium.make(env_id)`; an env whose optional dependency is missing is a `UserError` that
+    passes on gymnasium's message, which names the package and how to install it."""
+
+    try:
+        return gymnasium.make(env_id)
+    except gymnasium.error.DependencyNotInstalled as error:
+        raise UserError(f"cannot make {GYM_PREFIX}{env_id}: {error}") from None
 
 
 def _mujoco_state(env: gymnasium.Env) -> dict[str, Any] | None:

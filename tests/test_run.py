@@ -3,6 +3,7 @@ failures and bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import signal
@@ -240,6 +241,21 @@ def test_ctrl_c_while_the_mlflow_run_is_set_up_ends_it_killed(tmp_path, tracking
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
     assert run.info.status == "KILLED"
+
+
+def test_a_gym_task_without_its_optional_dependency_is_refused_before_anything_is_created(
+    tmp_path, tracking_uri, capsys
+):
+    if importlib.util.find_spec("Box2D") is not None:
+        pytest.skip("Box2D is installed, so BipedalWalker-v3 can be made")
+    argv = ["run", "--algo", "ppo", "--task", "gym:BipedalWalker-v3", "--steps", "4096", "--out",
+            str(tmp_path / "run"), "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Box2D is not installed" in err and 'pip install "gymnasium[box2d]"' in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    assert MlflowClient(tracking_uri).get_experiment_by_name("gorl-bench") is None  # no MLflow run either
 
 
 def test_an_empty_out_directory_is_refused_while_parsing(capsys):
