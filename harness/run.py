@@ -216,6 +216,7 @@ def load_run(
         request = dataclasses.replace(RunRequest(**state["request"]), out_dir=Path(out_dir).resolve())
     except TypeError as error:
         raise UserError(f"{checkpoint_path(Path(out_dir))} holds no valid run request ({error}).") from None
+    _check_position(state["progress"], checkpoint_path(Path(out_dir)))
     if device is not None:
         request = dataclasses.replace(request, device=device)
     spec = algorithms.get(request.algo)
@@ -230,6 +231,28 @@ def load_run(
             f"{error}); it is damaged or was written by another version."
         ) from None
     return request, config, agent, state
+
+
+def _check_position(saved: Any, path: Path) -> None:
+    """Refuse a saved run position whose fields are not `_RunPosition`'s, before a resume marks the
+    MLflow run running again. A missing field would otherwise restart from its default (a lost
+    evaluation history), an unknown one fail only once the run is reopened."""
+
+    expected = {item.name for item in dataclasses.fields(_RunPosition)}
+    if not isinstance(saved, Mapping):
+        raise UserError(f"{path} holds no valid run position; start a new run with another --out directory.")
+    unexpected = sorted(str(name) for name in saved if name not in expected)
+    missing = sorted(expected.difference(saved))
+    fields = [
+        f"{kind} fields: {', '.join(names)}"
+        for kind, names in (("unexpected", unexpected), ("missing", missing))
+        if names
+    ]
+    if fields:
+        raise UserError(
+            f"{path} was written by another version of gorl-bench ({'; '.join(fields)}); start a new run "
+            "with another --out directory."
+        )
 
 
 def _train(

@@ -305,6 +305,26 @@ def test_a_damaged_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, co
     assert message in err and "Traceback" not in err
 
 
+def test_resume_of_a_checkpoint_from_another_version_is_one_clear_error_and_leaves_mlflow_as_it_was(
+    tmp_path, tracking_uri, capsys
+):
+    from harness.checkpoint import save_checkpoint
+
+    first = execute(request(tmp_path, tracking_uri), progress=False)
+    saved = load_checkpoint(first.out_dir)
+    for edit, message in [
+        (lambda position: position.update(lr_schedule=[1.0]), "(unexpected fields: lr_schedule)"),
+        (lambda position: position.pop("next_point"), "(missing fields: next_point)"),
+    ]:
+        state = {**saved, "progress": dict(saved["progress"])}
+        edit(state["progress"])
+        save_checkpoint(first.out_dir, state)
+        assert main(["run", "--resume", str(first.out_dir), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "was written by another version of gorl-bench " + message in err and "Traceback" not in err
+        assert MlflowClient(tracking_uri).get_run(first.mlflow_run_id).info.status == "FINISHED"
+
+
 def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_path, tracking_uri, capsys):
     argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), *sets(SMALL),
             "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
