@@ -332,8 +332,10 @@ def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_
         assert main([*argv, "--out", str(tmp_path / "busy")]) == 2
         assert f"in use by a run that is still training (process {os.getpid()})" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("")
-    assert main([*argv, "--out", str(tmp_path / "a-file")]) == 2
-    assert "cannot use" in capsys.readouterr().err
+    for out, what in [("a-file", "it"), ("a-file/run", str(tmp_path / "a-file"))]:
+        assert main([*argv, "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{what} exists and is not a directory. Choose another directory with --out" in err
     assert MlflowClient(tracking_uri).search_experiments(filter_string="name = 'gorl-bench'") == []
     assert main([*argv, "--out", str(tmp_path / "busy")]) == 0  # the lock went with its holder
     assert main([*argv, "--out", str(tmp_path / "busy")]) == 2  # a finished run is not overwritten

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness.commands.arguments import directory, integer
+from harness.commands.arguments import check_out_dir, directory, integer
 
 DEFAULTS = {"seed": 0, "steps": 1_000_000, "preset": "cpu", "overrides": [], "device": "cpu"}
 #: The options a run's checkpoint fixes (argparse dest: flag): --resume refuses them rather than ignore them.
@@ -93,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
         # Named after the canonical task (`CheetahRun` -> cheetah-run), as the run's params are.
         named = dataclasses.replace(request, task=canonical_task(args.task))
         run_dir = Path(request.out_dir or default_out_dir(named))
+        check_out_dir(run_dir)  # creating the directory would report a file there as just "File exists"
         request = dataclasses.replace(request, out_dir=run_dir)
     try:
         if request is None:
