@@ -29,6 +29,8 @@ from harness.signals import signals_deferred
 DEFAULT_TRACKING_DB = Path("runs") / "mlflow.db"
 #: The URI schemes of MLflow stores (SQLAlchemy databases, with or without a driver, and servers).
 STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # database servers, reached through SQLAlchemy
+CONNECT_TIMEOUT_S = 10
 DEFAULT_EXPERIMENT = "gorl-bench"
 STEP_METRIC = "steps/counted"
 
@@ -61,6 +63,8 @@ def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
         uri = f"sqlite:///{path}"
     if scheme in ("http", "https"):
         _check_server(uri)
+    if scheme in DATABASE_SCHEMES:
+        check_database(uri, "the MLflow store")
     return sqlalchemy_url(uri)
 
 
@@ -96,6 +100,36 @@ def _check_server(uri: str) -> None:
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise UserError(f"cannot reach the MLflow tracking server at {uri}: {reason}.") from None
+
+
+def check_database(url: str, what: str) -> None:
+    """Connect once to the database server at `url` (`what` names it in errors), with a short
+    timeout: MLflow retries a server it cannot reach for about 100 s before it fails, and a
+    missing driver would end in an ImportError."""
+
+    import sqlalchemy
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = sqlalchemy_url(url)
+    # psycopg, psycopg2 and the MySQL drivers take `connect_timeout`; other drivers their default.
+    timeout = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith(("postgresql", "mysql")) else {}
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=timeout)
+    except ImportError as error:
+        raise UserError(
+            f"cannot open {what} {url}: its database driver is not installed ({error}). Install it, or name "
+            f"an installed one in the URL ({url.partition('://')[0].partition('+')[0]}+DRIVER://...)."
+        ) from None
+    except SQLAlchemyError as error:  # a malformed URL
+        raise UserError(f"cannot open {what} {url}: {error}") from None
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise UserError(f"cannot reach {what} {url}: {reason}") from None
+    finally:
+        engine.dispose()
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -156,12 +190,29 @@ def sqlite_store_missing(uri: str) -> bool:
     return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
 
 
+def open_store(tracking_uri: str) -> Any:
+    """An `MlflowClient` on the store at `tracking_uri`, read once: a file that is not a database, a
+    database it may not read or a driver that is missing fails here, as one line, rather than at
+    the first write of a run or study."""
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri)  # a database store is opened (and set up) here
+        client.search_experiments(max_results=1)  # a server's store is reached here
+    except (MlflowException, SQLAlchemyError, ImportError) as error:
+        reason = str(error).splitlines()[0]
+        raise UserError(f"cannot open the MLflow store {tracking_uri}: {reason}") from None
+    return client
+
+
 def check_run_exists(tracking_uri: str, run_id: str) -> None:
     """A clear error unless the store at `tracking_uri` holds run `run_id` (a store that has moved
     since the run started is the usual cause)."""
 
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     missing = (
         f"the MLflow store {tracking_uri} has no run {run_id}. If the store has moved, pass its new "
@@ -170,9 +221,29 @@ def check_run_exists(tracking_uri: str, run_id: str) -> None:
     if sqlite_store_missing(tracking_uri):  # checked first: MLflow would create it empty
         raise UserError(missing)
     try:
-        MlflowClient(tracking_uri).get_run(run_id)
+        open_store(tracking_uri).get_run(run_id)
     except MlflowException:
         raise UserError(missing) from None
+
+
+def check_run_continuable(tracking_uri: str, run_id: str) -> None:
+    """`check_run_exists`, and a clear error when the run, or its experiment, was deleted (MLflow
+    then refuses every write to it)."""
+
+    check_run_exists(tracking_uri, run_id)
+    client = open_store(tracking_uri)
+    run = client.get_run(run_id)
+    restore = f"with MLFLOW_TRACKING_URI={tracking_uri}) to continue it."
+    if run.info.lifecycle_stage == "deleted":
+        raise UserError(
+            f"MLflow run {run_id} was deleted; restore it (`mlflow runs restore --run-id {run_id}` {restore}"
+        )
+    experiment = client.get_experiment(run.info.experiment_id)
+    if experiment.lifecycle_stage == "deleted":
+        raise UserError(
+            f"the MLflow experiment {experiment.name!r} of run {run_id} was deleted; restore it (`mlflow "
+            f"experiments restore --experiment-id {experiment.experiment_id}` {restore}"
+        )
 
 
 def local_artifacts_gone(artifact_uri: str) -> bool:
@@ -211,16 +282,11 @@ class RunTracker:
         tags: Mapping[str, str],
     ) -> RunTracker:
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
         from sqlalchemy.exc import SQLAlchemyError
 
         name = experiment or DEFAULT_EXPERIMENT
-        try:
-            client = MlflowClient(tracking_uri=tracking_uri)
-            found = client.get_experiment_by_name(name)  # the store is opened (and set up) here
-        except (MlflowException, SQLAlchemyError) as error:
-            reason = str(error).splitlines()[0]
-            raise UserError(f"cannot open the MLflow store {tracking_uri}: {reason}") from None
+        client = open_store(tracking_uri)
+        found = client.get_experiment_by_name(name)
         if found is not None and found.lifecycle_stage == "deleted":
             raise UserError(
                 f"MLflow experiment {name!r} was deleted; restore it (`mlflow experiments restore "
@@ -250,13 +316,8 @@ class RunTracker:
     def reopen(cls, tracking_uri: str, run_id: str) -> RunTracker:
         """Continue `run_id`: mark it running again and skip metrics at steps it already has."""
 
-        check_run_exists(tracking_uri, run_id)
+        check_run_continuable(tracking_uri, run_id)
         tracker = cls(tracking_uri, run_id)
-        if tracker.client.get_run(run_id).info.lifecycle_stage == "deleted":
-            raise UserError(
-                f"MLflow run {run_id} was deleted; restore it (`mlflow runs restore --run-id {run_id}` with "
-                f"MLFLOW_TRACKING_URI={tracking_uri}) to continue it."
-            )
         history = tracker.client.get_metric_history(run_id, STEP_METRIC)
         tracker.logged_through = max((m.step for m in history), default=-1)
         try:

@@ -63,6 +63,7 @@ def run_study(
     resolve_device(device)  # every unit would fail for it, each after its worker had started
     location = storage_location(location)
     spec = _spec_to_run(spec_ref, location)
+    tracking_moved = tracking_uri is not None
     tracking_uri = resolve_tracking_uri(tracking_uri)
     if "://" in location and not location.startswith("sqlite") and tracking_uri.startswith("sqlite:"):
         print(
@@ -70,7 +71,7 @@ def run_study(
             "shared one (--tracking-uri http://<mlflow server> or postgresql://...).",
             file=sys.stderr,
         )
-    study = prepare_study(spec, location, tracking_uri)
+    study = prepare_study(spec, location, tracking_uri, tracking_moved=tracking_moved)
     kinds = {ERROR} if retry_failed else set()
     kinds |= {DIVERGED} if retry_diverged else set()
     rerun = rerun_failed(study, kinds)
@@ -114,22 +115,31 @@ def _spec_to_run(spec_ref: str | Path, location: str) -> Spec:
         return parse_spec(stored)
 
 
-def prepare_study(spec: Spec, location: str, tracking_uri: str) -> optuna.Study:
-    """Create the study (or check that the existing one has the same spec) and its MLflow runs."""
+def prepare_study(
+    spec: Spec, location: str, tracking_uri: str, *, tracking_moved: bool = False
+) -> optuna.Study:
+    """Create the study (or check that the existing one has the same spec) and its MLflow runs.
 
-    study = optuna.create_study(
-        study_name=spec.name, storage=open_storage(location), direction="maximize", load_if_exists=True
-    )
-    stored = study.user_attrs.get("spec")
-    if stored is not None and stored != spec.raw:
+    An existing study logs to the tracking store it was created with, unless `tracking_moved`
+    (`--tracking-uri` given for it: the store has moved there). The store is checked before the
+    study is created, so that one that cannot be used leaves no study behind without its runs.
+    """
+
+    storage = open_storage(location)
+    attrs = _stored_attrs(storage, spec.name)
+    if attrs.get("spec", spec.raw) != spec.raw:
         raise UserError(
             f"study {spec.name!r} already exists in {location} with a different spec. Give the spec a "
             f"new `name`, or delete the old study: optuna delete-study --study-name {spec.name} "
             "--storage <storage>."
         )
-    tracking_uri = study.user_attrs.get("tracking_uri", tracking_uri)
+    if "tracking_uri" in attrs and not tracking_moved:
+        tracking_uri = attrs["tracking_uri"]
     experiment_id, parent_run_id = tracking.prepare_study_tracking(
-        tracking_uri, spec.name, {"gorl.kind": spec.kind}, study.user_attrs.get("mlflow_parent_run_id")
+        tracking_uri, spec.name, {"gorl.kind": spec.kind}, attrs.get("mlflow_parent_run_id")
+    )
+    study = optuna.create_study(
+        study_name=spec.name, storage=storage, direction="maximize", load_if_exists=True
     )
     attrs = {
         "spec": spec.raw,
@@ -143,6 +153,16 @@ def prepare_study(spec: Spec, location: str, tracking_uri: str) -> optuna.Study:
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
     return study
+
+
+def _stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict:
+    """The user attrs of study `name` if the storage holds it, else {}; creates nothing."""
+
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return {}
+    return storage.get_study_user_attrs(study_id)
 
 
 def enqueue_missing_units(study: optuna.Study, spec: Spec) -> int:

@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import UserError
 from harness.signals import signals_deferred
-from harness.tracking import sqlalchemy_url
+from harness.tracking import check_database, sqlalchemy_url
 
 DEFAULT_JOURNAL = Path("runs") / "studies.journal"
 HEARTBEAT_INTERVAL_S = 15
@@ -62,6 +62,9 @@ def open_storage(location: str | None) -> BaseStorage:
     location = storage_location(location)
     if "://" in location:
         from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
+
+        if not location.startswith("sqlite"):
+            check_database(location, "the study storage")
 
         # Two processes opening a fresh database race to create Optuna's tables; the loser
         # sees a "duplicate" error and succeeds on a later try, once the tables exist.

@@ -29,9 +29,8 @@ def prepare_study_tracking(
     reused so that a resumed study keeps one parent.
     """
 
-    from harness.tracking import RunTracker
+    from harness.tracking import RunTracker, check_run_continuable
 
-    client = _client(tracking_uri)
     if parent_run_id is None:
         # The run harness's own start: the experiment it creates (named after the study, which the
         # units log to as well) keeps its artifacts where every run's go, mlartifacts/ next to
@@ -39,8 +38,11 @@ def prepare_study_tracking(
         tags = {"gorl.role": "study", **tags}
         parent_run_id = RunTracker.start(tracking_uri, study_name, study_name, None, tags).run_id
     else:
-        client.update_run(parent_run_id, status="RUNNING")
-    return client.get_run(parent_run_id).info.experiment_id, parent_run_id
+        # A store that has moved, or a parent run deleted in the UI, is named before any unit runs:
+        # each unit would otherwise fail on it, and MLflow would create an empty store in its place.
+        check_run_continuable(tracking_uri, parent_run_id)
+        _client(tracking_uri).update_run(parent_run_id, status="RUNNING")
+    return _client(tracking_uri).get_run(parent_run_id).info.experiment_id, parent_run_id
 
 
 def start_trial_run(

@@ -113,6 +113,11 @@ def run_worker(
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the coordinator shows progress
     study = load_study(name, location)
+    if "spec" not in study.user_attrs:  # created by hand, or a `study run` stopped while creating it
+        raise UserError(
+            f"study {name!r} has no spec recorded, so it has no units: create it with `gorl-bench study run "
+            "SPEC` (with the same --storage) before attaching workers."
+        )
     spec = parse_spec(study.user_attrs["spec"], check_configs=False)  # validated by `study run`
     tracking_uri = study.user_attrs["tracking_uri"]
     if sqlite_store_missing(tracking_uri):

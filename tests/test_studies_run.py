@@ -27,7 +27,7 @@ from harness.tracking import resolve_tracking_uri
 from studies import runner
 from studies.spec import load_spec, variant_dir
 from studies.status import study_status
-from studies.storage import storage_location
+from studies.storage import open_storage, storage_location
 from studies.worker import load_study, run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -918,3 +918,77 @@ def test_a_worker_that_dies_right_after_its_claim_is_retried_at_once(workdir, ki
     assert storage.sweep_lost_units(study) == [claimed.number]
     lost, retry = study.get_trials()
     assert "is gone" in lost.user_attrs["fail_reason"] and retry.state == TrialState.WAITING
+
+
+def test_a_study_whose_parent_run_was_deleted_is_refused_before_any_unit(workdir, capsys, fake_execute):
+    """The deleted parent run ended `study run` in an MLflow traceback."""
+
+    from mlflow.tracking import MlflowClient
+
+    spec = grid_spec(workdir, 1, [0.0])
+    study = prepared(spec)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    MlflowClient(study.user_attrs["tracking_uri"]).delete_run(parent)
+    assert main(["study", "run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"MLflow run {parent} was deleted; restore it (`mlflow runs restore" in err
+    assert "Traceback" not in err
+    assert not fake_execute
+
+
+def test_a_study_s_moved_tracking_store_is_named_and_followed_with_tracking_uri(
+    workdir, capsys, fake_execute, workers_in_process
+):
+    """--tracking-uri was ignored for an existing study: the recorded store, gone, was created empty."""
+
+    spec = grid_spec(workdir, 1, [0.0])
+    old = workdir / "runs" / "mlflow.db"
+    parent = prepared(spec).user_attrs["mlflow_parent_run_id"]
+    moved = workdir / "archive" / "mlflow.db"
+    moved.parent.mkdir()
+    old.rename(moved)
+    assert main(["study", "run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"has no run {parent}. If the store has moved, pass its new location with --tracking-uri" in err
+    assert not old.exists() and not fake_execute
+
+    status = runner.run_study(spec, tracking_uri=f"sqlite:///{moved}", progress=False)
+    assert status.finished and status.complete == 1
+    study = load_study("tiny", None)
+    assert study.user_attrs["tracking_uri"] == f"sqlite:///{moved}"
+    assert study.user_attrs["mlflow_parent_run_id"] == parent and not old.exists()
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("sqlite:///notes.txt", "cannot open the MLflow store"),
+        ("mysql://user@127.0.0.1:1/db", "its database driver is not installed"),
+        ("postgresql://user@127.0.0.1:1/db", "cannot reach the MLflow store"),
+    ],
+)
+def test_a_tracking_store_that_cannot_be_used_leaves_no_study_behind(workdir, capsys, uri, message):
+    """Each ended in a traceback (PostgreSQL after about 100 s of MLflow's retries) and left a study
+    without a spec, on which a worker failed with KeyError: 'spec'."""
+
+    (workdir / "notes.txt").write_text("not a database\n")
+    spec = grid_spec(workdir, 1, [0.0])
+    assert main(["study", "run", str(spec), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    journal = workdir / "runs" / "studies.journal"
+    assert not journal.exists() or not optuna.get_all_study_names(open_storage(None))
+
+
+def test_a_worker_on_a_study_without_a_spec_is_told_to_create_it(workdir, capsys):
+    optuna.create_study(study_name="bare", storage=open_storage(None))
+    assert main(["study", "worker", "bare"]) == 2
+    err = capsys.readouterr().err
+    assert "study 'bare' has no spec recorded" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("storage", ["mysql://user@127.0.0.1:1/db", "postgresql://user@127.0.0.1:1/db"])
+def test_a_study_storage_that_cannot_be_reached_is_a_clear_error(workdir, capsys, storage):
+    assert main(["study", "status", "tiny", "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert "the study storage" in err and "Traceback" not in err

@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
         print("\nInterrupted while building the report; the study is kept: run the same command again.")
         return 130
 
-    # A resumed study keeps the tracking store it was created with, whatever --tracking-uri says.
+    # The study's store: the one it was created with, unless --tracking-uri said where it moved.
     tracking_uri = load_study(spec.name, location).user_attrs["tracking_uri"]
     print()
     print(f"Done in {_minutes(time.monotonic() - started)}.")

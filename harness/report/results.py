@@ -41,6 +41,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import UserError
+from harness.tracking import open_store
 
 RETURN_METRIC = "eval/return_mean"
 COLUMNS = ["study", "variant", "algo", "task", "seed", "env_step", "eval_return"]
@@ -100,7 +101,7 @@ def load_study_results(
     parameters = list(attrs.get("swept") or []) if kind != "tune" else list(spec.get("space", {}))
     given_uri = tracking_uri or attrs["tracking_uri"]
     uri = _tracking_uri(given_uri)
-    client = _mlflow_client(uri)
+    client = open_store(uri)
 
     # The spec's tasks in their canonical names (the units' names): a spec may write an alias.
     parsed = parse_spec(spec, check_configs=False)
@@ -213,12 +214,6 @@ def _tracking_uri(uri: str) -> str:
             "--tracking-uri."
         )
     return resolve_tracking_uri(uri)  # as the study's runs were logged: with the installed driver
-
-
-def _mlflow_client(uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def _run_exists(tracking_uri: str, run_id: str) -> bool:
