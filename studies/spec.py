@@ -433,6 +433,16 @@ def _parse_variants(value: Any) -> dict[str, tuple[str, dict[str, Any]]]:
             raise UserError(f"variant label {label!r} must not contain '|'.")
         params = {k: v for k, v in table.items() if k != "algo"}
         variants[label] = (table["algo"], params)
+    # Two variants of one configuration would train identical units (the derived seeds do not
+    # depend on the label) and report the same numbers twice under two names.
+    seen: dict[str, str] = {}
+    for label, (algo, params) in variants.items():
+        first = seen.setdefault(repr((algo, _canonical(params))), label)
+        if first != label:
+            raise UserError(
+                f"variants {first!r} and {label!r} are the same configuration (algo {algo!r}, overrides "
+                f"{params}); remove one or make them differ."
+            )
     return variants
 
 
@@ -450,6 +460,14 @@ def _parse_space(value: Any, algo: str) -> tuple[SearchDim, ...]:
             choices = table["choices"]
             if set(table) != {"choices"} or not isinstance(choices, list) or not choices:
                 raise UserError(f"[space.{name}] with choices takes only a non-empty `choices` list.")
+            # Optuna takes a repeated choice for one more option: the sampler would favour that value.
+            spelled = [repr(choice) for choice in choices]
+            repeated = [choice for i, choice in enumerate(choices) if spelled[i] in spelled[:i]]
+            if repeated:
+                raise UserError(
+                    f"[space.{name}] lists the choice {repeated[0]!r} twice: {choices!r}; list each value "
+                    "once."
+                )
             dims.append(SearchDim(name, choices=tuple(choices)))
             continue
         low, high, log = table.get("low"), table.get("high"), table.get("log", False)

@@ -235,6 +235,36 @@ def test_a_study_name_that_is_not_a_folder_of_its_own_is_refused(tmp_path, name)
 
 def test_labels_whose_directories_differ_only_in_case_are_refused(tmp_path):
     compare = GRID.replace('"grid"', '"compare"').replace('algo = "ppo"\n', "")
-    compare += '[variants.PPO]\nalgo = "ppo"\n[variants.ppo]\nalgo = "ppo"\n'
+    compare += '[variants.PPO]\nalgo = "ppo"\n[variants.ppo]\nalgo = "ppo"\nclip = 0.1\n'
     with pytest.raises(UserError, match="labels 'PPO' and 'ppo' would write to one output directory"):
         load_spec(write(tmp_path, compare), check_configs=False)
+
+
+def test_two_variants_of_one_configuration_are_refused(tmp_path):
+    """Two labels for one configuration would train the same units (same derived seeds) twice."""
+
+    compare = GRID.replace('"grid"', '"compare"').replace('algo = "ppo"\n', "")
+    same = compare + '[variants.a]\nalgo = "ppo"\nclip = 0.1\n[variants.b]\nclip = 0.1\nalgo = "ppo"\n'
+    with pytest.raises(UserError) as error:
+        load_spec(write(tmp_path, same), check_configs=False)
+    assert str(error.value) == (
+        "study.toml: variants 'a' and 'b' are the same configuration (algo 'ppo', overrides {'clip': 0.1}); "
+        "remove one or make them differ."
+    )
+    # The same overrides on another algorithm make another configuration.
+    other_algo = same.replace('clip = 0.1\nalgo = "ppo"', 'clip = 0.1\nalgo = "dppo"')
+    assert list(load_spec(write(tmp_path, other_algo), check_configs=False).variants) == ["a", "b"]
+
+
+def test_a_repeated_value_in_a_grid_list_or_a_choices_list_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"grid parameter 'clip' lists a value twice: \[0.1, 0.1\]"):
+        load_spec(write(tmp_path, GRID + "[grid]\nclip = [0.1, 0.1]\n"), check_configs=False)
+    tune = GRID.replace('"grid"', '"tune"') + "max_trials = 3\n[space.hidden]\n"
+    with pytest.raises(UserError) as error:
+        load_spec(write(tmp_path, tune + "choices = [[64, 64], [32], [64, 64]]\n"), check_configs=False)
+    assert str(error.value) == (
+        "study.toml: [space.hidden] lists the choice [64, 64] twice: [[64, 64], [32], [64, 64]]; "
+        "list each value once."
+    )
+    spec = load_spec(write(tmp_path, tune + "choices = [[64, 64], [32]]\n"), check_configs=False)
+    assert spec.space[0].choices == ([64, 64], [32])
