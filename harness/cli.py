@@ -1,8 +1,8 @@
 """`gorl-bench`: one command line for every algorithm, task, study and report.
 
 Each sub-command lives in its own module under `harness.commands` and registers itself
-with `register(subparsers)`; this file only wires them together and turns `UserError`
-into a short message instead of a traceback.
+with `register(subparsers)`; this file only wires them together, turns `UserError` into a
+short message instead of a traceback, and has `kill PID` stop any command as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.errors import UserError
+from harness.signals import stop_on_sigterm
 
 # Rendering is never needed; this keeps dm_control from probing for OpenGL.
 os.environ.setdefault("MUJOCO_GL", "disable")
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except UserError as error:

@@ -1,4 +1,4 @@
-"""Holding back Ctrl-C and `kill` while a write to a store must not be cut in half.
+"""`kill` treated as Ctrl-C, and both held back while a write to a store must not be cut in half.
 
 Used where an interrupted write would leave a store inconsistent: a study's claim of a trial
 and the owner written with it, and every MLflow write of a run (an SQLite write cut by
@@ -11,6 +11,22 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """A SIGTERM handler that stops the command as Ctrl-C does: a run ends KILLED with its last
+    checkpoint, a study's coordinator stops its workers (which would otherwise train on,
+    orphaned) and says how to resume."""
+
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """Install `interrupt` for SIGTERM (`kill PID`); a no-op outside the main thread, where Python
+    can set no handler."""
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 @contextmanager

@@ -105,7 +105,11 @@ def test_failed_units_fail_the_demo_and_it_says_what_to_do(workdir, capsys):
     assert "--retry-diverged" in out and Path("runs/reports/tiny-demo/summary.md").is_file()
 
 
-def test_ctrl_c_leaves_a_resumable_study_and_says_so(workdir):
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_an_interrupt_stops_the_workers_and_leaves_a_resumable_study(workdir, how):
+    """Ctrl-C reaches the whole process group; `kill PID` only the demo, which left its workers
+    training on, orphaned, and ended without a word."""
+
     # Units long enough to be interrupted in the middle (several seconds each).
     spec = tiny_spec(workdir, steps=20_480)
     command = [sys.executable, "-m", "harness.cli", "demo", "--spec", str(spec), "--workers", "2"]
@@ -129,8 +133,13 @@ def test_ctrl_c_leaves_a_resumable_study_and_says_so(workdir):
         while _running_trials() < 2:  # both workers are inside a unit
             assert demo.poll() is None and time.monotonic() < deadline, demo.communicate()[0]
             time.sleep(0.2)
-        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        if how == "ctrl-c":
+            os.killpg(demo.pid, signal.SIGINT)  # the whole foreground process group
+        else:
+            os.kill(demo.pid, signal.SIGTERM)
         out, _ = demo.communicate(timeout=60)
+        with pytest.raises(ProcessLookupError):  # no worker is left in the demo's process group
+            os.killpg(demo.pid, 0)
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
 from pathlib import Path
 
@@ -62,8 +61,6 @@ def main(args: argparse.Namespace) -> int:
     from harness.errors import UserError
     from harness.run import RunRequest, default_out_dir, execute, resume
 
-    # `kill PID` ends the MLflow run as KILLED (like Ctrl-C) instead of leaving it RUNNING.
-    signal.signal(signal.SIGTERM, _interrupt)
     if args.resume is not None:
         given = [flag for name, flag in FIXED_BY_CHECKPOINT.items() if getattr(args, name) is not None]
         if given:
@@ -123,7 +120,3 @@ def apply_defaults(args: argparse.Namespace) -> None:
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")

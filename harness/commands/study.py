@@ -107,7 +107,7 @@ def run_command(spec: str, storage: str | None) -> str:
 def _worker(args: argparse.Namespace) -> int:
     import signal
 
-    from harness.commands.run import _interrupt
+    from harness.signals import interrupt
     from studies.worker import run_worker
 
     def ignore(signum: int, frame: object) -> None:
@@ -121,7 +121,7 @@ def _worker(args: argparse.Namespace) -> int:
         # "Signal 15 ignored due to race condition" with a traceback.
         signal.signal(signal.SIGINT, ignore)
         signal.signal(signal.SIGTERM, ignore)
-        _interrupt(signum, frame)
+        interrupt(signum, frame)
 
     # `kill PID` (or the coordinator stopping its workers) ends the unit's MLflow run as KILLED and
     # keeps its checkpoint, as Ctrl-C does, instead of leaving the run RUNNING.
