@@ -148,17 +148,24 @@ def run_worker(
 
 
 def load_study(name: str, location: str | None) -> optuna.Study:
-    """The existing study `name`; a storage file that does not exist is an error, not created."""
+    """The existing study `name`; a storage file that does not exist, or is a directory, is an error
+    (nothing is created)."""
 
     from studies.storage import DEFAULT_JOURNAL
 
     where = location or str(DEFAULT_JOURNAL)
-    is_file_store = "://" not in where or where.startswith("sqlite:///")  # a journal or an SQLite file
-    if is_file_store and not Path(where.removeprefix("sqlite:///")).is_file():
-        raise UserError(
-            f"no study storage at {where}: the file does not exist. Pass the --storage a study was "
-            "run with (a journal file path or an RDB URL such as postgresql://...)."
-        )
+    if "://" not in where or where.startswith("sqlite:///"):  # a journal or an SQLite file
+        path = Path(where.removeprefix("sqlite:///"))
+        if path.is_dir():
+            raise UserError(
+                f"the study storage {where} is a directory; pass the --storage a study was run with (a "
+                "journal file path or an RDB URL such as postgresql://...)."
+            )
+        if not path.is_file():
+            raise UserError(
+                f"no study storage at {where}: the file does not exist. Pass the --storage a study was "
+                "run with (a journal file path or an RDB URL such as postgresql://...)."
+            )
     storage = open_storage(location)
     try:
         return optuna.load_study(study_name=name, storage=storage)

@@ -336,3 +336,16 @@ def test_cli_writes_a_partial_report(stores, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "PARTIAL report: 1 unit(s) not finished yet" in printed and MISSING in printed
     assert np.isfinite(np.loadtxt(tmp_path / "results.csv", delimiter=",", skiprows=1, usecols=6)).all()
+
+
+@pytest.mark.parametrize("command", [["study", "status"], ["report"]])
+@pytest.mark.parametrize("storage", ["{dir}", "sqlite:///{dir}"])
+def test_a_storage_that_is_a_directory_is_named_one(tmp_path, capsys, command, storage):
+    """Not "the file does not exist": it exists, and --storage wants a file or a URL."""
+
+    storage = storage.format(dir=tmp_path)
+    assert main([*command, "ablation", "--storage", storage]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the study storage {storage} is a directory; pass the --storage a study was run with" in err
+    assert "a journal file path or an RDB URL" in err and "does not exist" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing was created in it
