@@ -128,6 +128,39 @@ def _check_journal(path: Path) -> None:
             "untouched. Pass the --storage a study was run with, or a path that does not exist yet for a "
             "new one."
         )
+    intact = _intact_length(path)
+    if intact is not None:
+        time.sleep(0.5)  # perhaps another process's record, read while it was being written
+        intact = _intact_length(path)
+    if intact is not None:
+        size = path.stat().st_size
+        raise UserError(
+            f"the study journal {path} ends in an incomplete record ({size - intact} bytes after the last "
+            "complete one: a write cut short by a crash or a full disk); anything added after it would make "
+            "the whole journal unreadable, so it is left untouched. Keep a copy, then drop the incomplete "
+            f"end: truncate -s {intact} {path}"
+        )
+
+
+def _intact_length(path: Path) -> int | None:
+    """None when the journal ends with a complete record, else the length up to its last complete one.
+
+    Optuna skips a torn last line when it reads the journal, but appends the next record right
+    after it: the two then form one undecodable line in the middle, which fails every later read.
+    """
+
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - (1 << 20)))  # records are short: the last MiB holds the last few
+        tail = handle.read()
+    if tail.endswith(b"\n"):
+        last = tail[:-1].rpartition(b"\n")[2]
+        try:
+            json.loads(last)
+            return None
+        except ValueError:  # NUL bytes (a crash on some file systems) or a garbled record
+            return size - len(last) - 1
+    return size - len(tail.rpartition(b"\n")[2])
 
 
 def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:

@@ -609,6 +609,29 @@ def test_a_damaged_journal_is_a_clear_error(workdir, capsys):
     assert f"the study journal {journal} is damaged" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("tail", [b'{"op_code": 5, "worker_id": "ab', b"\0" * 64, b"\0" * 63 + b"\n"])
+def test_a_journal_with_an_incomplete_end_is_refused_and_left_as_it_was(
+    workdir, capsys, fake_execute, workers_in_process, tail
+):
+    """A write cut short (a crash, a full disk) leaves a torn record or NUL bytes at the end, which
+    Optuna skips on reading but appends after: the journal then failed every later read."""
+
+    import subprocess
+
+    path = grid_spec(workdir, 1, [0.0])
+    prepared(path)
+    journal = workdir / "runs" / "studies.journal"
+    intact = journal.stat().st_size
+    journal.write_bytes(journal.read_bytes() + tail)
+    damaged = journal.read_bytes()
+    assert main(["study", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "ends in an incomplete record" in err and f"truncate -s {intact} {journal}" in err
+    assert journal.read_bytes() == damaged and not fake_execute
+    subprocess.run(["truncate", "-s", str(intact), str(journal)], check=True)  # the advice, followed
+    assert main(["study", "run", str(path)]) == 0 and len(fake_execute) == 1
+
+
 def test_tune_study_reports_iqm_per_unit_and_prunes(workdir, fake_execute):
     top = 'kind = "tune"\nseeds = 2\nmax_trials = 6\npruner = "median"\n'
     prepared(spec_file(workdir, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n"))
