@@ -40,7 +40,10 @@ def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
     unless `create` is False (a store that must exist already: a resumed or diagnosed run's)."""
 
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_TRACKING_DB.resolve()}"
-    if uri.startswith("file:") or "://" not in uri:
+    # MLflow takes these words for stores, not paths: "databricks" is the Databricks workspace of the
+    # default profile; "databricks-uc" and "uc" name Unity Catalog, which MLflow refuses for tracking.
+    named_store = uri in ("databricks", "databricks-uc", "uc")
+    if uri.startswith("file:") or ("://" not in uri and not named_store):
         raise UserError(
             f"tracking URI {uri!r} is a file store, which MLflow has deprecated and refuses. Use an SQLite "
             f"store such as sqlite:///runs/mlflow.db, or a server such as http://127.0.0.1:5000."

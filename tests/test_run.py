@@ -21,7 +21,7 @@ from harness.checkpoint import checkpoint_path, hold_run_directory, load_checkpo
 from harness.cli import main
 from harness.errors import UserError
 from harness.run import RunRequest, execute, resume
-from harness.tracking import RunTracker
+from harness.tracking import RunTracker, resolve_tracking_uri
 
 TOY = "toy-bimodal"
 # Small PPO updates (16 envs x 16 steps, 2 epochs): the harness, not learning, is under test.
@@ -206,6 +206,19 @@ def test_a_tracking_store_that_cannot_take_the_run_is_one_clear_error(tmp_path, 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # the run directory it created is gone again
+
+
+def test_databricks_is_a_store_and_a_path_a_file_store():
+    """MLflow takes the bare word `databricks` for the default profile's workspace, not a path:
+    resolving it (which connects to nothing) keeps it. Unity Catalog names no tracking store."""
+
+    assert resolve_tracking_uri("databricks") == "databricks"
+    assert resolve_tracking_uri("databricks://team") == "databricks://team"
+    with pytest.raises(UserError, match="tracking URI 'databricks-uc' names no MLflow store"):
+        resolve_tracking_uri("databricks-uc")
+    for path in ("mlruns", "file:./mlruns"):
+        with pytest.raises(UserError, match=f"tracking URI '{path}' is a file store"):
+            resolve_tracking_uri(path)
 
 
 def test_resume_of_a_run_deleted_in_mlflow_is_one_clear_error(tmp_path, tracking_uri, capsys):
