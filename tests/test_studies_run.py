@@ -111,10 +111,14 @@ def workers_in_process(monkeypatch):
 
 
 def compare_spec(tmp_path: Path, labels: list[str], seeds: int = 1) -> Path:
-    """A compare study of tiny PPO variants with the given (TOML-quoted) labels."""
+    """A compare study of tiny PPO variants with the given (TOML-quoted) labels; each variant has its
+    own entropy bonus, as two variants of one configuration are refused."""
 
     head = f'kind = "compare"\ndescription = "test"\ntasks = ["toy-bimodal"]\nseeds = {seeds}\nsteps = 1024\n'
-    variants = "".join(f'\n[variants.{json.dumps(label)}]\nalgo = "ppo"' + TINY_PPO for label in labels)
+    variants = "".join(
+        f'\n[variants.{json.dumps(label)}]\nalgo = "ppo"\nentropy_coef = {index / 1000}' + TINY_PPO
+        for index, label in enumerate(labels)
+    )
     path = tmp_path / "tiny.toml"
     path.write_text(head + variants)
     return path
