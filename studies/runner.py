@@ -98,7 +98,7 @@ def _spec_to_run(spec_ref: str | Path, location: str) -> Spec:
     storage (one created from a file elsewhere), the spec it was created with: a study resumes by
     its name as `study status` and `report` find it."""
 
-    from studies.worker import load_study
+    from studies.worker import StudyNotFound, load_study
 
     try:
         return load_spec(spec_ref)
@@ -108,7 +108,7 @@ def _spec_to_run(spec_ref: str | Path, location: str) -> Spec:
             raise
         try:
             stored = load_study(name, location).user_attrs.get("spec")
-        except UserError:
+        except StudyNotFound:  # a storage that cannot be read is its own error, not an unknown spec
             raise error from None
         if stored is None:
             raise

@@ -147,6 +147,11 @@ def run_worker(
     return count
 
 
+class StudyNotFound(UserError):
+    """The storage does not exist, or holds no study of that name (as opposed to one that cannot be
+    read: a damaged journal, a database that cannot be reached)."""
+
+
 def load_study(name: str, location: str | None) -> optuna.Study:
     """The existing study `name`; a storage file that does not exist, or is a directory, is an error
     (nothing is created)."""
@@ -162,7 +167,7 @@ def load_study(name: str, location: str | None) -> optuna.Study:
                 "journal file path or an RDB URL such as postgresql://...)."
             )
         if not path.is_file():
-            raise UserError(
+            raise StudyNotFound(
                 f"no study storage at {where}: the file does not exist. Pass the --storage a study was "
                 "run with (a journal file path or an RDB URL such as postgresql://...)."
             )
@@ -173,7 +178,7 @@ def load_study(name: str, location: str | None) -> optuna.Study:
         names = sorted(
             s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
         )
-        raise UserError(
+        raise StudyNotFound(
             f"no study {name!r} in this storage. Studies there: {', '.join(names) or 'none'}. "
             "Create it with `gorl-bench study run SPEC` (with the same --storage)."
         ) from None

@@ -608,9 +608,10 @@ def test_a_damaged_journal_is_a_clear_error(workdir, capsys):
     journal = workdir / "runs" / "studies.journal"
     first, *rest = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join([first, b"\xff\xfe not a record\n", *rest]))
-    assert main(["study", "status", "tiny"]) == 2
-    err = capsys.readouterr().err
-    assert f"the study journal {journal} is damaged" in err and "Traceback" not in err
+    for command in (["study", "status", "tiny"], ["study", "run", "tiny"]):  # by its name: "unknown spec"
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"the study journal {journal} is damaged" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("tail", [b'{"op_code": 5, "worker_id": "ab', b"\0" * 64, b"\0" * 63 + b"\n"])
