@@ -307,6 +307,8 @@ def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(UserError, match="at least 100"):
         build_report("ablation", str(storage), out_dir=tmp_path, reps=10)
+    assert main(["report", "ablation", "--storage", str(storage), "--reps", "10000000"]) == 2
+    assert "--reps must be at most 500,000" in capsys.readouterr().err
     assert main(["report", "ablation", "--storage", str(storage), "--seed", "-1"]) == 2
     assert "--seed must be a non-negative integer" in capsys.readouterr().err
 

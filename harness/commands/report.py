@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--storage", help=STORAGE_HELP)
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the study recorded)")
     parser.add_argument("--out", type=directory, help="output directory (default runs/reports/STUDY)")
+    # harness.report.DEFAULT_REPS, not imported while parsing: the report's imports take a second.
     parser.add_argument("--reps", type=int, default=50_000, help="bootstrap resamples (default 50000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.set_defaults(func=main)

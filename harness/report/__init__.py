@@ -55,6 +55,10 @@ __all__ = ["Report", "build_report", "check_bootstrap", "load_results"]
 
 DEFAULT_OUT = Path("runs") / "reports"
 CONFIDENCE = 0.95
+# Bootstrap resamples: rliable's choice for interval estimates (Agarwal et al. 2021, 50,000), and
+# a bound ten times that, as every resample of every statistic is kept in memory.
+DEFAULT_REPS = 50_000
+MAX_REPS = 500_000
 # Probabilities of improvement are computed between the variants with the highest IQM only, at
 # most this many (28 pairs): a 40-trial tune study would otherwise give 780 pairs.
 MAX_COMPARED = 8
@@ -76,7 +80,7 @@ def build_report(
     tracking_uri: str | None = None,
     out_dir: Path | None = None,
     *,
-    reps: int = 50_000,
+    reps: int = DEFAULT_REPS,
     seed: int = 0,
     progress: stats.Progress | None = None,
 ) -> Report:
@@ -179,6 +183,11 @@ def check_bootstrap(reps: int, seed: int) -> None:
 
     if reps < 100:
         raise UserError(f"--reps must be at least 100 for 95% intervals, got {reps}.")
+    if reps > MAX_REPS:
+        raise UserError(
+            f"--reps must be at most {MAX_REPS:,} (every resample of every statistic is kept in memory, and "
+            f"the report's default {DEFAULT_REPS:,} makes the resampling error small), got {reps:,}."
+        )
     if seed < 0:
         raise UserError(f"--seed must be a non-negative integer (it seeds numpy's bootstrap), got {seed}.")
 
