@@ -32,6 +32,7 @@ import envs
 from algorithms.base import Agent
 from algorithms.normalization import RunningMeanStd
 from algorithms.onpolicy import (
+    INIT_THREADS,
     Batch,
     EpisodeReturns,
     PolicyStep,
@@ -114,7 +115,8 @@ class ActorCriticAgent(Agent):
         self.init_rng = torch.Generator().manual_seed(seed)
         self.action_rng = torch.Generator(device).manual_seed(seed + 1)
         self.shuffle_rng = torch.Generator().manual_seed(seed + 2)
-        self.model = self.build_model(obs_dim, act_dim).to(device)
+        with torch_threads(INIT_THREADS):
+            self.model = self.build_model(obs_dim, act_dim).to(device)
         self.optimizer = make_adam(self.model.parameters(), config.lr)
         self.normalizer = RunningMeanStd((obs_dim,)) if config.normalize_obs else None
         self.episodes = EpisodeReturns(config.num_envs)

@@ -23,7 +23,10 @@ Conventions:
   `info["final_obs"]`.
 * Torch uses `collect_threads` while collecting and `update_threads` in the update (defaults
   1 and 2: inference on one step's small batch is too little work to share between threads,
-  while a wide network's update is not; the `cpu` presets update with 1, see docs/performance.md).
+  while a wide network's update is not; the `cpu` presets update with 1, see docs/performance.md),
+  and `INIT_THREADS` while drawing initial weights: with every thread count fixed, a run's
+  numbers do not depend on the process's own (a plain run takes every core, a study's worker
+  its share).
 """
 
 from __future__ import annotations
@@ -96,6 +99,12 @@ class EpisodeReturns:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.running = np.array(state["running"], dtype=np.float64)
         self.completed = list(state["completed"])
+
+
+# Orthogonal initialisation (a QR decomposition) rounds differently on one thread than on
+# several (up to 1e-7 on a 64 x 64 layer), which a run then carries to its end. Two, not one:
+# every documented run drew its weights on two threads (any count above one gave the same).
+INIT_THREADS = 2
 
 
 @contextlib.contextmanager
