@@ -136,7 +136,8 @@ class FlowActorCritic(nn.Module):
 class FlowPolicyAgent(ActorCriticAgent):
     """An actor-critic agent whose actor is a flow velocity field; subclasses define sampling and the loss."""
 
-    generator_names = (*ActorCriticAgent.generator_names, "eval_rng")
+    # `eval_rng` is not saved: every evaluation reseeds it from (seed, counted steps) before its first
+    # draw, so a loaded checkpoint (a resumed run, `gorl-bench evaluate`) replays its evaluations.
 
     def __init__(self, config: FlowPolicyConfig, task: str, seed: int, budget: int, device: torch.device):
         super().__init__(config, task, seed, budget, device)
@@ -173,10 +174,3 @@ class FlowPolicyAgent(ActorCriticAgent):
             self.eval_rng.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
             self.eval_seeded_at = self.counted_steps
         return self.eval_rng
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "eval_seeded_at": self.eval_seeded_at}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.eval_seeded_at = state["eval_seeded_at"]

@@ -34,15 +34,21 @@ def test_by_default_a_run_is_evaluated_exactly_as_its_last_evaluation(tmp_path, 
     # A DMC task on the batched backend: episodes of 1000 steps, each env its own initial state.
     ppo = _run(tmp_path, tracking_uri, "ppo", "cartpole-balance",
                {**SMALL, "num_envs": 4, "eval_episodes": 3}, 128)  # fmt: skip
+    # FPO and DPPO evaluate with seeded noise: its generator was saved as the evaluation left it,
+    # and a loaded run drew other noise (other returns) than the evaluation it repeats.
+    flows = [_run(tmp_path, tracking_uri, algo, "toy-bimodal", SMALL, 512) for algo in ("fpo", "dppo")]
+    runs = [gorl, ppo, *flows]
     out = tmp_path / "returns.json"
-    assert main(["evaluate", str(tmp_path / "gorl-fm"), str(tmp_path / "ppo"), "--json", str(out)]) == 0
+    assert main(["evaluate", *(str(run.out_dir) for run in runs), "--json", str(out)]) == 0
     results = json.loads(out.read_text())
-    for result, run in zip(results, (gorl, ppo), strict=True):
-        assert len(result["returns"]) == (8 if result["algo"] == "gorl-fm" else 3)
+    for result, run in zip(results, runs, strict=True):
+        assert len(result["returns"]) == (3 if result["algo"] == "ppo" else 8)
         assert result["mean"] == run.final_score and result["std"] == run.eval_history[-1][2]
         assert result["counted_steps"] == run.counted_steps and result["deterministic"]
+        assert result["seeded_noise"] == (result["algo"] in ("fpo", "dppo"))
     printed = capsys.readouterr().out
     assert f"the run's last evaluation: {gorl.final_score:.2f}" in printed and "normalised score" in printed
+    assert "8 seeded-noise episodes" in printed and "earlier policy" not in printed
 
 
 def test_more_episodes_other_seeds_and_stochastic_actions(tmp_path, tracking_uri, capsys):
@@ -113,3 +119,19 @@ def test_a_video_needs_a_rendering_backend_and_a_mujoco_task(tmp_path, tracking_
     assert main(["evaluate", str(tmp_path / "ppo"), "--video", str(tmp_path / "videos")]) == 2
     assert "a video needs an OpenGL backend for MuJoCo, and MUJOCO_GL is 'disable'" in capsys.readouterr().err
     assert not (tmp_path / "videos").exists()
+
+
+def test_a_checkpoint_past_the_last_evaluation_is_said_to_hold_a_later_policy():
+    """A run stopped between evaluation points (--checkpoint-every) saved a later policy than the
+    one its last evaluation scored, so repeating that evaluation need not give its score."""
+
+    from harness.commands.evaluate import describe
+
+    result = {"run": "r", "algo": "ppo", "task": "toy-bimodal", "run_seed": 0, "counted_steps": 12_288,
+              "reset_seed": 1, "deterministic": True, "seeded_noise": False, "returns": [1.0, 2.0],
+              "mean": 1.5, "std": 0.5, "normalised_score": None, "last_evaluation": [8_192, 1.2, 0.1],
+              "video": None}  # fmt: skip
+    assert describe(result).endswith("the run's last evaluation: 1.20 at 8,192 steps, of an earlier policy "
+                                     "than this checkpoint's")  # fmt: skip
+    result["counted_steps"] = 8_192
+    assert describe(result).endswith("the run's last evaluation: 1.20 at 8,192 steps")

@@ -136,6 +136,8 @@ def evaluate_run(
         "counted_steps": counted_steps,
         "reset_seed": seed,
         "deterministic": deterministic,
+        # FPO and DPPO evaluate with noise drawn from a generator seeded by (run seed, counted steps).
+        "seeded_noise": deterministic and getattr(config, "eval_noise", "zero") == "sample",
         "returns": returns.tolist(),
         "mean": float(returns.mean()),
         "std": float(returns.std()),
@@ -152,6 +154,8 @@ def describe(result: dict) -> str:
 
     returns = np.asarray(result["returns"])
     actions = "deterministic" if result["deterministic"] else "stochastic"
+    if result["seeded_noise"]:
+        actions = "seeded-noise"
     line = (
         f"{result['run']}: {result['algo']} {result['task']} s{result['run_seed']} @ "
         f"{result['counted_steps']:,} steps, {len(returns)} {actions} episodes (reset seed "
@@ -163,6 +167,8 @@ def describe(result: dict) -> str:
     if result["last_evaluation"] is not None:
         step, mean, _ = result["last_evaluation"]
         line += f"; the run's last evaluation: {mean:.2f} at {step:,} steps"
+        if step != result["counted_steps"]:  # a checkpoint between evaluation points (--checkpoint-every)
+            line += ", of an earlier policy than this checkpoint's"
     if result["video"] is not None:
         line += f"; video of its first episode: {result['video']}"
     return line
