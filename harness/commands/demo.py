@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "it again resumes: finished units are reused, the report is rebuilt.",
     )
     parser.add_argument("--storage", help=STORAGE_HELP)
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)"
+    )
     parser.add_argument(
         "--workers",
         type=positive_int,

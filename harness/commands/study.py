@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default 1)")
     run.add_argument(
         "--tracking-uri",
-        help="MLflow tracking URI (default sqlite:///runs/mlflow.db); for a study that exists: where its "
-        "store is now, if it moved (otherwise the study keeps the store it was created with)",
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db); for a study "
+        "that exists: where its store is now, if it moved (otherwise it keeps the store it was created with)",
     )
     run.add_argument("--device", default="cpu", help="torch device for every unit (default cpu)")
     run.add_argument(
