@@ -33,6 +33,19 @@ def check_rendering() -> None:
             "with MUJOCO_GL=egl (headless, with a GPU or Mesa's EGL), MUJOCO_GL=osmesa (software) or "
             "MUJOCO_GL=glfw (with a display)."
         )
+    try:  # a backend whose library is missing fails here, deep inside MuJoCo's bindings or PyOpenGL
+        import mujoco
+
+        context = mujoco.GLContext(16, 16)
+        context.make_current()
+        context.free()
+    except Exception as error:  # noqa: BLE001 - any failure means no video; its text says why
+        needs = {"egl": "a GPU driver's or Mesa's EGL", "osmesa": "the OSMesa library (Mesa's libosmesa)",
+                 "glfw": "a display"}[backend]  # fmt: skip
+        raise UserError(
+            f"MuJoCo cannot render with MUJOCO_GL={backend} here ({type(error).__name__}: {error}); it needs "
+            f"{needs}. Install it, or try another MUJOCO_GL of {', '.join(GL_BACKENDS)}."
+        ) from None
 
 
 def _mujoco_handles(env: Any) -> tuple[Any, Any, float]:

@@ -91,13 +91,13 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     assert capsys.readouterr().out == ""  # nothing was evaluated
 
 
-def _can_render_with_egl() -> bool:
+def _can_render_with(backend: str) -> bool:
     probe = "import mujoco; mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8).close()"
-    env = {**os.environ, "MUJOCO_GL": "egl"}
+    env = {**os.environ, "MUJOCO_GL": backend}
     return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not _can_render_with_egl(), reason="MuJoCo cannot render with EGL on this machine")
+@pytest.mark.skipif(not _can_render_with("egl"), reason="MuJoCo cannot render with EGL on this machine")
 def test_a_video_shows_the_first_evaluated_episode(tmp_path, tracking_uri):
     _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", {**SMALL, "num_envs": 4, "eval_episodes": 2}, 128)
     env = {**os.environ, "MUJOCO_GL": "egl"}
@@ -135,3 +135,21 @@ def test_a_checkpoint_past_the_last_evaluation_is_said_to_hold_a_later_policy():
                                      "than this checkpoint's")  # fmt: skip
     result["counted_steps"] = 8_192
     assert describe(result).endswith("the run's last evaluation: 1.20 at 8,192 steps")
+
+
+@pytest.mark.skipif(_can_render_with("osmesa"), reason="OSMesa is installed here: nothing to refuse")
+def test_a_rendering_backend_whose_library_is_missing_is_named_before_the_run_is_played(
+    tmp_path, tracking_uri
+):
+    """MUJOCO_GL=osmesa without the OSMesa library ended in an AttributeError deep in MuJoCo's
+    bindings and left an empty video directory behind."""
+
+    _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", {**SMALL, "num_envs": 4, "eval_episodes": 2}, 128)
+    command = [sys.executable, "-m", "harness.cli", "evaluate", str(tmp_path / "ppo"), "--video",
+               str(tmp_path / "videos")]  # fmt: skip
+    env = {**os.environ, "MUJOCO_GL": "osmesa"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "MuJoCo cannot render with MUJOCO_GL=osmesa here" in done.stderr
+    assert "it needs the OSMesa library" in done.stderr
+    assert not (tmp_path / "videos").exists()
