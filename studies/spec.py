@@ -38,11 +38,11 @@ KINDS = ("grid", "compare", "tune")
 SAMPLERS = ("tpe", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 
-_COMMON_KEYS = {"name", "kind", "description", "tasks", "seeds", "seed", "steps", "preset"}
+_COMMON_KEYS = {"name", "kind", "description", "tasks", "seeds", "seed", "steps", "preset", "max_trials"}
 _KIND_KEYS = {
     "grid": {"algo", "fixed", "grid"},
     "compare": {"variants"},
-    "tune": {"algo", "fixed", "space", "sampler", "pruner", "max_trials"},
+    "tune": {"algo", "fixed", "space", "sampler", "pruner"},
 }
 _SPACE_KEYS = {"low", "high", "log", "choices"}
 

@@ -40,8 +40,6 @@ def ppo_key() -> str:
     ("text", "message"),
     [
         (GRID + "seedz = 3\n[grid]\nlr = [1e-3]\n", "unknown key 'seedz'"),
-        # A grid or compare study runs every unit: a cap there was ignored without a word.
-        (GRID + "max_trials = 3\n[grid]\nlr = [1e-3]\n", "unknown key 'max_trials'"),
         (GRID.replace('"grid"', '"gird"') + "[grid]\nlr = [1e-3]\n", "unknown study kind 'gird'"),
         (GRID + "[grid]\nlr = []\n", "non-empty list"),
         (GRID + "[grid]\n", "[grid] table is empty"),
