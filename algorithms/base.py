@@ -43,6 +43,11 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def begin_evaluation(self) -> None:  # noqa: B027 - optional hook
+        """Called before each evaluation's first `act`. An agent whose evaluation draws noise (FPO,
+        DPPO) reseeds it here, so that an evaluation depends on the run's seed and counted steps
+        only, whether it runs in training, after a resume or in `gorl-bench evaluate`."""
+
     def observe_evaluation(self, mean_return: float) -> None:  # noqa: B027 - optional hook
         """Called after every evaluation of the current policy with its mean return (GoRL keeps
         the best-evaluated encoder of each stage, as the official release does)."""

@@ -136,15 +136,13 @@ class FlowActorCritic(nn.Module):
 class FlowPolicyAgent(ActorCriticAgent):
     """An actor-critic agent whose actor is a flow velocity field; subclasses define sampling and the loss."""
 
-    # `eval_rng` is not saved: every evaluation reseeds it from (seed, counted steps) before its first
-    # draw, so a loaded checkpoint (a resumed run, `gorl-bench evaluate`) replays its evaluations.
-
     def __init__(self, config: FlowPolicyConfig, task: str, seed: int, budget: int, device: torch.device):
         super().__init__(config, task, seed, budget, device)
         self.act_dim = self.env.single_action_space.shape[0]
-        self.seed = seed
+        # Not a saved generator: `begin_evaluation` reseeds it from (run seed, counted steps), so a
+        # loaded checkpoint (a resumed run, `gorl-bench evaluate`) plays its evaluations again.
+        self.eval_seed = seed
         self.eval_rng = torch.Generator(device)
-        self.eval_seeded_at: int | None = None  # counted steps at which eval_rng was last reseeded
 
     def build_model(self, obs_dim: int, act_dim: int) -> FlowActorCritic:
         return FlowActorCritic(obs_dim, act_dim, self.config, self.init_rng)
@@ -163,14 +161,16 @@ class FlowPolicyAgent(ActorCriticAgent):
             start = torch.zeros(x.shape[0], self.act_dim, device=self.device)
             pre_tanh = integrate_flow(self.model.actor, x, start, self.config.flow_steps)
         else:
-            pre_tanh = self.sample_pre_tanh(x, self.evaluation_rng() if deterministic else self.action_rng)
+            pre_tanh = self.sample_pre_tanh(x, self.eval_rng if deterministic else self.action_rng)
         return torch.tanh(pre_tanh).cpu().numpy()
 
-    def evaluation_rng(self) -> torch.Generator:
-        """`eval_rng`, reseeded from (seed, counted steps) when training has moved on since it last was."""
+    def begin_evaluation(self) -> None:
+        entropy = [self.eval_seed, self.counted_steps]
+        self.eval_rng.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
-        if self.eval_seeded_at != self.counted_steps:
-            entropy = [self.seed, self.counted_steps]
-            self.eval_rng.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
-            self.eval_seeded_at = self.counted_steps
-        return self.eval_rng
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "eval_seed": self.eval_seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.eval_seed = state["eval_seed"]

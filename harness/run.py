@@ -312,6 +312,7 @@ def _train(
                 if evaluated:
                     while position.next_point < len(points) and step >= points[position.next_point]:
                         position.next_point += 1
+                    agent.begin_evaluation()
                     mean, std = evaluator.evaluate(
                         lambda obs: agent.act(obs, deterministic=True), position.next_point - 1
                     )

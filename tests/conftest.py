@@ -46,6 +46,7 @@ def learns_easy_toy():
 
     def greedy_return(agent) -> float:
         evaluator = Evaluator("toy-bimodal-easy", 16, run_seed=0)
+        agent.begin_evaluation()
         try:
             return evaluator.evaluate(lambda obs: agent.act(obs, deterministic=True), point=0)[0]
         finally:
@@ -61,6 +62,7 @@ def learns_easy_toy():
         assert after > before + 0.5 * (best - before), (before, after, best)
         clone = make_clone()
         clone.load_state_dict(agent.state_dict())
+        clone.begin_evaluation(), agent.begin_evaluation()
         np.testing.assert_array_equal(clone.act(obs), agent.act(obs))
         return metrics, clone, obs
 

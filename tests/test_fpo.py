@@ -149,8 +149,11 @@ def test_evaluation_noise_modes():
     zero = make(eval_noise="zero")
     assert np.array_equal(zero.act(obs), np.zeros((5, 2)))  # fresh net: zero velocity, so x_0 = x_1 = 0
     sample = make()
+    sample.begin_evaluation()
     first, second = sample.act(obs), sample.act(obs)
     assert not np.array_equal(first, second) and np.all(np.abs(first) < 1)
+    sample.begin_evaluation()  # each evaluation starts its noise afresh
+    np.testing.assert_array_equal(sample.act(obs), first)
     # Evaluation draws from its own generator: training noise is the same with or without it, and after
     # an update the evaluation noise depends only on the seed and the counted steps.
     untouched = make()
@@ -158,9 +161,11 @@ def test_evaluation_noise_modes():
     torch.testing.assert_close(sample.policy_step(x).action, untouched.policy_step(x).action, rtol=0, atol=0)
     small = {"num_envs": 16, "rollout_steps": 16}
     evaluated, fresh = make(**small), make(**small)
+    evaluated.begin_evaluation()
     evaluated.act(obs)
     evaluated.train_iteration()
     fresh.train_iteration()
+    evaluated.begin_evaluation(), fresh.begin_evaluation()
     np.testing.assert_array_equal(evaluated.act(obs), fresh.act(obs))
     for agent in (zero, sample, untouched, evaluated, fresh):
         agent.close()

@@ -115,6 +115,7 @@ def evaluate_run(
         evaluator = Evaluator(request.task, episodes, request.seed, config.env_backend)
         try:
             recorder = EpisodeRecorder(evaluator.env) if video is not None else None
+            agent.begin_evaluation()
             act = lambda obs: agent.act(obs, deterministic=deterministic)  # noqa: E731
             returns = evaluator.episode_returns(act, seed, recorder)
             if recorder is not None:
