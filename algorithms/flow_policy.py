@@ -173,4 +173,4 @@ class FlowPolicyAgent(ActorCriticAgent):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.eval_seed = state["eval_seed"]
+        self.eval_seed = state.get("eval_seed", self.eval_seed)  # older checkpoints: the run's seed
