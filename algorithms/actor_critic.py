@@ -115,8 +115,7 @@ class ActorCriticAgent(Agent):
         self.init_rng = torch.Generator().manual_seed(seed)
         self.action_rng = torch.Generator(device).manual_seed(seed + 1)
         self.shuffle_rng = torch.Generator().manual_seed(seed + 2)
-        with torch_threads(INIT_THREADS):
-            self.model = self.build_model(obs_dim, act_dim).to(device)
+        self.model = self.initial_model(obs_dim, act_dim)
         self.optimizer = make_adam(self.model.parameters(), config.lr)
         self.normalizer = RunningMeanStd((obs_dim,)) if config.normalize_obs else None
         self.episodes = EpisodeReturns(config.num_envs)
@@ -125,6 +124,13 @@ class ActorCriticAgent(Agent):
     @abc.abstractmethod
     def build_model(self, obs_dim: int, act_dim: int) -> nn.Module:
         """The actor-critic, its weights drawn from `self.init_rng`: `actor`, `critic` and `value(obs)`."""
+
+    def initial_model(self, obs_dim: int, act_dim: int) -> nn.Module:
+        """`build_model` on `INIT_THREADS` threads (so that its weights do not depend on the process's
+        thread count), on the agent's device."""
+
+        with torch_threads(INIT_THREADS):
+            return self.build_model(obs_dim, act_dim).to(self.device)
 
     @abc.abstractmethod
     def policy_step(self, obs: Tensor) -> PolicyStep:

@@ -68,7 +68,7 @@ from torch import Tensor
 import envs
 from algorithms.decoders import Decoder, DecoderConfig, FitConfig, fit_decoder, make_decoder
 from algorithms.normalization import RunningMeanStd
-from algorithms.onpolicy import INIT_THREADS, Batch, PolicyStep, make_adam, policy_input, torch_threads
+from algorithms.onpolicy import Batch, PolicyStep, make_adam, policy_input, torch_threads
 from algorithms.ppo import PRESETS as PPO_PRESETS
 from algorithms.ppo import PPOAgent, PPOConfig
 from algorithms.ppo import task_overrides as ppo_task_overrides
@@ -574,9 +574,7 @@ class GoRLAgent(PPOAgent):
         if stage > 0 and self.config.reset_encoder:
             # Official release: the same encoder seed in every stage, so every stage starts alike.
             self.init_rng = torch.Generator().manual_seed(self.seed)
-            previous = self.model
-            with torch_threads(INIT_THREADS):
-                self.model = self.build_model(self.obs_dim, self.act_dim).to(self.device)
+            previous, self.model = self.model, self.initial_model(self.obs_dim, self.act_dim)
             if self.gorl.warm_value:
                 self.model.critic.load_state_dict(previous.critic.state_dict())
                 self._start_actor_at_the_prior()
