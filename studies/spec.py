@@ -415,11 +415,19 @@ def _parse_grids(value: Any) -> tuple[dict[str, tuple[Any, ...]], ...]:
         for key, values in table.items():
             if not isinstance(values, list) or not values:
                 raise UserError(f"grid parameter {key!r} needs a non-empty list of values, got {values!r}.")
-            if len(set(map(repr, values))) != len(values):
+            if _repeats(values):
                 raise UserError(f"grid parameter {key!r} lists a value twice: {values!r}.")
             grid[key] = tuple(values)
         grids.append(grid)
     return tuple(grids)
+
+
+def _repeats(values: list[Any]) -> list[Any]:
+    """The values of `values` written as an earlier one was, in order. Values are compared as
+    written (1 and 1.0 differ), as a spec's labels are."""
+
+    spelled = [repr(value) for value in values]
+    return [value for i, value in enumerate(values) if spelled[i] in spelled[:i]]
 
 
 def _parse_variants(value: Any) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -461,8 +469,7 @@ def _parse_space(value: Any, algo: str) -> tuple[SearchDim, ...]:
             if set(table) != {"choices"} or not isinstance(choices, list) or not choices:
                 raise UserError(f"[space.{name}] with choices takes only a non-empty `choices` list.")
             # Optuna takes a repeated choice for one more option: the sampler would favour that value.
-            spelled = [repr(choice) for choice in choices]
-            repeated = [choice for i, choice in enumerate(choices) if spelled[i] in spelled[:i]]
+            repeated = _repeats(choices)
             if repeated:
                 raise UserError(
                     f"[space.{name}] lists the choice {repeated[0]!r} twice: {choices!r}; list each value "
