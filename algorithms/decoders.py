@@ -31,7 +31,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -465,20 +465,8 @@ def fit_decoder(
     obs_dim, act_dim = obs.shape[1], actions.shape[1]
     split_seed, init_seed, val_seed = np.random.SeedSequence(seed).generate_state(3)
 
-    # Split by episode.
-    rng = np.random.default_rng(split_seed)
-    episodes = np.unique(episode_ids)
-    n_val_episodes = min(len(episodes) - 1, max(1, round(fit.val_fraction * len(episodes))))
-    val_episodes = np.sort(rng.permutation(episodes)[:n_val_episodes])
-    is_val = np.isin(episode_ids, val_episodes)
-    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    if len(val_idx) > fit.val_max_actions:
-        val_idx = np.sort(rng.choice(val_idx, fit.val_max_actions, replace=False))
-    endpoint_rows = np.arange(len(val_idx))
-    if len(val_idx) > fit.endpoint_actions:
-        endpoint_rows = np.sort(
-            np.random.default_rng(val_seed).choice(endpoint_rows, fit.endpoint_actions, False)
-        )
+    split = _split_by_episode(episode_ids, fit, int(split_seed), int(val_seed))
+    train_idx, val_idx = split.train_idx, split.val_idx
 
     def tensors(idx: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None]:
         z = None if latents is None else torch.from_numpy(latents[idx]).to(device)
@@ -488,7 +476,7 @@ def fit_decoder(
     val_obs, val_act, val_z = tensors(val_idx)
     # The latents at the path's noise end: the encoder's (ablation), or None for fresh prior noise.
     train_noise_z, val_noise_z = (train_z, val_z) if fit.decoder_input == "encoder_latent" else (None, None)
-    endpoint_obs, endpoint_act = val_obs[endpoint_rows], val_act[endpoint_rows]
+    endpoint_obs, endpoint_act = val_obs[split.endpoint_rows], val_act[split.endpoint_rows]
 
     start_time = time.perf_counter()
     init_rng = torch.Generator().manual_seed(int(init_seed))
@@ -499,15 +487,9 @@ def fit_decoder(
     decoder = make_decoder(config, obs_dim, act_dim, mean, std, init_rng).to(device)
     # The minibatch indices and the noise are drawn where the data lives.
     generator = torch.Generator(device=device).manual_seed(int(init_seed))
-    split = dict(
-        train_size=len(train_idx),
-        val_size=len(val_idx),
-        train_episodes=tuple(int(e) for e in np.setdiff1d(episodes, val_episodes)),
-        val_episodes=tuple(int(e) for e in val_episodes),
-    )
     if not isinstance(decoder, GenerativeDecoder):
         nan = math.nan
-        return decoder, FitResult(0, 0, nan, nan, nan, nan, nan, (), seconds=0.0, **split)
+        return decoder, FitResult(0, 0, nan, nan, nan, nan, nan, (), seconds=0.0, **split.sizes())
 
     def validate() -> tuple[float, float]:
         return (
@@ -550,9 +532,58 @@ def fit_decoder(
         initial_endpoint_mse=initial[1],
         curve=tuple(curve),
         seconds=time.perf_counter() - start_time,
-        **split,
+        **split.sizes(),
     )
     return decoder, result
+
+
+@dataclass(frozen=True)
+class _EpisodeSplit:
+    """Rows of a refinement buffer split by whole episodes into training and validation."""
+
+    train_idx: np.ndarray  # buffer rows of the training episodes
+    val_idx: np.ndarray  # buffer rows of the validation episodes (at most `fit.val_max_actions`)
+    endpoint_rows: np.ndarray  # rows of `val_idx` whose endpoint error is measured
+    train_episodes: tuple[int, ...]
+    val_episodes: tuple[int, ...]
+
+    def sizes(self) -> dict[str, Any]:
+        """The split as FitResult records it."""
+
+        return dict(
+            train_size=len(self.train_idx),
+            val_size=len(self.val_idx),
+            train_episodes=self.train_episodes,
+            val_episodes=self.val_episodes,
+        )
+
+
+def _split_by_episode(
+    episode_ids: np.ndarray, fit: FitConfig, split_seed: int, val_seed: int
+) -> _EpisodeSplit:
+    """Hold out `fit.val_fraction` of the episodes (at least one, and at least one kept for
+    training), then subsample the validation rows and the endpoint-error rows to their caps."""
+
+    rng = np.random.default_rng(split_seed)
+    episodes = np.unique(episode_ids)
+    n_val_episodes = min(len(episodes) - 1, max(1, round(fit.val_fraction * len(episodes))))
+    val_episodes = np.sort(rng.permutation(episodes)[:n_val_episodes])
+    is_val = np.isin(episode_ids, val_episodes)
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if len(val_idx) > fit.val_max_actions:
+        val_idx = np.sort(rng.choice(val_idx, fit.val_max_actions, replace=False))
+    endpoint_rows = np.arange(len(val_idx))
+    if len(val_idx) > fit.endpoint_actions:
+        endpoint_rows = np.sort(
+            np.random.default_rng(val_seed).choice(endpoint_rows, fit.endpoint_actions, False)
+        )
+    return _EpisodeSplit(
+        train_idx,
+        val_idx,
+        endpoint_rows,
+        train_episodes=tuple(int(e) for e in np.setdiff1d(episodes, val_episodes)),
+        val_episodes=tuple(int(e) for e in val_episodes),
+    )
 
 
 def _checked_buffer(
