@@ -35,7 +35,7 @@ eval_return, then one column per swept parameter (grid) or searched parameter (t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -88,11 +88,9 @@ def load_study_results(
 ) -> StudyResults:
     """`load_results` with the study's metadata (kind, parameters, tasks, MLflow parent run)."""
 
-    from optuna.trial import TrialState
-
     import envs
     from studies.spec import parse_spec
-    from studies.storage import DIVERGED, counted_trials, failure_kind, trial_label
+    from studies.storage import counted_trials
 
     study = open_study(study_name, storage)
     attrs = study.user_attrs
@@ -106,64 +104,38 @@ def load_study_results(
     # The spec's tasks in their canonical names (the units' names): a spec may write an alias.
     parsed = parse_spec(spec, check_configs=False)
     spec_tasks = parsed.tasks
-    units_per_trial = len(spec_tasks) * parsed.seeds
     trials = counted_trials(study.get_trials(deepcopy=False))
-    rows: list[dict[str, Any]] = []
-    done: set[str] = set()
-    failed: dict[str, str] = {}
-    unfinished: list[str] = []
-    pruned: list[str] = []
-    diverged: dict[str, dict[str, Any]] = {}  # grid / compare: unit -> its record
-    looked_up: list[str] = []  # MLflow run ids of finished units
+    tally = _TrialTally(study_name, kind, parameters, len(spec_tasks) * parsed.seeds, client)
     for trial in trials:
-        if trial.state == TrialState.FAIL:
-            failed[trial_label(trial)] = trial.user_attrs.get("fail_reason", "no reason recorded")
-            if kind != "tune" and failure_kind(trial) == DIVERGED and "task" in trial.user_attrs:
-                diverged[trial.user_attrs["unit"]] = trial.user_attrs
-        elif trial.state == TrialState.COMPLETE:
-            for record in trial.user_attrs.get("units") or [trial.user_attrs]:
-                run_id = record.get("mlflow_run_id")
-                looked_up += [run_id] if run_id else []
-                history = _return_history(client, run_id)
-                if not history:
-                    failed[record["unit"]] = f"no {RETURN_METRIC} history in MLflow run {run_id}"
-                    continue
-                done.add(record["unit"])
-                rows += [_row(study_name, record, parameters, step, value) for step, value in history]
-        elif trial.state == TrialState.PRUNED:
-            done_units = len(trial.user_attrs.get("units") or [])
-            so_far = f", IQM so far {trial.value:.3f}" if trial.value is not None else ""
-            pruned.append(f"{trial_label(trial)}: after {done_units} of {units_per_trial} units{so_far}")
-        elif trial.state in (TrialState.RUNNING, TrialState.WAITING) and kind == "tune":
-            variant = trial.user_attrs.get("variant", f"trial-{trial.number}")
-            unfinished.append(f"{variant} ({trial.state.name.lower()})")
+        tally.add(trial)
 
     if kind == "tune":
         settled = sum(t.state.is_finished() for t in trials)
-        left = (spec.get("max_trials") or 0) - settled - len(unfinished)
-        missing = unfinished + ([f"{left} trial(s) not started"] if left > 0 else [])
+        left = (spec.get("max_trials") or 0) - settled - len(tally.unfinished)
+        missing = tally.unfinished + ([f"{left} trial(s) not started"] if left > 0 else [])
     else:
-        settled = done | set(failed)
+        settled = tally.done | set(tally.failed)
         missing = [unit for unit in attrs.get("units_expected", []) if unit not in settled]
-    failed_units = [(unit, reason) for unit, reason in failed.items() if unit not in done]
-    if not rows and looked_up and not any(_run_exists(uri, run_id) for run_id in looked_up):
+    failed_units = [(unit, reason) for unit, reason in tally.failed.items() if unit not in tally.done]
+    if not tally.rows and tally.looked_up and not any(_run_exists(uri, run_id) for run_id in tally.looked_up):
         # Not the units' failure: the store is the wrong one (a mistyped --tracking-uri, another
         # project's store, or a study's recorded store replaced by a fresh one).
         recorded = f"the study recorded {attrs['tracking_uri']}" if tracking_uri else "the study recorded it"
         raise UserError(
-            f"the MLflow store {given_uri} has none of the {len(looked_up)} runs of study {study_name!r}'s "
-            f"finished units ({recorded}); check --tracking-uri: pass the store the study ran with."
+            f"the MLflow store {given_uri} has none of the {len(tally.looked_up)} runs of study "
+            f"{study_name!r}'s finished units ({recorded}); check --tracking-uri: pass the store the study "
+            "ran with."
         )
-    if not rows:
+    if not tally.rows:
         raise UserError(
             f"study {study_name!r} has no finished unit with evaluations yet ({len(missing)} missing, "
             f"{len(failed_units)} failed); run or resume it with `gorl-bench study run`, then report again."
         )
-    table = pd.DataFrame(rows, columns=COLUMNS + parameters)
+    table = pd.DataFrame(tally.rows, columns=COLUMNS + parameters)
     for name in parameters:
         # Object columns keep each value as the spec wrote it: pandas would turn ints next to a
         # missing value (a configuration that does not set the parameter) into floats.
-        table[name] = pd.Series([row[name] for row in rows], index=table.index, dtype=object)
+        table[name] = pd.Series([row[name] for row in tally.rows], index=table.index, dtype=object)
     present = set(table["task"])
     tasks = [task for task in spec_tasks if task in present] or sorted(present)
     return StudyResults(
@@ -177,16 +149,66 @@ def load_study_results(
         parent_run_id=attrs.get("mlflow_parent_run_id"),
         tasks=tasks,
         tasks_without_results=[task for task in spec_tasks if task not in present],
-        pruned=pruned,
+        pruned=tally.pruned,
         diverged=pd.DataFrame(
             [
                 _row(study_name, record, parameters, parsed.steps, envs.score_range(record["task"])[0])
-                for unit, record in diverged.items()
-                if unit not in done
+                for unit, record in tally.diverged.items()
+                if unit not in tally.done
             ],
             columns=COLUMNS + parameters,
         ),
     )
+
+
+@dataclass
+class _TrialTally:
+    """The counted trials of a study read one by one (see the module's data contract): finished
+    units' evaluation rows, failures, pruned and unfinished tune trials, diverged units."""
+
+    study_name: str
+    kind: str
+    parameters: list[str]
+    units_per_trial: int
+    client: Any  # the MLflow store of the units' runs
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)  # units with evaluations
+    failed: dict[str, str] = field(default_factory=dict)  # unit or trial -> reason
+    unfinished: list[str] = field(default_factory=list)  # tune trials running or waiting
+    pruned: list[str] = field(default_factory=list)
+    diverged: dict[str, dict[str, Any]] = field(default_factory=dict)  # grid / compare: unit -> its record
+    looked_up: list[str] = field(default_factory=list)  # MLflow run ids of finished units
+
+    def add(self, trial: Any) -> None:
+        from optuna.trial import TrialState
+
+        from studies.storage import DIVERGED, failure_kind, trial_label
+
+        if trial.state == TrialState.FAIL:
+            self.failed[trial_label(trial)] = trial.user_attrs.get("fail_reason", "no reason recorded")
+            if self.kind != "tune" and failure_kind(trial) == DIVERGED and "task" in trial.user_attrs:
+                self.diverged[trial.user_attrs["unit"]] = trial.user_attrs
+        elif trial.state == TrialState.COMPLETE:
+            for record in trial.user_attrs.get("units") or [trial.user_attrs]:
+                run_id = record.get("mlflow_run_id")
+                self.looked_up += [run_id] if run_id else []
+                history = _return_history(self.client, run_id)
+                if not history:
+                    self.failed[record["unit"]] = f"no {RETURN_METRIC} history in MLflow run {run_id}"
+                    continue
+                self.done.add(record["unit"])
+                self.rows += [
+                    _row(self.study_name, record, self.parameters, step, value) for step, value in history
+                ]
+        elif trial.state == TrialState.PRUNED:
+            done_units = len(trial.user_attrs.get("units") or [])
+            so_far = f", IQM so far {trial.value:.3f}" if trial.value is not None else ""
+            self.pruned.append(
+                f"{trial_label(trial)}: after {done_units} of {self.units_per_trial} units{so_far}"
+            )
+        elif trial.state in (TrialState.RUNNING, TrialState.WAITING) and self.kind == "tune":
+            variant = trial.user_attrs.get("variant", f"trial-{trial.number}")
+            self.unfinished.append(f"{variant} ({trial.state.name.lower()})")
 
 
 def open_study(study_name: str, storage: str | None) -> Any:
