@@ -99,29 +99,7 @@ def build_report(
     table.to_csv(out / "results.csv", index=False)
     files = [out / "results.csv"]
 
-    # Final scores: the finished units' last evaluations and the diverged units at their task's
-    # worst score (a diverged seed is the method's failure; leaving it out would flatter it).
-    ends, diverged = table, results.diverged
-    if len(diverged):
-        scored = diverged.assign(score=normalise(diverged))[table.columns]
-        ends = pd.concat([table, scored], ignore_index=True)
-    finals, notes = final_score_arrays(ends, results.tasks)
-    notes = [
-        f"{task}: no finished run of any variant; the statistics cover {', '.join(results.tasks)} only"
-        for task in results.tasks_without_results
-    ] + notes
-    if len(diverged):
-        units = ", ".join(f"{row.variant}|{row.task}|seed{row.seed}" for row in diverged.itertuples())
-        notes.append(
-            f"{len(diverged)} diverged unit(s) count with their task's worst score in the final-score "
-            f"statistics and tables, and have no curve: {units}"
-        )
-    if not finals:
-        raise UserError(
-            f"no variant of study {study_name!r} has a finished run on every task yet; "
-            + "; ".join(notes)
-            + ". Report again when more units are done."
-        )
+    ends, finals, notes = _final_scores(table, results)
     options = {"reps": reps, "seed": seed, "confidence": CONFIDENCE, "progress": progress}
     sections: list[tuple[str, Table]] = []
 
@@ -175,6 +153,39 @@ def build_report(
     files += _write_tables(out, results, sections, notes, files, reps, seed)
     notes += _log_artifacts(results, out)
     return Report(out, results.partial, results.missing, results.failed, files, notes)
+
+
+def _final_scores(
+    table: pd.DataFrame, results: StudyResults
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[str]]:
+    """(the rows of every unit's end, each variant's final-score array, notes on what was left out).
+
+    The ends are the finished units' last evaluations and the diverged units at their task's
+    worst score: a diverged seed is the method's failure, and leaving it out would flatter it.
+    """
+
+    ends, diverged = table, results.diverged
+    if len(diverged):
+        scored = diverged.assign(score=normalise(diverged))[table.columns]
+        ends = pd.concat([table, scored], ignore_index=True)
+    finals, notes = final_score_arrays(ends, results.tasks)
+    notes = [
+        f"{task}: no finished run of any variant; the statistics cover {', '.join(results.tasks)} only"
+        for task in results.tasks_without_results
+    ] + notes
+    if len(diverged):
+        units = ", ".join(f"{row.variant}|{row.task}|seed{row.seed}" for row in diverged.itertuples())
+        notes.append(
+            f"{len(diverged)} diverged unit(s) count with their task's worst score in the final-score "
+            f"statistics and tables, and have no curve: {units}"
+        )
+    if not finals:
+        raise UserError(
+            f"no variant of study {results.study!r} has a finished run on every task yet; "
+            + "; ".join(notes)
+            + ". Report again when more units are done."
+        )
+    return ends, finals, notes
 
 
 def check_bootstrap(reps: int, seed: int) -> None:
