@@ -308,17 +308,9 @@ def _train(
                     "steps/counted": step,
                     "steps/total": agent.total_steps,
                 })  # fmt: skip
-                evaluated = step >= points[position.next_point]
-                if evaluated:
-                    while position.next_point < len(points) and step >= points[position.next_point]:
-                        position.next_point += 1
-                    agent.begin_evaluation()
-                    mean, std = evaluator.evaluate(
-                        lambda obs: agent.act(obs, deterministic=True), position.next_point - 1
-                    )
-                    position.history.append((step, mean, std))
-                    agent.observe_evaluation(mean)
-                    metrics.update({"eval/return_mean": mean, "eval/return_std": std})
+                evaluation = _evaluate_if_due(agent, evaluator, position, points)
+                evaluated = bool(evaluation)
+                metrics.update(evaluation)
                 tracker.log_metrics(metrics, step)
                 due = step >= position.next_checkpoint if request.checkpoint_every else evaluated
                 if due or step >= request.steps:
@@ -356,6 +348,26 @@ def _train(
         agent.close()
     tracker.end("FINISHED")
     return result("FINISHED")
+
+
+def _evaluate_if_due(
+    agent: algorithms.base.Agent, evaluator: Evaluator, position: _RunPosition, points: list[int]
+) -> dict[str, float]:
+    """Evaluate the deterministic policy if the agent's counted steps reached the next evaluation
+    point (an iteration that stepped over several points evaluates once, at the last of them);
+    record it in `position` and return its metrics, or nothing when no evaluation was due."""
+
+    step = agent.counted_steps
+    if step < points[position.next_point]:
+        return {}
+    while position.next_point < len(points) and step >= points[position.next_point]:
+        position.next_point += 1
+    agent.begin_evaluation()
+    # The point's index seeds the evaluation episodes' resets: the same at every resume.
+    mean, std = evaluator.evaluate(lambda obs: agent.act(obs, deterministic=True), position.next_point - 1)
+    position.history.append((step, mean, std))
+    agent.observe_evaluation(mean)
+    return {"eval/return_mean": mean, "eval/return_std": std}
 
 
 def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -> None:
