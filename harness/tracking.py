@@ -211,9 +211,16 @@ def open_store(tracking_uri: str) -> Any:
     return client
 
 
-def check_run_exists(tracking_uri: str, run_id: str) -> Any:
-    """The MLflow run `run_id`, or a clear error unless the store at `tracking_uri` holds it (a
-    store that has moved since the run started is the usual cause)."""
+def check_run_exists(tracking_uri: str, run_id: str) -> None:
+    """A clear error unless the store at `tracking_uri` holds run `run_id` (a store that has moved
+    since the run started is the usual cause)."""
+
+    _find_run(tracking_uri, run_id)
+
+
+def _find_run(tracking_uri: str, run_id: str) -> tuple[Any, Any]:
+    """(an `MlflowClient` on the store at `tracking_uri`, its run `run_id`), or `check_run_exists`'s
+    error."""
 
     from mlflow.exceptions import MlflowException
 
@@ -223,8 +230,9 @@ def check_run_exists(tracking_uri: str, run_id: str) -> Any:
     )
     if sqlite_store_missing(tracking_uri):  # checked first: MLflow would create it empty
         raise UserError(missing)
+    client = open_store(tracking_uri)
     try:
-        return open_store(tracking_uri).get_run(run_id)
+        return client, client.get_run(run_id)
     except MlflowException:
         raise UserError(missing) from None
 
@@ -233,13 +241,13 @@ def check_run_continuable(tracking_uri: str, run_id: str) -> None:
     """`check_run_exists`, and a clear error when the run, or its experiment, was deleted (MLflow
     then refuses every write to it)."""
 
-    run = check_run_exists(tracking_uri, run_id)
+    client, run = _find_run(tracking_uri, run_id)
     restore = f"with MLFLOW_TRACKING_URI={tracking_uri}) to continue it."
     if run.info.lifecycle_stage == "deleted":
         raise UserError(
             f"MLflow run {run_id} was deleted; restore it (`mlflow runs restore --run-id {run_id}` {restore}"
         )
-    experiment = open_store(tracking_uri).get_experiment(run.info.experiment_id)
+    experiment = client.get_experiment(run.info.experiment_id)
     if experiment.lifecycle_stage == "deleted":
         raise UserError(
             f"the MLflow experiment {experiment.name!r} of run {run_id} was deleted; restore it (`mlflow "
