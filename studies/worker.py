@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -55,6 +55,9 @@ from studies.storage import (
     owns,
     sweep_lost_units,
 )
+
+if TYPE_CHECKING:  # imported where it runs: the run harness loads torch
+    from harness.run import RunRequest
 
 
 class InvalidConfiguration(UserError):
@@ -406,26 +409,8 @@ def _execute(
     if lost.is_set():
         raise ClaimLost()
 
-    out_dir = context.out_root / variant_dir(unit.variant) / f"{unit.task}-seed{unit.seed_index}"
-    request = run.RunRequest(
-        algo=unit.algo,
-        task=unit.task,
-        seed=unit.seed,
-        steps=context.spec.steps,
-        preset=context.spec.preset,
-        overrides=dict(unit.params),
-        device=context.device,
-        out_dir=out_dir,
-        tracking_uri=context.tracking_uri,
-        experiment=context.study.study_name,
-        parent_run_id=parent_run_id,
-        run_name=unit.key,
-        tags={
-            "gorl.study": context.study.study_name,
-            "gorl.unit": unit.key,
-            "gorl.variant": unit.variant,
-        },
-    )
+    request = _run_request(context, unit, parent_run_id)
+    out_dir = Path(request.out_dir)
     if checkpoint_path(out_dir).is_file():
         # Under the directory's lock: a run still training there is an error, not moved away.
         with hold_run_directory(out_dir):
@@ -448,6 +433,33 @@ def _execute(
             f"[worker {os.getpid()}] {unit.key}: {out_dir} held {held}; moved it to {aside.name}.", flush=True
         )
     return _checked(run.execute(request, on_evaluation=on_evaluation, progress=False))
+
+
+def _run_request(context: Context, unit: Unit, parent_run_id: str) -> RunRequest:
+    """The run harness's request for one unit: its directory, config layers and MLflow placement."""
+
+    from harness import run
+
+    out_dir = context.out_root / variant_dir(unit.variant) / f"{unit.task}-seed{unit.seed_index}"
+    return run.RunRequest(
+        algo=unit.algo,
+        task=unit.task,
+        seed=unit.seed,
+        steps=context.spec.steps,
+        preset=context.spec.preset,
+        overrides=dict(unit.params),
+        device=context.device,
+        out_dir=out_dir,
+        tracking_uri=context.tracking_uri,
+        experiment=context.study.study_name,
+        parent_run_id=parent_run_id,
+        run_name=unit.key,
+        tags={
+            "gorl.study": context.study.study_name,
+            "gorl.unit": unit.key,
+            "gorl.variant": unit.variant,
+        },
+    )
 
 
 def _checked(result: Any) -> Any:
