@@ -310,32 +310,10 @@ def _next_tune_trial(context: Context) -> bool:
         params,
     )
     trial.set_user_attr("mlflow_run_id", run_id)
-    records: list[dict[str, Any]] = []
-    scores: list[float] = []
     state, value = "COMPLETE", None
-    finished = _finished_units(study, trial)
     try:
         with heartbeat(study, trial._trial_id) as lost:
-            units = spec.trial_units(variant, params)
-            for done, unit in enumerate(units, start=1):
-                earlier = finished.get((unit.task, unit.seed_index))
-                if earlier is not None:  # finished by the lost attempt this trial retries: reused
-                    run_id_of_unit, score = earlier["mlflow_run_id"], earlier["score"]
-                else:
-                    result = _execute(context, unit, run_id, None, lost, resume=False)
-                    run_id_of_unit = result.mlflow_run_id
-                    score = envs.normalised_score(unit.task, result.final_score)
-                records.append({**unit.record(), "mlflow_run_id": run_id_of_unit, "score": score})
-                trial.set_user_attr("units", records)
-                scores.append(score)
-                value = iqm(scores)
-                # Step = units done, the resource Hyperband counts (`studies.pruning`).
-                trial.report(value, done)
-                tracking.log_trial_step(context.tracking_uri, run_id, value, done)
-                # After the last unit there is nothing left to save: the trial completes.
-                if done < len(units) and trial.should_prune():
-                    state = "PRUNED"
-                    break
+            state, value = _run_trial_units(context, trial, spec.trial_units(variant, params), run_id, lost)
         if state == "PRUNED":
             study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -350,6 +328,37 @@ def _next_tune_trial(context: Context) -> bool:
         _fail(study, trial, error)
     tracking.finish_run(context.tracking_uri, run_id, state, value if state == "COMPLETE" else None)
     return True
+
+
+def _run_trial_units(
+    context: Context, trial: optuna.Trial, units: list[Unit], run_id: str, lost: threading.Event
+) -> tuple[str, float]:
+    """Run a tune trial's units in order, reporting the IQM of the scores so far after each;
+    return ("COMPLETE" or "PRUNED", the last IQM). Units the lost attempt it retries finished
+    are reused, not rerun."""
+
+    finished = _finished_units(context.study, trial)
+    records: list[dict[str, Any]] = []
+    scores: list[float] = []
+    for done, unit in enumerate(units, start=1):
+        earlier = finished.get((unit.task, unit.seed_index))
+        if earlier is not None:
+            run_id_of_unit, score = earlier["mlflow_run_id"], earlier["score"]
+        else:
+            result = _execute(context, unit, run_id, None, lost, resume=False)
+            run_id_of_unit = result.mlflow_run_id
+            score = envs.normalised_score(unit.task, result.final_score)
+        records.append({**unit.record(), "mlflow_run_id": run_id_of_unit, "score": score})
+        trial.set_user_attr("units", records)
+        scores.append(score)
+        value = iqm(scores)
+        # Step = units done, the resource Hyperband counts (`studies.pruning`).
+        trial.report(value, done)
+        tracking.log_trial_step(context.tracking_uri, run_id, value, done)
+        # After the last unit there is nothing left to save: the trial completes.
+        if done < len(units) and trial.should_prune():
+            return "PRUNED", value
+    return "COMPLETE", value
 
 
 def _finished_units(study: optuna.Study, trial: optuna.Trial) -> dict[tuple[str, int], dict[str, Any]]:
