@@ -110,10 +110,23 @@ class FlowPolicyConfig(CoreConfigMixin):
 CPU_PRESET: dict[str, Any] = {
     **{
         key: PPO_PRESETS["cpu"][key]
-        for key in ("num_envs", "rollout_steps", "epochs", "num_minibatches", "lr", "gamma", "value_coef",
-                    "reward_scale", "max_grad_norm", "grad_norm_scope", "critic_hidden", "update_threads",
-                    "eval_episodes", "eval_points")
-    },  # fmt: skip
+        for key in (
+            "num_envs",
+            "rollout_steps",
+            "epochs",
+            "num_minibatches",
+            "lr",
+            "gamma",
+            "value_coef",
+            "reward_scale",
+            "max_grad_norm",
+            "grad_norm_scope",
+            "critic_hidden",
+            "update_threads",
+            "eval_episodes",
+            "eval_points",
+        )
+    },
     "critic_activation": PPO_PRESETS["cpu"]["activation"],
     "critic_init": PPO_PRESETS["cpu"]["init"],
 }

@@ -306,8 +306,12 @@ def test_bad_inputs_are_refused():
             fit_decoder(config, **{**good, **changes}, seed=0, fit=fit)
 
     refused("at least 2 complete episodes", episode_ids=np.zeros(400, dtype=int))
-    refused("at least 2 complete episodes", obs=good["obs"][:0], actions=good["actions"][:0],
-            episode_ids=good["episode_ids"][:0])
+    refused(
+        "at least 2 complete episodes",
+        obs=good["obs"][:0],
+        actions=good["actions"][:0],
+        episode_ids=good["episode_ids"][:0],
+    )
     nan_obs = good["obs"].copy()
     nan_obs[7, 1] = np.nan
     refused("obs contains NaN", obs=nan_obs)

@@ -183,13 +183,16 @@ def test_bad_input_is_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatc
 
 @pytest.mark.parametrize(
     ("tracking", "message"),
-    [("foo://bar", "names no MLflow store"), ("sqlite:///{tmp}/not-a-db", "cannot open the MLflow store"),
-     ("http://127.0.0.1:1", "cannot reach the MLflow tracking server at http://127.0.0.1:1"),
-     ("deleted", "MLflow experiment 'gone' was deleted; restore it"),
-     # MLflow itself retries a directory for ~100 s before failing
-     ("sqlite:///{tmp}", "is a directory; name a file in it"),
-     ("sqlite:///{tmp}/not-a-db/mlflow.db", "cannot create the MLflow store's directory"),
-     ("sqlite://", "in-memory SQLite store, which keeps nothing")],  # fmt: skip
+    [
+        ("foo://bar", "names no MLflow store"),
+        ("sqlite:///{tmp}/not-a-db", "cannot open the MLflow store"),
+        ("http://127.0.0.1:1", "cannot reach the MLflow tracking server at http://127.0.0.1:1"),
+        ("deleted", "MLflow experiment 'gone' was deleted; restore it"),
+        # MLflow itself retries a directory for ~100 s before failing
+        ("sqlite:///{tmp}", "is a directory; name a file in it"),
+        ("sqlite:///{tmp}/not-a-db/mlflow.db", "cannot create the MLflow store's directory"),
+        ("sqlite://", "in-memory SQLite store, which keeps nothing"),
+    ],
 )
 def test_a_tracking_store_that_cannot_take_the_run_is_one_clear_error(tmp_path, capsys, tracking, message):
     if tracking == "deleted":
@@ -300,11 +303,13 @@ def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"", "cannot be read (EOFError"), (b"not a checkpoint", "cannot be read (UnpicklingError"),
-     ({"weights": [1.0]}, "is not a gorl-bench run checkpoint"),
-     ({"request": {}, "agent": {}, "progress": {}}, "is not a gorl-bench run checkpoint"),
-     ({"request": {}, "agent": {}, "progress": {}, "mlflow_run_id": "x"},
-      "no valid run request")],  # fmt: skip
+    [
+        (b"", "cannot be read (EOFError"),
+        (b"not a checkpoint", "cannot be read (UnpicklingError"),
+        ({"weights": [1.0]}, "is not a gorl-bench run checkpoint"),
+        ({"request": {}, "agent": {}, "progress": {}}, "is not a gorl-bench run checkpoint"),
+        ({"request": {}, "agent": {}, "progress": {}, "mlflow_run_id": "x"}, "no valid run request"),
+    ],
 )
 def test_a_damaged_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, content, message):
     run_dir = tmp_path / "damaged"

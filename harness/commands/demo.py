@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--storage", help=STORAGE_HELP)
     parser.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)"
+        "--tracking-uri",
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)",
     )
     parser.add_argument(
         "--workers",
