@@ -260,8 +260,9 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
         else:
             weights, total = list(config.stages), sum(config.stages)
             if not (math.isclose(total, 1.0, rel_tol=1e-3) or math.isclose(total, budget, rel_tol=1e-6)):
+                shown = ", ".join(f"{x:g}" for x in config.stages)  # 4096, not 4096.0
                 raise ValueError(
-                    f"stages {list(config.stages)} sum to {total:g}; give fractions of the budget that sum "
+                    f"stages [{shown}] sum to {total:g}; give fractions of the budget that sum "
                     f"to 1, or env steps that sum to the budget ({budget})"
                 )
         cumulative = np.cumsum(weights) / sum(weights)
