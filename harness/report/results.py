@@ -39,9 +39,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from optuna.trial import TrialState
 
 from harness.errors import UserError
 from harness.tracking import open_store
+from studies.storage import DIVERGED, counted_trials, failure_kind, trial_label
 
 RETURN_METRIC = "eval/return_mean"
 COLUMNS = ["study", "variant", "algo", "task", "seed", "env_step", "eval_return"]
@@ -90,7 +92,6 @@ def load_study_results(
 
     import envs
     from studies.spec import parse_spec
-    from studies.storage import counted_trials
 
     study = open_study(study_name, storage)
     attrs = study.user_attrs
@@ -180,10 +181,6 @@ class _TrialTally:
     looked_up: list[str] = field(default_factory=list)  # MLflow run ids of finished units
 
     def add(self, trial: Any) -> None:
-        from optuna.trial import TrialState
-
-        from studies.storage import DIVERGED, failure_kind, trial_label
-
         if trial.state == TrialState.FAIL:
             self.failed[trial_label(trial)] = trial.user_attrs.get("fail_reason", "no reason recorded")
             if self.kind != "tune" and failure_kind(trial) == DIVERGED and "task" in trial.user_attrs:
