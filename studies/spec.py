@@ -246,6 +246,8 @@ def spec_path(name_or_path: str | Path) -> Path:
     if path.suffix == ".toml" or path.exists():
         if path.is_dir():
             raise UserError(f"study spec {str(path)!r} is a directory, not a TOML file.")
+        if path.exists() and not path.is_file():  # a device or a pipe: nothing a spec can be read from
+            raise UserError(f"study spec {str(path)!r} is not a regular file; pass a TOML file.")
         if not path.is_file():
             raise UserError(f"study spec file {str(path)!r} does not exist.")
         return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -105,6 +106,9 @@ def test_an_unreadable_spec_file_is_a_clear_error(tmp_path):
     (tmp_path / "adir.toml").mkdir()
     with pytest.raises(UserError, match="is a directory, not a TOML file"):
         load_spec(tmp_path / "adir.toml")
+    os.mkfifo(tmp_path / "pipe")  # opening a pipe to read it would wait for a writer forever
+    with pytest.raises(UserError, match="is not a regular file"):
+        load_spec(tmp_path / "pipe")
 
 
 def test_unknown_spec_name_lists_the_shipped_ones():
