@@ -100,15 +100,24 @@ def open_storage(location: str | None) -> BaseStorage:
         ) from None
 
 
+def check_storage_file(path: Path, shown: str, expected: str) -> None:
+    """A storage file that exists must be a regular file: a directory cannot hold a journal or a
+    database, a device such as /dev/null loses what is written to it, and a pipe blocks its reader."""
+
+    if path.exists() and not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise UserError(f"the study storage {shown} is {what}; pass {expected}.")
+
+
 def _check_journal(path: Path) -> None:
     """Refuse a path that is not an Optuna journal file before Optuna reads it, or appends to it:
     opening any existing file as a journal wrote the new study's records into it."""
 
-    if path.is_dir():
-        raise UserError(
-            f"the study storage {path} is a directory; pass a journal file path (default "
-            f"{DEFAULT_JOURNAL}) or an RDB URL such as postgresql://..."
-        )
+    check_storage_file(
+        path,
+        str(path),
+        f"a journal file path (default {DEFAULT_JOURNAL}) or an RDB URL (postgresql://...)",
+    )
     try:
         with path.open("rb") as handle:
             first = handle.readline(1 << 16)  # a journal's first record, the study's creation, is short

@@ -156,24 +156,20 @@ class StudyNotFound(UserError):
 
 
 def load_study(name: str, location: str | None) -> optuna.Study:
-    """The existing study `name`; a storage file that does not exist, or is a directory, is an error
-    (nothing is created)."""
+    """The existing study `name`; a storage file that does not exist, or is not a regular file, is an
+    error (nothing is created)."""
 
-    from studies.storage import DEFAULT_JOURNAL
+    from studies.storage import DEFAULT_JOURNAL, check_storage_file
 
     where = location or str(DEFAULT_JOURNAL)
     if "://" not in where or where.startswith("sqlite:///"):  # a journal or an SQLite file
         path = Path(where.removeprefix("sqlite:///"))
-        if path.is_dir():
-            raise UserError(
-                f"the study storage {where} is a directory; pass the --storage a study was run with (a "
-                "journal file path or an RDB URL such as postgresql://...)."
-            )
+        expected = (
+            "the --storage a study was run with (a journal file path or an RDB URL such as postgresql://...)"
+        )
+        check_storage_file(path, where, expected)
         if not path.is_file():
-            raise StudyNotFound(
-                f"no study storage at {where}: the file does not exist. Pass the --storage a study was "
-                "run with (a journal file path or an RDB URL such as postgresql://...)."
-            )
+            raise StudyNotFound(f"no study storage at {where}: the file does not exist. Pass {expected}.")
     storage = open_storage(location)
     try:
         return optuna.load_study(study_name=name, storage=storage)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import textwrap
 from collections import Counter
@@ -601,6 +602,20 @@ def test_a_storage_file_that_is_not_a_journal_is_refused_and_left_untouched(work
     err = capsys.readouterr().err
     assert err.count("is not an Optuna journal file") == 2 and "Traceback" not in err
     assert storage.read_bytes() == content
+
+
+def test_a_storage_that_is_not_a_regular_file_is_refused(workdir, capsys):
+    """A pipe blocked `study run` reading its first line, forever; /dev/null failed in os.fsync
+    with a traceback."""
+
+    path = grid_spec(workdir, 1, [0.0])
+    os.mkfifo(workdir / "pipe")
+    for storage in (workdir / "pipe", Path(os.devnull)):
+        assert main(["study", "run", str(path), "--storage", str(storage)]) == 2
+        assert main(["study", "status", "tiny", "--storage", str(storage)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.count(f"the study storage {storage} is not a regular file; pass") == 2
+        assert "Traceback" not in err
 
 
 def test_a_damaged_journal_is_a_clear_error(workdir, capsys):
