@@ -270,8 +270,9 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
     lengths = np.diff([0, *ends])
     if lengths.min() < 1:
         shown = lengths.tolist() if len(lengths) <= 8 else f"{int((lengths < 1).sum())} of them 0"
+        update_count = f"{updates} PPO update" if updates == 1 else f"{updates} PPO updates"
         raise ValueError(
-            f"the budget of {budget} env steps is {updates} PPO updates of {per_update} steps, too few for "
+            f"the budget of {budget} env steps is {update_count} of {per_update} steps, too few for "
             f"{len(ends)} encoder stages (stage lengths in updates would be {shown}); raise the "
             f"budget (the paper's, which the `paper` preset is for, is 180,000,000) or use fewer refits"
         )

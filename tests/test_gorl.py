@@ -99,7 +99,8 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
     [
         ({"stages": [0.5, 0.25]}, 12 * UPDATE, "sum to 0.75"),
         ({"stages": [1000, 2000]}, 12 * UPDATE, r"stages \[1000, 2000\] sum to 3000"),
-        ({"num_refits": 5}, 4 * UPDATE, "too few for 6 encoder stages"),
+        ({"num_refits": 5}, 4 * UPDATE, r"is 4 PPO updates of \d+ steps, too few for 6 encoder stages"),
+        ({"num_refits": 1}, UPDATE, r"is 1 PPO update of \d+ steps, too few for 2 encoder stages"),
         ({"num_refits": 999}, 12 * UPDATE, r"1000 encoder stages \(stage lengths .* be 988 of them 0\)"),
         ({"refit_episodes": 1}, 12 * UPDATE, "refit_episodes must be >= 2"),
         ({"latent_reg": "entropy"}, 12 * UPDATE, "latent_reg must be one of"),
