@@ -248,11 +248,17 @@ def test_ctrl_c_while_the_mlflow_run_is_set_up_ends_it_killed(tmp_path, tracking
         return result
 
     monkeypatch.setattr(owner, method, interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        if when == "start":
-            execute(request(tmp_path, tracking_uri), progress=False)
-        else:
-            resume(tmp_path / "run", progress=False)
+    # Python turns SIGINT into KeyboardInterrupt only if it started with SIGINT not ignored, and a
+    # shell's background job starts with it ignored: install the handler a terminal's run has.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if when == "start":
+                execute(request(tmp_path, tracking_uri), progress=False)
+            else:
+                resume(tmp_path / "run", progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
