@@ -208,8 +208,20 @@ class GoRLConfig(PPOConfig):
         stage_ends(self, budget)
 
     def check_task(self, task: str, act_dim: int | None = None) -> None:
-        """Refuse a latent size the decoder cannot take on `task` (act_dim: read from the task if None)."""
+        """Refuse settings `task` cannot take: a decoder minibatch larger than the refit buffer can
+        be, and a latent size the decoder cannot map onto the action (act_dim: read from the task
+        if None)."""
 
+        episode_steps = envs.max_episode_steps(task)  # None: a gymnasium id without a time limit
+        if episode_steps is not None and self.decoder_batch_size > self.refit_episodes * episode_steps:
+            # Minibatches are drawn with replacement, so a larger one only repeats rows: it costs
+            # memory in proportion (a billion rows exhausted 24 GB) and adds no data.
+            raise ValueError(
+                f"decoder_batch_size={self.decoder_batch_size} is more than the refit buffer can hold "
+                f"({self.refit_episodes} refit_episodes x {episode_steps} steps of {task} = "
+                f"{self.refit_episodes * episode_steps} transitions); give at most that, raise "
+                "refit_episodes, or raise samples_per_action for more noise draws per action"
+            )
         if self.latent_dim is None:
             return
         if act_dim is None:

@@ -111,6 +111,8 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         ({"refit_from": "first"}, 12 * UPDATE, "refit_from must be one of"),
         ({"decoder_input": "latent"}, 12 * UPDATE, "decoder_input must be one of"),
         ({"latent_dim": 3}, 12 * UPDATE, "latent must have the action's size"),
+        # A billion-row minibatch took 24 GB before the kernel killed the run at its first refit.
+        ({"decoder_batch_size": 10**9}, 12 * UPDATE, r"more than the refit buffer .* = 512 transitions"),
     ],
 )
 def test_bad_schedules_and_settings_are_refused_before_training(
