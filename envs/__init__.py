@@ -102,6 +102,12 @@ def make(task: str, num_envs: int, seed: int, backend: str = "auto") -> gymnasiu
         from envs.dmc import DMCVectorEnv as env_class
     else:
         from envs.fast import FastVectorEnv as env_class
-    env = env_class(task, int(num_envs), int(seed))
+    try:
+        env = env_class(task, int(num_envs), int(seed))
+    except ValueError as error:
+        # MuJoCo reports a failed allocation of a model's data as a ValueError with this text.
+        if "Could not allocate memory" in str(error):
+            raise MemoryError(f"MuJoCo could not allocate {num_envs} envs of {task}") from None
+        raise
     env.reset(seed=seed)
     return env

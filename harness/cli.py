@@ -1,8 +1,9 @@
 """`gorl-bench`: one command line for every algorithm, task, study and report.
 
 Each sub-command lives in its own module under `harness.commands` and registers itself
-with `register(subparsers)`; this file only wires them together, turns `UserError` into a
-short message instead of a traceback, and has `kill PID` stop any command as Ctrl-C does.
+with `register(subparsers)`; this file only wires them together, turns `UserError` (and
+running out of memory) into a short message instead of a traceback, and has `kill PID` stop
+any command as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError as error:  # under a memory limit (ulimit -v, a batch system's) allocations fail
+        print(
+            f"gorl-bench {args.command}: error: out of memory ({error or 'an allocation failed'}). Lower the "
+            "sizes that grow with the config (num_envs, rollout_steps, eval_episodes, the decoder's batch "
+            "sizes) or give the process more memory.",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+import textwrap
 
 import gymnasium
 import numpy as np
@@ -319,3 +322,26 @@ def test_gym_actions_are_rescaled_to_the_env_bounds():
         raw_obs, raw_reward, *_ = raw.step(np.array([2 * a], np.float32))
         np.testing.assert_array_equal(obs[0], raw_obs)
         assert reward[0] == np.float32(raw_reward)
+
+
+@pytest.mark.parametrize("backend", ["fast", "dm_control"])
+def test_mujoco_out_of_memory_is_a_memory_error_naming_the_envs(backend):
+    """MuJoCo reports a failed allocation as a ValueError ("engine error"), which reached the
+    command line as a traceback; as a MemoryError the CLI prints one line."""
+
+    script = textwrap.dedent(f"""
+        import resource
+        import envs
+
+        with open("/proc/self/status") as status:
+            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+        limit = used + 512 * 2**20  # room for a few dozen envs, not for a hundred thousand
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            envs.make("walker-walk", 100_000, 0, backend="{backend}")
+        except MemoryError as error:
+            print(f"MemoryError: {{error}}")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    expected = "MemoryError: MuJoCo could not allocate 100000 envs of walker-walk"
+    assert done.stdout.strip() == expected, done.stderr

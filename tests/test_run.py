@@ -512,3 +512,25 @@ def test_without_a_terminal_progress_is_one_line_per_evaluation(tmp_path, tracki
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ppo toy-bimodal s0: ")]
     assert len(lines) == SMALL["eval_points"]
     assert lines[-1].startswith(f"ppo toy-bimodal s0: {TINY['steps']:,}/{TINY['steps']:,} env steps")
+
+
+def test_running_out_of_memory_under_a_limit_is_one_clear_error(tmp_path, tracking_uri):
+    """Under a memory limit (`ulimit -v`, as batch systems set) a billion toy envs failed in numpy's
+    allocation with a traceback."""
+
+    import resource
+
+    limit = 4 * 2**30  # room for the interpreter and torch, not for 10^9 x 2 float32 observations
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    argv = ["run", "--algo", "ppo", "--task", "toy-bimodal", "--set", f"num_envs={10**9}",
+            "--steps", str(64 * 10**9), "--no-progress", "--out", str(tmp_path / "run"),
+            "--tracking-uri", tracking_uri]  # fmt: skip
+    command = [sys.executable, "-m", "harness.cli", *argv]
+    env = {**os.environ, "MUJOCO_GL": "disable"}
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=limited, timeout=120, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "gorl-bench run: error: out of memory (Unable to allocate" in done.stderr
+    assert "Lower the sizes that grow with the config (num_envs" in done.stderr
