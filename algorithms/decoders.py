@@ -30,7 +30,9 @@ import abc
 import copy
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +48,15 @@ DecoderKind = Literal["identity", "flow", "diffusion"]
 #: FM decoder 4x128 with output scale 1.0, diffusion decoder 4x64 with output scale 0.25.
 _RELEASE_WIDTH = {"flow": 128, "diffusion": 64}
 _RELEASE_OUTPUT_SCALE = {"flow": 1.0, "diffusion": 0.25}
+
+
+_AS_IS: Mapping[str, str] = MappingProxyType({})  # validation messages name the fields themselves
+
+
+def _check_counts(config: Any, fields: tuple[str, ...], names: Mapping[str, str]) -> None:
+    for field in fields:
+        if getattr(config, field) < 1:
+            raise ValueError(f"{names.get(field, field)} must be >= 1, got {getattr(config, field)}")
 
 
 @dataclass(frozen=True)
@@ -64,13 +75,16 @@ class DecoderConfig:
     alpha_bar_min: float = 1e-3  # official release: linear alpha-bar schedule from 1 down to 1e-3
     obs_std_eps: float = 1e-8  # official release: added to the decoder's fixed obs std
 
-    def validate(self) -> None:
+    def validate(self, names: Mapping[str, str] = _AS_IS) -> None:
+        """Raise ValueError for an invalid field, named by `names` (field -> the key a user sets)."""
+
         if self.kind not in ("identity", "flow", "diffusion"):
             raise ValueError(f"kind must be 'identity', 'flow' or 'diffusion', got {self.kind!r}")
         if self.hidden_width is not None and self.hidden_width < 1:
-            raise ValueError(f"hidden_width must be >= 1, got {self.hidden_width}")
-        if self.depth < 1 or self.sampling_steps < 1 or self.samples_per_action < 1:
-            raise ValueError("depth, sampling_steps and samples_per_action must be >= 1")
+            raise ValueError(
+                f"{names.get('hidden_width', 'hidden_width')} must be >= 1, got {self.hidden_width}"
+            )
+        _check_counts(self, ("depth", "sampling_steps", "samples_per_action"), names)
         if self.output_scale is not None and self.output_scale <= 0:
             raise ValueError(f"output_scale must be > 0, got {self.output_scale}")
         if self.target_clip is not None and self.target_clip < 0:
@@ -343,19 +357,22 @@ class FitConfig:
     select_by: Literal["val_loss", "endpoint_mse"] = "val_loss"
     endpoint_actions: int = 4096  # official release: 4096 validation states in the endpoint check
 
-    def validate(self) -> None:
-        if min(self.steps, self.batch_size, self.eval_every, self.val_max_actions, self.endpoint_actions) < 1:
-            raise ValueError(
-                "steps, batch_size, eval_every, val_max_actions and endpoint_actions must be >= 1"
-            )
+    def validate(self, names: Mapping[str, str] = _AS_IS) -> None:
+        """Raise ValueError for an invalid field, named by `names` (field -> the key a user sets)."""
+
+        _check_counts(
+            self, ("steps", "batch_size", "eval_every", "val_max_actions", "endpoint_actions"), names
+        )
         if not self.anchor_weight >= 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         if self.select_by not in ("val_loss", "endpoint_mse"):
-            raise ValueError(f"select_by must be 'val_loss' or 'endpoint_mse', got {self.select_by!r}")
+            select_by = names.get("select_by", "select_by")
+            raise ValueError(f"{select_by} must be 'val_loss' or 'endpoint_mse', got {self.select_by!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ValueError(f"{names.get('lr', 'lr')} must be > 0, got {self.lr}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+            val_fraction = names.get("val_fraction", "val_fraction")
+            raise ValueError(f"{val_fraction} must lie in (0, 1), got {self.val_fraction}")
         if self.decoder_input not in ("prior", "encoder_latent"):
             raise ValueError(f"decoder_input must be 'prior' or 'encoder_latent', got {self.decoder_input!r}")
 

@@ -75,6 +75,17 @@ from algorithms.ppo import task_overrides as ppo_task_overrides
 from algorithms.registry import register
 from harness.errors import UserError
 
+# The decoder's and its fit's fields under the config keys that set them, so that an invalid
+# `--set decoder_lr=-1` is reported as decoder_lr, not as the encoder's `lr`.
+DECODER_KEYS = {"hidden_width": "decoder_width", "depth": "decoder_depth"}
+FIT_KEYS = {
+    "steps": "decoder_steps",
+    "batch_size": "decoder_batch_size",
+    "lr": "decoder_lr",
+    "val_fraction": "decoder_val_fraction",
+    "select_by": "decoder_select",
+}
+
 
 @dataclass(frozen=True)
 class GoRLConfig(PPOConfig):
@@ -157,12 +168,8 @@ class GoRLConfig(PPOConfig):
 
     def validate(self) -> None:
         super().validate()
-        # Named as the user sets them; the fit's own check names its internal fields.
-        for key in ("decoder_steps", "decoder_batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        self.decoder_config().validate()
-        self.fit_config().validate()
+        self.decoder_config().validate(DECODER_KEYS)
+        self.fit_config().validate(FIT_KEYS)
         if self.encoder_steps_per_refit is not None and self.encoder_steps_per_refit < 1:
             raise ValueError(f"encoder_steps_per_refit must be >= 1, got {self.encoder_steps_per_refit}")
         if self.num_refits is not None and self.num_refits < 0:

@@ -111,6 +111,10 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         ({"refit_from": "first"}, 12 * UPDATE, "refit_from must be one of"),
         ({"decoder_input": "latent"}, 12 * UPDATE, "decoder_input must be one of"),
         ({"latent_dim": 3}, 12 * UPDATE, "latent must have the action's size"),
+        # The decoder's settings are named by their keys: "lr must be > 0" pointed at the encoder.
+        ({"decoder_lr": -1}, 12 * UPDATE, r"decoder_lr must be > 0, got -1"),
+        ({"decoder_val_fraction": 1.0}, 12 * UPDATE, r"decoder_val_fraction must lie in \(0, 1\)"),
+        ({"decoder_depth": 0}, 12 * UPDATE, "decoder_depth must be >= 1, got 0"),
         # A billion-row minibatch took 24 GB before the kernel killed the run at its first refit.
         ({"decoder_batch_size": 10**9}, 12 * UPDATE, r"more than the refit buffer .* = 512 transitions"),
     ],
