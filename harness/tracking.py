@@ -15,11 +15,13 @@ it is refused here with a clear message. Artifacts of experiments created here g
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -203,12 +205,34 @@ def open_store(tracking_uri: str) -> Any:
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        client = MlflowClient(tracking_uri=tracking_uri)  # a database store is opened (and set up) here
+        with _sqlite_setup_lock(tracking_uri):
+            client = MlflowClient(tracking_uri=tracking_uri)  # a database store is opened (and set up) here
         client.search_experiments(max_results=1)  # a server's store is reached here
     except (MlflowException, SQLAlchemyError, ImportError) as error:
         reason = str(error).splitlines()[0]
         raise UserError(f"cannot open the MLflow store {tracking_uri}: {reason}") from None
     return client
+
+
+@contextmanager
+def _sqlite_setup_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on an SQLite store's directory: two runs started at the same moment
+    on a new store both ran MLflow's table creation, and one failed ("table ... already exists").
+    Database servers and tracking servers serialise their own set-up."""
+
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        fd = os.open(Path(tracking_uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
+    except OSError:  # no directory to lock: opening the store fails, and says why
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # on the directory, so that no lock file is left beside the store
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_run_exists(tracking_uri: str, run_id: str) -> None:
@@ -270,6 +294,22 @@ def local_artifacts_gone(artifact_uri: str) -> bool:
     return not Path(local_file_uri_to_path(artifact_uri)).is_dir()
 
 
+def _create_experiment(client: Any, name: str, location: str | None) -> str:
+    """Create experiment `name`, or take the one a run started at the same moment created first
+    (the loser of that race failed on the name's uniqueness)."""
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with signals_deferred():
+            return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 class RunTracker:
     """One MLflow run. Metrics at steps already in the store (a resumed run) are skipped."""
 
@@ -312,8 +352,7 @@ class RunTracker:
                 location = None
                 if tracking_uri.startswith("sqlite:///"):
                     location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-                with signals_deferred():
-                    experiment_id = client.create_experiment(name, artifact_location=location)
+                experiment_id = _create_experiment(client, name, location)
             with signals_deferred():
                 run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         except (MlflowException, SQLAlchemyError) as error:  # e.g. a store it may read but not write

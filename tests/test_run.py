@@ -534,3 +534,21 @@ def test_running_out_of_memory_under_a_limit_is_one_clear_error(tmp_path, tracki
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "gorl-bench run: error: out of memory (Unable to allocate" in done.stderr
     assert "Lower the sizes that grow with the config (num_envs" in done.stderr
+
+
+def test_runs_started_together_on_a_new_store_all_finish(tmp_path):
+    """Each process ran MLflow's table creation on the new SQLite file, and all but one failed
+    ("table ... already exists", "duplicate column name"); then each created the experiment."""
+
+    store = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    argv = [sys.executable, "-m", "harness.cli", "run", "--algo", "ppo", "--task", "toy-bimodal",
+            "--steps", "256", "--set", "num_envs=16", "--set", "rollout_steps=16", "--set", "eval_episodes=2",
+            "--no-progress", "--tracking-uri", store]  # fmt: skip
+    env = {**os.environ, "MUJOCO_GL": "disable"}
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    runs = [subprocess.Popen([*argv, "--out", str(tmp_path / f"r{i}")], env=env, **output) for i in range(3)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    client = MlflowClient(store)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "gorl-bench"]
+    assert len(client.search_runs([experiment.experiment_id])) == 3
