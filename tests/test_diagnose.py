@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.checkpoint import load_checkpoint
 from harness.cli import main
+from harness.commands.diagnose import fixed_state_steps
 from harness.run import RunRequest, execute
 
 SMALL = {"num_envs": 16, "rollout_steps": 16, "epochs": 2, "num_minibatches": 2, "eval_episodes": 8,
@@ -51,6 +52,23 @@ def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(tmp_path,
     execute(request, progress=False)
     assert main(["diagnose", "multimodality", str(tmp_path / "ppo"), "--samples", "100"]) == 2
     assert "at this state are all the same (a collapsed or saturated policy)" in capsys.readouterr().err
+
+
+def test_the_fixed_state_lies_within_the_first_episode(tmp_path, tracking_uri, capsys):
+    """Past an episode's end the env resets: --state-steps 99999 on toy-bimodal ran for minutes to
+    reach an early state of some later episode."""
+
+    request = RunRequest(algo="ppo", task="toy-bimodal", steps=256, overrides=SMALL,
+                         out_dir=tmp_path / "ppo", tracking_uri=tracking_uri)  # fmt: skip
+    execute(request, progress=False)
+    argv = ["diagnose", "multimodality", str(tmp_path / "ppo"), "--samples", "100", "--state-steps"]
+    assert main([*argv, "16"]) == 2
+    err = capsys.readouterr().err
+    assert "--state-steps 16 is past the end of a toy-bimodal episode (16 steps); give at most 15." in err
+    assert main([*argv, "15"]) == 0
+    # The default, 200 steps, becomes the last step of a shorter episode.
+    assert fixed_state_steps("toy-bimodal", None) == 15
+    assert fixed_state_steps("cheetah-run", None) == 200
 
 
 def test_a_directory_without_a_run_is_refused(tmp_path, capsys):

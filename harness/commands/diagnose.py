@@ -22,7 +22,9 @@ import numpy as np
 from harness.commands.arguments import check_out_dir, directory, non_negative_int
 
 DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
-DEFAULT_STATE_STEPS = 200  # chosen here, because 200 steps leave the reset pose on every DMC task
+# Chosen here, because 200 steps leave the reset pose on every DMC task; a task with shorter
+# episodes (toy-bimodal: 16) takes its episode's last step instead.
+DEFAULT_STATE_STEPS = 200
 
 
 @dataclass
@@ -49,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     multimodality.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="actions per run (10000)")
     multimodality.add_argument(
-        "--state-steps", type=int, default=DEFAULT_STATE_STEPS, help="policy steps to the fixed state (200)"
+        "--state-steps",
+        type=non_negative_int,
+        help="policy steps to the fixed state, within one episode (default 200, or the episode's last)",
     )
     multimodality.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the state's reset (default 0)"
@@ -68,8 +72,8 @@ def main(args: argparse.Namespace) -> int:
     from harness.errors import UserError
     from harness.tracking import resolve_tracking_uri
 
-    if args.samples < 4 or args.state_steps < 0:
-        raise UserError("--samples must be >= 4 and --state-steps >= 0.")
+    if args.samples < 4:
+        raise UserError(f"--samples must be >= 4 (a distribution to analyse), got {args.samples}.")
     tracking_uri = resolve_tracking_uri(args.tracking_uri, create=False) if args.tracking_uri else None
     diagnosis = diagnose_multimodality(
         args.runs, args.samples, args.state_steps, args.seed, args.out, tracking_uri
@@ -96,13 +100,14 @@ def main(args: argparse.Namespace) -> int:
 def diagnose_multimodality(
     run_dirs: list[Path],
     samples: int,
-    state_steps: int,
+    state_steps: int | None,
     seed: int,
     out: Path | None,
     tracking_uri: str | None = None,
 ) -> Diagnosis:
     """Analyse every run at one state, draw the figure into `out` and log the results to each
-    run's MLflow run (in `tracking_uri` if given, else in the store the run recorded)."""
+    run's MLflow run (in `tracking_uri` if given, else in the store the run recorded).
+    `state_steps` None: `DEFAULT_STATE_STEPS`, or the last step of a shorter episode."""
 
     import torch
 
@@ -126,6 +131,7 @@ def diagnose_multimodality(
             f"the runs are on different tasks ({', '.join(sorted(tasks))}); give runs of one task."
         )
     first_request, _, first_agent, _ = runs[0]
+    state_steps = fixed_state_steps(first_request.task, state_steps)
     state = _fixed_state(first_request.task, first_agent, state_steps, seed)
 
     labelled = []
@@ -177,6 +183,24 @@ def _log(
         diagnosis.unlogged.append(
             f"{run_dir}: logging to MLflow run {run_id} in {tracking_uri} failed: {error}"
         )
+
+
+def fixed_state_steps(task: str, steps: int | None) -> int:
+    """The steps to the fixed state: within the first episode, since past its end the env resets
+    and the state would be an early one of another episode."""
+
+    import envs
+    from harness.errors import UserError
+
+    episode_steps = envs.max_episode_steps(task)  # None: a gymnasium id without a time limit
+    if steps is None:
+        return DEFAULT_STATE_STEPS if episode_steps is None else min(DEFAULT_STATE_STEPS, episode_steps - 1)
+    if episode_steps is not None and steps >= episode_steps:
+        raise UserError(
+            f"--state-steps {steps} is past the end of a {task} episode ({episode_steps} steps); give at "
+            f"most {episode_steps - 1}."
+        )
+    return steps
 
 
 def _fixed_state(task: str, agent: object, steps: int, seed: int) -> np.ndarray:
