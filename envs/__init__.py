@@ -104,8 +104,9 @@ def make(task: str, num_envs: int, seed: int, backend: str = "auto") -> gymnasiu
         from envs.fast import FastVectorEnv as env_class
     try:
         env = env_class(task, int(num_envs), int(seed))
-    except ValueError as error:
-        # MuJoCo reports a failed allocation of a model's data as a ValueError with this text.
+    except Exception as error:
+        # MuJoCo reports a failed allocation with this text, as a ValueError ("engine error") or as
+        # its own FatalError, depending on which allocation failed; anything else propagates as is.
         if "Could not allocate memory" in str(error):
             raise MemoryError(f"MuJoCo could not allocate {num_envs} envs of {task}") from None
         raise
