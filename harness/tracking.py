@@ -61,8 +61,9 @@ def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
             f"tracking URI {uri!r} is an in-memory SQLite store, which keeps nothing after the run: use a "
             "file, sqlite:///PATH."
         )
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///")).resolve()
+    path = sqlite_path(uri)
+    if path is not None:
+        path = path.resolve()
         if create:
             _create_store_directory(path)
         uri = f"sqlite:///{path}"
@@ -188,11 +189,18 @@ def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The file of an SQLite store (`sqlite:///PATH`); None for any other store."""
+
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def sqlite_store_missing(uri: str) -> bool:
     """Whether `uri` names an SQLite store whose file does not exist: MLflow would create it empty
     (typically a store that has moved, or one on the machine that created a study)."""
 
-    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
+    path = sqlite_path(uri)
+    return path is not None and not path.is_file()
 
 
 def open_store(tracking_uri: str) -> Any:
@@ -220,11 +228,12 @@ def _sqlite_setup_lock(tracking_uri: str) -> Iterator[None]:
     on a new store both ran MLflow's table creation, and one failed ("table ... already exists").
     Database servers and tracking servers serialise their own set-up."""
 
-    if not tracking_uri.startswith("sqlite:///"):
+    path = sqlite_path(tracking_uri)
+    if path is None:
         yield
         return
     try:
-        fd = os.open(Path(tracking_uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
+        fd = os.open(path.parent, os.O_RDONLY)
     except OSError:  # no directory to lock: opening the store fails, and says why
         yield
         return
@@ -349,9 +358,8 @@ class RunTracker:
             if found is not None:
                 experiment_id = found.experiment_id
             else:
-                location = None
-                if tracking_uri.startswith("sqlite:///"):
-                    location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+                store = sqlite_path(tracking_uri)
+                location = None if store is None else (store.parent / "mlartifacts").as_uri()
                 experiment_id = _create_experiment(client, name, location)
             with signals_deferred():
                 run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)

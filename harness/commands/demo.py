@@ -133,10 +133,13 @@ def main(args: argparse.Namespace) -> int:
 def mlflow_ui_command(tracking_uri: str) -> str:
     """The command that serves the MLflow UI on `tracking_uri` (a server URI is the UI itself)."""
 
+    from harness.tracking import sqlite_path
+
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri} in a browser (it is an MLflow tracking server)"
-    if tracking_uri.startswith("sqlite:///"):
-        tracking_uri = "sqlite:///" + _shown(Path(tracking_uri.removeprefix("sqlite:///")))
+    store = sqlite_path(tracking_uri)
+    if store is not None:
+        tracking_uri = "sqlite:///" + _shown(store)
     return f"{_tool('mlflow')} ui --backend-store-uri {shlex.quote(tracking_uri)}"
 
 
