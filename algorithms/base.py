@@ -43,6 +43,13 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    @property
+    def evaluation_draws_noise(self) -> bool:
+        """Whether `act(obs, deterministic=True)` still draws noise, seeded by `begin_evaluation`
+        (FPO's and DPPO's official evaluation keeps the sampler's noise); False: the mean action."""
+
+        return False
+
     def begin_evaluation(self) -> None:  # noqa: B027 - optional hook
         """Called before each evaluation's first `act`. An agent whose evaluation draws noise (FPO,
         DPPO) reseeds it here, so that an evaluation depends on the run's seed and counted steps

@@ -177,6 +177,10 @@ class FlowPolicyAgent(ActorCriticAgent):
             pre_tanh = self.sample_pre_tanh(x, self.eval_rng if deterministic else self.action_rng)
         return torch.tanh(pre_tanh).cpu().numpy()
 
+    @property
+    def evaluation_draws_noise(self) -> bool:
+        return self.config.eval_noise == "sample"
+
     def begin_evaluation(self) -> None:
         entropy = [self.eval_seed, self.counted_steps]
         self.eval_rng.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))

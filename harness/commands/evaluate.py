@@ -123,6 +123,8 @@ def evaluate_run(
         finally:
             evaluator.close()
         counted_steps = agent.counted_steps
+        # FPO and DPPO evaluate with noise drawn from a generator seeded by (run seed, counted steps).
+        seeded_noise = deterministic and agent.evaluation_draws_noise
     finally:
         agent.close()
     try:
@@ -137,8 +139,7 @@ def evaluate_run(
         "counted_steps": counted_steps,
         "reset_seed": seed,
         "deterministic": deterministic,
-        # FPO and DPPO evaluate with noise drawn from a generator seeded by (run seed, counted steps).
-        "seeded_noise": deterministic and getattr(config, "eval_noise", "zero") == "sample",
+        "seeded_noise": seeded_noise,
         "returns": returns.tolist(),
         "mean": float(returns.mean()),
         "std": float(returns.std()),
