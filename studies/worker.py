@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 
 import envs
 from harness.errors import UserError
-from harness.tracking import sqlite_store_missing
+from harness.tracking import sqlite_path, sqlite_store_missing
 from studies import tracking
 from studies.pruning import make_pruner
 from studies.spec import Spec, Unit, check_on_every_task, parse_spec, stable_seed, variant_dir
@@ -162,8 +162,8 @@ def load_study(name: str, location: str | None) -> optuna.Study:
     from studies.storage import DEFAULT_JOURNAL, check_storage_file
 
     where = location or str(DEFAULT_JOURNAL)
-    if "://" not in where or where.startswith("sqlite:///"):  # a journal or an SQLite file
-        path = Path(where.removeprefix("sqlite:///"))
+    path = sqlite_path(where) if "://" in where else Path(where)  # a journal or an SQLite file
+    if path is not None:
         expected = (
             "the --storage a study was run with (a journal file path or an RDB URL such as postgresql://...)"
         )
