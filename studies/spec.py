@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 import tomllib
 import typing
@@ -45,6 +46,11 @@ _KIND_KEYS = {
     "tune": {"algo", "fixed", "space", "sampler", "pruner"},
 }
 _SPACE_KEYS = {"low", "high", "log", "choices"}
+# A grid or compare study lists all its units up front (to queue them, for `study status` and the
+# report), and a tune trial runs its units one after the other; every unit is a training run, and
+# 100,000 runs of one minute are 70 machine-days. Larger is a slip (`seeds = 1e9` filled memory
+# for minutes before any output) or a design to split into several studies.
+MAX_UNITS = 100_000
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,7 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
         pruner=_choice(raw, "pruner", PRUNERS) if kind == "tune" else "none",
         raw=dict(raw),
     )
+    _check_size(spec)
     if kind != "tune":
         # Refuses a grid label shared by two configurations, and labels whose directories clash.
         _check_variant_dirs([label for label, _, _ in spec.configurations()])
@@ -340,6 +347,26 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
     if check_configs:
         check_configurations(spec)
     return spec
+
+
+def _check_size(spec: Spec) -> None:
+    """Refuse a study of more than MAX_UNITS units (a tune study: per trial) before listing them."""
+
+    per_configuration = spec.seeds * len(spec.tasks)
+    if spec.kind == "tune":
+        configurations, what = 1, "each trial of the study runs"
+    else:
+        what = "the study lists"
+        # The grid tables' products before overlaps are merged: that is what listing them walks.
+        configurations = len(spec.variants) or sum(math.prod(map(len, grid.values())) for grid in spec.grids)
+    units = configurations * per_configuration
+    if units > MAX_UNITS:
+        counts = {"configuration": configurations, "seed": spec.seeds, "task": len(spec.tasks)}
+        factors = " x ".join(f"{n:,} {noun}{'s' if n != 1 else ''}" for noun, n in counts.items())
+        raise UserError(
+            f"{what} {units:,} units ({factors}); a study holds at most {MAX_UNITS:,}. Check `seeds` and "
+            "the grid's lists, or split the design into several studies."
+        )
 
 
 def check_configurations(spec: Spec) -> None:

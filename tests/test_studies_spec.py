@@ -67,6 +67,20 @@ def ppo_key() -> str:
         ),
         (GRID.replace("seeds = 2", 'seeds = "2"') + "[grid]\nlr = [1e-3]\n", "seeds must be an integer"),
         (
+            GRID.replace("seeds = 2", "seeds = 1_000_000_000") + "[grid]\nlr = [1e-3, 2e-3]\n",
+            "the study lists 2,000,000,000 units (2 configurations x 1,000,000,000 seeds x 1 task); "
+            "a study holds at most 100,000",
+        ),
+        (  # ten parameters of ten values: listing the grid alone would never end
+            GRID + "[grid]\n" + "".join(f"p{i} = {list(range(10))}\n" for i in range(10)),
+            "the study lists 20,000,000,000 units (10,000,000,000 configurations",
+        ),
+        (
+            GRID.replace('"grid"', '"tune"').replace("seeds = 2", "seeds = 200_000")
+            + "max_trials = 3\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n",
+            "each trial of the study runs 200,000 units",
+        ),
+        (
             GRID.replace('"grid"', '"tune"') + "max_trials = true\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n",
             "max_trials must be a positive integer, got True",
         ),
