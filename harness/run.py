@@ -430,8 +430,11 @@ class _ProgressBar:
     """A rich progress bar (env steps, steps/s, last evaluation, ETA), or nothing when disabled.
 
     When stderr is not a terminal (`nohup`, a batch job's log), a bar would show nothing until the
-    run ends: then one line per evaluation is printed instead.
+    run ends: then a line is printed at each evaluation, and at least every PLAIN_INTERVAL_S
+    between them (a long run's evaluations can be hours apart).
     """
+
+    PLAIN_INTERVAL_S = 60.0
 
     def __init__(self, request: RunRequest, enabled: bool) -> None:
         self.progress: Any = None
@@ -440,6 +443,7 @@ class _ProgressBar:
         self.total = request.steps
         self.plain = enabled and not sys.stderr.isatty()  # lines instead of a bar
         self.printed = 0  # evaluations printed as lines
+        self.printed_at = time.perf_counter()  # when the last line was printed
         if enabled and not self.plain:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -483,7 +487,7 @@ class _ProgressBar:
         self.total = max(self.total, step)
         if self.progress is not None:
             self.progress.update(self.task_id, total=self.total, completed=step, speed=speed, last_eval=last)
-        elif len(history) > self.printed:
-            self.printed = len(history)
+        elif len(history) > self.printed or time.perf_counter() - self.printed_at >= self.PLAIN_INTERVAL_S:
+            self.printed, self.printed_at = len(history), time.perf_counter()
             print(f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}",
                   file=sys.stderr, flush=True)  # fmt: skip

@@ -514,6 +514,22 @@ def test_without_a_terminal_progress_is_one_line_per_evaluation(tmp_path, tracki
     assert lines[-1].startswith(f"ppo toy-bimodal s0: {TINY['steps']:,}/{TINY['steps']:,} env steps")
 
 
+def test_without_a_terminal_progress_lines_also_come_between_distant_evaluations(
+    tmp_path, tracking_uri, capsys, monkeypatch
+):
+    """One evaluation at the end of 4 updates: a line after every update once PLAIN_INTERVAL_S has
+    passed (set to 0 here; 60 s in use), so a long run's log never falls silent for hours."""
+
+    from harness.run import _ProgressBar
+
+    monkeypatch.setattr(_ProgressBar, "PLAIN_INTERVAL_S", 0.0)
+    execute(request(tmp_path, tracking_uri, overrides={**SMALL, "eval_points": 1}), progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ppo toy-bimodal s0: ")]
+    steps = [int(line.split()[3].split("/")[0].replace(",", "")) for line in lines]
+    assert steps == [0, 256, 512, 768, 1024]
+    assert lines[-2].endswith("eval -") and not lines[-1].endswith("eval -")  # the one evaluation
+
+
 def test_running_out_of_memory_under_a_limit_is_one_clear_error(tmp_path, tracking_uri):
     """Under a memory limit (`ulimit -v`, as batch systems set) a billion toy envs failed in numpy's
     allocation with a traceback."""
