@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from harness.commands.arguments import directory
 
 STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
-# The bootstrap display appears only once it has run this long: short reports print no bar.
-PROGRESS_DELAY_S = 1.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,11 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from harness.commands.arguments import check_out_dir
+    from harness.progress import DelayedProgress
     from harness.report import DEFAULT_OUT, build_report
 
     out = args.out or DEFAULT_OUT / args.study
     check_out_dir(out)  # before the study is read and bootstrapped, not when the first file is written
-    with DelayedProgress() as progress:
+    with DelayedProgress("bootstrap: {task.completed:,.0f} resamples") as progress:
         report = build_report(
             args.study,
             args.storage,
@@ -58,37 +56,3 @@ def main(args: argparse.Namespace) -> int:
         f"report of {args.study} written to {report.out_dir} (summary.md, figures, tables.tex, results.csv)"
     )
     return 0
-
-
-class DelayedProgress:
-    """A rich spinner counting bootstrap resamples, shown only once the work has taken a second."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.done = 0
-        self.display = None
-        self.task = None
-
-    def __enter__(self) -> DelayedProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.display is not None:
-            self.display.stop()
-
-    def advance(self, resamples: int) -> None:
-        self.done += resamples
-        if self.display is None:
-            if time.monotonic() - self.started < PROGRESS_DELAY_S:
-                return
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self.display = Progress(
-                SpinnerColumn(),
-                TextColumn("bootstrap: {task.completed:,.0f} resamples"),
-                TimeElapsedColumn(),
-                transient=True,
-            )
-            self.display.start()
-            self.task = self.display.add_task("bootstrap", total=None)
-        self.display.update(self.task, completed=self.done)
