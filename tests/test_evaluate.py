@@ -89,6 +89,28 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     assert "give a file in an existing directory" in capsys.readouterr().err
     assert main(["evaluate", good, "--json", str(tmp_path)]) == 2
     assert capsys.readouterr().out == ""  # nothing was evaluated
+    with pytest.raises(SystemExit) as exited:  # 10^9 returns, kept in memory, would fill it
+        main(["evaluate", good, "--episodes", "1e9"])
+    assert exited.value.code == 2
+    assert "argument --episodes: at most 1,000,000 episodes per run, got 1e9" in capsys.readouterr().err
+
+
+def test_more_episodes_than_play_at_once_play_in_equal_rounds(monkeypatch):
+    """`evaluate --episodes 100000` on walker-walk would have built 100,000 MuJoCo envs at once."""
+
+    from harness import evaluation
+
+    monkeypatch.setattr(evaluation, "MAX_PARALLEL_EPISODES", 16)
+    act = lambda obs: 0.75 * obs[:, ::-1]  # noqa: E731 - a fixed policy whose toy returns vary by context
+    evaluator = evaluation.Evaluator("toy-bimodal", 40, run_seed=0)
+    assert evaluator.env.num_envs == 14  # rounds of 14, 14 and 12 episodes
+    ended: list[int] = []
+    returns = evaluator.episode_returns(act, reset_seed=5, progress=ended.append)
+    assert returns.shape == (40,) and len(np.unique(returns)) == 40 and sum(ended) == 40
+    np.testing.assert_array_equal(evaluator.episode_returns(act, reset_seed=5), returns)
+    # The first round is the evaluation of as many episodes as fit at once, with the same seed.
+    one_round = evaluation.Evaluator("toy-bimodal", 14, run_seed=0).episode_returns(act, reset_seed=5)
+    np.testing.assert_array_equal(one_round, returns[:14])
 
 
 def _can_render_with(backend: str) -> bool:

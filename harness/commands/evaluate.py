@@ -1,7 +1,7 @@
 """`gorl-bench evaluate RUN [RUN ...]`: score saved policies again, with more episodes or other seeds.
 
 Each run's checkpoint is loaded and its policy plays `--episodes` episodes, one per env of a
-fresh evaluation env, as in training (`harness.evaluation`): deterministic actions unless
+fresh evaluation env (1,024 at a time), as in training (`harness.evaluation`): deterministic actions unless
 `--stochastic` (FPO and DPPO keep their configured evaluation noise either way, as in
 training). By default the episodes, their number and their reset seed are those of the run's
 last evaluation, so `evaluate RUN` repeats that evaluation: for a finished run it prints the
@@ -18,6 +18,10 @@ from pathlib import Path
 
 from harness.commands.arguments import check_out_dir, directory, non_negative_int, positive_int
 
+# A million episodes put the mean return within 0.1% of its std; every return is kept (and
+# written by --json), so a larger count is a slip that would fill memory after days of play.
+MAX_EPISODES = 1_000_000
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("runs", nargs="+", type=directory, metavar="RUN", help="run directories")
     parser.add_argument(
-        "--episodes", type=positive_int, help="episodes per run (default: the run's eval_episodes)"
+        "--episodes",
+        type=episode_count,
+        help=f"episodes per run, at most {MAX_EPISODES:,} (default: the run's eval_episodes)",
     )
     parser.add_argument(
         "--seed",
@@ -47,6 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write each run's first episode as DIR/<run>.gif (needs MUJOCO_GL=egl, osmesa or glfw)",
     )
     parser.set_defaults(func=main)
+
+
+def episode_count(text: str) -> int:
+    """argparse `type` of --episodes: a positive count up to MAX_EPISODES."""
+
+    value = positive_int(text)
+    if value > MAX_EPISODES:
+        raise argparse.ArgumentTypeError(f"at most {MAX_EPISODES:,} episodes per run, got {text}")
+    return value
 
 
 def main(args: argparse.Namespace) -> int:
@@ -98,6 +113,7 @@ def evaluate_run(
     import envs
     from harness.errors import UserError
     from harness.evaluation import Evaluator, point_seed
+    from harness.progress import DelayedProgress
     from harness.run import load_run
     from harness.video import EpisodeRecorder
 
@@ -117,7 +133,9 @@ def evaluate_run(
             recorder = EpisodeRecorder(evaluator.env) if video is not None else None
             agent.begin_evaluation()
             act = lambda obs: agent.act(obs, deterministic=deterministic)  # noqa: E731
-            returns = evaluator.episode_returns(act, seed, recorder)
+            text = f"evaluating {Path(run_dir).name}: {{task.completed:,.0f}}/{{task.total:,.0f}} episodes"
+            with DelayedProgress(text, total=episodes) as progress:
+                returns = evaluator.episode_returns(act, seed, recorder, progress.advance)
             if recorder is not None:
                 recorder.save(video)
         finally:
