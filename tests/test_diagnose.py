@@ -54,6 +54,17 @@ def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(tmp_path,
     assert "at this state are all the same (a collapsed or saturated policy)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("samples", ["3", "1e8"])
+def test_a_sample_count_out_of_range_is_refused_while_parsing(tmp_path, capsys, samples):
+    """10^8 actions at one state failed in torch's allocator with a traceback."""
+
+    with pytest.raises(SystemExit) as exited:
+        main(["diagnose", "multimodality", str(tmp_path), "--samples", samples])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --samples: must be an integer from 4 to 1,000,000, got {samples}" in err
+
+
 def test_the_fixed_state_lies_within_the_first_episode(tmp_path, tracking_uri, capsys):
     """Past an episode's end the env resets: --state-steps 99999 on toy-bimodal ran for minutes to
     reach an early state of some later episode."""

@@ -92,7 +92,7 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     with pytest.raises(SystemExit) as exited:  # 10^9 returns, kept in memory, would fill it
         main(["evaluate", good, "--episodes", "1e9"])
     assert exited.value.code == 2
-    assert "argument --episodes: at most 1,000,000 episodes per run, got 1e9" in capsys.readouterr().err
+    assert "argument --episodes: must be an integer from 1 to 1,000,000, got 1e9" in capsys.readouterr().err
 
 
 def test_more_episodes_than_play_at_once_play_in_equal_rounds(monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.errors import UserError
@@ -32,6 +33,18 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
     return value
+
+
+def int_between(least: int, most: int) -> Callable[[str], int]:
+    """argparse `type` of an integer from `least` to `most` (a count whose memory grows with it)."""
+
+    def parse(text: str) -> int:
+        value = integer(text)
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be an integer from {least:,} to {most:,}, got {text}")
+        return value
+
+    return parse
 
 
 def directory(text: str) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.commands.arguments import check_out_dir, directory, non_negative_int
+from harness.commands.arguments import check_out_dir, directory, int_between, non_negative_int
 
 DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
 # Chosen here, because 200 steps leave the reset pose on every DMC task; a task with shorter
@@ -49,7 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     multimodality.add_argument(
         "runs", nargs="+", type=directory, metavar="RUN", help="run directories (same task)"
     )
-    multimodality.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="actions per run (10000)")
+    # 4: a distribution to analyse. A million: the KDE of a 1-D projection no longer changes, and
+    # the batch of actions (the decoder's activations for GoRL) grows with it.
+    multimodality.add_argument(
+        "--samples",
+        type=int_between(4, 1_000_000),
+        default=DEFAULT_SAMPLES,
+        help="actions per run, 4 to 1,000,000 (default 10000)",
+    )
     multimodality.add_argument(
         "--state-steps",
         type=non_negative_int,
@@ -72,8 +79,6 @@ def main(args: argparse.Namespace) -> int:
     from harness.errors import UserError
     from harness.tracking import resolve_tracking_uri
 
-    if args.samples < 4:
-        raise UserError(f"--samples must be >= 4 (a distribution to analyse), got {args.samples}.")
     tracking_uri = resolve_tracking_uri(args.tracking_uri, create=False) if args.tracking_uri else None
     diagnosis = diagnose_multimodality(
         args.runs, args.samples, args.state_steps, args.seed, args.out, tracking_uri

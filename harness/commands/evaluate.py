@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from harness.commands.arguments import check_out_dir, directory, non_negative_int, positive_int
+from harness.commands.arguments import check_out_dir, directory, int_between, non_negative_int
 
 # A million episodes put the mean return within 0.1% of its std; every return is kept (and
 # written by --json), so a larger count is a slip that would fill memory after days of play.
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("runs", nargs="+", type=directory, metavar="RUN", help="run directories")
     parser.add_argument(
         "--episodes",
-        type=episode_count,
+        type=int_between(1, MAX_EPISODES),
         help=f"episodes per run, at most {MAX_EPISODES:,} (default: the run's eval_episodes)",
     )
     parser.add_argument(
@@ -53,15 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write each run's first episode as DIR/<run>.gif (needs MUJOCO_GL=egl, osmesa or glfw)",
     )
     parser.set_defaults(func=main)
-
-
-def episode_count(text: str) -> int:
-    """argparse `type` of --episodes: a positive count up to MAX_EPISODES."""
-
-    value = positive_int(text)
-    if value > MAX_EPISODES:
-        raise argparse.ArgumentTypeError(f"at most {MAX_EPISODES:,} episodes per run, got {text}")
-    return value
 
 
 def main(args: argparse.Namespace) -> int:
