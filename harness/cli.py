@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -47,14 +48,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except MemoryError as error:  # under a memory limit (ulimit -v, a batch system's) allocations fail
+    except (MemoryError, RuntimeError) as error:
+        detail = out_of_memory(error)
+        if detail is None:
+            raise
         print(
-            f"gorl-bench {args.command}: error: out of memory ({error or 'an allocation failed'}). Lower the "
-            "sizes that grow with the config (num_envs, rollout_steps, eval_episodes, the decoder's batch "
+            f"gorl-bench {args.command}: error: out of memory ({detail}). Lower the sizes that grow with "
+            "the config (num_envs, rollout_steps, eval_episodes, network widths, the decoder's batch "
             "sizes) or give the process more memory.",
             file=sys.stderr,
         )
         return 1
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """What failed to allocate, when `error` is running out of memory: a MemoryError (Python, numpy,
+    and any allocation under a limit such as `ulimit -v`) or torch's RuntimeError (its CPU
+    allocator's "can't allocate memory", CUDA's "out of memory"); None for any other error."""
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, MemoryError):
+        return text or "an allocation failed"
+    if "can't allocate memory" in text:  # torch's CPU allocator: "... you tried to allocate N bytes ..."
+        size = re.search(r"tried to allocate (\d+) bytes", text)
+        return f"torch could not allocate {int(size[1]) / 2**30:,.2f} GiB" if size else text
+    if "out of memory" in text:  # CUDA's: "CUDA out of memory. Tried to allocate 20.00 GiB ..."
+        return text
+    return None
 
 
 if __name__ == "__main__":

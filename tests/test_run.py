@@ -530,25 +530,33 @@ def test_without_a_terminal_progress_lines_also_come_between_distant_evaluations
     assert lines[-2].endswith("eval -") and not lines[-1].endswith("eval -")  # the one evaluation
 
 
-def test_running_out_of_memory_under_a_limit_is_one_clear_error(tmp_path, tracking_uri):
-    """Under a memory limit (`ulimit -v`, as batch systems set) a billion toy envs failed in numpy's
-    allocation with a traceback."""
+@pytest.mark.parametrize(
+    ("settings", "detail"),
+    [
+        # A billion toy envs: numpy's MemoryError.
+        ([f"num_envs={10**9}", "--steps", str(64 * 10**9)], "(Unable to allocate"),
+        # A 10^5 x 10^5 actor layer: torch's allocator raises a RuntimeError, not a MemoryError.
+        (["actor_hidden=[100000, 100000]"], "(torch could not allocate 37.25 GiB)"),
+    ],
+)
+def test_running_out_of_memory_under_a_limit_is_one_clear_error(tmp_path, tracking_uri, settings, detail):
+    """Under a memory limit (`ulimit -v`, as batch systems set) these allocations failed with a
+    traceback."""
 
     import resource
 
-    limit = 4 * 2**30  # room for the interpreter and torch, not for 10^9 x 2 float32 observations
+    limit = 4 * 2**30  # room for the interpreter and torch, not for these arrays
 
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    argv = ["run", "--algo", "ppo", "--task", "toy-bimodal", "--set", f"num_envs={10**9}",
-            "--steps", str(64 * 10**9), "--no-progress", "--out", str(tmp_path / "run"),
-            "--tracking-uri", tracking_uri]  # fmt: skip
+    argv = ["run", "--algo", "ppo", "--task", "toy-bimodal", "--set", *settings, "--no-progress",
+            "--out", str(tmp_path / "run"), "--tracking-uri", tracking_uri]  # fmt: skip
     command = [sys.executable, "-m", "harness.cli", *argv]
     env = {**os.environ, "MUJOCO_GL": "disable"}
     done = subprocess.run(command, capture_output=True, text=True, preexec_fn=limited, timeout=120, env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "gorl-bench run: error: out of memory (Unable to allocate" in done.stderr
+    assert f"gorl-bench run: error: out of memory {detail}" in done.stderr
     assert "Lower the sizes that grow with the config (num_envs" in done.stderr
 
 
