@@ -90,7 +90,7 @@ def open_storage(location: str | None) -> BaseStorage:
     _check_journal(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(UninterruptedJournal(str(path)))
     except (ValueError, AssertionError, KeyError, TypeError) as error:
         # Optuna replays the whole log on opening; a damaged line fails there with a decoding
         # error or a failed assertion on an unknown operation.
@@ -98,6 +98,19 @@ def open_storage(location: str | None) -> BaseStorage:
             f"the study journal {location} is damaged and cannot be read ({type(error).__name__}: {error}). "
             "Pass the --storage a study was run with, or a path that does not exist yet for a new one."
         ) from None
+
+
+class UninterruptedJournal(JournalFileBackend):
+    """A journal file whose appends finish before Ctrl-C or `kill` take effect.
+
+    An append holds Optuna's file lock. Interrupted inside it, a worker could leave the lock
+    behind (every process then waits out Optuna's 30 s grace period), print a traceback from the
+    lock's own cleanup, or, while still waiting for the lock, remove another process's lock.
+    """
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with signals_deferred():
+            super().append_logs(logs)
 
 
 def check_storage_file(path: Path, shown: str, expected: str) -> None:

@@ -1035,3 +1035,31 @@ def test_a_study_storage_that_cannot_be_reached_is_a_clear_error(workdir, capsys
     assert main(["study", "status", "tiny", "--storage", storage]) == 2
     err = capsys.readouterr().err
     assert "the study storage" in err and "Traceback" not in err
+
+
+def test_an_interrupt_inside_the_journal_lock_waits_until_the_append_is_done(tmp_path, monkeypatch):
+    """SIGTERM landing in Optuna's lock release left the lock file behind (every process then
+    waits out the 30 s grace period) and printed a traceback from the lock's cleanup."""
+
+    import signal
+
+    from harness.signals import interrupt
+
+    journal = tmp_path / "studies.journal"
+    storage = open_storage(str(journal))
+    lock = storage._backend._lock
+    real_release = lock.release
+
+    def release_hit_by_a_signal() -> None:
+        signal.raise_signal(signal.SIGTERM)  # as `kill PID` would, at the worst moment
+        real_release()
+
+    monkeypatch.setattr(lock, "release", release_hit_by_a_signal)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            optuna.create_study(study_name="s", storage=storage)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not Path(f"{journal}.lock").exists() and not list(tmp_path.glob("*.lock*"))
+    assert [s.study_name for s in optuna.get_all_study_summaries(open_storage(str(journal)))] == ["s"]
