@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 import envs
 from algorithms.base import Agent
+from algorithms.memory import check_fits
 from algorithms.normalization import RunningMeanStd
 from algorithms.onpolicy import (
     INIT_THREADS,
@@ -61,6 +62,19 @@ class CoreConfigMixin:
     @property
     def batch_size(self) -> int:
         return self.num_envs * self.rollout_steps
+
+    def check_task(self, task: str, dims: tuple[int, int] | None = None) -> None:
+        """Raise ValueError when a rollout on `task` cannot fit in this machine's memory; `dims`:
+        the task's (observation, action) sizes, read from the task if None."""
+
+        obs_dim, _ = dims or envs.dimensions(task)
+        # Whatever the device, the host keeps each step's raw observations (for the normaliser)
+        # and rewards as float32 until the rollout ends.
+        check_fits(
+            self.batch_size * (obs_dim + 1) * 4,
+            f"the rollout's {self.num_envs:,} num_envs x {self.rollout_steps:,} rollout_steps of {task}",
+            "lower num_envs or rollout_steps",
+        )
 
     def validate_core(self) -> None:
         """Raise ValueError naming the first PPO-core key with a bad value."""

@@ -67,6 +67,7 @@ from torch import Tensor
 
 import envs
 from algorithms.decoders import Decoder, DecoderConfig, FitConfig, fit_decoder, make_decoder
+from algorithms.memory import check_fits
 from algorithms.normalization import RunningMeanStd
 from algorithms.onpolicy import Batch, PolicyStep, make_adam, policy_input, torch_threads
 from algorithms.ppo import PRESETS as PPO_PRESETS
@@ -214,12 +215,23 @@ class GoRLConfig(PPOConfig):
 
         stage_ends(self, budget)
 
-    def check_task(self, task: str, act_dim: int | None = None) -> None:
-        """Refuse settings `task` cannot take: a decoder minibatch larger than the refit buffer can
-        be, and a latent size the decoder cannot map onto the action (act_dim: read from the task
-        if None)."""
+    def check_task(self, task: str, dims: tuple[int, int] | None = None) -> None:
+        """Refuse settings `task` cannot take: a rollout or a refit buffer larger than this
+        machine's memory, a decoder minibatch larger than the refit buffer can be, and a latent
+        size the decoder cannot map onto the action (dims: the task's observation and action
+        sizes, read from the task if None)."""
 
+        obs_dim, act_dim = dims or envs.dimensions(task)
+        super().check_task(task, (obs_dim, act_dim))
         episode_steps = envs.max_episode_steps(task)  # None: a gymnasium id without a time limit
+        if episode_steps is not None:
+            # A refit stores each step's observation, pre-tanh action and latent as float32.
+            check_fits(
+                self.refit_episodes * episode_steps * (obs_dim + 2 * act_dim) * 4,
+                f"the refit buffer's {self.refit_episodes:,} refit_episodes x {episode_steps:,} steps "
+                f"of {task}",
+                "lower refit_episodes",
+            )
         if episode_steps is not None and self.decoder_batch_size > self.refit_episodes * episode_steps:
             # Minibatches are drawn with replacement, so a larger one only repeats rows: it costs
             # memory in proportion (a billion rows exhausted 24 GB) and adds no data.
@@ -229,13 +241,7 @@ class GoRLConfig(PPOConfig):
                 f"{self.refit_episodes * episode_steps} transitions); give at most that, raise "
                 "refit_episodes, or raise samples_per_action for more noise draws per action"
             )
-        if self.latent_dim is None:
-            return
-        if act_dim is None:
-            env = envs.make(task, 1, 0)
-            act_dim = env.single_action_space.shape[0]
-            env.close()
-        if self.latent_dim != act_dim:
+        if self.latent_dim is not None and self.latent_dim != act_dim:
             raise ValueError(
                 f"latent_dim={self.latent_dim}: the decoder maps the latent onto the action, so the latent "
                 f"must have the action's size ({act_dim} for {task}); leave latent_dim unset"
@@ -446,7 +452,7 @@ class GoRLAgent(PPOAgent):
         self.obs_dim = self.env.single_observation_space.shape[0]
         self.act_dim = self.env.single_action_space.shape[0]
         try:
-            config.check_task(task, self.act_dim)
+            config.check_task(task, (self.obs_dim, self.act_dim))
         except ValueError as error:
             self.env.close()
             raise UserError(str(error)) from None

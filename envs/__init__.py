@@ -12,6 +12,7 @@ suite task), `envs.fast` (batched MuJoCo stepping for `FAST_TASKS`), `envs.toy` 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import gymnasium
@@ -46,6 +47,7 @@ __all__ = [
     "check_backend",
     "check_installed",
     "describe_tasks",
+    "dimensions",
     "make",
     "max_episode_steps",
     "normalised_score",
@@ -112,3 +114,15 @@ def make(task: str, num_envs: int, seed: int, backend: str = "auto") -> gymnasiu
         raise
     env.reset(seed=seed)
     return env
+
+
+@functools.cache
+def dimensions(task: str) -> tuple[int, int]:
+    """(observation size, action size) of `task`, read from one env built for the question (cached:
+    a study's checks ask it for every configuration)."""
+
+    env = make(task, 1, 0)
+    try:
+        return env.single_observation_space.shape[0], env.single_action_space.shape[0]
+    finally:
+        env.close()

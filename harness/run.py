@@ -372,9 +372,9 @@ def _evaluate_if_due(
 
 def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -> None:
     """Refuse, before anything is built or tracked, a budget below one policy update, one that does
-    not fit the config's schedule (configs with a `check_budget` method), a task the config
-    cannot run (a `check_task` method), an env backend the task lacks or a gym task whose optional
-    dependency is not installed.
+    not fit the config's schedule (configs with a `check_budget` method), an env backend the task
+    lacks, a gym task whose optional dependency is not installed, or a task the config cannot run
+    (a `check_task` method: on-policy configs refuse a rollout larger than this machine's memory).
 
     The env steps of one update are the on-policy configs' `batch_size` (1 for a config without
     one). `steps_name` is what the user wrote the budget as: `--steps` on the command line,
@@ -393,14 +393,14 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
             check_budget(steps)
         except ValueError as error:
             raise UserError(f"{steps_name} {steps}: {error}") from None
+    envs.check_backend(task, config.env_backend)  # every config has one (`algorithms.registry`)
+    envs.check_installed(task)
     check_task = getattr(config, "check_task", None)
-    if check_task is not None:
+    if check_task is not None:  # after the checks above: it may build one env of the task
         try:
             check_task(task)
         except ValueError as error:
             raise UserError(str(error)) from None
-    envs.check_backend(task, config.env_backend)  # every config has one (`algorithms.registry`)
-    envs.check_installed(task)
     if config.eval_points > steps:  # more points than env steps: a list of useless points
         raise UserError(
             f"eval_points {config.eval_points} is more than {steps_name} {steps}; give at most that."

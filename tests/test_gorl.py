@@ -117,6 +117,12 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         ({"decoder_depth": 0}, 12 * UPDATE, "decoder_depth must be >= 1, got 0"),
         # A billion-row minibatch took 24 GB before the kernel killed the run at its first refit.
         ({"decoder_batch_size": 10**9}, 12 * UPDATE, r"more than the refit buffer .* = 512 transitions"),
+        (
+            {"refit_episodes": 10**12},
+            12 * UPDATE,
+            r"refit buffer's 1,000,000,000,000 refit_episodes x 16 steps of toy-bimodal hold at least "
+            r"357,627.9 GiB, more than this machine's",
+        ),
     ],
 )
 def test_bad_schedules_and_settings_are_refused_before_training(

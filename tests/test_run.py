@@ -170,6 +170,11 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--algo", "ppo", "--task", TOY, "--steps", "100"], "less than one policy update (4096 env steps)"),
         (["--algo", "ppo", "--task", TOY, "--steps", "8192", "--set", "eval_points=1e9"], "than --steps"),
         (["--algo", "ppo", "--task", TOY, "--set", "min_std=1e999"], "min_std must be a finite number"),
+        # A rollout that cannot fit grew for minutes until the kernel killed the run without a word.
+        (
+            ["--algo", "ppo", "--task", TOY, "--set", "rollout_steps=1e12", "--steps", "6.4e13"],
+            "rollout_steps of toy-bimodal hold at least 715,255.7 GiB, more than this machine's",
+        ),  # fmt: skip
         (["--resume", "run-dir", "--steps", "5", "--set", "lr=0.1"], "checkpoint fixes --steps, --set."),
     ],
 )
@@ -533,8 +538,11 @@ def test_without_a_terminal_progress_lines_also_come_between_distant_evaluations
 @pytest.mark.parametrize(
     ("settings", "detail"),
     [
-        # A billion toy envs: numpy's MemoryError.
-        ([f"num_envs={10**9}", "--steps", str(64 * 10**9)], "(Unable to allocate"),
+        # 3 x 10^8 toy envs, whose one-step rollout would fit this machine: numpy's MemoryError.
+        (
+            [f"num_envs={3 * 10**8}", "--set", "rollout_steps=1", "--steps", str(3 * 10**8)],
+            "(Unable to allocate",
+        ),
         # A 10^5 x 10^5 actor layer: torch's allocator raises a RuntimeError, not a MemoryError.
         (["actor_hidden=[100000, 100000]"], "(torch could not allocate 37.25 GiB)"),
     ],
