@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
 
-from harness.errors import UserError
+from harness.errors import UserError, out_of_memory
 from harness.signals import stop_on_sigterm
 
 # Rendering is never needed; this keeps dm_control from probing for OpenGL.
@@ -59,22 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-def out_of_memory(error: BaseException) -> str | None:
-    """What failed to allocate, when `error` is running out of memory: a MemoryError (Python, numpy,
-    and any allocation under a limit such as `ulimit -v`) or torch's RuntimeError (its CPU
-    allocator's "can't allocate memory", CUDA's "out of memory"); None for any other error."""
-
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, MemoryError):
-        return text or "an allocation failed"
-    if "can't allocate memory" in text:  # torch's CPU allocator: "... you tried to allocate N bytes ..."
-        size = re.search(r"tried to allocate (\d+) bytes", text)
-        return f"torch could not allocate {int(size[1]) / 2**30:,.2f} GiB" if size else text
-    if "out of memory" in text:  # CUDA's: "CUDA out of memory. Tried to allocate 20.00 GiB ..."
-        return text
-    return None
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from harness.checkpoint import (
     require_checkpoint,
     save_checkpoint,
 )
-from harness.errors import UserError
+from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
 from harness.tracking import RunTracker, git_commit, resolve_tracking_uri, to_toml
 
@@ -167,7 +167,7 @@ def _start(
         agent = spec.agent_cls(config, task, request.seed, request.steps, device)
     except BaseException as error:
         stopped = isinstance(error, KeyboardInterrupt)
-        tracker.end("KILLED" if stopped else "FAILED", f"{type(error).__name__}: {error}")
+        tracker.end("KILLED" if stopped else "FAILED", describe(error))
         if isinstance(error, OSError):  # e.g. an MLflow artifact directory it may not write
             raise UserError(f"cannot start the run: {error}") from None
         raise
@@ -339,7 +339,7 @@ def _train(
         return result("FAILED")
     except BaseException as error:
         stopped = in_callback or isinstance(error, KeyboardInterrupt)
-        reason = f"stopped at {agent.counted_steps} counted env steps by {type(error).__name__}: {error}"
+        reason = f"stopped at {agent.counted_steps} counted env steps: {describe(error)}"
         tracker.end("KILLED" if stopped else "FAILED", reason)
         raise
     finally:

@@ -36,7 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 import envs
-from harness.errors import UserError
+from harness.errors import UserError, describe
 from harness.tracking import sqlite_path, sqlite_store_missing
 from studies import tracking
 from studies.pruning import make_pruner
@@ -538,7 +538,7 @@ def _close_orphans(context: Context, filter_string: str) -> None:
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:
-    reason = f"{type(error).__name__}: {error}"
+    reason = describe(error)
     trial.set_user_attr("fail_reason", reason)
     kinds = {DivergedError: DIVERGED, InvalidConfiguration: INVALID}
     trial.set_user_attr("failure", kinds.get(type(error), ERROR))

@@ -566,6 +566,10 @@ def test_running_out_of_memory_under_a_limit_is_one_clear_error(tmp_path, tracki
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"gorl-bench run: error: out of memory {detail}" in done.stderr
     assert "Lower the sizes that grow with the config (num_envs" in done.stderr
+    client = MlflowClient(tracking_uri)  # the run's record says the same, not torch's internals
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["status_reason"].startswith(f"out of memory {detail}")
 
 
 def test_runs_started_together_on_a_new_store_all_finish(tmp_path):
