@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"gorl-bench {args.command}: error: out of memory ({detail}). Lower the sizes that grow with "
             "the config (num_envs, rollout_steps, eval_episodes, network widths, the decoder's batch "
-            "sizes) or give the process more memory.",
+            "sizes) or the command's counts, or give the process more memory.",
             file=sys.stderr,
         )
         return 1
