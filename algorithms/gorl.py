@@ -582,7 +582,8 @@ class GoRLAgent(PPOAgent):
 
         g = self.gorl
         if self.eval_env is None:
-            env = envs.make(self.task, g.eval_episodes, seed, backend=g.env_backend)
+            # No more envs than training uses: more episodes play in rounds (`play_episodes`).
+            env = envs.make(self.task, min(g.eval_episodes, g.num_envs), seed, backend=g.env_backend)
             self.eval_env = LatentActionEnv(env, None, self.decoder, self.device)
         self.eval_env.decoder = self.decoder
 

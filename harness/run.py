@@ -43,6 +43,7 @@ from harness.checkpoint import (
 )
 from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
+from harness.limits import MAX_EPISODES
 from harness.tracking import RunTracker, git_commit, resolve_tracking_uri, to_toml
 
 EvaluationCallback = Callable[[int, float], None]
@@ -401,6 +402,8 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
             check_task(task)
         except ValueError as error:
             raise UserError(str(error)) from None
+    if config.eval_episodes > MAX_EPISODES:
+        raise UserError(f"eval_episodes must be at most {MAX_EPISODES:,}, got {config.eval_episodes:,}.")
     if config.eval_points > steps:  # more points than env steps: a list of useless points
         raise UserError(
             f"eval_points {config.eval_points} is more than {steps_name} {steps}; give at most that."

@@ -170,6 +170,10 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--algo", "ppo", "--task", TOY, "--steps", "100"], "less than one policy update (4096 env steps)"),
         (["--algo", "ppo", "--task", TOY, "--steps", "8192", "--set", "eval_points=1e9"], "than --steps"),
         (["--algo", "ppo", "--task", TOY, "--set", "min_std=1e999"], "min_std must be a finite number"),
+        (
+            ["--algo", "ppo", "--task", TOY, "--set", "eval_episodes=1e9"],
+            "eval_episodes must be at most 1,000,000",
+        ),
         # A rollout that cannot fit grew for minutes until the kernel killed the run without a word.
         (
             ["--algo", "ppo", "--task", TOY, "--set", "rollout_steps=1e12", "--steps", "6.4e13"],

@@ -17,10 +17,7 @@ import math
 from pathlib import Path
 
 from harness.commands.arguments import check_out_dir, directory, int_between, non_negative_int
-
-# A million episodes put the mean return within 0.1% of its std; every return is kept (and
-# written by --json), so a larger count is a slip that would fill memory after days of play.
-MAX_EPISODES = 1_000_000
+from harness.limits import MAX_EPISODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
