@@ -63,18 +63,25 @@ class CoreConfigMixin:
     def batch_size(self) -> int:
         return self.num_envs * self.rollout_steps
 
-    def check_task(self, task: str, dims: tuple[int, int] | None = None) -> None:
-        """Raise ValueError when a rollout on `task` cannot fit in this machine's memory; `dims`:
-        the task's (observation, action) sizes, read from the task if None."""
+    def stored_per_action(self, act_dim: int) -> tuple[int, str]:
+        """Floats the rollout keeps per action for the loss to re-evaluate, and the keys beyond
+        num_envs and rollout_steps that set their number ("" when none): here the pre-tanh action."""
 
-        obs_dim, _ = dims or envs.dimensions(task)
+        return act_dim, ""
+
+    def check_task(self, task: str, dims: tuple[int, int] | None = None) -> None:
+        """Raise ValueError when a rollout on `task` cannot fit in memory; `dims`: the task's
+        (observation, action) sizes, read from the task if None."""
+
+        obs_dim, act_dim = dims or envs.dimensions(task)
+        per_action, keys = self.stored_per_action(act_dim)
+        what = f"the rollout's {self.num_envs:,} num_envs x {self.rollout_steps:,} rollout_steps of {task}"
+        fix = f"lower num_envs or rollout_steps{keys}"
         # Whatever the device, the host keeps each step's raw observations (for the normaliser)
-        # and rewards as float32 until the rollout ends.
-        check_fits(
-            self.batch_size * (obs_dim + 1) * 4,
-            f"the rollout's {self.num_envs:,} num_envs x {self.rollout_steps:,} rollout_steps of {task}",
-            "lower num_envs or rollout_steps",
-        )
+        # and rewards until the rollout ends; the learner's device holds the normalised
+        # observations, the stored actions, their log-probabilities, the values and the rewards.
+        check_fits(self.batch_size * (obs_dim + 1) * 4, what, fix)
+        check_fits(self.batch_size * (obs_dim + per_action + 3) * 4, what, fix, on_device=True)
 
     def validate_core(self) -> None:
         """Raise ValueError naming the first PPO-core key with a bad value."""

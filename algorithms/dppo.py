@@ -55,6 +55,10 @@ class DPPOConfig(FlowPolicyConfig):
     clip: float = 0.2  # paper App. E.4 and official release: clip 0.2
     sigma: float = 0.05  # paper App. E.4 and official release sde_sigma: std of every denoising step
 
+    def stored_per_action(self, act_dim: int) -> tuple[int, str]:
+        # The whole denoising chain, flow_steps + 1 points, and a log-probability per step.
+        return (self.flow_steps + 1) * act_dim + self.flow_steps, " or flow_steps"
+
     def validate(self) -> None:
         super().validate()
         if not self.sigma > 0:

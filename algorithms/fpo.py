@@ -77,6 +77,10 @@ class FPOConfig(FlowPolicyConfig):
     # mode); a bound keeps exp(L_old - L_new) finite when an action's old loss was large
     max_log_ratio: float | None = None
 
+    def stored_per_action(self, act_dim: int) -> tuple[int, str]:
+        # The action and its samples_per_action (eps, t) draws, for the ratio's flow-matching losses.
+        return act_dim + self.samples_per_action * (act_dim + 1), " or samples_per_action"
+
     def validate(self) -> None:
         super().validate()
         if self.samples_per_action < 1:

@@ -216,9 +216,9 @@ class GoRLConfig(PPOConfig):
         stage_ends(self, budget)
 
     def check_task(self, task: str, dims: tuple[int, int] | None = None) -> None:
-        """Refuse settings `task` cannot take: a rollout or a refit buffer larger than this
-        machine's memory, a decoder minibatch larger than the refit buffer can be, and a latent
-        size the decoder cannot map onto the action (dims: the task's observation and action
+        """Refuse settings `task` cannot take: a rollout, a refit buffer or a decoder minibatch
+        larger than the memory here, a decoder minibatch larger than the refit buffer can be, and a
+        latent size the decoder cannot map onto the action (dims: the task's observation and action
         sizes, read from the task if None)."""
 
         obs_dim, act_dim = dims or envs.dimensions(task)
@@ -241,6 +241,14 @@ class GoRLConfig(PPOConfig):
                 f"{self.refit_episodes * episode_steps} transitions); give at most that, raise "
                 "refit_episodes, or raise samples_per_action for more noise draws per action"
             )
+        # Each decoder minibatch repeats its observations and actions once per noise draw.
+        check_fits(
+            self.decoder_batch_size * self.samples_per_action * (obs_dim + act_dim) * 4,
+            f"the decoder's minibatches of {self.decoder_batch_size:,} decoder_batch_size x "
+            f"{self.samples_per_action:,} samples_per_action",
+            "lower decoder_batch_size or samples_per_action",
+            on_device=True,
+        )
         if self.latent_dim is not None and self.latent_dim != act_dim:
             raise ValueError(
                 f"latent_dim={self.latent_dim}: the decoder maps the latent onto the action, so the latent "

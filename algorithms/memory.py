@@ -3,14 +3,18 @@
 The sizes are lower bounds (the arrays a buffer must hold, not its overheads or copies), so a
 configuration is refused only when it cannot fit: a slip such as `rollout_steps=1e9`, which
 otherwise grows for minutes until the kernel's out-of-memory killer ends the run without a word.
+What lives on the learner's device is compared with the largest memory here, host or GPU,
+since the device is chosen after the configuration is checked.
 """
 
 from __future__ import annotations
 
 import os
 
+import torch
 
-def physical_memory() -> int | None:
+
+def host_memory() -> int | None:
     """This machine's memory in bytes; None where the system does not say."""
 
     try:
@@ -19,12 +23,23 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_fits(need: int, what: str, fix: str) -> None:
-    """Raise ValueError when `need` bytes (a lower bound of what `what` holds) exceed the memory."""
+def largest_memory() -> int | None:
+    """The most memory one device here has: the host's, or a larger GPU's."""
 
-    have = physical_memory()
+    sizes = [host_memory() or 0]
+    if torch.cuda.is_available():
+        sizes += [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    return max(sizes) or None
+
+
+def check_fits(need: int, what: str, fix: str, on_device: bool = False) -> None:
+    """Raise ValueError when `need` bytes (a lower bound of what `what` holds) exceed the host's
+    memory, or with `on_device` (arrays on the learner's device) the largest memory here."""
+
+    have = largest_memory() if on_device else host_memory()
     if have is not None and need > have:
+        where = "any device's memory here" if on_device else "this machine's memory"
         raise ValueError(
-            f"{what} hold at least {need / 2**30:,.1f} GiB, more than this machine's "
-            f"{have / 2**30:,.1f} GiB of memory; {fix}"
+            f"{what} hold at least {need / 2**30:,.1f} GiB, more than {where} "
+            f"({have / 2**30:,.1f} GiB); {fix}"
         )

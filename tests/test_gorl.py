@@ -123,6 +123,11 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
             r"refit buffer's 1,000,000,000,000 refit_episodes x 16 steps of toy-bimodal hold at least "
             r"357,627.9 GiB, more than this machine's",
         ),
+        (
+            {"samples_per_action": 10**12},
+            12 * UPDATE,
+            r"decoder's minibatches of .* samples_per_action hold at least .* GiB, more than any device's",
+        ),
     ],
 )
 def test_bad_schedules_and_settings_are_refused_before_training(

@@ -174,7 +174,16 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
             ["--algo", "ppo", "--task", TOY, "--set", "eval_episodes=1e9"],
             "eval_episodes must be at most 1,000,000",
         ),
-        # A rollout that cannot fit grew for minutes until the kernel killed the run without a word.
+        # Rollouts that cannot fit grew for minutes until the kernel killed the run without a word:
+        # FPO keeps each action's noise draws, DPPO its denoising chain.
+        (
+            ["--algo", "fpo", "--task", TOY, "--set", "samples_per_action=1e12"],
+            "more than any device's memory here",
+        ),
+        (
+            ["--algo", "dppo", "--task", TOY, "--set", "flow_steps=1e12"],
+            "lower num_envs or rollout_steps or flow_steps",
+        ),
         (
             ["--algo", "ppo", "--task", TOY, "--set", "rollout_steps=1e12", "--steps", "6.4e13"],
             "rollout_steps of toy-bimodal hold at least 715,255.7 GiB, more than this machine's",
