@@ -36,6 +36,10 @@ from studies.storage import (
 from studies.worker import work_left
 
 POLL_S = 1.0
+# Workers share the cores (each sets its torch threads to its share), so a few per core still
+# overlap one's env stepping with another's update; far more only multiplies processes of about
+# half a GB each (1,000 on one machine would exhaust its memory before any unit trains).
+WORKERS_PER_CORE = 4
 
 
 def run_study(
@@ -60,6 +64,14 @@ def run_study(
 
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}.")
+    cores = os.cpu_count() or 1
+    if workers > WORKERS_PER_CORE * cores:
+        raise UserError(
+            f"--workers {workers} is more than {WORKERS_PER_CORE} per core ({WORKERS_PER_CORE * cores} on "
+            f"this machine's {cores}): each worker is a process with torch loaded (about half a GB) training "
+            "units on its share of the cores. To run more at once, start workers on other machines "
+            "against the same --storage (`gorl-bench study worker`)."
+        )
     resolve_device(device)  # every unit would fail for it, each after its worker had started
     location = storage_location(location)
     spec = _spec_to_run(spec_ref, location)

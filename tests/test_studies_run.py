@@ -589,6 +589,18 @@ def test_a_count_below_one_is_refused_while_parsing(workdir, capsys, option):
     assert f"argument {option[-1]}: must be a positive integer, got -3" in capsys.readouterr().err
 
 
+def test_more_workers_than_the_machine_can_hold_are_refused_before_anything_starts(workdir, capsys):
+    """--workers 1000 started a thousand processes of half a GB each, more than the machine's memory."""
+
+    import os
+
+    most = runner.WORKERS_PER_CORE * (os.cpu_count() or 1)
+    path = grid_spec(workdir, 1, [0.0])
+    assert main(["study", "run", str(path), "--workers", str(most + 1)]) == 2
+    assert f"--workers {most + 1} is more than {runner.WORKERS_PER_CORE} per core" in capsys.readouterr().err
+    assert not (workdir / "runs" / "studies.journal").exists()  # refused before the study was created
+
+
 @pytest.mark.parametrize("content", [bytes(range(256)) + b"\n", b"not a journal\n", b'{"op": 1}\n'])
 def test_a_storage_file_that_is_not_a_journal_is_refused_and_left_untouched(workdir, capsys, content):
     """A binary file gave a UnicodeDecodeError, a text file a JSONDecodeError; `study run` appended
