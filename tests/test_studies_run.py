@@ -432,6 +432,20 @@ def test_failing_units_are_recorded_and_the_study_goes_on(workdir, fake_execute)
     assert runner.enqueue_missing_units(study, load_spec(path)) == 0
 
 
+def test_a_report_of_a_study_whose_every_unit_failed_says_to_retry_them(workdir, fake_execute, capsys):
+    """It said "run or resume it", which changes nothing: failed units are settled."""
+
+    prepared(grid_spec(workdir, 1, [0.5]))
+    assert run_worker("tiny", None) == 1
+    assert main(["report", "tiny", "--reps", "200"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "every unit of study 'tiny' failed (1; entropy_coef=0.5|toy-bimodal|seed0: RuntimeError: synthetic"
+        in err
+    )
+    assert "`gorl-bench study run SPEC --retry-failed`" in err
+
+
 def test_labels_that_slug_alike_get_their_own_directories_inside_the_study(workdir, fake_execute):
     """Labels "ppo a" and "ppo/a" once shared one directory (the second unit overwrote the first's
     checkpoint), and ".." wrote next to the study's folder instead of inside it."""

@@ -128,6 +128,12 @@ def load_study_results(
             "ran with."
         )
     if not tally.rows:
+        if failed_units and not missing:  # nothing left to run: resuming would change nothing
+            reasons = "; ".join(f"{unit}: {reason}" for unit, reason in failed_units[:3])
+            raise UserError(
+                f"every unit of study {study_name!r} failed ({len(failed_units)}; {reasons}). Fix the cause, "
+                "then rerun them with `gorl-bench study run SPEC --retry-failed` and report again."
+            )
         raise UserError(
             f"study {study_name!r} has no finished unit with evaluations yet ({len(missing)} missing, "
             f"{len(failed_units)} failed); run or resume it with `gorl-bench study run`, then report again."
