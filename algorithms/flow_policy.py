@@ -51,6 +51,7 @@ from algorithms.generative import ConditionalMLP, integrate_flow
 from algorithms.networks import Activation, Init, mlp
 from algorithms.onpolicy import policy_input
 from algorithms.ppo import PRESETS as PPO_PRESETS
+from envs.base import derived_seed
 
 EvalNoise = Literal["sample", "zero"]
 
@@ -182,8 +183,7 @@ class FlowPolicyAgent(ActorCriticAgent):
         return self.config.eval_noise == "sample"
 
     def begin_evaluation(self) -> None:
-        entropy = [self.eval_seed, self.counted_steps]
-        self.eval_rng.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        self.eval_rng.manual_seed(derived_seed(self.eval_seed, self.counted_steps))
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "eval_seed": self.eval_seed}

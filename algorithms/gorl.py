@@ -74,6 +74,7 @@ from algorithms.ppo import PRESETS as PPO_PRESETS
 from algorithms.ppo import PPOAgent, PPOConfig
 from algorithms.ppo import task_overrides as ppo_task_overrides
 from algorithms.registry import register
+from envs.base import derived_seed
 from harness.errors import UserError
 
 # The decoder's and its fit's fields under the config keys that set them, so that an invalid
@@ -423,7 +424,7 @@ def play_episodes(
     env_steps = 0
     for round_index in range(math.ceil(episodes / n)):
         keep = min(n, episodes - round_index * n)
-        round_seed = int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0])
+        round_seed = derived_seed(seed, round_index)
         obs, _ = env.reset(seed=round_seed)
         running = np.ones(n, dtype=bool)
         running[keep:] = False
@@ -540,13 +541,13 @@ class GoRLAgent(PPOAgent):
         start = time.perf_counter()
         source: dict[str, float] = {}
         if g.refit_from == "best" and self.evaluated_at != self.counted_steps:
-            end_seed = int(np.random.SeedSequence([self.seed, stage, 2]).generate_state(1)[0])
+            end_seed = derived_seed(self.seed, stage, 2)
             source["refit/end_eval_return"] = self._greedy_return(end_seed)
             self.observe_evaluation(source["refit/end_eval_return"])
         if self.stage_best is not None:
             source["refit/source_eval_return"] = self.stage_best[0]
             self._load_encoder_state(self.stage_best[1])
-        stage_seed = int(np.random.SeedSequence([self.seed, stage]).generate_state(1)[0])
+        stage_seed = derived_seed(self.seed, stage)
         refit_rng = torch.Generator(self.device).manual_seed(stage_seed)
         normalizer, model = self.normalizer, self.model
 
@@ -572,7 +573,7 @@ class GoRLAgent(PPOAgent):
         self.env.decoder = decoder
         self.begin_stage(stage)
         if g.refit_from == "best":
-            eval_seed = int(np.random.SeedSequence([self.seed, stage, 1]).generate_state(1)[0])
+            eval_seed = derived_seed(self.seed, stage, 1)
             source["refit/start_eval_return"] = self._greedy_return(eval_seed)
             self.observe_evaluation(source["refit/start_eval_return"])
         return {

@@ -33,6 +33,13 @@ def sub_seeds(seed: int, num_envs: int) -> list[np.random.SeedSequence]:
     return np.random.SeedSequence(seed).spawn(num_envs)
 
 
+def derived_seed(*entropy: int) -> int:
+    """A 32-bit seed drawn from `SeedSequence(entropy)`: independent streams for (seed, stage),
+    (seed, evaluation point), (seed, round) ... that depend on nothing else."""
+
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
+
+
 def check_num_envs(num_envs: int) -> None:
     if not isinstance(num_envs, int | np.integer) or num_envs < 1:
         raise UserError(f"num_envs must be a positive integer, got {num_envs!r}.")

@@ -21,6 +21,7 @@ import numpy as np
 
 import envs
 from algorithms.onpolicy import torch_threads
+from envs.base import derived_seed
 
 EVAL_SEED_OFFSET = 10_000  # the evaluation env's seed is the run seed + this
 # Episodes played at once. A MuJoCo env holds about 1 MB (walker-walk: 1.1 GB for 1,000), so
@@ -38,13 +39,13 @@ def evaluation_points(budget: int, points: int) -> list[int]:
 def point_seed(run_seed: int, point: int) -> int:
     """The evaluation env's reset seed at point `point`: independent of everything but these two."""
 
-    return int(np.random.SeedSequence([run_seed + EVAL_SEED_OFFSET, point]).generate_state(1)[0])
+    return derived_seed(run_seed + EVAL_SEED_OFFSET, point)
 
 
 def round_seed(reset_seed: int, round_index: int) -> int:
     """The reset seed of round `round_index` >= 1 of an evaluation larger than one vector env."""
 
-    return int(np.random.SeedSequence([reset_seed, round_index]).generate_state(1)[0])
+    return derived_seed(reset_seed, round_index)
 
 
 class EpisodeObserver(Protocol):
