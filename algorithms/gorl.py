@@ -226,22 +226,23 @@ class GoRLConfig(PPOConfig):
         super().check_task(task, (obs_dim, act_dim))
         episode_steps = envs.max_episode_steps(task)  # None: a gymnasium id without a time limit
         if episode_steps is not None:
+            transitions = self.refit_episodes * episode_steps
             # A refit stores each step's observation, pre-tanh action and latent as float32.
             check_fits(
-                self.refit_episodes * episode_steps * (obs_dim + 2 * act_dim) * 4,
+                transitions * (obs_dim + 2 * act_dim) * 4,
                 f"the refit buffer's {self.refit_episodes:,} refit_episodes x {episode_steps:,} steps "
                 f"of {task}",
                 "lower refit_episodes",
             )
-        if episode_steps is not None and self.decoder_batch_size > self.refit_episodes * episode_steps:
-            # Minibatches are drawn with replacement, so a larger one only repeats rows: it costs
-            # memory in proportion (a billion rows exhausted 24 GB) and adds no data.
-            raise ValueError(
-                f"decoder_batch_size={self.decoder_batch_size} is more than the refit buffer can hold "
-                f"({self.refit_episodes} refit_episodes x {episode_steps} steps of {task} = "
-                f"{self.refit_episodes * episode_steps} transitions); give at most that, raise "
-                "refit_episodes, or raise samples_per_action for more noise draws per action"
-            )
+            if self.decoder_batch_size > transitions:
+                # Minibatches are drawn with replacement, so a larger one only repeats rows: it costs
+                # memory in proportion (a billion rows exhausted 24 GB) and adds no data.
+                raise ValueError(
+                    f"decoder_batch_size={self.decoder_batch_size} is more than the refit buffer can hold "
+                    f"({self.refit_episodes} refit_episodes x {episode_steps} steps of {task} = "
+                    f"{transitions} transitions); give at most that, raise refit_episodes, or raise "
+                    "samples_per_action for more noise draws per action"
+                )
         # Each decoder minibatch repeats its observations and actions once per noise draw.
         check_fits(
             self.decoder_batch_size * self.samples_per_action * (obs_dim + act_dim) * 4,
