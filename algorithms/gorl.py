@@ -74,7 +74,7 @@ from algorithms.ppo import PRESETS as PPO_PRESETS
 from algorithms.ppo import PPOAgent, PPOConfig
 from algorithms.ppo import task_overrides as ppo_task_overrides
 from algorithms.registry import register
-from envs.base import derived_seed
+from envs.base import derived_seed, episode_rounds
 from harness.errors import UserError
 
 # The decoder's and its fit's fields under the config keys that set them, so that an invalid
@@ -423,8 +423,7 @@ def play_episodes(
     columns: dict[str, list[np.ndarray]] = {"obs": [], "actions": [], "latents": [], "episode_ids": []}
     returns: list[np.ndarray] = []
     env_steps = 0
-    for round_index in range(math.ceil(episodes / n)):
-        keep = min(n, episodes - round_index * n)
+    for round_index, keep in enumerate(episode_rounds(episodes, n)):
         round_seed = derived_seed(seed, round_index)
         obs, _ = env.reset(seed=round_seed)
         running = np.ones(n, dtype=bool)

@@ -40,6 +40,13 @@ def derived_seed(*entropy: int) -> int:
     return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
 
 
+def episode_rounds(episodes: int, parallel: int) -> list[int]:
+    """How many of `episodes` episodes each round plays when `parallel` envs play one each at a
+    time: full rounds, then the rest (whose surplus envs step unwatched)."""
+
+    return [min(parallel, episodes - start) for start in range(0, episodes, parallel)]
+
+
 def check_num_envs(num_envs: int) -> None:
     if not isinstance(num_envs, int | np.integer) or num_envs < 1:
         raise UserError(f"num_envs must be a positive integer, got {num_envs!r}.")

@@ -21,7 +21,7 @@ import numpy as np
 
 import envs
 from algorithms.onpolicy import torch_threads
-from envs.base import derived_seed
+from envs.base import derived_seed, episode_rounds
 
 EVAL_SEED_OFFSET = 10_000  # the evaluation env's seed is the run seed + this
 # Episodes played at once. A MuJoCo env holds about 1 MB (walker-walk: 1.1 GB for 1,000), so
@@ -85,11 +85,9 @@ class Evaluator:
         reset and steps; `progress` is told the number of episodes that end at each step."""
 
         rounds = []
-        parallel = self.env.num_envs
         with torch_threads(1):
-            for index in range(math.ceil(self.episodes / parallel)):
+            for index, keep in enumerate(episode_rounds(self.episodes, self.env.num_envs)):
                 seed = reset_seed if index == 0 else round_seed(reset_seed, index)
-                keep = min(parallel, self.episodes - index * parallel)
                 watch = observer if index == 0 else None
                 rounds.append(self._play_round(act, seed, keep, watch, progress))
         return np.concatenate(rounds)

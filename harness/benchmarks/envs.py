@@ -31,25 +31,28 @@ from harness.commands.arguments import int_between, positive_int
 
 DEFAULT_TASKS = ("walker-walk", "cheetah-run", "hopper-stand", "humanoid-stand")
 DEFAULT_SIZES = (8, 32, 64)
+# Up to twice the paper's 2,048 envs (a MuJoCo env holds about 1 MB, and both backends are
+# built); the random actions of a timed run are drawn beforehand, steps x N x act float32,
+# at most 3.4 GB for humanoid's 21 actions.
+MAX_SIZE = 4096
+MAX_STEPS = 10_000
+DEFAULT_STEPS = 200
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="fast tasks to time")
-    # Up to twice the paper's 2,048 envs (a MuJoCo env holds about 1 MB, and both backends are
-    # built); the random actions of a timed run are drawn beforehand, steps x N x act float32,
-    # at most 3.4 GB for humanoid's 21 actions.
     parser.add_argument(
         "--sizes",
         nargs="+",
-        type=int_between(1, 4096),
+        type=int_between(1, MAX_SIZE),
         default=list(DEFAULT_SIZES),
-        help="numbers of envs N, 1 to 4,096",
+        help=f"numbers of envs N, 1 to {MAX_SIZE:,}",
     )
     parser.add_argument(
         "--steps",
-        type=int_between(1, 10_000),
-        default=200,
-        help="control steps per timed run, 1 to 10,000 (default 200)",
+        type=int_between(1, MAX_STEPS),
+        default=DEFAULT_STEPS,
+        help=f"control steps per timed run, 1 to {MAX_STEPS:,} (default {DEFAULT_STEPS})",
     )
     parser.add_argument(
         "--repeats", type=positive_int, default=3, help="timed runs per cell; the median is shown"

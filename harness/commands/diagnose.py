@@ -22,6 +22,9 @@ import numpy as np
 from harness.commands.arguments import check_out_dir, directory, int_between, non_negative_int
 
 DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
+# 4: a distribution to analyse. A million: the KDE of a 1-D projection no longer changes, and
+# the batch of actions (the decoder's activations for GoRL) grows with it.
+SAMPLES_RANGE = (4, 1_000_000)
 # Chosen here, because 200 steps leave the reset pose on every DMC task; a task with shorter
 # episodes (toy-bimodal: 16) takes its episode's last step instead.
 DEFAULT_STATE_STEPS = 200
@@ -49,13 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     multimodality.add_argument(
         "runs", nargs="+", type=directory, metavar="RUN", help="run directories (same task)"
     )
-    # 4: a distribution to analyse. A million: the KDE of a 1-D projection no longer changes, and
-    # the batch of actions (the decoder's activations for GoRL) grows with it.
     multimodality.add_argument(
         "--samples",
-        type=int_between(4, 1_000_000),
+        type=int_between(*SAMPLES_RANGE),
         default=DEFAULT_SAMPLES,
-        help="actions per run, 4 to 1,000,000 (default 10000)",
+        help=f"actions per run, {SAMPLES_RANGE[0]:,} to {SAMPLES_RANGE[1]:,} (default {DEFAULT_SAMPLES:,})",
     )
     multimodality.add_argument(
         "--state-steps",
