@@ -12,7 +12,8 @@ into a ratio. Everything else is one piece of code here:
 * `state_dict` / `load_state_dict`: weights, optimiser, normaliser, envs, every generator.
 
 A subclass implements `build_model` (a module with `actor`, `critic` and `value(obs)`),
-`policy_step`, `loss` and `act`, and lists any extra generator in `generator_names`.
+`policy_step`, `loss` and `act`, and draws its noise with `noise` (or from the CPU generators,
+moved to the device).
 
 `CoreConfigMixin` gives a config dataclass with the PPO core's keys its `batch_size` and the
 checks of those keys, so every method refuses the same bad values with the same message.
@@ -122,10 +123,6 @@ class CoreConfigMixin:
 class ActorCriticAgent(Agent):
     """One on-policy run: envs, model, optimiser, normaliser and generators, trained by PPO-style updates."""
 
-    #: Generators saved in checkpoints. `init_rng` is not: it draws initial weights only, at
-    #: construction and (GoRL) when a stage re-initialises its encoder, which re-seeds it first.
-    generator_names: tuple[str, ...] = ("action_rng", "shuffle_rng")
-
     def __init__(self, config: Any, task: str, seed: int, budget: int, device: torch.device) -> None:
         self.config, self.device = config, device
         self.env = envs.make(task, config.num_envs, seed, backend=config.env_backend)
@@ -133,8 +130,11 @@ class ActorCriticAgent(Agent):
         obs_dim = self.env.single_observation_space.shape[0]
         act_dim = self.env.single_action_space.shape[0]
         # Explicit generators (never torch's global RNG) so a checkpoint captures every random state.
+        # All on the CPU, whatever the device: a seed then draws the same noise on every device, and
+        # a checkpoint resumes on another one (a CUDA generator's state does not load into a CPU
+        # generator, nor the reverse). Studies hash their units' seeds, so no two units share a stream.
         self.init_rng = torch.Generator().manual_seed(seed)
-        self.action_rng = torch.Generator(device).manual_seed(seed + 1)
+        self.action_rng = torch.Generator().manual_seed(seed + 1)
         self.shuffle_rng = torch.Generator().manual_seed(seed + 2)
         self.model = self.initial_model(obs_dim, act_dim)
         self.optimizer = make_adam(self.model.parameters(), config.lr)
@@ -152,6 +152,11 @@ class ActorCriticAgent(Agent):
 
         with torch_threads(INIT_THREADS):
             return self.build_model(obs_dim, act_dim).to(self.device)
+
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        """Standard normal noise from a CPU `generator`, on the agent's device."""
+
+        return torch.randn(shape, generator=generator).to(self.device)
 
     @abc.abstractmethod
     def policy_step(self, obs: Tensor) -> PolicyStep:
@@ -225,7 +230,10 @@ class ActorCriticAgent(Agent):
             "episodes": self.episodes.state_dict(),
             "env": self.env.get_state(),
             "obs": self.obs.copy(),
-            **{name: getattr(self, name).get_state() for name in self.generator_names},
+            # `init_rng` is not saved: it draws initial weights only, at construction and (GoRL)
+            # when a stage re-initialises its encoder, which re-seeds it first.
+            "action_rng": self.action_rng.get_state(),
+            "shuffle_rng": self.shuffle_rng.get_state(),
             "counted_steps": self.counted_steps,
             "total_steps": self.total_steps,
         }
@@ -238,8 +246,8 @@ class ActorCriticAgent(Agent):
         self.episodes.load_state_dict(state["episodes"])
         self.env.set_state(state["env"])
         self.obs = state["obs"].copy()
-        for name in self.generator_names:
-            getattr(self, name).set_state(state[name])
+        self.action_rng.set_state(state["action_rng"])
+        self.shuffle_rng.set_state(state["shuffle_rng"])
         self.counted_steps, self.total_steps = state["counted_steps"], state["total_steps"]
 
     def close(self) -> None:

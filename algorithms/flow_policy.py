@@ -156,13 +156,10 @@ class FlowPolicyAgent(ActorCriticAgent):
         # Not a saved generator: `begin_evaluation` reseeds it from (run seed, counted steps), so a
         # loaded checkpoint (a resumed run, `gorl-bench evaluate`) plays its evaluations again.
         self.eval_seed = seed
-        self.eval_rng = torch.Generator(device)
+        self.eval_rng = torch.Generator()  # on the CPU, as the others (`ActorCriticAgent`)
 
     def build_model(self, obs_dim: int, act_dim: int) -> FlowActorCritic:
         return FlowActorCritic(obs_dim, act_dim, self.config, self.init_rng)
-
-    def noise(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-        return torch.randn(shape, generator=generator, device=self.device)
 
     @abc.abstractmethod
     def sample_pre_tanh(self, obs: Tensor, generator: torch.Generator) -> Tensor:

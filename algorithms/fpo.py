@@ -122,9 +122,9 @@ class FPOAgent(FlowPolicyAgent):
         eps = self.noise((n, c.samples_per_action, self.act_dim), self.action_rng)
         shape = (n, c.samples_per_action)
         if c.t_discrete:
-            k = torch.randint(1, c.flow_steps + 1, shape, generator=self.action_rng, device=self.device)
-            return eps, k * (1.0 / c.flow_steps)
-        return eps, torch.rand(shape, generator=self.action_rng, device=self.device)
+            k = torch.randint(1, c.flow_steps + 1, shape, generator=self.action_rng)
+            return eps, k.to(self.device) * (1.0 / c.flow_steps)
+        return eps, torch.rand(shape, generator=self.action_rng).to(self.device)
 
     def cfm_loss(self, obs: Tensor, stored: Tensor) -> Tensor:
         """L_cfm per action (B,) for the stored [action, eps_1..eps_N, t_1..t_N] rows (B, d + N d + N)."""

@@ -480,7 +480,7 @@ class GoRLAgent(PPOAgent):
     def policy_step(self, obs: Tensor) -> PolicyStep:
         # The env action is the latent itself: `LatentActionEnv` decodes and squashes it.
         dist = self.model.dist(obs)
-        z = self.sample(dist)
+        z = self.sample(dist, self.action_rng)
         return PolicyStep(z, z, dist.log_prob(z).sum(-1), self.model.value(obs))
 
     def loss(self, mb: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -548,14 +548,11 @@ class GoRLAgent(PPOAgent):
             source["refit/source_eval_return"] = self.stage_best[0]
             self._load_encoder_state(self.stage_best[1])
         stage_seed = derived_seed(self.seed, stage)
-        refit_rng = torch.Generator(self.device).manual_seed(stage_seed)
+        refit_rng = torch.Generator().manual_seed(stage_seed)
         normalizer, model = self.normalizer, self.model
 
         def sample_latent(obs: np.ndarray) -> Tensor:
-            dist = model.dist(policy_input(obs, normalizer, self.device))
-            return dist.mean + dist.stddev * torch.randn(
-                dist.mean.shape, generator=refit_rng, device=self.device
-            )
+            return self.sample(model.dist(policy_input(obs, normalizer, self.device)), refit_rng)
 
         if self.refit_env is None:
             # Built once and kept: every round of every refit starts from its own seeded reset.
@@ -636,7 +633,7 @@ class GoRLAgent(PPOAgent):
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         dist = self.model.dist(policy_input(obs, self.normalizer, self.device))
-        z = dist.mean if deterministic else self.sample(dist)
+        z = dist.mean if deterministic else self.sample(dist, self.action_rng)
         raw = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         return torch.tanh(self.decoder.decode(raw, z)).cpu().numpy()
 

@@ -200,13 +200,12 @@ class PPOAgent(ActorCriticAgent):
     def build_model(self, obs_dim: int, act_dim: int) -> ActorCritic:
         return ActorCritic(obs_dim, act_dim, self.config, self.init_rng)
 
-    def sample(self, dist: Normal) -> Tensor:
-        noise = torch.randn(dist.mean.shape, generator=self.action_rng, device=self.device)
-        return dist.mean + dist.stddev * noise
+    def sample(self, dist: Normal, generator: torch.Generator) -> Tensor:
+        return dist.mean + dist.stddev * self.noise(dist.mean.shape, generator)
 
     def policy_step(self, obs: Tensor) -> PolicyStep:
         dist = self.model.dist(obs)
-        u = self.sample(dist)
+        u = self.sample(dist, self.action_rng)
         return PolicyStep(torch.tanh(u), u, dist.log_prob(u).sum(-1), self.model.value(obs))
 
     def loss(self, mb: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -221,7 +220,7 @@ class PPOAgent(ActorCriticAgent):
         value_loss = self.value_loss(mb)
         entropy = dist.entropy().sum(-1)
         if c.tanh_entropy:
-            u = self.sample(dist)  # mean + std * noise: differentiable in both
+            u = self.sample(dist, self.action_rng)  # mean + std * noise: differentiable in both
             entropy = entropy + tanh_log_jacobian(u).sum(-1)
         entropy = entropy.mean()
         entropy_loss = -c.entropy_coef * entropy
@@ -238,5 +237,5 @@ class PPOAgent(ActorCriticAgent):
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         dist = self.model.dist(policy_input(obs, self.normalizer, self.device))
-        u = dist.mean if deterministic else self.sample(dist)
+        u = dist.mean if deterministic else self.sample(dist, self.action_rng)
         return torch.tanh(u).cpu().numpy()

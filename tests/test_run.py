@@ -20,7 +20,7 @@ import algorithms
 from harness.checkpoint import checkpoint_path, hold_run_directory, load_checkpoint
 from harness.cli import main
 from harness.errors import UserError
-from harness.run import RunRequest, execute, resume
+from harness.run import RunRequest, execute, load_run, resume
 from harness.tracking import RunTracker, resolve_tracking_uri
 
 TOY = "toy-bimodal"
@@ -389,6 +389,20 @@ def test_cuda_without_cuda_is_refused(tmp_path, tracking_uri, capsys):
     argv = ["run", "--algo", "ppo", "--task", TOY, "--device", "cuda", "--tracking-uri", tracking_uri]
     assert main(argv) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("algo", ["ppo", "fpo", "gorl-fm"])
+def test_a_run_trained_on_cuda_evaluates_and_resumes_on_the_cpu(tmp_path, tracking_uri, capsys, algo):
+    # Its generators are CPU generators: a CUDA generator's saved state does not load into a CPU one.
+    steps = 8 * 16 * 16  # GoRL: a refit within the budget, so its decoder is on the device too
+    out = tmp_path / "run"
+    argv = ["run", "--algo", algo, "--task", TOY, "--steps", str(steps), *sets(SMALL), "--device", "cuda",
+            "--out", str(out), "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["evaluate", str(out), "--device", "cpu"]) == 0
+    assert "does not fit" not in capsys.readouterr().err
+    load_run(out, device="cpu")[2].close()  # as a study's rerun on another device loads it
 
 
 POINTS = 6
