@@ -8,6 +8,7 @@ import matplotlib.image
 import pytest
 from mlflow.tracking import MlflowClient
 
+from algorithms.ppo import PPOAgent
 from harness.checkpoint import load_checkpoint
 from harness.cli import main
 from harness.commands.diagnose import fixed_state_steps
@@ -44,14 +45,20 @@ def test_multimodality_of_a_gorl_and_a_ppo_run(tmp_path, tracking_uri, capsys):
     assert load_checkpoint(tmp_path / "ppo")["agent"]["counted_steps"] == 4 * 256
 
 
-def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(tmp_path, tracking_uri, capsys):
+def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(
+    tmp_path, tracking_uri, capsys, monkeypatch
+):
     # A std of 1e-12 around the mean: every sampled action is the same float32 value.
     overrides = {**SMALL, "min_std": 1e-12, "max_std": 2e-12}
     request = RunRequest(algo="ppo", task="toy-bimodal", steps=256, overrides=overrides,
                          out_dir=tmp_path / "ppo", tracking_uri=tracking_uri)  # fmt: skip
     execute(request, progress=False)
-    assert main(["diagnose", "multimodality", str(tmp_path / "ppo"), "--samples", "100"]) == 2
+    closed = []
+    monkeypatch.setattr(PPOAgent, "close", lambda agent: closed.append(agent))
+    run = str(tmp_path / "ppo")
+    assert main(["diagnose", "multimodality", run, run, "--samples", "100"]) == 2
     assert "at this state are all the same (a collapsed or saturated policy)" in capsys.readouterr().err
+    assert len(closed) == 2  # the second run's envs too, although the error came at the first
 
 
 @pytest.mark.parametrize("samples", ["3", "1e8"])

@@ -13,9 +13,11 @@ the figure is kept and the statistics printed even when that logging fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,19 +117,40 @@ def diagnose_multimodality(
     run's MLflow run (in `tracking_uri` if given, else in the store the run recorded).
     `state_steps` None: `DEFAULT_STATE_STEPS`, or the last step of a shorter episode."""
 
-    import torch
-
-    from algorithms.multimodality import analyse_actions
     from harness.checkpoint import require_checkpoint
-    from harness.errors import UserError
     from harness.run import load_run
-    from harness.tracking import check_run_exists
 
     for run_dir in run_dirs:  # all of them before the first is loaded
         require_checkpoint(run_dir)
     out = Path(out) if out is not None else Path(run_dirs[0]) / "diagnostics"
     check_out_dir(out)
-    runs = [load_run(run_dir) for run_dir in run_dirs]
+    with contextlib.ExitStack() as loaded:  # every loaded agent's envs closed, also on an error
+        runs = []
+        for run_dir in run_dirs:
+            runs.append(load_run(run_dir))
+            loaded.callback(runs[-1][2].close)
+        labelled = _sample_runs(runs, samples, state_steps, seed, tracking_uri)
+
+    out.mkdir(parents=True, exist_ok=True)
+    figure = _plot([(label, report) for _, _, label, report in labelled], out / "multimodality.png")
+    diagnosis = Diagnosis(figure, [(label, report) for _, _, label, report in labelled])
+    for request, checkpoint, _, report in labelled:
+        _log(tracking_uri or request.tracking_uri, checkpoint, report, figure, request.out_dir, diagnosis)
+    return diagnosis
+
+
+def _sample_runs(
+    runs: list[tuple], samples: int, state_steps: int | None, seed: int, tracking_uri: str | None
+) -> list[tuple[Any, dict, str, Any]]:
+    """(request, checkpoint, label, MultimodalityReport) of every loaded run, from `samples`
+    actions sampled at the fixed state that the first run's policy reaches."""
+
+    import torch
+
+    from algorithms.multimodality import analyse_actions
+    from harness.errors import UserError
+    from harness.tracking import check_run_exists
+
     if tracking_uri is not None:  # a store named on purpose must hold the runs: checked before the work
         for _, _, _, checkpoint in runs:
             check_run_exists(tracking_uri, checkpoint["mlflow_run_id"])
@@ -144,7 +167,6 @@ def diagnose_multimodality(
     for request, _, agent, checkpoint in runs:
         with torch.no_grad():
             actions = agent.act(np.repeat(state[None], samples, axis=0), deterministic=False)
-        agent.close()
         label = f"{request.algo} {request.task} s{request.seed} @ {agent.counted_steps:,} steps"
         if np.ptp(actions, axis=0).max() == 0:
             raise UserError(
@@ -152,13 +174,7 @@ def diagnose_multimodality(
                 "or saturated policy): there is no distribution to analyse."
             )
         labelled.append((request, checkpoint, label, analyse_actions(actions)))
-
-    out.mkdir(parents=True, exist_ok=True)
-    figure = _plot([(label, report) for _, _, label, report in labelled], out / "multimodality.png")
-    diagnosis = Diagnosis(figure, [(label, report) for _, _, label, report in labelled])
-    for request, checkpoint, _, report in labelled:
-        _log(tracking_uri or request.tracking_uri, checkpoint, report, figure, request.out_dir, diagnosis)
-    return diagnosis
+    return labelled
 
 
 def _log(
