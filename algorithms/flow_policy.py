@@ -21,10 +21,10 @@ Evaluation (`eval_noise`). The official baselines' "deterministic" evaluation is
 stochastic: FPO draws a fresh x_1 ~ N(0, I) for every action and DPPO also keeps its
 per-step noise; only PPO's evaluation is the mean action. `eval_noise = "sample"` (the
 default) evaluates that way, drawing from a generator of its own (`eval_rng`) so evaluating
-never shifts the training noise. It is reseeded from (run seed, counted steps) at the first
-evaluation action after an update, so the score at a point depends on the run's seed and
-training only, not on how many evaluations came before it (the harness's rule for
-evaluation envs); its state is saved in checkpoints. `eval_noise = "zero"` starts
+never shifts the training noise. `begin_evaluation`, which the harness calls before every
+evaluation, reseeds it from (run seed, counted steps), so the score at a point depends on the
+run's seed and training only, not on how many evaluations came before it (the harness's rule
+for evaluation envs), and checkpoints need not hold its state. `eval_noise = "zero"` starts
 the chain at x_1 = 0 and adds no per-step noise: a deterministic policy (the flow's image
 of the prior's mode), comparable with PPO's mean-action evaluation; for a multimodal
 policy that image need not lie on any of its modes.

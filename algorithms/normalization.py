@@ -25,6 +25,7 @@ import numpy as np
 class RunningMeanStd:
     """Mean and variance of every observation seen so far, per dimension."""
 
+    # epsilon: 1e-8 as Stable-Baselines3's VecNormalize, so that a constant dimension divides by 1e-4.
     def __init__(self, shape: tuple[int, ...], epsilon: float = 1e-8) -> None:
         self.epsilon = epsilon
         self.mean = np.zeros(shape, dtype=np.float64)

@@ -291,7 +291,7 @@ def minibatch_update(
             index = order[start : start + minibatch_size]
             minibatch = {key: value[index] for key, value in batch.items()}
             adv = minibatch["advantages"]
-            minibatch["advantages"] = (adv - adv.mean()) / (adv.std() + 1e-8)
+            minibatch["advantages"] = (adv - adv.mean()) / (adv.std() + 1e-8)  # CleanRL's guard
             loss, metrics = loss_fn(minibatch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -118,7 +118,7 @@ PRESETS = {
     "cpu": {
         # chosen here, because the fast backend's throughput grows up to 64 envs (docs/performance.md)
         "num_envs": 64,
-        "rollout_steps": 64,  # chosen here, because 4096-step updates give 244 updates within 1M steps
+        "rollout_steps": 64,  # chosen here, because 4096-step updates give 245 updates within 1M steps
         "epochs": 10,  # CleanRL
         "num_minibatches": 4,  # chosen here, because smaller minibatches than 1024 are overhead-bound
         "lr": 3e-4,  # CleanRL / official release baselines

@@ -23,7 +23,10 @@ import envs
 from algorithms.onpolicy import torch_threads
 from envs.base import derived_seed, episode_rounds
 
-EVAL_SEED_OFFSET = 10_000  # the evaluation env's seed is the run seed + this
+# The evaluation env's seed is the run seed + this, apart from the training env's (the run seed).
+# Any constant would do (every evaluation also resets it with `point_seed`); this one drew every
+# evaluation recorded so far.
+EVAL_SEED_OFFSET = 10_000
 # Episodes played at once. A MuJoCo env holds about 1 MB (walker-walk: 1.1 GB for 1,000), so
 # `evaluate --episodes 100000` in one vector env would not fit in memory; the release evaluates
 # 128 at a time, and 1,024 keep the policy's batches large.

@@ -56,8 +56,8 @@ class RunRequest:
     algo: str
     task: str
     seed: int = 0
-    steps: int = 1_000_000
-    preset: str = "cpu"
+    steps: int = 1_000_000  # a CPU-scale budget: 1 to 3 minutes per run on 2 cores (docs/performance.md)
+    preset: str = "cpu"  # the machine a run starts on by default: a laptop or CI runner, no GPU
     overrides: Mapping[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     out_dir: Path | str | None = None  # default runs/<algo>-<task>-s<seed>-<timestamp>
