@@ -9,7 +9,8 @@ into a ratio. Everything else is one piece of code here:
 * `train_iteration`: collect with `policy_step`, GAE, then `minibatch_update` with `loss`,
   clipping the gradients to `max_grad_norm` (if set) over all parameters or per network
   (`grad_norm_scope`);
-* `state_dict` / `load_state_dict`: weights, optimiser, normaliser, envs, every generator.
+* `state_dict` / `load_state_dict`: weights, optimiser, normaliser, envs, the generators, and
+  the seed that later draws derive from.
 
 A subclass implements `build_model` (a module with `actor`, `critic` and `value(obs)`),
 `policy_step`, `loss` and `act`, and draws its noise with `noise` (or from the CPU generators,
@@ -124,11 +125,11 @@ class ActorCriticAgent(Agent):
     """One on-policy run: envs, model, optimiser, normaliser and generators, trained by PPO-style updates."""
 
     def __init__(self, config: Any, task: str, seed: int, budget: int, device: torch.device) -> None:
-        self.config, self.device = config, device
+        self.config, self.task, self.seed, self.device = config, task, seed, device
         self.env = envs.make(task, config.num_envs, seed, backend=config.env_backend)
         self.obs, _ = self.env.reset(seed=seed)
-        obs_dim = self.env.single_observation_space.shape[0]
-        act_dim = self.env.single_action_space.shape[0]
+        self.obs_dim = obs_dim = self.env.single_observation_space.shape[0]
+        self.act_dim = act_dim = self.env.single_action_space.shape[0]
         # Explicit generators (never torch's global RNG) so a checkpoint captures every random state.
         # All on the CPU, whatever the device: a seed then draws the same noise on every device, and
         # a checkpoint resumes on another one (a CUDA generator's state does not load into a CPU
@@ -236,6 +237,7 @@ class ActorCriticAgent(Agent):
             "shuffle_rng": self.shuffle_rng.get_state(),
             "counted_steps": self.counted_steps,
             "total_steps": self.total_steps,
+            "seed": self.seed,  # the seed later draws derive from (FPO/DPPO's evaluations, GoRL's stages)
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -249,6 +251,7 @@ class ActorCriticAgent(Agent):
         self.action_rng.set_state(state["action_rng"])
         self.shuffle_rng.set_state(state["shuffle_rng"])
         self.counted_steps, self.total_steps = state["counted_steps"], state["total_steps"]
+        self.seed = state.get("seed", self.seed)  # checkpoints from before it was saved: the run's seed
 
     def close(self) -> None:
         self.env.close()

@@ -152,10 +152,8 @@ class FlowPolicyAgent(ActorCriticAgent):
 
     def __init__(self, config: FlowPolicyConfig, task: str, seed: int, budget: int, device: torch.device):
         super().__init__(config, task, seed, budget, device)
-        self.act_dim = self.env.single_action_space.shape[0]
         # Not a saved generator: `begin_evaluation` reseeds it from (run seed, counted steps), so a
         # loaded checkpoint (a resumed run, `gorl-bench evaluate`) plays its evaluations again.
-        self.eval_seed = seed
         self.eval_rng = torch.Generator()  # on the CPU, as the others (`ActorCriticAgent`)
 
     def build_model(self, obs_dim: int, act_dim: int) -> FlowActorCritic:
@@ -180,11 +178,4 @@ class FlowPolicyAgent(ActorCriticAgent):
         return self.config.eval_noise == "sample"
 
     def begin_evaluation(self) -> None:
-        self.eval_rng.manual_seed(derived_seed(self.eval_seed, self.counted_steps))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "eval_seed": self.eval_seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.eval_seed = state.get("eval_seed", self.eval_seed)  # older checkpoints: the run's seed
+        self.eval_rng.manual_seed(derived_seed(self.seed, self.counted_steps))

@@ -454,12 +454,10 @@ class GoRLAgent(PPOAgent):
     """GoRL on `PPOAgent`: `self.config` holds this stage's encoder settings, `self.gorl` all of them."""
 
     def __init__(self, config: GoRLConfig, task: str, seed: int, budget: int, device: torch.device) -> None:
-        self.gorl, self.task, self.seed = config, task, seed
+        self.gorl = config
         self.ends = stage_ends(config, budget)
         self.stage = 0
         super().__init__(config, task, seed, budget, device)
-        self.obs_dim = self.env.single_observation_space.shape[0]
-        self.act_dim = self.env.single_action_space.shape[0]
         try:
             config.check_task(task, (self.obs_dim, self.act_dim))
         except ValueError as error:
