@@ -451,7 +451,8 @@ def play_episodes(
 
 
 class GoRLAgent(PPOAgent):
-    """GoRL on `PPOAgent`: `self.config` holds this stage's encoder settings, `self.gorl` all of them."""
+    """GoRL on `PPOAgent`. `self.config` is this stage's config (`stage_config`): read the
+    `PER_STAGE` keys from it; `self.gorl` is the run's config: read the run-wide keys from it."""
 
     def __init__(self, config: GoRLConfig, task: str, seed: int, budget: int, device: torch.device) -> None:
         self.gorl = config
