@@ -48,6 +48,11 @@ from algorithms.onpolicy import (
 )
 
 
+# torch's intra-op threads: as many as the largest CPUs have cores. More only add overhead, and
+# torch starts them all: 20,000 stalled a run and 100,000 crashed the process.
+MAX_THREADS = 256
+
+
 class CoreConfigMixin:
     """For frozen config dataclasses that have the PPO core's keys (it declares no fields itself)."""
 
@@ -101,6 +106,9 @@ class CoreConfigMixin:
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("collect_threads", "update_threads"):
+            if getattr(self, name) > MAX_THREADS:
+                raise ValueError(f"{name} must be at most {MAX_THREADS}, got {getattr(self, name):,}")
         if self.batch_size % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches ({self.num_minibatches}) must divide the batch num_envs x rollout_steps "

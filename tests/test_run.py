@@ -170,6 +170,15 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--algo", "ppo", "--task", TOY, "--steps", "100"], "less than one policy update (4096 env steps)"),
         (["--algo", "ppo", "--task", TOY, "--steps", "8192", "--set", "eval_points=1e9"], "than --steps"),
         (["--algo", "ppo", "--task", TOY, "--set", "min_std=1e999"], "min_std must be a finite number"),
+        # 100,000 threads crashed the process (no message, the MLflow run left RUNNING).
+        (
+            ["--algo", "gorl-fm", "--task", TOY, "--set", "collect_threads=1e5"],
+            "collect_threads must be at most",
+        ),
+        (
+            ["--algo", "ppo", "--task", TOY, "--set", "update_threads=1e12"],
+            "update_threads must be at most 256",
+        ),
         (
             ["--algo", "ppo", "--task", TOY, "--set", "eval_episodes=1e9"],
             "eval_episodes must be at most 1,000,000",
