@@ -88,6 +88,15 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     assert main(["evaluate", good, "--json", str(tmp_path / "no" / "such.json")]) == 2
     assert "give a file in an existing directory" in capsys.readouterr().err
     assert main(["evaluate", good, "--json", str(tmp_path)]) == 2
+    # Files that --json would have destroyed: the run's checkpoint, a file of something else.
+    checkpoint = tmp_path / "ppo" / "checkpoint.pt"
+    saved = checkpoint.read_bytes()
+    assert main(["evaluate", good, "--json", str(checkpoint)]) == 2
+    assert "lies in the run directory" in capsys.readouterr().err and checkpoint.read_bytes() == saved
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    assert main(["evaluate", good, "--json", str(tmp_path / "notes.txt")]) == 2
+    assert "exists and does not hold JSON" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
     assert capsys.readouterr().out == ""  # nothing was evaluated
     with pytest.raises(SystemExit) as exited:  # 10^9 returns, kept in memory, would fill it
         main(["evaluate", good, "--episodes", "1e9"])

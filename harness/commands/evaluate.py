@@ -56,10 +56,10 @@ def main(args: argparse.Namespace) -> int:
     from harness.checkpoint import require_checkpoint
     from harness.errors import UserError
 
-    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
-        raise UserError(f"--json {args.json}: give a file in an existing directory.")
     for run_dir in args.runs:  # all of them before the first is loaded
         require_checkpoint(run_dir)
+    if args.json is not None:
+        check_json_target(args.json, args.runs)
     videos: list[Path | None] = [None] * len(args.runs)
     if args.video is not None:
         from harness.video import check_rendering
@@ -85,6 +85,30 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"cannot write --json {args.json}: {error.strerror}.") from None
         print(f"returns written to {args.json}")
     return 0
+
+
+def check_json_target(path: Path, run_dirs: list[Path]) -> None:
+    """Refuse a `--json` file that writing would lose data with: one in a run directory (its
+    checkpoint, say) or an existing file that holds something else than JSON."""
+
+    from harness.errors import UserError
+
+    if path.is_dir() or not path.parent.is_dir():
+        raise UserError(f"--json {path}: give a file in an existing directory.")
+    for run_dir in run_dirs:
+        if path.resolve().is_relative_to(Path(run_dir).resolve()):
+            raise UserError(
+                f"--json {path} lies in the run directory {run_dir}, which evaluate leaves as it is; "
+                "give a file elsewhere."
+            )
+    if path.exists():
+        try:
+            json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            raise UserError(
+                f"--json {path} exists and does not hold JSON: evaluate replaces only JSON files (an "
+                "earlier --json output). Give another file, or remove this one first."
+            ) from None
 
 
 def evaluate_run(
