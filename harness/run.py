@@ -22,6 +22,7 @@ import dataclasses
 import math
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +48,7 @@ from harness.limits import MAX_EPISODES
 from harness.tracking import RunTracker, git_commit, resolve_tracking_uri, to_toml
 
 EvaluationCallback = Callable[[int, float], None]
+CONFIG_NAME = "config.toml"  # the run's resolved config, in its directory and its MLflow artifacts
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ def execute(
                     f"{str(out_dir)!r} already holds a run's checkpoint; continue it with --resume "
                     f"{out_dir}, or choose another --out directory."
                 )
+            _check_foreign_config(out_dir / CONFIG_NAME)
             # After the directory: a refused --out leaves no store behind, a refused store no directory.
             tracking_uri = resolve_tracking_uri(request.tracking_uri)
             request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
@@ -122,6 +125,23 @@ def execute(
         if created:
             _remove_if_unused(out_dir)
         raise
+
+
+def _check_foreign_config(path: Path) -> None:
+    """Refuse to replace a `config.toml` that no run wrote (one of a run that failed before its
+    first checkpoint is replaced: a study reruns its failed units in their directories)."""
+
+    try:
+        written_by_a_run = {"run", "config"} <= tomllib.loads(path.read_text()).keys()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        written_by_a_run = False
+    if not written_by_a_run:
+        raise UserError(
+            f"{path} exists and is not a run's config, which a run writes there; choose another --out "
+            "directory (a new or empty one)."
+        )
 
 
 def _remove_if_unused(out_dir: Path) -> None:
@@ -162,9 +182,9 @@ def _start(
     try:
         tracker.log_params({**run_info, **as_dict(config)})
         config_toml = to_toml({"run": run_info, "config": as_dict(config)})
-        tracker.log_text(config_toml, "config.toml")
+        tracker.log_text(config_toml, CONFIG_NAME)
         # Also next to the checkpoint, where a reader of the run directory looks for it first.
-        (Path(request.out_dir) / "config.toml").write_text(config_toml)
+        (Path(request.out_dir) / CONFIG_NAME).write_text(config_toml)
         agent = spec.agent_cls(config, task, request.seed, request.steps, device)
     except BaseException as error:
         stopped = isinstance(error, KeyboardInterrupt)
