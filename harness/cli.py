@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.errors import UserError, out_of_memory
-from harness.signals import stop_on_sigterm
+from harness.signals import stop_on_interrupts
 
 # Rendering is never needed; this keeps dm_control from probing for OpenGL.
 os.environ.setdefault("MUJOCO_GL", "disable")
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    stop_on_sigterm()
+    stop_on_interrupts()
     try:
         return int(args.func(args) or 0)
     except UserError as error:

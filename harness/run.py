@@ -45,6 +45,7 @@ from harness.checkpoint import (
 from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
 from harness.limits import MAX_EPISODES
+from harness.signals import raise_if_interrupted
 from harness.tracking import RunTracker, git_commit, resolve_tracking_uri, to_toml
 
 EvaluationCallback = Callable[[int, float], None]
@@ -319,6 +320,7 @@ def _train(
         with bar:
             bar.update(agent.counted_steps, position.history)
             while agent.counted_steps < request.steps:
+                raise_if_interrupted()
                 before, start = agent.counted_steps, time.perf_counter()
                 bar.note(agent.next_iteration_note())
                 metrics = agent.train_iteration()

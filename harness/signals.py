@@ -3,6 +3,11 @@
 Used where an interrupted write would leave a store inconsistent: a study's claim of a trial
 and the owner written with it, and every MLflow write of a run (an SQLite write cut by
 KeyboardInterrupt keeps its lock, so the run could not even be marked KILLED afterwards).
+
+An interrupt is also remembered (`raise_if_interrupted`): Python drops an exception raised
+inside a garbage-collection callback ("Exception ignored in ..."), so a Ctrl-C that lands in
+one (SQLAlchemy's, while an MLflow store is created) would otherwise be lost and the run
+would train to its end.
 """
 
 from __future__ import annotations
@@ -12,20 +17,36 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+_received: list[int] = []  # the interrupts `interrupt` raised in this command
+
 
 def interrupt(signum: int, frame: object) -> None:
-    """A SIGTERM handler that stops the command as Ctrl-C does: a run ends KILLED with its last
-    checkpoint, a study's coordinator stops its workers (which would otherwise train on,
-    orphaned) and says how to resume."""
+    """The SIGINT and SIGTERM handler: stop the command as Ctrl-C does (a run ends KILLED with
+    its last checkpoint, a study's coordinator stops its workers, which would otherwise train
+    on, orphaned, and says how to resume), and remember it for `raise_if_interrupted`."""
 
+    _received.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def stop_on_sigterm() -> None:
-    """Install `interrupt` for SIGTERM (`kill PID`); a no-op outside the main thread, where Python
-    can set no handler."""
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if an interrupt came in this command: called between training
+    iterations, where nothing would still run had its KeyboardInterrupt not been dropped."""
 
+    if _received:
+        raise KeyboardInterrupt(f"signal {_received[0]}")
+
+
+def stop_on_interrupts() -> None:
+    """Install `interrupt` for SIGINT and SIGTERM (`kill PID`), forgetting earlier interrupts (a
+    command run again in the same process); a no-op outside the main thread, where Python can
+    set no handler."""
+
+    _received.clear()
     if threading.current_thread() is threading.main_thread():
+        # SIGINT only where Python's own handler is set: one ignored (a background job's) stays so.
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, interrupt)
         signal.signal(signal.SIGTERM, interrupt)
 
 

@@ -21,6 +21,7 @@ from harness.checkpoint import checkpoint_path, hold_run_directory, load_checkpo
 from harness.cli import main
 from harness.errors import UserError
 from harness.run import RunRequest, execute, load_run, resume
+from harness.signals import interrupt
 from harness.tracking import RunTracker, resolve_tracking_uri
 
 TOY = "toy-bimodal"
@@ -290,6 +291,32 @@ def test_ctrl_c_while_the_mlflow_run_is_set_up_ends_it_killed(tmp_path, tracking
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
     assert run.info.status == "KILLED"
+
+
+def test_ctrl_c_dropped_by_a_garbage_collection_callback_still_stops_the_run(
+    tmp_path, tracking_uri, monkeypatch, capsys
+):
+    """Python drops an exception raised in a garbage-collection callback (SQLAlchemy's, while the
+    MLflow store was created): the run trained to its end after Ctrl-C."""
+
+    import harness.run
+
+    class CollectedDuringCtrlC:
+        def __del__(self):
+            interrupt(signal.SIGINT, None)  # as the handler runs inside the callback
+
+    def resolve_with_a_dropped_interrupt(uri):
+        CollectedDuringCtrlC()  # collected at once: "Exception ignored in ... KeyboardInterrupt"
+        return resolve_tracking_uri(uri)
+
+    monkeypatch.setattr(harness.run, "resolve_tracking_uri", resolve_with_a_dropped_interrupt)
+    argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), *sets(SMALL),
+            "--out", str(tmp_path / "run"), "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    assert main(argv) == 130
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
+    assert run.info.status == "KILLED"
+    assert "steps/counted" not in run.data.metrics  # stopped before its first update
 
 
 def test_a_gym_task_without_its_optional_dependency_is_refused_before_anything_is_created(
