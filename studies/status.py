@@ -53,6 +53,7 @@ class StudyStatus:
     total: int  # units of a grid/compare study (at most max_trials), max_trials of a tune study
     eta: timedelta | None
     best: str | None = None  # tune: the best complete trial so far, its objective and parameters
+    not_run: int = 0  # grid/compare: units queued past max_trials, which never run
 
     @property
     def failed(self) -> int:
@@ -86,6 +87,10 @@ class StudyStatus:
             f"failed {self.failed}  pruned {self.pruned}  lost+retried {self.lost}{rerun}",
             f"  {self.eta_text}",
         ]
+        if self.not_run:
+            lines.append(
+                f"  {self.not_run} more unit(s) never run: the spec's max_trials ends the study before them"
+            )
         if self.best:
             lines.append(f"  best so far: {self.best}")
         if self.stopped:
@@ -155,13 +160,18 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
     budget = attrs["spec"].get("max_trials")
     total = min(len(attrs["units_expected"]), budget or math.inf) if kind != "tune" else int(budget)
     done = counts[TrialState.COMPLETE] + counts[TrialState.FAIL] + counts[TrialState.PRUNED]
+    # Workers start grid/compare units until max_trials have started; the rest wait forever. (A tune
+    # study's waiting trials are retries of started ones, which run whatever the budget.)
+    waiting = counts[TrialState.WAITING]
+    started = len(counted) - waiting
+    not_run = max(waiting - max(total - started, 0), 0) if kind != "tune" else 0
     return StudyStatus(
         name=study.study_name,
         kind=kind,
         complete=counts[TrialState.COMPLETE],
         running=counts[TrialState.RUNNING],
         stopped=sum(worker_gone_here(t) for t in counted if t.state == TrialState.RUNNING),
-        waiting=counts[TrialState.WAITING],
+        waiting=waiting - not_run,
         failures=tuple(failures),
         lost=sum(is_lost(trial) for trial in trials),
         rerun=len(rerun_trials(trials)),  # each names the failed trial it replaced
@@ -169,6 +179,7 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
         total=total,
         eta=_eta(trials, max(total - done, 0), workers or counts[TrialState.RUNNING] or 1),
         best=_best_trial(counted) if kind == "tune" else None,
+        not_run=not_run,
     )
 
 

@@ -52,6 +52,8 @@ def stores(tmp_path_factory, migrated_mlflow_db):
     _tune_study(storage, client, uri, root)
     _aliased_study(storage, client, uri, root)
     _diverging_study(storage, client, uri, root)
+    for name, max_trials in (("capped", 1), ("capped-midway", 2)):
+        _capped_study(storage, client, uri, root, name, max_trials)
     optuna.create_study(study_name="empty", storage=storage)
     return storage_path, uri
 
@@ -178,6 +180,27 @@ def _diverging_study(storage, client, uri, root):
     _refits_grid(storage, client, uri, root, "diverging", tasks, tasks, failure)
 
 
+def _capped_study(storage, client, uri, root, name, max_trials):
+    """A grid of 4 units (num_refits 1 and 2, 2 seeds, one task) with `max_trials`: the first unit
+    ran, the other three are queued as the study runner enqueues them, in spec order."""
+
+    task = "cartpole-swingup"
+    spec = {"name": name, "kind": "grid", "algo": "gorl-fm", "tasks": [task], "seeds": 2}
+    spec |= {"steps": STEPS[-1], "grid": {"num_refits": [1, 2]}, "max_trials": max_trials}
+    keys = [f"num_refits={r}|{task}|seed{s}" for r in (1, 2) for s in range(2)]
+    study, experiment, parent = _study(storage, client, uri, root, name, spec, keys, ["num_refits"])
+    for number, key in enumerate(keys):
+        refits, _, seed = key.split("|")
+        record = {"unit": key, "variant": refits, "algo": "gorl-fm", "task": task, "seed": int(seed[-1])}
+        record["params"] = {"num_refits": int(refits[-1])}
+        if number:
+            study.enqueue_trial({"unit": key}, user_attrs=record)
+            continue
+        returns = [eval_return(int(refits[-1]), 0, int(seed[-1]), step) for step in STEPS]
+        record["mlflow_run_id"] = _unit_run(client, experiment, parent, key, returns)
+        study.add_trial(create_trial(value=returns[-1] / 1000, user_attrs=record))
+
+
 def _lr():
     return {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)}
 
@@ -204,6 +227,7 @@ def test_report_end_to_end(stores, tmp_path):
     out = tmp_path / "report"
     first = build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
     assert first.partial and first.missing == [MISSING]
+    assert not any("intervals need at least 2 runs" in note for note in first.notes)  # 2 or 3 seeds each
 
     for name in (
         "aggregates",
@@ -297,10 +321,69 @@ def test_a_diverged_unit_counts_with_its_task_s_worst_score(stores, tmp_path):
     assert any("1 diverged unit(s) count with their task's worst score" in note for note in report.notes)
 
 
+def test_a_grid_at_its_max_trials_is_complete_not_partial(stores, tmp_path, capsys):
+    """`max_trials = 1` of 4 units: `study status` said finished yet `waiting 3`, and the report was
+    PARTIAL with 3 units not finished, which never run."""
+
+    from studies.status import study_status
+    from studies.worker import load_study
+
+    storage, _ = stores
+    status = study_status(load_study("capped", str(storage)))
+    assert status.finished and (status.waiting, status.not_run) == (0, 3)
+    lines = status.lines()
+    assert lines[0] == "study capped (grid): 1/1 done - finished" and "  waiting 0  " in lines[1]
+    assert lines[3] == "  3 more unit(s) never run: the spec's max_trials ends the study before them"
+
+    argv = ["report", "capped", "--storage", str(storage), "--out", str(tmp_path), "--reps", "500"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "PARTIAL" not in out and "PARTIAL" not in (tmp_path / "summary.md").read_text()
+    never = "3 unit(s) never run: the spec's max_trials ends the study before them, so the report is complete"
+    assert never in " ".join(err.split())
+    assert "## Missing units (0)" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_grid_short_of_its_max_trials_misses_only_the_units_still_to_run(stores):
+    """`max_trials = 2`: of the 3 queued units, the first (in queue order) runs, the others never do."""
+
+    from studies.status import study_status
+    from studies.worker import load_study
+
+    storage, _ = stores
+    status = study_status(load_study("capped-midway", str(storage)))
+    assert not status.finished and (status.done, status.total, status.waiting, status.not_run) == (1, 2, 1, 2)
+    _, missing, _ = load_results("capped-midway", str(storage))
+    assert missing == ["num_refits=1|cartpole-swingup|seed1"]
+
+
+def test_one_run_per_task_and_configuration_is_noted_as_degenerate_intervals(stores, tmp_path):
+    """With one seed, the report printed `0.023 [0.023, 0.023]` with no word on it."""
+
+    from harness.report import _single_run_notes
+
+    storage, _ = stores
+    report = build_report("capped", str(storage), out_dir=tmp_path, reps=REPS)  # one unit ran
+    note = (
+        "95% intervals need at least 2 runs (seeds) per task and configuration; every variant has 1, so the "
+        "intervals shown for them are degenerate (zero width), not a measure of uncertainty"
+    )
+    summary = (tmp_path / "summary.md").read_text()
+    assert note in report.notes and note in summary
+    aggregates = summary[summary.index("## Aggregate metrics") :].split("\n## ")[0]
+    (row,) = [line for line in aggregates.splitlines() if line.startswith("| num_refits=1 |")]
+    point = row.split("|")[3].split()[0]
+    assert f"{point} [{point}, {point}]" in row  # the statistics themselves are unchanged
+    mixed = _single_run_notes({"a": np.zeros((1, 2)), "b": np.zeros((3, 2)), "c": np.zeros((1, 2))})
+    assert len(mixed) == 1 and "configuration; a, c have 1, so" in mixed[0]
+    assert _single_run_notes({"b": np.zeros((2, 2))}) == []
+
+
 def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     storage, _ = stores
     assert main(["report", "nope", "--storage", str(storage)]) == 2
-    assert "Studies there: ablation, aliased, diverging, empty, tuning" in capsys.readouterr().err
+    studies = "ablation, aliased, capped, capped-midway, diverging, empty, tuning"
+    assert f"Studies there: {studies}" in capsys.readouterr().err
     assert main(["report", "empty", "--storage", str(storage)]) == 2
     assert "no trials yet" in capsys.readouterr().err
     assert main(["report", "ablation", "--storage", str(tmp_path / "absent.journal")]) == 2

@@ -100,6 +100,12 @@ def build_report(
     files = [out / "results.csv"]
 
     ends, finals, notes = _final_scores(table, results)
+    notes += _single_run_notes(finals)
+    if results.not_run:
+        notes.append(
+            f"{len(results.not_run)} unit(s) never run: the spec's max_trials ends the study before them, so "
+            "the report is complete without them"
+        )
     options = {"reps": reps, "seed": seed, "confidence": CONFIDENCE, "progress": progress}
     sections: list[tuple[str, Table]] = []
 
@@ -186,6 +192,21 @@ def _final_scores(
             + ". Report again when more units are done."
         )
     return ends, finals, notes
+
+
+def _single_run_notes(finals: dict[str, np.ndarray]) -> list[str]:
+    """A note when some variant has one run per task: resampling its runs always draws that run, so
+    its intervals have zero width (`0.023 [0.023, 0.023]`), which reads as certainty, not as
+    "unknown"."""
+
+    single = [variant for variant, runs in finals.items() if runs.shape[0] < 2]
+    if not single:
+        return []
+    which = "every variant has" if len(single) == len(finals) else f"{', '.join(single)} have"
+    return [
+        f"{CONFIDENCE:.0%} intervals need at least 2 runs (seeds) per task and configuration; {which} 1, "
+        "so the intervals shown for them are degenerate (zero width), not a measure of uncertainty"
+    ]
 
 
 def check_bootstrap(reps: int, seed: int) -> None:

@@ -57,6 +57,7 @@ class StudyResults:
     kind: str
     table: pd.DataFrame
     missing: list[str]  # units (tune: trials) not finished yet
+    not_run: list[str]  # grid / compare units that the spec's `max_trials` keeps from ever running
     failed: list[tuple[str, str]]  # (unit or trial, reason)
     parameters: list[str]  # parameter columns of `table`
     tracking_uri: str
@@ -114,9 +115,13 @@ def load_study_results(
         settled = sum(t.state.is_finished() for t in trials)
         left = (spec.get("max_trials") or 0) - settled - len(tally.unfinished)
         missing = tally.unfinished + ([f"{left} trial(s) not started"] if left > 0 else [])
+        not_run = []
     else:
         settled = tally.done | set(tally.failed)
         missing = [unit for unit in attrs.get("units_expected", []) if unit not in settled]
+        not_run = _beyond_trial_limit(missing, trials, spec.get("max_trials"))
+        never = set(not_run)
+        missing = [unit for unit in missing if unit not in never]
     failed_units = [(unit, reason) for unit, reason in tally.failed.items() if unit not in tally.done]
     if not tally.rows and tally.looked_up and not any(_run_exists(uri, run_id) for run_id in tally.looked_up):
         # Not the units' failure: the store is the wrong one (a mistyped --tracking-uri, another
@@ -150,6 +155,7 @@ def load_study_results(
         kind=kind,
         table=table,
         missing=missing,
+        not_run=not_run,
         failed=failed_units,
         parameters=parameters,
         tracking_uri=uri,
@@ -166,6 +172,23 @@ def load_study_results(
             columns=COLUMNS + parameters,
         ),
     )
+
+
+def _beyond_trial_limit(missing: list[str], trials: list[Any], max_trials: int | None) -> list[str]:
+    """The missing units of a grid or compare study that its `max_trials` keeps from running.
+
+    Workers start units until `max_trials` of the counted trials have started, taking the waiting
+    ones in trial order (units not enqueued yet come after them); the waiting units past what is
+    left of the limit never run, so the study is complete without them.
+    """
+
+    if max_trials is None:
+        return []
+    waiting = [t.user_attrs.get("unit") for t in trials if t.state == TrialState.WAITING]
+    left = max(max_trials - (len(trials) - len(waiting)), 0)
+    queued, pending = set(waiting), set(missing)
+    queue = waiting + [unit for unit in missing if unit not in queued]
+    return [unit for unit in queue[left:] if unit in pending]
 
 
 @dataclass
