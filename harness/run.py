@@ -97,19 +97,12 @@ def execute(
 ) -> RunResult:
     """Run `request` from scratch. `on_evaluation(counted_steps, mean_return)` follows every evaluation."""
 
-    if request.steps < 1:
-        raise UserError(f"--steps must be a positive number of env steps, got {request.steps}.")
-    if not 0 <= request.seed < 2**32:  # torch and numpy take 64-bit seeds; seed + k must fit too
-        raise UserError(f"--seed must be an integer from 0 to 2**32 - 1, got {request.seed}.")
-    if request.checkpoint_every is not None and request.checkpoint_every < 1:
-        raise UserError(f"--checkpoint-every must be positive, got {request.checkpoint_every}.")
-    task = envs.canonical_task(request.task)
-    spec = algorithms.get(request.algo)
-    config = resolve(spec, request.preset, task, dict(request.overrides))
-    check_run(config, task, request.steps)
-    device = resolve_device(request.device)
-    out_dir = Path(request.out_dir or default_out_dir(request)).resolve()
-    created = not out_dir.exists()
+    task, spec, config, device = check_request(request)
+    if request.out_dir is None:
+        out_dir, created = create_default_out_dir(dataclasses.replace(request, task=task)).resolve(), True
+    else:
+        out_dir = Path(request.out_dir).resolve()
+        created = not out_dir.exists()
     try:
         with hold_run_directory(out_dir):
             if checkpoint_path(out_dir).exists():
@@ -124,8 +117,25 @@ def execute(
             return _start(request, spec, config, device, on_evaluation, progress)
     except UserError:
         if created:
-            _remove_if_unused(out_dir)
+            remove_if_unused(out_dir)
         raise
+
+
+def check_request(request: RunRequest) -> tuple[str, algorithms.registry.AlgorithmSpec, Any, torch.device]:
+    """The canonical task, algorithm, resolved config and device of `request`; a UserError for
+    anything that would stop the run before it trains (settings, budget, memory, device)."""
+
+    if request.steps < 1:
+        raise UserError(f"--steps must be a positive number of env steps, got {request.steps}.")
+    if not 0 <= request.seed < 2**32:  # torch and numpy take 64-bit seeds; seed + k must fit too
+        raise UserError(f"--seed must be an integer from 0 to 2**32 - 1, got {request.seed}.")
+    if request.checkpoint_every is not None and request.checkpoint_every < 1:
+        raise UserError(f"--checkpoint-every must be positive, got {request.checkpoint_every}.")
+    task = envs.canonical_task(request.task)
+    spec = algorithms.get(request.algo)
+    config = resolve(spec, request.preset, task, dict(request.overrides))
+    check_run(config, task, request.steps)
+    return task, spec, config, resolve_device(request.device)
 
 
 def _check_foreign_config(path: Path) -> None:
@@ -145,7 +155,7 @@ def _check_foreign_config(path: Path) -> None:
         )
 
 
-def _remove_if_unused(out_dir: Path) -> None:
+def remove_if_unused(out_dir: Path) -> None:
     """Remove a run directory this process created and wrote nothing into but its lock file."""
 
     with contextlib.suppress(OSError):
@@ -444,11 +454,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def default_out_dir(request: RunRequest) -> Path:
-    """runs/<algo>-<task>-s<seed>-<time>: where a run without --out writes."""
+def create_default_out_dir(request: RunRequest) -> Path:
+    """Create and return runs/<algo>-<task>-s<seed>-<time>, where a run without --out writes;
+    with -2, -3, ... appended when that exists (runs started in the same second, with other
+    --set values say). Created here, not merely named, so that of two such runs neither can
+    take the other's name."""
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{request.algo}-{request.task}-s{request.seed}-{stamp}"
+    base = Path("runs") / f"{request.algo}-{request.task}-s{request.seed}-{stamp}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    out_dir, attempt = base, 1
+    while True:
+        try:
+            out_dir.mkdir()  # atomic: of two processes, one creates it and the other moves on
+            return out_dir
+        except FileExistsError:
+            attempt += 1
+            out_dir = base.with_name(f"{base.name}-{attempt}")
 
 
 class _ProgressBar:

@@ -425,6 +425,26 @@ def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_
     assert "already holds a run's checkpoint" in capsys.readouterr().err
 
 
+def test_runs_started_in_the_same_second_without_out_get_directories_of_their_own(tmp_path, monkeypatch):
+    """Three runs differing only in --set, started together, collided on one default directory."""
+
+    import datetime
+
+    import harness.run
+
+    class SameSecond(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 1, 12, 52, 47)
+
+    monkeypatch.setattr(harness.run, "datetime", SameSecond)
+    monkeypatch.chdir(tmp_path)
+    made = [harness.run.create_default_out_dir(request(tmp_path, "unused", out_dir=None)) for _ in range(3)]
+    base = "runs/ppo-toy-bimodal-s0-20261201-125247"
+    assert [str(path) for path in made] == [base, f"{base}-2", f"{base}-3"]
+    assert all(path.is_dir() for path in made)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_without_cuda_is_refused(tmp_path, tracking_uri, capsys):
     argv = ["run", "--algo", "ppo", "--task", TOY, "--device", "cuda", "--tracking-uri", tracking_uri]

@@ -59,7 +59,14 @@ def main(args: argparse.Namespace) -> int:
     from envs import canonical_task
     from harness.checkpoint import checkpoint_path
     from harness.errors import UserError
-    from harness.run import RunRequest, default_out_dir, execute, resume
+    from harness.run import (
+        RunRequest,
+        check_request,
+        create_default_out_dir,
+        execute,
+        remove_if_unused,
+        resume,
+    )
 
     if args.resume is not None:
         given = [flag for name, flag in FIXED_BY_CHECKPOINT.items() if getattr(args, name) is not None]
@@ -89,14 +96,21 @@ def main(args: argparse.Namespace) -> int:
         )
         # Named after the canonical task (`CheetahRun` -> cheetah-run), as the run's params are.
         named = dataclasses.replace(request, task=canonical_task(args.task))
-        run_dir = Path(request.out_dir or default_out_dir(named))
-        check_out_dir(run_dir)  # creating the directory would report a file there as just "File exists"
+        # Checked before it is created: creating it would report a file there as just "File exists".
+        check_out_dir(request.out_dir or Path("runs"))
+        if request.out_dir is None:
+            check_request(named)  # a refused run creates no directory
+        run_dir = Path(request.out_dir or create_default_out_dir(named))
         request = dataclasses.replace(request, out_dir=run_dir)
     try:
         if request is None:
             result = resume(run_dir, tracking_uri=args.tracking_uri, progress=not args.no_progress)
         else:
             result = execute(request, progress=not args.no_progress)
+    except UserError:
+        if args.resume is None and args.out is None:
+            remove_if_unused(run_dir)  # the default directory made above, if the run was refused
+        raise
     except KeyboardInterrupt:
         if checkpoint_path(run_dir).is_file():
             print(f"the last checkpoint is in {run_dir}: continue with gorl-bench run --resume {run_dir}",
