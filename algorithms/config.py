@@ -30,7 +30,12 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set expects key=value, got {pair!r}.")
-        out[key.strip()] = _parse_literal(raw.strip())
+        try:
+            out[key.strip()] = _parse_literal(raw.strip())
+        except RecursionError:  # Python's and TOML's parsers recurse once per bracket
+            raise UserError(
+                f"--set {key.strip()}: the value is nested too deeply for a config value."
+            ) from None
     return out
 
 
@@ -135,39 +140,47 @@ def _coerce(algo: str, key: str, value: Any, annotation: Any) -> Any:
                 return _coerce(algo, key, value, option)
             except UserError as error:
                 errors.append(str(error))
-        raise UserError(errors[0] if errors else f"{algo}: {key} cannot be {value!r}.")
+        raise UserError(errors[0] if errors else f"{algo}: {key} cannot be {_shown(value)}.")
     if origin is typing.Literal:
         if value is None and "none" in args:
             return "none"  # `--set latent_reg=none` parses as None; the option is the word itself
         if value not in args:
-            raise UserError(f"{algo}: {key} must be one of {', '.join(map(repr, args))}, got {value!r}.")
+            options = ", ".join(map(repr, args))
+            raise UserError(f"{algo}: {key} must be one of {options}, got {_shown(value)}.")
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise UserError(f"{algo}: {key} must be a list, got {value!r}.")
+            raise UserError(f"{algo}: {key} must be a list, got {_shown(value)}.")
         item_type = args[0] if args else Any
         return tuple(_coerce(algo, key, item, item_type) for item in value)
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{algo}: {key} must be a number, got {value!r}.")
+            raise UserError(f"{algo}: {key} must be a number, got {_shown(value)}.")
         if not math.isfinite(value):  # 1e999 parses as inf
-            raise UserError(f"{algo}: {key} must be a finite number, got {value!r}.")
+            raise UserError(f"{algo}: {key} must be a finite number, got {_shown(value)}.")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise UserError(f"{algo}: {key} must be an integer, got {value!r}.")
+            raise UserError(f"{algo}: {key} must be an integer, got {_shown(value)}.")
         return value
     if annotation is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{algo}: {key} must be true or false, got {value!r}.")
+            raise UserError(f"{algo}: {key} must be true or false, got {_shown(value)}.")
         return value
     if annotation is str:
         if not isinstance(value, str):
-            raise UserError(f"{algo}: {key} must be a string, got {value!r}.")
+            raise UserError(f"{algo}: {key} must be a string, got {_shown(value)}.")
         return value
     return value
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)` for an error message, cut short when long (a 5,000-digit --set value)."""
+
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
 def as_dict(config: Any) -> dict[str, Any]:

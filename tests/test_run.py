@@ -3,6 +3,7 @@ failures and bad input."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import math
 import os
@@ -171,6 +172,12 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--algo", "ppo", "--task", TOY, "--steps", "100"], "less than one policy update (4096 env steps)"),
         (["--algo", "ppo", "--task", TOY, "--steps", "8192", "--set", "eval_points=1e9"], "than --steps"),
         (["--algo", "ppo", "--task", TOY, "--set", "min_std=1e999"], "min_std must be a finite number"),
+        # Tracebacks from the parsers: a RecursionError, and an error line of 5,000 digits.
+        (
+            ["--algo", "ppo", "--task", TOY, "--set", f"actor_hidden={'[' * 1000}64{']' * 1000}"],
+            "nested too deeply",
+        ),
+        (["--algo", "ppo", "--task", TOY, "--set", f"lr={'1' * 5000}"], "... (5,002 characters)."),
         # 100,000 threads crashed the process (no message, the MLflow run left RUNNING).
         (
             ["--algo", "gorl-fm", "--task", TOY, "--set", "collect_threads=1e5"],
@@ -423,6 +430,16 @@ def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_
     assert main([*argv, "--out", str(tmp_path / "busy")]) == 0  # the lock went with its holder
     assert main([*argv, "--out", str(tmp_path / "busy")]) == 2  # a finished run is not overwritten
     assert "already holds a run's checkpoint" in capsys.readouterr().err
+
+
+def test_counts_are_read_exactly_and_absurd_ones_refused():
+    from harness.commands.arguments import integer
+
+    assert integer("1e23") == 10**23  # the float 1e23 is 99,999,999,999,999,991,611,392
+    assert integer("2.5e3") == 2500 and integer("1_000") == 1000
+    for text in ("1e1000000000", "2.5", "inf", "ten"):  # the first: a gigabyte of digits
+        with pytest.raises(argparse.ArgumentTypeError):
+            integer(text)
 
 
 def test_runs_started_in_the_same_second_without_out_get_directories_of_their_own(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.commands.arguments import directory
+from harness.commands.arguments import directory, integer
 
 STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
 
@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the study recorded)")
     parser.add_argument("--out", type=directory, help="output directory (default runs/reports/STUDY)")
     # harness.report.DEFAULT_REPS, not imported while parsing: the report's imports take a second.
-    parser.add_argument("--reps", type=int, default=50_000, help="bootstrap resamples (default 50000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    parser.add_argument("--reps", type=integer, default=50_000, help="bootstrap resamples (default 50000)")
+    parser.add_argument("--seed", type=integer, default=0, help="seed of the bootstrap (default 0)")
     parser.set_defaults(func=main)
 
 

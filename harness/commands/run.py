@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--algo", help="registered algorithm (see `gorl-bench list`)")
     parser.add_argument("--task", help="task name, e.g. walker-walk")
     # Defaults are applied in `main`, so that options given together with --resume can be told apart.
-    parser.add_argument("--seed", type=int, help=f"run seed (default {DEFAULTS['seed']})")
+    parser.add_argument("--seed", type=integer, help=f"run seed (default {DEFAULTS['seed']})")
     parser.add_argument("--steps", type=integer, help=f"counted env steps (default {DEFAULTS['steps']})")
     parser.add_argument("--preset", help=f"config preset (default {DEFAULTS['preset']}; paper: the paper's)")
     parser.add_argument(
@@ -42,7 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--experiment", help="MLflow experiment name (default gorl-bench)")
     parser.add_argument(
-        "--checkpoint-every", type=int, metavar="STEPS", help="checkpoint period (default: every evaluation)"
+        "--checkpoint-every",
+        type=integer,
+        metavar="STEPS",
+        help="checkpoint period (default: every evaluation)",
     )
     parser.add_argument(
         "--resume",
