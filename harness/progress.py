@@ -1,25 +1,35 @@
-"""A progress display for work that is often short: it appears only once the work has run a second."""
+"""A progress display for work that is often short: it appears only once the work has run a second.
+
+In a terminal it is a rich spinner (with a bar when the total is known) on stderr, gone when the
+work ends. Without one (a log file, a pipe, a batch job) a bar would show nothing: a plain line
+goes to stderr every PLAIN_INTERVAL_S instead, so a long command's log still shows it is alive.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
+from types import SimpleNamespace
 from typing import Any
 
 # Work that ends sooner prints no display at all.
 PROGRESS_DELAY_S = 1.0
+# Lines without a terminal: often enough to tell a running command from a stuck one, rarely
+# enough to keep a day-long log short.
+PLAIN_INTERVAL_S = 60.0
 
 
 class DelayedProgress:
-    """A rich spinner with a count (and a bar when `total` is known), shown from PROGRESS_DELAY_S
-    on and gone when the work ends.
+    """A progress display shown from PROGRESS_DELAY_S on.
 
-    `text` formats the count, e.g. "bootstrap: {task.completed:,.0f} resamples".
+    `text` formats the count, e.g. "bootstrap: {task.completed:,.0f} resamples" (`task.total`
+    is `total`).
     """
 
     def __init__(self, text: str, total: int | None = None) -> None:
         self.text = text
         self.total = total
-        self.started = time.monotonic()
+        self.started = self.printed_at = time.monotonic()
         self.done = 0
         self.display: Any = None
         self.task: Any = None
@@ -33,15 +43,23 @@ class DelayedProgress:
 
     def advance(self, amount: int) -> None:
         self.done += amount
+        now = time.monotonic()
+        if not sys.stderr.isatty():
+            if now - self.printed_at >= PLAIN_INTERVAL_S:
+                self.printed_at = now
+                count = self.text.format(task=SimpleNamespace(completed=self.done, total=self.total))
+                print(f"{count} ({now - self.started:.0f} s)", file=sys.stderr, flush=True)
+            return
         if self.display is None:
-            if time.monotonic() - self.started < PROGRESS_DELAY_S:
+            if now - self.started < PROGRESS_DELAY_S:
                 return
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
             columns = [SpinnerColumn(), TextColumn(self.text), TimeElapsedColumn()]
             if self.total is not None:
                 columns.insert(2, BarColumn())
-            self.display = Progress(*columns, transient=True)
+            self.display = Progress(*columns, transient=True, console=Console(stderr=True))
             self.display.start()
             self.task = self.display.add_task("work", total=self.total)
         self.display.update(self.task, completed=self.done)

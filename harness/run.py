@@ -45,6 +45,7 @@ from harness.checkpoint import (
 from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
 from harness.limits import MAX_EPISODES
+from harness.progress import PLAIN_INTERVAL_S
 from harness.signals import raise_if_interrupted
 from harness.tracking import RunTracker, git_commit, resolve_tracking_uri, to_toml
 
@@ -481,7 +482,7 @@ class _ProgressBar:
     between them (a long run's evaluations can be hours apart).
     """
 
-    PLAIN_INTERVAL_S = 60.0
+    PLAIN_INTERVAL_S = PLAIN_INTERVAL_S  # harness.progress's, here for tests to shorten
 
     def __init__(self, request: RunRequest, enabled: bool) -> None:
         self.progress: Any = None

@@ -44,7 +44,9 @@ def measure(
     algo: str = "ppo",
     prepare: Callable[[Any], None] | None = None,
 ) -> dict[str, float]:
-    """Steps/s and learner share of `iterations` iterations of `algo` on `task`, after one warm-up.
+    """Steps/s and learner share of `iterations` iterations of `algo` on `task`, after one warm-up,
+    with a progress display once it takes more than a second (the `paper` preset's iterations
+    take minutes each).
 
     `prepare(agent)`, if given, runs on the fresh agent first (e.g. to put GoRL in a later stage).
     """
@@ -52,32 +54,45 @@ def measure(
     import algorithms
     import envs
     from algorithms.config import resolve
-    from harness.errors import UserError
+    from harness.progress import DelayedProgress
 
     spec = algorithms.get(algo)
     task = envs.canonical_task(task)
     config = resolve(spec, preset, task, overrides)
     agent = spec.agent_cls(config, task, 0, budget(config, iterations), device)
+    label = f"{algo} on {task}: " + "{task.completed:.0f}/{task.total:.0f} iterations after a warm-up"
     try:
         if prepare is not None:
             prepare(agent)
-        agent.train_iteration()
-        learner_seconds = 0.0
-        start = time.perf_counter()
-        for _ in range(iterations):
-            iteration_start = time.perf_counter()
-            metrics = agent.train_iteration()
-            if "refit/env_steps" in metrics:  # a GoRL stage shorter than the timed iterations
-                raise UserError(
-                    f"a decoder refit fell inside the timed iterations of {algo} (its stages are set "
-                    "shorter than them); `gorl-bench bench gorl` times refits apart."
-                )
-            learner_seconds += metrics["perf/learner_fraction"] * (time.perf_counter() - iteration_start)
-        wall = time.perf_counter() - start
+        with DelayedProgress(label, total=iterations) as progress:
+            learner_seconds, wall = _timed_iterations(agent, iterations, algo, progress.advance)
     finally:
         agent.close()
     steps = iterations * config.batch_size
     return {"steps": steps, "seconds": wall, "steps_per_s": steps / wall, "learner": learner_seconds / wall}
+
+
+def _timed_iterations(
+    agent: Any, iterations: int, algo: str, progress: Callable[[int], None]
+) -> tuple[float, float]:
+    """(learner seconds, wall seconds) of `iterations` training iterations after one warm-up."""
+
+    from harness.errors import UserError
+
+    agent.train_iteration()
+    learner_seconds = 0.0
+    start = time.perf_counter()
+    for _ in range(iterations):
+        iteration_start = time.perf_counter()
+        metrics = agent.train_iteration()
+        if "refit/env_steps" in metrics:  # a GoRL stage shorter than the timed iterations
+            raise UserError(
+                f"a decoder refit fell inside the timed iterations of {algo} (its stages are set "
+                "shorter than them); `gorl-bench bench gorl` times refits apart."
+            )
+        learner_seconds += metrics["perf/learner_fraction"] * (time.perf_counter() - iteration_start)
+        progress(1)
+    return learner_seconds, time.perf_counter() - start
 
 
 def budget(config: Any, iterations: int) -> int:
