@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import tomllib
 import typing
@@ -183,6 +184,11 @@ def unit_key(variant: str, task: str, seed_index: int) -> str:
     return f"{variant}|{task}|seed{seed_index}"
 
 
+# A study's name: a plain directory name (at most 255 bytes on most file systems), never hidden,
+# never taken for an option (`-x`), and short enough to read in tables and commands.
+_STUDY_NAME_MAX = 64
+_STUDY_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{_STUDY_NAME_MAX - 1}}}")
+
 # A directory name that is the label itself: no separators, no spaces, never hidden, "." or "..".
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*")
 _NAME_MAX = 100  # well below the usual 255-byte limit on a file name
@@ -246,22 +252,29 @@ def _canonical(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def spec_path(name_or_path: str | Path) -> Path:
-    """A spec file from a path, or the name of a spec shipped in `studies/`."""
+    """A spec file from a path (ending in `.toml` or holding a `/`), or else the name of a spec
+    shipped in `studies/`.
 
+    The form decides, not what exists: a file or directory `demo` in the current directory does
+    not hide the shipped `demo` (`./demo` names it).
+    """
+
+    text = str(name_or_path)
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or any(sep in text for sep in {"/", os.sep}):
         if path.is_dir():
-            raise UserError(f"study spec {str(path)!r} is a directory, not a TOML file.")
+            raise UserError(f"study spec {text!r} is a directory, not a TOML file.")
         if path.exists() and not path.is_file():  # a device or a pipe: nothing a spec can be read from
-            raise UserError(f"study spec {str(path)!r} is not a regular file; pass a TOML file.")
+            raise UserError(f"study spec {text!r} is not a regular file; pass a TOML file.")
         if not path.is_file():
-            raise UserError(f"study spec file {str(path)!r} does not exist.")
+            raise UserError(f"study spec file {text!r} does not exist.")
         return path
     shipped = SPEC_DIR / f"{name_or_path}.toml"
     if shipped.is_file():
         return shipped
     names = sorted(p.stem for p in SPEC_DIR.glob("*.toml"))
-    raise UserError(_unknown("study spec", str(name_or_path), names) + " Or pass the path of a TOML file.")
+    local = f" (for the file {text!r} here, pass ./{text})" if path.is_file() else ""
+    raise UserError(_unknown("study spec", text, names) + f" Or pass the path of a TOML file{local}.")
 
 
 def load_spec(name_or_path: str | Path, *, check_configs: bool = True) -> Spec:
@@ -281,6 +294,9 @@ def load_spec(name_or_path: str | Path, *, check_configs: bool = True) -> Spec:
         raise UserError(f"cannot read the study spec {str(path)!r}: {error.strerror}.") from None
     raw.setdefault("name", path.stem)
     try:
+        # Here rather than in parse_spec: a study created under the looser rule of earlier versions
+        # (a space in its name) keeps resuming and reporting from its stored spec.
+        _check_study_name(raw["name"])
         return parse_spec(raw, check_configs=check_configs)
     except UserError as error:
         raise UserError(f"{path.name}: {error}") from None
@@ -289,16 +305,12 @@ def load_spec(name_or_path: str | Path, *, check_configs: bool = True) -> Spec:
 def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
     """Validate spec content (a TOML document as a dict, or a study's stored `spec` attribute)."""
 
+    _check_value_types(raw)
     kind = _get(raw, "kind", str)
     if kind not in KINDS:
         raise UserError(_unknown("study kind", kind, list(KINDS)))
     _check_keys("the spec", raw, _COMMON_KEYS | _KIND_KEYS[kind])
     name = _get(raw, "name", str)
-    if not name or any(c in name for c in "/\\|") or name != name.strip() or name in (".", ".."):
-        # The name is a directory under runs/studies/ and runs/reports/: "." or ".." would be another one.
-        raise UserError(
-            f"name {name!r} must be non-empty, not '.' or '..', without spaces at the ends, '/', '\\' or '|'."
-        )
     seeds = _get(raw, "seeds", int)
     steps = _get(raw, "steps", int)
     if seeds < 1:
@@ -347,6 +359,42 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
     if check_configs:
         check_configurations(spec)
     return spec
+
+
+def _check_study_name(name: Any) -> None:
+    """Refuse a new study's name unless it is a plain, short directory name (`_STUDY_NAME`).
+
+    The name is a directory under runs/studies/ and runs/reports/, an MLflow run name and part of
+    shell commands; anything else failed later (a 300-character name in every unit's path, a NUL
+    byte once the study and its MLflow run existed) or named another directory (".."). A name that
+    is not a string is left to parse_spec's type check.
+    """
+
+    if not isinstance(name, str) or _STUDY_NAME.fullmatch(name):
+        return
+    shown = repr(name) if len(name) <= _STUDY_NAME_MAX else f"{name[:20]!r}... ({len(name)} characters)"
+    raise UserError(
+        f"name {shown} is not a study name: use at most {_STUDY_NAME_MAX} letters, digits, '-', '_' or "
+        "'.', starting with a letter or digit (without `name`, a spec takes its file's name)."
+    )
+
+
+def _check_value_types(value: Any, where: str = "") -> None:
+    """Refuse TOML's dates and times anywhere in the spec. A spec is stored as JSON in the study and
+    its config values are hashed as JSON (labels, derived seeds), which has no such type, and no
+    config key or spec key takes one: true/false, numbers, strings, lists and tables are all."""
+
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_value_types(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_value_types(item, f"{where}[{index}]")
+    elif not isinstance(value, bool | int | float | str):
+        raise UserError(
+            f"{where} = {value} is a TOML {type(value).__name__}; a spec's values are true or false, "
+            "numbers, strings and lists of them."
+        )
 
 
 def _check_size(spec: Spec) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import textwrap
+import tomllib
 
 import pytest
 
 import algorithms
 import studies
 from harness.errors import UserError
-from studies.spec import SPEC_DIR, derive_seed, load_spec, variant_dir
+from studies.spec import SPEC_DIR, derive_seed, load_spec, parse_spec, variant_dir
 
 GRID = """
 kind = "grid"
@@ -244,11 +245,79 @@ def test_variant_directories_are_plain_labels_or_distinct_safe_names():
     assert variant_dir("ppo a") == variant_dir("ppo a") and variant_dir("ppo a").startswith("ppo_a-")
 
 
-@pytest.mark.parametrize("name", [".", ".."])
-def test_a_study_name_that_is_not_a_folder_of_its_own_is_refused(tmp_path, name):
-    with pytest.raises(UserError, match="must be non-empty, not '.' or '..'"):
-        text = f'name = "{name}"\n' + GRID + "[grid]\nclip = [0.1]\n"
+@pytest.mark.parametrize(
+    "name",
+    ["", ".", "..", ".hidden", "-x", "a b", "a/b", "a|b", "a\\u0000b", "a\\nb", "é", "a" * 65, "a" * 300],
+)
+def test_a_study_name_that_is_not_a_plain_short_folder_name_is_refused(tmp_path, name):
+    """A 300-character name failed every unit (`File name too long`), a NUL byte raised a traceback
+    after the study and its MLflow run were created, and a newline was accepted."""
+
+    text = f'name = "{name}"\n' + GRID + "[grid]\nclip = [0.1]\n"
+    with pytest.raises(
+        UserError, match="is not a study name: use at most 64 letters, digits, '-', '_' or '.',"
+    ):
         load_spec(write(tmp_path, text), check_configs=False)
+
+
+def test_a_study_name_of_letters_digits_dots_dashes_and_underscores_is_accepted(tmp_path):
+    for name in ["a" * 64, "tune-ppo.v2", "Run_3", "9lives"]:
+        text = f'name = "{name}"\n' + GRID + "[grid]\nclip = [0.1]\n"
+        assert load_spec(write(tmp_path, text), check_configs=False).name == name
+    # Without `name`, the file's name is the study's, and is held to the same rule.
+    with pytest.raises(UserError, match="'my study' is not a study name"):
+        load_spec(write(tmp_path, GRID + "[grid]\nclip = [0.1]\n", name="my study"), check_configs=False)
+    # A study created before the rule keeps resuming and reporting from its stored spec.
+    stored = {**tomllib.loads(GRID), "name": "my study", "grid": {"clip": [0.1]}}
+    assert parse_spec(stored, check_configs=False).name == "my study"
+
+
+@pytest.mark.parametrize(
+    ("line", "where"),
+    [
+        ("description = 1979-05-27\n", "description = 1979-05-27 is a TOML date;"),
+        ("[fixed]\nclip = 07:32:00\n", "fixed.clip = 07:32:00 is a TOML time;"),
+        (
+            "[grid]\nlr = [0.1, 1979-05-27T07:32:00Z]\n",
+            "grid.lr[1] = 1979-05-27 07:32:00+00:00 is a TOML datetime;",
+        ),
+    ],
+)
+def test_a_toml_date_or_time_is_refused_as_a_spec_value(tmp_path, line, where):
+    """A datetime in [grid] raised `TypeError: Object of type datetime is not JSON serializable`."""
+
+    text = (
+        GRID.replace('description = "test"\n', "")
+        + line
+        + ("" if "[grid]" in line else "[grid]\nclip = [0.1]\n")
+    )
+    with pytest.raises(UserError) as error:
+        load_spec(write(tmp_path, text.replace("lr", ppo_key())))
+    assert str(error.value) == (
+        f"study.toml: {where.replace('lr', ppo_key())} a spec's values are true or false, numbers, "
+        "strings and lists of them."
+    )
+
+
+def test_a_shipped_study_is_not_hidden_by_a_file_or_directory_of_its_name(tmp_path, monkeypatch):
+    """`mkdir demo` made `study run demo` a directory error, a file `tune-ppo` made it invalid TOML."""
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "tune-ppo").write_text("not toml [")
+    assert load_spec("demo", check_configs=False).name == "demo"
+    assert load_spec("tune-ppo", check_configs=False).name == "tune-ppo"
+    # A path is one that ends in .toml or holds a '/'.
+    with pytest.raises(UserError, match="tune-ppo: not valid TOML"):
+        load_spec("./tune-ppo", check_configs=False)
+    with pytest.raises(UserError, match="study spec './demo' is a directory"):
+        load_spec("./demo", check_configs=False)
+    (tmp_path / "mine").write_text(GRID + "[grid]\nclip = [0.1]\n")
+    with pytest.raises(
+        UserError, match=r"unknown study spec 'mine'\..* \(for the file 'mine' here, pass ./mine\)\.$"
+    ):
+        load_spec("mine", check_configs=False)
+    assert load_spec("./mine", check_configs=False).name == "mine"
 
 
 def test_labels_whose_directories_differ_only_in_case_are_refused(tmp_path):
