@@ -432,6 +432,16 @@ def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_
     assert "already holds a run's checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--tracking-uri", "--experiment"])
+def test_an_empty_store_or_experiment_is_refused_while_parsing(option, capsys):
+    """It meant the default store (or experiment) without a word; with --resume, a store with no such run."""
+
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--algo", "ppo", "--task", TOY, option, ""])
+    assert exited.value.code == 2
+    assert f"argument {option}: must not be empty" in capsys.readouterr().err
+
+
 def test_counts_are_read_exactly_and_absurd_ones_refused():
     from harness.commands.arguments import integer
 

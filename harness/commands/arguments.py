@@ -47,6 +47,15 @@ def int_between(least: int, most: int) -> Callable[[str], int]:
     return parse
 
 
+def non_empty(text: str) -> str:
+    """argparse `type` of a name or address (a tracking URI, a storage, an experiment): an empty
+    value would silently mean the default one."""
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out for its default)")
+    return text
+
+
 def directory(text: str) -> Path:
     """argparse `type` of a directory option: an empty value would silently mean the current one."""
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.commands.arguments import directory, integer, positive_int
+from harness.commands.arguments import directory, integer, non_empty, positive_int
 from harness.commands.study import STORAGE_HELP, run_command
 
 # The demo is sized for two cores; more workers only help on a machine with more.
@@ -44,9 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "where the figures are and how to open the MLflow UI and the Optuna dashboard. Running "
         "it again resumes: finished units are reused, the report is rebuilt.",
     )
-    parser.add_argument("--storage", help=STORAGE_HELP)
+    parser.add_argument("--storage", type=non_empty, help=STORAGE_HELP)
     parser.add_argument(
         "--tracking-uri",
+        type=non_empty,
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)",
     )
     parser.add_argument(

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.commands.arguments import check_out_dir, directory, int_between, non_negative_int
+from harness.commands.arguments import check_out_dir, directory, int_between, non_empty, non_negative_int
 
 DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
 # 4: a distribution to analyse. A million: the KDE of a 1-D projection no longer changes, and
@@ -73,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     multimodality.add_argument(
         "--tracking-uri",
+        type=non_empty,
         help="MLflow store of the runs, if it moved since they ran (default: the one each run recorded)",
     )
     multimodality.set_defaults(func=main)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.commands.arguments import directory, integer
+from harness.commands.arguments import directory, integer, non_empty
 
 STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
 
@@ -19,8 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "curves, and ablations of grid studies) and write figures, tables and the tidy results CSV.",
     )
     parser.add_argument("study", help="the study name")
-    parser.add_argument("--storage", help=STORAGE_HELP)
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the study recorded)")
+    parser.add_argument("--storage", type=non_empty, help=STORAGE_HELP)
+    parser.add_argument(
+        "--tracking-uri", type=non_empty, help="MLflow tracking URI (default: the one the study recorded)"
+    )
     parser.add_argument("--out", type=directory, help="output directory (default runs/reports/STUDY)")
     # harness.report.DEFAULT_REPS, not imported while parsing: the report's imports take a second.
     parser.add_argument("--reps", type=integer, default=50_000, help="bootstrap resamples (default 50000)")

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from harness.commands.arguments import check_out_dir, directory, integer
+from harness.commands.arguments import check_out_dir, directory, integer, non_empty
 
 DEFAULTS = {"seed": 0, "steps": 1_000_000, "preset": "cpu", "overrides": [], "device": "cpu"}
 #: The options a run's checkpoint fixes (argparse dest: flag): --resume refuses them rather than ignore them.
@@ -37,10 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--tracking-uri",
+        type=non_empty,
         help="MLflow URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db); with --resume: where the run's "
         "store is now, if it moved",
     )
-    parser.add_argument("--experiment", help="MLflow experiment name (default gorl-bench)")
+    parser.add_argument("--experiment", type=non_empty, help="MLflow experiment name (default gorl-bench)")
     parser.add_argument(
         "--checkpoint-every",
         type=integer,
