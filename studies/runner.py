@@ -19,13 +19,14 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.errors import UserError
-from harness.tracking import resolve_tracking_uri
+from harness.tracking import resolve_tracking_uri, sqlite_path
 from studies import tracking
 from studies.spec import Spec, load_spec, parse_spec
 from studies.status import StudyStatus, study_status, unit_noun
 from studies.storage import (
     DIVERGED,
     ERROR,
+    check_sqlite_storage,
     counted_trials,
     failure_kind,
     open_storage,
@@ -33,7 +34,7 @@ from studies.storage import (
     storage_location,
     sweep_lost_units,
 )
-from studies.worker import work_left
+from studies.worker import runs_dir_here, work_left
 
 POLL_S = 1.0
 # Workers share the cores (each sets its torch threads to its share), so a few per core still
@@ -74,9 +75,12 @@ def run_study(
         )
     resolve_device(device)  # every unit would fail for it, each after its worker had started
     location = storage_location(location)
+    # Before the check that the two stores are apart: an MLflow store given as --storage is told so.
+    check_sqlite_storage(location, create=True)
     spec = _spec_to_run(spec_ref, location)
     tracking_moved = tracking_uri is not None
     tracking_uri = resolve_tracking_uri(tracking_uri)
+    _check_separate_stores(location, tracking_uri)
     if "://" in location and not location.startswith("sqlite") and tracking_uri.startswith("sqlite:"):
         print(
             f"note: the tracking store {tracking_uri} is a local file; workers on other machines need a "
@@ -103,6 +107,19 @@ def run_study(
             study.user_attrs["tracking_uri"], study.user_attrs["mlflow_parent_run_id"], "COMPLETE"
         )
     return status
+
+
+def _check_separate_stores(location: str, tracking_uri: str) -> None:
+    """Refuse one SQLite file as both stores: Optuna's and MLflow's schemas would share one version
+    table, and whichever comes second fails to open it (with a traceback, after the first wrote)."""
+
+    storage_file, tracking_file = sqlite_path(location), sqlite_path(tracking_uri)
+    if storage_file is None or tracking_file is None or storage_file.resolve() != tracking_file.resolve():
+        return
+    raise UserError(
+        f"--storage and --tracking-uri name the same file {storage_file.resolve()}: the study storage and "
+        "the MLflow tracking store need a database each."
+    )
 
 
 def _spec_to_run(spec_ref: str | Path, location: str) -> Spec:
@@ -153,7 +170,14 @@ def prepare_study(
     study = optuna.create_study(
         study_name=spec.name, storage=storage, direction="maximize", load_if_exists=True
     )
+    # The unit runs' directory is recorded when the study is created, before its spec: a study
+    # with a spec and no directory was created before directories were recorded, and its units
+    # stay where its workers' working directories put them.
+    runs_dir = attrs.get("runs_dir")
+    if runs_dir is None and "spec" not in attrs:
+        runs_dir = str(runs_dir_here(spec.name))
     attrs = {
+        **({"runs_dir": runs_dir} if runs_dir is not None else {}),
         "spec": spec.raw,
         "tracking_uri": tracking_uri,
         "mlflow_experiment_id": experiment_id,

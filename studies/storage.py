@@ -56,14 +56,25 @@ def storage_location(location: str | None) -> str:
     return str(Path(location or DEFAULT_JOURNAL).resolve())
 
 
-def open_storage(location: str | None) -> BaseStorage:
-    """Open (creating if needed) the storage at `location`; None means the embedded journal file."""
+class StudyNotFound(UserError):
+    """The storage does not exist, or holds no study of that name (as opposed to one that cannot be
+    read: a damaged journal, a database that cannot be reached)."""
+
+
+def open_storage(location: str | None, *, create: bool = True) -> BaseStorage:
+    """Open (creating if needed) the storage at `location`; None means the embedded journal file.
+
+    Without `create` (commands that only read a study), an SQLite file that holds no study
+    storage is `StudyNotFound`, and nothing is written to it.
+    """
 
     location = storage_location(location)
     if "://" in location:
         from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
-        if not location.startswith("sqlite"):
+        if location.startswith("sqlite"):
+            check_sqlite_storage(location, create=create)
+        else:
             check_database(location, "the study storage")
 
         # Two processes opening a fresh database race to create Optuna's tables; the loser
@@ -162,6 +173,83 @@ def _check_journal(path: Path) -> None:
             "the whole journal unreadable, so it is left untouched. Keep a copy, then drop the incomplete "
             f"end: truncate -s {intact} {path}"
         )
+
+
+# Tables of an MLflow tracking store, which an Optuna study storage never has.
+_MLFLOW_TABLES = {"experiments", "runs"}
+
+
+def check_sqlite_storage(location: str, *, create: bool) -> None:
+    """Refuse an SQLite file that is not a study storage before Optuna opens it: Optuna adds its
+    tables to any database, even to read it, and in an MLflow tracking store (whose schema version
+    table Optuna takes for its own) then fails, advising to upgrade Optuna. The file's tables are
+    read with sqlite3, read-only."""
+
+    path = _sqlite_file(location)
+    if path is None:
+        return  # not an SQLite file: in memory, a journal, another database, a URL Optuna refuses
+    check_storage_file(
+        path, location, "an SQLite study storage, or a path that does not exist yet for a new one"
+    )
+    if not path.exists():
+        return  # a new storage (`load_study` refuses a missing one before opening it)
+    tables = _sqlite_tables(path, location)
+    if tables >= _MLFLOW_TABLES:
+        raise UserError(
+            f"{location} is an MLflow tracking store, not a study storage, so it is left untouched. Pass "
+            f"it as --tracking-uri, and as --storage a study journal (default {DEFAULT_JOURNAL}) or a "
+            "database of its own."
+        )
+    if "studies" in tables:
+        return  # Optuna's
+    if not create:
+        raise StudyNotFound(
+            f"no studies in {location}: it holds no study storage (nothing was written to it). Pass the "
+            "--storage a study was run with."
+        )
+    if tables:
+        names = ", ".join(sorted(tables)[:5])
+        raise UserError(
+            f"{location} is an SQLite database of something else (tables {names}), not a study storage, "
+            "so it is left untouched. Pass the --storage a study was run with, or an empty or new file "
+            "for a new one."
+        )
+
+
+def _sqlite_file(location: str) -> Path | None:
+    """The file of an SQLite URL (relative paths as SQLAlchemy opens them); None for anything else."""
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not location.startswith("sqlite"):
+        return None  # a journal file, or another database
+    try:
+        database = make_url(location).database
+    except ArgumentError:
+        return None
+    return Path(database) if database and database != ":memory:" else None
+
+
+def _sqlite_tables(path: Path, location: str) -> set[str]:
+    """The names of the tables in the SQLite file at `path`, read without writing anything."""
+
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        connection = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:  # not a database, or one this user may not read
+        raise UserError(
+            f"cannot read the study storage {location} as an SQLite database ({error}), so it is left "
+            "untouched. Pass the --storage a study was run with, or a path that does not exist yet for a "
+            "new one."
+        ) from None
+    return {name for (name,) in rows}
 
 
 def _intact_length(path: Path) -> int | None:

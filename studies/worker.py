@@ -45,6 +45,7 @@ from studies.storage import (
     DIVERGED,
     ERROR,
     INVALID,
+    StudyNotFound,
     ask_owned,
     claim_waiting_trial,
     counted_trials,
@@ -140,7 +141,7 @@ def run_worker(
         spec=spec,
         tracking_uri=tracking_uri,
         parent_run_id=study.user_attrs["mlflow_parent_run_id"],
-        out_root=(Path("runs") / "studies" / name).resolve(),
+        out_root=_runs_root(study),
         device=device,
     )
     serve = _next_tune_trial if spec.kind == "tune" else _next_unit
@@ -150,9 +151,47 @@ def run_worker(
     return count
 
 
-class StudyNotFound(UserError):
-    """The storage does not exist, or holds no study of that name (as opposed to one that cannot be
-    read: a damaged journal, a database that cannot be reached)."""
+def runs_dir_here(name: str) -> Path:
+    """Where the unit runs of study `name` go from the current directory: runs/studies/NAME."""
+
+    return (Path("runs") / "studies" / name).resolve()
+
+
+def _runs_root(study: optuna.Study) -> Path:
+    """The directory of the study's unit runs: the one recorded when the study was created, so that
+    a unit resumed from another working directory finds its checkpoint there.
+
+    A worker on another machine uses it where the directory the study was created from exists (a
+    shared file system, or the same layout); elsewhere its runs go under its own working directory,
+    with a line saying so. A study created before the directory was recorded keeps its runs
+    under the working directory of each worker, as it always did.
+    """
+
+    here = runs_dir_here(study.study_name)
+    recorded = study.user_attrs.get("runs_dir")
+    if recorded is None:
+        return here
+    recorded = Path(recorded)
+    origin = recorded.parents[2]  # ORIGIN/runs/studies/NAME
+    # Only under an existing origin: creating the first machine's path from its root on another
+    # machine would scatter the runs in a place nobody looks.
+    if origin.is_dir():
+        try:
+            recorded.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = error.strerror or str(error)
+        else:
+            if os.access(recorded, os.W_OK | os.X_OK):
+                return recorded
+            reason = "not writable"
+    else:
+        reason = f"{origin} does not exist here"
+    print(
+        f"[worker {os.getpid()}] study {study.study_name!r} keeps its unit runs in {recorded}, which this "
+        f"machine cannot use ({reason}); this worker's runs go to {here} instead.",
+        flush=True,
+    )
+    return here
 
 
 def load_study(name: str, location: str | None) -> optuna.Study:
@@ -170,7 +209,7 @@ def load_study(name: str, location: str | None) -> optuna.Study:
         check_storage_file(path, where, expected)
         if not path.is_file():
             raise StudyNotFound(f"no study storage at {where}: the file does not exist. Pass {expected}.")
-    storage = open_storage(location)
+    storage = open_storage(location, create=False)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:

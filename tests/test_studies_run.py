@@ -1089,3 +1089,165 @@ def test_an_interrupt_inside_the_journal_lock_waits_until_the_append_is_done(tmp
         signal.signal(signal.SIGTERM, previous)
     assert not Path(f"{journal}.lock").exists() and not list(tmp_path.glob("*.lock*"))
     assert [s.study_name for s in optuna.get_all_study_summaries(open_storage(str(journal)))] == ["s"]
+
+
+# --- Storages that are not study storages -----------------------------------------------------------
+
+
+READ_ONLY_COMMANDS = [["study", "status", "tiny"], ["study", "worker", "tiny"], ["report", "tiny"]]
+
+
+def test_an_mlflow_store_given_as_the_study_storage_is_refused_and_left_untouched(workdir, capsys):
+    """Optuna added its tables to the MLflow store and then failed with a traceback advising to
+    upgrade Optuna (MLflow's schema version table looked like its own)."""
+
+    store = workdir / "runs" / "mlflow.db"
+    before = store.read_bytes()
+    path = grid_spec(workdir, 1, [0.0])
+    for command in [*READ_ONLY_COMMANDS, ["study", "run", str(path)], ["study", "run", "tiny"]]:
+        assert main([*command, "--storage", f"sqlite:///{store}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert "is an MLflow tracking store, not a study storage" in err and "--tracking-uri" in err
+    assert store.read_bytes() == before
+
+
+def sqlite_without_studies(path: Path, tables: str) -> None:
+    """An SQLite file of the given tables ("": a database with a header and no tables)."""
+
+    import sqlite3
+
+    connection = sqlite3.connect(path)
+    connection.executescript(tables or "PRAGMA user_version = 7;")
+    connection.close()
+
+
+@pytest.mark.parametrize(
+    "tables", [None, "", "CREATE TABLE notes (text);"], ids=["empty", "no-tables", "other"]
+)
+def test_a_sqlite_file_without_studies_is_not_written_by_reading_commands(
+    workdir, capsys, fake_execute, workers_in_process, tables
+):
+    """`study status` and `report` created Optuna's tables in any SQLite file they were given. A new
+    study may still go into an empty database, not into one of something else."""
+
+    storage = workdir / "given.db"
+    if tables is None:
+        storage.touch()
+    else:
+        sqlite_without_studies(storage, tables)
+    before = storage.read_bytes()
+    for command in READ_ONLY_COMMANDS:
+        assert main([*command, "--storage", f"sqlite:///{storage}"]) == 2
+        err = capsys.readouterr().err
+        assert f"no studies in sqlite:///{storage}" in err and "Traceback" not in err
+        assert storage.read_bytes() == before
+    created = main(["study", "run", str(grid_spec(workdir, 1, [0.0])), "--storage", f"sqlite:///{storage}"])
+    if tables and "notes" in tables:
+        assert created == 2 and storage.read_bytes() == before
+        assert "an SQLite database of something else (tables notes)" in capsys.readouterr().err
+    else:
+        assert created == 0 and len(fake_execute) == 1
+
+
+def test_one_sqlite_file_as_both_stores_is_refused_before_anything_is_written(workdir, capsys):
+    """Optuna's tables went in first, then MLflow failed on their shared version table with a traceback."""
+
+    shared = workdir / "both.db"
+    uri = f"sqlite:///{shared}"
+    path = grid_spec(workdir, 1, [0.0])
+    assert main(["study", "run", str(path), "--storage", uri, "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"--storage and --tracking-uri name the same file {shared}" in err and "Traceback" not in err
+    assert not shared.exists()
+
+
+# --- Where the units' runs live --------------------------------------------------------------------
+
+
+def test_a_study_resumed_from_another_directory_continues_its_interrupted_unit(
+    workdir, tmp_path, monkeypatch, workers_in_process
+):
+    """Unit directories were relative to the current directory: resumed from another one, an
+    interrupted unit started over there, in a new MLflow run, its checkpoint ignored."""
+
+    from mlflow.tracking import MlflowClient
+
+    from harness.checkpoint import load_checkpoint
+
+    journal = str(workdir / "runs" / "studies.journal")
+    path = grid_spec(workdir, 1, [0.0])  # evaluations at 512 and 1024 steps
+    study = prepared(path)
+    assert study.user_attrs["runs_dir"] == str(workdir / "runs" / "studies" / "tiny")
+    real = run_harness.execute
+
+    def interrupted_after_the_first_evaluation(request, *, on_evaluation=None, progress=True):
+        def stop(step, mean_return):
+            on_evaluation(step, mean_return)
+            raise KeyboardInterrupt
+
+        return real(request, on_evaluation=stop, progress=progress)
+
+    monkeypatch.setattr(run_harness, "execute", interrupted_after_the_first_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker("tiny", journal)
+    (stopped,) = load_study("tiny", journal).trials
+    owned_by_a_dead_process(study, stopped)  # as a worker stopped by Ctrl-C leaves it
+    monkeypatch.setattr(run_harness, "execute", real)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    status = runner.run_study("tiny", journal, progress=False)
+    assert status.finished and (status.complete, status.lost) == (1, 1)
+    lost, retry = load_study("tiny", journal).trials
+    assert list(lost.intermediate_values) == [512]
+    assert list(retry.intermediate_values) == [1024]  # continued after the checkpoint, not from 0
+    (unit,) = load_spec(path).units()
+    out_dir = workdir / "runs" / "studies" / "tiny" / variant_dir(unit.variant) / f"{unit.task}-seed0"
+    assert load_checkpoint(out_dir)["progress"]["history"][-1][0] == 1024
+    assert not (elsewhere / "runs" / "studies").exists()
+    client = MlflowClient(study.user_attrs["tracking_uri"])
+    (run,) = client.search_runs([study.user_attrs["mlflow_experiment_id"]], "tags.`gorl.unit` != ''")
+    assert run.info.run_id == retry.user_attrs["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean")] == [512, 1024]
+
+
+def test_a_worker_that_cannot_use_the_recorded_directory_says_so_and_uses_its_own(
+    workdir, tmp_path, monkeypatch, fake_execute, capsys
+):
+    """Another machine, where the directory the study was created from does not exist."""
+
+    journal = str(workdir / "runs" / "studies.journal")
+    study = prepared(grid_spec(workdir, 1, [0.0]))
+    study.set_user_attr("runs_dir", "/nonexistent-origin/runs/studies/tiny")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert run_worker("tiny", journal) == 1
+    (request,) = fake_execute
+    assert Path(request.out_dir).is_relative_to(elsewhere / "runs" / "studies" / "tiny")
+    out = capsys.readouterr().out
+    assert (
+        "keeps its unit runs in /nonexistent-origin/runs/studies/tiny, which this machine cannot use" in out
+    )
+    assert f"(/nonexistent-origin does not exist here); this worker's runs go to {elsewhere}/runs/" in out
+
+
+def test_a_study_created_before_the_directory_was_recorded_keeps_its_runs_where_workers_run(
+    workdir, tmp_path, monkeypatch, fake_execute, capsys
+):
+    path = grid_spec(workdir, 1, [0.0])
+    spec = load_spec(path)
+    old = optuna.create_study(study_name="tiny", storage=open_storage(None), direction="maximize")
+    old.set_user_attr("spec", spec.raw)  # as the previous version recorded it: no runs_dir
+    study = runner.prepare_study(spec, storage_location(None), resolve_tracking_uri(None))
+    runner.enqueue_missing_units(study, spec)
+    assert "runs_dir" not in study.user_attrs  # not pinned to whichever directory resumes it first
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert run_worker("tiny", str(workdir / "runs" / "studies.journal")) == 1
+    (request,) = fake_execute
+    assert Path(request.out_dir).is_relative_to(elsewhere / "runs" / "studies" / "tiny")
+    assert "cannot use" not in capsys.readouterr().out
