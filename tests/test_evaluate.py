@@ -152,6 +152,17 @@ def test_a_video_needs_a_rendering_backend_and_a_mujoco_task(tmp_path, tracking_
     assert not (tmp_path / "videos").exists()
 
 
+@pytest.mark.skipif(not _can_render_with("egl"), reason="MuJoCo cannot render with EGL on this machine")
+def test_a_video_of_a_task_without_rendering_is_refused_and_creates_no_directory(tmp_path, tracking_uri):
+    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    command = [sys.executable, "-m", "harness.cli", "evaluate", str(tmp_path / "ppo"), "--video",
+               str(tmp_path / "videos")]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "videos").exists()
+
+
 def test_a_checkpoint_past_the_last_evaluation_is_said_to_hold_a_later_policy():
     """A run stopped between evaluation points (--checkpoint-every) saved a later policy than the
     one its last evaluation scored, so repeating that evaluation need not give its score."""

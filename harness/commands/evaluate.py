@@ -72,7 +72,6 @@ def main(args: argparse.Namespace) -> int:
                 "--video names each video after its run directory, and two runs' directories share a "
                 "name: evaluate them one at a time, with a --video directory each."
             )
-        args.video.mkdir(parents=True, exist_ok=True)
     results = []
     for run_dir, video in zip(args.runs, videos, strict=True):
         result = evaluate_run(run_dir, args.episodes, args.seed, not args.stochastic, args.device, video)
@@ -149,6 +148,7 @@ def evaluate_run(
             with DelayedProgress(text, total=episodes) as progress:
                 returns = evaluator.episode_returns(act, seed, recorder, progress.advance)
             if recorder is not None:
+                video.parent.mkdir(parents=True, exist_ok=True)  # not before: a refused task leaves none
                 recorder.save(video)
         finally:
             evaluator.close()
