@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from harness.errors import UserError
 from harness.tracking import resolve_tracking_uri, sqlite_path
 from studies import tracking
-from studies.spec import Spec, load_spec, parse_spec
+from studies.spec import Spec, load_spec, names_a_file, parse_spec
 from studies.status import StudyStatus, study_status, unit_noun
 from studies.storage import (
     DIVERGED,
@@ -133,7 +133,7 @@ def _spec_to_run(spec_ref: str | Path, location: str) -> Spec:
         return load_spec(spec_ref)
     except UserError as error:
         name = str(spec_ref)
-        if Path(name).suffix:
+        if names_a_file(name):  # "exp.v2" is a study's name, "exp.toml" a file that failed
             raise
         try:
             stored = load_study(name, location).user_attrs.get("spec")

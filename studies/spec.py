@@ -251,6 +251,13 @@ def _canonical(params: Mapping[str, Any]) -> dict[str, Any]:
     return dict(sorted(params.items()))
 
 
+def names_a_file(name_or_path: str | Path) -> bool:
+    """Whether a spec argument is a path (it ends in `.toml` or holds a `/`), not a study's name."""
+
+    text = str(name_or_path)
+    return Path(text).suffix == ".toml" or any(sep in text for sep in {"/", os.sep})
+
+
 def spec_path(name_or_path: str | Path) -> Path:
     """A spec file from a path (ending in `.toml` or holding a `/`), or else the name of a spec
     shipped in `studies/`.
@@ -261,7 +268,7 @@ def spec_path(name_or_path: str | Path) -> Path:
 
     text = str(name_or_path)
     path = Path(name_or_path)
-    if path.suffix == ".toml" or any(sep in text for sep in {"/", os.sep}):
+    if names_a_file(text):
         if path.is_dir():
             raise UserError(f"study spec {text!r} is a directory, not a TOML file.")
         if path.exists() and not path.is_file():  # a device or a pipe: nothing a spec can be read from

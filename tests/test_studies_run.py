@@ -724,6 +724,14 @@ def test_a_study_created_from_a_file_resumes_by_its_name(workdir, fake_execute, 
         runner.run_study("tinny", progress=False)
 
 
+def test_a_study_whose_name_holds_a_dot_resumes_by_its_name(workdir, fake_execute, workers_in_process):
+    """A dot is allowed in a study's name; it was taken for a file's suffix and never looked up."""
+
+    prepared(grid_spec(workdir, 1, [0.0], top='name = "tiny.v2"\n'))
+    (workdir / "tiny.toml").unlink()
+    assert runner.run_study("tiny.v2", progress=False).finished
+
+
 def test_a_retried_tune_trial_reuses_the_units_its_lost_attempt_finished(workdir, fake_execute):
     import subprocess
     import sys
