@@ -46,10 +46,7 @@ from algorithms.onpolicy import (
     minibatch_update,
     torch_threads,
 )
-
-# torch's intra-op threads: as many as the largest CPUs have cores. More only add overhead, and
-# torch starts them all: 20,000 stalled a run and 100,000 crashed the process.
-MAX_THREADS = 256
+from harness.limits import MAX_THREADS
 
 
 class CoreConfigMixin:

@@ -4,3 +4,8 @@
 # return within 0.1% of its std; every return is kept (and written by `evaluate --json`), so a
 # larger count is a slip that would fill memory after days of play.
 MAX_EPISODES = 1_000_000
+
+# torch's intra-op threads (a config's collect_threads and update_threads, `study worker --threads`):
+# as many as the largest CPUs have cores. More only add overhead, and torch starts them all:
+# 20,000 stalled a run and 100,000 crashed the process.
+MAX_THREADS = 256

@@ -262,9 +262,12 @@ def _run_workers(study: optuna.Study, location: str, workers: int, device: str, 
 
 
 def _watch(study: optuna.Study, processes: list[subprocess.Popen], workers: int, progress: bool) -> None:
-    """Wait for the workers, showing units done / total and the ETA."""
+    """Wait for the workers, showing units done / total and the ETA: a bar in a terminal, else (a
+    log, a pipe) a line whenever a unit ends and at least every PLAIN_INTERVAL_S."""
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from harness.progress import PLAIN_INTERVAL_S
 
     status = study_status(study, workers)
     with Progress(
@@ -275,11 +278,17 @@ def _watch(study: optuna.Study, processes: list[subprocess.Popen], workers: int,
         disable=not progress,
     ) as bar:
         task = bar.add_task(study.study_name, total=status.total, info="")
+        plain = progress and not bar.console.is_terminal
+        printed_done, printed_at = status.done, time.monotonic()
         while any(p.poll() is None for p in processes):
             time.sleep(POLL_S)
             status = study_status(study, workers)
             counts = f"running {status.running}  failed {status.failed}  pruned {status.pruned}"
             bar.update(task, completed=status.done, info=f"{counts}  {status.eta_text}")
+            if plain and (status.done != printed_done or time.monotonic() - printed_at >= PLAIN_INTERVAL_S):
+                printed_done, printed_at = status.done, time.monotonic()
+                print(f"{study.study_name}: {status.done}/{status.total} units  {counts}  {status.eta_text}",
+                      file=sys.stderr, flush=True)  # fmt: skip
     crashed = [p.args[-1] for p in processes if p.returncode not in (0, None)]
     if crashed:
         print(

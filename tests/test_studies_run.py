@@ -600,7 +600,31 @@ def test_a_count_below_one_is_refused_while_parsing(workdir, capsys, option):
     with pytest.raises(SystemExit) as raised:
         main([*option, "-3"])
     assert raised.value.code == 2
-    assert f"argument {option[-1]}: must be a positive integer, got -3" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"argument {option[-1]}: must be " in err and "got -3" in err
+
+
+def test_worker_threads_beyond_any_cpu_are_refused_while_parsing(capsys):
+    """--threads 100000 reached torch.set_num_threads and crashed the worker without a message."""
+
+    with pytest.raises(SystemExit) as raised:
+        main(["study", "worker", "x", "--threads", "1e5"])
+    assert raised.value.code == 2
+    assert "argument --threads: must be an integer from 1 to 256, got 1e5" in capsys.readouterr().err
+
+
+def test_without_a_terminal_study_run_prints_its_progress_as_lines(workdir, capsys, monkeypatch):
+    """A bar draws nothing into a log: a study's log stayed empty until the study ended."""
+
+    import subprocess
+
+    import harness.progress
+
+    study = prepared(grid_spec(workdir, 1, [0.0]))
+    monkeypatch.setattr(harness.progress, "PLAIN_INTERVAL_S", 0.0)
+    worker = subprocess.Popen(["sleep", "2.5"])  # a worker that claims nothing before it exits
+    runner._watch(study, [worker], 1, progress=True)
+    assert "tiny: 0/1 units  running 0  failed 0  pruned 0" in capsys.readouterr().err
 
 
 def test_more_workers_than_the_machine_can_hold_are_refused_before_anything_starts(workdir, capsys):

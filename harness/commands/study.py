@@ -10,7 +10,8 @@ import argparse
 import os
 import sys
 
-from harness.commands.arguments import positive_int
+from harness.commands.arguments import int_between, integer, non_empty, positive_int
+from harness.limits import MAX_THREADS
 
 STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
 
@@ -21,10 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     run = actions.add_parser("run", help="create or resume a study and run local workers until it is done")
     run.add_argument("spec", help="a spec shipped in studies/ (e.g. demo) or the path of a TOML file")
-    run.add_argument("--storage", help=STORAGE_HELP)
+    run.add_argument("--storage", type=non_empty, help=STORAGE_HELP)
     run.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default 1)")
     run.add_argument(
         "--tracking-uri",
+        type=non_empty,
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db); for a study "
         "that exists: where its store is now, if it moved (otherwise it keeps the store it was created with)",
     )
@@ -48,19 +50,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "worker", help="attach one more worker to an existing study, from any machine"
     )
     worker.add_argument("name", help="the study name (the spec's `name`, by default its file name)")
-    worker.add_argument("--storage", help=STORAGE_HELP)
+    worker.add_argument("--storage", type=non_empty, help=STORAGE_HELP)
     worker.add_argument(
-        "--threads", type=positive_int, help="torch threads for this worker (default: torch's choice)"
+        "--threads",
+        type=int_between(1, MAX_THREADS),
+        help=f"torch threads for this worker, 1 to {MAX_THREADS} (default: torch's choice)",
     )
     worker.add_argument("--device", default="cpu", help="torch device (default cpu)")
     worker.add_argument(
-        "--index", type=int, help="a number unique among the study's workers: seeds a tune study's sampler"
+        "--index",
+        type=integer,
+        help="a number unique among the study's workers: seeds a tune study's sampler",
     )
     worker.set_defaults(func=_worker)
 
     status = actions.add_parser("status", help="complete / running / failed / pruned counts and an ETA")
     status.add_argument("name", help="the study name")
-    status.add_argument("--storage", help=STORAGE_HELP)
+    status.add_argument("--storage", type=non_empty, help=STORAGE_HELP)
     status.set_defaults(func=_status)
 
 
