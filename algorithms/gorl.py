@@ -178,6 +178,11 @@ class GoRLConfig(PPOConfig):
             raise ValueError(f"num_refits must be >= 0, got {self.num_refits}")
         if not self.stages or min(self.stages) <= 0:
             raise ValueError(f"stages must be a non-empty list of positive lengths, got {list(self.stages)}")
+        if self.tanh_entropy:
+            raise ValueError(
+                "tanh_entropy must be false for GoRL: it corrects the entropy of actions squashed by tanh, "
+                "and the encoder's latent is not squashed (the decoder's output is)"
+            )
         if self.refit_episodes < 2:
             raise ValueError(
                 f"refit_episodes must be >= 2 (train and validation episodes), got {self.refit_episodes}"

@@ -111,6 +111,7 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         ({"refit_from": "first"}, 12 * UPDATE, "refit_from must be one of"),
         ({"decoder_input": "latent"}, 12 * UPDATE, "decoder_input must be one of"),
         ({"latent_dim": 3}, 12 * UPDATE, "latent must have the action's size"),
+        ({"tanh_entropy": True}, 12 * UPDATE, "tanh_entropy must be false for GoRL"),
         # The decoder's settings are named by their keys: "lr must be > 0" pointed at the encoder.
         ({"decoder_lr": -1}, 12 * UPDATE, r"decoder_lr must be > 0, got -1"),
         ({"decoder_val_fraction": 1.0}, 12 * UPDATE, r"decoder_val_fraction must lie in \(0, 1\)"),
