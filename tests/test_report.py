@@ -225,6 +225,8 @@ def test_report_end_to_end(stores, tmp_path):
 
     storage, uri = stores
     out = tmp_path / "report"
+    out.mkdir()
+    (out / "stray.txt").write_text("not the report's")  # e.g. an earlier report's, or a run's file
     first = build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
     assert first.partial and first.missing == [MISSING]
     assert not any("intervals need at least 2 runs" in note for note in first.notes)  # 2 or 3 seeds each
@@ -259,6 +261,8 @@ def test_report_end_to_end(stores, tmp_path):
     )
     logged = {f.path for f in MlflowClient(tracking_uri=uri).list_artifacts(runs[0].info.run_id, "report")}
     assert {"report/summary.md", "report/results.csv", "report/ablation.png"} <= logged
+    # Only what the report wrote: `--out runs` held the artifact store, which was copied into itself.
+    assert logged == {f"report/{path.name}" for path in first.files}
 
     again = tmp_path / "again"
     build_report("ablation", str(storage), out_dir=again, reps=REPS, seed=0)

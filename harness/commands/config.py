@@ -3,8 +3,9 @@
 Every key of the algorithm's resolved config (class default -> preset -> task -> `--set`) is
 printed with the layer that set it and the source comment of its class default (paper table,
 official code, or the reason it was chosen here). `--toml` prints the resolved values as TOML
-instead: the `[config]` table of the `config.toml` a run writes (which also holds a `[run]` table). For an algorithm with a stage schedule (GoRL), the
-stages of a `--steps` run follow, with the settings that change per stage.
+instead: the `[config]` table of the `config.toml` a run writes (which also holds a `[run]`
+table). For an algorithm with a stage schedule (GoRL), the stages of a `--steps` run follow,
+with the settings that change per stage.
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@ Each run's checkpoint is loaded and its policy plays `--episodes` episodes, one 
 fresh evaluation env (1,024 at a time), as in training (`harness.evaluation`): deterministic actions
 unless `--stochastic`. Without it FPO and DPPO evaluate as in training, with their configured
 `eval_noise` ("sample": noise reseeded from the run's seed and counted steps); with it every
-method samples its behaviour policy, whatever `eval_noise` says. By default the episodes, their number and their reset seed are those of the run's
-last evaluation, so `evaluate RUN` repeats that evaluation: for a finished run it prints the
-final score again, which shows that the checkpoint is the policy that was scored. Runs are
-only read: nothing is written to the run directory or to MLflow; `--json` keeps the returns.
+method samples its behaviour policy, whatever `eval_noise` says. By default the episodes, their
+number and their reset seed are those of the run's last evaluation, so `evaluate RUN` repeats
+that evaluation: for a finished run it prints the final score again, which shows that the
+checkpoint is the policy that was scored. Runs are only read: nothing is written to the run
+directory or to MLflow; `--json` keeps the returns.
 """
 
 from __future__ import annotations

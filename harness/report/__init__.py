@@ -157,7 +157,7 @@ def build_report(
         files += figures.save(figures.ablation_figure(panels), out, "ablation")
 
     files += _write_tables(out, results, sections, notes, files, reps, seed)
-    notes += _log_artifacts(results, out)
+    notes += _log_artifacts(results, files)
     return Report(out, results.partial, results.missing, results.failed, files, notes)
 
 
@@ -289,8 +289,11 @@ def _write_tables(
     return [out / "summary.md", out / "tables.tex"]
 
 
-def _log_artifacts(results: StudyResults, out: Path) -> list[str]:
-    """Attach the report to the study's MLflow parent run; a failure is a note, not an error."""
+def _log_artifacts(results: StudyResults, files: list[Path]) -> list[str]:
+    """Attach the report's `files` to the study's MLflow parent run; a failure is a note, not an
+    error. The files one by one, not `out` as a whole: whatever else `--out` holds (an earlier
+    report's figures, a run's checkpoint, even the artifact store itself, which was then copied
+    into itself until the paths grew too long) is no part of this report."""
 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -299,7 +302,8 @@ def _log_artifacts(results: StudyResults, out: Path) -> list[str]:
         return ["the study has no MLflow parent run; the report was not logged to MLflow"]
     try:
         client = MlflowClient(tracking_uri=results.tracking_uri)
-        client.log_artifacts(results.parent_run_id, str(out), artifact_path="report")
+        for path in files:
+            client.log_artifact(results.parent_run_id, str(path), artifact_path="report")
     except (MlflowException, OSError) as error:
         return [f"logging the report to MLflow run {results.parent_run_id} failed: {error}"]
     return []
