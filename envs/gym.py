@@ -95,12 +95,13 @@ class GymVectorEnv(VectorEnv):
 
 
 def make_one(env_id: str) -> gymnasium.Env:
-    """`gymnasium.make(env_id)`; an env whose optional dependency is missing is a `UserError` that
-    passes on gymnasium's message, which names the package and how to install it."""
+    """`gymnasium.make(env_id)`; an env whose optional dependency is missing, or a registered id
+    that this gymnasium can no longer build (`Hopper-v2`: moved to gymnasium-robotics), is a
+    `UserError` that passes on gymnasium's message, which names the package or the version to use."""
 
     try:
         return gymnasium.make(env_id)
-    except gymnasium.error.DependencyNotInstalled as error:
+    except (gymnasium.error.DependencyNotInstalled, ImportError) as error:
         raise UserError(f"cannot make {GYM_PREFIX}{env_id}: {error}") from None
 
 

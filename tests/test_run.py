@@ -341,6 +341,15 @@ def test_a_gym_task_without_its_optional_dependency_is_refused_before_anything_i
     assert MlflowClient(tracking_uri).get_experiment_by_name("gorl-bench") is None  # no MLflow run either
 
 
+def test_a_registered_gym_id_that_gymnasium_no_longer_builds_is_one_clear_error(capsys):
+    """Hopper-v2 is still registered, but making it raised an ImportError with a traceback."""
+
+    assert main(["config", "ppo", "--task", "gym:Hopper-v2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot make gym:Hopper-v2: The mujoco v2 and v3 based environments have been moved" in err
+    assert "Traceback" not in err
+
+
 def test_an_empty_out_directory_is_refused_while_parsing(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["run", "--algo", "ppo", "--task", TOY, "--out", ""])
