@@ -61,6 +61,23 @@ def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(
     assert len(closed) == 2  # the second run's envs too, although the error came at the first
 
 
+def test_a_run_started_on_cuda_is_diagnosed_on_the_cpu_with_device(tmp_path, tracking_uri, capsys):
+    import torch
+
+    request = RunRequest(algo="ppo", task="toy-bimodal", steps=256, overrides=SMALL,
+                         out_dir=tmp_path / "ppo", tracking_uri=tracking_uri)  # fmt: skip
+    execute(request, progress=False)
+    path = tmp_path / "ppo" / "checkpoint.pt"
+    saved = torch.load(path, weights_only=False)
+    saved["request"]["device"] = "cuda"  # as written on a GPU machine
+    torch.save(saved, path)
+    argv = ["diagnose", "multimodality", str(tmp_path / "ppo"), "--samples", "100"]
+    if not torch.cuda.is_available():
+        assert main(argv) == 2
+        assert "use --device cpu" in capsys.readouterr().err
+    assert main([*argv, "--device", "cpu"]) == 0
+
+
 @pytest.mark.parametrize("samples", ["3", "1e8"])
 def test_a_sample_count_out_of_range_is_refused_while_parsing(tmp_path, capsys, samples):
     """10^8 actions at one state failed in torch's allocator with a traceback."""

@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     multimodality.add_argument(
         "--out", type=directory, help="figure directory (default: the first run's diagnostics/)"
     )
+    multimodality.add_argument("--device", help="torch device to load the runs on (default: each run's own)")
     multimodality.add_argument(
         "--tracking-uri",
         type=non_empty,
@@ -85,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri, create=False) if args.tracking_uri else None
     diagnosis = diagnose_multimodality(
-        args.runs, args.samples, args.state_steps, args.seed, args.out, tracking_uri
+        args.runs, args.samples, args.state_steps, args.seed, args.out, tracking_uri, args.device
     )
     for run, report in diagnosis.reports:
         verdict = "bimodal" if report.bimodal else "not bimodal"
@@ -113,10 +114,12 @@ def diagnose_multimodality(
     seed: int,
     out: Path | None,
     tracking_uri: str | None = None,
+    device: str | None = None,
 ) -> Diagnosis:
     """Analyse every run at one state, draw the figure into `out` and log the results to each
     run's MLflow run (in `tracking_uri` if given, else in the store the run recorded).
-    `state_steps` None: `DEFAULT_STATE_STEPS`, or the last step of a shorter episode."""
+    `state_steps` None: `DEFAULT_STATE_STEPS`, or the last step of a shorter episode. `device`:
+    where to load the runs (a GPU-trained run on a machine without one), else each run's own."""
 
     from harness.checkpoint import require_checkpoint
     from harness.run import load_run
@@ -128,7 +131,7 @@ def diagnose_multimodality(
     with contextlib.ExitStack() as loaded:  # every loaded agent's envs closed, also on an error
         runs = []
         for run_dir in run_dirs:
-            runs.append(load_run(run_dir))
+            runs.append(load_run(run_dir, device))
             loaded.callback(runs[-1][2].close)
         labelled = _sample_runs(runs, samples, state_steps, seed, tracking_uri)
 

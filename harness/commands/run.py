@@ -12,7 +12,7 @@ from harness.commands.arguments import check_out_dir, directory, integer, non_em
 DEFAULTS = {"seed": 0, "steps": 1_000_000, "preset": "cpu", "overrides": [], "device": "cpu"}
 #: The options a run's checkpoint fixes (argparse dest: flag): --resume refuses them rather than ignore them.
 FIXED_BY_CHECKPOINT = {"algo": "--algo", "task": "--task", "seed": "--seed", "steps": "--steps",
-                       "preset": "--preset", "overrides": "--set", "device": "--device", "out": "--out",
+                       "preset": "--preset", "overrides": "--set", "out": "--out",
                        "experiment": "--experiment", "checkpoint_every": "--checkpoint-every"}  # fmt: skip
 
 
@@ -31,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
     )
-    parser.add_argument("--device", help=f"torch device: cpu or cuda (default {DEFAULTS['device']})")
+    parser.add_argument(
+        "--device",
+        help=f"torch device: cpu or cuda (default {DEFAULTS['device']}; with --resume: the run's own)",
+    )
     parser.add_argument(
         "--out", type=directory, help="run directory (default runs/<algo>-<task>-s<seed>-<time>)"
     )
@@ -108,7 +111,9 @@ def main(args: argparse.Namespace) -> int:
         request = dataclasses.replace(request, out_dir=run_dir)
     try:
         if request is None:
-            result = resume(run_dir, tracking_uri=args.tracking_uri, progress=not args.no_progress)
+            result = resume(
+                run_dir, tracking_uri=args.tracking_uri, device=args.device, progress=not args.no_progress
+            )
         else:
             result = execute(request, progress=not args.no_progress)
     except UserError:
