@@ -41,6 +41,7 @@ from harness.tracking import sqlite_path, sqlite_store_missing
 from studies import tracking
 from studies.pruning import make_pruner
 from studies.spec import Spec, Unit, check_on_every_task, parse_spec, stable_seed, variant_dir
+from studies.status import study_status
 from studies.storage import (
     DIVERGED,
     ERROR,
@@ -148,6 +149,11 @@ def run_worker(
     count = 0
     while serve(context):
         count += 1
+    # The worker that settles a study's last unit closes the study's MLflow run: with workers from
+    # other machines, the `study run` that created it may have stopped before (its MLflow run then
+    # stayed RUNNING until `study run` was started again).
+    if study_status(study).finished:
+        tracking.finish_run(tracking_uri, context.parent_run_id, "COMPLETE")
     return count
 
 

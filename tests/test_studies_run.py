@@ -748,6 +748,31 @@ def test_a_study_created_from_a_file_resumes_by_its_name(workdir, fake_execute, 
         runner.run_study("tinny", progress=False)
 
 
+def test_the_worker_that_ends_the_last_unit_closes_the_study_s_mlflow_run(workdir, fake_execute):
+    """A worker joined from elsewhere ended the last unit after `study run` had stopped: the
+    study's MLflow run stayed RUNNING until `study run` was started again."""
+
+    from mlflow.tracking import MlflowClient
+
+    study = prepared(grid_spec(workdir, 1, [0.0, 0.01]))  # created, as by a `study run` stopped at once
+    client = MlflowClient(study.user_attrs["tracking_uri"])
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert client.get_run(parent).info.status == "RUNNING"
+    assert run_worker("tiny", None) == 2
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_study_run_says_when_the_rest_trains_in_other_workers(workdir, fake_execute, monkeypatch, capsys):
+    """It said "run the same command again to resume", which would only wait for those workers."""
+
+    study = prepared(grid_spec(workdir, 1, [0.0, 0.01]))
+    elsewhere = dataclasses.replace(study_status(study), complete=1, running=1, waiting=0)
+    monkeypatch.setattr(runner, "run_study", lambda *args, **kwargs: elsewhere)
+    assert main(["study", "run", "tiny"]) == 1
+    out = capsys.readouterr().out
+    assert "1 unit(s) still train in workers of other processes" in out and "study status tiny" in out
+
+
 def test_a_study_whose_name_holds_a_dot_resumes_by_its_name(workdir, fake_execute, workers_in_process):
     """A dot is allowed in a study's name; it was taken for a file's suffix and never looked up."""
 

@@ -91,6 +91,13 @@ def _run(args: argparse.Namespace) -> int:
         )
         raise
     print("\n".join(status.lines()))
+    if not status.finished and status.running > status.stopped and not status.waiting:
+        print(
+            f"Not finished: {status.running - status.stopped} unit(s) still train in workers of other "
+            f"processes (`study worker`); `gorl-bench study status {status.name}` follows them, and the "
+            "worker that ends the last one closes the study's MLflow run."
+        )
+        return 1
     if not status.finished:
         print("Not finished: run the same command again to resume.")
         return 1
