@@ -287,8 +287,8 @@ def _watch(study: optuna.Study, processes: list[subprocess.Popen], workers: int,
             bar.update(task, completed=status.done, info=f"{counts}  {status.eta_text}")
             if plain and (status.done != printed_done or time.monotonic() - printed_at >= PLAIN_INTERVAL_S):
                 printed_done, printed_at = status.done, time.monotonic()
-                print(f"{study.study_name}: {status.done}/{status.total} units  {counts}  {status.eta_text}",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                done = f"{status.done}/{status.total} {unit_noun(status.kind)}s"
+                print(f"{study.study_name}: {done}  {counts}  {status.eta_text}", file=sys.stderr, flush=True)
     crashed = [p.args[-1] for p in processes if p.returncode not in (0, None)]
     if crashed:
         print(

@@ -55,10 +55,21 @@ def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(
     execute(request, progress=False)
     closed = []
     monkeypatch.setattr(PPOAgent, "close", lambda agent: closed.append(agent))
-    run = str(tmp_path / "ppo")
-    assert main(["diagnose", "multimodality", run, run, "--samples", "100"]) == 2
+    shutil.copytree(tmp_path / "ppo", tmp_path / "copy")
+    argv = ["diagnose", "multimodality", str(tmp_path / "ppo"), str(tmp_path / "copy"), "--samples", "100"]
+    assert main(argv) == 2
     assert "at this state are all the same (a collapsed or saturated policy)" in capsys.readouterr().err
     assert len(closed) == 2  # the second run's envs too, although the error came at the first
+
+
+def test_a_run_given_twice_is_refused(tmp_path, capsys):
+    """Its panel was drawn twice and its statistics logged twice to its MLflow run."""
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")  # only its presence is checked first
+    run = str(tmp_path / "run")
+    assert main(["diagnose", "multimodality", run, f"{run}/"]) == 2
+    assert f"the run {run} is given more than once" in capsys.readouterr().err
 
 
 def test_a_run_started_on_cuda_is_diagnosed_on_the_cpu_with_device(tmp_path, tracking_uri, capsys):
