@@ -289,7 +289,7 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
     """
 
     per_update = config.batch_size
-    updates = math.ceil(budget / per_update)
+    updates = -(-budget // per_update)  # in integers: a float quotient of 1e29 steps is not exact
     if config.encoder_steps_per_refit is not None:
         length = max(1, round(config.encoder_steps_per_refit / per_update))
         stages = max(1, math.floor(updates / length + 0.5))  # a remainder under L/2 joins the last stage
@@ -305,18 +305,28 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
                     f"stages [{shown}] sum to {total:g}; give fractions of the budget that sum "
                     f"to 1, or env steps that sum to the budget ({budget})"
                 )
-        cumulative = np.cumsum(weights) / sum(weights)
-        ends = [math.floor(fraction * updates + 0.5) for fraction in cumulative[:-1]] + [updates]
+        ends = _weighted_ends(weights, updates)
     lengths = np.diff([0, *ends])
     if lengths.min() < 1:
         shown = lengths.tolist() if len(lengths) <= 8 else f"{int((lengths < 1).sum())} of them 0"
         update_count = f"{updates} PPO update" if updates == 1 else f"{updates} PPO updates"
+        fewest = len(ends)  # the weighted branch: the encoder_steps_per_refit one never gets here
+        while min(np.diff([0, *_weighted_ends(weights, fewest)])) < 1:
+            fewest += 1
         raise ValueError(
             f"the budget of {budget} env steps is {update_count} of {per_update} steps, too few for "
-            f"{len(ends)} encoder stages (stage lengths in updates would be {shown}); raise the "
-            f"budget (the paper's, which the `paper` preset is for, is 180,000,000) or use fewer refits"
+            f"{len(ends)} encoder stages (stage lengths in updates would be {shown}); they need {fewest} "
+            f"updates, a budget of at least {(fewest - 1) * per_update + 1:,} env steps. Raise the budget "
+            "(the paper's, which the `paper` preset is for, is 180,000,000) or use fewer refits"
         )
     return [end * per_update for end in ends]
+
+
+def _weighted_ends(weights: list[float], updates: int) -> list[int]:
+    """The updates at which stages of relative lengths `weights` end, rounded to whole updates."""
+
+    cumulative = np.cumsum(weights) / sum(weights)
+    return [math.floor(fraction * updates + 0.5) for fraction in cumulative[:-1]] + [updates]
 
 
 #: Settings that may change per stage: `later_<name>` lists the values of stages 1, 2, ...

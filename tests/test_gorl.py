@@ -75,6 +75,8 @@ def test_schedule_keys_split_the_budget():
     assert stage_ends(base, budget) == [u * UPDATE for u in (4, 8, 10, 12)]  # 1/3, 1/3, 1/6, 1/6
     assert stage_ends(config(**SMALL, num_refits=2), budget) == [u * UPDATE for u in (4, 8, 12)]
     assert stage_ends(config(**SMALL, num_refits=0), budget) == [budget]
+    # In integers: 10^29 / UPDATE as a float ended the run 8.6e12 steps short of its budget.
+    assert stage_ends(base, 10**29)[-1] == -(-(10**29) // UPDATE) * UPDATE
     per_refit = config(**SMALL, encoder_steps_per_refit=5 * UPDATE, num_refits=1)  # takes precedence
     assert stage_ends(per_refit, budget + UPDATE) == [u * UPDATE for u in (5, 10, 13)]
     # A remainder under half a stage joins the last stage rather than costing a refit of its own.
@@ -100,6 +102,8 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         ({"stages": [0.5, 0.25]}, 12 * UPDATE, "sum to 0.75"),
         ({"stages": [1000, 2000]}, 12 * UPDATE, r"stages \[1000, 2000\] sum to 3000"),
         ({"num_refits": 5}, 4 * UPDATE, r"is 4 PPO updates of \d+ steps, too few for 6 encoder stages"),
+        # The smallest budget that fits is named: 4 stages of 1/3, 1/3, 1/6, 1/6 need 5 updates.
+        ({}, 4 * UPDATE, rf"they need 5 updates, a budget of at least {4 * UPDATE + 1:,} env steps"),
         ({"num_refits": 1}, UPDATE, r"is 1 PPO update of \d+ steps, too few for 2 encoder stages"),
         ({"num_refits": 999}, 12 * UPDATE, r"1000 encoder stages \(stage lengths .* be 988 of them 0\)"),
         ({"refit_episodes": 1}, 12 * UPDATE, "refit_episodes must be >= 2"),
