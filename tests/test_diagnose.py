@@ -117,6 +117,21 @@ def test_the_fixed_state_lies_within_the_first_episode(tmp_path, tracking_uri, c
     assert fixed_state_steps("cheetah-run", None) == 200
 
 
+def test_an_episode_that_terminates_before_the_fixed_state_is_refused(tmp_path, tracking_uri, capsys):
+    """gym:Hopper-v5 falls early; the default 200 steps took the state from the auto-reset next episode."""
+
+    overrides = {**SMALL, "eval_episodes": 2}
+    request = RunRequest(algo="ppo", task="gym:Hopper-v5", steps=256, overrides=overrides,
+                         out_dir=tmp_path / "hopper", tracking_uri=tracking_uri)  # fmt: skip
+    execute(request, progress=False)
+    assert main(["diagnose", "multimodality", str(tmp_path / "hopper"), "--samples", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "episode (reset seed 0) ends after" in err and "before the fixed state at step 200" in err
+    steps = int(err.split("ends after ")[1].split()[0])
+    assert main(["diagnose", "multimodality", str(tmp_path / "hopper"), "--samples", "100",
+                 "--state-steps", str(steps - 1)]) == 0  # fmt: skip
+
+
 def test_a_directory_without_a_run_is_refused(tmp_path, capsys):
     assert main(["diagnose", "multimodality", str(tmp_path)]) == 2
     assert "holds no run checkpoint" in capsys.readouterr().err

@@ -237,15 +237,23 @@ def fixed_state_steps(task: str, steps: int | None) -> int:
 
 
 def _fixed_state(task: str, agent: object, steps: int, seed: int) -> np.ndarray:
-    """The observation after `steps` deterministic policy steps from a reset seeded by `seed`."""
+    """The observation after `steps` deterministic policy steps from a reset seeded by `seed`;
+    a UserError if the episode ends before (a gym task's early termination), as the env would
+    then have reset and the state would be an early one of the next episode."""
 
     import envs
+    from harness.errors import UserError
 
     env = envs.make(task, 1, seed)
     try:
         obs, _ = env.reset(seed=seed)
-        for _ in range(steps):
-            obs, *_ = env.step(agent.act(obs, deterministic=True))
+        for step in range(1, steps + 1):
+            obs, _, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True))
+            if terminated[0] or truncated[0]:
+                raise UserError(
+                    f"the policy's {task} episode (reset seed {seed}) ends after {step} steps, before the "
+                    f"fixed state at step {steps}: give --state-steps {step - 1} or fewer."
+                )
     finally:
         env.close()
     return obs[0]
