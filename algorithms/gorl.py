@@ -310,16 +310,43 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
     if lengths.min() < 1:
         shown = lengths.tolist() if len(lengths) <= 8 else f"{int((lengths < 1).sum())} of them 0"
         update_count = f"{updates} PPO update" if updates == 1 else f"{updates} PPO updates"
-        fewest = len(ends)  # the weighted branch: the encoder_steps_per_refit one never gets here
-        while min(np.diff([0, *_weighted_ends(weights, fewest)])) < 1:
-            fewest += 1
+        # The weighted branch: the encoder_steps_per_refit one never gets here.
+        fewest, least = _fewest_updates(weights)
+        needed = (
+            f"they need {fewest:,} updates, a budget of at least {(fewest - 1) * per_update + 1:,} env steps"
+            if least
+            else f"{fewest:,} updates, a budget of {fewest * per_update:,} env steps, fit them"
+        )
         raise ValueError(
             f"the budget of {budget} env steps is {update_count} of {per_update} steps, too few for "
-            f"{len(ends)} encoder stages (stage lengths in updates would be {shown}); they need {fewest} "
-            f"updates, a budget of at least {(fewest - 1) * per_update + 1:,} env steps. Raise the budget "
-            "(the paper's, which the `paper` preset is for, is 180,000,000) or use fewer refits"
+            f"{len(ends)} encoder stages (stage lengths in updates would be {shown}); {needed}. Raise the "
+            "budget (the paper's, which the `paper` preset is for, is 180,000,000) or use fewer refits"
         )
     return [end * per_update for end in ends]
+
+
+def _fewest_updates(weights: list[float]) -> tuple[int, bool]:
+    """A number of updates that gives every stage of relative lengths `weights` at least one, and
+    whether it is the fewest.
+
+    A stage of fraction f of the run gets an update once f x updates >= 1, so 1 / (smallest f)
+    updates always do; the fewest lies at or below that and is searched for, but only over the first
+    SEARCHED counts: a stage of 1e-9 of the budget would otherwise take a billion tries.
+    """
+
+    def fits(updates: int) -> bool:
+        return min(np.diff([0, *_weighted_ends(weights, updates)])) >= 1
+
+    enough = math.ceil(sum(weights) / min(weights))
+    while not fits(enough):  # float rounding of the fractions: a few more at most
+        enough += 1
+    searched = range(len(weights), min(enough, len(weights) + _SEARCHED))
+    fewest = next((updates for updates in searched if fits(updates)), enough)
+    return fewest, fewest < enough or searched.stop == enough
+
+
+# Update counts `_fewest_updates` tries below its bound: a few tenths of a second.
+_SEARCHED = 10_000
 
 
 def _weighted_ends(weights: list[float], updates: int) -> list[int]:

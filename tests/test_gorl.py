@@ -104,6 +104,8 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         ({"num_refits": 5}, 4 * UPDATE, r"is 4 PPO updates of \d+ steps, too few for 6 encoder stages"),
         # The smallest budget that fits is named: 4 stages of 1/3, 1/3, 1/6, 1/6 need 5 updates.
         ({}, 4 * UPDATE, rf"they need 5 updates, a budget of at least {4 * UPDATE + 1:,} env steps"),
+        # A stage of 1e-9 of the budget: the search for the fewest updates ran a billion tries.
+        ({"stages": [1.0, 1e-9]}, 4 * UPDATE, r"1,000,000,001 updates, a budget of [\d,]+ env steps, fit"),
         ({"num_refits": 1}, UPDATE, r"is 1 PPO update of \d+ steps, too few for 2 encoder stages"),
         ({"num_refits": 999}, 12 * UPDATE, r"1000 encoder stages \(stage lengths .* be 988 of them 0\)"),
         ({"refit_episodes": 1}, 12 * UPDATE, "refit_episodes must be >= 2"),
