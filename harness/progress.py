@@ -19,6 +19,21 @@ PROGRESS_DELAY_S = 1.0
 PLAIN_INTERVAL_S = 60.0
 
 
+class PlainLines:
+    """When a progress display without a terminal prints its next line: at news (an evaluation, a
+    unit that ended) and at least every PLAIN_INTERVAL_S between."""
+
+    def __init__(self) -> None:
+        self.printed_at = time.monotonic()
+
+    def due(self, news: bool = False) -> bool:
+        now = time.monotonic()
+        if news or now - self.printed_at >= PLAIN_INTERVAL_S:
+            self.printed_at = now
+            return True
+        return False
+
+
 class DelayedProgress:
     """A progress display shown from PROGRESS_DELAY_S on.
 
@@ -29,7 +44,8 @@ class DelayedProgress:
     def __init__(self, text: str, total: int | None = None) -> None:
         self.text = text
         self.total = total
-        self.started = self.printed_at = time.monotonic()
+        self.started = time.monotonic()
+        self.lines = PlainLines()
         self.done = 0
         self.display: Any = None
         self.task: Any = None
@@ -45,8 +61,7 @@ class DelayedProgress:
         self.done += amount
         now = time.monotonic()
         if not sys.stderr.isatty():
-            if now - self.printed_at >= PLAIN_INTERVAL_S:
-                self.printed_at = now
+            if self.lines.due():
                 count = self.text.format(task=SimpleNamespace(completed=self.done, total=self.total))
                 print(f"{count} ({now - self.started:.0f} s)", file=sys.stderr, flush=True)
             return

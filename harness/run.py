@@ -45,7 +45,7 @@ from harness.checkpoint import (
 from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
 from harness.limits import MAX_EPISODES
-from harness.progress import PLAIN_INTERVAL_S
+from harness.progress import PlainLines
 from harness.signals import raise_if_interrupted
 from harness.tracking import RunTracker, git_commit, resolve_tracking_uri, to_toml
 
@@ -482,8 +482,6 @@ class _ProgressBar:
     between them (a long run's evaluations can be hours apart).
     """
 
-    PLAIN_INTERVAL_S = PLAIN_INTERVAL_S  # harness.progress's, here for tests to shorten
-
     def __init__(self, request: RunRequest, enabled: bool) -> None:
         self.progress: Any = None
         self.origin: tuple[float, int] | None = None  # (time, step) of the first update
@@ -491,7 +489,7 @@ class _ProgressBar:
         self.total = request.steps
         self.plain = enabled and not sys.stderr.isatty()  # lines instead of a bar
         self.printed = 0  # evaluations printed as lines
-        self.printed_at = time.perf_counter()  # when the last line was printed
+        self.lines = PlainLines()
         if enabled and not self.plain:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -535,7 +533,7 @@ class _ProgressBar:
         self.total = max(self.total, step)
         if self.progress is not None:
             self.progress.update(self.task_id, total=self.total, completed=step, speed=speed, last_eval=last)
-        elif len(history) > self.printed or time.perf_counter() - self.printed_at >= self.PLAIN_INTERVAL_S:
-            self.printed, self.printed_at = len(history), time.perf_counter()
+        elif self.lines.due(news=len(history) > self.printed):
+            self.printed = len(history)
             print(f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}",
                   file=sys.stderr, flush=True)  # fmt: skip

@@ -267,7 +267,7 @@ def _watch(study: optuna.Study, processes: list[subprocess.Popen], workers: int,
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from harness.progress import PLAIN_INTERVAL_S
+    from harness.progress import PlainLines
 
     status = study_status(study, workers)
     with Progress(
@@ -279,14 +279,14 @@ def _watch(study: optuna.Study, processes: list[subprocess.Popen], workers: int,
     ) as bar:
         task = bar.add_task(study.study_name, total=status.total, info="")
         plain = progress and not bar.console.is_terminal
-        printed_done, printed_at = status.done, time.monotonic()
+        printed_done, lines = status.done, PlainLines()
         while any(p.poll() is None for p in processes):
             time.sleep(POLL_S)
             status = study_status(study, workers)
             counts = f"running {status.running}  failed {status.failed}  pruned {status.pruned}"
             bar.update(task, completed=status.done, info=f"{counts}  {status.eta_text}")
-            if plain and (status.done != printed_done or time.monotonic() - printed_at >= PLAIN_INTERVAL_S):
-                printed_done, printed_at = status.done, time.monotonic()
+            if plain and lines.due(news=status.done != printed_done):
+                printed_done = status.done
                 done = f"{status.done}/{status.total} {unit_noun(status.kind)}s"
                 print(f"{study.study_name}: {done}  {counts}  {status.eta_text}", file=sys.stderr, flush=True)
     crashed = [p.args[-1] for p in processes if p.returncode not in (0, None)]

@@ -663,9 +663,9 @@ def test_without_a_terminal_progress_lines_also_come_between_distant_evaluations
     """One evaluation at the end of 4 updates: a line after every update once PLAIN_INTERVAL_S has
     passed (set to 0 here; 60 s in use), so a long run's log never falls silent for hours."""
 
-    from harness.run import _ProgressBar
+    import harness.progress
 
-    monkeypatch.setattr(_ProgressBar, "PLAIN_INTERVAL_S", 0.0)
+    monkeypatch.setattr(harness.progress, "PLAIN_INTERVAL_S", 0.0)
     execute(request(tmp_path, tracking_uri, overrides={**SMALL, "eval_points": 1}), progress=True)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ppo toy-bimodal s0: ")]
     steps = [int(line.split()[3].split("/")[0].replace(",", "")) for line in lines]
