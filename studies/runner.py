@@ -31,6 +31,7 @@ from studies.storage import (
     failure_kind,
     open_storage,
     rerun_failed_trial,
+    sqlite_file,
     storage_location,
     sweep_lost_units,
 )
@@ -113,7 +114,7 @@ def _check_separate_stores(location: str, tracking_uri: str) -> None:
     """Refuse one SQLite file as both stores: Optuna's and MLflow's schemas would share one version
     table, and whichever comes second fails to open it (with a traceback, after the first wrote)."""
 
-    storage_file, tracking_file = sqlite_path(location), sqlite_path(tracking_uri)
+    storage_file, tracking_file = sqlite_file(location), sqlite_path(tracking_uri)
     if storage_file is None or tracking_file is None or storage_file.resolve() != tracking_file.resolve():
         return
     raise UserError(

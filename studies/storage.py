@@ -185,7 +185,7 @@ def check_sqlite_storage(location: str, *, create: bool) -> None:
     table Optuna takes for its own) then fails, advising to upgrade Optuna. The file's tables are
     read with sqlite3, read-only."""
 
-    path = _sqlite_file(location)
+    path = sqlite_file(location)
     if path is None:
         return  # not an SQLite file: in memory, a journal, another database, a URL Optuna refuses
     check_storage_file(
@@ -216,8 +216,10 @@ def check_sqlite_storage(location: str, *, create: bool) -> None:
         )
 
 
-def _sqlite_file(location: str) -> Path | None:
-    """The file of an SQLite URL (relative paths as SQLAlchemy opens them); None for anything else."""
+def sqlite_file(location: str) -> Path | None:
+    """The file of an SQLite storage URL, parsed as SQLAlchemy opens it (a driver such as
+    `sqlite+pysqlite`, a `?query`, relative paths); None for anything else. (A tracking URI is
+    always `sqlite:///PATH`: `harness.tracking.sqlite_path`.)"""
 
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError

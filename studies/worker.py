@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 
 import envs
 from harness.errors import UserError, describe
-from harness.tracking import sqlite_path, sqlite_store_missing
+from harness.tracking import sqlite_store_missing
 from studies import tracking
 from studies.pruning import make_pruner
 from studies.spec import Spec, Unit, check_on_every_task, parse_spec, stable_seed, variant_dir
@@ -204,10 +204,10 @@ def load_study(name: str, location: str | None) -> optuna.Study:
     """The existing study `name`; a storage file that does not exist, or is not a regular file, is an
     error (nothing is created)."""
 
-    from studies.storage import DEFAULT_JOURNAL, check_storage_file
+    from studies.storage import DEFAULT_JOURNAL, check_storage_file, sqlite_file
 
     where = location or str(DEFAULT_JOURNAL)
-    path = sqlite_path(where) if "://" in where else Path(where)  # a journal or an SQLite file
+    path = sqlite_file(where) if "://" in where else Path(where)  # a journal or an SQLite file
     if path is not None:
         expected = (
             "the --storage a study was run with (a journal file path or an RDB URL such as postgresql://...)"
