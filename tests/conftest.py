@@ -67,3 +67,21 @@ def learns_easy_toy():
         return metrics, clone, obs
 
     return check
+
+
+@pytest.fixture
+def as_if_trained_on_cuda():
+    """Rewrite a run directory's checkpoint as a GPU machine writes it: its request's device is
+    "cuda" (the weights and generator states are device-free once saved)."""
+
+    import torch
+
+    from harness.checkpoint import checkpoint_path
+
+    def rewrite(run_dir: Path) -> None:
+        path = checkpoint_path(run_dir)
+        saved = torch.load(path, weights_only=False)
+        saved["request"]["device"] = "cuda"
+        torch.save(saved, path)
+
+    return rewrite

@@ -72,16 +72,15 @@ def test_a_run_given_twice_is_refused(tmp_path, capsys):
     assert f"the run {run} is given more than once" in capsys.readouterr().err
 
 
-def test_a_run_started_on_cuda_is_diagnosed_on_the_cpu_with_device(tmp_path, tracking_uri, capsys):
+def test_a_run_started_on_cuda_is_diagnosed_on_the_cpu_with_device(
+    tmp_path, tracking_uri, capsys, as_if_trained_on_cuda
+):
     import torch
 
     request = RunRequest(algo="ppo", task="toy-bimodal", steps=256, overrides=SMALL,
                          out_dir=tmp_path / "ppo", tracking_uri=tracking_uri)  # fmt: skip
     execute(request, progress=False)
-    path = tmp_path / "ppo" / "checkpoint.pt"
-    saved = torch.load(path, weights_only=False)
-    saved["request"]["device"] = "cuda"  # as written on a GPU machine
-    torch.save(saved, path)
+    as_if_trained_on_cuda(tmp_path / "ppo")
     argv = ["diagnose", "multimodality", str(tmp_path / "ppo"), "--samples", "100"]
     if not torch.cuda.is_available():
         assert main(argv) == 2

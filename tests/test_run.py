@@ -503,14 +503,13 @@ def test_a_run_trained_on_cuda_evaluates_and_resumes_on_the_cpu(tmp_path, tracki
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
-def test_a_run_started_on_cuda_resumes_on_the_cpu_with_device(tmp_path, tracking_uri, capsys):
+def test_a_run_started_on_cuda_resumes_on_the_cpu_with_device(
+    tmp_path, tracking_uri, capsys, as_if_trained_on_cuda
+):
     """The error said "use --device cpu", which --resume refused as an option its checkpoint fixes."""
 
     execute(request(tmp_path, tracking_uri), progress=False)
-    path = checkpoint_path(tmp_path / "run")
-    saved = torch.load(path, weights_only=False)
-    saved["request"]["device"] = "cuda"  # as written on a GPU machine
-    torch.save(saved, path)
+    as_if_trained_on_cuda(tmp_path / "run")
     assert main(["run", "--resume", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "CUDA is not available here; use --device cpu" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]) == 0
