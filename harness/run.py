@@ -47,7 +47,7 @@ from harness.evaluation import Evaluator, evaluation_points
 from harness.limits import MAX_EPISODES
 from harness.progress import PlainLines
 from harness.signals import raise_if_interrupted
-from harness.tracking import RunTracker, git_commit, resolve_tracking_uri, to_toml
+from harness.tracking import RunTracker, check_run_continuable, git_commit, resolve_tracking_uri, to_toml
 
 EvaluationCallback = Callable[[int, float], None]
 CONFIG_NAME = "config.toml"  # the run's resolved config, in its directory and its MLflow artifacts
@@ -215,7 +215,8 @@ def resume(
     on_evaluation: EvaluationCallback | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Continue the run saved in `out_dir` from its last checkpoint, in the same MLflow run.
+    """Continue the run saved in `out_dir` from its last checkpoint, in the same MLflow run. A run
+    that had finished (its budget trained, its MLflow run FINISHED) is returned as it is.
 
     `tracking_uri`: where that run's MLflow store is now, if it moved since the run started.
     `device`: train on another device than the run started on (a study rerun after a device
@@ -228,12 +229,19 @@ def resume(
         if tracking_uri is not None:
             moved_to = resolve_tracking_uri(tracking_uri, create=False)
             request = dataclasses.replace(request, tracking_uri=moved_to)
+        position, run_id = _RunPosition(**state["progress"]), state["mlflow_run_id"]
         try:
-            tracker = RunTracker.reopen(request.tracking_uri, state["mlflow_run_id"])
+            mlflow_run = check_run_continuable(request.tracking_uri, run_id)
+            finished = agent.counted_steps >= request.steps and mlflow_run.info.status == "FINISHED"
+            # Reopening a finished run would only move its end time and upload its checkpoint again.
+            tracker = None if finished else RunTracker.reopen(request.tracking_uri, run_id)
         except BaseException:
             agent.close()
             raise
-        position = _RunPosition(**state["progress"])
+        if tracker is None:
+            agent.close()
+            print(f"the run in {out_dir} had already finished; nothing was trained", file=sys.stderr)
+            return _result(request, agent, position, run_id, "FINISHED")
         return _train(request, config, agent, position, tracker, on_evaluation, progress)
 
 
@@ -312,18 +320,6 @@ def _train(
             },
         )
 
-    def result(status: str) -> RunResult:
-        return RunResult(
-            mlflow_run_id=tracker.run_id,
-            # A failed run's last evaluation scores part of the budget: no final score to compare.
-            final_score=position.history[-1][1] if status == "FINISHED" else math.nan,
-            eval_history=list(position.history),
-            counted_steps=agent.counted_steps,
-            total_steps=agent.total_steps,
-            out_dir=out_dir,
-            status=status,
-        )
-
     bar = _ProgressBar(request, enabled=progress)
     in_callback = False
     try:
@@ -370,7 +366,7 @@ def _train(
             else "it had written no checkpoint yet"
         )
         print(f"run failed: {error}; {kept}", file=sys.stderr)
-        return result("FAILED")
+        return _result(request, agent, position, tracker.run_id, "FAILED")
     except BaseException as error:
         stopped = in_callback or isinstance(error, KeyboardInterrupt)
         reason = f"stopped at {agent.counted_steps} counted env steps: {describe(error)}"
@@ -381,7 +377,22 @@ def _train(
             evaluator.close()
         agent.close()
     tracker.end("FINISHED")
-    return result("FINISHED")
+    return _result(request, agent, position, tracker.run_id, "FINISHED")
+
+
+def _result(
+    request: RunRequest, agent: algorithms.base.Agent, position: _RunPosition, run_id: str, status: str
+) -> RunResult:
+    return RunResult(
+        mlflow_run_id=run_id,
+        # A failed run's last evaluation scores part of the budget: no final score to compare.
+        final_score=position.history[-1][1] if status == "FINISHED" else math.nan,
+        eval_history=list(position.history),
+        counted_steps=agent.counted_steps,
+        total_steps=agent.total_steps,
+        out_dir=Path(request.out_dir),
+        status=status,
+    )
 
 
 def _evaluate_if_due(

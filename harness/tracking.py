@@ -270,9 +270,9 @@ def _find_run(tracking_uri: str, run_id: str) -> tuple[Any, Any]:
         raise UserError(missing) from None
 
 
-def check_run_continuable(tracking_uri: str, run_id: str) -> None:
-    """`check_run_exists`, and a clear error when the run, or its experiment, was deleted (MLflow
-    then refuses every write to it)."""
+def check_run_continuable(tracking_uri: str, run_id: str) -> Any:
+    """The MLflow run `run_id`: `check_run_exists`, and a clear error when the run, or its
+    experiment, was deleted (MLflow then refuses every write to it)."""
 
     client, run = _find_run(tracking_uri, run_id)
     restore = f"with MLFLOW_TRACKING_URI={tracking_uri}) to continue it."
@@ -286,6 +286,7 @@ def check_run_continuable(tracking_uri: str, run_id: str) -> None:
             f"the MLflow experiment {experiment.name!r} of run {run_id} was deleted; restore it (`mlflow "
             f"experiments restore --experiment-id {experiment.experiment_id}` {restore}"
         )
+    return run
 
 
 def local_artifacts_gone(artifact_uri: str) -> bool:

@@ -48,6 +48,22 @@ def request(tmp_path: Path, tracking_uri: str, **changes) -> RunRequest:
     return RunRequest(**{**fields, **TINY, **changes})
 
 
+class Stop(Exception):
+    """Raised by an evaluation callback to stop a run part-way (as a pruner does)."""
+
+
+def stopped_run(tmp_path: Path, tracking_uri: str) -> Path:
+    """The directory of a run stopped at its first evaluation (its MLflow run KILLED), for tests of
+    what resuming does; resuming a finished run leaves its MLflow run alone."""
+
+    def stop(step: int, mean: float) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        execute(request(tmp_path, tracking_uri), on_evaluation=stop, progress=False)
+    return tmp_path / "run"
+
+
 def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_uri, capsys):
     out = tmp_path / "cli-run"
     argv = ["run", "--algo", "ppo", "--task", TOY, "--seed", "3", "--steps", str(TINY["steps"]),
@@ -273,7 +289,7 @@ def test_ctrl_c_while_the_mlflow_run_is_set_up_ends_it_killed(tmp_path, tracking
     when they end: the run must end KILLED, not FAILED or RUNNING."""
 
     if when == "resume":
-        execute(request(tmp_path, tracking_uri), progress=False)
+        stopped_run(tmp_path, tracking_uri)
     owner, method = (RunTracker, "log_params") if when == "start" else (MlflowClient, "update_run")
     original = getattr(owner, method)
 
@@ -404,19 +420,19 @@ def test_resume_of_a_checkpoint_from_another_version_is_one_clear_error_and_leav
 ):
     from harness.checkpoint import save_checkpoint
 
-    first = execute(request(tmp_path, tracking_uri), progress=False)
-    saved = load_checkpoint(first.out_dir)
+    out = stopped_run(tmp_path, tracking_uri)  # to be reopened by a resume, unlike a finished run
+    saved = load_checkpoint(out)
     for edit, message in [
         (lambda position: position.update(lr_schedule=[1.0]), "(unexpected fields: lr_schedule)"),
         (lambda position: position.pop("next_point"), "(missing fields: next_point)"),
     ]:
         state = {**saved, "progress": dict(saved["progress"])}
         edit(state["progress"])
-        save_checkpoint(first.out_dir, state)
-        assert main(["run", "--resume", str(first.out_dir), "--no-progress"]) == 2
+        save_checkpoint(out, state)
+        assert main(["run", "--resume", str(out), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert "was written by another version of gorl-bench " + message in err and "Traceback" not in err
-        assert MlflowClient(tracking_uri).get_run(first.mlflow_run_id).info.status == "FINISHED"
+        assert MlflowClient(tracking_uri).get_run(saved["mlflow_run_id"]).info.status == "KILLED"
 
 
 def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_path, tracking_uri, capsys):
@@ -579,30 +595,40 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_ur
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, tracking_uri):
+    """Not even the MLflow run: it was reopened, which moved its end time, and the checkpoint
+    uploaded again."""
+
     request = RunRequest(algo="ppo", task="toy-bimodal", steps=4 * 16 * 16, overrides=SMALL,
                          out_dir=tmp_path / "done", tracking_uri=tracking_uri)  # fmt: skip
     first = execute(request, progress=False)
+    client = MlflowClient(tracking_uri)
+    before = client.get_run(first.mlflow_run_id).info
+    written = checkpoint_path(first.out_dir).stat().st_mtime_ns
 
     again = resume(Path(first.out_dir), progress=False)
-    assert again.eval_history == first.eval_history and again.mlflow_run_id == first.mlflow_run_id
+    assert again == first
+    after = client.get_run(first.mlflow_run_id).info
+    assert (after.status, after.end_time) == ("FINISHED", before.end_time)
+    assert checkpoint_path(first.out_dir).stat().st_mtime_ns == written
 
 
 def test_resume_finds_a_moved_tracking_store_when_told_where(tmp_path, capsys):
     store = tmp_path / "old" / "mlflow.db"  # with its artifacts in old/mlartifacts
-    first = execute(request(tmp_path, f"sqlite:///{store}"), progress=False)
+    out = stopped_run(tmp_path, f"sqlite:///{store}")
+    run_id = load_checkpoint(out)["mlflow_run_id"]
     (tmp_path / "old").rename(tmp_path / "new")
     moved = tmp_path / "new" / "mlflow.db"
-    assert main(["run", "--resume", str(first.out_dir), "--no-progress"]) == 2
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert f"has no run {first.mlflow_run_id}" in err and "--tracking-uri" in err and "Traceback" not in err
+    assert f"has no run {run_id}" in err and "--tracking-uri" in err and "Traceback" not in err
     assert not store.exists()  # no empty store left at the old path
     typo = tmp_path / "nowhere" / "mlflow.db"
-    assert main(["run", "--resume", str(first.out_dir), "--tracking-uri", f"sqlite:///{typo}"]) == 2
+    assert main(["run", "--resume", str(out), "--tracking-uri", f"sqlite:///{typo}"]) == 2
     assert "has no run" in capsys.readouterr().err and not typo.parent.exists()  # nothing created
-    argv = ["run", "--resume", str(first.out_dir), "--tracking-uri", f"sqlite:///{moved}", "--no-progress"]
+    argv = ["run", "--resume", str(out), "--tracking-uri", f"sqlite:///{moved}", "--no-progress"]
     assert main(argv) == 0
     assert "the checkpoint was not attached" in capsys.readouterr().err
-    assert MlflowClient(f"sqlite:///{moved}").get_run(first.mlflow_run_id).info.status == "FINISHED"
+    assert MlflowClient(f"sqlite:///{moved}").get_run(run_id).info.status == "FINISHED"
     assert not (tmp_path / "old").exists()  # MLflow's absolute artifact path was not recreated
 
 
