@@ -80,7 +80,9 @@ def run_study(
     check_sqlite_storage(location, create=True)
     spec = _spec_to_run(spec_ref, location)
     tracking_moved = tracking_uri is not None
-    tracking_uri = resolve_tracking_uri(tracking_uri)
+    # Its directory is created only if the study logs there (`prepare_study`), not for a study
+    # created elsewhere with its own store.
+    tracking_uri = resolve_tracking_uri(tracking_uri, create=False)
     _check_separate_stores(location, tracking_uri)
     if "://" in location and not location.startswith("sqlite") and tracking_uri.startswith("sqlite:"):
         print(
@@ -165,6 +167,8 @@ def prepare_study(
         )
     if "tracking_uri" in attrs and not tracking_moved:
         tracking_uri = attrs["tracking_uri"]
+    else:
+        tracking_uri = resolve_tracking_uri(tracking_uri)  # creates an SQLite store's directory
     experiment_id, parent_run_id = tracking.prepare_study_tracking(
         tracking_uri, spec.name, {"gorl.kind": spec.kind}, attrs.get("mlflow_parent_run_id")
     )

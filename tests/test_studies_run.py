@@ -1263,7 +1263,7 @@ def test_a_study_resumed_from_another_directory_continues_its_interrupted_unit(
     (unit,) = load_spec(path).units()
     out_dir = workdir / "runs" / "studies" / "tiny" / variant_dir(unit.variant) / f"{unit.task}-seed0"
     assert load_checkpoint(out_dir)["progress"]["history"][-1][0] == 1024
-    assert not (elsewhere / "runs" / "studies").exists()
+    assert not (elsewhere / "runs").exists()  # neither unit runs nor an MLflow store of its own
     client = MlflowClient(study.user_attrs["tracking_uri"])
     (run,) = client.search_runs([study.user_attrs["mlflow_experiment_id"]], "tags.`gorl.unit` != ''")
     assert run.info.run_id == retry.user_attrs["mlflow_run_id"] and run.info.status == "FINISHED"
