@@ -226,6 +226,11 @@ def resume(
     require_checkpoint(Path(out_dir))  # before the lock, which would create a missing directory
     with hold_run_directory(Path(out_dir)):
         request, config, agent, state = load_run(out_dir, device)
+        try:
+            _check_not_a_copy(Path(out_dir), state)
+        except UserError:
+            agent.close()
+            raise
         if tracking_uri is not None:
             moved_to = resolve_tracking_uri(tracking_uri, create=False)
             request = dataclasses.replace(request, tracking_uri=moved_to)
@@ -243,6 +248,28 @@ def resume(
             print(f"the run in {out_dir} had already finished; nothing was trained", file=sys.stderr)
             return _result(request, agent, position, run_id, "FINISHED")
         return _train(request, config, agent, position, tracker, on_evaluation, progress)
+
+
+def _check_not_a_copy(out_dir: Path, state: dict[str, Any]) -> None:
+    """Refuse to resume a copy of a run directory while the original still holds the run: both
+    would write into one MLflow run (a moved directory, whose original is gone, resumes)."""
+
+    saved_in = Path(state["request"]["out_dir"])  # where the checkpoint was last written
+    if saved_in == out_dir.resolve() or not checkpoint_path(saved_in).is_file():
+        return
+    with contextlib.suppress(OSError):
+        if saved_in.samefile(out_dir):  # the same directory by another path (a bind mount, say)
+            return
+    try:
+        original_run = load_checkpoint(saved_in)["mlflow_run_id"]
+    except (UserError, KeyError, TypeError):
+        return  # not a run the copy could collide with
+    if original_run == state["mlflow_run_id"]:
+        raise UserError(
+            f"{out_dir} is a copy of the run directory {saved_in}, which still holds the same run (MLflow run "
+            f"{original_run}): resuming both would mix their training in one MLflow run. Resume {saved_in}, "
+            "or move the copy in its place."
+        )
 
 
 def load_run(

@@ -612,6 +612,26 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, tracking_uri):
     assert checkpoint_path(first.out_dir).stat().st_mtime_ns == written
 
 
+def test_a_copy_of_a_run_directory_does_not_resume_while_the_original_holds_the_run(tmp_path, tracking_uri,
+                                                                                   capsys):  # fmt: skip
+    """Both resumed into one MLflow run, each logging its own evaluations there."""
+
+    import shutil
+
+    original = stopped_run(tmp_path, tracking_uri)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    assert main(["run", "--resume", str(copy), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy} is a copy of the run directory {original}, which still holds the same run" in err
+    assert "Traceback" not in err
+    run_id = load_checkpoint(original)["mlflow_run_id"]
+    assert MlflowClient(tracking_uri).get_run(run_id).info.status == "KILLED"  # not reopened
+    shutil.rmtree(original)  # now the copy is the run, moved
+    assert main(["run", "--resume", str(copy), "--no-progress"]) == 0
+    assert MlflowClient(tracking_uri).get_run(run_id).info.status == "FINISHED"
+
+
 def test_resume_finds_a_moved_tracking_store_when_told_where(tmp_path, capsys):
     store = tmp_path / "old" / "mlflow.db"  # with its artifacts in old/mlartifacts
     out = stopped_run(tmp_path, f"sqlite:///{store}")
