@@ -266,9 +266,9 @@ def _check_not_a_copy(out_dir: Path, state: dict[str, Any]) -> None:
         return  # not a run the copy could collide with
     if original_run == state["mlflow_run_id"]:
         raise UserError(
-            f"{out_dir} is a copy of the run directory {saved_in}, which still holds the same run (MLflow run "
-            f"{original_run}): resuming both would mix their training in one MLflow run. Resume {saved_in}, "
-            "or move the copy in its place."
+            f"{out_dir} is a copy of the run directory {saved_in}, which still holds the same run "
+            f"(MLflow run {original_run}): resuming both would mix their training in one MLflow run. "
+            f"Resume {saved_in}, or move the copy in its place."
         )
 
 
