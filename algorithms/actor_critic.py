@@ -46,7 +46,12 @@ from algorithms.onpolicy import (
     minibatch_update,
     torch_threads,
 )
+from envs.base import derived_seed
 from harness.limits import MAX_THREADS
+
+#: What an evaluation's actions are: a draw of the policy's own noise ("sample"), from a generator
+#: reseeded by `begin_evaluation` (`ActorCriticAgent`), or its noise-free action ("zero").
+EvalNoise = Literal["sample", "zero"]
 
 
 class CoreConfigMixin:
@@ -141,6 +146,10 @@ class ActorCriticAgent(Agent):
         self.init_rng = torch.Generator().manual_seed(seed)
         self.action_rng = torch.Generator().manual_seed(seed + 1)
         self.shuffle_rng = torch.Generator().manual_seed(seed + 2)
+        # Not saved: `begin_evaluation` reseeds it from (run seed, counted steps), so an evaluation
+        # that draws noise never shifts the training noise, and a loaded checkpoint (a resumed run,
+        # `gorl-bench evaluate`) plays its evaluations again.
+        self.eval_rng = torch.Generator()
         self.model = self.initial_model(obs_dim, act_dim)
         self.optimizer = make_adam(self.model.parameters(), config.lr)
         self.normalizer = RunningMeanStd((obs_dim,)) if config.normalize_obs else None
@@ -256,6 +265,13 @@ class ActorCriticAgent(Agent):
         self.shuffle_rng.set_state(state["shuffle_rng"])
         self.counted_steps, self.total_steps = state["counted_steps"], state["total_steps"]
         self.seed = state.get("seed", self.seed)  # checkpoints from before it was saved: the run's seed
+
+    @property
+    def evaluation_draws_noise(self) -> bool:
+        return self.config.eval_noise == "sample"
+
+    def begin_evaluation(self) -> None:
+        self.eval_rng.manual_seed(derived_seed(self.seed, self.counted_steps))
 
     def close(self) -> None:
         self.env.close()

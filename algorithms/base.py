@@ -46,14 +46,16 @@ class Agent(abc.ABC):
     @property
     def evaluation_draws_noise(self) -> bool:
         """Whether `act(obs, deterministic=True)` still draws noise, seeded by `begin_evaluation`
-        (FPO's and DPPO's official evaluation keeps the sampler's noise); False: the mean action."""
+        (`eval_noise = "sample"`: FPO's and DPPO's official evaluation keeps the sampler's noise, and
+        PPO and GoRL can evaluate their stochastic policy); False: the noise-free action."""
 
         return False
 
     def begin_evaluation(self) -> None:  # noqa: B027 - optional hook
-        """Called before each evaluation's first `act`. An agent whose evaluation draws noise (FPO,
-        DPPO) reseeds it here, so that an evaluation depends on the run's seed and counted steps
-        only, whether it runs in training, after a resume or in `gorl-bench evaluate`."""
+        """Called before each evaluation's first `act`. An agent whose evaluation draws noise
+        (`evaluation_draws_noise`) reseeds it here, so that an evaluation depends on the run's
+        seed and counted steps only, whether it runs in training, after a resume or in
+        `gorl-bench evaluate`."""
 
     def observe_evaluation(self, mean_return: float) -> None:  # noqa: B027 - optional hook
         """Called after every evaluation of the current policy with its mean return (GoRL keeps

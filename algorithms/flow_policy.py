@@ -19,12 +19,13 @@ noise. The critic is a plain MLP like PPO's.
 
 Evaluation (`eval_noise`). The official baselines' "deterministic" evaluation is still
 stochastic: FPO draws a fresh x_1 ~ N(0, I) for every action and DPPO also keeps its
-per-step noise; only PPO's evaluation is the mean action. `eval_noise = "sample"` (the
-default) evaluates that way, drawing from a generator of its own (`eval_rng`) so evaluating
-never shifts the training noise. `begin_evaluation`, which the harness calls before every
-evaluation, reseeds it from (run seed, counted steps), so the score at a point depends on the
-run's seed and training only, not on how many evaluations came before it (the harness's rule
-for evaluation envs), and checkpoints need not hold its state. `eval_noise = "zero"` starts
+per-step noise; PPO's and GoRL's evaluation is the mean action (by default). `eval_noise =
+"sample"` (the default here) evaluates that way, drawing from a generator of its own
+(`eval_rng`, `algorithms.actor_critic`) so evaluating never shifts the training noise.
+`begin_evaluation`, which the harness calls before every evaluation, reseeds it from (run seed,
+counted steps), so the score at a point depends on the run's seed and training only, not on how
+many evaluations came before it (the harness's rule for evaluation envs), and checkpoints need
+not hold its state. `eval_noise = "zero"` starts
 the chain at x_1 = 0 and adds no per-step noise: a deterministic policy (the flow's image
 of the prior's mode), comparable with PPO's mean-action evaluation; for a multimodal
 policy that image need not lie on any of its modes.
@@ -46,14 +47,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from algorithms.actor_critic import ActorCriticAgent, CoreConfigMixin
+from algorithms.actor_critic import ActorCriticAgent, CoreConfigMixin, EvalNoise
 from algorithms.generative import ConditionalMLP, integrate_flow
 from algorithms.networks import Activation, Init, mlp
 from algorithms.onpolicy import policy_input
 from algorithms.ppo import PRESETS as PPO_PRESETS
-from envs.base import derived_seed
-
-EvalNoise = Literal["sample", "zero"]
 
 
 @dataclass(frozen=True)
@@ -150,12 +148,6 @@ class FlowActorCritic(nn.Module):
 class FlowPolicyAgent(ActorCriticAgent):
     """An actor-critic agent whose actor is a flow velocity field; subclasses define sampling and the loss."""
 
-    def __init__(self, config: FlowPolicyConfig, task: str, seed: int, budget: int, device: torch.device):
-        super().__init__(config, task, seed, budget, device)
-        # Not a saved generator: `begin_evaluation` reseeds it from (run seed, counted steps), so a
-        # loaded checkpoint (a resumed run, `gorl-bench evaluate`) plays its evaluations again.
-        self.eval_rng = torch.Generator()  # on the CPU, as the others (`ActorCriticAgent`)
-
     def build_model(self, obs_dim: int, act_dim: int) -> FlowActorCritic:
         return FlowActorCritic(obs_dim, act_dim, self.config, self.init_rng)
 
@@ -172,10 +164,3 @@ class FlowPolicyAgent(ActorCriticAgent):
         else:
             pre_tanh = self.sample_pre_tanh(x, self.eval_rng if deterministic else self.action_rng)
         return torch.tanh(pre_tanh).cpu().numpy()
-
-    @property
-    def evaluation_draws_noise(self) -> bool:
-        return self.config.eval_noise == "sample"
-
-    def begin_evaluation(self) -> None:
-        self.eval_rng.manual_seed(derived_seed(self.seed, self.counted_steps))

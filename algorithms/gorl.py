@@ -583,7 +583,7 @@ class GoRLAgent(PPOAgent):
         source: dict[str, float] = {}
         if g.refit_from == "best" and self.evaluated_at != self.counted_steps:
             end_seed = derived_seed(self.seed, stage, 2)
-            source["refit/end_eval_return"] = self._greedy_return(end_seed)
+            source["refit/end_eval_return"] = self._stage_evaluation(end_seed)
             self.observe_evaluation(source["refit/end_eval_return"])
         if self.stage_best is not None:
             source["refit/source_eval_return"] = self.stage_best[0]
@@ -612,7 +612,7 @@ class GoRLAgent(PPOAgent):
         self.begin_stage(stage)
         if g.refit_from == "best":
             eval_seed = derived_seed(self.seed, stage, 1)
-            source["refit/start_eval_return"] = self._greedy_return(eval_seed)
+            source["refit/start_eval_return"] = self._stage_evaluation(eval_seed)
             self.observe_evaluation(source["refit/start_eval_return"])
         return {
             **fit.metrics("decoder/"),
@@ -622,10 +622,11 @@ class GoRLAgent(PPOAgent):
             **source,
         }
 
-    def _greedy_return(self, seed: int) -> float:
-        """Mean deterministic return of the current policy on `eval_episodes` episodes of the
-        agent's own evaluation env: the stage-start and stage-end evaluations, which the
-        harness's evaluation points (on one grid over the whole run) need not hit."""
+    def _stage_evaluation(self, seed: int) -> float:
+        """Mean return of the current policy, evaluated as the harness evaluates it (`act`), on
+        `eval_episodes` episodes of the agent's own evaluation env: the stage-start and stage-end
+        evaluations, which the harness's evaluation points (on one grid over the whole run) need
+        not hit. `seed` seeds the episodes' resets and, with `eval_noise = "sample"`, the noise."""
 
         g = self.gorl
         if self.eval_env is None:
@@ -634,11 +635,13 @@ class GoRLAgent(PPOAgent):
             self.eval_env = LatentActionEnv(env, None, self.decoder, self.device)
         self.eval_env.decoder = self.decoder
 
-        def mean_latent(obs: np.ndarray) -> Tensor:
-            return self.model.dist(policy_input(obs, self.normalizer, self.device)).mean
+        self.eval_rng.manual_seed(seed)
+
+        def evaluation_latent(obs: np.ndarray) -> Tensor:
+            return self.act_draw(self.model.dist(policy_input(obs, self.normalizer, self.device)), True)
 
         with torch_threads(g.collect_threads):
-            episodes = play_episodes(self.eval_env, mean_latent, g.eval_episodes, seed)
+            episodes = play_episodes(self.eval_env, evaluation_latent, g.eval_episodes, seed)
         return float(episodes.episode_returns.mean())
 
     def begin_stage(self, stage: int) -> None:
@@ -674,7 +677,7 @@ class GoRLAgent(PPOAgent):
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         dist = self.model.dist(policy_input(obs, self.normalizer, self.device))
-        z = dist.mean if deterministic else self.sample(dist, self.action_rng)
+        z = self.act_draw(dist, deterministic)
         raw = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         return torch.tanh(self.decoder.decode(raw, z)).cpu().numpy()
 

@@ -17,7 +17,9 @@ GoRL's latent, which is not squashed) it is the Gaussian's entropy alone.
 
 The actor outputs mean and raw scale; std = softplus(raw) + min_std, a state-dependent
 std as in the official code's Brax-style `NormalTanhDistribution`. Deterministic actions
-are tanh(mean).
+are tanh(mean), and so is the evaluation (official code); with `eval_noise = "sample"` it plays
+tanh(u) for u drawn from the Gaussian instead, the stochastic policy whose expected return
+PPO maximises.
 
 Presets:
 
@@ -51,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from algorithms.actor_critic import ActorCriticAgent, CoreConfigMixin
+from algorithms.actor_critic import ActorCriticAgent, CoreConfigMixin, EvalNoise
 from algorithms.networks import Activation, Init, mlp
 from algorithms.onpolicy import Batch, PolicyStep, clipped_surrogate, policy_input
 from algorithms.registry import register
@@ -94,6 +96,9 @@ class PPOConfig(CoreConfigMixin):
     env_backend: Literal["auto", "fast", "dm_control"] = "auto"
     eval_episodes: int = 128  # official code: 128 deterministic episodes per evaluation point
     eval_points: int = 30  # paper §5: an evaluation every 6M env steps of the 180M budget
+    # official code: the evaluation plays the mean action (GoRL: the mean latent); "sample" draws
+    # the policy's noise, for the expected return of the stochastic policy (PPO's objective)
+    eval_noise: EvalNoise = "zero"
     # chosen here, because inference on one step's batch is too little work to share between threads
     collect_threads: int = 1
     # chosen here, because a second thread speeds up an update on 2 idle cores (20% for 2 x 64 nets,
@@ -237,5 +242,12 @@ class PPOAgent(ActorCriticAgent):
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         dist = self.model.dist(policy_input(obs, self.normalizer, self.device))
-        u = dist.mean if deterministic else self.sample(dist, self.action_rng)
-        return torch.tanh(u).cpu().numpy()
+        return torch.tanh(self.act_draw(dist, deterministic)).cpu().numpy()
+
+    def act_draw(self, dist: Normal, deterministic: bool) -> Tensor:
+        """`act`'s Gaussian output: the mean, or with `eval_noise = "sample"` a draw from
+        `eval_rng`, for an evaluation (`deterministic`); else a behaviour draw from `action_rng`."""
+
+        if not deterministic:
+            return self.sample(dist, self.action_rng)
+        return self.sample(dist, self.eval_rng) if self.evaluation_draws_noise else dist.mean

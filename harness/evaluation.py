@@ -1,11 +1,13 @@
-"""The evaluation protocol: deterministic episodes on a separate env, at fixed points of the budget.
+"""The evaluation protocol: episodes of the evaluation policy on a separate env, at fixed points.
 
 * Points: `points` evaluations at counted env steps ceil(k * budget / points), k = 1..points;
   the score of a run is the mean return at its last point (the paper reports the last
   evaluation, not the best).
 * Each point runs E envs of a separate evaluation env for one full episode each with
-  `agent.act(obs, deterministic=True)`; more than MAX_PARALLEL_EPISODES episodes play in rounds
-  of that many.
+  `agent.act(obs, deterministic=True)`: the mean action for PPO and GoRL, unless their
+  `eval_noise` is "sample" (FPO's and DPPO's default), which draws the policy's noise from a
+  generator seeded by the run seed and the counted steps; more than MAX_PARALLEL_EPISODES
+  episodes play in rounds of that many.
 * Each point resets the evaluation env with its own seed, derived from the run seed and the
   point index only, so a score never depends on what ran before it: an uninterrupted run and
   a resumed one evaluate identically.
@@ -59,7 +61,7 @@ class EpisodeObserver(Protocol):
 
 
 class Evaluator:
-    """Runs `episodes` deterministic episodes, one per env of its own vector env (in rounds when
+    """Runs `episodes` episodes of a policy, one per env of its own vector env (in rounds when
     there are more than MAX_PARALLEL_EPISODES)."""
 
     def __init__(self, task: str, episodes: int, run_seed: int, backend: str = "auto") -> None:

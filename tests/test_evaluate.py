@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GORL = {"refit_episodes": 32, "decoder_steps": 50, "decoder_batch_size": 64, "num_refits": 2}
 
 
-def _run(tmp_path, tracking_uri, algo, task, overrides, steps):
-    request = RunRequest(algo=algo, task=task, steps=steps, overrides=overrides, out_dir=tmp_path / algo,
-                         tracking_uri=tracking_uri)  # fmt: skip
+def _run(tmp_path, tracking_uri, algo, task, overrides, steps, name=None):
+    request = RunRequest(algo=algo, task=task, steps=steps, overrides=overrides,
+                         out_dir=tmp_path / (name or algo), tracking_uri=tracking_uri)  # fmt: skip
     return execute(request, progress=False)
 
 
@@ -37,7 +37,11 @@ def test_by_default_a_run_is_evaluated_exactly_as_its_last_evaluation(tmp_path, 
     # FPO and DPPO evaluate with seeded noise: its generator was saved as the evaluation left it,
     # and a loaded run drew other noise (other returns) than the evaluation it repeats.
     flows = [_run(tmp_path, tracking_uri, algo, "toy-bimodal", SMALL, 512) for algo in ("fpo", "dppo")]
-    runs = [gorl, ppo, *flows]
+    # GoRL evaluating its stochastic policy, with its stage-start and -end evaluations (refit_from
+    # "best") drawing their own noise: the harness's evaluations are repeated all the same.
+    sampling = {**SMALL, **GORL, "eval_noise": "sample", "refit_from": "best"}
+    sampled = _run(tmp_path, tracking_uri, "gorl-fm", "toy-bimodal", sampling, 8 * 256, "sampled")
+    runs = [gorl, ppo, *flows, sampled]
     out = tmp_path / "returns.json"
     assert main(["evaluate", *(str(run.out_dir) for run in runs), "--json", str(out)]) == 0
     results = json.loads(out.read_text())
@@ -45,7 +49,7 @@ def test_by_default_a_run_is_evaluated_exactly_as_its_last_evaluation(tmp_path, 
         assert len(result["returns"]) == (3 if result["algo"] == "ppo" else 8)
         assert result["mean"] == run.final_score and result["std"] == run.eval_history[-1][2]
         assert result["counted_steps"] == run.counted_steps and result["deterministic"]
-        assert result["seeded_noise"] == (result["algo"] in ("fpo", "dppo"))
+        assert result["seeded_noise"] == (result["algo"] in ("fpo", "dppo") or run is sampled)
     printed = capsys.readouterr().out
     assert f"the run's last evaluation: {gorl.final_score:.2f}" in printed and "normalised score" in printed
     assert "8 seeded-noise episodes" in printed and "earlier policy" not in printed

@@ -61,6 +61,31 @@ def test_easy_toy_task_is_learned_and_state_round_trips(learns_easy_toy):
     clone.close()
 
 
+@pytest.mark.parametrize("algo", ["ppo", "gorl-fm"])
+def test_eval_noise_sample_evaluates_the_stochastic_policy_without_touching_the_training_noise(algo):
+    assert resolve(algorithms.get(algo), "paper", EASY_TOY, {}).eval_noise == "zero"  # official code
+    spec = algorithms.get(algo)
+
+    def make(eval_noise: str):
+        config = resolve(spec, "cpu", EASY_TOY, {"eval_noise": eval_noise})
+        return spec.agent_cls(config, EASY_TOY, seed=0, budget=10**6, device=torch.device("cpu"))
+
+    zero, sample = make("zero"), make("sample")
+    obs = sample.obs.copy()
+    training_noise = sample.action_rng.get_state()
+    sample.begin_evaluation()
+    first = sample.act(obs, deterministic=True)
+    sample.begin_evaluation()  # reseeded from (run seed, counted steps): the same draws again
+    np.testing.assert_array_equal(sample.act(obs, deterministic=True), first)
+    assert torch.equal(sample.action_rng.get_state(), training_noise)
+    # The same weights: the mean action is zero's evaluation, and the draws spread around it.
+    mean = zero.act(obs, deterministic=True)
+    assert not zero.evaluation_draws_noise and sample.evaluation_draws_noise
+    assert 0.3 < np.abs(np.arctanh(first) - np.arctanh(mean)).mean() < 2.0  # |N(0, 1)| averages 0.8
+    zero.close()
+    sample.close()
+
+
 def test_tanh_entropy_adds_the_squashing_jacobian_and_pulls_saturated_means_back():
     u = torch.linspace(-4.0, 4.0, 81)
     assert torch.allclose(tanh_log_jacobian(u), torch.log(1 - torch.tanh(u.double()) ** 2).float(), atol=1e-5)

@@ -1,10 +1,11 @@
 """`gorl-bench evaluate RUN [RUN ...]`: score saved policies again, with more episodes or other seeds.
 
 Each run's checkpoint is loaded and its policy plays `--episodes` episodes, one per env of a
-fresh evaluation env (1,024 at a time), as in training (`harness.evaluation`): deterministic actions
-unless `--stochastic`. Without it FPO and DPPO evaluate as in training, with their configured
-`eval_noise` ("sample": noise reseeded from the run's seed and counted steps); with it every
-method samples its behaviour policy, whatever `eval_noise` says. By default the episodes, their
+fresh evaluation env (1,024 at a time), as in training (`harness.evaluation`). Without
+`--stochastic` every method evaluates as in training, with its configured `eval_noise` ("zero",
+PPO's and GoRL's default: the mean action; "sample", FPO's and DPPO's: noise reseeded from the
+run's seed and counted steps); with it every method samples its behaviour policy from its
+training noise generator, whatever `eval_noise` says. By default the episodes, their
 number and their reset seed are those of the run's last evaluation, so `evaluate RUN` repeats
 that evaluation: for a finished run it prints the final score again, which shows that the
 checkpoint is the policy that was scored. Runs are only read: nothing is written to the run
@@ -155,7 +156,7 @@ def evaluate_run(
         finally:
             evaluator.close()
         counted_steps = agent.counted_steps
-        # FPO and DPPO evaluate with noise drawn from a generator seeded by (run seed, counted steps).
+        # eval_noise "sample": noise drawn from a generator seeded by (run seed, counted steps).
         seeded_noise = deterministic and agent.evaluation_draws_noise
     finally:
         agent.close()
