@@ -25,10 +25,9 @@ per-step noise; PPO's and GoRL's evaluation is the mean action (by default). `ev
 `begin_evaluation`, which the harness calls before every evaluation, reseeds it from (run seed,
 counted steps), so the score at a point depends on the run's seed and training only, not on how
 many evaluations came before it (the harness's rule for evaluation envs), and checkpoints need
-not hold its state. `eval_noise = "zero"` starts
-the chain at x_1 = 0 and adds no per-step noise: a deterministic policy (the flow's image
-of the prior's mode), comparable with PPO's mean-action evaluation; for a multimodal
-policy that image need not lie on any of its modes.
+not hold its state. `eval_noise = "zero"` starts the chain at x_1 = 0 and adds no per-step
+noise: a deterministic policy (the flow's image of the prior's mode), comparable with PPO's
+mean-action evaluation; for a multimodal policy that image need not lie on any of its modes.
 
 Observation normalisation is the harness's corrected running normaliser, frozen during a
 rollout, and the update re-reads the normalised inputs the rollout stored. The upstream

@@ -254,6 +254,8 @@ def _check_not_a_copy(out_dir: Path, state: dict[str, Any]) -> None:
     """Refuse to resume a copy of a run directory while the original still holds the run: both
     would write into one MLflow run (a moved directory, whose original is gone, resumes)."""
 
+    if state["request"].get("out_dir") is None:
+        return
     saved_in = Path(state["request"]["out_dir"])  # where the checkpoint was last written
     if saved_in == out_dir.resolve() or not checkpoint_path(saved_in).is_file():
         return
