@@ -1270,6 +1270,25 @@ def test_a_study_resumed_from_another_directory_continues_its_interrupted_unit(
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean")] == [512, 1024]
 
 
+def test_a_new_study_creates_the_default_tracking_store_where_it_runs(
+    tmp_path, monkeypatch, fake_execute, workers_in_process
+):
+    """And records it: the study logs there from any directory it resumes from, which gets no
+    store of its own (the test above)."""
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    monkeypatch.chdir(fresh)
+    status = runner.run_study(str(compare_spec(tmp_path, ["a"])), str(tmp_path / "journal"), progress=False)
+    assert status.finished and (fresh / "runs" / "mlflow.db").is_file()
+    assert (
+        load_study("tiny", str(tmp_path / "journal"))
+        .user_attrs["tracking_uri"]
+        .endswith("fresh/runs/mlflow.db")
+    )
+
+
 def test_a_worker_that_cannot_use_the_recorded_directory_says_so_and_uses_its_own(
     workdir, tmp_path, monkeypatch, fake_execute, capsys
 ):
