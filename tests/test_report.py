@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 from matplotlib.image import imread
 from optuna.storages import JournalStorage
@@ -246,6 +247,7 @@ def test_report_end_to_end(stores, tmp_path):
     assert summary.splitlines()[0] == "# Report: ablation (grid) — PARTIAL"
     for text in (MISSING, FAILED, "Probability of improvement", "Ablation of num_refits", "IQM"):
         assert text in summary
+    assert "Evaluation: each policy's noise-free action (eval_noise = zero)." in summary
     assert "\\begin{tabular}" in (out / "tables.tex").read_text()
     csv = (out / "results.csv").read_text().splitlines()
     assert csv[0] == "study,variant,algo,task,seed,env_step,eval_return,score,num_refits"
@@ -267,6 +269,26 @@ def test_report_end_to_end(stores, tmp_path):
     again = tmp_path / "again"
     build_report("ablation", str(storage), out_dir=again, reps=REPS, seed=0)
     assert (again / "summary.md").read_text() == summary  # intervals are reproducible for a seed
+
+
+def test_the_summary_names_the_variants_scored_by_sampled_actions():
+    """FPO's and DPPO's default and PPO's option: their scores are not comparable with mean actions'."""
+
+    from harness.report import _evaluation_note
+    from harness.report.results import StudyResults, _sampled_variants
+
+    configs = {
+        "ppo": ("ppo", "toy-bimodal", {}),
+        "fpo": ("fpo", "toy-bimodal", {}),
+        "ppo-sampled": ("ppo", "toy-bimodal", {"eval_noise": "sample"}),
+        "fpo-zero": ("fpo", "toy-bimodal", {"eval_noise": "zero"}),
+    }
+    sampled = _sampled_variants(configs, "cpu")
+    assert sampled == ["fpo", "ppo-sampled"]
+    results = StudyResults("s", "compare", pd.DataFrame({"variant": list(configs)}), [], [], [], [], "", None,
+                           ["toy-bimodal"], [], [], pd.DataFrame(), sampled)  # fmt: skip
+    expected = "Evaluation: sampled actions (eval_noise = sample) for fpo, ppo-sampled; the noise-free action"
+    assert _evaluation_note(results).startswith(expected)
 
 
 def test_tune_study_reports_each_trial_configuration(stores, tmp_path):

@@ -267,7 +267,7 @@ def _write_tables(
         "",
         f"Normalised score = (return - worst) / (best - worst), with each task's (worst, best): {ranges}. "
         f"{CONFIDENCE:.0%} stratified bootstrap intervals over seeds, {reps} resamples, seed {seed}. "
-        f"Tasks: {', '.join(results.tasks)}.",
+        f"Tasks: {', '.join(results.tasks)}. {_evaluation_note(results)}",
         "",
     ]
     for heading, table in sections:
@@ -287,6 +287,20 @@ def _write_tables(
     latex = "\n".join(table.latex(f"{results.study}: {heading}") for heading, table in sections)
     (out / "tables.tex").write_text(latex)
     return [out / "summary.md", out / "tables.tex"]
+
+
+def _evaluation_note(results: StudyResults) -> str:
+    """How the scores were evaluated: mean (noise-free) actions, as the paper evaluates PPO and
+    GoRL, or sampled ones (`eval_noise = "sample"`: FPO's and DPPO's default)."""
+
+    sampled = results.sampled_variants
+    if not sampled:
+        return "Evaluation: each policy's noise-free action (eval_noise = zero)."
+    variants = set(results.table["variant"])
+    if variants <= set(sampled):
+        return "Evaluation: sampled actions (eval_noise = sample) for every variant."
+    named = ", ".join(variant for variant in sorted(variants) if variant in sampled)
+    return f"Evaluation: sampled actions (eval_noise = sample) for {named}; the noise-free action elsewhere."
 
 
 def _log_artifacts(results: StudyResults, files: list[Path]) -> list[str]:

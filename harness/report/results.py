@@ -68,6 +68,9 @@ class StudyResults:
     # Grid / compare units whose training diverged: a result, scored at the task's worst return
     # at the end of the budget (rows like `table`'s); they have no curve.
     diverged: pd.DataFrame
+    # Variants (tune: trials) whose evaluation plays sampled actions (`eval_noise = "sample"`);
+    # the others' plays each policy's noise-free action.
+    sampled_variants: list[str] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
@@ -171,7 +174,26 @@ def load_study_results(
             ],
             columns=COLUMNS + parameters,
         ),
+        sampled_variants=_sampled_variants(tally.configs, parsed.preset),
     )
+
+
+def _sampled_variants(configs: dict[str, tuple[str, str, dict[str, Any]]], preset: str) -> list[str]:
+    """The variants among `configs` (variant -> (algo, task, overrides)) whose resolved config
+    evaluates sampled actions: FPO's and DPPO's default, PPO's and GoRL's with `eval_noise`."""
+
+    import algorithms
+    from algorithms.config import resolve
+
+    sampled = []
+    for variant, (algo, task, params) in configs.items():
+        try:
+            config = resolve(algorithms.get(algo), preset, task, dict(params))
+        except UserError:  # a unit of another version's settings: not this report's to judge
+            continue
+        if getattr(config, "eval_noise", "zero") == "sample":
+            sampled.append(variant)
+    return sampled
 
 
 def _beyond_trial_limit(missing: list[str], trials: list[Any], max_trials: int | None) -> list[str]:
@@ -208,6 +230,8 @@ class _TrialTally:
     pruned: list[str] = field(default_factory=list)
     diverged: dict[str, dict[str, Any]] = field(default_factory=dict)  # grid / compare: unit -> its record
     looked_up: list[str] = field(default_factory=list)  # MLflow run ids of finished units
+    # variant -> (algo, task, config overrides) of its first finished unit
+    configs: dict[str, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
 
     def add(self, trial: Any) -> None:
         if trial.state == TrialState.FAIL:
@@ -223,6 +247,8 @@ class _TrialTally:
                     self.failed[record["unit"]] = f"no {RETURN_METRIC} history in MLflow run {run_id}"
                     continue
                 self.done.add(record["unit"])
+                config = (record["algo"], record["task"], record.get("params") or {})
+                self.configs.setdefault(record["variant"], config)
                 self.rows += [
                     _row(self.study_name, record, self.parameters, step, value) for step, value in history
                 ]
