@@ -3,7 +3,7 @@
 At one fixed state, sample many actions from each run's stochastic policy, project them on
 their first principal component and draw the Gaussian KDE (bandwidth factor 0.8), one panel
 per run, so that a GoRL run can be set beside a Gaussian-PPO one. The state is reached by
-running the first run's deterministic policy for `--state-steps` steps from a seeded reset:
+running the first run's evaluation policy for `--state-steps` steps from a seeded reset:
 a state in the middle of the behaviour, not an initial one. Sarle's bimodality coefficient
 and the KDE's peak count (`algorithms.multimodality`) go to the terminal and, with the
 figure, to each run's MLflow run (`--tracking-uri` if the store has moved since the run);
@@ -237,7 +237,8 @@ def fixed_state_steps(task: str, steps: int | None) -> int:
 
 
 def _fixed_state(task: str, agent: object, steps: int, seed: int) -> np.ndarray:
-    """The observation after `steps` deterministic policy steps from a reset seeded by `seed`;
+    """The observation after `steps` steps of the evaluation policy (its noise-free action, or
+    with `eval_noise = "sample"` a draw seeded as an evaluation's) from a reset seeded by `seed`;
     a UserError if the episode ends before (a gym task's early termination), as the env would
     then have reset and the state would be an early one of the next episode."""
 
@@ -245,6 +246,7 @@ def _fixed_state(task: str, agent: object, steps: int, seed: int) -> np.ndarray:
     from harness.errors import UserError
 
     env = envs.make(task, 1, seed)
+    agent.begin_evaluation()
     try:
         obs, _ = env.reset(seed=seed)
         for step in range(1, steps + 1):
