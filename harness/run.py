@@ -226,20 +226,16 @@ def resume(
     require_checkpoint(Path(out_dir))  # before the lock, which would create a missing directory
     with hold_run_directory(Path(out_dir)):
         request, config, agent, state = load_run(out_dir, device)
-        try:
-            _check_not_a_copy(Path(out_dir), state)
-        except UserError:
-            agent.close()
-            raise
-        if tracking_uri is not None:
-            moved_to = resolve_tracking_uri(tracking_uri, create=False)
-            request = dataclasses.replace(request, tracking_uri=moved_to)
         position, run_id = _RunPosition(**state["progress"]), state["mlflow_run_id"]
         try:
+            _check_not_a_copy(Path(out_dir), state)
+            if tracking_uri is not None:
+                moved_to = resolve_tracking_uri(tracking_uri, create=False)
+                request = dataclasses.replace(request, tracking_uri=moved_to)
             mlflow_run = check_run_continuable(request.tracking_uri, run_id)
             finished = agent.counted_steps >= request.steps and mlflow_run.info.status == "FINISHED"
             # Reopening a finished run would only move its end time and upload its checkpoint again.
-            tracker = None if finished else RunTracker.reopen(request.tracking_uri, run_id)
+            tracker = None if finished else RunTracker.reopen(request.tracking_uri, mlflow_run)
         except BaseException:
             agent.close()
             raise

@@ -370,17 +370,18 @@ class RunTracker:
         return cls(tracking_uri, run.info.run_id)
 
     @classmethod
-    def reopen(cls, tracking_uri: str, run_id: str) -> RunTracker:
-        """Continue `run_id`: mark it running again and skip metrics at steps it already has."""
+    def reopen(cls, tracking_uri: str, run: Any) -> RunTracker:
+        """Continue `run`, as `check_run_continuable` found it: mark it running again and skip
+        metrics at steps it already has."""
 
-        check_run_continuable(tracking_uri, run_id)
+        run_id = run.info.run_id
         tracker = cls(tracking_uri, run_id)
         history = tracker.client.get_metric_history(run_id, STEP_METRIC)
         tracker.logged_through = max((m.step for m in history), default=-1)
         try:
             with signals_deferred():
                 tracker.client.update_run(run_id, status="RUNNING")
-                if "status_reason" in tracker.client.get_run(run_id).data.tags:
+                if "status_reason" in run.data.tags:
                     tracker.client.delete_tag(run_id, "status_reason")  # from an earlier stop
         except KeyboardInterrupt:  # held back until the writes ended: the run must not stay RUNNING
             tracker.end("KILLED", "stopped while resuming")
