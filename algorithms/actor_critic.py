@@ -270,6 +270,14 @@ class ActorCriticAgent(Agent):
     def evaluation_draws_noise(self) -> bool:
         return self.config.eval_noise == "sample"
 
+    def act_generator(self, deterministic: bool) -> torch.Generator | None:
+        """Where `act` draws its noise: the behaviour's `action_rng`, or for an evaluation
+        (`deterministic`) `eval_rng` if `eval_noise` is "sample"; None: the noise-free action."""
+
+        if not deterministic:
+            return self.action_rng
+        return self.eval_rng if self.evaluation_draws_noise else None
+
     def begin_evaluation(self) -> None:
         self.eval_rng.manual_seed(derived_seed(self.seed, self.counted_steps))
 

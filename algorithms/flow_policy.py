@@ -157,9 +157,10 @@ class FlowPolicyAgent(ActorCriticAgent):
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         x = policy_input(obs, self.normalizer, self.device)
-        if deterministic and self.config.eval_noise == "zero":
+        generator = self.act_generator(deterministic)
+        if generator is None:
             start = torch.zeros(x.shape[0], self.act_dim, device=self.device)
             pre_tanh = integrate_flow(self.model.actor, x, start, self.config.flow_steps)
         else:
-            pre_tanh = self.sample_pre_tanh(x, self.eval_rng if deterministic else self.action_rng)
+            pre_tanh = self.sample_pre_tanh(x, generator)
         return torch.tanh(pre_tanh).cpu().numpy()

@@ -245,9 +245,7 @@ class PPOAgent(ActorCriticAgent):
         return torch.tanh(self.act_draw(dist, deterministic)).cpu().numpy()
 
     def act_draw(self, dist: Normal, deterministic: bool) -> Tensor:
-        """`act`'s Gaussian output: the mean, or with `eval_noise = "sample"` a draw from
-        `eval_rng`, for an evaluation (`deterministic`); else a behaviour draw from `action_rng`."""
+        """`act`'s Gaussian output: a draw from `act_generator`, or the mean where it gives none."""
 
-        if not deterministic:
-            return self.sample(dist, self.action_rng)
-        return self.sample(dist, self.eval_rng) if self.evaluation_draws_noise else dist.mean
+        generator = self.act_generator(deterministic)
+        return dist.mean if generator is None else self.sample(dist, generator)
