@@ -245,8 +245,8 @@ def _fixed_state(task: str, agent: object, steps: int, seed: int) -> np.ndarray:
     import envs
     from harness.errors import UserError
 
-    env = envs.make(task, 1, seed)
     agent.begin_evaluation()
+    env = envs.make(task, 1, seed)
     try:
         obs, _ = env.reset(seed=seed)
         for step in range(1, steps + 1):

@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from harness.commands.arguments import directory, integer, non_empty
-
-STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
+from harness.commands.study import STORAGE_HELP
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
