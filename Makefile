@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist); 0 runs the suite in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint bench clean
 
@@ -20,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/gorl-bench demo
 
 test: $(STAMP)
-	MUJOCO_GL=disable $(BIN)/python -m pytest -q
+	MUJOCO_GL=disable $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
