@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.errors import UserError, out_of_memory
-from harness.signals import stop_on_interrupts
+from harness.signals import interrupts_unwrapped, stop_on_interrupts
 
 # Rendering is never needed; this keeps dm_control from probing for OpenGL.
 os.environ.setdefault("MUJOCO_GL", "disable")
@@ -40,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop_on_interrupts()
     try:
-        return int(args.func(args) or 0)
+        with interrupts_unwrapped():
+            return int(args.func(args) or 0)
     except UserError as error:
         print(f"gorl-bench {args.command}: error: {error}", file=sys.stderr)
         return 2

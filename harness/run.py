@@ -46,7 +46,7 @@ from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
 from harness.limits import MAX_EPISODES
 from harness.progress import PlainLines
-from harness.signals import raise_if_interrupted
+from harness.signals import caused_by_interrupt, interrupts_unwrapped, raise_if_interrupted
 from harness.tracking import RunTracker, check_run_continuable, git_commit, resolve_tracking_uri, to_toml
 
 EvaluationCallback = Callable[[int, float], None]
@@ -93,6 +93,7 @@ class _RunPosition:
     next_checkpoint: int = 0  # counted steps at which the next periodic checkpoint is due
 
 
+@interrupts_unwrapped()
 def execute(
     request: RunRequest, *, on_evaluation: EvaluationCallback | None = None, progress: bool = True
 ) -> RunResult:
@@ -199,7 +200,7 @@ def _start(
         (Path(request.out_dir) / CONFIG_NAME).write_text(config_toml)
         agent = spec.agent_cls(config, task, request.seed, request.steps, device)
     except BaseException as error:
-        stopped = isinstance(error, KeyboardInterrupt)
+        stopped = caused_by_interrupt(error)
         tracker.end("KILLED" if stopped else "FAILED", describe(error))
         if isinstance(error, OSError):  # e.g. an MLflow artifact directory it may not write
             raise UserError(f"cannot start the run: {error}") from None
@@ -207,6 +208,7 @@ def _start(
     return _train(request, config, agent, _RunPosition(), tracker, on_evaluation, progress)
 
 
+@interrupts_unwrapped()
 def resume(
     out_dir: Path | str,
     *,
@@ -393,7 +395,7 @@ def _train(
         print(f"run failed: {error}; {kept}", file=sys.stderr)
         return _result(request, agent, position, tracker.run_id, "FAILED")
     except BaseException as error:
-        stopped = in_callback or isinstance(error, KeyboardInterrupt)
+        stopped = in_callback or caused_by_interrupt(error)
         reason = f"stopped at {agent.counted_steps} counted env steps: {describe(error)}"
         tracker.end("KILLED" if stopped else "FAILED", reason)
         raise

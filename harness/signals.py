@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from harness.errors import describe
+
 _received: list[int] = []  # the interrupts `interrupt` raised in this command
 
 
@@ -35,6 +37,35 @@ def raise_if_interrupted() -> None:
 
     if _received:
         raise KeyboardInterrupt(f"signal {_received[0]}")
+
+
+def caused_by_interrupt(error: BaseException) -> bool:
+    """Whether `error` is an interrupt or was caused by one. A KeyboardInterrupt raised while a C
+    extension module initialises (mujoco's, torch's: imported lazily, often in the first seconds
+    of a command) leaves the import as an ImportError, "initialization failed", whose cause it is;
+    `except KeyboardInterrupt` misses that, and the interrupt would be reported as a failure."""
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@contextmanager
+def interrupts_unwrapped() -> Iterator[None]:
+    """Raise an error that an interrupt caused as a KeyboardInterrupt, which Ctrl-C's handlers
+    catch (also usable as a decorator)."""
+
+    try:
+        yield
+    except Exception as error:
+        if caused_by_interrupt(error):
+            raise KeyboardInterrupt(f"interrupted: {describe(error)}") from error
+        raise
 
 
 def stop_on_interrupts() -> None:

@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.errors import UserError
+from harness.signals import interrupts_unwrapped
 from harness.tracking import resolve_tracking_uri, sqlite_path
 from studies import tracking
 from studies.spec import Spec, load_spec, names_a_file, parse_spec
@@ -44,6 +45,7 @@ POLL_S = 1.0
 WORKERS_PER_CORE = 4
 
 
+@interrupts_unwrapped()
 def run_study(
     spec_ref: str | Path,
     location: str | None = None,

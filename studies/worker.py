@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 
 import envs
 from harness.errors import UserError, describe
+from harness.signals import caused_by_interrupt
 from harness.tracking import sqlite_store_missing
 from studies import tracking
 from studies.pruning import make_pruner
@@ -284,6 +285,8 @@ def _next_unit(context: Context) -> bool:
         trial.set_user_attr("final_score", result.final_score)
         study.tell(trial, envs.normalised_score(unit.task, result.final_score))
     except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
+        if caused_by_interrupt(error):
+            raise  # Ctrl-C's: the unit stays claimed, to be resumed as after any interrupt
         if _claim_gone(study, trial, error):
             _give_up(trial)
         else:
@@ -360,6 +363,8 @@ def _next_tune_trial(context: Context) -> bool:
         else:
             study.tell(trial, value)
     except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
+        if caused_by_interrupt(error):
+            raise  # Ctrl-C's: the unit stays claimed, to be resumed as after any interrupt
         if _claim_gone(study, trial, error):
             _give_up(trial)
             # Its retry is another trial with its own run; this one stopped, as a lost one's does.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from interrupts import interrupted_inside_a_c_extension_import
 from mlflow.tracking import MlflowClient
 
 import algorithms
@@ -340,6 +341,26 @@ def test_ctrl_c_dropped_by_a_garbage_collection_callback_still_stops_the_run(
     (run,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
     assert run.info.status == "KILLED"
     assert "steps/counted" not in run.data.metrics  # stopped before its first update
+
+
+def test_ctrl_c_inside_a_c_extension_import_stops_the_run_as_ctrl_c(
+    tmp_path, tracking_uri, monkeypatch, capsys
+):
+    """It was a traceback and a FAILED MLflow run (seen when a study was stopped right after its
+    workers started)."""
+
+    import algorithms.actor_critic
+
+    # The first optimiser built in a process imports torch._dynamo.
+    monkeypatch.setattr(algorithms.actor_critic, "make_adam", interrupted_inside_a_c_extension_import)
+    argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), *sets(SMALL),
+            "--out", str(tmp_path / "run"), "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
+    assert run.info.status == "KILLED"
 
 
 def test_a_gym_task_without_its_optional_dependency_is_refused_before_anything_is_created(

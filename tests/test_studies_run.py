@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from interrupts import interrupted_inside_a_c_extension_import
 from optuna.trial import TrialState
 from tiny_ppo import TINY_PPO
 
@@ -1268,6 +1269,19 @@ def test_a_study_resumed_from_another_directory_continues_its_interrupted_unit(
     (run,) = client.search_runs([study.user_attrs["mlflow_experiment_id"]], "tags.`gorl.unit` != ''")
     assert run.info.run_id == retry.user_attrs["mlflow_run_id"] and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean")] == [512, 1024]
+
+
+def test_an_interrupt_raised_as_another_error_leaves_its_unit_to_be_resumed(workdir, monkeypatch):
+    """Ctrl-C inside a lazy import of a C extension: the unit was recorded FAILED with "ImportError:
+    initialization failed", to be rerun only with --retry-failed, and the worker went on."""
+
+    journal = str(workdir / "runs" / "studies.journal")
+    prepared(grid_spec(workdir, 2, [0.0]))
+    monkeypatch.setattr(run_harness, "execute", interrupted_inside_a_c_extension_import)
+    with pytest.raises(ImportError):
+        run_worker("tiny", journal)
+    states = [trial.state for trial in load_study("tiny", journal).trials]
+    assert states == [TrialState.RUNNING, TrialState.WAITING]  # claimed by a stopped worker: resumed later
 
 
 def test_a_new_study_creates_the_default_tracking_store_where_it_runs(
