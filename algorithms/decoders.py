@@ -201,12 +201,13 @@ class GenerativeDecoder(Decoder):
     def anchor_loss(self, obs: Tensor, latents: Tensor, actions: Tensor) -> Tensor:
         """The official release's "pairwise" anchor ||g(s, z) - a||^2 through the whole sampler.
 
-        z is the latent that produced the action a at collection; the squared distance is
-        summed over action dimensions and averaged over the batch. It pulls the new decoder
-        towards mapping each collected latent where the previous decoder did.
+        z is the latent that produced the action a at collection; the squared error is averaged
+        over action dimensions and the batch, as the release's `decoder_loss` does (a sum over
+        dimensions would weight it act_dim times more). It pulls the new decoder towards mapping
+        each collected latent where the previous decoder did.
         """
 
-        return (self.decode(obs, latents) - self.clipped_targets(actions)).square().sum(-1).mean()
+        return (self.decode(obs, latents) - self.clipped_targets(actions)).square().mean()
 
     @abc.abstractmethod
     def _training_pair(
@@ -423,8 +424,11 @@ def evaluate_loss(
     seed: int,
     latents: Tensor | None = None,
     batch_size: int = 8192,
+    anchor: tuple[float, Tensor] | None = None,
 ) -> float:
-    """The decoder's training loss on (obs, actions) with noise and times drawn from `seed`.
+    """The decoder's training loss on (obs, actions) with noise and times drawn from `seed`;
+    with `anchor` = (weight, the collected latents), its anchor term too, as in training (the
+    release validates on the same loss it trains).
 
     The same seed gives the same draws, so two decoders (or one decoder at two points of
     training) are compared on identical noise: differences are due to the weights alone.
@@ -437,6 +441,11 @@ def evaluate_loss(
             stop = min(start + batch_size, actions.shape[0])
             chunk_latents = None if latents is None else latents[start:stop]
             loss = decoder.loss(obs[start:stop], actions[start:stop], generator, chunk_latents)
+            if anchor is not None:
+                weight, collected = anchor
+                loss = loss + weight * decoder.anchor_loss(
+                    obs[start:stop], collected[start:stop], actions[start:stop]
+                )
             total += loss.item() * (stop - start)
     return total / actions.shape[0]
 
@@ -508,9 +517,12 @@ def fit_decoder(
         nan = math.nan
         return decoder, FitResult(0, 0, nan, nan, nan, nan, nan, (), seconds=0.0, **split.sizes())
 
+    # Validation scores the anchor too when training has one, as the release does.
+    anchor = (fit.anchor_weight, val_z) if fit.anchor_weight and val_z is not None else None
+
     def validate() -> tuple[float, float]:
         return (
-            evaluate_loss(decoder, val_obs, val_act, int(val_seed), val_noise_z, fit.batch_size),
+            evaluate_loss(decoder, val_obs, val_act, int(val_seed), val_noise_z, fit.batch_size, anchor),
             endpoint_error(decoder, endpoint_obs, endpoint_act, int(val_seed)),
         )
 

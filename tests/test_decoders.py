@@ -13,6 +13,7 @@ from algorithms.decoders import (
     DiffusionDecoder,
     FitConfig,
     IdentityDecoder,
+    evaluate_loss,
     fit_decoder,
     make_decoder,
 )
@@ -201,8 +202,13 @@ def test_the_pairwise_anchor_pulls_the_decoder_to_the_collected_pairing(kind):
     decoder = make_decoder(DecoderConfig(kind=kind, target_clip=3.0, **SMALL), 1, 2)
     randomise_head(decoder)
     obs, latents, actions = torch.randn(8, 1), torch.randn(8, 2), 4.0 * torch.randn(8, 2)
-    expected = (decoder.decode(obs, latents) - actions.clamp(-3, 3)).square().sum(-1).mean()
+    # Averaged over action dimensions too, as the release's decoder_loss does.
+    expected = (decoder.decode(obs, latents) - actions.clamp(-3, 3)).square().mean()
     torch.testing.assert_close(decoder.anchor_loss(obs, latents, actions), expected)
+    # Validation scores the loss that training minimises, anchor included.
+    base = evaluate_loss(decoder, obs, actions, seed=5)
+    anchored = evaluate_loss(decoder, obs, actions, seed=5, anchor=(0.5, latents))
+    assert anchored == pytest.approx(base + 0.5 * expected.item(), rel=1e-5)
 
 
 def test_endpoint_selection_keeps_the_weights_with_the_least_endpoint_error():
