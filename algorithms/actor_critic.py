@@ -115,6 +115,12 @@ class CoreConfigMixin:
                 f"num_minibatches ({self.num_minibatches}) must divide the batch num_envs x rollout_steps "
                 f"= {self.batch_size}"
             )
+        if self.batch_size // self.num_minibatches < 2:
+            # A minibatch's advantages are normalised by their std, which one transition lacks.
+            raise ValueError(
+                f"a minibatch must hold at least 2 transitions to normalise its advantages: "
+                f"num_minibatches ({self.num_minibatches}) splits the batch of {self.batch_size} finer"
+            )
         for name in ("lr", "clip", "reward_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

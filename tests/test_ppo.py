@@ -34,6 +34,7 @@ def test_finger_spin_uses_gamma_095_in_every_preset(preset):
         ({"lr": -1e-3}, "lr must be > 0"),
         ({"epochs": 0}, "epochs must be >= 1"),
         ({"num_minibatches": 3}, "must divide"),
+        ({"num_envs": 1, "rollout_steps": 4, "num_minibatches": 4}, "at least 2 transitions"),
         ({"gamma": 1.5}, "gamma"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
         ({"actor_hidden": []}, "actor_hidden"),
