@@ -53,6 +53,8 @@ def stores(tmp_path_factory, migrated_mlflow_db):
     _tune_study(storage, client, uri, root)
     _aliased_study(storage, client, uri, root)
     _diverging_study(storage, client, uri, root)
+    _learning_rate_sweep(storage, client, uri, root)
+    _crossed_divergence(storage, client, uri, root)
     for name, max_trials in (("capped", 1), ("capped-midway", 2)):
         _capped_study(storage, client, uri, root, name, max_trials)
     optuna.create_study(study_name="empty", storage=storage)
@@ -179,6 +181,43 @@ def _diverging_study(storage, client, uri, root):
 
     tasks = ["cartpole-swingup"]
     _refits_grid(storage, client, uri, root, "diverging", tasks, tasks, failure)
+
+
+def _learning_rate_sweep(storage, client, uri, root):
+    """An `entropy_coef` [0, 0.01] x `lr` [3e-4, 1e-2] grid on one task, 2 seeds, whose
+    lr = 1e-2 units all diverged."""
+
+    task, grid = "cartpole-swingup", {"entropy_coef": [0, 0.01], "lr": [3e-4, 1e-2]}
+    spec = {"name": "lr-sweep", "kind": "grid", "algo": "ppo", "tasks": [task], "seeds": 2}
+    spec |= {"steps": STEPS[-1], "grid": grid}
+    variants = [{"entropy_coef": coef, "lr": lr} for coef in grid["entropy_coef"] for lr in grid["lr"]]
+    labels = [",".join(f"{name}={value}" for name, value in params.items()) for params in variants]
+    keys = [f"{label}|{task}|seed{seed}" for label in labels for seed in range(2)]
+    study, experiment, parent = _study(storage, client, uri, root, "lr-sweep", spec, keys, list(grid))
+    for params, label in zip(variants, labels, strict=True):
+        for seed in range(2):
+            key = f"{label}|{task}|seed{seed}"
+            record = {"unit": key, "variant": label, "algo": "ppo", "task": task, "seed": seed}
+            record["params"] = params
+            if params["lr"] == 1e-2:
+                record |= {"fail_reason": "DivergedError: final score nan", "failure": "diverged"}
+                study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=record))
+                continue
+            returns = [eval_return(1, 0, seed, step) for step in STEPS]
+            record["mlflow_run_id"] = _unit_run(client, experiment, parent, key, returns)
+            study.add_trial(create_trial(value=returns[-1] / 1000, user_attrs=record))
+
+
+def _crossed_divergence(storage, client, uri, root):
+    """`num_refits=1` diverged on every seed of pendulum-swingup, `num_refits=2` on every seed of
+    cartpole-swingup: each has final scores on both tasks, neither a curve on both."""
+
+    def failure(unit):
+        crossed = unit.startswith(("num_refits=1|pendulum", "num_refits=2|cartpole"))
+        return {"fail_reason": "DivergedError: final score nan", "failure": "diverged"} if crossed else None
+
+    tasks = ["cartpole-swingup", "pendulum-swingup"]
+    _refits_grid(storage, client, uri, root, "crossed", tasks, tasks, failure)
 
 
 def _capped_study(storage, client, uri, root, name, max_trials):
@@ -345,6 +384,32 @@ def test_a_diverged_unit_counts_with_its_task_s_worst_score(stores, tmp_path):
     assert row.split("|")[4].split()[0] == "0.100"  # the mean of 0.2 (seed 0) and 0 (diverged)
     assert "(n=2)" in summary.split("| num_refits=2 |")[-1].splitlines()[0]
     assert any("1 diverged unit(s) count with their task's worst score" in note for note in report.notes)
+    fewer = "sample-efficiency curves: fewer runs per task than the final scores for num_refits=2"
+    assert fewer in report.notes  # the diverged seed has no curve
+
+
+def test_variants_that_diverged_on_every_unit_keep_their_parameter_values(stores, tmp_path):
+    """Their rows alone made float columns: entropy_coef 0 became 0.0, an ablation row of its own
+    that took the diverged runs away from the row of 0 (which then scored as if none diverged)."""
+
+    storage, _ = stores
+    report = build_report("lr-sweep", str(storage), out_dir=tmp_path, reps=REPS)
+    summary = (tmp_path / "summary.md").read_text()
+    for name, values in (("entropy_coef", ["0", "0.01"]), ("lr", ["0.0003", "0.01"])):
+        section = summary[summary.index(f"## Ablation of {name}") :].split("\n## ")[0]
+        rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+        assert rows[1:] == values, section  # after the header: one row per value, each pooling 4 runs
+    diverged = "entropy_coef=0,lr=0.01, entropy_coef=0.01,lr=0.01"
+    assert f"sample-efficiency curves: none for {diverged} (no finished run on some task)" in report.notes
+
+
+def test_a_study_without_a_curve_on_every_task_reports_its_final_scores_without_the_figure(stores, tmp_path):
+    storage, _ = stores
+    report = build_report("crossed", str(storage), out_dir=tmp_path, reps=REPS)
+    assert "no sample-efficiency figure: no variant has a finished run on every task" in report.notes
+    assert not (tmp_path / "sample_efficiency.png").exists() and (tmp_path / "aggregates.png").is_file()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| num_refits=1 |" in summary and "| num_refits=2 |" in summary
 
 
 def test_a_grid_at_its_max_trials_is_complete_not_partial(stores, tmp_path, capsys):
@@ -408,7 +473,7 @@ def test_one_run_per_task_and_configuration_is_noted_as_degenerate_intervals(sto
 def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     storage, _ = stores
     assert main(["report", "nope", "--storage", str(storage)]) == 2
-    studies = "ablation, aliased, capped, capped-midway, diverging, empty, tuning"
+    studies = "ablation, aliased, capped, capped-midway, crossed, diverging, empty, lr-sweep, tuning"
     assert f"Studies there: {studies}" in capsys.readouterr().err
     assert main(["report", "empty", "--storage", str(storage)]) == 2
     assert "no trials yet" in capsys.readouterr().err

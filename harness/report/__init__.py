@@ -142,11 +142,13 @@ def build_report(
     points, intervals = stats.interval_estimates(finals, stats.performance_profile(taus), **options)
     files += figures.save(figures.profile_figure(taus, points, intervals), out, "performance_profile")
 
-    steps, curves, _ = curve_arrays(table, results.tasks)  # same trims as `finals`, already noted
-    points, intervals = stats.interval_estimates(curves, stats.iqm_curve, **options)
-    files += figures.save(
-        figures.sample_efficiency_figure(steps, points, intervals), out, "sample_efficiency"
-    )
+    steps, curves, _ = curve_arrays(table, results.tasks)
+    notes += _curve_notes(finals, curves)
+    if curves:
+        points, intervals = stats.interval_estimates(curves, stats.iqm_curve, **options)
+        files += figures.save(
+            figures.sample_efficiency_figure(steps, points, intervals), out, "sample_efficiency"
+        )
 
     sections.append(("Final return per task (mean ± std over seeds)", per_task_table(ends, results.tasks)))
     panels = _ablations(results, ends, finals, options) if results.kind == "grid" else {}
@@ -192,6 +194,23 @@ def _final_scores(
             + ". Report again when more units are done."
         )
     return ends, finals, notes
+
+
+def _curve_notes(finals: dict[str, np.ndarray], curves: dict[str, np.ndarray]) -> list[str]:
+    """Where the curves hold fewer runs than the final scores: diverged units count in the final
+    scores but have no curve, so a variant's curves may use fewer runs per task, or none."""
+
+    fewer = [variant for variant, runs in curves.items() if runs.shape[0] < finals[variant].shape[0]]
+    none = [variant for variant in finals if variant not in curves]
+    notes = []
+    if fewer:
+        shown = ", ".join(fewer)
+        notes.append(f"sample-efficiency curves: fewer runs per task than the final scores for {shown}")
+    if none:
+        notes.append(f"sample-efficiency curves: none for {', '.join(none)} (no finished run on some task)")
+    if not curves:
+        notes.append("no sample-efficiency figure: no variant has a finished run on every task")
+    return notes
 
 
 def _single_run_notes(finals: dict[str, np.ndarray]) -> list[str]:

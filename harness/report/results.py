@@ -146,11 +146,7 @@ def load_study_results(
             f"study {study_name!r} has no finished unit with evaluations yet ({len(missing)} missing, "
             f"{len(failed_units)} failed); run or resume it with `gorl-bench study run`, then report again."
         )
-    table = pd.DataFrame(tally.rows, columns=COLUMNS + parameters)
-    for name in parameters:
-        # Object columns keep each value as the spec wrote it: pandas would turn ints next to a
-        # missing value (a configuration that does not set the parameter) into floats.
-        table[name] = pd.Series([row[name] for row in tally.rows], index=table.index, dtype=object)
+    table = _frame(tally.rows, parameters)
     present = set(table["task"])
     tasks = [task for task in spec_tasks if task in present] or sorted(present)
     return StudyResults(
@@ -166,13 +162,13 @@ def load_study_results(
         tasks=tasks,
         tasks_without_results=[task for task in spec_tasks if task not in present],
         pruned=tally.pruned,
-        diverged=pd.DataFrame(
+        diverged=_frame(
             [
                 _row(study_name, record, parameters, parsed.steps, envs.score_range(record["task"])[0])
                 for unit, record in tally.diverged.items()
                 if unit not in tally.done
             ],
-            columns=COLUMNS + parameters,
+            parameters,
         ),
         sampled_variants=_sampled_variants(tally.configs, parsed.preset),
     )
@@ -313,6 +309,18 @@ def _return_history(client: Any, run_id: str | None) -> list[tuple[int, float]]:
         return []
     by_step = {m.step: m.value for m in sorted(metrics, key=lambda m: (m.step, m.timestamp))}
     return sorted(by_step.items())
+
+
+def _frame(rows: list[dict[str, Any]], parameters: list[str]) -> pd.DataFrame:
+    """Rows of `_row` as a table whose parameter columns keep each value as the spec wrote it
+    (object columns): pandas would turn an int next to a float or a missing value (a
+    configuration that does not set the parameter) into a float, and values are pooled by their
+    text in the ablations, where 0 and 0.0 would then be two values."""
+
+    table = pd.DataFrame(rows, columns=COLUMNS + parameters)
+    for name in parameters:
+        table[name] = pd.Series([row[name] for row in rows], index=table.index, dtype=object)
+    return table
 
 
 def _row(
