@@ -1,5 +1,5 @@
-"""A MuJoCo simulation's integration state, as the snapshots of the dm_control and gym backends
-save and restore it."""
+"""A MuJoCo simulation's integration state, as the snapshots of the dm_control and fast backends
+save and restore it (and the gym backend's, before they held the whole MjData)."""
 
 from __future__ import annotations
 
