@@ -9,8 +9,8 @@ Seeding: `reset(seed)` resets sub-env i with an integer drawn from the i-th spaw
 sequence; later episodes continue each sub-env's own generator. Snapshots pickle the
 sub-envs (wrappers included: the time limit's step count), which restores classic-control
 envs exactly. A MuJoCo env pickles as a freshly constructed one (gymnasium's `EzPickle`), so
-its simulation state (`envs.physics_state`, as for the dm_control backend) and its generator are
-stored beside the pickle and put back after it.
+its simulation data (the whole MjData) and its generator are stored beside the pickle and put
+back after it.
 """
 
 from __future__ import annotations
