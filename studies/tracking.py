@@ -88,16 +88,29 @@ def finish_run(tracking_uri: str, run_id: str, state: str, value: float | None =
     client.set_terminated(run_id, status={"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED"))
 
 
-def close_orphan_runs(tracking_uri: str, experiment_id: str, filter_string: str) -> None:
-    """Mark KILLED the runs matching `filter_string` that a killed worker left RUNNING.
+def close_orphan_runs(
+    tracking_uri: str,
+    experiment_id: str,
+    *,
+    unit: str | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+) -> None:
+    """Mark KILLED the runs that a killed worker left RUNNING: those of `unit` (its key), the run
+    `run_id`, and the runs nested under `parent_run_id`.
 
-    Called when a lost unit is retried, so `mlflow ui` does not show it running forever.
+    Called when a lost unit is retried, so `mlflow ui` does not show it running forever. The
+    matching is done here, not in an MLflow filter string: a unit's key holds its variant's label,
+    which may hold a quote that would end the filter's string literal.
     """
 
     client = _client(tracking_uri)
-    query = f"{filter_string} and attributes.status = 'RUNNING'"
-    for run in client.search_runs([experiment_id], filter_string=query):
-        client.set_terminated(run.info.run_id, status="KILLED")
+    wanted = {"run_id": run_id, "gorl.unit": unit, "mlflow.parentRunId": parent_run_id}
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+    for run in running:
+        found = {**run.data.tags, "run_id": run.info.run_id}
+        if any(value is not None and found.get(key) == value for key, value in wanted.items()):
+            client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def _optuna_tags(study_name: str, number: int) -> dict[str, str]:

@@ -270,7 +270,7 @@ def _next_unit(context: Context) -> bool:
         study.tell(trial, state=TrialState.PRUNED)
         return True
     if "retry_of" in trial.user_attrs:
-        _close_orphans(context, f"tags.`gorl.unit` = '{unit.key}'")
+        _close_orphans(context, unit=unit.key)
     rerun_of = trial.user_attrs.get("rerun_of")
     if rerun_of is None:
         resume = "retry_of" in trial.user_attrs  # a lost attempt's checkpoint holds its training so far
@@ -333,8 +333,7 @@ def _next_tune_trial(context: Context) -> bool:
     if "retry_of" in trial.user_attrs:
         lost_run = study.trials[trial.user_attrs["retry_of"]].user_attrs.get("mlflow_run_id")
         if lost_run:
-            _close_orphans(context, f"tags.`mlflow.parentRunId` = '{lost_run}'")
-            _close_orphans(context, f"attributes.run_id = '{lost_run}'")
+            _close_orphans(context, run_id=lost_run, parent_run_id=lost_run)
     params = {dim.name: _suggest(trial, dim) for dim in spec.space}
     variant = f"trial-{trial.number}"
     trial.set_user_attr("variant", variant)
@@ -368,7 +367,7 @@ def _next_tune_trial(context: Context) -> bool:
         if _claim_gone(study, trial, error):
             _give_up(trial)
             # Its retry is another trial with its own run; this one stopped, as a lost one's does.
-            _close_orphans(context, f"attributes.run_id = '{run_id}'")
+            _close_orphans(context, run_id=run_id)
             return True
         state = "FAIL"
         _fail(study, trial, error)
@@ -582,9 +581,11 @@ def _give_up(trial: optuna.Trial) -> None:
     )
 
 
-def _close_orphans(context: Context, filter_string: str) -> None:
+def _close_orphans(context: Context, **runs: str) -> None:
+    """`tracking.close_orphan_runs` in the study's experiment; `runs`: which, as it takes them."""
+
     experiment_id = context.study.user_attrs["mlflow_experiment_id"]
-    tracking.close_orphan_runs(context.tracking_uri, experiment_id, filter_string)
+    tracking.close_orphan_runs(context.tracking_uri, experiment_id, **runs)
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:

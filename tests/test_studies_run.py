@@ -1284,6 +1284,35 @@ def test_an_interrupt_raised_as_another_error_leaves_its_unit_to_be_resumed(work
     assert states == [TrialState.RUNNING, TrialState.WAITING]  # claimed by a stopped worker: resumed later
 
 
+def test_a_lost_unit_whose_label_holds_a_quote_is_retried(
+    workdir, fake_execute, workers_in_process, monkeypatch
+):
+    """The retry looked for the lost attempt's MLflow run with the unit's key in a quoted filter
+    string: the label's apostrophe ended the string, every retry crashed, and the study could not
+    finish."""
+
+    from mlflow.tracking import MlflowClient
+
+    path = compare_spec(workdir, ["ppo (Schulman's)"])
+    study = prepared(path)
+    client, fake, orphans = MlflowClient(study.user_attrs["tracking_uri"]), run_harness.execute, []
+
+    def killed_while_training(request, **kwargs):
+        tags = {**request.tags, "mlflow.parentRunId": request.parent_run_id}
+        orphans.append(client.create_run(study.user_attrs["mlflow_experiment_id"], tags=tags).info.run_id)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_harness, "execute", killed_while_training)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker("tiny", None)
+    (lost,) = load_study("tiny", None).trials
+    owned_by_a_dead_process(study, lost)
+    monkeypatch.setattr(run_harness, "execute", fake)
+    status = runner.run_study(str(path), None, progress=False)
+    assert status.finished and (status.complete, status.lost) == (1, 1)
+    assert client.get_run(orphans[0]).info.status == "KILLED"  # closed by the retry
+
+
 def test_a_new_study_creates_the_default_tracking_store_where_it_runs(
     tmp_path, monkeypatch, fake_execute, workers_in_process
 ):
