@@ -279,11 +279,14 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
     """Atomically take one WAITING (enqueued) trial, or None when none is left.
 
     Unlike `study.ask()`, this never creates a new trial: a grid study's units are exactly
-    the enqueued ones.
+    the enqueued ones. Retries of lost units and reruns of failed ones come first: the attempt
+    each replaces counted against `max_trials`, so under that limit a unit that never ran would
+    otherwise take its place, and the retry would wait for ever.
     """
 
     storage = study._storage
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for trial in sorted(waiting, key=lambda t: not ({"retry_of", "rerun_of"} & t.user_attrs.keys())):
         # The owner is written with the claim, and Ctrl-C waits until both are stored: a trial
         # RUNNING without an owner is recognised as lost only after the grace period, so an
         # interrupt between the two writes would keep a rerun from retrying it for that long.
@@ -293,7 +296,7 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
             except UpdateFinishedTrialError:
                 continue  # finished by someone else between listing and claiming
             if claimed:
-                storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, _owner())
+                _own(storage, trial._trial_id)
                 return optuna.Trial(study, trial._trial_id)
     return None
 
@@ -304,8 +307,18 @@ def ask_owned(study: optuna.Study) -> optuna.Trial:
 
     with signals_deferred():
         trial = study.ask()
-        study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, _owner())
+        _own(study._storage, trial._trial_id)
     return trial
+
+
+def _own(storage: BaseStorage, trial_id: int) -> None:
+    """Write this process as the owner of the trial it just claimed, and on an RDB storage its
+    first heartbeat: Optuna's sweep finds a trial stale only by its heartbeats, so a worker on
+    another host that died before its first beat would have left the trial RUNNING for ever."""
+
+    storage.set_trial_system_attr(trial_id, OWNER_ATTR, _owner())
+    if _has_optuna_heartbeats(storage):
+        storage.record_heartbeat(trial_id)
 
 
 def _owner() -> dict[str, Any]:

@@ -515,6 +515,32 @@ def test_failed_units_fail_the_study_run_and_are_rerun_only_when_asked(
     assert (status.complete, status.failed, status.rerun, status.finished) == (2, 1, 2, True)
 
 
+def test_under_max_trials_a_rerun_runs_before_units_that_never_ran(
+    workdir, fake_execute, workers_in_process, monkeypatch, capsys
+):
+    """The rerun of a failed unit was enqueued behind the unit that max_trials had kept from
+    running; the freed slot went to that unit, the rerun waited for ever, and the failure was
+    gone from the status."""
+
+    fake, broken = run_harness.execute, [True]
+
+    def out_of_disk_space_until_fixed(request, **kwargs):
+        if request.overrides.get("entropy_coef") == 0.1 and broken:
+            raise OSError("No space left on device")
+        return fake(request, **kwargs)
+
+    monkeypatch.setattr(run_harness, "execute", out_of_disk_space_until_fixed)
+    path = str(grid_spec(workdir, 1, [0.0, 0.1, 0.01], top="max_trials = 2\n"))
+    assert main(["study", "run", path]) == 1
+    assert "2/2 done - finished, 1 failed" in capsys.readouterr().out
+    broken.clear()
+    assert main(["study", "run", path, "--retry-failed"]) == 0
+    # The failed attempt never reached the harness: the runs are 0.0, then the rerun, not 0.01.
+    assert [r.overrides["entropy_coef"] for r in fake_execute] == [0.0, 0.1]
+    status = study_status(load_study("tiny", None))
+    assert (status.complete, status.failed, status.rerun, status.finished) == (2, 0, 1, True)
+
+
 def test_an_invalid_sampled_combination_fails_at_once_and_fails_the_study_run(
     workdir, fake_execute, workers_in_process, capsys
 ):
@@ -946,12 +972,11 @@ def test_a_silent_worker_on_another_host_is_declared_lost(workdir, monkeypatch, 
     spec = load_spec(grid_spec(workdir, 1, [0.0]))
     study = runner.prepare_study(spec, location, resolve_tracking_uri(None))
     runner.enqueue_missing_units(study, spec)
-    trial = storage.claim_waiting_trial(study)
-    # A worker on another host beats once, then goes silent (its PID means nothing here).
+    trial = storage.claim_waiting_trial(study)  # the claim's own beat; the worker then goes silent
+    # A worker on another host (its PID means nothing here); on RDB storages Optuna's sweep knows
+    # a silent worker only by the heartbeat the claim recorded.
     owner = {"host": "elsewhere", "pid": 1, "beat": time.time()}
     study._storage.set_trial_system_attr(trial._trial_id, storage.OWNER_ATTR, owner)
-    if rdb:
-        study._storage.record_heartbeat(trial._trial_id)
     assert storage.sweep_lost_units(study) == []
     time.sleep(2.5)
     storage.sweep_lost_units(study)
