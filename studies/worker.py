@@ -260,8 +260,10 @@ def _next_unit(context: Context) -> bool:
     trial = claim_waiting_trial(study)
     if trial is None:
         return False
-    units = {unit.key: unit for unit in spec.units()}
-    unit = units[trial.suggest_categorical("unit", list(units))]
+    # The unit is read from the claimed trial's attributes, not suggested as a parameter: an
+    # Optuna categorical stores all its choices, every unit key, with each trial, which grew the
+    # storage with the square of the number of units (a 10,000-unit grid: GBs of journal).
+    unit = {unit.key: unit for unit in spec.units()}[trial.user_attrs["unit"]]
     _set_attrs(trial, unit.record())
     original = _original_of(study, trial.number, unit.key)
     if original is not None:

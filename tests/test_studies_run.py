@@ -578,6 +578,17 @@ def test_overlapping_grid_tables_enqueue_and_run_each_unit_once(workdir, fake_ex
     assert_each_unit_complete_once(study)
 
 
+def test_a_claimed_unit_stores_no_distribution_that_lists_every_unit(workdir, fake_execute):
+    """Each claim suggested the unit as a categorical parameter over all the grid's unit keys, so
+    every trial stored them all: the storage grew with the square of the number of units."""
+
+    prepared(grid_spec(workdir, 2, [0.0, 0.01, 0.1]))
+    assert run_worker("tiny", None) == 6
+    trials = load_study("tiny", None).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert all(t.distributions == {} for t in trials)
+
+
 def test_a_unit_running_under_a_live_worker_is_not_run_again(workdir, fake_execute):
     """Two coordinators that enqueued the same unit: the later claim of it is a duplicate."""
 
