@@ -36,9 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     stop_on_interrupts()
+    try:
+        # Importing the command modules takes a second or two (torch): Ctrl-C then is no error.
+        with interrupts_unwrapped():
+            args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     try:
         with interrupts_unwrapped():
             return int(args.func(args) or 0)

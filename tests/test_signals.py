@@ -33,3 +33,21 @@ def test_a_signal_inside_the_block_is_handled_after_it(name):
     finally:
         signal.signal(signum, previous)
     assert events == ["body done", "handled", "after the block"]
+
+
+def test_ctrl_c_while_the_commands_load_is_no_traceback(monkeypatch, capsys):
+    """Loading the command modules imports torch (a second or two): Ctrl-C then escaped `main`
+    as a KeyboardInterrupt traceback, in `run` as in each worker of `study run`."""
+
+    from interrupts import interrupted_inside_a_c_extension_import
+
+    import harness.cli
+
+    monkeypatch.setattr(harness.cli, "build_parser", interrupted_inside_a_c_extension_import)
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        assert harness.cli.main(["list"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    assert capsys.readouterr().err == "interrupted\n"
