@@ -18,6 +18,7 @@ import fcntl
 import io
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any]:
 
     require_checkpoint(out_dir)
     path = checkpoint_path(out_dir)
+    _check_integrity(path)
     try:
         # Our own files: they hold numpy arrays and env snapshots, which weights_only refuses.
         payload = torch.load(path, map_location="cpu", weights_only=False)
@@ -84,6 +86,26 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or not payload.keys() >= RUN_KEYS:
         raise UserError(f"{path} is not a gorl-bench run checkpoint.")
     return payload
+
+
+def _check_integrity(path: Path) -> None:
+    """Refuse a checkpoint whose bytes changed since it was written (a disk or copy error): torch
+    saves a zip archive but does not check its checksums when loading, so a flipped bit in the
+    weights loaded silently, and a resume then "diverged"."""
+
+    if not zipfile.is_zipfile(path):
+        return  # not torch's zip format: torch.load says what it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise UserError(
+            f"{path} is damaged ({type(error).__name__}: {error}); it is not the checkpoint that was saved."
+        ) from None
+    if bad is not None:
+        raise UserError(
+            f"{path} is damaged: {bad} fails its checksum; it is not the checkpoint that was saved."
+        )
 
 
 def require_checkpoint(out_dir: Path) -> None:

@@ -436,6 +436,29 @@ def test_a_damaged_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, co
     assert message in err and "Traceback" not in err
 
 
+def test_a_checkpoint_with_a_flipped_bit_is_refused_as_damaged(tmp_path, tracking_uri, capsys):
+    """torch.load does not check the zip archive's checksums: the run resumed from changed
+    weights and was recorded as diverged ("non-finite loss, the learning rate may be too high")."""
+
+    import struct
+    import zipfile
+
+    out = stopped_run(tmp_path, tracking_uri)
+    path = checkpoint_path(out)
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)  # a weights record
+    raw = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack(
+        "<HH", raw[largest.header_offset + 26 : largest.header_offset + 30]
+    )
+    raw[largest.header_offset + 30 + name_length + extra_length + largest.file_size // 2] ^= 0x40
+    path.write_bytes(raw)
+    for command in (["run", "--resume", str(out), "--no-progress"], ["evaluate", str(out)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{path} is damaged: {largest.filename} fails its checksum" in err and "Traceback" not in err
+
+
 def test_resume_of_a_checkpoint_from_another_version_is_one_clear_error_and_leaves_mlflow_as_it_was(
     tmp_path, tracking_uri, capsys
 ):
