@@ -39,6 +39,12 @@ def raise_if_interrupted() -> None:
         raise KeyboardInterrupt(f"signal {_received[0]}")
 
 
+def forget_interrupts() -> None:
+    """Forget the interrupts of an earlier command run in this process."""
+
+    _received.clear()
+
+
 def caused_by_interrupt(error: BaseException) -> bool:
     """Whether `error` is an interrupt or was caused by one. A KeyboardInterrupt raised while a C
     extension module initialises (mujoco's, torch's: imported lazily, often in the first seconds
@@ -73,7 +79,7 @@ def stop_on_interrupts() -> None:
     command run again in the same process); a no-op outside the main thread, where Python can
     set no handler."""
 
-    _received.clear()
+    forget_interrupts()
     if threading.current_thread() is threading.main_thread():
         # SIGINT only where Python's own handler is set: one ignored (a background job's) stays so.
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:

@@ -19,6 +19,24 @@ def migrated_mlflow_db(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def interrupts_end_with_their_test():
+    """A command run in-process installs its handlers for SIGINT and SIGTERM and remembers an
+    interrupt for the rest of the command (`harness.signals`): a later test in the same process
+    (pytest-xdist runs them in any order) must not inherit either, or it stops at once."""
+
+    import signal
+
+    from harness.signals import forget_interrupts
+
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    forget_interrupts()
+    for signum, handler in handlers.items():
+        if handler is not None:
+            signal.signal(signum, handler)
+
+
 @pytest.fixture
 def tracking_uri(tmp_path, migrated_mlflow_db) -> str:
     """A fresh copy of the migrated store for one test."""

@@ -44,10 +44,5 @@ def test_ctrl_c_while_the_commands_load_is_no_traceback(monkeypatch, capsys):
     import harness.cli
 
     monkeypatch.setattr(harness.cli, "build_parser", interrupted_inside_a_c_extension_import)
-    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        assert harness.cli.main(["list"]) == 130
-    finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
+    assert harness.cli.main(["list"]) == 130
     assert capsys.readouterr().err == "interrupted\n"
