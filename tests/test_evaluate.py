@@ -97,10 +97,11 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     saved = checkpoint.read_bytes()
     assert main(["evaluate", good, "--json", str(checkpoint)]) == 2
     assert "lies in the run directory" in capsys.readouterr().err and checkpoint.read_bytes() == saved
-    (tmp_path / "notes.txt").write_text("my notes\n")
-    assert main(["evaluate", good, "--json", str(tmp_path / "notes.txt")]) == 2
-    assert "exists and does not hold JSON" in capsys.readouterr().err
-    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+    for name, text in (("notes.txt", "my notes\n"), ("settings.json", '{"keep": "me"}\n')):
+        (tmp_path / name).write_text(text)  # a JSON file of something else is no output either
+        assert main(["evaluate", good, "--json", str(tmp_path / name)]) == 2
+        assert "exists and is not an earlier output of evaluate --json" in capsys.readouterr().err
+        assert (tmp_path / name).read_text() == text
     assert capsys.readouterr().out == ""  # nothing was evaluated
     with pytest.raises(SystemExit) as exited:  # 10^9 returns, kept in memory, would fill it
         main(["evaluate", good, "--episodes", "1e9"])

@@ -105,12 +105,18 @@ def check_json_target(path: Path, run_dirs: list[Path]) -> None:
             )
     if path.exists():
         try:
-            json.loads(path.read_text())
+            earlier = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, ValueError):
+            earlier = None
+        # An earlier --json output: a list of results, each with its run and its returns.
+        if not (
+            isinstance(earlier, list)
+            and all(isinstance(r, dict) and {"run", "returns"} <= r.keys() for r in earlier)
+        ):
             raise UserError(
-                f"--json {path} exists and does not hold JSON: evaluate replaces only JSON files (an "
-                "earlier --json output). Give another file, or remove this one first."
-            ) from None
+                f"--json {path} exists and is not an earlier output of evaluate --json, the only file "
+                "evaluate replaces. Give another file, or remove this one first."
+            )
 
 
 def evaluate_run(
