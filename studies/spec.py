@@ -353,6 +353,15 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
     if kind != "tune":
         # Refuses a grid label shared by two configurations, and labels whose directories clash.
         _check_variant_dirs([label for label, _, _ in spec.configurations()])
+    if kind == "grid":
+        # A [fixed] value that some [[grid]] table leaves alone is a centre point; one that every
+        # table sweeps is never used.
+        unused = set(spec.fixed).intersection(*(set(grid) for grid in spec.grids))
+        if unused:
+            raise UserError(
+                f"keys {sorted(unused)} are in [fixed] and swept by every grid table, so their [fixed] "
+                "values are never used; keep one."
+            )
     if kind == "tune":
         overlap = set(spec.fixed) & {dim.name for dim in spec.space}
         if overlap:

@@ -55,6 +55,10 @@ def ppo_key() -> str:
         ),
         (GRID + "[grid]\neval_points = [5000]\n", "eval_points 5000 is more than steps 4096"),
         (GRID + "[grid]\nno_such_key = [1, 2]\n", "unknown config key 'no_such_key'"),
+        (  # the grid's values used to win silently
+            GRID + "[fixed]\nlr = 1e-3\n[grid]\nlr = [1e-4, 1e-2]\n",
+            "keys ['lr'] are in [fixed] and swept by every grid table, so their [fixed] values",
+        ),
         (GRID.replace('"grid"', '"compare"').replace('algo = "ppo"\n', ""), "[variants.<label>]"),
         (GRID.replace('"grid"', '"tune"') + "[space.lr]\nlow = 1e-3\nhigh = 1e-2\n", "needs max_trials"),
         (
