@@ -46,6 +46,10 @@ def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
     # default profile; "databricks-uc" and "uc" name Unity Catalog, which MLflow refuses for tracking.
     named_store = uri in ("databricks", "databricks-uc", "uc")
     if uri.startswith("file:") or ("://" not in uri and not named_store):
+        if Path(uri).suffix in (".db", ".sqlite", ".sqlite3"):  # a path that names an SQLite file
+            raise UserError(
+                f"tracking URI {uri!r} is a path: for an SQLite store there, write sqlite:///{uri}."
+            )
         raise UserError(
             f"tracking URI {uri!r} is a file store, which MLflow has deprecated and refuses. Use an SQLite "
             f"store such as sqlite:///runs/mlflow.db, or a server such as http://127.0.0.1:5000."

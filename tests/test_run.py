@@ -274,6 +274,8 @@ def test_databricks_is_a_store_and_a_path_a_file_store():
     for path in ("mlruns", "file:./mlruns"):
         with pytest.raises(UserError, match=f"tracking URI '{path}' is a file store"):
             resolve_tracking_uri(path)
+    with pytest.raises(UserError, match="for an SQLite store there, write sqlite:///runs/mlflow.db"):
+        resolve_tracking_uri("runs/mlflow.db")  # the path of the default store, without its scheme
 
 
 def test_resume_of_a_run_deleted_in_mlflow_is_one_clear_error(tmp_path, tracking_uri, capsys):

@@ -41,8 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tracking-uri",
         type=non_empty,
-        help="MLflow URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db); with --resume: where the run's "
-        "store is now, if it moved",
+        help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db); with --resume: where "
+        "the run's store is now, if it moved",
     )
     parser.add_argument("--experiment", type=non_empty, help="MLflow experiment name (default gorl-bench)")
     parser.add_argument(
