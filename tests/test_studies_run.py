@@ -436,15 +436,17 @@ def test_failing_units_are_recorded_and_the_study_goes_on(workdir, fake_execute)
 def test_a_report_of_a_study_whose_every_unit_failed_says_to_retry_them(workdir, fake_execute, capsys):
     """It said "run or resume it", which changes nothing: failed units are settled."""
 
-    prepared(grid_spec(workdir, 1, [0.5]))
-    assert run_worker("tiny", None) == 1
+    prepared(grid_spec(workdir, 1, [0.5, 0.25]))  # the fake fails 0.5 with an error, 0.25 diverges
+    assert run_worker("tiny", None) == 2
     assert main(["report", "tiny", "--reps", "200"]) == 2
-    err = capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
     assert (
-        "every unit of study 'tiny' failed (1; entropy_coef=0.5|toy-bimodal|seed0: RuntimeError: synthetic"
+        "every unit of study 'tiny' failed (2; entropy_coef=0.5|toy-bimodal|seed0: RuntimeError: synthetic"
         in err
     )
-    assert "`gorl-bench study run SPEC --retry-failed`" in err
+    # Each kind of failure with the option that reruns it: --retry-failed leaves diverged units be.
+    assert "rerun the units it failed: gorl-bench study run SPEC --retry-failed" in err
+    assert "To rerun them from the start: gorl-bench study run SPEC --retry-diverged" in err
 
 
 def test_labels_that_slug_alike_get_their_own_directories_inside_the_study(workdir, fake_execute):

@@ -137,10 +137,15 @@ def load_study_results(
         )
     if not tally.rows:
         if failed_units and not missing:  # nothing left to run: resuming would change nothing
+            from studies.status import study_status
+
             reasons = "; ".join(f"{unit}: {reason}" for unit, reason in failed_units[:3])
+            # What `study run` advises for these kinds of failure (an error, a divergence, an
+            # invalid sampled combination), after its first line, which counts them.
+            advice = " ".join(study_status(study).advice("gorl-bench study run SPEC")[1:])
             raise UserError(
-                f"every unit of study {study_name!r} failed ({len(failed_units)}; {reasons}). Fix the cause, "
-                "then rerun them with `gorl-bench study run SPEC --retry-failed` and report again."
+                f"every unit of study {study_name!r} failed ({len(failed_units)}; {reasons}). {advice} "
+                "Then report again."
             )
         raise UserError(
             f"study {study_name!r} has no finished unit with evaluations yet ({len(missing)} missing, "
