@@ -190,11 +190,9 @@ def _start(
     # Named after its run directory by default, so the MLflow UI and the directory name each other.
     run_name = request.run_name or Path(request.out_dir).name
     tracker = RunTracker.start(tracking_uri, request.experiment, run_name, request.parent_run_id, tags)
-    run_info = {"algo": request.algo, "task": task, "seed": request.seed, "steps": request.steps,
-                "preset": request.preset, "device": request.device}  # fmt: skip
     try:
-        tracker.log_params({**run_info, **as_dict(config)})
-        config_toml = to_toml({"run": run_info, "config": as_dict(config)})
+        tracker.log_params({**_run_info(request), **as_dict(config)})
+        config_toml = _config_toml(request, config)
         tracker.log_text(config_toml, CONFIG_NAME)
         # Also next to the checkpoint, where a reader of the run directory looks for it first.
         (Path(request.out_dir) / CONFIG_NAME).write_text(config_toml)
@@ -245,7 +243,31 @@ def resume(
             agent.close()
             print(f"the run in {out_dir} had already finished; nothing was trained", file=sys.stderr)
             return _result(request, agent, position, run_id, "FINISHED")
+        _restore_config_file(Path(out_dir), request, config)
         return _train(request, config, agent, position, tracker, on_evaluation, progress)
+
+
+def _run_info(request: RunRequest) -> dict[str, Any]:
+    return {"algo": request.algo, "task": request.task, "seed": request.seed, "steps": request.steps,
+            "preset": request.preset, "device": request.device}  # fmt: skip
+
+
+def _config_toml(request: RunRequest, config: Any) -> str:
+    return to_toml({"run": _run_info(request), "config": as_dict(config)})
+
+
+def _restore_config_file(out_dir: Path, request: RunRequest, config: Any) -> None:
+    """Write the run directory's config file again from the checkpoint, which a resume follows: an
+    edited file would otherwise describe settings the run does not use."""
+
+    path, written = out_dir / CONFIG_NAME, _config_toml(request, config)
+    if path.is_file() and path.read_text() != written:
+        print(
+            f"{path} is not what the run was started with: the run continues with its checkpoint's "
+            "settings, written there again (a run's settings cannot change; start a new run instead)",
+            file=sys.stderr,
+        )
+    path.write_text(written)
 
 
 def _check_not_a_copy(out_dir: Path, state: dict[str, Any]) -> None:

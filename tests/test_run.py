@@ -640,6 +640,18 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_ur
     assert [(m.step, m.value) for m in means] == [(s, mean) for s, mean, _ in reference.eval_history]
 
 
+def test_resume_writes_back_a_config_file_edited_in_the_run_directory(tmp_path, tracking_uri, capsys):
+    """The run continues with its checkpoint's settings; the edited file stayed, describing others."""
+
+    out = stopped_run(tmp_path, tracking_uri)
+    config_file = out / "config.toml"
+    original = config_file.read_text()
+    config_file.write_text(original.replace("epochs = 2", "epochs = 1"))
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert f"{config_file} is not what the run was started with" in capsys.readouterr().err
+    assert config_file.read_text() == original
+
+
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, tracking_uri):
     """Not even the MLflow run: it was reopened, which moved its end time, and the checkpoint
     uploaded again."""
