@@ -56,11 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness.checkpoint import require_checkpoint
+    from harness.checkpoint import load_checkpoint
     from harness.errors import UserError
 
-    for run_dir in args.runs:  # all of them before the first is loaded
-        require_checkpoint(run_dir)
+    for run_dir in args.runs:  # all of them readable before the first is evaluated
+        load_checkpoint(run_dir)
     if args.json is not None:
         check_json_target(args.json, args.runs)
     videos: list[Path | None] = [None] * len(args.runs)
