@@ -91,8 +91,9 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     assert "holds no run checkpoint: the directory does not exist" in capsys.readouterr().err
     (tmp_path / "truncated").mkdir()
     (tmp_path / "truncated" / "checkpoint.pt").write_bytes(b"")
-    assert main(["evaluate", good, str(tmp_path / "truncated")]) == 2  # refused before `good` is played
-    assert "checkpoint.pt cannot be read" in capsys.readouterr().err
+    assert main(["evaluate", good, str(tmp_path / "truncated")]) == 2
+    refused = capsys.readouterr()
+    assert "checkpoint.pt cannot be read" in refused.err and refused.out == ""  # `good` was not played
     assert main(["evaluate", good, "--json", str(tmp_path / "no" / "such.json")]) == 2
     assert "give a file in an existing directory" in capsys.readouterr().err
     assert main(["evaluate", good, "--json", str(tmp_path)]) == 2
