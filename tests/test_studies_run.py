@@ -103,6 +103,22 @@ def fake_execute(monkeypatch):
 
 
 @pytest.fixture
+def disk_full_until_fixed(monkeypatch, fake_execute) -> list[bool]:
+    """The faked harness, with entropy_coef = 0.1 failing on a full disk until the returned list
+    is emptied (the disk has space again)."""
+
+    fake, broken = run_harness.execute, [True]
+
+    def out_of_disk_space_until_fixed(request, **kwargs):
+        if request.overrides.get("entropy_coef") == 0.1 and broken:
+            raise OSError("No space left on device")
+        return fake(request, **kwargs)
+
+    monkeypatch.setattr(run_harness, "execute", out_of_disk_space_until_fixed)
+    return broken
+
+
+@pytest.fixture
 def workers_in_process(monkeypatch):
     """`study run` with its worker in this process, so that it runs units with the faked harness."""
 
@@ -482,19 +498,11 @@ def test_a_device_that_cannot_run_is_refused_before_any_unit(
 
 
 def test_failed_units_fail_the_study_run_and_are_rerun_only_when_asked(
-    workdir, fake_execute, workers_in_process, monkeypatch, capsys
+    workdir, fake_execute, workers_in_process, disk_full_until_fixed, capsys
 ):
     """A study whose units failed ended "finished" with status 0, and no rerun of `study run`
     could run them again once the cause was fixed."""
 
-    fake, broken = run_harness.execute, [True]
-
-    def out_of_disk_space_until_fixed(request, **kwargs):
-        if request.overrides.get("entropy_coef") == 0.1 and broken:
-            raise OSError("No space left on device")
-        return fake(request, **kwargs)
-
-    monkeypatch.setattr(run_harness, "execute", out_of_disk_space_until_fixed)
     path = str(grid_spec(workdir, 1, [0.0, 0.1, 0.25]))  # the fake diverges at 0.25
     assert main(["study", "run", path]) == 1
     out = capsys.readouterr().out
@@ -505,7 +513,7 @@ def test_failed_units_fail_the_study_run_and_are_rerun_only_when_asked(
     assert main(["study", "run", path]) == 1  # settled: nothing runs again unasked
     assert len(fake_execute) == 2 and "--retry-failed" in capsys.readouterr().out
 
-    broken.clear()  # the disk has space again
+    disk_full_until_fixed.clear()  # the disk has space again
     assert main(["study", "run", path, "--retry-failed"]) == 1  # the diverged unit is still failed
     out = capsys.readouterr().out
     assert "3/3 done - finished, 1 failed" in out and "failed+rerun 1" in out
@@ -518,24 +526,16 @@ def test_failed_units_fail_the_study_run_and_are_rerun_only_when_asked(
 
 
 def test_under_max_trials_a_rerun_runs_before_units_that_never_ran(
-    workdir, fake_execute, workers_in_process, monkeypatch, capsys
+    workdir, fake_execute, workers_in_process, disk_full_until_fixed, capsys
 ):
     """The rerun of a failed unit was enqueued behind the unit that max_trials had kept from
     running; the freed slot went to that unit, the rerun waited for ever, and the failure was
     gone from the status."""
 
-    fake, broken = run_harness.execute, [True]
-
-    def out_of_disk_space_until_fixed(request, **kwargs):
-        if request.overrides.get("entropy_coef") == 0.1 and broken:
-            raise OSError("No space left on device")
-        return fake(request, **kwargs)
-
-    monkeypatch.setattr(run_harness, "execute", out_of_disk_space_until_fixed)
     path = str(grid_spec(workdir, 1, [0.0, 0.1, 0.01], top="max_trials = 2\n"))
     assert main(["study", "run", path]) == 1
     assert "2/2 done - finished, 1 failed" in capsys.readouterr().out
-    broken.clear()
+    disk_full_until_fixed.clear()
     assert main(["study", "run", path, "--retry-failed"]) == 0
     # The failed attempt never reached the harness: the runs are 0.0, then the rerun, not 0.01.
     assert [r.overrides["entropy_coef"] for r in fake_execute] == [0.0, 0.1]
