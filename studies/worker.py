@@ -29,6 +29,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,12 @@ class Context:
     parent_run_id: str
     out_root: Path
     device: str
+
+    @cached_property
+    def units(self) -> dict[str, Unit]:
+        """The units of a grid or compare study by key, listed once per worker, not per claim."""
+
+        return {unit.key: unit for unit in self.spec.units()}
 
 
 def run_worker(
@@ -263,7 +270,7 @@ def _next_unit(context: Context) -> bool:
     # The unit is read from the claimed trial's attributes, not suggested as a parameter: an
     # Optuna categorical stores all its choices, every unit key, with each trial, which grew the
     # storage with the square of the number of units (a 10,000-unit grid: GBs of journal).
-    unit = {unit.key: unit for unit in spec.units()}[trial.user_attrs["unit"]]
+    unit = context.units[trial.user_attrs["unit"]]
     _set_attrs(trial, unit.record())
     original = _original_of(study, trial.number, unit.key)
     if original is not None:
