@@ -38,14 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     stop_on_interrupts()
     try:
-        # Importing the command modules takes a second or two (torch): Ctrl-C then is no error.
         with interrupts_unwrapped():
+            # Inside: importing the command modules takes a second or two (torch), and Ctrl-C
+            # then is no error either. Parsing raises no UserError: `args` is set for its handler.
             args = build_parser().parse_args(argv)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    try:
-        with interrupts_unwrapped():
             return int(args.func(args) or 0)
     except UserError as error:
         print(f"gorl-bench {args.command}: error: {error}", file=sys.stderr)
