@@ -12,14 +12,17 @@ would train to its end.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from harness.errors import describe
 
 _received: list[int] = []  # the interrupts `interrupt` raised in this command
+PARENT_POLL_S = 1.0  # how often a worker checks that the process that started it still runs
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -118,3 +121,22 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(signum, handler)
         for signum in dict.fromkeys(received):
             signal.raise_signal(signum)
+
+
+def interrupt_when_parent_ends(parent_pid: int) -> None:
+    """Send this process SIGTERM (handled as `kill PID`) once its parent is no longer `parent_pid`.
+
+    A study's coordinator stops its workers when it is interrupted, but one killed outright
+    (SIGKILL, the out-of-memory killer, a closed SSH session) cannot, and its workers would train
+    on, orphaned, beside the workers of the next `study run`. An orphan is adopted by another
+    process, which changes its parent pid: a watching thread sees that within PARENT_POLL_S. The
+    pid is the one the coordinator passed, not the one read at start-up, so a coordinator that
+    died before the worker got here is noticed too.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

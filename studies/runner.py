@@ -256,6 +256,8 @@ def _run_workers(study: optuna.Study, location: str, workers: int, device: str, 
         str(threads),
         "--device",
         device,
+        "--parent-pid",
+        str(os.getpid()),
     ]
     processes = [subprocess.Popen([*command, "--index", str(index)], env=env) for index in range(workers)]
     try:

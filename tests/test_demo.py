@@ -105,13 +105,15 @@ def test_failed_units_fail_the_demo_and_it_says_what_to_do(workdir, capsys):
     assert "--retry-diverged" in out and Path("runs/reports/tiny-demo/summary.md").is_file()
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+@pytest.mark.parametrize("how", ["ctrl-c", "kill", "kill -9"])
 def test_an_interrupt_stops_the_workers_and_leaves_a_resumable_study(workdir, how):
     """Ctrl-C reaches the whole process group; `kill PID` only the demo, which left its workers
-    training on, orphaned, and ended without a word."""
+    training on, orphaned, and ended without a word; `kill -9 PID` gives the demo no chance to stop
+    them, so the workers notice it is gone."""
 
-    # Units long enough to be interrupted in the middle (several seconds each).
-    spec = tiny_spec(workdir, steps=20_480)
+    # Units long enough to be interrupted in the middle (several seconds each); after `kill -9`
+    # long enough to outlast the test, so that only the coordinator's end can stop the workers.
+    spec = tiny_spec(workdir, steps=409_600 if how == "kill -9" else 20_480)
     command = [sys.executable, "-m", "harness.cli", "demo", "--spec", str(spec), "--workers", "2"]
     command += ["--reps", "200"]
 
@@ -136,13 +138,18 @@ def test_an_interrupt_stops_the_workers_and_leaves_a_resumable_study(workdir, ho
         if how == "ctrl-c":
             os.killpg(demo.pid, signal.SIGINT)  # the whole foreground process group
         else:
-            os.kill(demo.pid, signal.SIGTERM)
+            os.kill(demo.pid, signal.SIGKILL if how == "kill -9" else signal.SIGTERM)
         out, _ = demo.communicate(timeout=60)
-        with pytest.raises(ProcessLookupError):  # no worker is left in the demo's process group
-            os.killpg(demo.pid, 0)
+        deadline = time.monotonic() + 30
+        while _group_alive(demo.pid):  # no worker is left in the demo's process group
+            assert time.monotonic() < deadline, "the workers train on without their coordinator"
+            time.sleep(0.2)
     finally:
-        if demo.poll() is None:
+        if _group_alive(demo.pid):
             os.killpg(demo.pid, signal.SIGKILL)
+    if how == "kill -9":
+        assert demo.returncode == -signal.SIGKILL
+        return  # the workers left their units as a Ctrl-C does, whose resume is checked below
     assert demo.returncode == 130
     assert "Traceback" not in out
     message = r"Interrupted: [0-3] of 4 units done and kept; run the same command again to resume\."
@@ -156,6 +163,14 @@ def test_an_interrupt_stops_the_workers_and_leaves_a_resumable_study(workdir, ho
     assert main(command[3:]) == 0
     status = study_status(optuna.load_study(study_name="tiny-demo", storage=_journal()))
     assert status.complete == 4 and status.lost >= 1
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _running_trials() -> int:

@@ -62,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=integer,
         help="a number unique among the study's workers: seeds a tune study's sampler",
     )
+    worker.add_argument(
+        "--parent-pid",
+        type=positive_int,
+        help="stop (as `kill PID` stops it) when the process that started this worker is not PID any more; "
+        "`study run` starts its workers so, and they end with it",
+    )
     worker.set_defaults(func=_worker)
 
     status = actions.add_parser("status", help="complete / running / failed / pruned counts and an ETA")
@@ -120,7 +126,7 @@ def run_command(spec: str, storage: str | None) -> str:
 def _worker(args: argparse.Namespace) -> int:
     import signal
 
-    from harness.signals import interrupt
+    from harness.signals import interrupt, interrupt_when_parent_ends
     from studies.worker import run_worker
 
     def ignore(signum: int, frame: object) -> None:
@@ -140,6 +146,8 @@ def _worker(args: argparse.Namespace) -> int:
     # keeps its checkpoint, as Ctrl-C does, instead of leaving the run RUNNING.
     signal.signal(signal.SIGINT, interrupt_once)
     signal.signal(signal.SIGTERM, interrupt_once)
+    if args.parent_pid:
+        interrupt_when_parent_ends(args.parent_pid)
     count = run_worker(args.name, args.storage, index=args.index, threads=args.threads, device=args.device)
     print(f"worker {os.getpid()}: nothing left to claim ({count} claimed and run here).")
     return 0
