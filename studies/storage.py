@@ -8,8 +8,9 @@ Two storages:
   different hosts share one study.
 
 Exactly-once: every unit is an enqueued WAITING trial, and a worker claims one by moving it
-WAITING -> RUNNING. Both storages make that transition atomic (a row lock on RDB, the order of
-the log on the journal), so two workers never claim the same trial.
+WAITING -> RUNNING. Every storage makes that transition atomic (a row lock on PostgreSQL, the
+order of the log on the journal, a file lock around claims and sweeps on an SQLite file, which
+ignores row locks), so two workers never claim the same trial.
 
 Recovery: a claimed trial records its owner (host, pid) with the claim and keeps a heartbeat while it runs.
 A trial is *lost* when its owner is a dead process on this host, or, for an owner on another
@@ -285,19 +286,20 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
     """
 
     storage = study._storage
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    for trial in sorted(waiting, key=lambda t: not ({"retry_of", "rerun_of"} & t.user_attrs.keys())):
-        # The owner is written with the claim, and Ctrl-C waits until both are stored: a trial
-        # RUNNING without an owner is recognised as lost only after the grace period, so an
-        # interrupt between the two writes would keep a rerun from retrying it for that long.
-        with signals_deferred():
-            try:
-                claimed = storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
-            except UpdateFinishedTrialError:
-                continue  # finished by someone else between listing and claiming
-            if claimed:
-                _own(storage, trial._trial_id)
-                return optuna.Trial(study, trial._trial_id)
+    with serialized(storage):
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        for trial in sorted(waiting, key=lambda t: not ({"retry_of", "rerun_of"} & t.user_attrs.keys())):
+            # The owner is written with the claim, and Ctrl-C waits until both are stored: a trial
+            # RUNNING without an owner is recognised as lost only after the grace period, so an
+            # interrupt between the two writes would keep a rerun from retrying it for that long.
+            with signals_deferred():
+                try:
+                    claimed = storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
+                except UpdateFinishedTrialError:
+                    continue  # finished by someone else between listing and claiming
+                if claimed:
+                    _own(storage, trial._trial_id)
+                    return optuna.Trial(study, trial._trial_id)
     return None
 
 
@@ -305,10 +307,33 @@ def ask_owned(study: optuna.Study) -> optuna.Trial:
     """`study.ask()` (a re-enqueued lost trial first, else a newly sampled one), with this process
     written as its owner at once, as `claim_waiting_trial` does."""
 
-    with signals_deferred():
+    with serialized(study._storage), signals_deferred():
         trial = study.ask()
         _own(study._storage, trial._trial_id)
     return trial
+
+
+@contextmanager
+def serialized(storage: BaseStorage) -> Iterator[None]:
+    """Hold the body against other processes' claims and sweeps where the storage does not.
+
+    On an SQLite file, Optuna's row lock (SELECT ... FOR UPDATE) is a no-op: two workers both
+    read a trial WAITING and both move it to RUNNING (4 workers claiming 200 trials made 229
+    claims), and two sweeps both re-enqueue one lost trial. An exclusive lock on a file next to
+    the database orders them (SQLite on a network file system is unsafe anyway, so a local file
+    lock suffices). A no-op for the journal and PostgreSQL, whose claims are atomic already.
+    """
+
+    import fcntl
+
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
+    database = sqlite_file(getattr(backend, "url", ""))
+    if database is None:
+        yield
+        return
+    with open(database.with_name(database.name + ".claims-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, even by a crash
+        yield
 
 
 def _own(storage: BaseStorage, trial_id: int) -> None:
@@ -381,6 +406,11 @@ def owns(study: optuna.Study, trial_id: int) -> bool:
 def sweep_lost_units(study: optuna.Study) -> list[int]:
     """Fail and re-enqueue the RUNNING trials whose worker is gone; returns their numbers."""
 
+    with serialized(study._storage):
+        return _sweep(study)
+
+
+def _sweep(study: optuna.Study) -> list[int]:
     storage = study._storage
     # RDB: heartbeats older than the grace period, from any host; `retry_lost_trial` re-enqueues.
     # (A no-op on the journal, whose heartbeats are checked below.)
