@@ -156,9 +156,13 @@ def _coerce(algo: str, key: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{algo}: {key} must be a number, got {_shown(value)}.")
-        if not math.isfinite(value):  # 1e999 parses as inf
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of 400 digits
+            number = math.inf
+        if not math.isfinite(number):  # 1e999 parses as inf
             raise UserError(f"{algo}: {key} must be a finite number, got {_shown(value)}.")
-        return float(value)
+        return number
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():

@@ -69,7 +69,7 @@ class ConditionalMLP(nn.Module):
                 f"{obs_dim}, {x_dim}, {hidden_width}, {depth}"
             )
         self.output_scale = float(output_scale)
-        widths = [obs_dim + x_dim + 2 * TIME_EMBEDDING_FREQUENCIES] + [hidden_width] * depth
+        widths = [self._input_width(obs_dim, x_dim)] + [hidden_width] * depth
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
             linear = nn.Linear(fan_in, fan_out)
@@ -82,6 +82,17 @@ class ConditionalMLP(nn.Module):
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         self.net = nn.Sequential(*layers, head)
+
+    @staticmethod
+    def _input_width(obs_dim: int, x_dim: int) -> int:
+        return obs_dim + x_dim + 2 * TIME_EMBEDDING_FREQUENCIES
+
+    @classmethod
+    def parameter_count(cls, obs_dim: int, x_dim: int, hidden_width: int, depth: int) -> int:
+        """Weights and biases of such a network, counted without building it (memory checks)."""
+
+        first = (cls._input_width(obs_dim, x_dim) + 1) * hidden_width
+        return first + (depth - 1) * (hidden_width + 1) * hidden_width + (hidden_width + 1) * x_dim
 
     def forward(self, obs: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """obs (B, obs_dim), x_t (B, x_dim), t (B,) or (B, 1) -> (B, x_dim)."""

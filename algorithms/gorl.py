@@ -67,6 +67,7 @@ from torch import Tensor
 
 import envs
 from algorithms.decoders import Decoder, DecoderConfig, FitConfig, fit_decoder, make_decoder
+from algorithms.generative import ConditionalMLP
 from algorithms.memory import check_fits
 from algorithms.normalization import RunningMeanStd
 from algorithms.onpolicy import Batch, PolicyStep, make_adam, policy_input, torch_threads
@@ -248,12 +249,23 @@ class GoRLConfig(PPOConfig):
                     f"{transitions} transitions); give at most that, raise refit_episodes, or raise "
                     "samples_per_action for more noise draws per action"
                 )
-        # Each decoder minibatch repeats its observations and actions once per noise draw.
+        # The decoder is built only at the first refit, after stage 0 has trained: sized here, so
+        # that one too large for the device is refused now. Its weights, gradients, Adam's two
+        # moments and the best-validation copy kept aside: five float32 copies.
+        width, depth = self.decoder_config().resolved_width, self.decoder_depth
         check_fits(
-            self.decoder_batch_size * self.samples_per_action * (obs_dim + act_dim) * 4,
+            5 * 4 * ConditionalMLP.parameter_count(obs_dim, act_dim, width, depth),
+            f"a decoder of {depth:,} hidden layers of {width:,} units (weights, gradients, Adam's moments)",
+            "lower decoder_width or decoder_depth",
+            on_device=True,
+        )
+        # Each decoder minibatch repeats its observations and actions once per noise draw, and
+        # keeps every hidden layer's activations for the backward pass.
+        check_fits(
+            self.decoder_batch_size * self.samples_per_action * (obs_dim + act_dim + width * depth) * 4,
             f"the decoder's minibatches of {self.decoder_batch_size:,} decoder_batch_size x "
-            f"{self.samples_per_action:,} samples_per_action",
-            "lower decoder_batch_size or samples_per_action",
+            f"{self.samples_per_action:,} samples_per_action and their activations",
+            "lower decoder_batch_size, samples_per_action or decoder_width",
             on_device=True,
         )
         if self.latent_dim is not None and self.latent_dim != act_dim:
@@ -291,11 +303,14 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
     per_update = config.batch_size
     updates = -(-budget // per_update)  # in integers: a float quotient of 1e29 steps is not exact
     if config.encoder_steps_per_refit is not None:
-        length = max(1, round(config.encoder_steps_per_refit / per_update))
+        # A stage longer than the run is the run (and a float quotient of a 400-digit one overflows).
+        length = max(1, round(min(config.encoder_steps_per_refit, updates * per_update) / per_update))
         stages = max(1, math.floor(updates / length + 0.5))  # a remainder under L/2 joins the last stage
         ends = [k * length for k in range(1, stages)] + [updates]
     else:
         if config.num_refits is not None:
+            if config.num_refits >= updates:  # before a list of that many stages is built
+                _refuse_stages(budget, per_update, config.num_refits + 1, fewest=config.num_refits + 1)
             weights = [1.0] * (config.num_refits + 1)
         else:
             weights, total = list(config.stages), sum(config.stages)
@@ -309,29 +324,43 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
     lengths = np.diff([0, *ends])
     if lengths.min() < 1:
         shown = lengths.tolist() if len(lengths) <= 8 else f"{int((lengths < 1).sum())} of them 0"
-        update_count = f"{updates} PPO update" if updates == 1 else f"{updates} PPO updates"
         # The weighted branch: the encoder_steps_per_refit one never gets here.
-        fewest, least = _fewest_updates(weights)
-        needed = (
-            f"they need {fewest:,} updates, a budget of at least {(fewest - 1) * per_update + 1:,} env steps"
-            if least
-            else f"{fewest:,} updates, a budget of {fewest * per_update:,} env steps, fit them"
-        )
-        raise ValueError(
-            f"the budget of {budget} env steps is {update_count} of {per_update} steps, too few for "
-            f"{len(ends)} encoder stages (stage lengths in updates would be {shown}); {needed}. Raise the "
-            "budget (the paper's, which the `paper` preset is for, is 180,000,000) or use fewer refits"
+        fewest, least = _fewest_updates(weights, more_than=updates)
+        _refuse_stages(
+            budget, per_update, len(ends), fewest, least, f" (stage lengths in updates would be {shown})"
         )
     return [end * per_update for end in ends]
 
 
-def _fewest_updates(weights: list[float]) -> tuple[int, bool]:
-    """A number of updates that gives every stage of relative lengths `weights` at least one, and
-    whether it is the fewest.
+def _refuse_stages(
+    budget: int, per_update: int, stages: int, fewest: int, least: bool = True, lengths: str = ""
+) -> None:
+    """Raise the ValueError of a budget in which some of `stages` stages get no PPO update; `fewest`
+    updates (the fewest above the budget's, if `least`) give each one."""
+
+    updates = -(-budget // per_update)
+    update_count = f"{updates:,} PPO update" if updates == 1 else f"{updates:,} PPO updates"
+    needed = (
+        f"they need {fewest:,} updates, a budget of at least {(fewest - 1) * per_update + 1:,} env steps"
+        if least
+        else f"{fewest:,} updates, a budget of {fewest * per_update:,} env steps, fit them"
+    )
+    raise ValueError(
+        f"the budget of {budget:,} env steps is {update_count} of {per_update} steps, too few for "
+        f"{stages:,} encoder stages{lengths}; {needed}. Raise the budget (the paper's, which the "
+        "`paper` preset is for, is 180,000,000) or use fewer refits"
+    )
+
+
+def _fewest_updates(weights: list[float], more_than: int) -> tuple[int, bool]:
+    """A number of updates above `more_than` that gives every stage of relative lengths `weights` at
+    least one, and whether it is the fewest such.
 
     A stage of fraction f of the run gets an update once f x updates >= 1, so 1 / (smallest f)
-    updates always do; the fewest lies at or below that and is searched for, but only over the first
-    SEARCHED counts: a stage of 1e-9 of the budget would otherwise take a billion tries.
+    updates and any more always do; below that, each stage's end is rounded on its own, so a count
+    can fail where a smaller one fits ([0.45, 0.1, 0.45] fits 3 updates but not 4). The fewest is
+    searched for upwards, but only over SEARCHED counts: a stage of 1e-9 of the budget would
+    otherwise take a billion tries.
     """
 
     def fits(updates: int) -> bool:
@@ -340,7 +369,8 @@ def _fewest_updates(weights: list[float]) -> tuple[int, bool]:
     enough = math.ceil(sum(weights) / min(weights))
     while not fits(enough):  # float rounding of the fractions: a few more at most
         enough += 1
-    searched = range(len(weights), min(enough, len(weights) + _SEARCHED))
+    start = max(len(weights), more_than + 1)
+    searched = range(start, min(enough, start + _SEARCHED))
     fewest = next((updates for updates in searched if fits(updates)), enough)
     return fewest, fewest < enough or searched.stop == enough
 

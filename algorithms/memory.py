@@ -39,7 +39,11 @@ def check_fits(need: int, what: str, fix: str, on_device: bool = False) -> None:
     have = largest_memory() if on_device else host_memory()
     if have is not None and need > have:
         where = "any device's memory here" if on_device else "this machine's memory"
-        raise ValueError(
-            f"{what} hold at least {need / 2**30:,.1f} GiB, more than {where} "
-            f"({have / 2**30:,.1f} GiB); {fix}"
-        )
+        raise ValueError(f"{what} hold at least {_gib(need)}, more than {where} ({_gib(have)}); {fix}")
+
+
+def _gib(size: int) -> str:
+    """`size` bytes in GiB, also a size no float holds (a count of 10^400 passed as a setting)."""
+
+    gib = size // 2**30
+    return f"{size / 2**30:,.1f} GiB" if gib < 10**15 else f"about 10^{len(str(gib)) - 1} GiB"

@@ -86,6 +86,8 @@ def test_schedule_keys_split_the_budget():
     ]
     absolute = config(**SMALL, stages=[2 * UPDATE, 10 * UPDATE])
     assert stage_ends(absolute, budget) == [2 * UPDATE, 12 * UPDATE]
+    # A stage longer than the run is the run (one of 400 digits overflowed a float).
+    assert stage_ends(config(**SMALL, encoder_steps_per_refit=10**400), budget) == [budget]
 
 
 def test_the_word_none_on_the_command_line_selects_the_none_option():
@@ -107,7 +109,17 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         # A stage of 1e-9 of the budget: the search for the fewest updates ran a billion tries.
         ({"stages": [1.0, 1e-9]}, 4 * UPDATE, r"1,000,000,001 updates, a budget of [\d,]+ env steps, fit"),
         ({"num_refits": 1}, UPDATE, r"is 1 PPO update of \d+ steps, too few for 2 encoder stages"),
-        ({"num_refits": 999}, 12 * UPDATE, r"1000 encoder stages \(stage lengths .* be 988 of them 0\)"),
+        ({"num_refits": 999}, 12 * UPDATE, r"too few for 1,000 encoder stages; they need 1,000 updates"),
+        # Refused before a list of 10^12 stages was built (which ran out of memory).
+        ({"num_refits": 10**12}, 12 * UPDATE, r"too few for 1,000,000,000,001 encoder stages"),
+        # Each stage end is rounded on its own: 3 updates fit these stages, 4 to 8 do not, 9 do.
+        # The message named 3 updates (8,193 steps) as enough for a budget of 8 updates.
+        (
+            {"stages": [0.45, 0.1, 0.45]},
+            8 * UPDATE,
+            rf"need 9 updates, a budget of at least {8 * UPDATE + 1:,}",
+        ),
+        ({"lr": 10**400}, 12 * UPDATE, "lr must be a finite number, got 1000"),
         ({"refit_episodes": 1}, 12 * UPDATE, "refit_episodes must be >= 2"),
         ({"latent_reg": "entropy"}, 12 * UPDATE, "latent_reg must be one of"),
         ({"later_clip": [0.2, -0.1]}, 12 * UPDATE, "later_clip must hold positive values"),
@@ -130,10 +142,17 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
             r"refit buffer's 1,000,000,000,000 refit_episodes x 16 steps of toy-bimodal hold at least "
             r"357,627.9 GiB, more than this machine's",
         ),
+        # The decoder is built at the first refit: one too large failed only after stage 0 trained.
+        (
+            {"decoder_width": 10**6},
+            12 * UPDATE,
+            r"a decoder of 4 hidden layers of 1,000,000 units .* hold at least [\d,.]+ GiB, more than any",
+        ),
+        ({"decoder_depth": 10**400}, 12 * UPDATE, r"hold at least about 10\^\d+ GiB, more than any device"),
         (
             {"samples_per_action": 10**12},
             12 * UPDATE,
-            r"decoder's minibatches of .* samples_per_action hold at least .* GiB, more than any device's",
+            r"minibatches of .* samples_per_action and their activations hold at least .* GiB, more than any",
         ),
     ],
 )
