@@ -22,7 +22,7 @@ import algorithms
 from harness.checkpoint import checkpoint_path, hold_run_directory, load_checkpoint
 from harness.cli import main
 from harness.errors import UserError
-from harness.run import RunRequest, execute, load_run, resume
+from harness.run import RunRequest, execute, load_run, resolve_device, resume
 from harness.signals import interrupt
 from harness.tracking import RunTracker, resolve_tracking_uri
 
@@ -548,6 +548,17 @@ def test_cuda_without_cuda_is_refused(tmp_path, tracking_uri, capsys):
     argv = ["run", "--algo", "ppo", "--task", TOY, "--device", "cuda", "--tracking-uri", tracking_uri]
     assert main(argv) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_gpu_this_machine_lacks_is_refused_with_the_ones_it_has(monkeypatch):
+    """cuda:7 on a one-GPU machine failed at the first tensor moved there, "invalid device ordinal".
+    (This machine's GPU count stands in for a real one's: the check only reads the count.)"""
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(UserError, match=r"'cuda:7': this machine has 2 GPU\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:7")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
