@@ -105,18 +105,27 @@ def execute(
     else:
         out_dir = Path(request.out_dir).resolve()
         created = not out_dir.exists()
+    lock_file = out_dir / LOCK_NAME
+    lock_was_there = lock_file.exists()
     try:
         with hold_run_directory(out_dir):
-            if checkpoint_path(out_dir).exists():
-                raise UserError(
-                    f"{str(out_dir)!r} already holds a run's checkpoint; continue it with --resume "
-                    f"{out_dir}, or choose another --out directory."
-                )
-            _check_foreign_config(out_dir / CONFIG_NAME)
-            # After the directory: a refused --out leaves no store behind, a refused store no directory.
-            tracking_uri = resolve_tracking_uri(request.tracking_uri)
-            request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
-            return _start(request, spec, config, device, on_evaluation, progress)
+            try:
+                if checkpoint_path(out_dir).exists():
+                    raise UserError(
+                        f"{str(out_dir)!r} already holds a run's checkpoint; continue it with --resume "
+                        f"{out_dir}, or choose another --out directory."
+                    )
+                _check_foreign_config(out_dir / CONFIG_NAME)
+                # After the directory: a refused --out leaves no store behind, a refused store no directory.
+                tracking_uri = resolve_tracking_uri(request.tracking_uri)
+                request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
+                return _start(request, spec, config, device, on_evaluation, progress)
+            except UserError:
+                # A refused directory is left as it was found. Removed while still held: a process
+                # waiting on this lock file then sees it gone and locks the new one.
+                if not lock_was_there:
+                    lock_file.unlink(missing_ok=True)
+                raise
     except UserError:
         if created:
             remove_if_unused(out_dir)

@@ -498,6 +498,7 @@ def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_
     assert main([*argv, "--out", str(tmp_path / "project")]) == 2
     assert "config.toml exists and is not a run's config" in capsys.readouterr().err
     assert (tmp_path / "project" / "config.toml").read_text() == "my_setting = 1\n"
+    assert sorted(path.name for path in (tmp_path / "project").iterdir()) == ["config.toml"]  # no .lock left
     assert main([*argv, "--out", str(tmp_path / "busy")]) == 0  # the lock went with its holder
     assert main([*argv, "--out", str(tmp_path / "busy")]) == 2  # a finished run is not overwritten
     assert "already holds a run's checkpoint" in capsys.readouterr().err
