@@ -502,6 +502,8 @@ def _parse_grids(value: Any) -> tuple[dict[str, tuple[Any, ...]], ...]:
         raise UserError("a grid study needs a [grid] table (or several [[grid]] tables) of parameter lists.")
     grids = []
     for table in value:
+        if not isinstance(table, dict):  # `grid = [{lr = [1e-3]}, 5]`
+            raise UserError(f"each [[grid]] entry must be a table of parameter lists, got {table!r}.")
         if not table:
             raise UserError("a [grid] table is empty; list at least one parameter and its values.")
         grid = {}

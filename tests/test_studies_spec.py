@@ -45,6 +45,11 @@ def ppo_key() -> str:
         (GRID.replace('"grid"', '"gird"') + "[grid]\nlr = [1e-3]\n", "unknown study kind 'gird'"),
         (GRID + "[grid]\nlr = []\n", "non-empty list"),
         (GRID + "[grid]\n", "[grid] table is empty"),
+        (
+            GRID + "grid = [{lr = [1e-3]}, 5]\n",
+            "each [[grid]] entry must be a table of parameter lists, got 5.",
+        ),
+        (GRID + 'grid = [["lr"]]\n', "must be a table of parameter lists, got ['lr']."),
         (GRID, "needs a [grid] table"),
         (GRID.replace('"ppo"', '"ppp"') + "[grid]\nlr = [1e-3]\n", "unknown algorithm 'ppp'"),
         (GRID.replace('"toy-bimodal"', '"no-such-task"') + "[grid]\nlr = [1e-3]\n", "no-such-task"),
