@@ -55,6 +55,7 @@ def stores(tmp_path_factory, migrated_mlflow_db):
     _diverging_study(storage, client, uri, root)
     _learning_rate_sweep(storage, client, uri, root)
     _crossed_divergence(storage, client, uri, root)
+    _task_diverged(storage, client, uri, root)
     for name, max_trials in (("capped", 1), ("capped-midway", 2)):
         _capped_study(storage, client, uri, root, name, max_trials)
     optuna.create_study(study_name="empty", storage=storage)
@@ -218,6 +219,17 @@ def _crossed_divergence(storage, client, uri, root):
 
     tasks = ["cartpole-swingup", "pendulum-swingup"]
     _refits_grid(storage, client, uri, root, "crossed", tasks, tasks, failure)
+
+
+def _task_diverged(storage, client, uri, root):
+    """Both variants diverged on every seed of pendulum-swingup."""
+
+    def failure(unit):
+        diverged = "|pendulum-swingup|" in unit
+        return {"fail_reason": "DivergedError: final score nan", "failure": "diverged"} if diverged else None
+
+    tasks = ["cartpole-swingup", "pendulum-swingup"]
+    _refits_grid(storage, client, uri, root, "task-diverged", tasks, tasks, failure)
 
 
 def _capped_study(storage, client, uri, root, name, max_trials):
@@ -401,6 +413,20 @@ def test_variants_that_diverged_on_every_unit_keep_their_parameter_values(stores
         assert rows[1:] == values, section  # after the header: one row per value, each pooling 4 runs
     diverged = "entropy_coef=0,lr=0.01, entropy_coef=0.01,lr=0.01"
     assert f"sample-efficiency curves: none for {diverged} (no finished run on some task)" in report.notes
+
+
+def test_a_task_on_which_every_unit_diverged_counts_with_its_worst_score(stores, tmp_path):
+    """The task was dropped ("the statistics cover cartpole-swingup only"): every score doubled."""
+
+    storage, _ = stores
+    report = build_report("task-diverged", str(storage), out_dir=tmp_path, reps=REPS)
+    summary = (tmp_path / "summary.md").read_text()
+    assert not any("no finished run of any variant" in note for note in report.notes)
+    aggregates = summary[summary.index("## Aggregate metrics") :].split("\n## ")[0]
+    (row,) = [line for line in aggregates.splitlines() if line.startswith("| num_refits=1 |")]
+    # Cartpole's seeds score 0.100 and 0.107, pendulum's 0 (diverged): the mean over the four runs.
+    assert row.split("|")[4].split()[0] == "0.052"
+    assert "pendulum-swingup" in summary[summary.index("## Final return per task") :].splitlines()[2]
 
 
 def test_a_study_without_a_curve_on_every_task_reports_its_final_scores_without_the_figure(stores, tmp_path):

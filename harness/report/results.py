@@ -152,7 +152,16 @@ def load_study_results(
             f"{len(failed_units)} failed); run or resume it with `gorl-bench study run`, then report again."
         )
     table = _frame(tally.rows, parameters)
-    present = set(table["task"])
+    diverged = _frame(
+        [
+            _row(study_name, record, parameters, parsed.steps, envs.score_range(record["task"])[0])
+            for unit, record in tally.diverged.items()
+            if unit not in tally.done
+        ],
+        parameters,
+    )
+    # A task whose every unit diverged stays: its units count with its worst score, as elsewhere.
+    present = set(table["task"]) | set(diverged["task"])
     tasks = [task for task in spec_tasks if task in present] or sorted(present)
     return StudyResults(
         study=study_name,
@@ -167,14 +176,7 @@ def load_study_results(
         tasks=tasks,
         tasks_without_results=[task for task in spec_tasks if task not in present],
         pruned=tally.pruned,
-        diverged=_frame(
-            [
-                _row(study_name, record, parameters, parsed.steps, envs.score_range(record["task"])[0])
-                for unit, record in tally.diverged.items()
-                if unit not in tally.done
-            ],
-            parameters,
-        ),
+        diverged=diverged,
         sampled_variants=_sampled_variants(tally.configs, parsed.preset),
     )
 
