@@ -499,7 +499,8 @@ def test_one_run_per_task_and_configuration_is_noted_as_degenerate_intervals(sto
 def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     storage, _ = stores
     assert main(["report", "nope", "--storage", str(storage)]) == 2
-    studies = "ablation, aliased, capped, capped-midway, crossed, diverging, empty, lr-sweep, tuning"
+    studies = "ablation, aliased, capped, capped-midway, crossed, diverging, empty, lr-sweep, "
+    studies += "task-diverged, tuning"
     assert f"Studies there: {studies}" in capsys.readouterr().err
     assert main(["report", "empty", "--storage", str(storage)]) == 2
     assert "no trials yet" in capsys.readouterr().err
