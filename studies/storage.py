@@ -287,8 +287,7 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
 
     storage = study._storage
     with serialized(storage):
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        for trial in sorted(waiting, key=lambda t: not ({"retry_of", "rerun_of"} & t.user_attrs.keys())):
+        for trial in in_claim_order(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
             # The owner is written with the claim, and Ctrl-C waits until both are stored: a trial
             # RUNNING without an owner is recognised as lost only after the grace period, so an
             # interrupt between the two writes would keep a rerun from retrying it for that long.
@@ -301,6 +300,13 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
                     _own(storage, trial._trial_id)
                     return optuna.Trial(study, trial._trial_id)
     return None
+
+
+def in_claim_order(waiting: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The WAITING trials in the order workers claim them: retries and reruns, then the rest, each
+    in trial order."""
+
+    return sorted(waiting, key=lambda t: not ({"retry_of", "rerun_of"} & t.user_attrs.keys()))
 
 
 def ask_owned(study: optuna.Study) -> optuna.Trial:

@@ -58,6 +58,7 @@ def stores(tmp_path_factory, migrated_mlflow_db):
     _task_diverged(storage, client, uri, root)
     for name, max_trials in (("capped", 1), ("capped-midway", 2)):
         _capped_study(storage, client, uri, root, name, max_trials)
+    _capped_study(storage, client, uri, root, "capped-running", 2, running=True)
     optuna.create_study(study_name="empty", storage=storage)
     return storage_path, uri
 
@@ -232,9 +233,10 @@ def _task_diverged(storage, client, uri, root):
     _refits_grid(storage, client, uri, root, "task-diverged", tasks, tasks, failure)
 
 
-def _capped_study(storage, client, uri, root, name, max_trials):
+def _capped_study(storage, client, uri, root, name, max_trials, running=False):
     """A grid of 4 units (num_refits 1 and 2, 2 seeds, one task) with `max_trials`: the first unit
-    ran, the other three are queued as the study runner enqueues them, in spec order."""
+    ran, the other three are queued as the study runner enqueues them, in spec order; with
+    `running`, the second is running (claimed by a worker)."""
 
     task = "cartpole-swingup"
     spec = {"name": name, "kind": "grid", "algo": "gorl-fm", "tasks": [task], "seeds": 2}
@@ -245,6 +247,9 @@ def _capped_study(storage, client, uri, root, name, max_trials):
         refits, _, seed = key.split("|")
         record = {"unit": key, "variant": refits, "algo": "gorl-fm", "task": task, "seed": int(seed[-1])}
         record["params"] = {"num_refits": int(refits[-1])}
+        if number == 1 and running:
+            study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs=record))
+            continue
         if number:
             study.enqueue_trial({"unit": key}, user_attrs=record)
             continue
@@ -474,6 +479,17 @@ def test_a_grid_short_of_its_max_trials_misses_only_the_units_still_to_run(store
     assert missing == ["num_refits=1|cartpole-swingup|seed1"]
 
 
+def test_a_unit_running_at_the_trial_limit_is_missing_not_never_run(stores):
+    """The running unit was counted among those never run, and the report called itself complete."""
+
+    from harness.report.results import load_study_results
+
+    storage, _ = stores
+    results = load_study_results("capped-running", str(storage))
+    assert results.missing == ["num_refits=1|cartpole-swingup|seed1"]
+    assert results.not_run == ["num_refits=2|cartpole-swingup|seed0", "num_refits=2|cartpole-swingup|seed1"]
+
+
 def test_one_run_per_task_and_configuration_is_noted_as_degenerate_intervals(stores, tmp_path):
     """With one seed, the report printed `0.023 [0.023, 0.023]` with no word on it."""
 
@@ -499,7 +515,9 @@ def test_one_run_per_task_and_configuration_is_noted_as_degenerate_intervals(sto
 def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     storage, _ = stores
     assert main(["report", "nope", "--storage", str(storage)]) == 2
-    studies = "ablation, aliased, capped, capped-midway, crossed, diverging, empty, lr-sweep, "
+    studies = (
+        "ablation, aliased, capped, capped-midway, capped-running, crossed, diverging, empty, lr-sweep, "
+    )
     studies += "task-diverged, tuning"
     assert f"Studies there: {studies}" in capsys.readouterr().err
     assert main(["report", "empty", "--storage", str(storage)]) == 2

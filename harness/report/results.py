@@ -43,7 +43,7 @@ from optuna.trial import TrialState
 
 from harness.errors import UserError
 from harness.tracking import open_store
-from studies.storage import DIVERGED, counted_trials, failure_kind, trial_label
+from studies.storage import DIVERGED, counted_trials, failure_kind, in_claim_order, trial_label
 
 RETURN_METRIC = "eval/return_mean"
 COLUMNS = ["study", "variant", "algo", "task", "seed", "env_step", "eval_return"]
@@ -203,16 +203,19 @@ def _beyond_trial_limit(missing: list[str], trials: list[Any], max_trials: int |
     """The missing units of a grid or compare study that its `max_trials` keeps from running.
 
     Workers start units until `max_trials` of the counted trials have started, taking the waiting
-    ones in trial order (units not enqueued yet come after them); the waiting units past what is
-    left of the limit never run, so the study is complete without them.
+    ones in the order they claim them (units not enqueued yet come after them); the waiting units
+    past what is left of the limit never run, so the study is complete without them. A unit whose
+    trial has started (running, or stopped and to be retried) is not among them.
     """
 
     if max_trials is None:
         return []
-    waiting = [t.user_attrs.get("unit") for t in trials if t.state == TrialState.WAITING]
+    waiting = [
+        t.user_attrs.get("unit") for t in in_claim_order([t for t in trials if t.state == TrialState.WAITING])
+    ]
     left = max(max_trials - (len(trials) - len(waiting)), 0)
-    queued, pending = set(waiting), set(missing)
-    queue = waiting + [unit for unit in missing if unit not in queued]
+    enqueued, pending = {t.user_attrs.get("unit") for t in trials}, set(missing)
+    queue = waiting + [unit for unit in missing if unit not in enqueued]
     return [unit for unit in queue[left:] if unit in pending]
 
 
