@@ -32,6 +32,7 @@ from studies.storage import (
     failure_kind,
     open_storage,
     rerun_failed_trial,
+    serialized,
     sqlite_file,
     storage_location,
     sweep_lost_units,
@@ -160,6 +161,13 @@ def prepare_study(
     """
 
     storage = open_storage(location)
+    with serialized(storage):
+        return _prepare_study(storage, spec, location, tracking_uri, tracking_moved)
+
+
+def _prepare_study(
+    storage: optuna.storages.BaseStorage, spec: Spec, location: str, tracking_uri: str, tracking_moved: bool
+) -> optuna.Study:
     attrs = _stored_attrs(storage, spec.name)
     if attrs.get("spec", spec.raw) != spec.raw:
         raise UserError(
@@ -214,14 +222,15 @@ def enqueue_missing_units(study: optuna.Study, spec: Spec) -> int:
 
     if spec.kind == "tune":
         return 0
-    covered = {t.user_attrs.get("unit") for t in counted_trials(study.get_trials(deepcopy=False))}
-    enqueued = 0
-    for unit in spec.units():
-        if unit.key in covered:
-            continue
-        study.enqueue_trial({"unit": unit.key}, user_attrs=unit.record())
-        covered.add(unit.key)  # a unit listed twice is still enqueued once
-        enqueued += 1
+    with serialized(study._storage):
+        covered = {t.user_attrs.get("unit") for t in counted_trials(study.get_trials(deepcopy=False))}
+        enqueued = 0
+        for unit in spec.units():
+            if unit.key in covered:
+                continue
+            study.enqueue_trial({"unit": unit.key}, user_attrs=unit.record())
+            covered.add(unit.key)  # a unit listed twice is still enqueued once
+            enqueued += 1
     return enqueued
 
 
@@ -232,10 +241,11 @@ def rerun_failed(study: optuna.Study, kinds: set[str]) -> int:
 
     if not kinds:
         return 0
-    counted = counted_trials(study.get_trials(deepcopy=False))
-    failed = [t for t in counted if t.state == TrialState.FAIL and failure_kind(t) in kinds]
-    for trial in failed:
-        rerun_failed_trial(study, trial)
+    with serialized(study._storage):
+        counted = counted_trials(study.get_trials(deepcopy=False))
+        failed = [t for t in counted if t.state == TrialState.FAIL and failure_kind(t) in kinds]
+        for trial in failed:
+            rerun_failed_trial(study, trial)
     return len(failed)
 
 

@@ -10,7 +10,7 @@ Two storages:
 Exactly-once: every unit is an enqueued WAITING trial, and a worker claims one by moving it
 WAITING -> RUNNING. Every storage makes that transition atomic (a row lock on PostgreSQL, the
 order of the log on the journal, a file lock around claims and sweeps on an SQLite file, which
-ignores row locks), so two workers never claim the same trial.
+ignores row locks: `serialized`), so two workers never claim the same trial.
 
 Recovery: a claimed trial records its owner (host, pid) with the claim and keeps a heartbeat while it runs.
 A trial is *lost* when its owner is a dead process on this host, or, for an owner on another
@@ -29,7 +29,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,10 @@ class UninterruptedJournal(JournalFileBackend):
     behind (every process then waits out Optuna's 30 s grace period), print a traceback from the
     lock's own cleanup, or, while still waiting for the lock, remove another process's lock.
     """
+
+    def __init__(self, file_path: str) -> None:
+        super().__init__(file_path)
+        self.path = Path(file_path)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         with signals_deferred():
@@ -321,23 +325,38 @@ def ask_owned(study: optuna.Study) -> optuna.Trial:
 
 @contextmanager
 def serialized(storage: BaseStorage) -> Iterator[None]:
-    """Hold the body against other processes' claims and sweeps where the storage does not.
+    """Run the body alone among this machine's processes on a storage file (journal or SQLite).
 
-    On an SQLite file, Optuna's row lock (SELECT ... FOR UPDATE) is a no-op: two workers both
-    read a trial WAITING and both move it to RUNNING (4 workers claiming 200 trials made 229
-    claims), and two sweeps both re-enqueue one lost trial. An exclusive lock on a file next to
-    the database orders them (SQLite on a network file system is unsafe anyway, so a local file
-    lock suffices). A no-op for the journal and PostgreSQL, whose claims are atomic already.
+    Held by the steps that read the study and then write on what they read: a claim, a sweep for
+    lost units, creating a study and enqueueing its units. On an SQLite file Optuna's row lock
+    (SELECT ... FOR UPDATE) is a no-op: two workers both read a trial WAITING and both moved it
+    to RUNNING (4 workers claiming 200 trials made 229 claims), and two sweeps both re-enqueued
+    one lost trial. On either file, two `study run`s of a new study started at once both found no
+    study, so each created a parent MLflow run (one stayed RUNNING, empty) and enqueued every
+    unit. A no-op for a database server, whose row locks make claims atomic (the first `study
+    run` of a study there should be started alone).
     """
+
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
+    path = (
+        backend.path
+        if isinstance(backend, UninterruptedJournal)
+        else sqlite_file(getattr(backend, "url", ""))
+    )
+    with _file_lock(path) if path else nullcontext():
+        yield
+
+
+@contextmanager
+def _file_lock(storage_file: Path) -> Iterator[None]:
+    """An exclusive lock on `PATH.study-lock` next to the storage file (not on the file itself:
+    closing any descriptor of a database file drops SQLite's own locks on it). A local lock
+    suffices: neither SQLite nor the journal is safe on a network file system anyway. Not
+    reentrant: a process that takes it twice waits for ever."""
 
     import fcntl
 
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
-    database = sqlite_file(getattr(backend, "url", ""))
-    if database is None:
-        yield
-        return
-    with open(database.with_name(database.name + ".claims-lock"), "a") as lock:
+    with open(storage_file.with_name(storage_file.name + ".study-lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, even by a crash
         yield
 

@@ -1111,6 +1111,45 @@ def test_workers_on_an_sqlite_file_never_claim_one_trial_twice(workdir):
     assert sorted(claims) == list(range(40)) and set(claims.values()) == {1}
 
 
+def test_two_study_runs_creating_one_study_at_once_make_one_parent_run_and_one_copy_of_each_unit(workdir):
+    """Both read "no such study", so each created a parent MLflow run (the loser's stayed RUNNING,
+    empty) and enqueued every unit (each unit waited twice)."""
+
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    path = grid_spec(workdir, 2, [0.0, 0.01])
+    go = workdir / "go"
+    prepare = (
+        "import time\n"
+        "from pathlib import Path\n"
+        "from harness.tracking import resolve_tracking_uri\n"
+        "from studies import runner\n"
+        "from studies.spec import load_spec\n"
+        "from studies.storage import storage_location\n"
+        f"spec = load_spec({str(path)!r})\n"
+        f"while not Path({str(go)!r}).exists():\n"  # both imported: start together
+        "    time.sleep(0.01)\n"
+        "study = runner.prepare_study(spec, storage_location(None), resolve_tracking_uri(None))\n"
+        "runner.enqueue_missing_units(study, spec)\n"
+    )
+    processes = [subprocess.Popen([sys.executable, "-c", prepare]) for _ in range(2)]
+    time.sleep(3.0)
+    go.touch()
+    assert [process.wait(timeout=120) for process in processes] == [0, 0]
+
+    study = load_study("tiny", None)
+    assert len(study.get_trials()) == 4
+    client = MlflowClient(resolve_tracking_uri(None))
+    experiment = client.get_experiment_by_name("tiny")
+    assert [run.info.run_id for run in client.search_runs([experiment.experiment_id])] == [
+        study.user_attrs["mlflow_parent_run_id"]
+    ]
+
+
 def test_a_study_whose_parent_run_was_deleted_is_refused_before_any_unit(workdir, capsys, fake_execute):
     """The deleted parent run ended `study run` in an MLflow traceback."""
 
