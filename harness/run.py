@@ -243,6 +243,8 @@ def resume(
                 request = dataclasses.replace(request, tracking_uri=moved_to)
             mlflow_run = check_run_continuable(request.tracking_uri, run_id)
             finished = agent.counted_steps >= request.steps and mlflow_run.info.status == "FINISHED"
+            if not finished:  # before the MLflow run is reopened: a refusal leaves it as it was
+                _restore_config_file(Path(out_dir), request, config)
             # Reopening a finished run would only move its end time and upload its checkpoint again.
             tracker = None if finished else RunTracker.reopen(request.tracking_uri, mlflow_run)
         except BaseException:
@@ -252,7 +254,6 @@ def resume(
             agent.close()
             print(f"the run in {out_dir} had already finished; nothing was trained", file=sys.stderr)
             return _result(request, agent, position, run_id, "FINISHED")
-        _restore_config_file(Path(out_dir), request, config)
         return _train(request, config, agent, position, tracker, on_evaluation, progress)
 
 
@@ -270,13 +271,19 @@ def _restore_config_file(out_dir: Path, request: RunRequest, config: Any) -> Non
     edited file would otherwise describe settings the run does not use."""
 
     path, written = out_dir / CONFIG_NAME, _config_toml(request, config)
-    if path.is_file() and path.read_text() != written:
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path} is not a file; remove it, and the resume writes the run's config there.")
+    # Compared as bytes: an edit may have left text that is not UTF-8.
+    if path.is_file() and path.read_bytes() != written.encode():
         print(
             f"{path} is not what the run was started with: the run continues with its checkpoint's "
             "settings, written there again (a run's settings cannot change; start a new run instead)",
             file=sys.stderr,
         )
-    path.write_text(written)
+    try:
+        path.write_text(written)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror}.") from None
 
 
 def _check_not_a_copy(out_dir: Path, state: dict[str, Any]) -> None:

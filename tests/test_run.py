@@ -664,6 +664,28 @@ def test_resume_writes_back_a_config_file_edited_in_the_run_directory(tmp_path, 
     assert config_file.read_text() == original
 
 
+def test_resume_writes_back_a_config_file_that_is_not_text_and_refuses_a_directory(
+    tmp_path, tracking_uri, capsys
+):
+    """A binary config.toml ended the resume in a UnicodeDecodeError traceback, and a directory in
+    an IsADirectoryError one, each after the MLflow run was reopened: it stayed RUNNING."""
+
+    out = stopped_run(tmp_path, tracking_uri)
+    config_file = out / "config.toml"
+    original = config_file.read_text()
+    config_file.unlink()
+    config_file.mkdir()
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 2
+    assert f"{config_file} is not a file; remove it" in capsys.readouterr().err
+    run_id = load_checkpoint(out)["mlflow_run_id"]
+    assert MlflowClient(tracking_uri).get_run(run_id).info.status == "KILLED"  # left as it was
+    config_file.rmdir()
+    config_file.write_bytes(b"\xff\xfe\x00 not text")
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert f"{config_file} is not what the run was started with" in capsys.readouterr().err
+    assert config_file.read_text() == original
+
+
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, tracking_uri):
     """Not even the MLflow run: it was reopened, which moved its end time, and the checkpoint
     uploaded again."""
