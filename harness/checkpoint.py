@@ -17,7 +17,7 @@ import contextlib
 import fcntl
 import io
 import os
-import tempfile
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +49,10 @@ def save_checkpoint(out_dir: Path, payload: dict[str, Any]) -> Path:
     tmp = None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=out_dir)
+        # Not mkstemp, whose files only their owner may read: the umask applies, as to any file
+        # written here, so that others may evaluate the run (and a server may serve its copy).
+        tmp = out_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as file:
             file.write(buffer.getbuffer())
             file.flush()

@@ -410,6 +410,20 @@ def test_a_checkpoint_that_cannot_be_written_is_one_clear_error_and_leaves_no_te
         assert list((tmp_path / "run").glob("*.tmp")) == []
 
 
+def test_a_checkpoint_gets_the_permissions_the_umask_gives_any_file(tmp_path):
+    """It was readable by its owner alone (mkstemp's 0600), and so was its MLflow copy."""
+
+    from harness.checkpoint import save_checkpoint
+
+    previous = os.umask(0o022)
+    try:
+        assert save_checkpoint(tmp_path, {"x": 1}).stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert save_checkpoint(tmp_path, {"x": 2}).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(previous)
+
+
 def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["run", "--resume", str(tmp_path / "empty")]) == 2
