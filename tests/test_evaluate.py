@@ -84,6 +84,21 @@ def test_a_run_not_yet_evaluated_needs_a_seed(tmp_path, tracking_uri, capsys):
     assert "the run's last evaluation" not in capsys.readouterr().out
 
 
+def test_the_runs_evaluated_before_a_run_is_refused_are_kept_in_the_json(tmp_path, tracking_uri, capsys):
+    """--json was written after the last run only: the first run's evaluation was lost."""
+
+    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512, name="evaluated")
+    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512, name="never")
+    checkpoint = load_checkpoint(tmp_path / "never")
+    checkpoint["progress"].update(history=[], next_point=0)
+    save_checkpoint(tmp_path / "never", checkpoint)
+    out = tmp_path / "returns.json"
+    assert main(["evaluate", str(tmp_path / "evaluated"), str(tmp_path / "never"), "--json", str(out)]) == 2
+    assert f"the 1 run(s) evaluated before are in {out}" in capsys.readouterr().err
+    (kept,) = json.loads(out.read_text())
+    assert kept["run"] == str(tmp_path / "evaluated") and len(kept["returns"]) == SMALL["eval_episodes"]
+
+
 def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, tracking_uri, capsys):
     _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
     good = str(tmp_path / "ppo")
@@ -160,6 +175,23 @@ def test_a_video_needs_a_rendering_backend_and_a_mujoco_task(tmp_path, tracking_
     assert main(["evaluate", str(tmp_path / "ppo"), "--video", str(tmp_path / "videos")]) == 2
     assert "a video needs an OpenGL backend for MuJoCo, and MUJOCO_GL is 'disable'" in capsys.readouterr().err
     assert not (tmp_path / "videos").exists()
+
+
+@pytest.mark.skipif(not _can_render_with("egl"), reason="MuJoCo cannot render with EGL on this machine")
+def test_a_video_directory_inside_a_run_is_refused(tmp_path, tracking_uri):
+    """It wrote ppo.gif into the run directory, which evaluate leaves as it is (as --json does)."""
+
+    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    command = [sys.executable, "-m", "harness.cli", "evaluate", str(tmp_path / "ppo"), "--video",
+               str(tmp_path / "ppo")]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "lies in the run directory" in done.stderr, done.stderr
+    assert sorted(path.name for path in (tmp_path / "ppo").iterdir()) == [
+        ".lock",
+        "checkpoint.pt",
+        "config.toml",
+    ]
 
 
 @pytest.mark.skipif(not _can_render_with("egl"), reason="MuJoCo cannot render with EGL on this machine")

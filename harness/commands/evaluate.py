@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from harness.commands.arguments import check_out_dir, directory, int_between, non_negative_int
@@ -69,24 +70,50 @@ def main(args: argparse.Namespace) -> int:
 
         check_rendering()
         check_out_dir(args.video)
+        check_outside_runs(args.video, "--video", args.runs)
         videos = [args.video / f"{Path(run_dir).resolve().name}.gif" for run_dir in args.runs]
         if len(set(videos)) < len(videos):
             raise UserError(
                 "--video names each video after its run directory, and two runs' directories share a "
                 "name: evaluate them one at a time, with a --video directory each."
             )
-    results = []
+    results: list[dict] = []
     for run_dir, video in zip(args.runs, videos, strict=True):
-        result = evaluate_run(run_dir, args.episodes, args.seed, not args.stochastic, args.device, video)
+        try:
+            result = evaluate_run(run_dir, args.episodes, args.seed, not args.stochastic, args.device, video)
+        except (UserError, KeyboardInterrupt):
+            if results and args.json is not None:
+                print(f"the {len(results)} run(s) evaluated before are in {args.json}", file=sys.stderr)
+            raise
         print(describe(result))
         results.append(result)
+        if args.json is not None:  # after each run: a later run refused or interrupted loses none
+            _write_json(args.json, results)
     if args.json is not None:
-        try:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-        except OSError as error:
-            raise UserError(f"cannot write --json {args.json}: {error.strerror}.") from None
         print(f"returns written to {args.json}")
     return 0
+
+
+def _write_json(path: Path, results: list[dict]) -> None:
+    from harness.errors import UserError
+
+    try:
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    except OSError as error:
+        raise UserError(f"cannot write --json {path}: {error.strerror}.") from None
+
+
+def check_outside_runs(path: Path, option: str, run_dirs: list[Path]) -> None:
+    """Refuse an output `path` inside one of the run directories, which evaluate leaves as they are."""
+
+    from harness.errors import UserError
+
+    for run_dir in run_dirs:
+        if path.resolve().is_relative_to(Path(run_dir).resolve()):
+            raise UserError(
+                f"{option} {path} lies in the run directory {run_dir}, which evaluate leaves as it is; "
+                "give a path elsewhere."
+            )
 
 
 def check_json_target(path: Path, run_dirs: list[Path]) -> None:
@@ -97,12 +124,7 @@ def check_json_target(path: Path, run_dirs: list[Path]) -> None:
 
     if path.is_dir() or not path.parent.is_dir():
         raise UserError(f"--json {path}: give a file in an existing directory.")
-    for run_dir in run_dirs:
-        if path.resolve().is_relative_to(Path(run_dir).resolve()):
-            raise UserError(
-                f"--json {path} lies in the run directory {run_dir}, which evaluate leaves as it is; "
-                "give a file elsewhere."
-            )
+    check_outside_runs(path, "--json", run_dirs)
     if path.exists():
         try:
             earlier = json.loads(path.read_text())
