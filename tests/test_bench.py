@@ -50,6 +50,26 @@ def test_bench_envs_compares_the_backends(capsys):
     assert len(rows) == 1 and rows[0][0] == "cheetah-run" and rows[0][1] == "2"
 
 
+def test_bench_envs_prints_the_rows_measured_before_an_interrupt(capsys, monkeypatch):
+    """The table was printed at the end only: Ctrl-C after minutes of measuring showed nothing."""
+
+    from harness.benchmarks import envs as bench_envs
+
+    measured = iter([{"dm_control": 100.0, "fast": 300.0, "raw": 400.0}])
+
+    def measure_then_interrupt(task, num_envs, steps, repeats):
+        try:
+            return next(measured)
+        except StopIteration:
+            raise KeyboardInterrupt from None  # Ctrl-C during the second measurement
+
+    monkeypatch.setattr(bench_envs, "measure", measure_then_interrupt)
+    argv = ["bench", "envs", "--tasks", "cheetah-run", "--sizes", "2", "4", "--markdown"]
+    assert main(argv) == 130
+    rows = table_rows(capsys.readouterr().out)
+    assert rows == [["cheetah-run", "2", "100", "300", "3.00x", "400", "75%"]]
+
+
 def test_bench_refuses_an_unknown_algorithm_or_task_before_printing(capsys):
     assert main(["bench", "train", "--algos", "ppo", "pop"]) == 2
     assert "unknown algorithm 'pop'" in capsys.readouterr().err

@@ -135,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     import envs
+    from harness.progress import DelayedProgress
 
     tasks = [envs.canonical_task(t) for t in args.tasks]
     for task in tasks:
@@ -153,17 +154,23 @@ def main(args: argparse.Namespace) -> int:
     table = Table(box=box.MARKDOWN if args.markdown else box.SIMPLE_HEAD)
     for column in ("task", "N", "dm_control", "fast", "fast / dm_control", "raw physics", "fast % of raw"):
         table.add_column(column, justify="left" if column == "task" else "right", no_wrap=True)
-    for task in tasks:
-        for num_envs in args.sizes:
-            r = measure(task, num_envs, args.steps, args.repeats)
-            table.add_row(
-                task,
-                str(num_envs),
-                f"{r['dm_control']:,.0f}",
-                f"{r['fast']:,.0f}",
-                f"{r['fast'] / r['dm_control']:.2f}x",
-                f"{r['raw']:,.0f}",
-                f"{r['fast'] / r['raw']:.0%}",
-            )
-    console.print(table)
+    label = "{task.completed:.0f}/{task.total:.0f} task x N measurements"
+    try:
+        with DelayedProgress(label, total=len(tasks) * len(args.sizes)) as progress:
+            for task in tasks:
+                for num_envs in args.sizes:
+                    r = measure(task, num_envs, args.steps, args.repeats)
+                    table.add_row(
+                        task,
+                        str(num_envs),
+                        f"{r['dm_control']:,.0f}",
+                        f"{r['fast']:,.0f}",
+                        f"{r['fast'] / r['dm_control']:.2f}x",
+                        f"{r['raw']:,.0f}",
+                        f"{r['fast'] / r['raw']:.0%}",
+                    )
+                    progress.advance(1)
+    finally:  # also the rows measured before an interrupt or an error
+        if table.rows:
+            console.print(table)
     return 0
