@@ -100,9 +100,11 @@ def open_storage(location: str | None, *, create: bool = True) -> BaseStorage:
         raise UserError(f"cannot open the study storage {location}: {reason}")
     path = Path(location)
     _check_journal(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(UninterruptedJournal(str(path)))
+    except OSError as error:  # a read-only file system, a directory that cannot hold files
+        raise UserError(f"cannot open the study journal {location}: {error.strerror}.") from None
     except (ValueError, AssertionError, KeyError, TypeError) as error:
         # Optuna replays the whole log on opening; a damaged line fails there with a decoding
         # error or a failed assertion on an unknown operation.
@@ -356,7 +358,14 @@ def _file_lock(storage_file: Path) -> Iterator[None]:
 
     import fcntl
 
-    with open(storage_file.with_name(storage_file.name + ".study-lock"), "a") as lock:
+    path = storage_file.with_name(storage_file.name + ".study-lock")
+    try:
+        lock = open(path, "a")  # noqa: SIM115 - closed below, after the body
+    except OSError as error:
+        raise UserError(
+            f"cannot create the lock file {path} next to the study storage: {error.strerror}."
+        ) from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, even by a crash
         yield
 

@@ -708,6 +708,17 @@ def test_a_storage_that_is_not_a_regular_file_is_refused(workdir, capsys):
         assert "Traceback" not in err
 
 
+def test_a_journal_that_cannot_be_created_is_a_clear_error(workdir, capsys):
+    """A FileNotFoundError traceback. (/proc takes no new files, even from root, as a read-only
+    file system or a directory of another user would not.)"""
+
+    path = grid_spec(workdir, 1, [0.0])
+    assert main(["study", "run", str(path), "--storage", "/proc/studies.journal"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the study journal /proc/studies.journal: No such file or directory." in err
+    assert "Traceback" not in err
+
+
 def test_a_damaged_journal_is_a_clear_error(workdir, capsys):
     prepared(grid_spec(workdir, 1, [0.0]))
     journal = workdir / "runs" / "studies.journal"
