@@ -94,6 +94,8 @@ def run_study(
             file=sys.stderr,
         )
     study = prepare_study(spec, location, tracking_uri, tracking_moved=tracking_moved)
+    if study.user_attrs.get("device") != device:  # what `study worker` defaults to
+        study.set_user_attr("device", device)
     kinds = {ERROR} if retry_failed else set()
     kinds |= {DIVERGED} if retry_diverged else set()
     rerun = rerun_failed(study, kinds)

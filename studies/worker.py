@@ -107,7 +107,7 @@ def run_worker(
     *,
     index: int | None = None,
     threads: int | None = None,
-    device: str = "cpu",
+    device: str | None = None,
 ) -> int:
     """Serve study `name` until no unit is left (or the trial budget is spent); returns units run.
 
@@ -119,13 +119,16 @@ def run_worker(
 
     from harness.run import resolve_device
 
-    resolve_device(device)  # before any claim: otherwise every unit fails with the same reason
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the coordinator shows progress
     study = load_study(name, location)
+    # By default the device `study run` trains on: a worker joining from another machine would
+    # otherwise train on its CPU, far slower and with other numbers, without a word.
+    device = device or study.user_attrs.get("device", "cpu")
+    resolve_device(device)  # before any claim: otherwise every unit fails with the same reason
     if "spec" not in study.user_attrs:  # created by hand, or a `study run` stopped while creating it
         raise UserError(
             f"study {name!r} has no spec recorded, so it has no units: create it with `gorl-bench study run "

@@ -497,6 +497,19 @@ def test_a_device_that_cannot_run_is_refused_before_any_unit(
     assert fake_execute == [] and load_study("tiny", None).trials[0].state == TrialState.WAITING
 
 
+def test_a_worker_trains_on_the_device_of_the_study_run_by_default(workdir, fake_execute, workers_in_process):
+    """A worker joining from another machine trained on its CPU, whatever `study run --device` said."""
+
+    path = grid_spec(workdir, 1, [0.0, 0.01])
+    study = prepared(path)
+    study.set_user_attr("device", "meta")  # as `study run --device` records it; refused by any worker here
+    assert main(["study", "worker", "tiny"]) == 2
+    assert main(["study", "worker", "tiny", "--device", "cpu"]) == 0  # given: as it says
+    assert len(fake_execute) == 2
+    assert main(["study", "run", str(path)]) == 0
+    assert load_study("tiny", None).user_attrs["device"] == "cpu"  # recorded by each `study run`
+
+
 def test_failed_units_fail_the_study_run_and_are_rerun_only_when_asked(
     workdir, fake_execute, workers_in_process, disk_full_until_fixed, capsys
 ):

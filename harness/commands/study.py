@@ -56,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int_between(1, MAX_THREADS),
         help=f"torch threads for this worker, 1 to {MAX_THREADS} (default: torch's choice)",
     )
-    worker.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    worker.add_argument(
+        "--device", help="torch device (default: the one of the study's latest `study run`, else cpu)"
+    )
     worker.add_argument(
         "--index",
         type=integer,
