@@ -398,6 +398,11 @@ def _train(
                 metrics = agent.train_iteration()
                 elapsed = time.perf_counter() - start
                 step = agent.counted_steps
+                if step <= before:  # a new algorithm's slip: the run would never end
+                    raise UserError(
+                        f"{request.algo}: train_iteration took no counted env step (counted_steps stayed "
+                        f"{before:,}); an agent adds the env steps each iteration spends to counted_steps."
+                    )
                 metrics.update({
                     "perf/env_steps_per_s": (step - before) / elapsed,
                     "steps/counted": step,

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from interrupts import interrupted_inside_a_c_extension_import
@@ -408,6 +409,47 @@ def test_a_checkpoint_that_cannot_be_written_is_one_clear_error_and_leaves_no_te
     (tmp_path / "run" / ".checkpoint-abc123.tmp").write_bytes(b"half a checkpoint")
     with hold_run_directory(tmp_path / "run"):
         assert list((tmp_path / "run").glob("*.tmp")) == []
+
+
+def test_an_agent_whose_iteration_counts_no_step_fails_instead_of_looping_for_ever(
+    tmp_path, tracking_uri, monkeypatch
+):
+    """The README's skeleton of a new algorithm, without `counted_steps += ...`: the run hung."""
+
+    import dataclasses
+
+    from algorithms import registry
+    from algorithms.base import Agent
+
+    @dataclasses.dataclass(frozen=True)
+    class StuckConfig:
+        eval_points: int = 1
+        eval_episodes: int = 1
+        env_backend: str = "auto"
+
+    class StuckAgent(Agent):
+        def __init__(self, config, task, seed, budget, device) -> None: ...
+        def train_iteration(self) -> dict[str, float]:
+            return {}
+
+        def act(self, obs, deterministic=True):
+            return np.zeros((len(obs), 2), np.float32)
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state) -> None: ...
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # registered for this test only
+    registry.register("stuck", config=StuckConfig, presets={"cpu": {}}, summary="")(StuckAgent)
+    request = RunRequest(
+        algo="stuck", task=TOY, steps=1024, out_dir=tmp_path / "run", tracking_uri=tracking_uri
+    )
+    with pytest.raises(UserError, match="stuck: train_iteration took no counted env step"):
+        execute(request, progress=False)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED" and "took no counted env step" in run.data.tags["status_reason"]
 
 
 def test_a_checkpoint_gets_the_permissions_the_umask_gives_any_file(tmp_path):
