@@ -56,6 +56,7 @@ def stores(tmp_path_factory, migrated_mlflow_db):
     _learning_rate_sweep(storage, client, uri, root)
     _crossed_divergence(storage, client, uri, root)
     _task_diverged(storage, client, uri, root)
+    _all_diverged(storage, client, uri, root)
     for name, max_trials in (("capped", 1), ("capped-midway", 2)):
         _capped_study(storage, client, uri, root, name, max_trials)
     _capped_study(storage, client, uri, root, "capped-running", 2, running=True)
@@ -231,6 +232,16 @@ def _task_diverged(storage, client, uri, root):
 
     tasks = ["cartpole-swingup", "pendulum-swingup"]
     _refits_grid(storage, client, uri, root, "task-diverged", tasks, tasks, failure)
+
+
+def _all_diverged(storage, client, uri, root):
+    """Every unit diverged."""
+
+    def failure(unit):
+        return {"fail_reason": "DivergedError: final score nan", "failure": "diverged"}
+
+    tasks = ["cartpole-swingup"]
+    _refits_grid(storage, client, uri, root, "all-diverged", tasks, tasks, failure)
 
 
 def _capped_study(storage, client, uri, root, name, max_trials, running=False):
@@ -434,6 +445,19 @@ def test_a_task_on_which_every_unit_diverged_counts_with_its_worst_score(stores,
     assert "pendulum-swingup" in summary[summary.index("## Final return per task") :].splitlines()[2]
 
 
+def test_a_study_whose_every_unit_diverged_is_reported_with_worst_scores(stores, tmp_path):
+    """It was refused as if every unit had failed with an error: a divergence is a result."""
+
+    storage, _ = stores
+    report = build_report("all-diverged", str(storage), out_dir=tmp_path, reps=REPS)
+    summary = (tmp_path / "summary.md").read_text()
+    aggregates = summary[summary.index("## Aggregate metrics") :].split("\n## ")[0]
+    rows = [line for line in aggregates.splitlines() if line.startswith("| num_refits=")]
+    assert len(rows) == 2 and all(row.split("|")[4].split()[0] == "0.000" for row in rows)
+    assert any("4 diverged unit(s) count with their task's worst score" in note for note in report.notes)
+    assert not (tmp_path / "sample_efficiency.png").exists() and (tmp_path / "aggregates.png").is_file()
+
+
 def test_a_study_without_a_curve_on_every_task_reports_its_final_scores_without_the_figure(stores, tmp_path):
     storage, _ = stores
     report = build_report("crossed", str(storage), out_dir=tmp_path, reps=REPS)
@@ -515,10 +539,8 @@ def test_one_run_per_task_and_configuration_is_noted_as_degenerate_intervals(sto
 def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     storage, _ = stores
     assert main(["report", "nope", "--storage", str(storage)]) == 2
-    studies = (
-        "ablation, aliased, capped, capped-midway, capped-running, crossed, diverging, empty, lr-sweep, "
-    )
-    studies += "task-diverged, tuning"
+    studies = "ablation, aliased, all-diverged, capped, capped-midway, capped-running, crossed, diverging, "
+    studies += "empty, lr-sweep, task-diverged, tuning"
     assert f"Studies there: {studies}" in capsys.readouterr().err
     assert main(["report", "empty", "--storage", str(storage)]) == 2
     assert "no trials yet" in capsys.readouterr().err

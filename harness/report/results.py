@@ -135,7 +135,9 @@ def load_study_results(
             f"{study_name!r}'s finished units ({recorded}); check --tracking-uri: pass the store the study "
             "ran with."
         )
-    if not tally.rows:
+    # A study whose finished units all diverged is reported: a divergence is a result (scored as
+    # its task's worst), unlike an error, which leaves nothing to report.
+    if not tally.rows and not tally.diverged:
         if failed_units and not missing:  # nothing left to run: resuming would change nothing
             from studies.status import study_status
 

@@ -59,6 +59,8 @@ def curve_arrays(
     """
 
     units = {key: group.sort_values("env_step") for key, group in table.groupby(UNIT, sort=False)}
+    if not units:  # every unit diverged: no curve at all
+        return np.array([]), {}, []
     most = max(len(group) for group in units.values())
     steps = np.median(
         np.stack([group["env_step"].to_numpy() for group in units.values() if len(group) == most]), axis=0
