@@ -452,7 +452,7 @@ def test_failing_units_are_recorded_and_the_study_goes_on(workdir, fake_execute)
 def test_a_report_of_a_study_whose_every_unit_failed_says_to_retry_them(workdir, fake_execute, capsys):
     """It said "run or resume it", which changes nothing: failed units are settled."""
 
-    prepared(grid_spec(workdir, 1, [0.5, 0.25]))  # the fake fails 0.5 with an error, 0.25 diverges
+    prepared(grid_spec(workdir, 2, [0.5]))  # the fake fails 0.5 with an error
     assert run_worker("tiny", None) == 2
     assert main(["report", "tiny", "--reps", "200"]) == 2
     err = " ".join(capsys.readouterr().err.split())
@@ -460,9 +460,15 @@ def test_a_report_of_a_study_whose_every_unit_failed_says_to_retry_them(workdir,
         "every unit of study 'tiny' failed (2; entropy_coef=0.5|toy-bimodal|seed0: RuntimeError: synthetic"
         in err
     )
-    # Each kind of failure with the option that reruns it: --retry-failed leaves diverged units be.
     assert "rerun the units it failed: gorl-bench study run SPEC --retry-failed" in err
-    assert "To rerun them from the start: gorl-bench study run SPEC --retry-diverged" in err
+    # A diverged unit is a result (its task's worst score): with one, the study is reported.
+    spec = grid_spec(workdir, 1, [0.5, 0.25], top='name = "with-a-diverged-unit"')
+    runner.enqueue_missing_units(
+        runner.prepare_study(load_spec(spec), storage_location(None), resolve_tracking_uri(None)),
+        load_spec(spec),
+    )
+    assert run_worker("with-a-diverged-unit", None) == 2
+    assert main(["report", "with-a-diverged-unit", "--reps", "200"]) == 0
 
 
 def test_labels_that_slug_alike_get_their_own_directories_inside_the_study(workdir, fake_execute):
