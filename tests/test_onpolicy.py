@@ -117,11 +117,16 @@ def test_collect_bootstraps_truncation_from_final_obs_and_records_episode_return
 
 
 def test_clipped_surrogate_clips_the_ratio():
-    log_ratio = torch.log(torch.tensor([1.5, 0.5, 1.0]))
-    adv = torch.tensor([1.0, -1.0, 2.0])
-    loss, metrics = clipped_surrogate(log_ratio, adv, 0.2)
-    assert loss.item() == pytest.approx(-(1.2 - 0.8 + 2.0) / 3)
-    assert metrics["train/clip_fraction"].item() == pytest.approx(2 / 3)
+    # Clipping binds where it would reward a move in the advantage's direction (1.5 with A > 0,
+    # 0.5 with A < 0); the minimum keeps the unclipped, pessimistic term where the move goes
+    # against it (1.5 with A < 0 costs 1.5, not 1.2; 0.5 with A > 0 earns 0.5, not 0.8).
+    ratio = torch.tensor([1.5, 0.5, 1.0, 1.5, 0.5])
+    adv = torch.tensor([1.0, -1.0, 2.0, -1.0, 1.0])
+    loss, metrics = clipped_surrogate(ratio.log(), adv, 0.2)
+    assert loss.item() == pytest.approx(-(1.2 - 0.8 + 2.0 - 1.5 + 0.5) / 5)
+    assert metrics["train/clip_fraction"].item() == pytest.approx(4 / 5)
+    expected_kl = ((ratio - 1) - ratio.log()).mean()  # k3: (r - 1) - log r
+    assert metrics["train/approx_kl"].item() == pytest.approx(expected_kl.item())
 
 
 def test_minibatch_update_fits_a_loss_and_refuses_non_finite_parameters():

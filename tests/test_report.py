@@ -384,6 +384,8 @@ def test_probabilities_of_improvement_are_limited_to_the_best_variants(stores, t
     section = summary[summary.index("## Probability of improvement") :].split("\n## ")[0]
     pairs = [line for line in section.splitlines() if line.startswith("| num_refits=")]
     assert len(pairs) == 1 and pairs[0].startswith("| num_refits=3 | num_refits=2 |")  # the two best only
+    # Every run of 3 refits ends above every run of 2 on each task (eval_return): P(X > Y) = 1, not 0.
+    assert pairs[0].split("|")[3].split()[0] == "1.000"
     note = "probability of improvement: between the 2 variants with the highest IQM (3 in all)"
     assert note in report.notes
 
