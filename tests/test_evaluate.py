@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -147,6 +148,7 @@ def test_more_episodes_than_play_at_once_play_in_equal_rounds(monkeypatch):
     np.testing.assert_array_equal(one_round, returns[:14])
 
 
+@functools.cache  # a subprocess each: asked once per backend, not once per test
 def _can_render_with(backend: str) -> bool:
     probe = "import mujoco; mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8).close()"
     env = {**os.environ, "MUJOCO_GL": backend}

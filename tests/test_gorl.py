@@ -274,7 +274,9 @@ def test_fm_resets_the_encoder_at_a_refit_and_diffusion_keeps_it():
     for algo in ("gorl-fm", "gorl-diffusion"):
         assert config(algo).reset_encoder and config(algo).warm_value, algo
     for algo, reset in (("gorl-fm", True), ("gorl-diffusion", False)):
-        settings = config(algo, "paper", **SMALL, num_refits=1, warm_value=False)
+        # The paper preset's reset switches, on small networks in one thread (what is compared).
+        small = {"update_threads": 1, "refit_from": "last", "critic_hidden": [16], "decoder_width": 16}
+        settings = config(algo, "paper", **SMALL, **small, num_refits=1, warm_value=False)
         agent = algorithms.get(algo).agent_cls(settings, TOY, 0, 4 * UPDATE, CPU)
         fresh = [p.clone() for p in agent.model.parameters()]
         agent.train_iteration()

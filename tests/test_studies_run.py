@@ -389,7 +389,7 @@ KILLABLE_STEPS = 8192
 
 
 def test_killed_worker_leaves_units_recoverable_on_the_journal(workdir):
-    path = grid_spec(workdir, 2, [0.0, 0.01], steps=KILLABLE_STEPS)
+    path = grid_spec(workdir, 1, [0.0, 0.01], steps=KILLABLE_STEPS)
     storage = str(workdir / "runs" / "studies.journal")
     run_and_kill_one_worker(workdir, path, storage)
     check_recovered(workdir, path, storage)
@@ -426,7 +426,7 @@ def postgres_url():
 
 @pytest.mark.postgres
 def test_killed_worker_leaves_units_recoverable_on_postgresql(workdir, postgres_url):
-    path = grid_spec(workdir, 2, [0.0, 0.01], steps=KILLABLE_STEPS)
+    path = grid_spec(workdir, 1, [0.0, 0.01], steps=KILLABLE_STEPS)
     run_and_kill_one_worker(workdir, path, postgres_url)
     check_recovered(workdir, path, postgres_url)
 
@@ -1154,20 +1154,25 @@ def test_two_study_runs_creating_one_study_at_once_make_one_parent_run_and_one_c
     path = grid_spec(workdir, 2, [0.0, 0.01])
     go = workdir / "go"
     prepare = (
-        "import time\n"
+        "import sys, time\n"
         "from pathlib import Path\n"
         "from harness.tracking import resolve_tracking_uri\n"
         "from studies import runner\n"
         "from studies.spec import load_spec\n"
         "from studies.storage import storage_location\n"
         f"spec = load_spec({str(path)!r})\n"
-        f"while not Path({str(go)!r}).exists():\n"  # both imported: start together
+        "Path(sys.argv[1]).touch()\n"  # imported: ready
+        f"while not Path({str(go)!r}).exists():\n"  # both ready: start together
         "    time.sleep(0.01)\n"
         "study = runner.prepare_study(spec, storage_location(None), resolve_tracking_uri(None))\n"
         "runner.enqueue_missing_units(study, spec)\n"
     )
-    processes = [subprocess.Popen([sys.executable, "-c", prepare]) for _ in range(2)]
-    time.sleep(3.0)
+    ready = [workdir / f"ready-{index}" for index in range(2)]
+    processes = [subprocess.Popen([sys.executable, "-c", prepare, str(flag)]) for flag in ready]
+    deadline = time.monotonic() + 120
+    while not all(flag.exists() for flag in ready):
+        assert time.monotonic() < deadline and all(process.poll() is None for process in processes)
+        time.sleep(0.05)
     go.touch()
     assert [process.wait(timeout=120) for process in processes] == [0, 0]
 
