@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume",
         type=directory,
         metavar="DIR",
-        help="continue the run saved in DIR (its checkpoint holds every option but --tracking-uri)",
+        help="continue the run saved in DIR (its checkpoint holds every option but --tracking-uri and "
+        "--device)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=main)
