@@ -49,6 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Whatever read the output has stopped (`gorl-bench config ppo | head`): no error of ours.
+        # Python's own flush of stdout at exit would fail again, so stdout goes to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a command its pipe's reader left
     except (MemoryError, RuntimeError) as error:
         detail = out_of_memory(error)
         if detail is None:

@@ -107,3 +107,16 @@ def test_a_spec_writes_none_as_the_word_for_optional_keys():
     spec = algorithms.get("gorl-fm")
     config = resolve(spec, "cpu", "cheetah-run", {"max_grad_norm": "none", "latent_reg": "none"})
     assert config.max_grad_norm is None and config.latent_reg == "none"
+
+
+def test_output_to_a_reader_that_has_gone_ends_quietly():
+    """`gorl-bench config ppo | head` ended in a BrokenPipeError traceback."""
+
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "harness.cli", "config", "ppo"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before the first line is written
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 141 and err == "", err
