@@ -53,8 +53,8 @@ def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(
     request = RunRequest(algo="ppo", task="toy-bimodal", steps=256, overrides=overrides,
                          out_dir=tmp_path / "ppo", tracking_uri=tracking_uri)  # fmt: skip
     execute(request, progress=False)
-    closed = []
-    monkeypatch.setattr(PPOAgent, "close", lambda agent: closed.append(agent))
+    closed, close = [], PPOAgent.close
+    monkeypatch.setattr(PPOAgent, "close", lambda agent: (closed.append(agent), close(agent)))
     shutil.copytree(tmp_path / "ppo", tmp_path / "copy")
     argv = ["diagnose", "multimodality", str(tmp_path / "ppo"), str(tmp_path / "copy"), "--samples", "100"]
     assert main(argv) == 2

@@ -708,6 +708,41 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_ur
     assert [(m.step, m.value) for m in means] == [(s, mean) for s, mean, _ in reference.eval_history]
 
 
+def test_a_run_killed_between_evaluation_points_resumes_from_checkpoint_every(tmp_path, tracking_uri):
+    """--checkpoint-every saves between evaluations; a resume from such a checkpoint must neither
+    repeat nor skip an evaluation, nor log a step twice, and match a run without the option."""
+
+    reference = execute(
+        RunRequest(algo="ppo", task="toy-bimodal", seed=5, steps=STEPS, overrides=OVERRIDES,
+                   out_dir=tmp_path / "reference", tracking_uri=tracking_uri),
+        progress=False,
+    )  # fmt: skip
+    out, between = tmp_path / "killed", STEPS // POINTS  # evaluations every 10 updates
+    argv = ["run", "--algo", "ppo", "--task", "toy-bimodal", "--seed", "5", "--steps", str(STEPS),
+            *sets(OVERRIDES), "--out", str(out), "--tracking-uri", tracking_uri, "--no-progress",
+            "--checkpoint-every", str(3 * 256)]  # fmt: skip
+    env = {**os.environ, "MUJOCO_GL": "disable"}
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline, saved_at = time.monotonic() + 120, 0
+    while saved_at <= between or saved_at % between == 0:  # past the first point, between two
+        assert process.poll() is None, "the run ended before a checkpoint between evaluation points"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+        if checkpoint_path(out).exists():
+            saved_at = load_checkpoint(out)["agent"]["counted_steps"]
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    state = load_checkpoint(out)
+    assert [tuple(point) for point in state["progress"]["history"]] == reference.eval_history
+    client = MlflowClient(tracking_uri)
+    for key in ("eval/return_mean", "steps/counted"):
+        steps = [m.step for m in client.get_metric_history(state["mlflow_run_id"], key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at one step after resume"
+
+
 def test_resume_writes_back_a_config_file_edited_in_the_run_directory(tmp_path, tracking_uri, capsys):
     """The run continues with its checkpoint's settings; the edited file stayed, describing others."""
 
