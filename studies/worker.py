@@ -419,15 +419,22 @@ def _run_trial_units(
 
 
 def _finished_units(study: optuna.Study, trial: optuna.Trial) -> dict[tuple[str, int], dict[str, Any]]:
-    """(task, seed index) -> record of each unit that the lost attempt a tune trial retries had
-    finished (its MLflow run and normalised score): the retry reuses them rather than train them
-    again. Records of attempts made before scores were recorded are not reused."""
+    """(task, seed index) -> record of each unit that an earlier attempt at the trial's
+    configuration finished (its MLflow run and normalised score), which the trial reuses rather
+    than train again: the lost attempt a retry repeats, and any trial for which the sampler drew
+    the same values (its units have the same seeds, so the same results). Records of attempts made
+    before scores were recorded are not reused."""
 
-    if "retry_of" not in trial.user_attrs:
-        return {}
-    lost = study.trials[trial.user_attrs["retry_of"]]
-    records = lost.user_attrs.get("units") or []
-    return {(r["task"], r["seed"]): r for r in records if "score" in r and r.get("mlflow_run_id")}
+    params, retried = trial.user_attrs.get("params"), trial.user_attrs.get("retry_of")
+    finished: dict[tuple[str, int], dict[str, Any]] = {}
+    for earlier in study.get_trials(deepcopy=False):
+        if earlier.number == trial.number:
+            continue
+        if earlier.number == retried or (params is not None and earlier.user_attrs.get("params") == params):
+            for record in earlier.user_attrs.get("units") or []:
+                if "score" in record and record.get("mlflow_run_id"):
+                    finished.setdefault((record["task"], record["seed"]), record)
+    return finished
 
 
 def _check_sampled(spec: Spec, params: dict[str, Any]) -> None:

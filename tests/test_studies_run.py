@@ -881,6 +881,21 @@ def test_a_retried_tune_trial_reuses_the_units_its_lost_attempt_finished(workdir
     assert retry.value == (0.5 + second["score"]) / 2  # the IQM of two units is their mean
 
 
+def test_a_configuration_sampled_again_reuses_the_units_it_finished(workdir, fake_execute):
+    """TPE proposes a configuration again (here the only one there is): its units, with the same
+    seeds, were trained again to the same results."""
+
+    top = 'kind = "tune"\nseeds = 2\nmax_trials = 2\npruner = "none"\n'
+    prepared(spec_file(workdir, top, "[space.clip]\nchoices = [0.2]\n"))
+    assert run_worker("tiny", None) == 2
+    assert len(fake_execute) == 2  # the first trial's two units; the second reused them
+    first, second = load_study("tiny", None).trials
+    assert second.value == first.value
+    assert [r["mlflow_run_id"] for r in second.user_attrs["units"]] == [
+        r["mlflow_run_id"] for r in first.user_attrs["units"]
+    ]
+
+
 def test_a_cmaes_tune_study_runs_past_its_random_first_trial(workdir, fake_execute):
     """CMA-ES samples its first trial at random and needs the `cmaes` package from the second on."""
 
