@@ -136,17 +136,21 @@ def check_request(request: RunRequest) -> tuple[str, algorithms.registry.Algorit
     """The canonical task, algorithm, resolved config and device of `request`; a UserError for
     anything that would stop the run before it trains (settings, budget, memory, device)."""
 
+    _check_numbers(request)
+    task = envs.canonical_task(request.task)
+    spec = algorithms.get(request.algo)
+    config = resolve(spec, request.preset, task, dict(request.overrides))
+    check_run(config, task, request.steps)
+    return task, spec, config, resolve_device(request.device)
+
+
+def _check_numbers(request: RunRequest) -> None:
     if request.steps < 1:
         raise UserError(f"--steps must be a positive number of env steps, got {request.steps}.")
     if not 0 <= request.seed < 2**32:  # torch and numpy take 64-bit seeds; seed + k must fit too
         raise UserError(f"--seed must be an integer from 0 to 2**32 - 1, got {request.seed}.")
     if request.checkpoint_every is not None and request.checkpoint_every < 1:
         raise UserError(f"--checkpoint-every must be positive, got {request.checkpoint_every}.")
-    task = envs.canonical_task(request.task)
-    spec = algorithms.get(request.algo)
-    config = resolve(spec, request.preset, task, dict(request.overrides))
-    check_run(config, task, request.steps)
-    return task, spec, config, resolve_device(request.device)
 
 
 def _check_foreign_config(path: Path) -> None:
@@ -316,13 +320,18 @@ def load_run(
     """The request, config and agent (in its saved state, on `device` if given) of the run in
     `out_dir`, and the checkpoint."""
 
-    state = load_checkpoint(Path(out_dir))
+    state, path = load_checkpoint(Path(out_dir)), checkpoint_path(Path(out_dir))
     try:
         # The directory may have moved since the run started.
         request = dataclasses.replace(RunRequest(**state["request"]), out_dir=Path(out_dir).resolve())
     except TypeError as error:
-        raise UserError(f"{checkpoint_path(Path(out_dir))} holds no valid run request ({error}).") from None
-    _check_position(state["progress"], checkpoint_path(Path(out_dir)))
+        raise UserError(f"{path} holds no valid run request ({error}).") from None
+    _check_request_types(request, path)
+    try:  # as `run` checked them when the run started: a hand-edited checkpoint may not pass
+        _check_numbers(request)
+    except UserError as error:
+        raise UserError(f"{path} holds a damaged run request: {error}") from None
+    _check_position(state["progress"], path)
     if device is not None:
         request = dataclasses.replace(request, device=device)
     spec = algorithms.get(request.algo)
@@ -337,6 +346,22 @@ def load_run(
             f"{error}); it is damaged or was written by another version."
         ) from None
     return request, config, agent, state
+
+
+def _check_request_types(request: RunRequest, path: Path) -> None:
+    """Refuse a saved request whose values have the wrong types (a hand-edited checkpoint), which
+    would otherwise fail deep inside the run with a TypeError."""
+
+    types = {"algo": str, "task": str, "seed": int, "steps": int, "preset": str, "overrides": Mapping,
+             "device": str, "checkpoint_every": (int, type(None))}  # fmt: skip
+    wrong = [
+        name
+        for name, kind in types.items()
+        if not isinstance(value := getattr(request, name), kind) or isinstance(value, bool)
+    ]
+    if wrong:
+        shown = ", ".join(f"{name} = {getattr(request, name)!r}" for name in wrong)
+        raise UserError(f"{path} holds a run request with values of the wrong type ({shown}); it is damaged.")
 
 
 def _check_position(saved: Any, path: Path) -> None:

@@ -480,6 +480,25 @@ def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
         ({"weights": [1.0]}, "is not a gorl-bench run checkpoint"),
         ({"request": {}, "agent": {}, "progress": {}}, "is not a gorl-bench run checkpoint"),
         ({"request": {}, "agent": {}, "progress": {}, "mlflow_run_id": "x"}, "no valid run request"),
+        # Hand-edited values: a TypeError traceback deep in the run, or a run of -5 steps.
+        (
+            {
+                "request": {"algo": "ppo", "task": "toy-bimodal", "steps": "abc"},
+                "agent": {},
+                "progress": {},
+                "mlflow_run_id": "x",
+            },
+            "a run request with values of the wrong type (steps = 'abc'); it is damaged",
+        ),
+        (
+            {
+                "request": {"algo": "ppo", "task": "toy-bimodal", "steps": -5},
+                "agent": {},
+                "progress": {},
+                "mlflow_run_id": "x",
+            },
+            "a damaged run request: --steps must be a positive number of env steps, got -5",
+        ),
     ],
 )
 def test_a_damaged_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, content, message):
