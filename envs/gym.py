@@ -34,10 +34,12 @@ from harness.errors import UserError
 class GymVectorEnv(VectorEnv):
     def __init__(self, task: str, num_envs: int, seed: int) -> None:
         env_id = task[len(GYM_PREFIX) :]
-        self.envs = [make_one(env_id) for _ in range(num_envs)]
-        action_space = self.envs[0].action_space
+        first = make_one(env_id)  # checked before the others are made
+        action_space = first.action_space
         if not isinstance(action_space, gymnasium.spaces.Box):
+            first.close()
             raise UserError(f"{task}: only continuous (Box) action spaces are supported, got {action_space}.")
+        self.envs = [first] + [make_one(env_id) for _ in range(num_envs - 1)]
         obs_dim = gymnasium.spaces.flatdim(self.envs[0].observation_space)
         super().__init__(task, num_envs, obs_dim, int(np.prod(action_space.shape)), seed)
         self.action_shape = action_space.shape
