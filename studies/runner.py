@@ -163,13 +163,52 @@ def prepare_study(
     """
 
     storage = open_storage(location)
+    attrs = _checked_attrs(storage, spec, location)
+    if "tracking_uri" in attrs and not tracking_moved:
+        tracking_uri = attrs["tracking_uri"]
+        resolve_tracking_uri(tracking_uri, create=False)  # a store that is down, named in seconds
+    else:
+        tracking_uri = resolve_tracking_uri(tracking_uri)  # creates an SQLite store's directory
+    # MLflow is prepared outside the storage's lock, which would otherwise keep every worker of
+    # every study in the file waiting while MLflow retries a store it cannot reach (minutes).
+    experiment_id, parent_run_id = tracking.prepare_study_tracking(
+        tracking_uri, spec.name, {"gorl.kind": spec.kind}, attrs.get("mlflow_parent_run_id")
+    )
     with serialized(storage):
-        return _prepare_study(storage, spec, location, tracking_uri, tracking_moved)
+        latest = _checked_attrs(storage, spec, location)
+        if "mlflow_parent_run_id" in latest and "mlflow_parent_run_id" not in attrs:
+            # Another `study run` created the study meanwhile: its runs are the study's.
+            tracking.discard_run(tracking_uri, parent_run_id)
+            attrs, tracking_uri = latest, latest["tracking_uri"]
+            experiment_id, parent_run_id = latest["mlflow_experiment_id"], latest["mlflow_parent_run_id"]
+        study = optuna.create_study(
+            study_name=spec.name, storage=storage, direction="maximize", load_if_exists=True
+        )
+        # The unit runs' directory is recorded when the study is created, before its spec: a study
+        # with a spec and no directory was created before directories were recorded, and its units
+        # stay where its workers' working directories put them.
+        runs_dir = attrs.get("runs_dir")
+        if runs_dir is None and "spec" not in attrs:
+            runs_dir = str(runs_dir_here(spec.name))
+        attrs = {
+            **({"runs_dir": runs_dir} if runs_dir is not None else {}),
+            "spec": spec.raw,
+            "tracking_uri": tracking_uri,
+            "mlflow_experiment_id": experiment_id,
+            "mlflow_parent_run_id": parent_run_id,
+            "units_expected": [unit.key for unit in spec.units()] if spec.kind != "tune" else [],
+            "swept": spec.swept,
+        }
+        for key, value in attrs.items():
+            if study.user_attrs.get(key) != value:
+                study.set_user_attr(key, value)
+    return study
 
 
-def _prepare_study(
-    storage: optuna.storages.BaseStorage, spec: Spec, location: str, tracking_uri: str, tracking_moved: bool
-) -> optuna.Study:
+def _checked_attrs(storage: optuna.storages.BaseStorage, spec: Spec, location: str) -> dict:
+    """The stored attrs of the spec's study ({} for a new one); refuses a study of that name whose
+    spec differs."""
+
     attrs = _stored_attrs(storage, spec.name)
     if attrs.get("spec", spec.raw) != spec.raw:
         raise UserError(
@@ -177,35 +216,7 @@ def _prepare_study(
             f"new `name`, or delete the old study: optuna delete-study --study-name {spec.name} "
             "--storage <storage>."
         )
-    if "tracking_uri" in attrs and not tracking_moved:
-        tracking_uri = attrs["tracking_uri"]
-    else:
-        tracking_uri = resolve_tracking_uri(tracking_uri)  # creates an SQLite store's directory
-    experiment_id, parent_run_id = tracking.prepare_study_tracking(
-        tracking_uri, spec.name, {"gorl.kind": spec.kind}, attrs.get("mlflow_parent_run_id")
-    )
-    study = optuna.create_study(
-        study_name=spec.name, storage=storage, direction="maximize", load_if_exists=True
-    )
-    # The unit runs' directory is recorded when the study is created, before its spec: a study
-    # with a spec and no directory was created before directories were recorded, and its units
-    # stay where its workers' working directories put them.
-    runs_dir = attrs.get("runs_dir")
-    if runs_dir is None and "spec" not in attrs:
-        runs_dir = str(runs_dir_here(spec.name))
-    attrs = {
-        **({"runs_dir": runs_dir} if runs_dir is not None else {}),
-        "spec": spec.raw,
-        "tracking_uri": tracking_uri,
-        "mlflow_experiment_id": experiment_id,
-        "mlflow_parent_run_id": parent_run_id,
-        "units_expected": [unit.key for unit in spec.units()] if spec.kind != "tune" else [],
-        "swept": spec.swept,
-    }
-    for key, value in attrs.items():
-        if study.user_attrs.get(key) != value:
-            study.set_user_attr(key, value)
-    return study
+    return attrs
 
 
 def _stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict:

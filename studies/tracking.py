@@ -78,6 +78,13 @@ def tag_unit_run(tracking_uri: str, run_id: str, study_name: str, number: int, s
         client.set_tag(run_id, key, value)
 
 
+def discard_run(tracking_uri: str, run_id: str) -> None:
+    """Delete a run that lost a race to be the study's (restorable, as any deleted run, until the
+    store's garbage collection)."""
+
+    _client(tracking_uri).delete_run(run_id)
+
+
 def finish_run(tracking_uri: str, run_id: str, state: str, value: float | None = None) -> None:
     """Close a trial or study run with the Optuna state it ended in."""
 

@@ -1200,6 +1200,20 @@ def test_two_study_runs_creating_one_study_at_once_make_one_parent_run_and_one_c
     ]
 
 
+def test_a_study_whose_recorded_tracking_server_is_down_is_refused_at_once(workdir, capsys, fake_execute):
+    """MLflow retried the dead server for minutes (253 s), while holding the storage's lock: every
+    worker of every study in the file waited."""
+
+    import time
+
+    spec = grid_spec(workdir, 1, [0.0])
+    prepared(spec).set_user_attr("tracking_uri", "http://127.0.0.1:9")  # a port nothing listens on
+    start = time.monotonic()
+    assert main(["study", "run", str(spec)]) == 2
+    assert "cannot reach the MLflow tracking server at http://127.0.0.1:9" in capsys.readouterr().err
+    assert time.monotonic() - start < 60 and not fake_execute
+
+
 def test_a_study_whose_parent_run_was_deleted_is_refused_before_any_unit(workdir, capsys, fake_execute):
     """The deleted parent run ended `study run` in an MLflow traceback."""
 
