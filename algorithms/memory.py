@@ -9,6 +9,7 @@ since the device is chosen after the configuration is checked.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -46,4 +47,7 @@ def _gib(size: int) -> str:
     """`size` bytes in GiB, also a size no float holds (a count of 10^400 passed as a setting)."""
 
     gib = size // 2**30
-    return f"{size / 2**30:,.1f} GiB" if gib < 10**15 else f"about 10^{len(str(gib)) - 1} GiB"
+    if gib < 10**15:
+        return f"{size / 2**30:,.1f} GiB"
+    # Not from str(gib), which refuses integers of more than 4,300 digits.
+    return f"about 10^{math.floor(math.log10(gib))} GiB"

@@ -149,6 +149,12 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
             r"a decoder of 4 hidden layers of 1,000,000 units .* hold at least [\d,.]+ GiB, more than any",
         ),
         ({"decoder_depth": 10**400}, 12 * UPDATE, r"hold at least about 10\^\d+ GiB, more than any device"),
+        # Its size has about 6,000 digits, more than str() converts.
+        (
+            {"decoder_width": 10**3000},
+            12 * UPDATE,
+            r"hold at least about 10\^\d{4} GiB, more than any device",
+        ),
         (
             {"samples_per_action": 10**12},
             12 * UPDATE,
