@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from harness.errors import describe
+from harness.errors import UserError, describe
 
 _received: list[int] = []  # the interrupts `interrupt` raised in this command
 PARENT_POLL_S = 1.0  # how often a worker checks that the process that started it still runs
@@ -134,9 +135,16 @@ def interrupt_when_parent_ends(parent_pid: int) -> None:
     died before the worker got here is noticed too.
     """
 
+    if os.getppid() != parent_pid:
+        raise UserError(
+            f"--parent-pid {parent_pid}: this worker was started by process {os.getppid()}, not by that one "
+            "(or that one has already ended)."
+        )
+
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(PARENT_POLL_S)
+        print(f"the process that started this worker ({parent_pid}) has ended; stopping", file=sys.stderr)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -503,6 +503,15 @@ def test_a_device_that_cannot_run_is_refused_before_any_unit(
     assert fake_execute == [] and load_study("tiny", None).trials[0].state == TrialState.WAITING
 
 
+def test_a_worker_whose_parent_is_not_the_one_named_stops_with_a_message(workdir, capsys):
+    """It stopped at once with "interrupted" alone, like a worker whose coordinator had ended."""
+
+    prepared(grid_spec(workdir, 1, [0.0]))
+    assert main(["study", "worker", "tiny", "--parent-pid", "1"]) == 2
+    assert f"--parent-pid 1: this worker was started by process {os.getppid()}" in capsys.readouterr().err
+    assert load_study("tiny", None).trials[0].state == TrialState.WAITING
+
+
 def test_a_worker_trains_on_the_device_of_the_study_run_by_default(workdir, fake_execute, workers_in_process):
     """A worker joining from another machine trained on its CPU, whatever `study run --device` said."""
 
