@@ -127,8 +127,16 @@ def run_worker(
     study = load_study(name, location)
     # By default the device `study run` trains on: a worker joining from another machine would
     # otherwise train on its CPU, far slower and with other numbers, without a word.
+    recorded = device is None and "device" in study.user_attrs
     device = device or study.user_attrs.get("device", "cpu")
-    resolve_device(device)  # before any claim: otherwise every unit fails with the same reason
+    try:
+        resolve_device(device)  # before any claim: otherwise every unit fails with the same reason
+    except UserError as error:
+        if recorded:
+            raise UserError(
+                f"{error} (the device of the study's latest `study run`; --device chooses another)"
+            ) from None
+        raise
     if "spec" not in study.user_attrs:  # created by hand, or a `study run` stopped while creating it
         raise UserError(
             f"study {name!r} has no spec recorded, so it has no units: create it with `gorl-bench study run "

@@ -512,13 +512,18 @@ def test_a_worker_whose_parent_is_not_the_one_named_stops_with_a_message(workdir
     assert load_study("tiny", None).trials[0].state == TrialState.WAITING
 
 
-def test_a_worker_trains_on_the_device_of_the_study_run_by_default(workdir, fake_execute, workers_in_process):
+def test_a_worker_trains_on_the_device_of_the_study_run_by_default(
+    workdir, fake_execute, workers_in_process, capsys
+):
     """A worker joining from another machine trained on its CPU, whatever `study run --device` said."""
 
     path = grid_spec(workdir, 1, [0.0, 0.01])
     study = prepared(path)
     study.set_user_attr("device", "meta")  # as `study run --device` records it; refused by any worker here
     assert main(["study", "worker", "tiny"]) == 2
+    assert (
+        "(the device of the study's latest `study run`; --device chooses another)" in capsys.readouterr().err
+    )
     assert main(["study", "worker", "tiny", "--device", "cpu"]) == 0  # given: as it says
     assert len(fake_execute) == 2
     assert main(["study", "run", str(path)]) == 0
