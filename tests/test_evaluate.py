@@ -155,13 +155,29 @@ def _can_render_with(backend: str) -> bool:
     return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
 
 
+def _evaluate_with_video(
+    tmp_path: Path, video_dir: Path, backend: str = "egl"
+) -> subprocess.CompletedProcess:
+    """`gorl-bench evaluate RUN --video DIR` of the run in tmp_path/ppo with MuJoCo's `backend`, in
+    a process of its own: MuJoCo chooses its OpenGL backend when it is first imported."""
+
+    command = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "evaluate",
+        str(tmp_path / "ppo"),
+        "--video",
+        str(video_dir),
+    ]
+    env = {**os.environ, "MUJOCO_GL": backend}
+    return subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+
+
 @pytest.mark.skipif(not _can_render_with("egl"), reason="MuJoCo cannot render with EGL on this machine")
 def test_a_video_shows_the_first_evaluated_episode(tmp_path, tracking_uri):
     _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", {**SMALL, "num_envs": 4, "eval_episodes": 2}, 128)
-    env = {**os.environ, "MUJOCO_GL": "egl"}
-    command = [sys.executable, "-m", "harness.cli", "evaluate", str(tmp_path / "ppo"), "--video",
-               str(tmp_path / "videos")]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    done = _evaluate_with_video(tmp_path, tmp_path / "videos")
     assert done.returncode == 0, done.stderr
     frames = iio.imread(tmp_path / "videos" / "ppo.gif")
     # cartpole: 1000 steps of 0.01 s, a frame every 3 steps (30 per second) and the initial state.
@@ -184,10 +200,7 @@ def test_a_video_directory_inside_a_run_is_refused(tmp_path, tracking_uri):
     """It wrote ppo.gif into the run directory, which evaluate leaves as it is (as --json does)."""
 
     _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
-    env = {**os.environ, "MUJOCO_GL": "egl"}
-    command = [sys.executable, "-m", "harness.cli", "evaluate", str(tmp_path / "ppo"), "--video",
-               str(tmp_path / "ppo")]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    done = _evaluate_with_video(tmp_path, tmp_path / "ppo")
     assert done.returncode == 2 and "lies in the run directory" in done.stderr, done.stderr
     assert sorted(path.name for path in (tmp_path / "ppo").iterdir()) == [
         ".lock",
@@ -199,10 +212,7 @@ def test_a_video_directory_inside_a_run_is_refused(tmp_path, tracking_uri):
 @pytest.mark.skipif(not _can_render_with("egl"), reason="MuJoCo cannot render with EGL on this machine")
 def test_a_video_of_a_task_without_rendering_is_refused_and_creates_no_directory(tmp_path, tracking_uri):
     _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
-    env = {**os.environ, "MUJOCO_GL": "egl"}
-    command = [sys.executable, "-m", "harness.cli", "evaluate", str(tmp_path / "ppo"), "--video",
-               str(tmp_path / "videos")]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    done = _evaluate_with_video(tmp_path, tmp_path / "videos")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "videos").exists()
 
@@ -231,10 +241,7 @@ def test_a_rendering_backend_whose_library_is_missing_is_named_before_the_run_is
     bindings and left an empty video directory behind."""
 
     _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", {**SMALL, "num_envs": 4, "eval_episodes": 2}, 128)
-    command = [sys.executable, "-m", "harness.cli", "evaluate", str(tmp_path / "ppo"), "--video",
-               str(tmp_path / "videos")]  # fmt: skip
-    env = {**os.environ, "MUJOCO_GL": "osmesa"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    done = _evaluate_with_video(tmp_path, tmp_path / "videos", backend="osmesa")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "MuJoCo cannot render with MUJOCO_GL=osmesa here" in done.stderr
     assert "it needs the OSMesa library" in done.stderr
