@@ -317,7 +317,7 @@ def test_report_end_to_end(stores, tmp_path):
     assert "Evaluation: each policy's noise-free action (eval_noise = zero)." in summary
     assert "\\begin{tabular}" in (out / "tables.tex").read_text()
     csv = (out / "results.csv").read_text().splitlines()
-    assert csv[0] == "study,variant,algo,task,seed,env_step,eval_return,score,num_refits"
+    assert csv[0] == "study,variant,algo,task,seed,env_step,eval_return,score,num_refits,diverged"
 
     # Every run's score is 0.1 * refits at the end on the first task: IQM grows with refits.
     lines = [line for line in summary.splitlines() if line.startswith("| num_refits=")]
@@ -412,6 +412,11 @@ def test_a_diverged_unit_counts_with_its_task_s_worst_score(stores, tmp_path):
     aggregates = summary[summary.index("## Aggregate metrics") :].split("\n## ")[0]
     (row,) = [line for line in aggregates.splitlines() if line.startswith("| num_refits=2 |")]
     assert row.split("|")[4].split()[0] == "0.100"  # the mean of 0.2 (seed 0) and 0 (diverged)
+    # results.csv holds every row the statistics use, the diverged unit too (it was left out).
+    rows = pd.read_csv(tmp_path / "results.csv")
+    (diverged,) = rows[rows["diverged"]].itertuples()
+    assert (diverged.variant, diverged.seed, diverged.score) == ("num_refits=2", 1, 0.0)
+    assert not rows[~rows["diverged"]]["score"].isna().any()
     assert "(n=2)" in summary.split("| num_refits=2 |")[-1].splitlines()[0]
     assert any("1 diverged unit(s) count with their task's worst score" in note for note in report.notes)
     fewer = "sample-efficiency curves: fewer runs per task than the final scores for num_refits=2"
@@ -430,7 +435,10 @@ def test_variants_that_diverged_on_every_unit_keep_their_parameter_values(stores
         rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
         assert rows[1:] == values, section  # after the header: one row per value, each pooling 4 runs
     diverged = "entropy_coef=0,lr=0.01, entropy_coef=0.01,lr=0.01"
-    assert f"sample-efficiency curves: none for {diverged} (no finished run on some task)" in report.notes
+    assert (
+        f"sample-efficiency curves: none for {diverged} (on some task every run of it diverged)"
+        in report.notes
+    )
 
 
 def test_a_task_on_which_every_unit_diverged_counts_with_its_worst_score(stores, tmp_path):

@@ -140,7 +140,7 @@ def test_the_aggregates_x_label_sits_below_the_tick_labels(variants):
     rng = np.random.default_rng(0)
     finals = {f"variant-{i}": rng.uniform(size=(3, 2)) for i in range(variants)}
     points, intervals = stats.interval_estimates(finals, stats.aggregates, reps=100, seed=0)
-    fig = figures.aggregates_figure(points, intervals)
+    fig = figures.aggregates_figure(points, intervals, figures.variant_colors(list(finals)))
     renderer = fig.canvas.get_renderer()
     (label,) = [text for text in fig.texts if text.get_text() == figures.SCORE_LABEL]
     ticks = [tick for ax in fig.axes for tick in ax.get_xticklabels() if tick.get_text()]
@@ -156,3 +156,23 @@ def test_latex_tables_escape_what_latex_would_misread():
     assert "X $>$ Y & lr\\_max \\textasciicircum{} 2 \\\\" in rows
     # After `\\midrule` or `\\\\`, a bare "[" would start an optional argument.
     assert "{}[] & 50\\% \\& more \\\\" in rows and "{}[0.001] & a $<$ b \\\\" in rows
+
+
+def test_a_variant_keeps_its_colour_in_every_figure_and_many_variants_get_distinct_ones():
+    """rliable colours by position in each figure's list: a variant without a curve shifted the
+    colours of those after it in the sample-efficiency figure; past 10 the palette repeated."""
+
+    from matplotlib.colors import to_rgb
+
+    from harness.report import figures
+
+    rng = np.random.default_rng(0)
+    finals = {name: rng.uniform(size=(3, 2)) for name in ("A", "B", "C")}
+    colors = figures.variant_colors(list(finals))
+    curves = {name: rng.uniform(size=(3, 2, 4)) for name in ("A", "C")}  # B has no curve
+    points, intervals = stats.interval_estimates(curves, stats.iqm_curve, reps=100, seed=0)
+    fig = figures.sample_efficiency_figure(np.arange(4) * 1000, points, intervals, colors)
+    drawn = {line.get_label(): to_rgb(line.get_color()) for line in fig.axes[0].get_lines()}
+    assert drawn["C"] == pytest.approx(colors["C"]) and colors["C"] != pytest.approx(colors["B"])
+    many = figures.variant_colors([f"trial-{i}" for i in range(40)])
+    assert len({tuple(np.round(color, 6)) for color in many.values()}) == 40

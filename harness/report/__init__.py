@@ -7,7 +7,8 @@ bootstraps aggregate metrics, probabilities of improvement, performance profiles
 sample-efficiency curves and, for grid studies, the ablation of each swept parameter
 (`stats`), then writes into the output directory:
 
-  results.csv                 the tidy table, one row per (unit, evaluation), with `score`
+  results.csv                 the tidy table, one row per (unit, evaluation), with `score`, and
+                              one per diverged unit at its task's worst score (`diverged`)
   summary.md                  all tables, notes, missing and failed units (title marks PARTIAL)
   tables.tex                  the same tables for LaTeX (booktabs)
   aggregates, probability_of_improvement, performance_profile, sample_efficiency, ablation
@@ -96,10 +97,10 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     table = results.table.copy()
     table.insert(table.columns.get_loc("eval_return") + 1, "score", normalise(table))
-    table.to_csv(out / "results.csv", index=False)
-    files = [out / "results.csv"]
-
     ends, finals, notes = _final_scores(table, results)
+    # Every row the statistics use: the evaluations, then the diverged units at their worst score.
+    ends.assign(diverged=np.arange(len(ends)) >= len(table)).to_csv(out / "results.csv", index=False)
+    files = [out / "results.csv"]
     notes += _single_run_notes(finals)
     if results.not_run:
         notes.append(
@@ -108,10 +109,11 @@ def build_report(
         )
     options = {"reps": reps, "seed": seed, "confidence": CONFIDENCE, "progress": progress}
     sections: list[tuple[str, Table]] = []
+    colors = figures.variant_colors(list(finals))
 
     points, intervals = stats.interval_estimates(finals, stats.aggregates, **options)
     sections.append(("Aggregate metrics of final normalised scores", aggregate_table(points, intervals)))
-    files += figures.save(figures.aggregates_figure(points, intervals), out, "aggregates")
+    files += figures.save(figures.aggregates_figure(points, intervals, colors), out, "aggregates")
     at = list(stats.AGGREGATES).index("IQM")
     ranked = sorted(finals, key=lambda variant: -points[variant][at])
     if results.kind == "tune":
@@ -140,14 +142,14 @@ def build_report(
 
     taus = np.linspace(0.0, max(1.0, max(float(a.max()) for a in finals.values())), 101)
     points, intervals = stats.interval_estimates(finals, stats.performance_profile(taus), **options)
-    files += figures.save(figures.profile_figure(taus, points, intervals), out, "performance_profile")
+    files += figures.save(figures.profile_figure(taus, points, intervals, colors), out, "performance_profile")
 
     steps, curves, _ = curve_arrays(table, results.tasks)
     notes += _curve_notes(finals, curves)
     if curves:
         points, intervals = stats.interval_estimates(curves, stats.iqm_curve, **options)
         files += figures.save(
-            figures.sample_efficiency_figure(steps, points, intervals), out, "sample_efficiency"
+            figures.sample_efficiency_figure(steps, points, intervals, colors), out, "sample_efficiency"
         )
 
     sections.append(("Final return per task (mean ± std over seeds)", per_task_table(ends, results.tasks)))
@@ -207,7 +209,9 @@ def _curve_notes(finals: dict[str, np.ndarray], curves: dict[str, np.ndarray]) -
         shown = ", ".join(fewer)
         notes.append(f"sample-efficiency curves: fewer runs per task than the final scores for {shown}")
     if none:
-        notes.append(f"sample-efficiency curves: none for {', '.join(none)} (no finished run on some task)")
+        notes.append(
+            f"sample-efficiency curves: none for {', '.join(none)} (on some task every run of it diverged)"
+        )
     if not curves:
         notes.append("no sample-efficiency figure: no variant has a finished run on every task")
     return notes

@@ -37,7 +37,24 @@ def save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def aggregates_figure(points: Mapping[str, np.ndarray], intervals: Mapping[str, np.ndarray]) -> plt.Figure:
+Colors = Mapping[str, tuple[float, float, float]]
+
+
+def variant_colors(variants: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per variant, given to every figure: rliable colours by position in each figure's
+    own list, so a variant missing from one figure (no curve) shifted the colours of those after
+    it there. rliable's colour-blind palette has 10 colours and then repeats; more variants (a
+    tune study's trials) get evenly spaced hues instead."""
+
+    import seaborn as sns  # rliable's plotting library, whose palettes rliable itself uses
+
+    palette = sns.color_palette("colorblind" if len(variants) <= 10 else "husl", len(variants))
+    return dict(zip(variants, palette, strict=True))
+
+
+def aggregates_figure(
+    points: Mapping[str, np.ndarray], intervals: Mapping[str, np.ndarray], colors: Colors
+) -> plt.Figure:
     """Median, IQM, mean and optimality gap of each variant with their intervals."""
 
     row_height = 0.37  # rliable's default, in inches per variant
@@ -48,6 +65,7 @@ def aggregates_figure(points: Mapping[str, np.ndarray], intervals: Mapping[str, 
         dict(intervals),
         metric_names=list(AGGREGATES),
         algorithms=list(points),
+        colors=dict(colors),
         xlabel=SCORE_LABEL,
         row_height=row_height,
         # rliable places the label's baseline in figure coordinates; keep it a fixed distance below
@@ -68,12 +86,12 @@ def improvement_figure(points: Mapping[str, float], intervals: Mapping[str, np.n
         ax=ax,
         xticks=[0.0, 0.25, 0.5, 0.75, 1.0],
     )
-    ax.set_xlim(0.0, 1.0)
+    ax.set_xlim(-0.02, 1.02)  # a pair at exactly 0 or 1 drew its bar on the frame, unseen
     return fig
 
 
 def profile_figure(
-    taus: np.ndarray, profiles: Mapping[str, np.ndarray], intervals: Mapping[str, np.ndarray]
+    taus: np.ndarray, profiles: Mapping[str, np.ndarray], intervals: Mapping[str, np.ndarray], colors: Colors
 ) -> plt.Figure:
     """Fraction of runs above each normalised score (the score distribution)."""
 
@@ -83,6 +101,7 @@ def profile_figure(
         taus,
         performance_profile_cis=dict(intervals),
         ax=ax,
+        colors=dict(colors),
         xlabel=r"Normalized score $(\tau)$",
         ylabel=r"Fraction of runs with score $> \tau$",
     )
@@ -91,7 +110,7 @@ def profile_figure(
 
 
 def sample_efficiency_figure(
-    steps: np.ndarray, points: Mapping[str, np.ndarray], intervals: Mapping[str, np.ndarray]
+    steps: np.ndarray, points: Mapping[str, np.ndarray], intervals: Mapping[str, np.ndarray], colors: Colors
 ) -> plt.Figure:
     """IQM of normalised scores against counted env steps."""
 
@@ -101,6 +120,7 @@ def sample_efficiency_figure(
         dict(points),
         dict(intervals),
         algorithms=list(points),
+        colors={variant: colors[variant] for variant in points},
         ax=ax,
         xlabel="Env steps",
         ylabel="IQM normalized score",
