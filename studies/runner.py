@@ -111,8 +111,8 @@ def run_study(
         _run_workers(study, location, workers, device, progress)
     status = study_status(study)
     if status.finished:
-        tracking.finish_run(
-            study.user_attrs["tracking_uri"], study.user_attrs["mlflow_parent_run_id"], "COMPLETE"
+        tracking.close_study_run(
+            study.user_attrs["tracking_uri"], study.user_attrs["mlflow_parent_run_id"], status
         )
     return status
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from studies.status import StudyStatus, unit_noun
+
 
 def _client(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
@@ -76,6 +78,17 @@ def tag_unit_run(tracking_uri: str, run_id: str, study_name: str, number: int, s
     client = _client(tracking_uri)
     for key, value in {**_optuna_tags(study_name, number), "optuna.state": state}.items():
         client.set_tag(run_id, key, value)
+
+
+def close_study_run(tracking_uri: str, run_id: str, status: StudyStatus) -> None:
+    """Close the MLflow run of a study with nothing left to run: FINISHED, or FAILED with the count
+    in its status_reason when some units failed (`study run` then exits 1, too)."""
+
+    if status.failed:
+        noun = unit_noun(status.kind)
+        reason = f"{status.failed} {noun}(s) failed; `gorl-bench study status {status.name}` lists them"
+        _client(tracking_uri).set_tag(run_id, "status_reason", reason)
+    finish_run(tracking_uri, run_id, "FAIL" if status.failed else "COMPLETE")
 
 
 def discard_run(tracking_uri: str, run_id: str) -> None:

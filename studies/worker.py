@@ -171,8 +171,8 @@ def run_worker(
     # The worker that settles a study's last unit closes the study's MLflow run: with workers from
     # other machines, the `study run` that created it may have stopped before (its MLflow run then
     # stayed RUNNING until `study run` was started again).
-    if study_status(study).finished:
-        tracking.finish_run(tracking_uri, context.parent_run_id, "COMPLETE")
+    if (status := study_status(study)).finished:
+        tracking.close_study_run(tracking_uri, context.parent_run_id, status)
     return count
 
 

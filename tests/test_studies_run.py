@@ -195,7 +195,10 @@ def test_grid_study_completes_with_nested_mlflow_runs_and_a_diverged_unit(workdi
             assert run.info.status == "FAILED"
         else:
             assert trial.state == TrialState.COMPLETE and run.data.tags["optuna.trial"] == str(trial.number)
-    assert client.get_run(parent).info.status == "FINISHED"
+    # As `study run` exits 1: the study's run was FINISHED with its units failed.
+    study_run = client.get_run(parent)
+    assert study_run.info.status == "FAILED" and study_run.data.tags["optuna.state"] == "FAIL"
+    assert study_run.data.tags["status_reason"].startswith("1 unit(s) failed; `gorl-bench study status tiny`")
 
 
 def run_and_kill_one_worker(workdir: Path, path: Path, storage: str) -> None:
