@@ -311,6 +311,10 @@ def _next_unit(context: Context) -> bool:
             _give_up(trial)
         else:
             _fail(study, trial, error)
+            if isinstance(error, DivergedError):  # its run exists: linked to its trial, as any unit's
+                tracking.tag_unit_run(
+                    context.tracking_uri, error.mlflow_run_id, study.study_name, trial.number, "FAIL"
+                )
         return True
     tracking.tag_unit_run(
         context.tracking_uri, result.mlflow_run_id, study.study_name, trial.number, "COMPLETE"

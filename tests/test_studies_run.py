@@ -192,7 +192,8 @@ def test_grid_study_completes_with_nested_mlflow_runs_and_a_diverged_unit(workdi
         assert run.data.tags["mlflow.parentRunId"] == parent
         if trial.user_attrs["params"].get("lr") == 1e30:
             assert trial.state == TrialState.FAIL and "ended FAILED" in trial.user_attrs["fail_reason"]
-            assert run.info.status == "FAILED"
+            assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+            assert run.data.tags["optuna.trial"] == str(trial.number)  # told apart from a rerun's
         else:
             assert trial.state == TrialState.COMPLETE and run.data.tags["optuna.trial"] == str(trial.number)
     # As `study run` exits 1: the study's run was FINISHED with its units failed.
