@@ -80,6 +80,13 @@ def tag_unit_run(tracking_uri: str, run_id: str, study_name: str, number: int, s
         client.set_tag(run_id, key, value)
 
 
+def note_reused_units(tracking_uri: str, trial_run_id: str, reused: list[str]) -> None:
+    """Record on a tune trial's run which of its units are finished runs of an earlier trial of
+    the same configuration ("unit = run id", one per line), nested under that trial's run."""
+
+    _client(tracking_uri).set_tag(trial_run_id, "gorl.reused_units", "\n".join(reused))
+
+
 def close_study_run(tracking_uri: str, run_id: str, status: StudyStatus) -> None:
     """Close the MLflow run of a study with nothing left to run: FINISHED, or FAILED with the count
     in its status_reason when some units failed (`study run` then exits 1, too)."""

@@ -407,12 +407,16 @@ def _run_trial_units(
     are reused, not rerun."""
 
     finished = _finished_units(context.study, trial)
+    reused: list[str] = []
     records: list[dict[str, Any]] = []
     scores: list[float] = []
     for done, unit in enumerate(units, start=1):
         earlier = finished.get((unit.task, unit.seed_index))
         if earlier is not None:
             run_id_of_unit, score = earlier["mlflow_run_id"], earlier["score"]
+            # Its run stays nested under the trial that ran it: the trial's run names it.
+            reused.append(f"{unit.key} = {run_id_of_unit}")
+            tracking.note_reused_units(context.tracking_uri, run_id, reused)
         else:
             result = _execute(context, unit, run_id, None, lost, resume=False)
             run_id_of_unit = result.mlflow_run_id

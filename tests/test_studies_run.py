@@ -912,6 +912,14 @@ def test_a_configuration_sampled_again_reuses_the_units_it_finished(workdir, fak
     assert [r["mlflow_run_id"] for r in second.user_attrs["units"]] == [
         r["mlflow_run_id"] for r in first.user_attrs["units"]
     ]
+    # The units' runs stay nested under the first trial's run; the second's names them.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(load_study("tiny", None).user_attrs["tracking_uri"])
+    reused = client.get_run(second.user_attrs["mlflow_run_id"]).data.tags["gorl.reused_units"].splitlines()
+    assert reused == [
+        f"trial-1|{r['task']}|seed{r['seed']} = {r['mlflow_run_id']}" for r in first.user_attrs["units"]
+    ]
 
 
 def test_a_cmaes_tune_study_runs_past_its_random_first_trial(workdir, fake_execute):
