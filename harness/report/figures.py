@@ -144,7 +144,7 @@ def ablation_figure(
         y = np.array([points[label] for label in labels], dtype=float)
         bounds = np.array([intervals[label] for label in labels], dtype=float)  # (values, 2)
         x = np.arange(len(labels))
-        ax.fill_between(x, bounds[:, 0], bounds[:, 1], alpha=0.2)
+        # Error bars only: a band between the values would draw intervals where nothing was run.
         ax.errorbar(x, y, yerr=[y - bounds[:, 0], bounds[:, 1] - y], marker="o", capsize=4)
         ax.set_xticks(x, labels)
         ax.set_xlabel(parameter)
