@@ -558,9 +558,9 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"device {name!r} was requested but CUDA is not available here; use --device cpu.")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"unsupported device {name!r}. Valid devices: cpu, cuda, cuda:N.")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
         # Otherwise "invalid device ordinal" from deep inside the first tensor moved there.
-        count = torch.cuda.device_count()
         raise UserError(f"device {name!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}.")
     return device
 

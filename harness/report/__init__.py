@@ -98,8 +98,7 @@ def build_report(
     table = results.table.copy()
     table.insert(table.columns.get_loc("eval_return") + 1, "score", normalise(table))
     ends, finals, notes = _final_scores(table, results)
-    # Every row the statistics use: the evaluations, then the diverged units at their worst score.
-    ends.assign(diverged=np.arange(len(ends)) >= len(table)).to_csv(out / "results.csv", index=False)
+    ends.to_csv(out / "results.csv", index=False)  # every row the statistics use
     files = [out / "results.csv"]
     notes += _single_run_notes(finals)
     if results.not_run:
@@ -170,14 +169,15 @@ def _final_scores(
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[str]]:
     """(the rows of every unit's end, each variant's final-score array, notes on what was left out).
 
-    The ends are the finished units' last evaluations and the diverged units at their task's
-    worst score: a diverged seed is the method's failure, and leaving it out would flatter it.
+    The ends are the finished units' evaluations and the diverged units at their task's worst
+    score (marked `diverged`): a diverged seed is the method's failure, and leaving it out would
+    flatter it.
     """
 
-    ends, diverged = table, results.diverged
+    ends, diverged = table.assign(diverged=False), results.diverged
     if len(diverged):
-        scored = diverged.assign(score=normalise(diverged))[table.columns]
-        ends = pd.concat([table, scored], ignore_index=True)
+        scored = diverged.assign(score=normalise(diverged), diverged=True)[ends.columns]
+        ends = pd.concat([ends, scored], ignore_index=True)
     finals, notes = final_score_arrays(ends, results.tasks)
     notes = [
         f"{task}: no finished run of any variant; the statistics cover {', '.join(results.tasks)} only"
