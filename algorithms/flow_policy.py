@@ -88,7 +88,7 @@ class FlowPolicyConfig(CoreConfigMixin):
     # chosen here, because the batched backend is faster and bit-identical where it exists (envs.make)
     env_backend: Literal["auto", "fast", "dm_control"] = "auto"
     eval_episodes: int = 128  # official release: 128 evaluation episodes per point
-    eval_points: int = 30  # paper §5: an evaluation every 6M env steps of the 180M budget
+    eval_points: int = 30  # paper's experimental setup: an evaluation every 6M env steps of 180M
     # chosen here, as for PPO (algorithms.ppo): one step's batch is too little work to share
     collect_threads: int = 1
     # chosen here, as for PPO: a second thread speeds up the update on idle cores (docs/performance.md)

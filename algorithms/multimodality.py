@@ -27,6 +27,10 @@ import numpy as np
 from scipy import signal, stats
 
 KDE_BANDWIDTH_FACTOR = 0.8  # paper Fig. 6: Gaussian KDE, bandwidth factor 0.8
+# Chosen here: the kernel's width is 0.8 x the samples' std and the grid spans their range plus
+# 3 widths each side (about 13 stds for 10,000 samples), so 512 points put some 30 points across
+# one kernel width and no peak falls between two of them.
+KDE_GRID_SIZE = 512
 BIMODALITY_THRESHOLD = 5.0 / 9.0  # Sarle's coefficient of a uniform distribution, the usual cut-off
 # Chosen here, because the KDE of a smooth density has no noise peaks: 1% of the highest
 # peak only rejects flat shoulders and numerical ripples.
@@ -68,7 +72,7 @@ def bimodality_coefficient(x: np.ndarray) -> float:
 
 
 def kde_curve(
-    x: np.ndarray, bw_factor: float = KDE_BANDWIDTH_FACTOR, grid_size: int = 512
+    x: np.ndarray, bw_factor: float = KDE_BANDWIDTH_FACTOR, grid_size: int = KDE_GRID_SIZE
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian KDE of 1-D samples on a grid spanning the samples +- 3 kernel widths: (grid, density)."""
 
@@ -115,7 +119,7 @@ class MultimodalityReport:
 
 
 def analyse_actions(
-    samples: np.ndarray, bw_factor: float = KDE_BANDWIDTH_FACTOR, grid_size: int = 512
+    samples: np.ndarray, bw_factor: float = KDE_BANDWIDTH_FACTOR, grid_size: int = KDE_GRID_SIZE
 ) -> MultimodalityReport:
     """Project action samples (n, act_dim) on PC1, then compute Sarle's coefficient and the KDE."""
 

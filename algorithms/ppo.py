@@ -91,11 +91,13 @@ class PPOConfig(CoreConfigMixin):
     activation: Activation = "silu"  # paper App. E.3 / official code (swish)
     init: Init = "lecun"  # official code: Flax default LeCun-uniform weights, zero biases
     min_std: float = 1e-3  # official code: std = softplus(raw) + 1e-3
-    max_std: float | None = None  # official code: no cap for PPO (GoRL's encoder caps at 10)
+    # official code: no cap for PPO, which produced Table 1's PPO column (paper App. E.3 states a
+    # clip to [1e-3, 10]; GoRL's encoder caps at 10)
+    max_std: float | None = None
     # chosen here, because the batched backend is faster and bit-identical where it exists (envs.make)
     env_backend: Literal["auto", "fast", "dm_control"] = "auto"
     eval_episodes: int = 128  # official code: 128 deterministic episodes per evaluation point
-    eval_points: int = 30  # paper §5: an evaluation every 6M env steps of the 180M budget
+    eval_points: int = 30  # paper's experimental setup: an evaluation every 6M env steps of 180M
     # official code: the evaluation plays the mean action (GoRL: the mean latent); "sample" draws
     # the policy's noise, for the expected return of the stochastic policy (PPO's objective)
     eval_noise: EvalNoise = "zero"

@@ -59,11 +59,11 @@ class RunRequest:
 
     algo: str
     task: str
-    seed: int = 0
+    seed: int = 0  # the first seed; a study derives its units' seeds from its own
     steps: int = 1_000_000  # a CPU-scale budget: 1 to 3 minutes per run on 2 cores (docs/performance.md)
     preset: str = "cpu"  # the machine a run starts on by default: a laptop or CI runner, no GPU
     overrides: Mapping[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
+    device: str = "cpu"  # the device every machine has; `--device cuda` where there is a GPU
     out_dir: Path | str | None = None  # default runs/<algo>-<task>-s<seed>-<timestamp>
     tracking_uri: str | None = None  # default MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db
     experiment: str | None = None  # default "gorl-bench"

@@ -37,6 +37,7 @@ from harness.errors import UserError
 
 SPEC_DIR = Path(__file__).parent
 KINDS = ("grid", "compare", "tune")
+# The first of each is a tune study's default, as it is Optuna's: TPE and the median pruner.
 SAMPLERS = ("tpe", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 
@@ -111,8 +112,8 @@ class Spec:
     grids: tuple[Mapping[str, tuple[Any, ...]], ...] = ()  # grid: union of Cartesian products
     variants: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)  # compare
     space: tuple[SearchDim, ...] = ()  # tune
-    sampler: str = "tpe"
-    pruner: str = "median"
+    sampler: str = SAMPLERS[0]  # tune studies only (`parse_spec` sets both for every kind)
+    pruner: str = PRUNERS[0]
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -337,9 +338,9 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
         algo=_get(raw, "algo", str) if kind != "compare" else None,
         tasks=_parse_tasks(raw.get("tasks")),
         seeds=seeds,
-        seed=_get(raw, "seed", int, default=0),
+        seed=_get(raw, "seed", int, default=0),  # as `gorl-bench run --seed`
         steps=steps,
-        preset=_get(raw, "preset", str, default="cpu"),
+        preset=_get(raw, "preset", str, default="cpu"),  # as `gorl-bench run`: this machine's size
         max_trials=max_trials,
         fixed=_table(raw, "fixed"),
         grids=_parse_grids(raw.get("grid")) if kind == "grid" else (),

@@ -659,6 +659,8 @@ def _sampler(spec: Spec, index: int | None, trials_before: int) -> optuna.sample
     seed = None if index is None else stable_seed(spec.seed, index, trials_before)
     if spec.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    # Multivariate TPE models the parameters jointly: RL settings interact (lr with batch size,
+    # clip with epochs), which independent per-parameter densities cannot see.
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
 

@@ -115,7 +115,7 @@ def interval_estimates(
     *,
     reps: int,
     seed: int,
-    confidence: float = 0.95,
+    confidence: float = 0.95,  # rliable's confidence_interval_size
     progress: Progress | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Point estimates and stratified bootstrap intervals of `statistic`, rliable's return shape.
