@@ -176,3 +176,16 @@ def test_a_variant_keeps_its_colour_in_every_figure_and_many_variants_get_distin
     assert drawn["C"] == pytest.approx(colors["C"]) and colors["C"] != pytest.approx(colors["B"])
     many = figures.variant_colors([f"trial-{i}" for i in range(40)])
     assert len({tuple(np.round(color, 6)) for color in many.values()}) == 40
+
+
+def test_the_ablation_figure_draws_points_and_error_bars_but_nothing_between_values():
+    from harness.report import figures
+
+    points = {"0": 0.5, "1": 0.4, "3": 0.3}
+    intervals = {label: np.array([value - 0.1, value + 0.1]) for label, value in points.items()}
+    fig = figures.ablation_figure({"num_refits": (points, intervals)})
+    (drawn,) = [line for line in fig.axes[0].get_lines() if line.get_marker() == "o"]
+    assert list(drawn.get_ydata()) == [0.5, 0.4, 0.3]
+    assert drawn.get_linestyle() == "None"  # a line would join values that were never run
+    bars = [segment for collection in fig.axes[0].collections for segment in collection.get_segments()]
+    assert len(bars) == 3 and all(bottom[0] == top[0] for bottom, top in bars)  # vertical only

@@ -144,8 +144,9 @@ def ablation_figure(
         y = np.array([points[label] for label in labels], dtype=float)
         bounds = np.array([intervals[label] for label in labels], dtype=float)  # (values, 2)
         x = np.arange(len(labels))
-        # Error bars only: a band between the values would draw intervals where nothing was run.
-        ax.errorbar(x, y, yerr=[y - bounds[:, 0], bounds[:, 1] - y], marker="o", capsize=4)
+        # Points and error bars only: a line or band between the values (evenly spaced whatever
+        # their numbers) would draw scores where nothing was run.
+        ax.errorbar(x, y, yerr=[y - bounds[:, 0], bounds[:, 1] - y], marker="o", linestyle="none", capsize=4)
         ax.set_xticks(x, labels)
         ax.set_xlabel(parameter)
         ax.grid(alpha=0.3)
