@@ -148,7 +148,9 @@ class ActorCriticAgent(Agent):
         # Explicit generators (never torch's global RNG) so a checkpoint captures every random state.
         # All on the CPU, whatever the device: a seed then draws the same noise on every device, and
         # a checkpoint resumes on another one (a CUDA generator's state does not load into a CPU
-        # generator, nor the reverse). Studies hash their units' seeds, so no two units share a stream.
+        # generator, nor the reverse). Studies hash their units' seeds (31 bits), so units share a
+        # stream only by rare chance; hand-started neighbouring seeds do (seed s's action stream is
+        # seed s + 1's weight stream).
         self.init_rng = torch.Generator().manual_seed(seed)
         self.action_rng = torch.Generator().manual_seed(seed + 1)
         self.shuffle_rng = torch.Generator().manual_seed(seed + 2)

@@ -470,7 +470,8 @@ class LatentActionEnv:
 
 @dataclass(frozen=True)
 class RefitData:
-    """The first episode of every sub-env of every round: what a new decoder is fitted on."""
+    """The first episode of every sub-env of every round (of the last round, only as many as the
+    buffer still needs): what a new decoder is fitted on."""
 
     obs: np.ndarray  # (N, obs_dim) raw observations
     actions: np.ndarray  # (N, act_dim) pre-tanh actions the current decoder produced
@@ -692,7 +693,8 @@ class GoRLAgent(PPOAgent):
 
     @torch.no_grad()
     def _start_actor_at_the_prior(self) -> None:
-        """Zero the actor's output layer, its bias giving mean 0 and std exactly 1: z ~ N(0, I) everywhere.
+        """Zero the actor's output layer, its bias giving mean 0 and std 1 (to float32 rounding):
+        z ~ N(0, I) everywhere.
 
         The decoder was fitted to carry N(0, I) onto the last stage's behaviour, so the new stage
         starts from that behaviour rather than from a narrower or shifted copy of it.

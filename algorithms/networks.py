@@ -35,7 +35,8 @@ def mlp(
 
     `out_gain` scales the output layer's initial weights (only used by `orthogonal`; LeCun
     initialisation has no gain, as in Brax). Weights are drawn from `generator` (a CPU
-    generator owned by the agent), so construction never touches torch's global RNG.
+    generator owned by the agent), so they do not depend on torch's global RNG (`nn.Linear`'s own
+    initialisation still draws from it before being overwritten).
     """
 
     sizes = [in_dim, *hidden, out_dim]

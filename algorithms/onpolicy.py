@@ -3,7 +3,7 @@
 Pure functions and small state holders, no orchestration (in the spirit of Brax's
 `ppo/train.py` split): an algorithm module calls
 
-1. `collect_rollout(env, obs, steps, policy, value, ...)` with its own `policy` callable,
+1. `collect_rollout(env, obs, num_steps, policy, value, ...)` with its own `policy` callable,
    which returns whatever the algorithm needs later in `PolicyStep.action` (a pre-tanh
    action, a latent, a denoising chain) and its log-probability (or any per-sample
    statistic the loss needs);
@@ -68,7 +68,9 @@ class Rollout:
     log_probs: Tensor  # (T, N, ...) as `PolicyStep.log_prob`
     values: Tensor  # (T, N)
     rewards: Tensor  # (T, N), already multiplied by the reward scale
-    next_values: Tensor  # (T, N) V of the true next state (of final_obs where an episode ended)
+    # (T, N) V of the next state: of final_obs at a truncation, of the next episode's first
+    # observation at a termination (never used: GAE zeroes the bootstrap there)
+    next_values: Tensor
     terminated: Tensor  # (T, N) bool
     truncated: Tensor  # (T, N) bool
 
@@ -208,8 +210,8 @@ def compute_gae(
 ) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation over time-major (T, N) tensors; returns (advantages, returns).
 
-    `next_values[t]` is V of the state after step t within the same episode (V(final_obs) at a
-    truncation). A termination zeroes the bootstrap; any episode end (termination or
+    `next_values[t]` is V of the state after step t (V(final_obs) at a truncation; at a
+    termination it is not used). A termination zeroes the bootstrap; any episode end (termination or
     truncation) stops the recursion, so advantages never leak across episodes.
     """
 

@@ -1,8 +1,9 @@
 """The evaluation protocol: episodes of the evaluation policy on a separate env, at fixed points.
 
-* Points: `points` evaluations at counted env steps ceil(k * budget / points), k = 1..points;
-  the score of a run is the mean return at its last point (the paper reports the last
-  evaluation, not the best).
+* Points: the counted env steps ceil(k * budget / points), k = 1..points, are thresholds: an
+  evaluation runs after the first update that reaches one (an update that passes several evaluates
+  once, so updates larger than the spacing give fewer than `points` evaluations); the score of a
+  run is the mean return at its last point (the paper reports the last evaluation, not the best).
 * Each point runs E envs of a separate evaluation env for one full episode each with
   `agent.act(obs, deterministic=True)`: the mean action for PPO and GoRL, unless their
   `eval_noise` is "sample" (FPO's and DPPO's default), which draws the policy's noise from a

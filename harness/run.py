@@ -493,9 +493,10 @@ def _result(
 def _evaluate_if_due(
     agent: algorithms.base.Agent, evaluator: Evaluator, position: _RunPosition, points: list[int]
 ) -> dict[str, float]:
-    """Evaluate the deterministic policy if the agent's counted steps reached the next evaluation
-    point (an iteration that stepped over several points evaluates once, at the last of them);
-    record it in `position` and return its metrics, or nothing when no evaluation was due."""
+    """Evaluate the policy (its mean action, or its noise with `eval_noise = "sample"`) if the
+    agent's counted steps reached the next evaluation point (an iteration that stepped over
+    several points evaluates once, at the last of them); record it in `position` and return its
+    metrics, or nothing when no evaluation was due."""
 
     step = agent.counted_steps
     if step < points[position.next_point]:
@@ -588,8 +589,9 @@ class _ProgressBar:
     """A rich progress bar (env steps, steps/s, last evaluation, ETA), or nothing when disabled.
 
     When stderr is not a terminal (`nohup`, a batch job's log), a bar would show nothing until the
-    run ends: then a line is printed at each evaluation, and at least every PLAIN_INTERVAL_S
-    between them (a long run's evaluations can be hours apart).
+    run ends: then a line is printed at each evaluation, and between them after the first update
+    that ends PLAIN_INTERVAL_S or more after the last line (a long run's evaluations can be hours
+    apart).
     """
 
     def __init__(self, request: RunRequest, enabled: bool) -> None:

@@ -250,7 +250,8 @@ def enqueue_missing_units(study: optuna.Study, spec: Spec) -> int:
 def rerun_failed(study: optuna.Study, kinds: set[str]) -> int:
     """Enqueue again each unit (tune: trial) that failed on its own for a reason in `kinds` and has
     not been rerun yet; returns how many. Done once per `study run`, outside its rounds of
-    workers: a unit that fails again stays failed until the next `--retry-failed`."""
+    workers: a unit that fails again stays failed until the next `--retry-failed` or
+    `--retry-diverged`."""
 
     if not kinds:
         return 0

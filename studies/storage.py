@@ -491,8 +491,9 @@ def _enqueue_again(study: optuna.Study, trial: FrozenTrial, link: str) -> None:
 
 
 def rerun_trials(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of the failed trials that a rerun replaced (`study run --retry-failed`): like lost
-    attempts, they no longer count as the study's result or against its trial budget.
+    """Numbers of the failed trials that a rerun replaced (`study run --retry-failed` or
+    `--retry-diverged`): like lost attempts, they no longer count as the study's result or against
+    its trial budget.
 
     A finished trial cannot be marked any more, so the rerun records what it replaces.
     """

@@ -10,7 +10,8 @@ study itself. Each unit is one call of the run harness.
   bad configuration after its first units.
 
 A unit that fails (an exception, a non-finite score) is recorded FAILED with its reason and kind
-(`storage.failure_kind`) and the worker moves on: `study run --retry-failed` reruns it later. A
+(`storage.failure_kind`) and the worker moves on: `study run --retry-failed` (an error) or
+`--retry-diverged` (a non-finite score) reruns it later. A
 sampled tune configuration that the algorithm's config refuses fails before any of its units
 starts; a worker that dies is handled by `storage.sweep_lost_units` (the retry of a lost tune
 trial reuses the units it had finished). A worker that was
@@ -109,7 +110,8 @@ def run_worker(
     threads: int | None = None,
     device: str | None = None,
 ) -> int:
-    """Serve study `name` until no unit is left (or the trial budget is spent); returns units run.
+    """Serve study `name` until no unit is left (or the trial budget is spent); returns how many
+    units (tune: trials) it claimed, whether it ran them, found them duplicates or gave them up.
 
     `index` tells workers of one study apart: with the number of trials already in the study,
     it seeds a tune study's sampler, so that neither concurrent workers nor the sessions of a
@@ -636,7 +638,8 @@ def _fail(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> Non
 
 
 def iqm(values: list[float]) -> float:
-    """Interquartile mean: the mean of the middle 50 % (the plain mean below four values)."""
+    """Interquartile mean, as rliable's: the mean after cutting int(n / 4) values from each end
+    (the plain mean below four values)."""
 
     from scipy.stats import trim_mean
 

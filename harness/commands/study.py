@@ -151,7 +151,7 @@ def _worker(args: argparse.Namespace) -> int:
     if args.parent_pid:
         interrupt_when_parent_ends(args.parent_pid)
     count = run_worker(args.name, args.storage, index=args.index, threads=args.threads, device=args.device)
-    print(f"worker {os.getpid()}: nothing left to claim ({count} claimed and run here).")
+    print(f"worker {os.getpid()}: nothing left to claim ({count} claimed here).")
     return 0
 
 

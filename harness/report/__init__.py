@@ -14,7 +14,8 @@ sample-efficiency curves and, for grid studies, the ablation of each swept param
   aggregates, probability_of_improvement, performance_profile, sample_efficiency, ablation
                               figures, each as .png and .pdf
 
-and logs the directory as the `report/` artifacts of the study's MLflow parent run.
+and logs these files (not the rest of the directory) as the `report/` artifacts of the study's
+MLflow parent run.
 
 A diverged unit (grid, compare) is a result: it counts with its task's worst score in the
 final-score statistics and tables, and has no curve.

@@ -21,7 +21,7 @@ Tune studies: one trial = one sampled configuration (variant "trial-<number>"); 
 
 Trials left out: lost attempts (a FAILED trial whose worker died, marked `lost` or without a
 fail_reason, always re-enqueued), failed trials that a rerun replaced (`study run
---retry-failed`) and duplicates (`duplicate_of`). Pruned tune trials are left
+--retry-failed` or `--retry-diverged`) and duplicates (`duplicate_of`). Pruned tune trials are left
 out too: their configuration was stopped early by design and has not run on every task.
 
 MLflow: each unit's run has the metric history `eval/return_mean` (and `eval/return_std`) with
