@@ -10,7 +10,9 @@ Two storages:
 Exactly-once: every unit is an enqueued WAITING trial, and a worker claims one by moving it
 WAITING -> RUNNING. Every storage makes that transition atomic (a row lock on PostgreSQL, the
 order of the log on the journal, a file lock around claims and sweeps on an SQLite file, which
-ignores row locks: `serialized`), so two workers never claim the same trial.
+ignores row locks: `serialized`), so two workers never claim the same trial. `serialized` also
+keeps two `study run`s of a new study from both creating it, on one machine for the files and on
+every machine for PostgreSQL (an advisory lock).
 
 Recovery: a claimed trial records its owner (host, pid) with the claim and keeps a heartbeat while it runs.
 A trial is *lost* when its owner is a dead process on this host, or, for an owner on another
@@ -327,25 +329,47 @@ def ask_owned(study: optuna.Study) -> optuna.Trial:
 
 @contextmanager
 def serialized(storage: BaseStorage) -> Iterator[None]:
-    """Run the body alone among this machine's processes on a storage file (journal or SQLite).
+    """Run the body alone among the processes using the storage: on one machine for a storage
+    file (journal or SQLite), on every machine for a PostgreSQL database.
 
     Held by the steps that read the study and then write on what they read: a claim, a sweep for
     lost units, creating a study and enqueueing its units. On an SQLite file Optuna's row lock
     (SELECT ... FOR UPDATE) is a no-op: two workers both read a trial WAITING and both moved it
     to RUNNING (4 workers claiming 200 trials made 229 claims), and two sweeps both re-enqueued
-    one lost trial. On either file, two `study run`s of a new study started at once both found no
+    one lost trial. On any storage, two `study run`s of a new study started at once both found no
     study, so each created a parent MLflow run (one stayed RUNNING, empty) and enqueued every
-    unit. A no-op for a database server, whose row locks make claims atomic (the first `study
-    run` of a study there should be started alone).
+    unit. Other database servers (MySQL) take no lock: their row locks make claims atomic, and the
+    first `study run` of a study there should be started alone.
     """
 
     backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
-    path = (
-        backend.path
-        if isinstance(backend, UninterruptedJournal)
-        else sqlite_file(getattr(backend, "url", ""))
-    )
-    with _file_lock(path) if path else nullcontext():
+    if isinstance(backend, RDBStorage) and backend.engine.dialect.name == "postgresql":
+        lock = _database_lock(backend)
+    else:
+        path = (
+            backend.path
+            if isinstance(backend, UninterruptedJournal)
+            else sqlite_file(getattr(backend, "url", ""))
+        )
+        lock = _file_lock(path) if path else nullcontext()
+    with lock:
+        yield
+
+
+# pg_advisory_xact_lock's key: any 64-bit number no other program on the database uses.
+_ADVISORY_LOCK_KEY = 0x676F726C_6C6F636B  # "gorllock"
+
+
+@contextmanager
+def _database_lock(storage: RDBStorage) -> Iterator[None]:
+    """A PostgreSQL advisory lock held by a transaction of its own, open while the body runs on
+    Optuna's other connections: released at its end, and by the server when a crash drops the
+    connection. Not reentrant, as the file lock."""
+
+    import sqlalchemy
+
+    with storage.engine.begin() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
         yield
 
 

@@ -1182,9 +1182,15 @@ def test_workers_on_an_sqlite_file_never_claim_one_trial_twice(workdir):
     assert sorted(claims) == list(range(40)) and set(claims.values()) == {1}
 
 
-def test_two_study_runs_creating_one_study_at_once_make_one_parent_run_and_one_copy_of_each_unit(workdir):
+@pytest.mark.parametrize(
+    "server", [False, pytest.param(True, marks=pytest.mark.postgres)], ids=["file", "postgresql"]
+)
+def test_two_study_runs_creating_one_study_at_once_make_one_parent_run_and_one_copy_of_each_unit(
+    workdir, request, server
+):
     """Both read "no such study", so each created a parent MLflow run (the loser's stayed RUNNING,
-    empty) and enqueued every unit (each unit waited twice)."""
+    empty) and enqueued every unit (each unit waited twice). On a database server too: the two
+    `study run`s may be on two machines."""
 
     import subprocess
     import sys
@@ -1192,6 +1198,7 @@ def test_two_study_runs_creating_one_study_at_once_make_one_parent_run_and_one_c
 
     from mlflow.tracking import MlflowClient
 
+    location = request.getfixturevalue("postgres_url") if server else None
     path = grid_spec(workdir, 2, [0.0, 0.01])
     go = workdir / "go"
     prepare = (
@@ -1201,11 +1208,15 @@ def test_two_study_runs_creating_one_study_at_once_make_one_parent_run_and_one_c
         "from studies import runner\n"
         "from studies.spec import load_spec\n"
         "from studies.storage import storage_location\n"
+        "import optuna\n"
+        "create = optuna.create_study\n"
+        # A second between reading "no such study" and creating it: the race, every time.
+        "optuna.create_study = lambda *args, **kwargs: (time.sleep(1.0), create(*args, **kwargs))[1]\n"
         f"spec = load_spec({str(path)!r})\n"
         "Path(sys.argv[1]).touch()\n"  # imported: ready
         f"while not Path({str(go)!r}).exists():\n"  # both ready: start together
         "    time.sleep(0.01)\n"
-        "study = runner.prepare_study(spec, storage_location(None), resolve_tracking_uri(None))\n"
+        f"study = runner.prepare_study(spec, storage_location({location!r}), resolve_tracking_uri(None))\n"
         "runner.enqueue_missing_units(study, spec)\n"
     )
     ready = [workdir / f"ready-{index}" for index in range(2)]
@@ -1217,7 +1228,7 @@ def test_two_study_runs_creating_one_study_at_once_make_one_parent_run_and_one_c
     go.touch()
     assert [process.wait(timeout=120) for process in processes] == [0, 0]
 
-    study = load_study("tiny", None)
+    study = load_study("tiny", location)
     assert len(study.get_trials()) == 4
     client = MlflowClient(resolve_tracking_uri(None))
     experiment = client.get_experiment_by_name("tiny")
