@@ -37,14 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     stop_on_interrupts()
+    prog = "gorl-bench"
     try:
         with interrupts_unwrapped():
             # Inside: importing the command modules takes a second or two (torch), and Ctrl-C
-            # then is no error either. Parsing raises no UserError: `args` is set for its handler.
+            # then is no error either.
             args = build_parser().parse_args(argv)
+            prog = f"gorl-bench {args.command}"
             return int(args.func(args) or 0)
     except UserError as error:
-        print(f"gorl-bench {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -54,12 +56,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python's own flush of stdout at exit would fail again, so stdout goes to /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE: what a shell reports for a command its pipe's reader left
+    except OSError as error:
+        # A path the file system refuses where no check expected it (a name over 255 bytes makes
+        # even `Path.exists` raise): the path and the reason, not a traceback.
+        if error.filename is None:
+            raise
+        print(f"{prog}: error: {error.filename}: {error.strerror}.", file=sys.stderr)
+        return 2
     except (MemoryError, RuntimeError) as error:
         detail = out_of_memory(error)
         if detail is None:
             raise
         print(
-            f"gorl-bench {args.command}: error: out of memory ({detail}). Lower the sizes that grow with "
+            f"{prog}: error: out of memory ({detail}). Lower the sizes that grow with "
             "the config (num_envs, rollout_steps, eval_episodes, network widths, the decoder's batch "
             "sizes) or the command's counts, or give the process more memory.",
             file=sys.stderr,

@@ -157,6 +157,10 @@ def _check_foreign_config(path: Path) -> None:
     """Refuse to replace a `config.toml` that no run wrote (one of a run that failed before its
     first checkpoint is replaced: a study reruns its failed units in their directories)."""
 
+    if not path.exists():
+        return
+    if not path.is_file():  # reading a pipe would wait for ever
+        raise UserError(f"{path} exists and is not a regular file; choose another --out directory.")
     try:
         written_by_a_run = {"run", "config"} <= tomllib.loads(path.read_text()).keys()
     except FileNotFoundError:

@@ -82,7 +82,11 @@ def _create_store_directory(path: Path) -> None:
     """The SQLite file's directory, checked at once: MLflow retries a store it cannot open for
     about 100 s before it fails, which looks like a hang."""
 
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as error:  # a name over 255 bytes, say
+        raise UserError(f"cannot use the MLflow store {path}: {error.strerror}.") from None
+    if is_dir:
         raise UserError(f"the SQLite store {path} is a directory; name a file in it, e.g. {path}/mlflow.db.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

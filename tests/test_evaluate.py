@@ -12,6 +12,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from hangs import alarm_after
 
 from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.cli import main
@@ -123,6 +124,13 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
         assert main(["evaluate", good, "--json", str(tmp_path / name)]) == 2
         assert "exists and is not an earlier output of evaluate --json" in capsys.readouterr().err
         assert (tmp_path / name).read_text() == text
+    os.mkfifo(tmp_path / "pipe")  # reading it to check its contents waited for a writer for ever
+    with alarm_after(30):
+        assert main(["evaluate", good, "--json", str(tmp_path / "pipe")]) == 2
+    assert "is not a regular file" in capsys.readouterr().err
+    # A name over 255 bytes: even Path.exists raised (a traceback).
+    assert main(["evaluate", good, "--json", str(tmp_path / ("a" * 300))]) == 2
+    assert f"{'a' * 300}: File name too long." in capsys.readouterr().err
     assert capsys.readouterr().out == ""  # nothing was evaluated
     with pytest.raises(SystemExit) as exited:  # 10^9 returns, kept in memory, would fill it
         main(["evaluate", good, "--episodes", "1e9"])

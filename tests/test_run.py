@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hangs import alarm_after
 from interrupts import interrupted_inside_a_c_extension_import
 from mlflow.tracking import MlflowClient
 
@@ -245,6 +246,7 @@ def test_bad_input_is_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatc
         ("sqlite:///{tmp}", "is a directory; name a file in it"),
         ("sqlite:///{tmp}/not-a-db/mlflow.db", "cannot create the MLflow store's directory"),
         ("sqlite://", "in-memory SQLite store, which keeps nothing"),
+        ("sqlite:///{tmp}/" + "a" * 300 + ".db", "cannot use the MLflow store"),  # a traceback, run dir left
     ],
 )
 def test_a_tracking_store_that_cannot_take_the_run_is_one_clear_error(tmp_path, capsys, tracking, message):
@@ -572,6 +574,11 @@ def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_
     (tmp_path / "project" / "config.toml").write_text("my_setting = 1\n")  # not a run's: kept
     assert main([*argv, "--out", str(tmp_path / "project")]) == 2
     assert "config.toml exists and is not a run's config" in capsys.readouterr().err
+    (tmp_path / "piped").mkdir()
+    os.mkfifo(tmp_path / "piped" / "config.toml")  # reading it to check it waited for ever
+    with alarm_after(30):
+        assert main([*argv, "--out", str(tmp_path / "piped")]) == 2
+    assert "config.toml exists and is not a regular file" in capsys.readouterr().err
     assert (tmp_path / "project" / "config.toml").read_text() == "my_setting = 1\n"
     assert sorted(path.name for path in (tmp_path / "project").iterdir()) == ["config.toml"]  # no .lock left
     assert main([*argv, "--out", str(tmp_path / "busy")]) == 0  # the lock went with its holder

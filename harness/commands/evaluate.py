@@ -126,8 +126,11 @@ def check_json_target(path: Path, run_dirs: list[Path]) -> None:
         raise UserError(f"--json {path}: give a file in an existing directory.")
     check_outside_runs(path, "--json", run_dirs)
     if path.exists():
+        if not path.is_file():  # reading a pipe or a terminal would wait for ever, /dev/zero fill memory
+            raise UserError(f"--json {path} is not a regular file; give a file path.")
         try:
-            earlier = json.loads(path.read_text())
+            # Far above any earlier output (a few kB per run): a larger file is not one.
+            earlier = json.loads(path.read_text()) if path.stat().st_size < 2**30 else None
         except (OSError, UnicodeDecodeError, ValueError):
             earlier = None
         # An earlier --json output: a list of results, each with its run and its returns.
