@@ -175,8 +175,8 @@ class GoRLConfig(PPOConfig):
         self.fit_config().validate(FIT_KEYS)
         if self.encoder_steps_per_refit is not None and self.encoder_steps_per_refit < 1:
             raise ValueError(f"encoder_steps_per_refit must be >= 1, got {self.encoder_steps_per_refit}")
-        if self.num_refits is not None and self.num_refits < 0:
-            raise ValueError(f"num_refits must be >= 0, got {self.num_refits}")
+        if self.num_refits is not None and not 0 <= self.num_refits < MAX_STAGES:
+            raise ValueError(f"num_refits must be from 0 to {MAX_STAGES - 1:,}, got {self.num_refits:,}")
         if not self.stages or min(self.stages) <= 0:
             raise ValueError(f"stages must be a non-empty list of positive lengths, got {list(self.stages)}")
         if self.tanh_entropy:
@@ -293,6 +293,12 @@ class GoRLDiffusionConfig(GoRLConfig):
 # ---------------------------------------------------------------------------------------
 
 
+# Chosen here: the paper runs 4 stages and a timescale study a few dozen; each stage ends in a
+# decoder refit, so more is a slip, and the schedule's lists would fill memory (a hundred million
+# stages: 7 GB) before any stage ran.
+MAX_STAGES = 10_000
+
+
 def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
     """Counted env steps at which each encoder stage ends; the last is the run's final update.
 
@@ -306,6 +312,11 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
         # A stage longer than the run is the run (and a float quotient of a 400-digit one overflows).
         length = max(1, round(min(config.encoder_steps_per_refit, updates * per_update) / per_update))
         stages = max(1, math.floor(updates / length + 0.5))  # a remainder under L/2 joins the last stage
+        if stages > MAX_STAGES:  # before a list of that many stage ends is built
+            raise ValueError(
+                f"encoder_steps_per_refit {config.encoder_steps_per_refit:,} makes {stages:,} encoder stages "
+                f"of a {budget:,}-step budget, more than {MAX_STAGES:,}; give longer stages"
+            )
         ends = [k * length for k in range(1, stages)] + [updates]
     else:
         if config.num_refits is not None:

@@ -5,6 +5,11 @@
 # larger count is a slip that would fill memory after days of play.
 MAX_EPISODES = 1_000_000
 
+# Evaluation points of a run (a config's eval_points): the paper evaluates 30 times. Each point plays
+# eval_episodes episodes, so more than this is a slip, and the list of points would fill memory
+# before the run could refuse it (a billion: 5 GB).
+MAX_EVAL_POINTS = 100_000
+
 # torch's intra-op threads (a config's collect_threads and update_threads, `study worker --threads`):
 # as many as the largest CPUs have cores. More only add overhead, and torch starts them all:
 # 20,000 stalled a run and 100,000 crashed the process.

@@ -44,7 +44,7 @@ from harness.checkpoint import (
 )
 from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
-from harness.limits import MAX_EPISODES
+from harness.limits import MAX_EPISODES, MAX_EVAL_POINTS
 from harness.progress import PlainLines
 from harness.signals import caused_by_interrupt, interrupts_unwrapped, raise_if_interrupted
 from harness.tracking import RunTracker, check_run_continuable, git_commit, resolve_tracking_uri, to_toml
@@ -532,6 +532,14 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
             f"{steps_name} {steps} is less than one policy update ({per_update} env steps); a run would "
             f"train {per_update} steps anyway. Give at least {per_update}."
         )
+    if config.eval_episodes > MAX_EPISODES:
+        raise UserError(f"eval_episodes must be at most {MAX_EPISODES:,}, got {config.eval_episodes:,}.")
+    if config.eval_points > MAX_EVAL_POINTS:
+        raise UserError(f"eval_points must be at most {MAX_EVAL_POINTS:,}, got {config.eval_points:,}.")
+    if config.eval_points > steps:  # more points than env steps: a list of useless points
+        raise UserError(
+            f"eval_points {config.eval_points} is more than {steps_name} {steps}; give at most that."
+        )
     check_budget = getattr(config, "check_budget", None)
     if check_budget is not None:
         try:
@@ -546,12 +554,6 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
             check_task(task)
         except ValueError as error:
             raise UserError(str(error)) from None
-    if config.eval_episodes > MAX_EPISODES:
-        raise UserError(f"eval_episodes must be at most {MAX_EPISODES:,}, got {config.eval_episodes:,}.")
-    if config.eval_points > steps:  # more points than env steps: a list of useless points
-        raise UserError(
-            f"eval_points {config.eval_points} is more than {steps_name} {steps}; give at most that."
-        )
 
 
 def resolve_device(name: str) -> torch.device:

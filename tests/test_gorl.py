@@ -110,8 +110,10 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         ({"stages": [1.0, 1e-9]}, 4 * UPDATE, r"1,000,000,001 updates, a budget of [\d,]+ env steps, fit"),
         ({"num_refits": 1}, UPDATE, r"is 1 PPO update of \d+ steps, too few for 2 encoder stages"),
         ({"num_refits": 999}, 12 * UPDATE, r"too few for 1,000 encoder stages; they need 1,000 updates"),
-        # Refused before a list of 10^12 stages was built (which ran out of memory).
-        ({"num_refits": 10**12}, 12 * UPDATE, r"too few for 1,000,000,000,001 encoder stages"),
+        # Refused before a list of that many stages was built: 10^12 ran out of memory, and with a
+        # budget that fits them 1e8 took 7 GB and 77 s.
+        ({"num_refits": 10**12}, 12 * UPDATE, "num_refits must be from 0 to 9,999, got 1,000,000,000,000"),
+        ({"num_refits": 10**8}, 10**25, "num_refits must be from 0 to 9,999, got 100,000,000"),
         # Each stage end is rounded on its own: 3 updates fit these stages, 4 to 8 do not, 9 do.
         # The message named 3 updates (8,193 steps) as enough for a budget of 8 updates.
         (
@@ -121,6 +123,7 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         ),
         ({"lr": 10**400}, 12 * UPDATE, "lr must be a finite number, got 1000"),
         ({"refit_episodes": 1}, 12 * UPDATE, "refit_episodes must be >= 2"),
+        ({"encoder_steps_per_refit": UPDATE}, 10**15, r"makes [\d,]+ encoder stages .* more than 10,000"),
         ({"latent_reg": "entropy"}, 12 * UPDATE, "latent_reg must be one of"),
         ({"later_clip": [0.2, -0.1]}, 12 * UPDATE, "later_clip must hold positive values"),
         ({"later_entropy_coef": [-0.01]}, 12 * UPDATE, r"later_entropy_coef must be >= 0, got \[-0.01\]"),
