@@ -20,7 +20,7 @@ from optuna.trial import TrialState, create_trial
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.report import build_report, load_results
+from harness.report import REPORT_FILES, build_report, load_results
 
 REPS = 2000
 TASKS = ["cartpole-swingup", "pendulum-swingup"]
@@ -336,6 +336,24 @@ def test_report_end_to_end(stores, tmp_path):
     again = tmp_path / "again"
     build_report("ablation", str(storage), out_dir=again, reps=REPS, seed=0)
     assert (again / "summary.md").read_text() == summary  # intervals are reproducible for a seed
+    # The files a report replaces are the earlier report's: REPORT_FILES names them all.
+    assert {path.name for path in first.files} == REPORT_FILES
+    build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
+    assert (out / "summary.md").read_text() == summary
+
+
+def test_a_report_replaces_an_earlier_report_but_no_other_file(stores, tmp_path):
+    """`report --out mypaper` silently replaced the user's summary.md and results.csv."""
+
+    storage, _ = stores
+    out = tmp_path / "mypaper"
+    out.mkdir()
+    (out / "summary.md").write_text("MY NOTES\n")
+    (out / "results.csv").write_text("my,data\n")
+    with pytest.raises(UserError, match=r"holds results.csv, summary.md, which the report would replace"):
+        build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
+    assert (out / "summary.md").read_text() == "MY NOTES\n"
+    assert (out / "results.csv").read_text() == "my,data\n"
 
 
 def test_the_summary_names_the_variants_scored_by_sampled_actions():

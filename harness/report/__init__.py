@@ -34,6 +34,7 @@ of its panel.
 from __future__ import annotations
 
 import itertools
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,13 @@ MAX_REPS = 500_000
 # Probabilities of improvement are computed between the variants with the highest IQM only, at
 # most this many (28 pairs): a 40-trial tune study would otherwise give 780 pairs.
 MAX_COMPARED = 8
+# Every file a report writes into its directory, where an earlier report's are replaced.
+FIGURES = ("aggregates", "probability_of_improvement", "performance_profile", "sample_efficiency", "ablation")
+REPORT_FILES = frozenset(
+    {"summary.md", "tables.tex", "results.csv"}
+    | {f"{name}.{kind}" for name in FIGURES for kind in ("png", "pdf")}
+)
+SUMMARY_TITLE = "# Report: "
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,9 @@ def build_report(
     """
 
     check_bootstrap(reps, seed)
-    results = load_study_results(study_name, storage, tracking_uri)
     out = Path(out_dir or DEFAULT_OUT / study_name)
+    check_report_dir(out)
+    results = load_study_results(study_name, storage, tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     table = results.table.copy()
     table.insert(table.columns.get_loc("eval_return") + 1, "score", normalise(table))
@@ -236,6 +245,24 @@ def _single_run_notes(finals: dict[str, np.ndarray]) -> list[str]:
     ]
 
 
+def check_report_dir(out: Path) -> None:
+    """Refuse an output directory where the report would replace files it did not write: a
+    report replaces an earlier report's files (its summary.md says so), nothing else."""
+
+    summary = out / "summary.md"
+    try:
+        clashing = sorted(name for name in REPORT_FILES if (out / name).exists())
+        with summary.open() if summary.is_file() else nullcontext(None) as text:
+            earlier = text is not None and text.readline().startswith(SUMMARY_TITLE)
+    except (OSError, UnicodeDecodeError):
+        clashing, earlier = ["summary.md"], False
+    if clashing and not earlier:
+        raise UserError(
+            f"{out} holds {', '.join(clashing)}, which the report would replace, and no earlier report "
+            "(the only files a report replaces). Give another --out directory, or move these files."
+        )
+
+
 def check_bootstrap(reps: int, seed: int) -> None:
     """Refuse bootstrap settings that cannot give the report's intervals (also checked by `demo`
     before its study runs, so that a typo does not cost the whole study)."""
@@ -287,7 +314,7 @@ def _write_tables(
 ) -> list[Path]:
     import envs
 
-    title = f"# Report: {results.study} ({results.kind})" + (" — PARTIAL" if results.partial else "")
+    title = f"{SUMMARY_TITLE}{results.study} ({results.kind})" + (" — PARTIAL" if results.partial else "")
     ranges = ", ".join(f"{task} {envs.score_range(task)}" for task in results.tasks)
     lines = [
         title,
