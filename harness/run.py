@@ -340,13 +340,21 @@ def load_run(
         request = dataclasses.replace(request, device=device)
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, request.task, dict(request.overrides))
-    agent = spec.agent_cls(config, request.task, request.seed, request.steps, resolve_device(request.device))
+    _check_position_values(state, len(evaluation_points(request.steps, config.eval_points)), path)
+    device = resolve_device(request.device)
+    try:
+        agent = spec.agent_cls(config, request.task, request.seed, request.steps, device)
+    except ValueError as error:  # a schedule, say, that this version refuses
+        raise UserError(f"{path} holds a run this version cannot continue: {error}.") from None
     try:
         agent.load_state_dict(state["agent"])
+        steps = (agent.counted_steps, agent.total_steps)
+        if not all(type(n) is int for n in steps) or not 0 <= steps[0] <= steps[1]:
+            raise ValueError(f"counted and total env steps {steps[0]!r}, {steps[1]!r}")
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         agent.close()
         raise UserError(
-            f"{checkpoint_path(Path(out_dir))} does not fit a {request.algo} agent ({type(error).__name__}: "
+            f"{path} does not fit a {request.algo} agent ({type(error).__name__}: "
             f"{error}); it is damaged or was written by another version."
         ) from None
     return request, config, agent, state
@@ -357,7 +365,7 @@ def _check_request_types(request: RunRequest, path: Path) -> None:
     would otherwise fail deep inside the run with a TypeError."""
 
     types = {"algo": str, "task": str, "seed": int, "steps": int, "preset": str, "overrides": Mapping,
-             "device": str, "checkpoint_every": (int, type(None))}  # fmt: skip
+             "device": str, "checkpoint_every": (int, type(None)), "tracking_uri": str}  # fmt: skip
     wrong = [
         name
         for name, kind in types.items()
@@ -388,6 +396,31 @@ def _check_position(saved: Any, path: Path) -> None:
             f"{path} was written by another version of gorl-bench ({'; '.join(fields)}); start a new run "
             "with another --out directory."
         )
+
+
+def _check_position_values(state: dict[str, Any], points: int, path: Path) -> None:
+    """Refuse saved position values that a resume or an evaluation would trip over (a hand-edited
+    checkpoint): each evaluation a (steps, mean, std) triple, the next point one of the run's."""
+
+    saved = state["progress"]
+    history, next_point, next_checkpoint = saved["history"], saved["next_point"], saved["next_checkpoint"]
+    valid = (
+        isinstance(history, list)
+        and all(
+            isinstance(entry, list | tuple)
+            and len(entry) == 3
+            and type(entry[0]) is int
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in entry[1:])
+            for entry in history
+        )
+        and type(next_point) is int
+        and 0 <= next_point <= points
+        and type(next_checkpoint) is int
+        and next_checkpoint >= 0
+        and isinstance(state.get("mlflow_run_id"), str)
+    )
+    if not valid:
+        raise UserError(f"{path} holds ill-formed evaluations, positions or MLflow run id; it is damaged.")
 
 
 def _train(

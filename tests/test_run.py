@@ -189,7 +189,7 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--task", TOY], "--algo and --task are required"),
         (["--resume", "does-not-exist"], "holds no run checkpoint: the directory does not exist"),
         (["--algo", "ppo", "--task", TOY, "--steps", "100"], "less than one policy update (4096 env steps)"),
-        (["--algo", "ppo", "--task", TOY, "--steps", "8192", "--set", "eval_points=1e9"], "than --steps"),
+        (["--algo", "ppo", "--task", TOY, "--steps", "8192", "--set", "eval_points=9000"], "than --steps"),
         (["--algo", "ppo", "--task", TOY, "--set", "min_std=1e999"], "min_std must be a finite number"),
         # Tracebacks from the parsers: a RecursionError, and an error line of 5,000 digits.
         (
@@ -490,7 +490,12 @@ def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
         # Hand-edited values: a TypeError traceback deep in the run, or a run of -5 steps.
         (
             {
-                "request": {"algo": "ppo", "task": "toy-bimodal", "steps": "abc"},
+                "request": {
+                    "algo": "ppo",
+                    "task": "toy-bimodal",
+                    "steps": "abc",
+                    "tracking_uri": "sqlite:///m.db",
+                },
                 "agent": {},
                 "progress": {},
                 "mlflow_run_id": "x",
@@ -499,7 +504,12 @@ def test_resume_of_a_directory_without_checkpoint_is_refused(tmp_path, capsys):
         ),
         (
             {
-                "request": {"algo": "ppo", "task": "toy-bimodal", "steps": -5},
+                "request": {
+                    "algo": "ppo",
+                    "task": "toy-bimodal",
+                    "steps": -5,
+                    "tracking_uri": "sqlite:///m.db",
+                },
                 "agent": {},
                 "progress": {},
                 "mlflow_run_id": "x",
@@ -518,6 +528,34 @@ def test_a_damaged_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, co
     assert main(["run", "--resume", str(run_dir), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s["progress"].update(history=[(4096, 0.3)]), "ill-formed evaluations"),
+        (lambda s: s["progress"].update(next_point="x"), "ill-formed evaluations"),
+        (lambda s: s["progress"].update(next_point=10**6), "ill-formed evaluations"),
+        (lambda s: s.update(mlflow_run_id=None), "ill-formed evaluations, positions or MLflow run id"),
+        (lambda s: s["request"].update(tracking_uri=None), "values of the wrong type (tracking_uri = None)"),
+        # Resumed, it trained past its budget and ended FINISHED.
+        (lambda s: s["agent"].update(counted_steps=-5), "counted and total env steps -5"),
+        (lambda s: s["agent"].update(counted_steps="x"), "counted and total env steps 'x'"),
+    ],
+)
+def test_hand_edited_checkpoint_values_are_refused_by_resume_and_evaluate(
+    tmp_path, tracking_uri, capsys, edit, message
+):
+    """Each gave a traceback deep in the run or in evaluate, or trained on from a wrong position."""
+
+    out = stopped_run(tmp_path, tracking_uri)
+    state = load_checkpoint(out)
+    edit(state)
+    torch.save(state, checkpoint_path(out))
+    for command in (["run", "--resume", str(out), "--no-progress"], ["evaluate", str(out)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
 
 
 def test_a_checkpoint_with_a_flipped_bit_is_refused_as_damaged(tmp_path, tracking_uri, capsys):
