@@ -92,7 +92,12 @@ def ppo_key() -> str:
         ),
         (
             GRID.replace('"grid"', '"tune"') + "max_trials = true\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n",
-            "max_trials must be a positive integer, got True",
+            "max_trials must be an integer from 1 to 100,000, got True",
+        ),
+        (  # `study run` and `study status` overflowed computing the ETA after the first trial
+            GRID.replace('"grid"', '"tune"')
+            + "max_trials = 1_000_000_000_000\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n",
+            "max_trials must be an integer from 1 to 100,000, got 1000000000000",
         ),
         (
             GRID.replace('"grid"', '"tune"') + "max_trials = 3\n[space.epochs]\nlow = 1.5\nhigh = 4\n",
