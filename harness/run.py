@@ -137,6 +137,9 @@ def check_request(request: RunRequest) -> tuple[str, algorithms.registry.Algorit
     anything that would stop the run before it trains (settings, budget, memory, device)."""
 
     _check_numbers(request)
+    if request.experiment is not None and not request.experiment.isprintable():
+        # Undecodable bytes, say: MLflow cannot store them (a traceback, the run directory left).
+        raise UserError(f"--experiment {request.experiment!r} holds characters that are not printable text.")
     task = envs.canonical_task(request.task)
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, task, dict(request.overrides))

@@ -210,6 +210,11 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
             ["--algo", "ppo", "--task", TOY, "--set", "eval_episodes=1e9"],
             "eval_episodes must be at most 1,000,000",
         ),
+        # Undecodable bytes: an MLflow traceback, and the run directory left behind.
+        (
+            ["--algo", "ppo", "--task", TOY, "--experiment", "e\udcff"],
+            "holds characters that are not printable",
+        ),
         # The list of points took 5 GB and 50 s before the run failed.
         (
             ["--algo", "ppo", "--task", TOY, "--set", "eval_points=1e9", "--steps", "1e12"],
