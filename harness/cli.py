@@ -18,6 +18,9 @@ from harness.signals import interrupts_unwrapped, stop_on_interrupts
 
 # Rendering is never needed; this keeps dm_control from probing for OpenGL.
 os.environ.setdefault("MUJOCO_GL", "disable")
+# The commands say what they do: MLflow's INFO lines ("Creating initial MLflow database tables...")
+# would interleave with them (a user's own MLFLOW_LOGGING_LEVEL is kept).
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 COMMAND_MODULES = ("catalog", "config", "run", "evaluate", "bench", "study", "report", "diagnose", "demo")
 

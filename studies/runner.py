@@ -162,6 +162,7 @@ def prepare_study(
     study is created, so that one that cannot be used leaves no study behind without its runs.
     """
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # `study run` says what it does itself
     storage = open_storage(location)
     attrs = _checked_attrs(storage, spec, location)
     if "tracking_uri" in attrs and not tracking_moved:

@@ -73,7 +73,7 @@ def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_ur
             *sets(SMALL), "--out", str(out), "--tracking-uri", tracking_uri,
             "--experiment", "cli-test", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
-    assert "FINISHED: final score" in capsys.readouterr().out
+    assert "FINISHED: final return" in capsys.readouterr().out
 
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cli-test").experiment_id])

@@ -127,12 +127,12 @@ def main(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
         raise
     for step, mean, std in result.eval_history:
-        print(f"eval @ {step:>10,d} steps: {mean:8.2f} +- {std:.2f}")
+        print(f"eval @ {step:>10,d} steps: return {mean:8.2f} +- {std:.2f} (std over episodes)")
     saved = "no checkpoint"
     if checkpoint_path(result.out_dir).is_file():
         saved = f"checkpoint in {result.out_dir}"
     print(
-        f"{result.status}: final score {result.final_score:.2f} after {result.counted_steps:,d} counted env "
+        f"{result.status}: final return {result.final_score:.2f} after {result.counted_steps:,d} counted env "
         f"steps; MLflow run {result.mlflow_run_id}; {saved}"
     )
     return 0 if result.status == "FINISHED" else 1
