@@ -450,7 +450,17 @@ def _train(
             },
         )
 
-    bar = _ProgressBar(request, enabled=progress)
+    # Training stops after the update that reaches the budget: a budget that is no whole number of
+    # updates trains up to the next one.
+    per_update = int(getattr(config, "batch_size", 1))
+    trained = -(-request.steps // per_update) * per_update
+    if progress and trained != request.steps and agent.counted_steps == 0:
+        print(
+            f"note: the run trains whole updates of {per_update:,} env steps: {trained:,} counted env steps "
+            f"for --steps {request.steps:,}",
+            file=sys.stderr,
+        )
+    bar = _ProgressBar(request, trained, enabled=progress)
     in_callback = False
     try:
         evaluator = Evaluator(request.task, config.eval_episodes, request.seed, config.env_backend)
@@ -636,11 +646,11 @@ class _ProgressBar:
     apart).
     """
 
-    def __init__(self, request: RunRequest, enabled: bool) -> None:
+    def __init__(self, request: RunRequest, total: int, enabled: bool) -> None:
         self.progress: Any = None
         self.origin: tuple[float, int] | None = None  # (time, step) of the first update
         self.label = f"{request.algo} {request.task} s{request.seed}"
-        self.total = request.steps
+        self.total = total
         self.plain = enabled and not sys.stderr.isatty()  # lines instead of a bar
         self.printed = 0  # evaluations printed as lines
         self.lines = PlainLines()
@@ -683,10 +693,8 @@ class _ProgressBar:
         elapsed, done = time.perf_counter() - self.origin[0], step - self.origin[1]
         speed = f"{done / elapsed:,.0f}" if done > 0 else "-"
         last = f"{history[-1][1]:.1f}" if history else "-"
-        # A run trains whole updates, so its last one may end past --steps: the total follows.
-        self.total = max(self.total, step)
         if self.progress is not None:
-            self.progress.update(self.task_id, total=self.total, completed=step, speed=speed, last_eval=last)
+            self.progress.update(self.task_id, completed=step, speed=speed, last_eval=last)
         elif self.lines.due(news=len(history) > self.printed):
             self.printed = len(history)
             print(f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}",

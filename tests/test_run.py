@@ -1028,3 +1028,15 @@ def test_runs_started_together_on_a_new_store_all_finish(tmp_path):
     client = MlflowClient(store)
     (experiment,) = [e for e in client.search_experiments() if e.name == "gorl-bench"]
     assert len(client.search_runs([experiment.experiment_id])) == 3
+
+
+def test_a_budget_of_no_whole_number_of_updates_is_said_to_round_up(tmp_path, tracking_uri, capsys):
+    """--steps 5000 trained 8,192 steps while the progress lines counted to 5,000, then to 8,192."""
+
+    update = SMALL["num_envs"] * SMALL["rollout_steps"]
+    argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(update + 1), *sets(SMALL),
+            "--out", str(tmp_path / "run"), "--tracking-uri", tracking_uri]  # fmt: skip
+    assert main(argv) == 0  # with progress: plain lines, as stderr is no terminal here
+    err = capsys.readouterr().err
+    assert f"whole updates of {update:,} env steps: {2 * update:,} counted env steps for --steps" in err
+    assert f"{update:,}/{2 * update:,} env steps" in err and f"/{update + 1:,} env steps" not in err
