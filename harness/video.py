@@ -42,9 +42,10 @@ def check_rendering() -> None:
     except Exception as error:  # noqa: BLE001 - any failure means no video; its text says why
         needs = {"egl": "a GPU driver's or Mesa's EGL", "osmesa": "the OSMesa library (Mesa's libosmesa)",
                  "glfw": "a display"}[backend]  # fmt: skip
+        others = ", ".join(name for name in GL_BACKENDS if name != backend)
         raise UserError(
             f"MuJoCo cannot render with MUJOCO_GL={backend} here ({type(error).__name__}: {error}); it needs "
-            f"{needs}. Install it, or try another MUJOCO_GL of {', '.join(GL_BACKENDS)}."
+            f"{needs}. Install it, or try another MUJOCO_GL: {others}."
         ) from None
 
 

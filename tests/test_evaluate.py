@@ -252,5 +252,6 @@ def test_a_rendering_backend_whose_library_is_missing_is_named_before_the_run_is
     done = _evaluate_with_video(tmp_path, tmp_path / "videos", backend="osmesa")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "MuJoCo cannot render with MUJOCO_GL=osmesa here" in done.stderr
+    assert "try another MUJOCO_GL: egl, glfw." in done.stderr  # not the one that failed
     assert "it needs the OSMesa library" in done.stderr
     assert not (tmp_path / "videos").exists()
