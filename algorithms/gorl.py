@@ -351,15 +351,16 @@ def _refuse_stages(
 
     updates = -(-budget // per_update)
     update_count = f"{updates:,} PPO update" if updates == 1 else f"{updates:,} PPO updates"
+    # The budget in whole updates: a run trains up to the next whole update anyway.
     needed = (
-        f"they need {fewest:,} updates, a budget of at least {(fewest - 1) * per_update + 1:,} env steps"
+        f"they need {fewest:,} updates, a budget of {fewest * per_update:,} env steps"
         if least
         else f"{fewest:,} updates, a budget of {fewest * per_update:,} env steps, fit them"
     )
     raise ValueError(
         f"the budget of {budget:,} env steps is {update_count} of {per_update} steps, too few for "
         f"{stages:,} encoder stages{lengths}; {needed}. Raise the budget (the paper's, which the "
-        "`paper` preset is for, is 180,000,000) or use fewer refits"
+        "`paper` preset is for, is 180,000,000) or use fewer refits."
     )
 
 
