@@ -299,25 +299,28 @@ def _watch(study: optuna.Study, processes: list[subprocess.Popen], workers: int,
     """Wait for the workers, showing units done / total and the ETA: a bar in a terminal, else (a
     log, a pipe) a line whenever a unit ends and at least every PLAIN_INTERVAL_S."""
 
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from harness.progress import PlainLines
 
     status = study_status(study, workers)
+    console = Console()
+    plain = progress and not console.is_terminal  # lines only: a bar would print its last state too
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
-        disable=not progress,
+        console=console,
+        disable=not progress or plain,
     ) as bar:
         task = bar.add_task(study.study_name, total=status.total, info="")
-        plain = progress and not bar.console.is_terminal
         printed_done, lines = status.done, PlainLines()
         while any(p.poll() is None for p in processes):
             time.sleep(POLL_S)
             status = study_status(study, workers)
-            counts = f"running {status.running}  failed {status.failed}  pruned {status.pruned}"
+            counts = f"running {status.active}  failed {status.failed}  pruned {status.pruned}"
             bar.update(task, completed=status.done, info=f"{counts}  {status.eta_text}")
             if plain and lines.due(news=status.done != printed_done):
                 printed_done = status.done

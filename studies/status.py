@@ -60,6 +60,12 @@ class StudyStatus:
         return len(self.failures)
 
     @property
+    def active(self) -> int:
+        """Units (tune: trials) a live worker is running: a stopped one's trial is RUNNING too."""
+
+        return self.running - self.stopped
+
+    @property
     def done(self) -> int:
         """Settled units or trials: nothing more will happen to them."""
 
@@ -80,11 +86,11 @@ class StudyStatus:
         if self.finished:
             ending = f" - finished, {self.failed} failed" if self.failed else " - finished"
         rerun = f"  failed+rerun {self.rerun}" if self.rerun else ""
-        stopped = f" ({self.stopped} stopped)" if self.stopped else ""
+        stopped = f"  stopped {self.stopped}" if self.stopped else ""
         lines = [
             f"study {self.name} ({self.kind}): {self.done}/{self.total} done{ending}",
-            f"  complete {self.complete}  running {self.running}{stopped}  waiting {self.waiting}  "
-            f"failed {self.failed}  pruned {self.pruned}  lost+retried {self.lost}{rerun}",
+            f"  complete {self.complete}  running {self.active}{stopped}  waiting {self.waiting}  "
+            f"failed {self.failed}  pruned {self.pruned}  retried {self.lost}{rerun}",
             f"  {self.eta_text}",
         ]
         if self.not_run:
@@ -99,7 +105,7 @@ class StudyStatus:
             tune = self.kind == "tune"
             retried = "as new trials, reusing their finished units" if tune else "from their last checkpoint"
             lines.append(
-                f"  {self.stopped} running {unit_noun(self.kind)}(s) lost their worker (stopped or crashed): "
+                f"  {self.stopped} {unit_noun(self.kind)}(s) lost their worker (stopped or crashed): "
                 f"`gorl-bench study run` retries them {retried}"
             )
         for failure in self.failures[:SHOWN_FAILURES]:

@@ -1112,8 +1112,10 @@ def test_status_tells_a_unit_whose_worker_is_gone_from_one_that_runs(workdir):
         owners.append((trial, {"host": socket.gethostname(), "pid": pid, "beat": 0.0}))
         study._storage.set_trial_system_attr(trial._trial_id, storage.OWNER_ATTR, owners[-1][1])
     status = study_status(study)
-    assert (status.running, status.stopped) == (2, 1)
-    assert "1 running unit(s) lost their worker" in "\n".join(status.lines())
+    assert (status.running, status.stopped, status.active) == (2, 1, 1)
+    # The stopped unit is not said to be running ("running 2 (1 stopped)" read as two running).
+    assert "  complete 0  running 1  stopped 1  waiting 0" in status.lines()[1]
+    assert "1 unit(s) lost their worker" in "\n".join(status.lines())
     assert "no worker is running" not in status.eta_text
     # Once every running unit's worker is gone, no ETA is promised.
     trial, owner = owners[0]
