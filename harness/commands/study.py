@@ -150,7 +150,14 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt_once)
     if args.parent_pid:
         interrupt_when_parent_ends(args.parent_pid)
-    count = run_worker(args.name, args.storage, index=args.index, threads=args.threads, device=args.device)
+    try:
+        count = run_worker(
+            args.name, args.storage, index=args.index, threads=args.threads, device=args.device
+        )
+    except KeyboardInterrupt:
+        if args.parent_pid:  # a worker of `study run`, which says once for all that it was interrupted
+            return 130
+        raise
     print(f"worker {os.getpid()}: nothing left to claim ({count} claimed here).")
     return 0
 
