@@ -125,7 +125,7 @@ def require_checkpoint(out_dir: Path) -> None:
         where = f"the directory has no {CHECKPOINT_NAME} file"
     raise UserError(
         f"{str(out_dir)!r} holds no run checkpoint: {where}. Pass the --out directory of a run that "
-        f"wrote at least one checkpoint (at every evaluation point, or every --checkpoint-every steps)."
+        f"wrote at least one checkpoint (a run writes one when it starts training)."
     )
 
 

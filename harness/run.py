@@ -464,6 +464,10 @@ def _train(
     in_callback = False
     try:
         evaluator = Evaluator(request.task, config.eval_episodes, request.seed, config.env_backend)
+        if not checkpoint_path(out_dir).exists():
+            # The untrained start: a run stopped before its first evaluation resumes into the same
+            # MLflow run (a study's unit then keeps one run) instead of starting a second one.
+            checkpoint()
         with bar:
             bar.update(agent.counted_steps, position.history)
             while agent.counted_steps < request.steps:
@@ -505,12 +509,7 @@ def _train(
             )
     except FloatingPointError as error:
         tracker.end("FAILED", f"stopped at {agent.counted_steps} counted env steps: {error}")
-        kept = (
-            f"the last good checkpoint is kept in {out_dir}"
-            if checkpoint_path(out_dir).exists()
-            else "it had written no checkpoint yet"
-        )
-        print(f"run failed: {error}; {kept}", file=sys.stderr)
+        print(f"run failed: {error}; the last good checkpoint is kept in {out_dir}", file=sys.stderr)
         return _result(request, agent, position, tracker.run_id, "FAILED")
     except BaseException as error:
         stopped = in_callback or caused_by_interrupt(error)

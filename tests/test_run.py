@@ -133,12 +133,13 @@ def test_diverging_run_is_marked_failed_and_writes_no_bad_checkpoint(tmp_path, t
             "--no-progress"]  # fmt: skip
     assert main(argv) == 1
     captured = capsys.readouterr()
-    assert "FAILED" in captured.out and "it had written no checkpoint yet" in captured.err
+    assert "FAILED" in captured.out and "the last good checkpoint is kept in" in captured.err
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
     assert run.info.status == "FAILED"
     assert "non-finite" in run.data.tags["status_reason"]
-    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+    # The start's checkpoint, not one of the diverged weights.
+    assert load_checkpoint(tmp_path / "nan")["agent"]["counted_steps"] == 0
 
 
 def test_failed_run_result_has_nan_score(tmp_path, tracking_uri):
@@ -1040,3 +1041,28 @@ def test_a_budget_of_no_whole_number_of_updates_is_said_to_round_up(tmp_path, tr
     err = capsys.readouterr().err
     assert f"whole updates of {update:,} env steps: {2 * update:,} counted env steps for --steps" in err
     assert f"{update:,}/{2 * update:,} env steps" in err and f"/{update + 1:,} env steps" not in err
+
+
+def test_a_run_stopped_before_its_first_evaluation_resumes_into_the_same_mlflow_run(
+    tmp_path, tracking_uri, monkeypatch
+):
+    """It had no checkpoint yet: a study's unit started afresh in a second MLflow run, and the
+    first stayed in the experiment, KILLED and empty."""
+
+    reference = execute(request(tmp_path, tracking_uri, out_dir=tmp_path / "reference"), progress=False)
+    agent_cls = algorithms.get("ppo").agent_cls
+    train_iteration = agent_cls.train_iteration
+
+    def interrupted(self):
+        monkeypatch.setattr(agent_cls, "train_iteration", train_iteration)  # once
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent_cls, "train_iteration", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        execute(request(tmp_path, tracking_uri), progress=False)
+    assert load_checkpoint(tmp_path / "run")["agent"]["counted_steps"] == 0
+    resumed = resume(tmp_path / "run", progress=False)
+    assert resumed.eval_history == reference.eval_history
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
+    assert sorted(run.info.status for run in runs) == ["FINISHED", "FINISHED"]  # this one and the reference

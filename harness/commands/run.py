@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint-every",
         type=integer,
         metavar="STEPS",
-        help="checkpoint period (default: every evaluation)",
+        help="checkpoint period (default: every evaluation; a run also checkpoints its start and end)",
     )
     parser.add_argument(
         "--resume",
