@@ -20,7 +20,7 @@ from optuna.trial import TrialState, create_trial
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.report import REPORT_FILES, build_report, load_results
+from harness.report import MARKER, REPORT_FILES, build_report, load_results
 
 REPS = 2000
 TASKS = ["cartpole-swingup", "pendulum-swingup"]
@@ -337,7 +337,7 @@ def test_report_end_to_end(stores, tmp_path):
     build_report("ablation", str(storage), out_dir=again, reps=REPS, seed=0)
     assert (again / "summary.md").read_text() == summary  # intervals are reproducible for a seed
     # The files a report replaces are the earlier report's: REPORT_FILES names them all.
-    assert {path.name for path in first.files} == REPORT_FILES
+    assert {path.name for path in first.files} | {MARKER} == REPORT_FILES
     build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
     assert (out / "summary.md").read_text() == summary
 
@@ -354,6 +354,27 @@ def test_a_report_replaces_an_earlier_report_but_no_other_file(stores, tmp_path)
         build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
     assert (out / "summary.md").read_text() == "MY NOTES\n"
     assert (out / "results.csv").read_text() == "my,data\n"
+
+
+def test_a_report_stopped_half_way_is_replaced_by_the_next(stores, tmp_path, monkeypatch):
+    """Its results.csv and first figure, without the summary.md written last, were refused as
+    someone else's files: `demo` after a Ctrl-C in the bootstrap could not finish."""
+
+    from harness.report import stats
+
+    storage, _ = stores
+    out = tmp_path / "report"
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stats, "interval_estimates", out_of_memory)
+        with pytest.raises(MemoryError):
+            build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
+    assert (out / "results.csv").is_file() and not (out / "summary.md").exists()
+    build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
+    assert (out / "summary.md").read_text().startswith("# Report: ablation")
 
 
 def test_the_summary_names_the_variants_scored_by_sampled_actions():

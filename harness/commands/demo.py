@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
 
     from harness.commands import report
     from harness.commands.arguments import check_out_dir
-    from harness.report import DEFAULT_OUT, check_bootstrap
+    from harness.report import DEFAULT_OUT, check_bootstrap, check_report_dir
     from studies.runner import run_study
     from studies.spec import load_spec
     from studies.storage import storage_location
@@ -83,6 +83,7 @@ def main(args: argparse.Namespace) -> int:
     # The report's own checks, made before the study: otherwise they fail only after it has trained.
     check_bootstrap(args.reps, seed=0)
     check_out_dir(out)
+    check_report_dir(out)
     location = storage_location(args.storage)
     total = len(spec.units())
     reused = _units_done(spec.name, location)

@@ -34,7 +34,6 @@ of its panel.
 from __future__ import annotations
 
 import itertools
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +53,7 @@ from harness.report.tables import (
     ranked_trials_table,
 )
 
-__all__ = ["Report", "build_report", "check_bootstrap", "load_results"]
+__all__ = ["Report", "build_report", "check_bootstrap", "check_report_dir", "load_results"]
 
 DEFAULT_OUT = Path("runs") / "reports"
 CONFIDENCE = 0.95  # rliable's default interval size (get_interval_estimates, performance profiles)
@@ -69,11 +68,14 @@ MAX_REPS = 500_000
 MAX_COMPARED = 8
 # Every file a report writes into its directory, where an earlier report's are replaced.
 FIGURES = ("aggregates", "probability_of_improvement", "performance_profile", "sample_efficiency", "ablation")
+# Written first, so that a report stopped half-way (Ctrl-C in the bootstrap, out of memory) is
+# known for one, and the next report replaces its files.
+MARKER = ".gorl-report"
 REPORT_FILES = frozenset(
-    {"summary.md", "tables.tex", "results.csv"}
+    {"summary.md", "tables.tex", "results.csv", MARKER}
     | {f"{name}.{kind}" for name in FIGURES for kind in ("png", "pdf")}
 )
-SUMMARY_TITLE = "# Report: "
+SUMMARY_TITLE = "# Report: "  # an earlier version's report, which wrote no marker
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ def build_report(
     check_report_dir(out)
     results = load_study_results(study_name, storage, tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by gorl-bench report: the report replaces its files here\n")
     table = results.table.copy()
     table.insert(table.columns.get_loc("eval_return") + 1, "score", normalise(table))
     ends, finals, notes = _final_scores(table, results)
@@ -247,15 +250,17 @@ def _single_run_notes(finals: dict[str, np.ndarray]) -> list[str]:
 
 def check_report_dir(out: Path) -> None:
     """Refuse an output directory where the report would replace files it did not write: a
-    report replaces an earlier report's files (its summary.md says so), nothing else."""
+    report replaces an earlier report's files (its marker, or its summary.md, says so), nothing else."""
 
     summary = out / "summary.md"
     try:
         clashing = sorted(name for name in REPORT_FILES if (out / name).exists())
-        with summary.open() if summary.is_file() else nullcontext(None) as text:
-            earlier = text is not None and text.readline().startswith(SUMMARY_TITLE)
-    except (OSError, UnicodeDecodeError):
-        clashing, earlier = ["summary.md"], False
+        earlier = (out / MARKER).is_file()
+        if not earlier and summary.is_file():
+            with summary.open(errors="replace") as text:
+                earlier = text.readline().startswith(SUMMARY_TITLE)
+    except OSError as error:
+        raise UserError(f"cannot check the report directory {out}: {error.strerror}.") from None
     if clashing and not earlier:
         raise UserError(
             f"{out} holds {', '.join(clashing)}, which the report would replace, and no earlier report "
