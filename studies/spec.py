@@ -326,9 +326,12 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
     if steps < 1:
         raise UserError(f"steps (counted env steps per unit) must be positive, got {steps}.")
     max_trials = raw.get("max_trials")
-    if max_trials is not None and (type(max_trials) is not int or not 1 <= max_trials <= MAX_UNITS):
-        # A bound as for units: the progress display's ETA overflowed on 10^21 trials.
-        raise UserError(f"max_trials must be an integer from 1 to {MAX_UNITS:,}, got {max_trials!r}.")
+    if max_trials is not None and (type(max_trials) is not int or max_trials < 1):
+        raise UserError(f"max_trials must be a positive integer, got {max_trials!r}.")
+    if kind == "tune" and max_trials is not None and max_trials > MAX_UNITS:
+        # A bound as for units (a grid's max_trials only caps its units): the progress display's
+        # ETA overflowed on 10^21 trials.
+        raise UserError(f"a tune study's max_trials must be at most {MAX_UNITS:,}, got {max_trials:,}.")
     if kind == "tune" and max_trials is None:
         raise UserError("a tune study needs max_trials, the number of configurations to try.")
 
