@@ -137,9 +137,11 @@ def check_request(request: RunRequest) -> tuple[str, algorithms.registry.Algorit
     anything that would stop the run before it trains (settings, budget, memory, device)."""
 
     _check_numbers(request)
-    if request.experiment is not None and not request.experiment.isprintable():
-        # Undecodable bytes, say: MLflow cannot store them (a traceback, the run directory left).
-        raise UserError(f"--experiment {request.experiment!r} holds characters that are not printable text.")
+    if request.experiment is not None:
+        try:  # undecodable bytes on the command line: MLflow cannot store them (a traceback)
+            request.experiment.encode()
+        except UnicodeEncodeError:
+            raise UserError(f"--experiment {request.experiment!r} is not valid text (UTF-8).") from None
     task = envs.canonical_task(request.task)
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, task, dict(request.overrides))
@@ -343,12 +345,15 @@ def load_run(
         request = dataclasses.replace(request, device=device)
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, request.task, dict(request.overrides))
+    if not 1 <= config.eval_points <= MAX_EVAL_POINTS:  # before a list of that many points is built
+        raise UserError(f"{path} holds a damaged run request: eval_points {config.eval_points:,}.")
     _check_position_values(state, len(evaluation_points(request.steps, config.eval_points)), path)
     device = resolve_device(request.device)
     try:
         agent = spec.agent_cls(config, request.task, request.seed, request.steps, device)
     except ValueError as error:  # a schedule, say, that this version refuses
-        raise UserError(f"{path} holds a run this version cannot continue: {error}.") from None
+        reason = str(error).rstrip(".")
+        raise UserError(f"{path} holds a run this version cannot continue: {reason}.") from None
     try:
         agent.load_state_dict(state["agent"])
         steps = (agent.counted_steps, agent.total_steps)

@@ -356,20 +356,25 @@ def serialized(storage: BaseStorage) -> Iterator[None]:
         yield
 
 
-# pg_advisory_xact_lock's key: any 64-bit number no other program on the database uses.
+# The advisory lock's key: any 64-bit number no other program on the database uses. One for all
+# the studies in a database: the bodies it orders take milliseconds.
 _ADVISORY_LOCK_KEY = 0x676F726C_6C6F636B  # "gorllock"
+_LOCK_POLL_S = 0.05
 
 
 @contextmanager
 def _database_lock(storage: RDBStorage) -> Iterator[None]:
     """A PostgreSQL advisory lock held by a transaction of its own, open while the body runs on
     Optuna's other connections: released at its end, and by the server when a crash drops the
-    connection. Not reentrant, as the file lock."""
+    connection. Taken by polling, not by a blocking call, so that Ctrl-C stops a process waiting
+    for it. Not reentrant, as the file lock."""
 
     import sqlalchemy
 
+    take = sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:key)")
     with storage.engine.begin() as connection:
-        connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+        while not connection.execute(take, {"key": _ADVISORY_LOCK_KEY}).scalar():
+            time.sleep(_LOCK_POLL_S)
         yield
 
 

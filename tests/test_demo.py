@@ -152,7 +152,7 @@ def test_an_interrupt_stops_the_workers_and_leaves_a_resumable_study(workdir, ho
         return  # the workers left their units as a Ctrl-C does, whose resume is checked below
     assert demo.returncode == 130
     assert "Traceback" not in out
-    assert out.count("interrupted") <= 1  # the coordinator's; each worker printed one too
+    assert "interrupted" not in out  # each worker printed it; the demo says "Interrupted: ..." once
     message = r"Interrupted: [0-3] of 4 units done and kept; run the same command again to resume\."
     assert re.fullmatch(message, out.rstrip().splitlines()[-1])
 

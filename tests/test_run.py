@@ -214,7 +214,7 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         # Undecodable bytes: an MLflow traceback, and the run directory left behind.
         (
             ["--algo", "ppo", "--task", TOY, "--experiment", "e\udcff"],
-            "holds characters that are not printable",
+            "is not valid text (UTF-8)",
         ),
         # The list of points took 5 GB and 50 s before the run failed.
         (

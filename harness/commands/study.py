@@ -99,9 +99,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         raise
     print("\n".join(status.lines()))
-    if not status.finished and status.running > status.stopped and not status.waiting:
+    if not status.finished and status.active and not status.waiting:
         print(
-            f"Not finished: {status.running - status.stopped} unit(s) still train in workers of other "
+            f"Not finished: {status.active} unit(s) still train in workers of other "
             f"processes (`study worker`); `gorl-bench study status {status.name}` follows them, and the "
             "worker that ends the last one closes the study's MLflow run."
         )
@@ -128,8 +128,7 @@ def run_command(spec: str, storage: str | None) -> str:
 def _worker(args: argparse.Namespace) -> int:
     import signal
 
-    from harness.signals import interrupt, interrupt_when_parent_ends
-    from studies.worker import run_worker
+    from harness.signals import caused_by_interrupt, interrupt, interrupt_when_parent_ends
 
     def ignore(signum: int, frame: object) -> None:
         pass
@@ -151,11 +150,15 @@ def _worker(args: argparse.Namespace) -> int:
     if args.parent_pid:
         interrupt_when_parent_ends(args.parent_pid)
     try:
+        from studies.worker import run_worker
+
         count = run_worker(
             args.name, args.storage, index=args.index, threads=args.threads, device=args.device
         )
-    except KeyboardInterrupt:
-        if args.parent_pid:  # a worker of `study run`, which says once for all that it was interrupted
+    except BaseException as error:
+        # A worker of `study run`, which says once for all that it was interrupted (an interrupt
+        # may arrive as another error: an import it broke).
+        if args.parent_pid and caused_by_interrupt(error):
             return 130
         raise
     print(f"worker {os.getpid()}: nothing left to claim ({count} claimed here).")
