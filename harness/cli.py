@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # even `Path.exists` raise): the path and the reason, not a traceback.
         if error.filename is None:
             raise
-        print(f"{prog}: error: {error.filename}: {error.strerror}.", file=sys.stderr)
+        paths = error.filename if error.filename2 is None else f"{error.filename} -> {error.filename2}"
+        print(f"{prog}: error: {paths}: {error.strerror}.", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as error:
         detail = out_of_memory(error)
