@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import inspect
 import math
 import tomllib
@@ -18,7 +17,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from algorithms.registry import AlgorithmSpec, _unknown
+from algorithms.registry import AlgorithmSpec, _unknown, unknown_keys
 from harness.errors import UserError
 
 
@@ -65,8 +64,7 @@ def resolve(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str,
     fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
     unknown = [key for key in overrides if key not in fields]
     if unknown:
-        close = {k: difflib.get_close_matches(k, fields, n=1) for k in unknown}
-        hints = ", ".join(f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items())
+        hints = unknown_keys(unknown, fields)
         raise UserError(
             f"unknown config key {hints} for {spec.name}. Valid keys: {', '.join(sorted(fields))}."
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +86,28 @@ def get(name: str) -> AlgorithmSpec:
 
 
 def _unknown(kind: str, value: str, valid: list[str], owner: str = "") -> str:
-    close = difflib.get_close_matches(value, valid, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    close = _close(value, valid)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
     of = f" of {owner}" if owner else ""
     return f"unknown {kind}{of} {value!r}.{hint} Valid {kind}s{of}: {', '.join(valid)}."
+
+
+def unknown_keys(unknown: list[str], valid: Collection[str]) -> str:
+    """The unknown keys, each with the valid ones it may be a slip for: 'seedz' (did you mean
+    'seeds' or 'seed'?)."""
+
+    hints = []
+    for key in unknown:
+        close = " or ".join(repr(match) for match in _close(key, valid))
+        hints.append(repr(key) + (f" (did you mean {close}?)" if close else ""))
+    return ", ".join(hints)
+
+
+def _close(value: str, valid: Collection[str]) -> list[str]:
+    """The valid names `value` may be a slip for, best first: those nearly as close as the closest
+    (seedz: seed 0.89 and seeds 0.80 of a full match; entropy_coeff: entropy_coef 0.96 alone, not
+    tanh_entropy 0.56)."""
+
+    scored = [(difflib.SequenceMatcher(None, value, name).ratio(), name) for name in valid]
+    best = max((score for score, _ in scored), default=0.0)
+    return [name for score, name in sorted(scored, reverse=True) if score >= max(0.5, best - 0.1)][:3]

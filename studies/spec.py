@@ -18,7 +18,6 @@ configuration's schedule. Errors are `UserError`s naming the file and the offend
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from algorithms.registry import _unknown
+from algorithms.registry import _unknown, unknown_keys
 from harness.errors import UserError
 
 SPEC_DIR = Path(__file__).parent
@@ -643,11 +642,8 @@ def _choice(raw: Mapping[str, Any], key: str, valid: tuple[str, ...]) -> str:
 def _check_keys(where: str, table: Mapping[str, Any], valid: set[str]) -> None:
     unknown = sorted(set(table) - valid)
     if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hints.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise UserError(f"unknown key {', '.join(hints)} in {where}. Valid keys: {', '.join(sorted(valid))}.")
+        hints = unknown_keys(unknown, valid)
+        raise UserError(f"unknown key {hints} in {where}. Valid keys: {', '.join(sorted(valid))}.")
 
 
 def _label_value(value: Any) -> str:

@@ -109,6 +109,8 @@ def ppo_key() -> str:
             + "[space.gamma]\nchoices = [0.99, 0.995]\n",
             "it would draw ['gamma'] at random in every trial",
         ),
+        # Only 'seed' was offered, though a count of seeds was the likelier meaning.
+        (GRID + "seedz = 2\n", "unknown key 'seedz' (did you mean 'seed' or 'seeds'?) in the spec"),
     ],
 )
 def test_bad_specs_fail_with_a_clear_message(tmp_path, text, message):
