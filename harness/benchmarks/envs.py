@@ -40,13 +40,18 @@ DEFAULT_STEPS = 200
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="fast tasks to time")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(DEFAULT_TASKS),
+        help=f"fast tasks to time (default {' '.join(DEFAULT_TASKS)})",
+    )
     parser.add_argument(
         "--sizes",
         nargs="+",
         type=int_between(1, MAX_SIZE),
         default=list(DEFAULT_SIZES),
-        help=f"numbers of envs N, 1 to {MAX_SIZE:,}",
+        help=f"numbers of envs N, 1 to {MAX_SIZE:,} (default {' '.join(map(str, DEFAULT_SIZES))})",
     )
     parser.add_argument(
         "--steps",
@@ -55,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"control steps per timed run, 1 to {MAX_STEPS:,} (default {DEFAULT_STEPS})",
     )
     parser.add_argument(
-        "--repeats", type=positive_int, default=3, help="timed runs per cell; the median is shown"
+        "--repeats", type=positive_int, default=3, help="timed runs per cell; the median is shown (default 3)"
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
 

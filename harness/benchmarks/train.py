@@ -23,8 +23,15 @@ DEFAULT_TASKS = ("walker-walk", "cheetah-run")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="tasks to time")
-    parser.add_argument("--algos", nargs="+", default=["ppo"], help="algorithms, the first the reference")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(DEFAULT_TASKS),
+        help=f"tasks to time (default {' '.join(DEFAULT_TASKS)})",
+    )
+    parser.add_argument(
+        "--algos", nargs="+", default=["ppo"], help="algorithms, the first the reference (default ppo)"
+    )
     parser.add_argument("--preset", default="cpu", help="preset of every algorithm (default cpu)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
