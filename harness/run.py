@@ -459,7 +459,8 @@ def _train(
     # updates trains up to the next one.
     per_update = int(getattr(config, "batch_size", 1))
     trained = -(-request.steps // per_update) * per_update
-    if progress and trained != request.steps and agent.counted_steps == 0:
+    starting = not checkpoint_path(out_dir).exists()  # not a resume, even of the start's checkpoint
+    if progress and trained != request.steps and starting:
         print(
             f"note: the run trains whole updates of {per_update:,} env steps: {trained:,} counted env steps "
             f"for --steps {request.steps:,}",
@@ -469,7 +470,7 @@ def _train(
     in_callback = False
     try:
         evaluator = Evaluator(request.task, config.eval_episodes, request.seed, config.env_backend)
-        if not checkpoint_path(out_dir).exists():
+        if starting:
             # The untrained start: a run stopped before its first evaluation resumes into the same
             # MLflow run (a study's unit then keeps one run) instead of starting a second one.
             checkpoint()
