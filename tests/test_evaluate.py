@@ -131,6 +131,8 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     # A name over 255 bytes: even Path.exists raised (a traceback).
     assert main(["evaluate", good, "--json", str(tmp_path / ("a" * 300))]) == 2
     assert f"{'a' * 300}: File name too long." in capsys.readouterr().err
+    assert main(["evaluate", good, f"{good}/"]) == 2  # it was played and printed twice
+    assert f"the run {good} is given more than once" in capsys.readouterr().err
     assert capsys.readouterr().out == ""  # nothing was evaluated
     with pytest.raises(SystemExit) as exited:  # 10^9 returns, kept in memory, would fill it
         main(["evaluate", good, "--episodes", "1e9"])

@@ -108,3 +108,13 @@ def check_out_dir(path: Path) -> None:
             f"cannot write to the output directory {path}: {existing} is not writable by this user. "
             "Choose another directory with --out."
         )
+
+
+def check_distinct_runs(run_dirs: list[Path]) -> None:
+    """Refuse a run directory given twice (by the same or another path): a command that plays each
+    run once would score, draw or log it twice."""
+
+    resolved = [Path(run_dir).resolve() for run_dir in run_dirs]
+    for run_dir, path in zip(run_dirs, resolved, strict=True):
+        if resolved.count(path) > 1:
+            raise UserError(f"the run {run_dir} is given more than once; give each run once.")

@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from harness.commands.arguments import check_out_dir, directory, int_between, non_empty, non_negative_int
+from harness.commands.arguments import (
+    check_distinct_runs,
+    check_out_dir,
+    directory,
+    int_between,
+    non_empty,
+    non_negative_int,
+)
 
 DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
 # 4: a distribution to analyse. A million: the KDE of a 1-D projection no longer changes, and
@@ -122,17 +129,11 @@ def diagnose_multimodality(
     where to load the runs (a GPU-trained run on a machine without one), else each run's own."""
 
     from harness.checkpoint import require_checkpoint
-    from harness.errors import UserError
     from harness.run import load_run
 
     for run_dir in run_dirs:  # all of them before the first is loaded
         require_checkpoint(run_dir)
-    resolved = [Path(run_dir).resolve() for run_dir in run_dirs]
-    if len(set(resolved)) < len(resolved):  # its panel would be drawn, and its metrics logged, twice
-        twice = next(
-            str(run_dir) for run_dir, path in zip(run_dirs, resolved, strict=True) if resolved.count(path) > 1
-        )
-        raise UserError(f"the run {twice} is given more than once; give each run once.")
+    check_distinct_runs(run_dirs)  # its panel would be drawn, and its metrics logged, twice
     out = Path(out) if out is not None else Path(run_dirs[0]) / "diagnostics"
     check_out_dir(out)
     with contextlib.ExitStack() as loaded:  # every loaded agent's envs closed, also on an error

@@ -20,7 +20,13 @@ import math
 import sys
 from pathlib import Path
 
-from harness.commands.arguments import check_out_dir, directory, int_between, non_negative_int
+from harness.commands.arguments import (
+    check_distinct_runs,
+    check_out_dir,
+    directory,
+    int_between,
+    non_negative_int,
+)
 from harness.limits import MAX_EPISODES
 
 
@@ -62,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
 
     for run_dir in args.runs:  # all of them readable before the first is evaluated
         load_checkpoint(run_dir)
+    check_distinct_runs(args.runs)
     if args.json is not None:
         check_json_target(args.json, args.runs)
     videos: list[Path | None] = [None] * len(args.runs)
