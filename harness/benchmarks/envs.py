@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from harness.commands.arguments import int_between, positive_int
+from harness.commands.arguments import add_tasks_option, int_between, positive_int
 
 DEFAULT_TASKS = ("walker-walk", "cheetah-run", "hopper-stand", "humanoid-stand")
 DEFAULT_SIZES = (8, 32, 64)
@@ -40,12 +40,7 @@ DEFAULT_STEPS = 200
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tasks",
-        nargs="+",
-        default=list(DEFAULT_TASKS),
-        help=f"fast tasks to time (default {' '.join(DEFAULT_TASKS)})",
-    )
+    add_tasks_option(parser, DEFAULT_TASKS, "fast tasks to time")
     parser.add_argument(
         "--sizes",
         nargs="+",

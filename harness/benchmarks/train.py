@@ -17,18 +17,13 @@ from typing import Any
 
 import torch
 
-from harness.commands.arguments import positive_int
+from harness.commands.arguments import add_tasks_option, positive_int
 
 DEFAULT_TASKS = ("walker-walk", "cheetah-run")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tasks",
-        nargs="+",
-        default=list(DEFAULT_TASKS),
-        help=f"tasks to time (default {' '.join(DEFAULT_TASKS)})",
-    )
+    add_tasks_option(parser, DEFAULT_TASKS, "tasks to time")
     parser.add_argument(
         "--algos", nargs="+", default=["ppo"], help="algorithms, the first the reference (default ppo)"
     )

@@ -118,3 +118,10 @@ def check_distinct_runs(run_dirs: list[Path]) -> None:
     for run_dir, path in zip(run_dirs, resolved, strict=True):
         if resolved.count(path) > 1:
             raise UserError(f"the run {run_dir} is given more than once; give each run once.")
+
+
+def add_tasks_option(parser: argparse.ArgumentParser, defaults: tuple[str, ...], what: str) -> None:
+    """A benchmark's `--tasks`: the `what` it times, with its defaults shown in --help."""
+
+    shown = " ".join(defaults)
+    parser.add_argument("--tasks", nargs="+", default=list(defaults), help=f"{what} (default {shown})")
