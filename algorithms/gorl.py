@@ -320,7 +320,7 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
         ends = [k * length for k in range(1, stages)] + [updates]
     else:
         if config.num_refits is not None:
-            if config.num_refits >= updates:  # before a list of that many stages is built
+            if config.num_refits >= updates:  # the count alone refuses it: no stage list, no search
                 _refuse_stages(budget, per_update, config.num_refits + 1, fewest=config.num_refits + 1)
             weights = [1.0] * (config.num_refits + 1)
         else:

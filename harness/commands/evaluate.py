@@ -66,9 +66,9 @@ def main(args: argparse.Namespace) -> int:
     from harness.checkpoint import load_checkpoint
     from harness.errors import UserError
 
+    check_distinct_runs(args.runs)  # before any checkpoint is read, none twice
     for run_dir in args.runs:  # all of them readable before the first is evaluated
         load_checkpoint(run_dir)
-    check_distinct_runs(args.runs)
     if args.json is not None:
         check_json_target(args.json, args.runs)
     videos: list[Path | None] = [None] * len(args.runs)
