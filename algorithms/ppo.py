@@ -38,7 +38,11 @@ Presets:
   masks it out of the value loss (one transition per 1000-step episode).
 * `cpu`: CleanRL-style settings for a 2-core machine: 64 envs x 64 steps, 10 epochs of 4
   minibatches of 1024, 2 x 64 tanh networks, gamma 0.99, lr 3e-4. Reaches a cheetah-run
-  score above 500 within 1M env steps (CleanRL's PPO reports 433 after 8M).
+  score above 500 within 1M env steps (CleanRL's PPO reports 433 after 8M). It keeps the
+  `paper` preset's policy and optimiser, not CleanRL's: a state-dependent softplus std (not a
+  free log-std), a constant learning rate (CleanRL anneals it), no value clipping, Adam's
+  default eps 1e-8 (CleanRL: 1e-5) and a fixed reward scale (CleanRL: running return
+  normalisation), as the official code does (the class defaults below).
 """
 
 from __future__ import annotations
