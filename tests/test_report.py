@@ -641,3 +641,57 @@ def test_a_storage_that_is_a_directory_is_named_one(tmp_path, capsys, command, s
     assert f"the study storage {storage} is a directory; pass the --storage a study was run with" in err
     assert "a journal file path or an RDB URL" in err and "does not exist" not in err
     assert list(tmp_path.iterdir()) == []  # nothing was created in it
+
+
+def test_ablation_intervals_match_the_aggregates_and_ignore_the_order_of_the_trials():
+    from types import SimpleNamespace
+
+    from harness.report import _ablations, stats
+
+    rng = np.random.default_rng(0)
+    finals = {f"lr={lr}, epochs={epochs}": rng.uniform(size=(5, 2)) for lr in (1, 2) for epochs in (3, 4)}
+    finals["lr=3"] = rng.uniform(size=(5, 2))  # the only configuration with lr 3
+    table = pd.DataFrame(
+        {
+            "variant": list(finals),
+            "lr": [1, 1, 2, 2, 3],
+            "epochs": [3, 4, 3, 4, None],
+        }
+    )
+    results = SimpleNamespace(parameters=["lr", "epochs"])
+    options = {"reps": REPS, "seed": 0}
+    panels = _ablations(results, table, finals, options)
+    points, intervals = stats.interval_estimates({"lr=3": finals["lr=3"]}, stats.aggregates, **options)
+    at = list(stats.AGGREGATES).index("IQM")
+    assert panels["lr"][0]["3"] == points["lr=3"][at]
+    np.testing.assert_array_equal(panels["lr"][1]["3"], intervals["lr=3"][:, at])
+
+    reversed_finals = dict(reversed(finals.items()))
+    again = _ablations(results, table.iloc[::-1], reversed_finals, options)
+    for name in ("lr", "epochs"):
+        for value in panels[name][1]:
+            np.testing.assert_array_equal(again[name][1][value], panels[name][1][value])
+
+
+def test_a_report_removes_the_earlier_report_s_figures_it_does_not_draw(stores, tmp_path, monkeypatch):
+    """With fewer figures than the report before it (no pair to compare), the earlier report's
+    probability-of-improvement figure stayed beside the new summary, and in MLflow."""
+
+    from mlflow.tracking import MlflowClient
+
+    import harness.report
+
+    storage, uri = stores
+    build_report("ablation", str(storage), out_dir=tmp_path, reps=REPS)
+    assert (tmp_path / "probability_of_improvement.png").is_file()
+    monkeypatch.setattr(harness.report, "MAX_COMPARED", 1)
+    second = build_report("ablation", str(storage), out_dir=tmp_path, reps=REPS)
+    left = {path.name for path in tmp_path.iterdir()}
+    assert left == {path.name for path in second.files} | {MARKER}
+    assert "probability_of_improvement.png" not in left
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("ablation")
+    parent = client.search_runs([experiment.experiment_id], "attributes.run_name = 'ablation'")[0]
+    logged = {item.path for item in client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {f"report/{path.name}" for path in second.files}

@@ -110,10 +110,15 @@ def build_report(
     results = load_study_results(study_name, storage, tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by gorl-bench report: the report replaces its files here\n")
+    # An earlier report's files go first: a figure this report does not draw (one variant has no
+    # probability of improvement) would otherwise stay beside a summary that does not show it.
+    for name in REPORT_FILES - {MARKER}:
+        (out / name).unlink(missing_ok=True)
     table = results.table.copy()
     table.insert(table.columns.get_loc("eval_return") + 1, "score", normalise(table))
     ends, finals, notes = _final_scores(table, results)
-    ends.to_csv(out / "results.csv", index=False)  # every row the statistics use
+    # Every evaluation of every unit, also of runs that a trim leaves out of the statistics (notes)
+    ends.to_csv(out / "results.csv", index=False)
     files = [out / "results.csv"]
     notes += _single_run_notes(finals)
     if results.not_run:
@@ -294,11 +299,18 @@ def _ablations(
         # None: a configuration that does not set the parameter. Values are pooled by their text,
         # so that list values (unhashable) work too, and ordered by the values themselves.
         raw = {variant: value for variant, value in first[name].items() if value is not None}
-        pooled = pooled_by_value(finals, {variant: str(value) for variant, value in raw.items()})
+        texts = {variant: str(value) for variant, value in sorted(raw.items()) if variant in finals}
+        # Runs pooled in the order of their variants' labels, and each value's stream named by
+        # them: the intervals do not depend on the order of the trials, and a value that holds one
+        # configuration gets that configuration's IQM interval of the aggregate table.
+        pooled = pooled_by_value({variant: finals[variant] for variant in texts}, texts)
+        streams = {
+            text: " + ".join(variant for variant, value in texts.items() if value == text) for text in pooled
+        }
         order = sorted({str(value): value for value in raw.values()}.items(), key=lambda kv: _sort_key(kv[1]))
         ordered = {label: pooled[label] for label, _ in order if label in pooled}
         if ordered:
-            panels[name] = stats.interval_estimates(ordered, stats.iqm, **options)
+            panels[name] = stats.interval_estimates(ordered, stats.iqm, **options, streams=streams)
     return panels
 
 
@@ -363,20 +375,29 @@ def _evaluation_note(results: StudyResults) -> str:
 
 
 def _log_artifacts(results: StudyResults, files: list[Path]) -> list[str]:
-    """Attach the report's `files` to the study's MLflow parent run; a failure is a note, not an
-    error. The files one by one, not `out` as a whole: whatever else `--out` holds (an earlier
-    report's figures, a run's checkpoint, even the artifact store itself, which was then copied
-    into itself until the paths grew too long) is no part of this report."""
+    """Attach the report's `files` to the study's MLflow parent run, in place of an earlier
+    report's; a failure is a note, not an error. The files one by one, not `out` as a whole:
+    whatever else `--out` holds (a run's checkpoint, even the artifact store itself, which was
+    then copied into itself until the paths grew too long) is no part of this report."""
 
     from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.tracking import MlflowClient
 
-    if not results.parent_run_id:
+    run_id = results.parent_run_id
+    if not run_id:
         return ["the study has no MLflow parent run; the report was not logged to MLflow"]
     try:
         client = MlflowClient(tracking_uri=results.tracking_uri)
+        written = {f"report/{path.name}" for path in files}
+        earlier = {item.path for item in client.list_artifacts(run_id, "report")} - written
+        if earlier:
+            repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+            for path in sorted(earlier):
+                if Path(path).name in REPORT_FILES:
+                    repository.delete_artifacts(path)
         for path in files:
-            client.log_artifact(results.parent_run_id, str(path), artifact_path="report")
-    except (MlflowException, OSError) as error:
+            client.log_artifact(run_id, str(path), artifact_path="report")
+    except (MlflowException, OSError, NotImplementedError) as error:
         return [f"logging the report to MLflow run {results.parent_run_id} failed: {error}"]
     return []

@@ -117,6 +117,7 @@ def interval_estimates(
     seed: int,
     confidence: float = 0.95,  # rliable's confidence_interval_size
     progress: Progress | None = None,
+    streams: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Point estimates and stratified bootstrap intervals of `statistic`, rliable's return shape.
 
@@ -124,6 +125,8 @@ def interval_estimates(
     together (a pair for probability of improvement). Returns (points, intervals): points[label]
     has the statistic's shape, intervals[label] the shape (2, ...) with the lower bound first.
     `progress`, if given, is called with the number of resamples done after each chunk.
+    `streams` names the random stream of a label drawn from another label's (default: its own),
+    so that the same runs under two labels get the same interval.
     """
 
     points, intervals = {}, {}
@@ -131,7 +134,11 @@ def interval_estimates(
         arrays = (value,) if isinstance(value, np.ndarray) else tuple(value)
         points[label] = statistic(*(a[None] for a in arrays))[0]
         samples = bootstrap_samples(
-            arrays, statistic, reps=reps, rng=_generator(seed, label), progress=progress
+            arrays,
+            statistic,
+            reps=reps,
+            rng=_generator(seed, (streams or {}).get(label, label)),
+            progress=progress,
         )
         tail = 100 * (1 - confidence) / 2
         intervals[label] = np.percentile(samples, [tail, 100 - tail], axis=0)
