@@ -133,6 +133,20 @@ def test_curves_span_the_budget_when_units_have_different_numbers_of_evaluations
     assert arrays["small-batch"][0, 0, -1] == arrays["large-batch"][0, 0, -1] == 1.0
 
 
+def test_every_curve_ends_at_its_run_s_final_score():
+    """A unit whose update size does not divide the budget evaluates last past the others; its
+    curve ended at a value interpolated before that, below its final score in the tables."""
+
+    table = pd.DataFrame({
+        "variant": ["small"] * 10 + ["big"] * 4, "task": "toy", "seed": 0,
+        "env_step": [*range(1000, 10_001, 1000), 3000, 6000, 9000, 12_000],
+        "score": [0.1] * 10 + [0.2, 0.4, 0.6, 1.0],
+    })  # fmt: skip
+    steps, arrays, _ = curve_arrays(table, ["toy"])
+    assert steps[-1] == 12_000
+    assert arrays["big"][0, 0, -1] == 1.0 and arrays["small"][0, 0, -1] == 0.1
+
+
 @pytest.mark.parametrize("variants", [1, 8])
 def test_the_aggregates_x_label_sits_below_the_tick_labels(variants):
     from harness.report import figures

@@ -53,9 +53,10 @@ def curve_arrays(
     the spacing of the points evaluates once for several of them. The common x axis is that of
     the units with the most evaluations (the median step of their k-th evaluation), so it spans
     the whole budget, and each run's curve is linearly interpolated onto it (held constant
-    beyond its last evaluation). The axis starts where every run has been evaluated: a point is
-    kept only if no run's first evaluation lies past the middle between it and the next point, so
-    that no curve shows a score from before its run was first measured.
+    beyond its last evaluation); its last point is the latest last evaluation of any run. The
+    axis starts where every run has been evaluated: a point is kept only if no run's first
+    evaluation lies past the middle between it and the next point, so that no curve shows a
+    score from before its run was first measured.
     """
 
     units = {key: group.sort_values("env_step") for key, group in table.groupby(UNIT, sort=False)}
@@ -65,6 +66,9 @@ def curve_arrays(
     steps = np.median(
         np.stack([group["env_step"].to_numpy() for group in units.values() if len(group) == most]), axis=0
     )
+    # The axis ends at the latest last evaluation, so that every curve ends at its run's final
+    # score, the one in the tables (a larger update size evaluates last past the others).
+    steps[-1] = max(steps[-1], max(group["env_step"].iloc[-1] for group in units.values()))
     latest_first = max(group["env_step"].iloc[0] for group in units.values())
     steps = steps[np.append((steps[:-1] + steps[1:]) / 2, np.inf) >= latest_first]
     values = {
