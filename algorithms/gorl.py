@@ -553,6 +553,11 @@ class GoRLAgent(PPOAgent):
         self.env = LatentActionEnv(self.env, self.obs, identity, device)
         self.refit_env: LatentActionEnv | None = None  # built at the first refit
         self.eval_env: LatentActionEnv | None = None  # stage-start and -end evaluations (refit_from="best")
+        # Their build seeds depend on the run seed only: lqr draws its systems when an env is built
+        # (its resets do not re-draw them), so a seed taken from the stage that first needs the env
+        # gave a run resumed in a later stage other systems than the uninterrupted run. (No refit
+        # belongs to stage 0, so no stage's streams, (seed, stage[, 1 | 2]), are (seed, 0, ...).)
+        self.refit_env_seed, self.eval_env_seed = derived_seed(seed, 0, 1), derived_seed(seed, 0, 2)
         # (mean return, encoder state) of the stage's best evaluation, with refit_from="best"
         self.stage_best: tuple[float, dict[str, Any]] | None = None
         self.evaluated_at: int | None = None  # counted steps at the last evaluation
@@ -640,7 +645,9 @@ class GoRLAgent(PPOAgent):
 
         if self.refit_env is None:
             # Built once and kept: every round of every refit starts from its own seeded reset.
-            env = envs.make(self.task, min(g.num_envs, g.refit_episodes), stage_seed, backend=g.env_backend)
+            env = envs.make(
+                self.task, min(g.num_envs, g.refit_episodes), self.refit_env_seed, backend=g.env_backend
+            )
             self.refit_env = LatentActionEnv(env, None, self.decoder, self.device)
         self.refit_env.decoder = self.decoder
         with torch_threads(g.collect_threads):
@@ -674,7 +681,9 @@ class GoRLAgent(PPOAgent):
         g = self.gorl
         if self.eval_env is None:
             # No more envs than training uses: more episodes play in rounds (`play_episodes`).
-            env = envs.make(self.task, min(g.eval_episodes, g.num_envs), seed, backend=g.env_backend)
+            env = envs.make(
+                self.task, min(g.eval_episodes, g.num_envs), self.eval_env_seed, backend=g.env_backend
+            )
             self.eval_env = LatentActionEnv(env, None, self.decoder, self.device)
         self.eval_env.decoder = self.decoder
 

@@ -321,6 +321,37 @@ def test_resume_across_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, t
     assert reference.total_steps == 12 * UPDATE + 2 * REFIT_STEPS
 
 
+def test_a_resume_on_lqr_refits_on_the_systems_of_the_uninterrupted_run():
+    """lqr draws its systems when an env is built; the refit and stage-evaluation envs, built when
+    first needed, took their seed from that stage, so a resumed run refit on other systems."""
+
+    task, settings = "lqr-lqr_2_1", {**SMALL, "refit_episodes": 2, "eval_episodes": 1, "decoder_steps": 10}
+    # "best": each stage's start and end are evaluated too, on the other env built when needed.
+    settings.update(num_refits=2, refit_from="best", sampling_steps=2, decoder_width=16)
+    budget = 6 * UPDATE  # stages end at 2, 4 and 6 updates
+
+    def train(agent, until: int) -> list[float]:
+        returns = []
+        while agent.counted_steps < until:
+            metrics = agent.train_iteration()
+            returns += [
+                metrics[key] for key in sorted(metrics) if key.startswith("refit/") and "return" in key
+            ]
+        return returns
+
+    spec = algorithms.get("gorl-fm")
+    uninterrupted = spec.agent_cls(config(task=task, **settings), task, 0, budget, CPU)
+    reference = train(uninterrupted, budget)
+    stopped = spec.agent_cls(config(task=task, **settings), task, 0, budget, CPU)
+    returns = train(stopped, 3 * UPDATE)  # past the first refit, in stage 1
+    resumed = spec.agent_cls(config(task=task, **settings), task, 0, budget, CPU)
+    resumed.load_state_dict(stopped.state_dict())
+    returns += train(resumed, budget)
+    assert returns == reference
+    for agent in (uninterrupted, stopped, resumed):
+        agent.close()
+
+
 def test_cli_runs_gorl_and_logs_stages_and_decoder_losses(tmp_path, tracking_uri, capsys):
     overrides = [
         arg for key, value in {**SMALL, "num_refits": 1}.items() for arg in ("--set", f"{key}={value}")
