@@ -43,6 +43,13 @@ def test_multimodality_of_a_gorl_and_a_ppo_run(tmp_path, tracking_uri, capsys):
             "diagnostics/multimodality.png"
         ]
     assert load_checkpoint(tmp_path / "ppo")["agent"]["counted_steps"] == 4 * 256
+    assert "whose kernel width is 0.8 x the sample's std" in out  # the paper's factor by default
+    assert metrics["diagnose/multimodality/kde_bandwidth_factor"] == 0.8
+
+    assert main([*argv, "--bandwidth", "0.16"]) == 0
+    assert "whose kernel width is 0.16 x the sample's std" in capsys.readouterr().out
+    metrics = client.get_run(runs["ppo"].mlflow_run_id).data.metrics
+    assert metrics["diagnose/multimodality/kde_bandwidth_factor"] == 0.16
 
 
 def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(
@@ -136,11 +143,20 @@ def test_a_directory_without_a_run_is_refused(tmp_path, capsys):
     assert "holds no run checkpoint" in capsys.readouterr().err
 
 
-def test_bad_options_are_refused_before_the_runs_load(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--seed", "-1"], "argument --seed: must be a non-negative integer, got -1"),
+        (["--bandwidth", "0.01"], "argument --bandwidth: must be a number from 0.05 to 10, got 0.01"),
+        (["--bandwidth", "nan"], "argument --bandwidth: must be a number from 0.05 to 10, got nan"),
+        (["--bandwidth", "wide"], "argument --bandwidth: must be a number, got 'wide'"),
+    ],
+)
+def test_bad_options_are_refused_before_the_runs_load(tmp_path, capsys, option, message):
     with pytest.raises(SystemExit) as exited:
-        main(["diagnose", "multimodality", str(tmp_path), "--seed", "-1"])
+        main(["diagnose", "multimodality", str(tmp_path), *option])
     assert exited.value.code == 2
-    assert "argument --seed: must be a non-negative integer, got -1" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_a_moved_store_keeps_the_figure_and_says_how_to_log_it(tmp_path, migrated_mlflow_db, capsys):

@@ -93,3 +93,18 @@ def test_bad_samples_are_refused():
     # All samples equal (a saturated policy): a clear error, not scipy's singular-covariance one.
     with pytest.raises(ValueError, match="not all equal"):
         analyse_actions(np.ones((10_000, 3), np.float32))
+
+
+def test_the_paper_s_bandwidth_merges_modes_that_scott_s_rule_separates():
+    """The numbers in the module docstring: 10,000 samples of an even mixture of N(-m, 1), N(m, 1)."""
+
+    def mixture(m: float, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        x = rng.choice([-m, m], N) + rng.standard_normal(N)
+        return np.stack([x, 0.1 * rng.standard_normal(N)], axis=1)
+
+    assert [analyse_actions(mixture(m)).kde_peaks for m in (2.5, 2.75)] == [1, 2]
+    assert [analyse_actions(mixture(m), 0.16).kde_peaks for m in (1.0, 1.25)] == [1, 2]
+    gaussians = [np.random.default_rng(seed).standard_normal((N, 1)) for seed in range(20)]
+    peaks = {bw: [analyse_actions(x, bw).kde_peaks for x in gaussians] for bw in (0.1, 0.13, 0.16)}
+    assert peaks[0.1].count(2) == 4 and peaks[0.13] == peaks[0.16] == [1] * 20

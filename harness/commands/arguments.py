@@ -47,6 +47,21 @@ def int_between(least: int, most: int) -> Callable[[str], int]:
     return parse
 
 
+def float_between(least: float, most: float) -> Callable[[str], float]:
+    """argparse `type` of a number from `least` to `most`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not least <= value <= most:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be a number from {least:g} to {most:g}, got {text}")
+        return value
+
+    return parse
+
+
 def non_empty(text: str) -> str:
     """argparse `type` of a name or address (a tracking URI, a storage, an experiment): an empty
     value would silently mean the default one."""

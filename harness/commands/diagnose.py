@@ -1,7 +1,8 @@
 """`gorl-bench diagnose multimodality RUN [RUN ...]`: the paper's Figure 6 for trained runs.
 
 At one fixed state, sample many actions from each run's stochastic policy, project them on
-their first principal component and draw the Gaussian KDE (bandwidth factor 0.8), one panel
+their first principal component and draw the Gaussian KDE (bandwidth factor 0.8, the paper's;
+`--bandwidth` sets another: `algorithms.multimodality` says what each can separate), one panel
 per run, so that a GoRL run can be set beside a Gaussian-PPO one. The state is reached by
 running the first run's evaluation policy for `--state-steps` steps from a seeded reset:
 a state in the middle of the behaviour, not an initial one. Sarle's bimodality coefficient
@@ -25,6 +26,7 @@ from harness.commands.arguments import (
     check_distinct_runs,
     check_out_dir,
     directory,
+    float_between,
     int_between,
     non_empty,
     non_negative_int,
@@ -34,6 +36,9 @@ DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
 # 4: a distribution to analyse. A million: the KDE of a 1-D projection no longer changes, and
 # the batch of actions (the decoder's activations for GoRL) grows with it.
 SAMPLES_RANGE = (4, 1_000_000)
+# Chosen here: at 0.05 the KDE of 10,000 samples already shows several noise peaks, and above 10
+# it is one bump whatever the samples.
+BANDWIDTH_RANGE = (0.05, 10.0)
 # Chosen here, because 200 steps leave the reset pose on every DMC task; a task with shorter
 # episodes (toy-bimodal: 16) takes its episode's last step instead.
 DEFAULT_STATE_STEPS = 200
@@ -76,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seed", type=non_negative_int, default=0, help="seed of the state's reset (default 0)"
     )
     multimodality.add_argument(
+        "--bandwidth",
+        type=float_between(*BANDWIDTH_RANGE),
+        help=f"KDE kernel width over the sample's std, {BANDWIDTH_RANGE[0]} to {BANDWIDTH_RANGE[1]:g} "
+        "(default: the paper's factor, 0.8; Scott's rule for 10,000 samples, 0.16, separates closer modes)",
+    )
+    multimodality.add_argument(
         "--out", type=directory, help="figure directory (default: the first run's diagnostics/)"
     )
     multimodality.add_argument("--device", help="torch device to load the runs on (default: each run's own)")
@@ -93,15 +104,23 @@ def main(args: argparse.Namespace) -> int:
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri, create=False) if args.tracking_uri else None
     diagnosis = diagnose_multimodality(
-        args.runs, args.samples, args.state_steps, args.seed, args.out, tracking_uri, args.device
+        args.runs,
+        args.samples,
+        args.state_steps,
+        args.seed,
+        args.out,
+        tracking_uri,
+        args.device,
+        bandwidth=args.bandwidth,
     )
+    bandwidth = diagnosis.reports[0][1].bw_factor
     for run, report in diagnosis.reports:
         verdict = "bimodal" if report.bimodal else "not bimodal"
         statistics = f"{report.kde_peaks} KDE peak(s), PC1 explains {report.explained_variance:.0%}"
         print(
             f"{run}: bimodality coefficient {report.bimodality_coefficient:.3f}, {statistics}: {verdict} "
             "(bimodal: a coefficient above 5/9 = 0.556 and at least 2 peaks of the KDE, whose kernel "
-            "width is 0.8 x the sample's std)"
+            f"width is {bandwidth:g} x the sample's std)"
         )
     print(f"figure: {diagnosis.figure}")
     for note in diagnosis.notes:
@@ -122,11 +141,14 @@ def diagnose_multimodality(
     out: Path | None,
     tracking_uri: str | None = None,
     device: str | None = None,
+    *,
+    bandwidth: float | None = None,
 ) -> Diagnosis:
     """Analyse every run at one state, draw the figure into `out` and log the results to each
     run's MLflow run (in `tracking_uri` if given, else in the store the run recorded).
     `state_steps` None: `DEFAULT_STATE_STEPS`, or the last step of a shorter episode. `device`:
-    where to load the runs (a GPU-trained run on a machine without one), else each run's own."""
+    where to load the runs (a GPU-trained run on a machine without one), else each run's own.
+    `bandwidth`: the KDE's kernel width over the sample's std (None: the paper's factor)."""
 
     from harness.checkpoint import require_checkpoint
     from harness.run import load_run
@@ -141,7 +163,7 @@ def diagnose_multimodality(
         for run_dir in run_dirs:
             runs.append(load_run(run_dir, device))
             loaded.callback(runs[-1][2].close)
-        labelled = _sample_runs(runs, samples, state_steps, seed, tracking_uri)
+        labelled = _sample_runs(runs, samples, state_steps, seed, tracking_uri, bandwidth)
 
     out.mkdir(parents=True, exist_ok=True)
     figure = _plot([(label, report) for _, _, label, report in labelled], out / "multimodality.png")
@@ -152,14 +174,19 @@ def diagnose_multimodality(
 
 
 def _sample_runs(
-    runs: list[tuple], samples: int, state_steps: int | None, seed: int, tracking_uri: str | None
+    runs: list[tuple],
+    samples: int,
+    state_steps: int | None,
+    seed: int,
+    tracking_uri: str | None,
+    bandwidth: float | None,
 ) -> list[tuple[Any, dict, str, Any]]:
     """(request, checkpoint, label, MultimodalityReport) of every loaded run, from `samples`
     actions sampled at the fixed state that the first run's policy reaches."""
 
     import torch
 
-    from algorithms.multimodality import analyse_actions
+    from algorithms.multimodality import KDE_BANDWIDTH_FACTOR, analyse_actions
     from harness.errors import UserError
     from harness.tracking import check_run_exists
 
@@ -185,7 +212,8 @@ def _sample_runs(
                 f"the {samples:,} actions sampled from {label} at this state are all the same (a collapsed "
                 "or saturated policy): there is no distribution to analyse."
             )
-        labelled.append((request, checkpoint, label, analyse_actions(actions)))
+        report = analyse_actions(actions, KDE_BANDWIDTH_FACTOR if bandwidth is None else bandwidth)
+        labelled.append((request, checkpoint, label, report))
     return labelled
 
 
@@ -276,7 +304,7 @@ def _plot(panels: list[tuple[str, object]], path: Path) -> Path:
             f"{label}\nb = {report.bimodality_coefficient:.2f}, {report.kde_peaks} peak(s)", fontsize=9
         )
         ax.set_xlabel("action projected on PC1")
-        ax.set_ylabel("density (KDE, bandwidth 0.8)")
+        ax.set_ylabel(f"density (KDE, bandwidth {report.bw_factor:g})")
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     fig.savefig(path.with_suffix(".pdf"))
