@@ -1,7 +1,9 @@
 """`gorl-bench bench gorl`: GoRL's wall-clock per counted env step, relative to Gaussian PPO.
 
 Measured in one run, on the same task and preset, for `--algo` (default `gorl-fm`) with the
-`--set` overrides (applied to GoRL only):
+`--set` overrides (applied to GoRL only), the first three interleaved (one iteration of each in
+turn, `measure_together`; the three agents are held at once, about 6 GB each with the `paper`
+preset):
 
 * PPO: `train_iteration` of the `ppo` agent (the reference);
 * GoRL, stage 0: the encoder's PPO with the identity decoder;
@@ -18,12 +20,13 @@ after stage 0 also decode (about 0.5 s per evaluation point of the `cpu` preset,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import time
 
 import torch
 
-from harness.benchmarks.train import measure
+from harness.benchmarks.train import build_agent, measure_together
 from harness.commands.arguments import positive_int
 
 
@@ -69,14 +72,23 @@ def main(args: argparse.Namespace) -> int:
         agent.env.decoder = make_decoder(config.decoder_config(), agent.obs_dim, agent.act_dim).to(device)
         agent.begin_stage(1)
 
-    ppo = measure(task, args.preset, {}, args.iterations, device)
     # One stage only, so that no refit falls inside the timed iterations; refits are timed apart.
     # (`encoder_steps_per_refit` would take precedence over `num_refits`.)
     one_stage = {**overrides, "num_refits": 0, "encoder_steps_per_refit": None}
-    stage0 = measure(task, args.preset, one_stage, args.iterations, device, algo=args.algo)
-    later = measure(
-        task, args.preset, one_stage, args.iterations, device, algo=args.algo, prepare=later_stage
-    )
+    phases = {
+        "PPO": ({}, "ppo", None),
+        f"{name} stage 0 (identity decoder)": (one_stage, args.algo, None),
+        f"{name} stage >= 1 ({config.decoder_kind} decoder)": (one_stage, args.algo, later_stage),
+    }
+    with contextlib.ExitStack() as built:  # the three agents at once: their iterations interleave
+        agents = {}
+        for phase, (phase_overrides, algo, prepare) in phases.items():
+            agents[phase] = build_agent(
+                task, args.preset, phase_overrides, args.iterations, device, algo, prepare
+            )
+            built.callback(agents[phase].close)
+        results = measure_together(agents, args.iterations)
+    ppo, stage0, later = results.values()
     agent = algorithms.get(args.algo).agent_cls(config, task, 0, args.steps, device)
     try:
         start = time.perf_counter()
@@ -86,9 +98,7 @@ def main(args: argparse.Namespace) -> int:
         agent.close()
 
     print("| phase | env steps/s | seconds per 1M counted steps | vs PPO |\n|---|---|---|---|")
-    decoder = config.decoder_kind
-    for phase, result in (("PPO", ppo), (f"{name} stage 0 (identity decoder)", stage0),
-                          (f"{name} stage >= 1 ({decoder} decoder)", later)):  # fmt: skip
+    for phase, result in results.items():
         per_million = 1e6 / result["steps_per_s"]
         print(f"| {phase} | {result['steps_per_s']:,.0f} | {per_million:.0f} | "
               f"{ppo['steps_per_s'] / result['steps_per_s']:.2f}x |")  # fmt: skip

@@ -3,8 +3,9 @@
 Times `train_iteration` of each registered agent in `--algos` (default: `ppo` alone; `cpu`
 preset) after one warm-up iteration, and reports env steps/s, the learner's (update's) share
 of the wall time and, with several algorithms, each one's wall time per env step relative to
-the first, measured in the same run. Evaluation and tracking are excluded: they cost a fixed
-amount per evaluation point, not per env step.
+the first, measured in the same run, one algorithm after another (so that only one agent is
+held at a time; `bench gorl` interleaves its phases instead). Evaluation and tracking are
+excluded: they cost a fixed amount per evaluation point, not per env step.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
-def measure(
+def build_agent(
     task: str,
     preset: str,
     overrides: dict,
@@ -45,56 +46,75 @@ def measure(
     device: torch.device,
     algo: str = "ppo",
     prepare: Callable[[Any], None] | None = None,
-) -> dict[str, float]:
-    """Steps/s and learner share of `iterations` iterations of `algo` on `task`, after one warm-up,
-    with a progress display once it takes more than a second (the `paper` preset's iterations
-    take minutes each).
-
-    `prepare(agent)`, if given, runs on the fresh agent first (e.g. to put GoRL in a later stage).
-    """
+) -> Any:
+    """A fresh agent of `algo` to time. `prepare(agent)`, if given, runs on it first (e.g. to put
+    GoRL in a later stage); the agent is closed if that fails."""
 
     import algorithms
     import envs
     from algorithms.config import resolve
-    from harness.progress import DelayedProgress
 
     spec = algorithms.get(algo)
     task = envs.canonical_task(task)
     config = resolve(spec, preset, task, overrides)
     agent = spec.agent_cls(config, task, 0, budget(config, iterations), device)
-    label = f"{algo} on {task}: " + "{task.completed:.0f}/{task.total:.0f} iterations after a warm-up"
     try:
         if prepare is not None:
             prepare(agent)
-        with DelayedProgress(label, total=iterations) as progress:
-            learner_seconds, wall = _timed_iterations(agent, iterations, algo, progress.advance)
-    finally:
+    except BaseException:
         agent.close()
-    steps = iterations * config.batch_size
-    return {"steps": steps, "seconds": wall, "steps_per_s": steps / wall, "learner": learner_seconds / wall}
+        raise
+    return agent
 
 
-def _timed_iterations(
-    agent: Any, iterations: int, algo: str, progress: Callable[[int], None]
-) -> tuple[float, float]:
-    """(learner seconds, wall seconds) of `iterations` training iterations after one warm-up."""
+def measure_together(agents: dict[str, Any], iterations: int) -> dict[str, dict[str, float]]:
+    """Steps/s and learner share of each of `agents` ({name: agent}) over `iterations` rounds,
+    each round one training iteration of every agent in turn, after one warm-up iteration each.
 
+    Interleaved, because a machine's speed drifts (other processes, clock changes) over the
+    minutes a benchmark takes: timed one after another, agents meet different machines and
+    their ratio moves with the drift (`bench gorl` on walker-walk gave 1.13x to 1.44x for one
+    code); interleaved, the drift falls on every agent alike. A progress display shows once the
+    work takes more than a second (the `paper` preset's iterations take minutes each).
+    """
+
+    from harness.progress import DelayedProgress
+
+    for agent in agents.values():
+        agent.train_iteration()
+    wall = dict.fromkeys(agents, 0.0)
+    learner = dict.fromkeys(agents, 0.0)
+    label = f"{', '.join(agents)}: " + "{task.completed:.0f}/{task.total:.0f} iterations after a warm-up"
+    with DelayedProgress(label, total=iterations * len(agents)) as progress:
+        for _ in range(iterations):
+            for name, agent in agents.items():
+                start = time.perf_counter()
+                metrics = agent.train_iteration()
+                seconds = time.perf_counter() - start
+                _refuse_refit(metrics, name)
+                wall[name] += seconds
+                learner[name] += metrics["perf/learner_fraction"] * seconds
+                progress.advance(1)
+    results = {}
+    for name, agent in agents.items():
+        steps = iterations * agent.config.batch_size
+        results[name] = {
+            "steps": steps,
+            "seconds": wall[name],
+            "steps_per_s": steps / wall[name],
+            "learner": learner[name] / wall[name],
+        }
+    return results
+
+
+def _refuse_refit(metrics: dict[str, float], name: str) -> None:
     from harness.errors import UserError
 
-    agent.train_iteration()
-    learner_seconds = 0.0
-    start = time.perf_counter()
-    for _ in range(iterations):
-        iteration_start = time.perf_counter()
-        metrics = agent.train_iteration()
-        if "refit/env_steps" in metrics:  # a GoRL stage shorter than the timed iterations
-            raise UserError(
-                f"a decoder refit fell inside the timed iterations of {algo} (its stages are set "
-                "shorter than them); `gorl-bench bench gorl` times refits apart."
-            )
-        learner_seconds += metrics["perf/learner_fraction"] * (time.perf_counter() - iteration_start)
-        progress(1)
-    return learner_seconds, time.perf_counter() - start
+    if "refit/env_steps" in metrics:  # a GoRL stage shorter than the timed iterations
+        raise UserError(
+            f"a decoder refit fell inside the timed iterations of {name} (its stages are set "
+            "shorter than them); `gorl-bench bench gorl` times refits apart."
+        )
 
 
 def budget(config: Any, iterations: int) -> int:
@@ -126,7 +146,11 @@ def main(args: argparse.Namespace) -> int:
     for task in args.tasks:
         reference = None
         for algo in args.algos:
-            r = measure(task, args.preset, overrides, args.iterations, device, algo=algo)
+            agent = build_agent(task, args.preset, overrides, args.iterations, device, algo=algo)
+            try:  # one algorithm at a time: the `paper` preset's agents take GBs each
+                r = measure_together({algo: agent}, args.iterations)[algo]
+            finally:
+                agent.close()
             reference = reference or r["steps_per_s"]
             row = (
                 task,
