@@ -249,7 +249,9 @@ def clipped_surrogate(log_ratio: Tensor, advantages: Tensor, clip: float) -> tup
 
     `log_ratio` = log pi_new - log pi_old per sample, from any likelihood (Gaussian, latent,
     denoising chain) or surrogate thereof. approx_kl is the low-variance k3 estimator
-    E[(r - 1) - log r].
+    E[(r - 1) - log r] of whatever ratio it is given, so it is comparable between PPO and GoRL
+    (action and latent Gaussians) but not with DPPO (the mean over denoising steps of per-step
+    ratios, about 1/K of the chain's KL) or FPO (a ratio of flow-matching losses, no likelihood).
     """
 
     ratio = log_ratio.exp()
