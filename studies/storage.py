@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -284,8 +284,11 @@ def _intact_length(path: Path) -> int | None:
     return size - len(tail.rpartition(b"\n")[2])
 
 
-def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
-    """Atomically take one WAITING (enqueued) trial, or None when none is left.
+def claim_waiting_trial(
+    study: optuna.Study, allowed: Callable[[], bool] = lambda: True
+) -> optuna.Trial | None:
+    """Atomically take one WAITING (enqueued) trial, or None when none is left or `allowed()`
+    (the study's budget, checked under the same lock as the claim) says no.
 
     Unlike `study.ask()`, this never creates a new trial: a grid study's units are exactly
     the enqueued ones. Retries of lost units and reruns of failed ones come first: the attempt
@@ -295,6 +298,8 @@ def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
 
     storage = study._storage
     with serialized(storage):
+        if not allowed():
+            return None
         for trial in in_claim_order(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
             # The owner is written with the claim, and Ctrl-C waits until both are stored: a trial
             # RUNNING without an owner is recognised as lost only after the grace period, so an
@@ -317,11 +322,14 @@ def in_claim_order(waiting: list[FrozenTrial]) -> list[FrozenTrial]:
     return sorted(waiting, key=lambda t: not ({"retry_of", "rerun_of"} & t.user_attrs.keys()))
 
 
-def ask_owned(study: optuna.Study) -> optuna.Trial:
+def ask_owned(study: optuna.Study, allowed: Callable[[], bool] = lambda: True) -> optuna.Trial | None:
     """`study.ask()` (a re-enqueued lost trial first, else a newly sampled one), with this process
-    written as its owner at once, as `claim_waiting_trial` does."""
+    written as its owner at once, as `claim_waiting_trial` does; None when `allowed()` (checked
+    under the same lock) says no."""
 
     with serialized(study._storage), signals_deferred():
+        if not allowed():
+            return None
         trial = study.ask()
         _own(study._storage, trial._trial_id)
     return trial

@@ -275,9 +275,9 @@ def _over_budget(study: optuna.Study, spec: Spec) -> bool:
 def _next_unit(context: Context) -> bool:
     study, spec = context.study, context.spec
     sweep_lost_units(study)
-    if not work_left(study, spec):
-        return False
-    trial = claim_waiting_trial(study)
+    # Checked again under the claim's lock: two workers that both saw the last unit of the
+    # budget left would otherwise both claim a unit (`max_trials = 1` ran 2).
+    trial = claim_waiting_trial(study, lambda: work_left(study, spec))
     if trial is None:
         return False
     # The unit is read from the claimed trial's attributes, not suggested as a parameter: an
@@ -353,9 +353,11 @@ def _original_of(study: optuna.Study, number: int, key: str) -> int | None:
 def _next_tune_trial(context: Context) -> bool:
     study, spec = context.study, context.spec
     sweep_lost_units(study)
-    if not work_left(study, spec):
+    # A re-enqueued lost trial first, else a newly sampled configuration; the budget is checked
+    # under the same lock, as for a grid's claim.
+    trial = ask_owned(study, lambda: work_left(study, spec))
+    if trial is None:
         return False
-    trial = ask_owned(study)  # takes a re-enqueued lost trial first, else samples a new configuration
     if "retry_of" in trial.user_attrs:
         lost_run = study.trials[trial.user_attrs["retry_of"]].user_attrs.get("mlflow_run_id")
         if lost_run:

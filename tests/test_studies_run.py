@@ -609,6 +609,31 @@ def test_trial_budget_holds_across_workers(workdir, fake_execute):
     assert study_status(study).finished
 
 
+@pytest.mark.parametrize("kind", ["grid", "tune"])
+def test_the_budget_is_checked_with_the_claim(workdir, fake_execute, monkeypatch, kind):
+    """Two workers that both saw one unit of `max_trials` left both claimed one: the budget was
+    checked before the claim's lock was taken (`max_trials = 1` ran 2)."""
+
+    from studies import storage, worker
+
+    if kind == "grid":
+        prepared(grid_spec(workdir, 1, [0.0, 0.01], top="max_trials = 1\n"))
+        take, name = storage.claim_waiting_trial, "claim_waiting_trial"
+    else:
+        top = 'kind = "tune"\nseeds = 1\nmax_trials = 1\npruner = "none"\n'
+        prepared(spec_file(workdir, top, "[space.entropy_coef]\nlow = 0.0\nhigh = 0.01\n"))
+        take, name = storage.ask_owned, "ask_owned"
+
+    def another_worker_takes_one_first(study, *args):
+        take(study)  # its claim lands between this worker's budget check and this worker's claim
+        return take(study, *args)
+
+    monkeypatch.setattr(worker, name, another_worker_takes_one_first)
+    assert run_worker("tiny", None) == 0
+    study = load_study("tiny", None)
+    assert len([t for t in study.trials if t.state != TrialState.WAITING]) == 1 and fake_execute == []
+
+
 def test_overlapping_grid_tables_enqueue_and_run_each_unit_once(workdir, fake_execute):
     grids = "[[grid]]\nentropy_coef = [0.0, 0.01]\n[[grid]]\nentropy_coef = [0.01]\n"
     study = prepared(spec_file(workdir, 'kind = "grid"\nseeds = 1\n', grids))
