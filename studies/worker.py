@@ -11,7 +11,8 @@ study itself. Each unit is one call of the run harness.
 
 A unit that fails (an exception, a non-finite score) is recorded FAILED with its reason and kind
 (`storage.failure_kind`) and the worker moves on: `study run --retry-failed` (an error) or
-`--retry-diverged` (a non-finite score) reruns it later. A
+`--retry-diverged` (a non-finite score) reruns it later. In a tune trial a diverged unit is
+instead scored at its task's worst (as the report scores one), and the trial goes on. A
 sampled tune configuration that the algorithm's config refuses fails before any of its units
 starts; a worker that dies is handled by `storage.sweep_lost_units` (the retry of a lost tune
 trial reuses the units it had finished). A worker that was
@@ -408,7 +409,7 @@ def _run_trial_units(
 ) -> tuple[str, float]:
     """Run a tune trial's units in order, reporting the IQM of the scores so far after each;
     return ("COMPLETE" or "PRUNED", the last IQM). Units the lost attempt it retries finished
-    are reused, not rerun."""
+    are reused, not rerun. A unit that diverges scores 0 (its record says `diverged`)."""
 
     finished = _finished_units(context.study, trial)
     reused: list[str] = []
@@ -418,14 +419,22 @@ def _run_trial_units(
         earlier = finished.get((unit.task, unit.seed_index))
         if earlier is not None:
             run_id_of_unit, score = earlier["mlflow_run_id"], earlier["score"]
+            diverged = bool(earlier.get("diverged"))
             # Its run stays nested under the trial that ran it: the trial's run names it.
             reused.append(f"{unit.key} = {run_id_of_unit}")
             tracking.note_reused_units(context.tracking_uri, run_id, reused)
         else:
-            result = _execute(context, unit, run_id, None, lost, resume=False)
-            run_id_of_unit = result.mlflow_run_id
-            score = envs.normalised_score(unit.task, result.final_score)
-        records.append({**unit.record(), "mlflow_run_id": run_id_of_unit, "score": score})
+            try:
+                result = _execute(context, unit, run_id, None, lost, resume=False)
+                run_id_of_unit, diverged = result.mlflow_run_id, False
+                score = envs.normalised_score(unit.task, result.final_score)
+            except DivergedError as error:
+                # A result, as in the report: the task's worst score (normalised: 0). Failing the
+                # trial instead hid the divergence from the sampler (TPE learns from complete and
+                # pruned trials only), which went on sampling the region that diverges.
+                run_id_of_unit, score, diverged = error.mlflow_run_id, 0.0, True
+        record = {**unit.record(), "mlflow_run_id": run_id_of_unit, "score": score}
+        records.append({**record, "diverged": True} if diverged else record)
         trial.set_user_attr("units", records)
         scores.append(score)
         value = iqm(scores)

@@ -475,6 +475,29 @@ def test_a_report_of_a_study_whose_every_unit_failed_says_to_retry_them(workdir,
     assert main(["report", "with-a-diverged-unit", "--reps", "200"]) == 0
 
 
+def test_a_tune_trial_scores_a_diverged_unit_at_its_task_s_worst(workdir, fake_execute, workers_in_process):
+    """A trial with a diverged unit failed, and TPE learns from complete and pruned trials only: it
+    went on sampling the region that diverges (86% of its trials in a simulation)."""
+
+    top = 'kind = "tune"\nseeds = 1\nmax_trials = 2\npruner = "none"\n'
+    path = spec_file(workdir, top, "[space.entropy_coef]\nchoices = [0.0, 0.25]\n")
+    study = prepared(path)
+    study.enqueue_trial({"entropy_coef": 0.25})  # the fake harness diverges on 0.25
+    study.enqueue_trial({"entropy_coef": 0.0})
+    assert main(["study", "run", str(path)]) == 0
+    diverged, finished = load_study("tiny", None).trials
+    assert (diverged.state, diverged.value) == (TrialState.COMPLETE, 0.0)
+    assert diverged.user_attrs["units"][0]["diverged"] and "diverged" not in finished.user_attrs["units"][0]
+    assert finished.state == TrialState.COMPLETE and finished.value > 0
+    assert main(["report", "tiny", "--reps", "200", "--out", str(workdir / "report")]) == 0
+    summary = (workdir / "report" / "summary.md").read_text()
+    # Ranked with its worst score (the fake harness logs no evaluations: trial 1 has none to rank).
+    assert "| 1 | trial-0 | 0.000 [0.000, 0.000] | 0.25 |" in summary
+    assert "1 diverged unit(s) count with their task's worst score" in summary
+    csv = (workdir / "report" / "results.csv").read_text().splitlines()
+    assert sum(line.endswith(",True") for line in csv) == 1
+
+
 def test_labels_that_slug_alike_get_their_own_directories_inside_the_study(workdir, fake_execute):
     """Labels "ppo a" and "ppo/a" once shared one directory (the second unit overwrote the first's
     checkpoint), and ".." wrote next to the study's folder instead of inside it."""

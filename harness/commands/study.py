@@ -41,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--retry-diverged",
         action="store_true",
-        help="rerun the units (tune: trials) whose training diverged (a non-finite loss or score), from "
-        "the start; on the same code and machine a seed diverges again",
+        help="rerun the units whose training diverged (a non-finite loss or score), from the start; on "
+        "the same code and machine a seed diverges again (a tune trial scores its diverged units at "
+        "their task's worst)",
     )
     run.set_defaults(func=_run)
 

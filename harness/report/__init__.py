@@ -17,8 +17,8 @@ sample-efficiency curves and, for grid studies, the ablation of each swept param
 and logs these files (not the rest of the directory) as the `report/` artifacts of the study's
 MLflow parent run.
 
-A diverged unit (grid, compare) is a result: it counts with its task's worst score in the
-final-score statistics and tables, and has no curve.
+A diverged unit is a result: it counts with its task's worst score in the final-score
+statistics and tables (in a tune study also in the trial's objective), and has no curve.
 
 Tune studies also get their trials ranked by final IQM (the objective) with the sampled
 parameters, and the list of pruned trials (left out of the statistics, which need every unit).
@@ -136,7 +136,7 @@ def build_report(
     at = list(stats.AGGREGATES).index("IQM")
     ranked = sorted(finals, key=lambda variant: -points[variant][at])
     if results.kind == "tune":
-        first = table.drop_duplicates("variant").set_index("variant")
+        first = ends.drop_duplicates("variant").set_index("variant")  # a trial whose units all diverged too
         params = {v: {name: first.at[v, name] for name in results.parameters} for v in ranked}
         iqms = {v: (points[v][at], intervals[v][:, at]) for v in ranked}
         ranking = ranked_trials_table(iqms, params)

@@ -16,7 +16,8 @@ Trial user attrs, grid and compare studies (one trial = one unit = configuration
   swept ones included), mlflow_run_id; FAILED trials carry fail_reason.
 Tune studies: one trial = one sampled configuration (variant "trial-<number>"); its user attr
   `units` lists one record per finished unit with the same keys (unit, variant, algo, task,
-  seed, params, mlflow_run_id) and its normalised `score` (which a retry of the trial reuses).
+  seed, params, mlflow_run_id) and its normalised `score` (which a retry of the trial reuses);
+  a unit that diverged is marked `diverged` (its score: 0, the task's worst).
   A trial without `units` is read as a single unit record.
 
 Trials left out: lost attempts (a FAILED trial whose worker died, marked `lost` or without a
@@ -65,7 +66,7 @@ class StudyResults:
     tasks: list[str]  # the spec's tasks that have results, in spec order
     tasks_without_results: list[str]  # the spec's tasks on which no unit has finished
     pruned: list[str]  # tune: each pruned trial, how far it got
-    # Grid / compare units whose training diverged: a result, scored at the task's worst return
+    # Units whose training diverged: a result, scored at the task's worst return
     # at the end of the budget (rows like `table`'s); they have no curve.
     diverged: pd.DataFrame
     # Variants (tune: trials) whose evaluation plays sampled actions (`eval_noise = "sample"`);
@@ -236,7 +237,7 @@ class _TrialTally:
     failed: dict[str, str] = field(default_factory=dict)  # unit or trial -> reason
     unfinished: list[str] = field(default_factory=list)  # tune trials running or waiting
     pruned: list[str] = field(default_factory=list)
-    diverged: dict[str, dict[str, Any]] = field(default_factory=dict)  # grid / compare: unit -> its record
+    diverged: dict[str, dict[str, Any]] = field(default_factory=dict)  # unit -> its record
     looked_up: list[str] = field(default_factory=list)  # MLflow run ids of finished units
     # variant -> (algo, task, config overrides) of its first finished unit
     configs: dict[str, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
@@ -248,6 +249,9 @@ class _TrialTally:
                 self.diverged[trial.user_attrs["unit"]] = trial.user_attrs
         elif trial.state == TrialState.COMPLETE:
             for record in trial.user_attrs.get("units") or [trial.user_attrs]:
+                if record.get("diverged"):  # a tune trial's unit, scored at its task's worst
+                    self.diverged[record["unit"]] = record
+                    continue
                 run_id = record.get("mlflow_run_id")
                 self.looked_up += [run_id] if run_id else []
                 history = _return_history(self.client, run_id)
