@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -211,13 +213,22 @@ def _checked_attrs(storage: optuna.storages.BaseStorage, spec: Spec, location: s
     spec differs."""
 
     attrs = _stored_attrs(storage, spec.name)
-    if attrs.get("spec", spec.raw) != spec.raw:
+    differing = _spec_differences(attrs.get("spec", spec.raw), spec.raw)
+    if differing:
         raise UserError(
-            f"study {spec.name!r} already exists in {location} with a different spec. Give the spec a "
-            f"new `name`, or delete the old study: optuna delete-study --study-name {spec.name} "
-            "--storage <storage>."
+            f"study {spec.name!r} already exists in {location} with a different spec (it differs in "
+            f"{', '.join(differing)}). Give the spec a new `name`, or delete the old study: optuna "
+            f"delete-study --study-name {spec.name} --storage <storage>."
         )
     return attrs
+
+
+def _spec_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The top-level keys whose values differ between two raw specs, but `description`: a study
+    resumes under an edited description (which changes no unit), and the new one is stored."""
+
+    keys = (stored.keys() | new.keys()) - {"description"}
+    return sorted(key for key in keys if stored.get(key) != new.get(key))
 
 
 def _stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict:

@@ -1026,12 +1026,26 @@ def test_a_resumed_tune_study_proposes_new_configurations(workdir, fake_execute,
     assert len(set(proposed)) == len(proposed) == 4, proposed
 
 
-def test_resuming_with_a_changed_spec_is_refused(workdir, fake_execute):
+def test_resuming_with_a_changed_spec_is_refused_naming_what_changed(workdir, fake_execute):
     path = grid_spec(workdir, 1, [0.0])
     prepared(path)
-    path.write_text(path.read_text().replace("seeds = 1", "seeds = 2"))
-    with pytest.raises(UserError, match="already exists .* with a different spec"):
+    path.write_text(
+        path.read_text().replace("seeds = 1", "seeds = 2").replace("steps = 1024", "steps = 2048")
+    )
+    with pytest.raises(
+        UserError, match=r"already exists .* with a different spec \(it differs in seeds, steps\)"
+    ):
         prepared(path)
+
+
+def test_a_study_resumes_under_an_edited_description(workdir, fake_execute):
+    """An edited description (a `git pull` of a shipped spec) stranded a half-run study."""
+
+    path = grid_spec(workdir, 1, [0.0, 0.01])
+    prepared(path)
+    path.write_text(path.read_text().replace('description = "test study"', 'description = "edited"'))
+    study = prepared(path)
+    assert study.user_attrs["spec"]["description"] == "edited" and len(study.trials) == 2
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,11 @@ def ppo_key() -> str:
         ),
         # Only 'seed' was offered, though a count of seeds was the likelier meaning.
         (GRID + "seedz = 2\n", "unknown key 'seedz' (did you mean 'seed' or 'seeds'?) in the spec"),
+        # A nan description never equals itself: the study could never be resumed.
+        (
+            GRID.replace('description = "test"', "description = nan") + "[grid]\nlr = [1e-3]\n",
+            "description must be a string, got nan",
+        ),
     ],
 )
 def test_bad_specs_fail_with_a_clear_message(tmp_path, text, message):
