@@ -358,7 +358,8 @@ class RunTracker:
             raise UserError(
                 f"MLflow experiment {name!r} was deleted; restore it (`mlflow experiments restore "
                 f"--experiment-id {found.experiment_id}` with MLFLOW_TRACKING_URI={tracking_uri}) or "
-                f"choose another --experiment."
+                "choose another experiment name (`run --experiment`; a study's experiment is its spec's "
+                "`name`)."
             )
         all_tags = dict(tags)
         if parent_run_id:

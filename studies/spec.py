@@ -538,6 +538,8 @@ def _parse_variants(value: Any) -> dict[str, tuple[str, dict[str, Any]]]:
             raise UserError(f'variant {label!r} needs `algo = "<algorithm>"` and config overrides.')
         if "|" in label:
             raise UserError(f"variant label {label!r} must not contain '|'.")
+        if not label.strip():  # its units' keys would start with '|', its directory have no name
+            raise UserError(f"variant label {label!r} is empty; give the variant a name.")
         params = {k: v for k, v in table.items() if k != "algo"}
         variants[label] = (table["algo"], params)
     # Two variants of one configuration would train identical units (the derived seeds do not

@@ -111,6 +111,11 @@ def ppo_key() -> str:
         ),
         # Only 'seed' was offered, though a count of seeds was the likelier meaning.
         (GRID + "seedz = 2\n", "unknown key 'seedz' (did you mean 'seed' or 'seeds'?) in the spec"),
+        (
+            GRID.replace('"grid"', '"compare"').replace('algo = "ppo"\n', "")
+            + '[variants." "]\nalgo = "ppo"\n',
+            "variant label ' ' is empty; give the variant a name",
+        ),
         # A nan description never equals itself: the study could never be resumed.
         (
             GRID.replace('description = "test"', "description = nan") + "[grid]\nlr = [1e-3]\n",

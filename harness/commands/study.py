@@ -95,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(
             f"\nstopped: finished units are kept; `{run_command(args.spec, args.storage)}` resumes the study "
-            "(interrupted units from their last checkpoints).",
+            "(an interrupted unit from its last checkpoint; in a tune study, an interrupted trial's unit "
+            "from its start).",
             file=sys.stderr,
         )
         raise
