@@ -257,6 +257,9 @@ def resume(
             mlflow_run = check_run_continuable(request.tracking_uri, run_id)
             finished = agent.counted_steps >= request.steps and mlflow_run.info.status == "FINISHED"
             if not finished:  # before the MLflow run is reopened: a refusal leaves it as it was
+                _check_settings_unchanged(
+                    state.get("config"), as_dict(config), checkpoint_path(Path(out_dir))
+                )
                 _restore_config_file(Path(out_dir), request, config)
             # Reopening a finished run would only move its end time and upload its checkpoint again.
             tracker = None if finished else RunTracker.reopen(request.tracking_uri, mlflow_run)
@@ -368,6 +371,29 @@ def load_run(
     return request, config, agent, state
 
 
+def _check_settings_unchanged(
+    started_with: Mapping[str, Any] | None, now: dict[str, Any], path: Path
+) -> None:
+    """Refuse to resume a run whose request (preset and overrides) resolves to other settings than
+    when it started: a preset or default changed since (a `git pull`), and the resume would
+    silently train the rest of the run with the new values. (Evaluating it is not refused; nor are
+    checkpoints of earlier versions, which hold no settings to compare.)"""
+
+    if started_with is None or started_with == now:
+        return
+    keys = sorted(started_with.keys() | now.keys())
+    changed = [
+        f"{key} {started_with.get(key, '(none)')!r} -> {now.get(key, '(none)')!r}"
+        for key in keys
+        if started_with.get(key) != now.get(key)
+    ]
+    raise UserError(
+        f"{path}: the run's preset and overrides resolve to other settings in this version than when "
+        f"it started ({'; '.join(changed)}). Resume it with the version it started with (its MLflow run's "
+        "git_commit tag), or start a new run."
+    )
+
+
 def _check_request_types(request: RunRequest, path: Path) -> None:
     """Refuse a saved request whose values have the wrong types (a hand-edited checkpoint), which
     would otherwise fail deep inside the run with a TypeError."""
@@ -449,6 +475,8 @@ def _train(
             out_dir,
             {
                 "request": dataclasses.asdict(request),
+                # The settings the request resolved to, which a resume checks it still resolves to.
+                "config": as_dict(config),
                 "agent": agent.state_dict(),
                 "progress": dataclasses.asdict(position),
                 "mlflow_run_id": tracker.run_id,

@@ -607,6 +607,21 @@ def test_resume_of_a_checkpoint_from_another_version_is_one_clear_error_and_leav
         assert MlflowClient(tracking_uri).get_run(saved["mlflow_run_id"]).info.status == "KILLED"
 
 
+def test_a_resume_whose_preset_resolves_otherwise_now_is_refused(tmp_path, tracking_uri, capsys, monkeypatch):
+    """A preset changed since the run started (a `git pull`) was silently used for the rest of it."""
+
+    from algorithms import ppo
+
+    out = stopped_run(tmp_path, tracking_uri)
+    monkeypatch.setitem(ppo.PRESETS["cpu"], "gamma", 0.9)
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "resolve to other settings in this version than when it started (gamma 0.99 -> 0.9)" in err
+    assert "Traceback" not in err
+    monkeypatch.undo()
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+
+
 def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_path, tracking_uri, capsys):
     argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), *sets(SMALL),
             "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
