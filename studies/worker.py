@@ -523,7 +523,15 @@ def _execute(
             aside = None if resumable else _move_aside(out_dir)
         if aside is None:
             # On the study's device: a rerun after a device failure must not go back to that device.
-            resumed = run.resume(out_dir, device=context.device, on_evaluation=on_evaluation, progress=False)
+            # In the study's store, which `study run --tracking-uri` may have moved since the
+            # checkpoint recorded it (the old path would lack the run, or be a stale copy).
+            resumed = run.resume(
+                out_dir,
+                tracking_uri=context.tracking_uri,
+                device=context.device,
+                on_evaluation=on_evaluation,
+                progress=False,
+            )
             return _checked(resumed)
         if differences:
             held = f"the checkpoint of another run ({'; '.join(differences)})"

@@ -1539,6 +1539,40 @@ def test_a_study_resumed_from_another_directory_continues_its_interrupted_unit(
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean")] == [512, 1024]
 
 
+def test_an_interrupted_unit_resumes_into_the_study_s_moved_store(workdir, monkeypatch, workers_in_process):
+    """The unit's resume looked for its MLflow run in the store its checkpoint recorded, which had
+    moved: it failed, and failed again with --retry-failed."""
+
+    from mlflow.tracking import MlflowClient
+
+    path = grid_spec(workdir, 1, [0.0])  # evaluations at 512 and 1024 steps
+    study = prepared(path)
+    real = run_harness.execute
+
+    def interrupted_after_the_first_evaluation(request, *, on_evaluation=None, progress=True):
+        def stop(step, mean_return):
+            on_evaluation(step, mean_return)
+            raise KeyboardInterrupt
+
+        return real(request, on_evaluation=stop, progress=progress)
+
+    monkeypatch.setattr(run_harness, "execute", interrupted_after_the_first_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker("tiny", None)
+    owned_by_a_dead_process(study, load_study("tiny", None).trials[0])
+    monkeypatch.setattr(run_harness, "execute", real)
+    moved = workdir / "archive" / "mlflow.db"
+    moved.parent.mkdir()
+    (workdir / "runs" / "mlflow.db").rename(moved)
+
+    status = runner.run_study(path, tracking_uri=f"sqlite:///{moved}", progress=False)
+    assert status.finished and (status.complete, status.failed) == (1, 0)
+    retry = load_study("tiny", None).trials[-1]
+    assert list(retry.intermediate_values) == [1024]  # continued after the checkpoint
+    run = MlflowClient(f"sqlite:///{moved}").get_run(retry.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and not (workdir / "runs" / "mlflow.db").exists()
+
+
 def test_an_interrupt_raised_as_another_error_leaves_its_unit_to_be_resumed(workdir, monkeypatch):
     """Ctrl-C inside a lazy import of a C extension: the unit was recorded FAILED with "ImportError:
     initialization failed", to be rerun only with --retry-failed, and the worker went on."""
