@@ -488,15 +488,15 @@ def _train(
     per_update = int(getattr(config, "batch_size", 1))
     trained = -(-request.steps // per_update) * per_update
     starting = not checkpoint_path(out_dir).exists()  # not a resume, even of the start's checkpoint
-    if progress and trained != request.steps and starting:
-        print(
-            f"note: the run trains whole updates of {per_update:,} env steps: {trained:,} counted env steps "
-            f"for --steps {request.steps:,}",
-            file=sys.stderr,
-        )
-    bar = _ProgressBar(request, trained, enabled=progress)
     in_callback = False
-    try:
+    try:  # from here on, every way out ends the MLflow run (a Ctrl-C while the bar loads left it RUNNING)
+        if progress and trained != request.steps and starting:
+            print(
+                f"note: the run trains whole updates of {per_update:,} env steps: {trained:,} counted env "
+                f"steps for --steps {request.steps:,}",
+                file=sys.stderr,
+            )
+        bar = _ProgressBar(request, trained, enabled=progress)
         evaluator = Evaluator(request.task, config.eval_episodes, request.seed, config.env_backend)
         if starting:
             # The untrained start: a run stopped before its first evaluation resumes into the same
@@ -541,11 +541,11 @@ def _train(
                 f"does not exist (has the store moved?); it stays in {out_dir}",
                 file=sys.stderr,
             )
-    except FloatingPointError as error:
-        tracker.end("FAILED", f"stopped at {agent.counted_steps} counted env steps: {error}")
-        print(f"run failed: {error}; the last good checkpoint is kept in {out_dir}", file=sys.stderr)
-        return _result(request, agent, position, tracker.run_id, "FAILED")
     except BaseException as error:
+        if isinstance(error, FloatingPointError) and not in_callback:  # the training diverged
+            tracker.end("FAILED", f"stopped at {agent.counted_steps} counted env steps: {error}")
+            print(f"run failed: {error}; the last good checkpoint is kept in {out_dir}", file=sys.stderr)
+            return _result(request, agent, position, tracker.run_id, "FAILED")
         stopped = in_callback or caused_by_interrupt(error)
         reason = f"stopped at {agent.counted_steps} counted env steps: {describe(error)}"
         tracker.end("KILLED" if stopped else "FAILED", reason)

@@ -364,6 +364,7 @@ class RunTracker:
         all_tags = dict(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
+        run = None
         try:
             if found is not None:
                 experiment_id = found.experiment_id
@@ -376,6 +377,10 @@ class RunTracker:
         except (MlflowException, SQLAlchemyError) as error:  # e.g. a store it may read but not write
             reason = str(error).splitlines()[0]
             raise UserError(f"cannot write to the MLflow store {tracking_uri}: {reason}") from None
+        except BaseException:  # an interrupt held back until the run was written: it must not stay RUNNING
+            if run is not None:
+                cls(tracking_uri, run.info.run_id).end("KILLED", "stopped while starting")
+            raise
         return cls(tracking_uri, run.info.run_id)
 
     @classmethod

@@ -1081,3 +1081,50 @@ def test_a_run_stopped_before_its_first_evaluation_resumes_into_the_same_mlflow_
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
     assert sorted(run.info.status for run in runs) == ["FINISHED", "FINISHED"]  # this one and the reference
+
+
+def _only_run(tracking_uri: str):
+    client = MlflowClient(tracking_uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "gorl-bench"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    return run
+
+
+@pytest.mark.parametrize("where", ["creating the MLflow run", "loading the progress bar"])
+def test_a_ctrl_c_while_a_run_starts_ends_its_mlflow_run_killed(tmp_path, tracking_uri, monkeypatch, where):
+    """Held back until MLflow had written the run, or raised before training's try, the interrupt
+    left the run RUNNING for ever."""
+
+    import harness.run
+
+    if where == "creating the MLflow run":
+        real = MlflowClient.create_run
+
+        def create_then_interrupt(self, *args, **kwargs):
+            created = real(self, *args, **kwargs)
+            signal.raise_signal(signal.SIGINT)  # held back by the write, raised after it
+            return created
+
+        monkeypatch.setattr(MlflowClient, "create_run", create_then_interrupt)
+    else:
+
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(harness.run, "_ProgressBar", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        execute(request(tmp_path, tracking_uri), progress=False)
+    assert _only_run(tracking_uri).info.status == "KILLED"
+
+
+def test_a_floating_point_error_of_the_evaluation_callback_is_the_callback_s_not_a_divergence(
+    tmp_path, tracking_uri
+):
+    """It was taken for the training's divergence: the run was recorded FAILED and its result returned."""
+
+    def callback(step: int, mean: float) -> None:
+        raise FloatingPointError("the caller's own arithmetic")
+
+    with pytest.raises(FloatingPointError, match="the caller's own"):
+        execute(request(tmp_path, tracking_uri), on_evaluation=callback, progress=False)
+    assert _only_run(tracking_uri).info.status == "KILLED"
