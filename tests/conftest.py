@@ -101,5 +101,7 @@ def as_if_trained_on_cuda():
         saved = torch.load(path, weights_only=False)
         saved["request"]["device"] = "cuda"
         torch.save(saved, path)
+        config = run_dir / "config.toml"
+        config.write_text(config.read_text().replace('device = "cpu"', 'device = "cuda"'))
 
     return rewrite

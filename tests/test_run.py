@@ -735,6 +735,19 @@ def test_a_run_started_on_cuda_resumes_on_the_cpu_with_device(
     assert main(["run", "--resume", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]) == 0
 
 
+def test_a_resume_on_another_device_rewrites_the_config_file_without_a_warning(
+    tmp_path, tracking_uri, capsys, as_if_trained_on_cuda
+):
+    """`--device cpu` for a run started on cuda said the config file was edited by hand."""
+
+    out = stopped_run(tmp_path, tracking_uri)
+    as_if_trained_on_cuda(out)
+    assert 'device = "cuda"' in (out / "config.toml").read_text()
+    assert main(["run", "--resume", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert "is not what the run was started with" not in capsys.readouterr().err
+    assert 'device = "cpu"' in (out / "config.toml").read_text()
+
+
 POINTS = 6
 STEPS = 60 * 16 * 16  # 60 small updates: the run is still going when its first checkpoint appears
 OVERRIDES = {**SMALL, "eval_points": POINTS}
@@ -1128,3 +1141,21 @@ def test_a_floating_point_error_of_the_evaluation_callback_is_the_callback_s_not
     with pytest.raises(FloatingPointError, match="the caller's own"):
         execute(request(tmp_path, tracking_uri), on_evaluation=callback, progress=False)
     assert _only_run(tracking_uri).info.status == "KILLED"
+
+
+def test_checkpoint_every_counts_from_the_start_checkpoint(tmp_path, tracking_uri, monkeypatch):
+    """The first periodic checkpoint came after the first update, whatever the period."""
+
+    import harness.run
+
+    saved_at, real = [], harness.run.save_checkpoint
+
+    def recording(out_dir, state):
+        saved_at.append(state["agent"]["counted_steps"])
+        return real(out_dir, state)
+
+    monkeypatch.setattr(harness.run, "save_checkpoint", recording)
+    overrides = {**SMALL, "eval_points": 1}
+    execute(request(tmp_path, tracking_uri, steps=8 * 256, overrides=overrides, checkpoint_every=3 * 256),
+            progress=False)  # fmt: skip
+    assert saved_at == [0, 3 * 256, 6 * 256, 8 * 256]
