@@ -14,6 +14,7 @@ import os
 import shutil
 import textwrap
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -1491,6 +1492,22 @@ def test_one_sqlite_file_as_both_stores_is_refused_before_anything_is_written(wo
 # --- Where the units' runs live --------------------------------------------------------------------
 
 
+def interrupt_units_after_their_first_evaluation(monkeypatch) -> Callable:
+    """Make every unit stop with Ctrl-C after its first evaluation; returns the real harness."""
+
+    real = run_harness.execute
+
+    def interrupted_after_the_first_evaluation(request, *, on_evaluation=None, progress=True):
+        def stop(step, mean_return):
+            on_evaluation(step, mean_return)
+            raise KeyboardInterrupt
+
+        return real(request, on_evaluation=stop, progress=progress)
+
+    monkeypatch.setattr(run_harness, "execute", interrupted_after_the_first_evaluation)
+    return real
+
+
 def test_a_study_resumed_from_another_directory_continues_its_interrupted_unit(
     workdir, tmp_path, monkeypatch, workers_in_process
 ):
@@ -1505,16 +1522,7 @@ def test_a_study_resumed_from_another_directory_continues_its_interrupted_unit(
     path = grid_spec(workdir, 1, [0.0])  # evaluations at 512 and 1024 steps
     study = prepared(path)
     assert study.user_attrs["runs_dir"] == str(workdir / "runs" / "studies" / "tiny")
-    real = run_harness.execute
-
-    def interrupted_after_the_first_evaluation(request, *, on_evaluation=None, progress=True):
-        def stop(step, mean_return):
-            on_evaluation(step, mean_return)
-            raise KeyboardInterrupt
-
-        return real(request, on_evaluation=stop, progress=progress)
-
-    monkeypatch.setattr(run_harness, "execute", interrupted_after_the_first_evaluation)
+    real = interrupt_units_after_their_first_evaluation(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_worker("tiny", journal)
     (stopped,) = load_study("tiny", journal).trials
@@ -1547,16 +1555,7 @@ def test_an_interrupted_unit_resumes_into_the_study_s_moved_store(workdir, monke
 
     path = grid_spec(workdir, 1, [0.0])  # evaluations at 512 and 1024 steps
     study = prepared(path)
-    real = run_harness.execute
-
-    def interrupted_after_the_first_evaluation(request, *, on_evaluation=None, progress=True):
-        def stop(step, mean_return):
-            on_evaluation(step, mean_return)
-            raise KeyboardInterrupt
-
-        return real(request, on_evaluation=stop, progress=progress)
-
-    monkeypatch.setattr(run_harness, "execute", interrupted_after_the_first_evaluation)
+    real = interrupt_units_after_their_first_evaluation(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_worker("tiny", None)
     owned_by_a_dead_process(study, load_study("tiny", None).trials[0])
