@@ -389,15 +389,20 @@ def _log_artifacts(results: StudyResults, files: list[Path]) -> list[str]:
         return ["the study has no MLflow parent run; the report was not logged to MLflow"]
     try:
         client = MlflowClient(tracking_uri=results.tracking_uri)
+        for path in files:
+            client.log_artifact(run_id, str(path), artifact_path="report")
+    except (MlflowException, OSError) as error:
+        return [f"logging the report to MLflow run {run_id} failed: {error}"]
+    try:  # after the upload, which a store that cannot delete must not block
         written = {f"report/{path.name}" for path in files}
         earlier = {item.path for item in client.list_artifacts(run_id, "report")} - written
         if earlier:
-            repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+            # With the study's tracking URI: a server's `mlflow-artifacts:` URI resolves through it.
+            artifact_uri = client.get_run(run_id).info.artifact_uri
+            repository = get_artifact_repository(artifact_uri, tracking_uri=results.tracking_uri)
             for path in sorted(earlier):
                 if Path(path).name in REPORT_FILES:
                     repository.delete_artifacts(path)
-        for path in files:
-            client.log_artifact(run_id, str(path), artifact_path="report")
     except (MlflowException, OSError, NotImplementedError) as error:
-        return [f"logging the report to MLflow run {results.parent_run_id} failed: {error}"]
+        return [f"the earlier report's files in MLflow run {run_id} that this one replaces stay: {error}"]
     return []
