@@ -373,27 +373,43 @@ def load_run(
     return request, config, agent, state
 
 
-def _check_settings_unchanged(
-    started_with: Mapping[str, Any] | None, now: dict[str, Any], path: Path
-) -> None:
+def changed_settings(started_with: Any, now: Mapping[str, Any]) -> list[str]:
+    """The settings ("key old -> new") in which a run's resolved config `now` differs from the one
+    its checkpoint holds (`started_with`; None in checkpoints of earlier versions: nothing to
+    compare). Keys only one side has, a field that a version added or removed, are not compared:
+    whether its default keeps the old behaviour is that version's business."""
+
+    if started_with is None:
+        return []
+    return [
+        f"{key} {started_with[key]!r} -> {now[key]!r}"
+        for key in sorted(started_with.keys() & now.keys())
+        if started_with[key] != now[key]
+    ]
+
+
+def resolved_settings(request: RunRequest) -> dict[str, Any]:
+    """The config `request` resolves to in this version, as plain values (what checkpoints hold)."""
+
+    return as_dict(
+        resolve(algorithms.get(request.algo), request.preset, request.task, dict(request.overrides))
+    )
+
+
+def _check_settings_unchanged(started_with: Any, now: Mapping[str, Any], path: Path) -> None:
     """Refuse to resume a run whose request (preset and overrides) resolves to other settings than
     when it started: a preset or default changed since (a `git pull`), and the resume would
-    silently train the rest of the run with the new values. (Evaluating it is not refused; nor are
-    checkpoints of earlier versions, which hold no settings to compare.)"""
+    silently train the rest of the run with the new values. (Evaluating it is not refused.)"""
 
-    if started_with is None or started_with == now:
-        return
-    keys = sorted(started_with.keys() | now.keys())
-    changed = [
-        f"{key} {started_with.get(key, '(none)')!r} -> {now.get(key, '(none)')!r}"
-        for key in keys
-        if started_with.get(key) != now.get(key)
-    ]
-    raise UserError(
-        f"{path}: the run's preset and overrides resolve to other settings in this version than when "
-        f"it started ({'; '.join(changed)}). Resume it with the version it started with (its MLflow run's "
-        "git_commit tag), or start a new run."
-    )
+    if started_with is not None and not isinstance(started_with, Mapping):
+        raise UserError(f"{path} holds ill-formed settings; it is damaged.")
+    changed = changed_settings(started_with, now)
+    if changed:
+        raise UserError(
+            f"{path}: the run's preset and overrides resolve to other settings in this version than when "
+            f"it started ({'; '.join(changed)}). Resume it with the version it started with (its MLflow "
+            "run's git_commit tag), or start a new run."
+        )
 
 
 def _check_request_types(request: RunRequest, path: Path) -> None:

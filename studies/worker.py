@@ -589,17 +589,27 @@ def _differences(out_dir: Path, request: Any) -> list[str]:
     """How the run checkpointed in `out_dir` differs from `request` (empty: it is that run)."""
 
     from harness.checkpoint import load_checkpoint
+    from harness.run import changed_settings, resolved_settings
 
     try:
-        saved = load_checkpoint(out_dir)["request"]
+        state = load_checkpoint(out_dir)
+        saved = state["request"]
     except Exception as error:  # noqa: BLE001 - an unreadable checkpoint cannot be resumed either
         return [f"unreadable: {error}"]
     wanted = dataclasses.asdict(request)
-    return [
+    differing = [
         f"{key} {saved.get(key)!r}, not {wanted[key]!r}"
         for key in _RUN_IDENTITY
         if saved.get(key) != wanted[key]
     ]
+    if differing:
+        return differing
+    # The same request, resolved by another version to other settings (a preset changed since):
+    # its resume would be refused on every retry, so the unit starts over instead.
+    settings = state.get("config")
+    if settings is not None and not isinstance(settings, dict):
+        return ["ill-formed settings"]
+    return [f"settings {change}" for change in changed_settings(settings, resolved_settings(request))]
 
 
 def _move_aside(out_dir: Path) -> Path:

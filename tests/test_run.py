@@ -622,6 +622,14 @@ def test_a_resume_whose_preset_resolves_otherwise_now_is_refused(tmp_path, track
     assert main(["run", "--resume", str(out), "--no-progress"]) == 0
 
 
+def test_settings_a_version_added_or_removed_are_not_compared():
+    from harness.run import changed_settings
+
+    assert changed_settings(None, {"lr": 1e-3}) == []  # a checkpoint of an earlier version
+    assert changed_settings({"lr": 1e-3, "gone": 1}, {"lr": 1e-3, "new_knob": None}) == []
+    assert changed_settings({"lr": 1e-3, "clip": 0.2}, {"lr": 3e-4, "clip": 0.2}) == ["lr 0.001 -> 0.0003"]
+
+
 def test_a_run_directory_in_use_or_unusable_is_refused_before_anything_runs(tmp_path, tracking_uri, capsys):
     argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), *sets(SMALL),
             "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip

@@ -1572,6 +1572,29 @@ def test_an_interrupted_unit_resumes_into_the_study_s_moved_store(workdir, monke
     assert run.info.status == "FINISHED" and not (workdir / "runs" / "mlflow.db").exists()
 
 
+def test_an_interrupted_unit_whose_preset_changed_since_starts_over(
+    workdir, monkeypatch, workers_in_process, capsys
+):
+    """Its resume was refused (the settings changed), recorded as an error, and refused again on
+    every --retry-failed: no study command could finish the unit."""
+
+    from algorithms import ppo
+
+    path = grid_spec(workdir, 1, [0.0])
+    study = prepared(path)
+    real = interrupt_units_after_their_first_evaluation(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker("tiny", None)
+    owned_by_a_dead_process(study, load_study("tiny", None).trials[0])
+    monkeypatch.setattr(run_harness, "execute", real)
+    monkeypatch.setitem(ppo.PRESETS["cpu"], "gamma", 0.9)
+
+    status = runner.run_study(path, progress=False)
+    assert status.finished and (status.complete, status.failed) == (1, 0)
+    assert list(load_study("tiny", None).trials[-1].intermediate_values) == [512, 1024]  # from the start
+    assert "settings gamma 0.99 -> 0.9" in capsys.readouterr().out
+
+
 def test_an_interrupt_raised_as_another_error_leaves_its_unit_to_be_resumed(workdir, monkeypatch):
     """Ctrl-C inside a lazy import of a C extension: the unit was recorded FAILED with "ImportError:
     initialization failed", to be rerun only with --retry-failed, and the worker went on."""
