@@ -19,9 +19,9 @@ deviation. That is much wider than Scott's rule (about 0.16 for n = 10,000): the
 strongly smoothed, so close modes merge and two surviving peaks are strong evidence: of 10,000
 samples of an even mixture of N(-m, 1) and N(m, 1), the KDE shows one peak at m = 2.5 and two
 at m = 2.75, with Scott's factor 0.16 two from m = 1.25 (where the density's dip is shallow;
-it has two modes from m = 1). `bw_factor` (the diagnostic's `--bandwidth`) sets another factor;
-a narrow one also shows noise peaks in the tails: of 20 samples of a Gaussian, 0.1 gave 4 a
-second peak, 0.13 and 0.16 none (`tests/test_multimodality.py`).
+it has two modes for m > 1). `bw_factor` (the diagnostic's `--bandwidth`) sets another factor;
+a narrow one also shows noise peaks in the tails: of 20 draws of 10,000 samples of a Gaussian,
+0.1 gave 4 a second peak, 0.13 and 0.16 none (`tests/test_multimodality.py`).
 """
 
 from __future__ import annotations

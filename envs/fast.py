@@ -18,8 +18,8 @@ of the gather, so step 2 is a handful of C calls per sub-env and no allocation.
 Observations and rewards are the same float32 values as dm_control's in every parity test
 (`tests/test_envs_parity.py`, 1100 steps of every task). The float64 values behind them agree
 to the last bit except where a batched einsum or norm stands for dm_control's per-row products
-(egocentric vectors and distances of finger-turn, fish and humanoid), and where
-`rewards.tolerance` on an array squares through `pow` where dm_control's scalar call does not
+(egocentric vectors and distances of finger-turn, fish and humanoid), and where dm_control's
+scalar `rewards.tolerance` squares through C's `pow` and the batched one on an array multiplies
 (in the margin of walker's, fish's and humanoid's gaussian terms). These differ by an ulp or
 two: rarely enough to change a float32 value (by an estimate, a few times in a 180M-step run),
 after which the two backends' trajectories part. Runs on one backend are reproducible either

@@ -260,7 +260,9 @@ def resume(
                 _check_settings_unchanged(
                     state.get("config"), as_dict(config), checkpoint_path(Path(out_dir))
                 )
-                _restore_config_file(Path(out_dir), request, config, state["request"]["device"])
+                _restore_config_file(
+                    Path(out_dir), request, config, state["request"].get("device", request.device)
+                )
             # Reopening a finished run would only move its end time and upload its checkpoint again.
             tracker = None if finished else RunTracker.reopen(request.tracking_uri, mlflow_run)
         except BaseException:
@@ -282,16 +284,16 @@ def _config_toml(request: RunRequest, config: Any) -> str:
     return to_toml({"run": _run_info(request), "config": as_dict(config)})
 
 
-def _restore_config_file(out_dir: Path, request: RunRequest, config: Any, started_on: str) -> None:
+def _restore_config_file(out_dir: Path, request: RunRequest, config: Any, saved_device: str) -> None:
     """Write the run directory's config file again from the checkpoint, which a resume follows: an
-    edited file would otherwise describe settings the run does not use. The device the run
-    started on (`started_on`) may differ from the resume's (`resume --device`) without a word."""
+    edited file would otherwise describe settings the run does not use. The device the checkpoint
+    recorded (`saved_device`) may differ from the resume's (`resume --device`) without a word."""
 
     path, written = out_dir / CONFIG_NAME, _config_toml(request, config)
     if path.exists() and not path.is_file():
         raise UserError(f"{path} is not a file; remove it, and the resume writes the run's config there.")
     # Compared as bytes: an edit may have left text that is not UTF-8.
-    as_started = _config_toml(dataclasses.replace(request, device=started_on), config)
+    as_started = _config_toml(dataclasses.replace(request, device=saved_device), config)
     if path.is_file() and path.read_bytes() not in (written.encode(), as_started.encode()):
         print(
             f"{path} is not what the run was started with: the run continues with its checkpoint's "

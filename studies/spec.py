@@ -337,7 +337,7 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
     spec = Spec(
         name=name,
         kind=kind,
-        description=_get(raw, "description", str, default="").strip(),
+        description=str(raw.get("description", "")).strip(),  # free text, compared by no one
         algo=_get(raw, "algo", str) if kind != "compare" else None,
         tasks=_parse_tasks(raw.get("tasks")),
         seeds=seeds,

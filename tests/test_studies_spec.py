@@ -116,11 +116,6 @@ def ppo_key() -> str:
             + '[variants." "]\nalgo = "ppo"\n',
             "variant label ' ' is empty; give the variant a name",
         ),
-        # A nan description never equals itself: the study could never be resumed.
-        (
-            GRID.replace('description = "test"', "description = nan") + "[grid]\nlr = [1e-3]\n",
-            "description must be a string, got nan",
-        ),
     ],
 )
 def test_bad_specs_fail_with_a_clear_message(tmp_path, text, message):

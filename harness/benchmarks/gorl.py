@@ -2,8 +2,8 @@
 
 Measured in one run, on the same task and preset, for `--algo` (default `gorl-fm`) with the
 `--set` overrides (applied to GoRL only), the first three interleaved (one iteration of each in
-turn, `measure_together`; the three agents are held at once, about 6 GB each with the `paper`
-preset):
+turn, `measure_together`; the three agents are held at once, with the `paper` preset each
+about as large as a PPO process, which peaks at 5.4-5.9 GB: docs/performance.md):
 
 * PPO: `train_iteration` of the `ppo` agent (the reference);
 * GoRL, stage 0: the encoder's PPO with the identity decoder;

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="rerun the units whose training diverged (a non-finite loss or score), from the start; on "
         "the same code and machine a seed diverges again (a tune trial scores its diverged units at "
-        "their task's worst)",
+        "their task's worst: there this reruns only trials an earlier version failed for a divergence)",
     )
     run.set_defaults(func=_run)
 
