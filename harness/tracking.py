@@ -374,6 +374,7 @@ class RunTracker:
                 experiment_id = _create_experiment(client, name, location)
             with signals_deferred():
                 run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            return cls(tracking_uri, run.info.run_id)
         except (MlflowException, SQLAlchemyError) as error:  # e.g. a store it may read but not write
             reason = str(error).splitlines()[0]
             raise UserError(f"cannot write to the MLflow store {tracking_uri}: {reason}") from None
@@ -381,7 +382,6 @@ class RunTracker:
             if run is not None:
                 cls(tracking_uri, run.info.run_id).end("KILLED", "stopped while starting")
             raise
-        return cls(tracking_uri, run.info.run_id)
 
     @classmethod
     def reopen(cls, tracking_uri: str, run: Any) -> RunTracker:
