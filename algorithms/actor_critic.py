@@ -193,8 +193,13 @@ class ActorCriticAgent(Agent):
 
         if self.config.grad_norm_scope == "global":
             return [list(self.model.parameters())]
-        # Clipped apart, a large value gradient does not shrink the policy step.
-        return [list(self.model.actor.parameters()), list(self.model.critic.parameters())]
+        # Clipped apart, a large value gradient does not shrink the policy step. Parameters outside
+        # both networks (a subclass's free log-std, say; none of the built-in models has any) are a
+        # third group, so that no parameter escapes the clipping.
+        actor, critic = list(self.model.actor.parameters()), list(self.model.critic.parameters())
+        grouped = {id(p) for p in actor + critic}
+        rest = [p for p in self.model.parameters() if id(p) not in grouped]
+        return [actor, critic] + ([rest] if rest else [])
 
     def value_loss(self, mb: Batch) -> Tensor:
         return self.config.value_coef * (self.model.value(mb["obs"]) - mb["returns"]).pow(2).mean()

@@ -47,7 +47,8 @@ class Agent(abc.ABC):
     def evaluation_draws_noise(self) -> bool:
         """Whether `act(obs, deterministic=True)` still draws noise, seeded by `begin_evaluation`
         (`eval_noise = "sample"`: FPO's and DPPO's official evaluation keeps the sampler's noise, and
-        PPO and GoRL can evaluate their stochastic policy); False: the noise-free action."""
+        PPO and GoRL can evaluate their stochastic policy); False: the noise-free action. The
+        report, which builds no agent, reads the same from the config's `eval_noise`."""
 
         return False
 

@@ -70,7 +70,11 @@ def resolve(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str,
         )
     values: dict[str, Any] = {}
     values.update(spec.presets[preset])
-    values.update(spec.task_overrides(preset, task))
+    for_task = spec.task_overrides(preset, task)
+    if set(for_task) - set(fields):  # the algorithm's own slip, found on the task it concerns
+        slips = unknown_keys(sorted(set(for_task) - set(fields)), fields)
+        raise UserError(f"the task overrides of {spec.name} for {task} set unknown config keys: {slips}.")
+    values.update(for_task)
     values.update(overrides)
     hints = typing.get_type_hints(spec.config_cls)
     coerced = {key: _coerce(spec.name, key, value, hints[key]) for key, value in values.items()}

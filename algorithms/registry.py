@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ class AlgorithmSpec:
 #: The config keys the run harness reads from every algorithm's config: how often and on how
 #: many episodes it evaluates, and the env backend of its evaluation envs.
 HARNESS_KEYS = frozenset({"eval_points", "eval_episodes", "env_backend"})
+#: The preset every algorithm has: the default of `run`, `config`, `bench` and study specs.
+DEFAULT_PRESET = "cpu"
 
 _REGISTRY: dict[str, AlgorithmSpec] = {}
 
@@ -53,6 +56,11 @@ def register(
     missing = sorted(HARNESS_KEYS - field_names)
     if missing:
         raise TypeError(f"config for {name!r} lacks the keys the run harness reads: {missing}")
+    if DEFAULT_PRESET not in presets:
+        raise TypeError(
+            f"presets of {name!r} lack {DEFAULT_PRESET!r}, the preset run, config, bench and studies take "
+            "by default"
+        )
     for preset, values in presets.items():
         unknown = set(values) - field_names
         if unknown:
@@ -61,6 +69,9 @@ def register(
     def decorate(agent_cls: type) -> type:
         if name in _REGISTRY:
             raise ValueError(f"algorithm {name!r} registered twice")
+        if inspect.isabstract(agent_cls):  # found here, not when a run has started
+            missing = ", ".join(sorted(agent_cls.__abstractmethods__))
+            raise TypeError(f"agent class of {name!r} does not implement {missing} (algorithms.base.Agent)")
         _REGISTRY[name] = AlgorithmSpec(
             name=name,
             summary=summary,

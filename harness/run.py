@@ -533,6 +533,13 @@ def _train(
                 metrics = agent.train_iteration()
                 elapsed = time.perf_counter() - start
                 step = agent.counted_steps
+                if type(step) is not int or type(agent.total_steps) is not int:  # a new algorithm's slip
+                    # A numpy integer broke MLflow's step and then every resume of the checkpoint.
+                    kinds = f"{type(step).__name__} and {type(agent.total_steps).__name__}"
+                    raise UserError(
+                        f"{request.algo}: train_iteration left counted_steps and total_steps as {kinds}; "
+                        "keep them Python ints (add int(n) of a numpy count)."
+                    )
                 if step <= before:  # a new algorithm's slip: the run would never end
                     raise UserError(
                         f"{request.algo}: train_iteration took no counted env step (counted_steps stayed "

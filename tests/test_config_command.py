@@ -120,3 +120,20 @@ def test_output_to_a_reader_that_has_gone_ends_quietly():
     process.stdout.close()  # the reader is gone before the first line is written
     err = process.stderr.read()
     assert process.wait(timeout=60) == 141 and err == "", err
+
+
+def test_a_default_made_by_a_factory_or_missing_is_shown_as_a_value():
+    """`config` printed <dataclasses._MISSING_TYPE object at 0x...> for such fields."""
+
+    import dataclasses
+
+    from harness.commands.config import _default
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        needed: int
+        hidden: list = dataclasses.field(default_factory=lambda: [64, 64])
+        width: int = 32
+
+    shown = {field.name: _default(field) for field in dataclasses.fields(Config)}
+    assert shown == {"hidden": [64, 64], "width": 32, "needed": "(required)"}

@@ -1167,3 +1167,23 @@ def test_checkpoint_every_counts_from_the_start_checkpoint(tmp_path, tracking_ur
     execute(request(tmp_path, tracking_uri, steps=8 * 256, overrides=overrides, checkpoint_every=3 * 256),
             progress=False)  # fmt: skip
     assert saved_at == [0, 3 * 256, 6 * 256, 8 * 256]
+
+
+def test_a_numpy_step_count_is_refused_before_it_reaches_mlflow(tmp_path, tracking_uri, monkeypatch):
+    """An np.int64 counted_steps broke MLflow's metric step and then every resume of the run."""
+
+    from algorithms.ppo import PPOAgent
+
+    real = PPOAgent.train_iteration
+
+    def numpy_count(self):
+        metrics = real(self)
+        self.counted_steps = np.int64(self.counted_steps)
+        return metrics
+
+    monkeypatch.setattr(PPOAgent, "train_iteration", numpy_count)
+    with pytest.raises(
+        UserError, match="left counted_steps and total_steps as int64 and int; keep them Python"
+    ):
+        execute(request(tmp_path, tracking_uri), progress=False)
+    assert _only_run(tracking_uri).info.status == "FAILED"

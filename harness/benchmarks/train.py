@@ -11,6 +11,7 @@ excluded: they cost a fixed amount per evaluation point, not per env step.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -84,27 +85,29 @@ def measure_together(agents: dict[str, Any], iterations: int) -> dict[str, dict[
         agent.train_iteration()
     wall = dict.fromkeys(agents, 0.0)
     learner = dict.fromkeys(agents, 0.0)
+    steps = dict.fromkeys(agents, 0)
     label = f"{', '.join(agents)}: " + "{task.completed:.0f}/{task.total:.0f} iterations after a warm-up"
     with DelayedProgress(label, total=iterations * len(agents)) as progress:
         for _ in range(iterations):
             for name, agent in agents.items():
-                start = time.perf_counter()
+                before, start = agent.counted_steps, time.perf_counter()
                 metrics = agent.train_iteration()
                 seconds = time.perf_counter() - start
                 _refuse_refit(metrics, name)
                 wall[name] += seconds
-                learner[name] += metrics["perf/learner_fraction"] * seconds
+                steps[name] += agent.counted_steps - before
+                # An agent that does not time its update apart reports no learner share (nan).
+                learner[name] += metrics.get("perf/learner_fraction", math.nan) * seconds
                 progress.advance(1)
-    results = {}
-    for name, agent in agents.items():
-        steps = iterations * agent.config.batch_size
-        results[name] = {
-            "steps": steps,
+    return {
+        name: {
+            "steps": steps[name],
             "seconds": wall[name],
-            "steps_per_s": steps / wall[name],
+            "steps_per_s": steps[name] / wall[name],
             "learner": learner[name] / wall[name],
         }
-    return results
+        for name in agents
+    }
 
 
 def _refuse_refit(metrics: dict[str, float], name: str) -> None:
@@ -119,9 +122,11 @@ def _refuse_refit(metrics: dict[str, float], name: str) -> None:
 
 def budget(config: Any, iterations: int) -> int:
     """A run budget far beyond the timed steps: it only matters to agents with a stage schedule
-    (GoRL), whose timed iterations then all fall in stage 0 (`bench gorl` times the rest)."""
+    (GoRL), whose timed iterations then all fall in stage 0 (`bench gorl` times the rest). An
+    algorithm whose config names no update size (`batch_size`) gets 10^9 steps."""
 
-    return 1000 * (iterations + 1) * config.batch_size
+    per_update = getattr(config, "batch_size", None)
+    return 10**9 if per_update is None else 1000 * (iterations + 1) * per_update
 
 
 def main(args: argparse.Namespace) -> int:
@@ -158,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
                 f"{r['steps']:,d}",
                 f"{r['seconds']:.1f}",
                 f"{r['steps_per_s']:,.0f}",
-                f"{r['learner']:.0%}",
+                "n/a" if math.isnan(r["learner"]) else f"{r['learner']:.0%}",
                 f"{reference / r['steps_per_s']:.2f}x",
             )
             print("| " + " | ".join(row) + " |")

@@ -11,6 +11,7 @@ with the settings that change per stage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from harness.commands.arguments import positive_int
 from harness.commands.run import DEFAULTS as RUN_DEFAULTS
@@ -46,8 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import algorithms
     import envs
     from algorithms.config import as_dict, field_notes, origins, parse_assignments, resolve
@@ -72,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
     stage_rows = config.stage_table(steps) if hasattr(config, "stage_table") else []
     set_by = origins(spec, args.preset, task, overrides)
     notes = field_notes(spec.config_cls)
-    defaults = {f.name: f.default for f in dataclasses.fields(spec.config_cls)}
+    defaults = {f.name: _default(f) for f in dataclasses.fields(spec.config_cls)}
     print(f"{args.algo}, preset {args.preset}, task {task}: {len(values)} keys\n")
     print("| key | value | set by | default and its source |\n|---|---|---|---|")
     for key, value in values.items():
@@ -85,6 +84,16 @@ def main(args: argparse.Namespace) -> int:
         for row in stage_rows:
             print("| " + " | ".join(str(value) for value in row.values()) + " |")
     return 0
+
+
+def _default(field: dataclasses.Field) -> object:
+    """A field's class default: its value, what its factory makes, or "(required)" without one."""
+
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return "(required)"
 
 
 def _cell(value: object) -> str:

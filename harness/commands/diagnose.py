@@ -166,10 +166,10 @@ def diagnose_multimodality(
         labelled = _sample_runs(runs, samples, state_steps, seed, tracking_uri, bandwidth)
 
     out.mkdir(parents=True, exist_ok=True)
-    figure = _plot([(label, report) for _, _, label, report in labelled], out / "multimodality.png")
-    diagnosis = Diagnosis(figure, [(label, report) for _, _, label, report in labelled])
-    for request, checkpoint, _, report in labelled:
-        _log(tracking_uri or request.tracking_uri, checkpoint, report, figure, request.out_dir, diagnosis)
+    figure = _plot([(label, report) for *_, label, report in labelled], out / "multimodality.png")
+    diagnosis = Diagnosis(figure, [(label, report) for *_, label, report in labelled])
+    for request, run_id, step, _, report in labelled:
+        _log(tracking_uri or request.tracking_uri, run_id, step, report, figure, request.out_dir, diagnosis)
     return diagnosis
 
 
@@ -180,9 +180,9 @@ def _sample_runs(
     seed: int,
     tracking_uri: str | None,
     bandwidth: float | None,
-) -> list[tuple[Any, dict, str, Any]]:
-    """(request, checkpoint, label, MultimodalityReport) of every loaded run, from `samples`
-    actions sampled at the fixed state that the first run's policy reaches."""
+) -> list[tuple[Any, str, int, str, Any]]:
+    """(request, MLflow run id, counted steps, label, MultimodalityReport) of every loaded run, from
+    `samples` actions sampled at the fixed state that the first run's policy reaches."""
 
     import torch
 
@@ -213,21 +213,27 @@ def _sample_runs(
                 "or saturated policy): there is no distribution to analyse."
             )
         report = analyse_actions(actions, KDE_BANDWIDTH_FACTOR if bandwidth is None else bandwidth)
-        labelled.append((request, checkpoint, label, report))
+        labelled.append((request, checkpoint["mlflow_run_id"], agent.counted_steps, label, report))
     return labelled
 
 
 def _log(
-    tracking_uri: str, checkpoint: dict, report: object, figure: Path, run_dir: Path, diagnosis: Diagnosis
+    tracking_uri: str,
+    run_id: str,
+    step: int,
+    report: object,
+    figure: Path,
+    run_dir: Path,
+    diagnosis: Diagnosis,
 ) -> None:
-    """Log `report` and `figure` to the checkpoint's MLflow run; what could not be goes to `diagnosis`."""
+    """Log `report` and `figure` to MLflow run `run_id` at counted step `step`; what could not be
+    goes to `diagnosis`."""
 
     from mlflow.exceptions import MlflowException
 
     from harness.errors import UserError
     from harness.tracking import RunTracker, check_run_exists
 
-    run_id = checkpoint["mlflow_run_id"]
     try:
         check_run_exists(tracking_uri, run_id)
     except UserError as error:
@@ -235,7 +241,7 @@ def _log(
         return
     tracker = RunTracker(tracking_uri, run_id)
     try:
-        tracker.log_metrics(report.metrics("diagnose/multimodality/"), checkpoint["agent"]["counted_steps"])
+        tracker.log_metrics(report.metrics("diagnose/multimodality/"), step)
         if not tracker.log_artifact(figure, "diagnostics"):
             diagnosis.notes.append(
                 f"the figure was not attached to MLflow run {run_id}: its artifact directory does not "
