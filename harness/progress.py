@@ -2,7 +2,8 @@
 
 In a terminal it is a rich spinner (with a bar when the total is known) on stderr, gone when the
 work ends. Without one (a log file, a pipe, a batch job) a bar would show nothing: a plain line
-goes to stderr every PLAIN_INTERVAL_S instead, so a long command's log still shows it is alive.
+goes to stderr after a few seconds and then every PLAIN_INTERVAL_S instead, so a long command's
+log still shows it is alive.
 """
 
 from __future__ import annotations
@@ -17,19 +18,24 @@ PROGRESS_DELAY_S = 1.0
 # Lines without a terminal: often enough to tell a running command from a stuck one, rarely
 # enough to keep a day-long log short.
 PLAIN_INTERVAL_S = 60.0
+# The first of them comes sooner: a log then shows within seconds that a long command is working
+# (one that waited a minute for its first line looked hung).
+FIRST_PLAIN_LINE_S = 5.0
 
 
 class PlainLines:
     """When a progress display without a terminal prints its next line: at news (an evaluation, a
-    unit that ended) and at least every PLAIN_INTERVAL_S between."""
+    unit that ended), FIRST_PLAIN_LINE_S after the start, and at least every PLAIN_INTERVAL_S
+    after that."""
 
     def __init__(self) -> None:
         self.printed_at = time.monotonic()
+        self.interval = min(FIRST_PLAIN_LINE_S, PLAIN_INTERVAL_S)
 
     def due(self, news: bool = False) -> bool:
         now = time.monotonic()
-        if news or now - self.printed_at >= PLAIN_INTERVAL_S:
-            self.printed_at = now
+        if news or now - self.printed_at >= self.interval:
+            self.printed_at, self.interval = now, PLAIN_INTERVAL_S
             return True
         return False
 

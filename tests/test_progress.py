@@ -24,3 +24,24 @@ def test_without_a_terminal_short_work_prints_nothing(capsys):
     with DelayedProgress("work: {task.completed:,.0f} items") as progress:
         progress.advance(10)
     assert capsys.readouterr().err == ""
+
+
+def test_the_first_plain_line_comes_within_seconds_then_every_interval(monkeypatch):
+    """A log waited PLAIN_INTERVAL_S (a minute) for its first line: `evaluate` of a million episodes
+    or a large `report` looked hung for that long."""
+
+    from harness.progress import FIRST_PLAIN_LINE_S, PLAIN_INTERVAL_S, PlainLines
+
+    now = [1000.0]
+    monkeypatch.setattr(harness.progress.time, "monotonic", lambda: now[0])
+    lines = PlainLines()
+    due = []
+    for t in (
+        FIRST_PLAIN_LINE_S - 1,
+        FIRST_PLAIN_LINE_S,
+        FIRST_PLAIN_LINE_S + 10,
+        FIRST_PLAIN_LINE_S + PLAIN_INTERVAL_S,
+    ):
+        now[0] = 1000.0 + t
+        due.append(lines.due())
+    assert due == [False, True, False, True]

@@ -374,7 +374,16 @@ def test_a_report_stopped_half_way_is_replaced_by_the_next(stores, tmp_path, mon
             build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
     assert (out / "results.csv").is_file() and not (out / "summary.md").exists()
     build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
-    assert (out / "summary.md").read_text().startswith("# Report: ablation")
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# Report: ablation")
+
+    # A report stopped half-way over a complete one leaves the files it had not replaced yet (an
+    # earlier version removed them all before its bootstrap).
+    with monkeypatch.context() as patched:
+        patched.setattr(stats, "interval_estimates", out_of_memory)
+        with pytest.raises(MemoryError):
+            build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
+    assert (out / "summary.md").read_text() == summary and (out / "sample_efficiency.png").is_file()
 
 
 def test_the_summary_names_the_variants_scored_by_sampled_actions():

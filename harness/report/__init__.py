@@ -110,10 +110,6 @@ def build_report(
     results = load_study_results(study_name, storage, tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by gorl-bench report: the report replaces its files here\n")
-    # An earlier report's files go first: a figure this report does not draw (one variant has no
-    # probability of improvement) would otherwise stay beside a summary that does not show it.
-    for name in REPORT_FILES - {MARKER}:
-        (out / name).unlink(missing_ok=True)
     table = results.table.copy()
     table.insert(table.columns.get_loc("eval_return") + 1, "score", normalise(table))
     ends, finals, notes = _final_scores(table, results)
@@ -181,6 +177,11 @@ def build_report(
         files += figures.save(figures.ablation_figure(panels), out, "ablation")
 
     files += _write_tables(out, results, sections, notes, files, reps, seed)
+    # An earlier report's files that this one does not write (a figure of a pair, where one variant
+    # is left) would stay beside a summary that does not show them. Removed last, so that an
+    # interrupted report leaves the earlier one's files it had not replaced yet.
+    for name in REPORT_FILES - {MARKER} - {path.name for path in files}:
+        (out / name).unlink(missing_ok=True)
     notes += _log_artifacts(results, files)
     return Report(out, results.partial, results.missing, results.failed, files, notes)
 
