@@ -19,7 +19,10 @@ SMALL = {"num_envs": 16, "rollout_steps": 16, "epochs": 2, "num_minibatches": 2,
 GORL = {"refit_episodes": 32, "decoder_steps": 50, "decoder_batch_size": 64, "num_refits": 1}
 
 
-def test_multimodality_of_a_gorl_and_a_ppo_run(tmp_path, tracking_uri, capsys):
+def test_multimodality_of_a_gorl_and_a_ppo_run(tmp_path, tracking_uri, capsys, monkeypatch):
+    import harness.progress
+
+    monkeypatch.setattr(harness.progress, "FIRST_PLAIN_LINE_S", 0.0)  # a log's first progress line at once
     runs = {}
     for algo, extra in (("gorl-fm", GORL), ("ppo", {})):
         request = RunRequest(algo=algo, task="toy-bimodal", steps=4 * 256, overrides={**SMALL, **extra},
@@ -27,8 +30,10 @@ def test_multimodality_of_a_gorl_and_a_ppo_run(tmp_path, tracking_uri, capsys):
         runs[algo] = execute(request, progress=False)
     argv = ["diagnose", "multimodality", str(tmp_path / "gorl-fm"), str(tmp_path / "ppo"),
             "--samples", "500", "--state-steps", "3", "--out", str(tmp_path / "figures")]  # fmt: skip
+    capsys.readouterr()
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "diagnose: 1/2 runs sampled and analysed" in err  # it was silent for as long as it sampled
     assert (
         out.count("bimodality coefficient") == 2 and "gorl-fm toy-bimodal" in out and "ppo toy-bimodal" in out
     )

@@ -188,6 +188,7 @@ def _sample_runs(
 
     from algorithms.multimodality import KDE_BANDWIDTH_FACTOR, analyse_actions
     from harness.errors import UserError
+    from harness.progress import DelayedProgress
     from harness.tracking import check_run_exists
 
     if tracking_uri is not None:  # a store named on purpose must hold the runs: checked before the work
@@ -203,17 +204,21 @@ def _sample_runs(
     state = _fixed_state(first_request.task, first_agent, state_steps, seed)
 
     labelled = []
-    for request, _, agent, checkpoint in runs:
-        with torch.no_grad():
-            actions = agent.act(np.repeat(state[None], samples, axis=0), deterministic=False)
-        label = f"{request.algo} {request.task} s{request.seed} @ {agent.counted_steps:,} steps"
-        if np.ptp(actions, axis=0).max() == 0:
-            raise UserError(
-                f"the {samples:,} actions sampled from {label} at this state are all the same (a collapsed "
-                "or saturated policy): there is no distribution to analyse."
-            )
-        report = analyse_actions(actions, KDE_BANDWIDTH_FACTOR if bandwidth is None else bandwidth)
-        labelled.append((request, checkpoint["mlflow_run_id"], agent.counted_steps, label, report))
+    # A million actions of a GoRL decoder and their KDE take a while per run.
+    text = "diagnose: {task.completed:.0f}/{task.total:.0f} runs sampled and analysed"
+    with DelayedProgress(text, total=len(runs)) as progress:
+        for request, _, agent, checkpoint in runs:
+            with torch.no_grad():
+                actions = agent.act(np.repeat(state[None], samples, axis=0), deterministic=False)
+            label = f"{request.algo} {request.task} s{request.seed} @ {agent.counted_steps:,} steps"
+            if np.ptp(actions, axis=0).max() == 0:
+                raise UserError(
+                    f"the {samples:,} actions sampled from {label} at this state are all the same (a "
+                    "collapsed or saturated policy): there is no distribution to analyse."
+                )
+            report = analyse_actions(actions, KDE_BANDWIDTH_FACTOR if bandwidth is None else bandwidth)
+            labelled.append((request, checkpoint["mlflow_run_id"], agent.counted_steps, label, report))
+            progress.advance(1)
     return labelled
 
 
