@@ -110,9 +110,12 @@ def run_worker(
     index: int | None = None,
     threads: int | None = None,
     device: str | None = None,
+    announce: bool = False,
 ) -> int:
     """Serve study `name` until no unit is left (or the trial budget is spent); returns how many
     units (tune: trials) it claimed, whether it ran them, found them duplicates or gave them up.
+    With `announce` (a worker started by hand, whose units show no progress of their own) it
+    prints a line when it starts and the study's state after each unit.
 
     `index` tells workers of one study apart: with the number of trials already in the study,
     it seeds a tune study's sampler, so that neither concurrent workers nor the sessions of a
@@ -169,8 +172,16 @@ def run_worker(
     )
     serve = _next_tune_trial if spec.kind == "tune" else _next_unit
     count = 0
+    if announce:
+        print(f"worker {os.getpid()}: serving study {name!r} on {device}", flush=True)
     while serve(context):
         count += 1
+        if announce:
+            status = study_status(study)
+            print(
+                f"worker {os.getpid()}: {count} claimed here; {status.lines()[0]}, {status.eta_text}",
+                flush=True,
+            )
     # The worker that settles a study's last unit closes the study's MLflow run: with workers from
     # other machines, the `study run` that created it may have stopped before (its MLflow run then
     # stayed RUNNING until `study run` was started again).

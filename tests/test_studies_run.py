@@ -554,6 +554,12 @@ def test_a_worker_trains_on_the_device_of_the_study_run_by_default(
     )
     assert main(["study", "worker", "tiny", "--device", "cpu"]) == 0  # given: as it says
     assert len(fake_execute) == 2
+    # Started by hand, it says what it serves and how the study stands after each unit (it was
+    # silent until it ended).
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("serving study 'tiny' on cpu")
+    assert "1 claimed here; study tiny (grid): 1/2 done, ETA" in out[1]
+    assert "2 claimed here; study tiny (grid): 2/2 done - finished" in out[2]
     assert main(["study", "run", str(path)]) == 0
     assert load_study("tiny", None).user_attrs["device"] == "cpu"  # recorded by each `study run`
 

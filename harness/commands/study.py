@@ -155,7 +155,12 @@ def _worker(args: argparse.Namespace) -> int:
         from studies.worker import run_worker
 
         count = run_worker(
-            args.name, args.storage, index=args.index, threads=args.threads, device=args.device
+            args.name,
+            args.storage,
+            index=args.index,
+            threads=args.threads,
+            device=args.device,
+            announce=not args.parent_pid,  # `study run` shows its workers' progress itself
         )
     except BaseException as error:
         # A worker of `study run`, which says once for all that it was interrupted (an interrupt
