@@ -1556,19 +1556,27 @@ def test_a_study_resumed_from_another_directory_continues_its_interrupted_unit(
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean")] == [512, 1024]
 
 
-def test_an_interrupted_unit_resumes_into_the_study_s_moved_store(workdir, monkeypatch, workers_in_process):
-    """The unit's resume looked for its MLflow run in the store its checkpoint recorded, which had
-    moved: it failed, and failed again with --retry-failed."""
+def a_unit_stopped_after_its_first_evaluation(workdir: Path, monkeypatch) -> Path:
+    """The spec of a one-unit grid (evaluations at 512 and 1024 steps) whose unit a worker that is
+    gone now stopped after its first evaluation, with a checkpoint to resume."""
 
-    from mlflow.tracking import MlflowClient
-
-    path = grid_spec(workdir, 1, [0.0])  # evaluations at 512 and 1024 steps
+    path = grid_spec(workdir, 1, [0.0])
     study = prepared(path)
     real = interrupt_units_after_their_first_evaluation(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_worker("tiny", None)
     owned_by_a_dead_process(study, load_study("tiny", None).trials[0])
     monkeypatch.setattr(run_harness, "execute", real)
+    return path
+
+
+def test_an_interrupted_unit_resumes_into_the_study_s_moved_store(workdir, monkeypatch, workers_in_process):
+    """The unit's resume looked for its MLflow run in the store its checkpoint recorded, which had
+    moved: it failed, and failed again with --retry-failed."""
+
+    from mlflow.tracking import MlflowClient
+
+    path = a_unit_stopped_after_its_first_evaluation(workdir, monkeypatch)
     moved = workdir / "archive" / "mlflow.db"
     moved.parent.mkdir()
     (workdir / "runs" / "mlflow.db").rename(moved)
@@ -1589,13 +1597,7 @@ def test_an_interrupted_unit_whose_preset_changed_since_starts_over(
 
     from algorithms import ppo
 
-    path = grid_spec(workdir, 1, [0.0])
-    study = prepared(path)
-    real = interrupt_units_after_their_first_evaluation(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        run_worker("tiny", None)
-    owned_by_a_dead_process(study, load_study("tiny", None).trials[0])
-    monkeypatch.setattr(run_harness, "execute", real)
+    path = a_unit_stopped_after_its_first_evaluation(workdir, monkeypatch)
     monkeypatch.setitem(ppo.PRESETS["cpu"], "gamma", 0.9)
 
     status = runner.run_study(path, progress=False)
