@@ -20,7 +20,7 @@ from optuna.trial import TrialState, create_trial
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.report import MARKER, REPORT_FILES, build_report, load_results
+from harness.report import MARKER, REPORT_FILES, build_report, check_bootstrap, load_results
 
 REPS = 2000
 TASKS = ["cartpole-swingup", "pendulum-swingup"]
@@ -704,3 +704,15 @@ def test_a_report_removes_the_earlier_report_s_figures_it_does_not_draw(stores, 
     parent = client.search_runs([experiment.experiment_id], "attributes.run_name = 'ablation'")[0]
     logged = {item.path for item in client.list_artifacts(parent.info.run_id, "report")}
     assert logged == {f"report/{path.name}" for path in second.files}
+
+
+@pytest.mark.parametrize("command", [["report"], ["demo"]])
+def test_the_help_states_the_range_of_reps_that_check_bootstrap_takes(command, capsys):
+    from harness.report import MAX_REPS
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"bootstrap resamples, 100 to {MAX_REPS:,}" in help_text
+    with pytest.raises(UserError, match="at least 100"):
+        check_bootstrap(99, 0)

@@ -41,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--iterations", type=positive_int, default=8, help="timed iterations per phase (default 8)"
     )
     parser.add_argument(
-        "--steps", type=positive_int, default=1_000_000, help="run budget for the schedule (1000000)"
+        "--steps",
+        type=positive_int,
+        default=1_000_000,
+        help="run budget for the schedule (default 1,000,000)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 

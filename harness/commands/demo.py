@@ -58,7 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=directory, help="report directory (default runs/reports/demo)")
     parser.add_argument(
-        "--reps", type=integer, default=DEFAULT_REPS, help=f"bootstrap resamples (default {DEFAULT_REPS})"
+        "--reps",
+        type=integer,
+        default=DEFAULT_REPS,
+        help=f"bootstrap resamples, 100 to 500,000 (default {DEFAULT_REPS:,})",
     )
     # Lets the tests point the demo at a tiny spec; users run `study run` for other specs.
     parser.add_argument("--spec", default="demo", help=argparse.SUPPRESS)

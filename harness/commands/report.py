@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=directory, help="output directory (default runs/reports/STUDY)")
     # harness.report.DEFAULT_REPS, not imported while parsing: the report's imports take a second.
-    parser.add_argument("--reps", type=integer, default=50_000, help="bootstrap resamples (default 50000)")
+    parser.add_argument(
+        "--reps", type=integer, default=50_000, help="bootstrap resamples, 100 to 500,000 (default 50,000)"
+    )
     parser.add_argument("--seed", type=integer, default=0, help="seed of the bootstrap (default 0)")
     parser.set_defaults(func=main)
 

@@ -63,13 +63,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument(
         "--index",
         type=integer,
-        help="a number unique among the study's workers: seeds a tune study's sampler",
+        help="a number unique among the study's workers: seeds a tune study's sampler (default: none, "
+        "a sampler seeded at random)",
     )
     worker.add_argument(
         "--parent-pid",
         type=positive_int,
-        help="stop (as `kill PID` stops it) when the process that started this worker is not PID any more; "
-        "`study run` starts its workers so, and they end with it",
+        # Internal: `study run` starts its workers so, and they end with it (as `kill PID` stops one)
+        # when the process that started them is gone.
+        help=argparse.SUPPRESS,
     )
     worker.set_defaults(func=_worker)
 
