@@ -378,11 +378,14 @@ def load_run(
 def changed_settings(started_with: Any, now: Mapping[str, Any]) -> list[str]:
     """The settings ("key old -> new") in which a run's resolved config `now` differs from the one
     its checkpoint holds (`started_with`; None in checkpoints of earlier versions: nothing to
-    compare). Keys only one side has, a field that a version added or removed, are not compared:
-    whether its default keeps the old behaviour is that version's business."""
+    compare; ValueError if it is no mapping). Keys only one side has, a field that a version
+    added or removed, are not compared: whether its default keeps the old behaviour is that
+    version's business."""
 
     if started_with is None:
         return []
+    if not isinstance(started_with, Mapping):  # a hand-edited checkpoint
+        raise ValueError("ill-formed settings")
     return [
         f"{key} {started_with[key]!r} -> {now[key]!r}"
         for key in sorted(started_with.keys() & now.keys())
@@ -403,9 +406,10 @@ def _check_settings_unchanged(started_with: Any, now: Mapping[str, Any], path: P
     when it started: a preset or default changed since (a `git pull`), and the resume would
     silently train the rest of the run with the new values. (Evaluating it is not refused.)"""
 
-    if started_with is not None and not isinstance(started_with, Mapping):
-        raise UserError(f"{path} holds ill-formed settings; it is damaged.")
-    changed = changed_settings(started_with, now)
+    try:
+        changed = changed_settings(started_with, now)
+    except ValueError as error:
+        raise UserError(f"{path} holds {error}; it is damaged.") from None
     if changed:
         raise UserError(
             f"{path}: the run's preset and overrides resolve to other settings in this version than when "
@@ -505,7 +509,7 @@ def _train(
 
     # Training stops after the update that reaches the budget: a budget that is no whole number of
     # updates trains up to the next one.
-    per_update = int(getattr(config, "batch_size", 1))
+    per_update = update_size(config)
     trained = -(-request.steps // per_update) * per_update
     starting = not checkpoint_path(out_dir).exists()  # not a resume, even of the start's checkpoint
     in_callback = False
@@ -623,18 +627,23 @@ def _evaluate_if_due(
     return {"eval/return_mean": mean, "eval/return_std": std}
 
 
+def update_size(config: Any) -> int:
+    """Env steps of one policy update: the on-policy configs' `batch_size`, 1 for a config without one."""
+
+    return int(getattr(config, "batch_size", 1))
+
+
 def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -> None:
     """Refuse, before anything is built or tracked, a budget below one policy update, one that does
     not fit the config's schedule (configs with a `check_budget` method), an env backend the task
     lacks, a gym task whose optional dependency is not installed, or a task the config cannot run
     (a `check_task` method: on-policy configs refuse a rollout larger than this machine's memory).
 
-    The env steps of one update are the on-policy configs' `batch_size` (1 for a config without
-    one). `steps_name` is what the user wrote the budget as: `--steps` on the command line,
-    `steps` in a study spec.
+    The env steps of one update are `update_size(config)`. `steps_name` is what the user wrote
+    the budget as: `--steps` on the command line, `steps` in a study spec.
     """
 
-    per_update = int(getattr(config, "batch_size", 1))
+    per_update = update_size(config)
     if steps < per_update:
         raise UserError(
             f"{steps_name} {steps} is less than one policy update ({per_update} env steps); a run would "

@@ -617,10 +617,11 @@ def _differences(out_dir: Path, request: Any) -> list[str]:
         return differing
     # The same request, resolved by another version to other settings (a preset changed since):
     # its resume would be refused on every retry, so the unit starts over instead.
-    settings = state.get("config")
-    if settings is not None and not isinstance(settings, dict):
-        return ["ill-formed settings"]
-    return [f"settings {change}" for change in changed_settings(settings, resolved_settings(request))]
+    try:
+        changes = changed_settings(state.get("config"), resolved_settings(request))
+    except ValueError as error:  # ill-formed settings: nothing to resume either
+        return [str(error)]
+    return [f"settings {change}" for change in changes]
 
 
 def _move_aside(out_dir: Path) -> Path:

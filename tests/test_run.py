@@ -622,6 +622,18 @@ def test_a_resume_whose_preset_resolves_otherwise_now_is_refused(tmp_path, track
     assert main(["run", "--resume", str(out), "--no-progress"]) == 0
 
 
+def test_a_resume_refuses_ill_formed_settings_as_damage(tmp_path, tracking_uri, capsys):
+    out = stopped_run(tmp_path, tracking_uri)
+    state = load_checkpoint(out)
+    state["config"] = ["lr", 3e-4]  # a hand edit
+    torch.save(state, checkpoint_path(out))
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{checkpoint_path(out)} holds ill-formed settings; it is damaged." in err and "Traceback" not in err
+    )
+
+
 def test_settings_a_version_added_or_removed_are_not_compared():
     from harness.run import changed_settings
 
