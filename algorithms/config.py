@@ -71,9 +71,10 @@ def resolve(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str,
     values: dict[str, Any] = {}
     values.update(spec.presets[preset])
     for_task = spec.task_overrides(preset, task)
-    if set(for_task) - set(fields):  # the algorithm's own slip, found on the task it concerns
-        slips = unknown_keys(sorted(set(for_task) - set(fields)), fields)
-        raise UserError(f"the task overrides of {spec.name} for {task} set unknown config keys: {slips}.")
+    slips = sorted(set(for_task) - set(fields))
+    if slips:  # the algorithm's own slip, found on the task it concerns
+        named = unknown_keys(slips, fields)
+        raise UserError(f"the task overrides of {spec.name} for {task} set unknown config keys: {named}.")
     values.update(for_task)
     values.update(overrides)
     hints = typing.get_type_hints(spec.config_cls)
