@@ -23,6 +23,16 @@ PLAIN_INTERVAL_S = 60.0
 FIRST_PLAIN_LINE_S = 5.0
 
 
+def duration(seconds: float) -> str:
+    """A duration as every command prints one: `42s`, `3m05s`, `2h07m` (no seconds past an hour)."""
+
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
 class PlainLines:
     """When a progress display without a terminal prints its next line: at news (an evaluation, a
     unit that ended), FIRST_PLAIN_LINE_S after the start, and at least every PLAIN_INTERVAL_S
@@ -69,7 +79,7 @@ class DelayedProgress:
         if not sys.stderr.isatty():
             if self.lines.due():
                 count = self.text.format(task=SimpleNamespace(completed=self.done, total=self.total))
-                print(f"{count} ({now - self.started:.0f} s)", file=sys.stderr, flush=True)
+                print(f"{count} ({duration(now - self.started)})", file=sys.stderr, flush=True)
             return
         if self.display is None:
             if now - self.started < PROGRESS_DELAY_S:

@@ -14,6 +14,7 @@ from datetime import timedelta
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.progress import duration
 from studies.storage import (
     DIVERGED,
     ERROR,
@@ -79,7 +80,7 @@ class StudyStatus:
     def eta_text(self) -> str:
         if self.stopped and self.stopped >= self.running and not self.finished:
             return "ETA - (no worker is running)"  # the ETA assumed workers that are gone
-        return "ETA " + ("-" if self.eta is None else _format(self.eta))
+        return "ETA " + ("-" if self.eta is None else duration(self.eta.total_seconds()))
 
     def lines(self) -> list[str]:
         ending = ""
@@ -219,9 +220,3 @@ def _eta(trials: list[FrozenTrial], remaining: int, parallel: int) -> timedelta 
         return None
     waves = -(-remaining // parallel)  # ceiling division: units run in waves of `parallel`
     return timedelta(seconds=round(statistics.median(durations) * waves))
-
-
-def _format(delta: timedelta) -> str:
-    minutes, seconds = divmod(int(delta.total_seconds()), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import harness.progress
-from harness.progress import DelayedProgress
+from harness.progress import DelayedProgress, duration
 
 
 def test_without_a_terminal_the_progress_is_a_plain_line_now_and_then(monkeypatch, capsys):
@@ -45,3 +45,9 @@ def test_the_first_plain_line_comes_within_seconds_then_every_interval(monkeypat
         now[0] = 1000.0 + t
         due.append(lines.due())
     assert due == [False, True, False, True]
+
+
+def test_every_command_writes_a_duration_one_way():
+    """`demo` said `Done in 0m07s`, `study status` `ETA 1h02m`, progress lines `(3725 s)`."""
+
+    assert [duration(s) for s in (0, 7.4, 65, 3599.6, 3725)] == ["0s", "7s", "1m05s", "1h00m", "1h02m"]

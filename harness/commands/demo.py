@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.commands.arguments import directory, integer, non_empty, positive_int
 from harness.commands.study import STORAGE_HELP, run_command
+from harness.progress import duration
 
 # The demo is sized for two cores; more workers only help on a machine with more.
 DEFAULT_WORKERS = max(2, min(os.cpu_count() or 2, 8))
@@ -117,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
     # The study's store: the one it was created with, unless --tracking-uri said where it moved.
     tracking_uri = load_study(spec.name, location).user_attrs["tracking_uri"]
     print()
-    print(f"Done in {_minutes(time.monotonic() - started)}.")
+    print(f"Done in {duration(time.monotonic() - started)}.")
     print(f"Summary and tables: {_shown(out / 'summary.md')}, {_shown(out / 'tables.tex')}")
     print("Figures:")
     for png in sorted(out.glob("*.png")):
@@ -195,8 +196,3 @@ def _shown(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def _minutes(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes}m{seconds:02d}s"
