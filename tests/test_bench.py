@@ -50,11 +50,51 @@ def test_the_agents_timed_together_take_their_iterations_in_turn():
 
     # b times no learner share (an algorithm of another family): not required
     agents = {"a": Agent("a", 64, {"perf/learner_fraction": 0.5}), "b": Agent("b", 32, {})}
-    results = measure_together(agents, iterations=3)
+    *_, results = measure_together(agents, iterations=3)
     assert calls == ["a", "b"] + ["a", "b"] * 3  # a warm-up each, then rounds
-    assert results["a"]["steps"] == 192 and results["b"]["steps"] == 96
+    assert results["a"]["rounds"] == 3 and results["a"]["steps"] == 192 and results["b"]["steps"] == 96
     assert all(r["seconds"] > 0 for r in results.values())
     assert results["a"]["learner"] == pytest.approx(0.5) and math.isnan(results["b"]["learner"])
+
+
+def test_bench_gorl_prints_the_rounds_timed_before_an_interrupt(capsys, monkeypatch):
+    """The three phases' table came after the refit's timing, at the very end: Ctrl-C after
+    minutes of interleaved iterations showed nothing measured."""
+
+    from harness.benchmarks import gorl as bench_gorl
+    from harness.benchmarks import train as bench_train
+
+    def one_round_then_interrupt(agents, iterations):
+        rounds = bench_train.measure_together(agents, iterations)
+        yield next(rounds)
+        rounds.close()
+        raise KeyboardInterrupt  # Ctrl-C during the second round
+
+    monkeypatch.setattr(bench_gorl, "measure_together", one_round_then_interrupt)
+    argv = ["bench", "gorl", "--task", "toy-bimodal", "--iterations", "2", "--steps", "100000"]
+    assert main(argv) == 130
+    out = capsys.readouterr().out
+    assert [row[0] for row in table_rows(out)][0] == "PPO" and len(table_rows(out)) == 3
+    assert "stopped early: 1 of 2 iterations timed; no refit timed." in out
+    assert "One refit" not in out
+
+
+def test_bench_train_prints_the_rounds_timed_before_an_interrupt(capsys, monkeypatch):
+    from harness.benchmarks import train as bench_train
+
+    original = bench_train.measure_together
+
+    def interrupted_after_a_round(agents, iterations):
+        rounds = original(agents, iterations)
+        yield next(rounds)
+        rounds.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_train, "measure_together", interrupted_after_a_round)
+    assert main([*TRAIN, "--iterations", "3"]) == 130
+    out = capsys.readouterr().out
+    assert [row[:3] for row in table_rows(out)] == [["toy-bimodal", "ppo", "64"]]
+    assert "toy-bimodal, ppo stopped early: 1 of 3 iterations timed." in out
 
 
 def test_bench_gorl_times_the_diffusion_variant_with_overrides(capsys):

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from harness.benchmarks.train import build_agent, measure_together
+from harness.benchmarks.train import build_agent, measure_together, rounds_measured
 from harness.commands.arguments import positive_int
 
 
@@ -83,14 +83,22 @@ def main(args: argparse.Namespace) -> int:
         f"{name} stage 0 (identity decoder)": (one_stage, args.algo, None),
         f"{name} stage >= 1 ({config.decoder_kind} decoder)": (one_stage, args.algo, later_stage),
     }
-    with contextlib.ExitStack() as built:  # the three agents at once: their iterations interleave
-        agents = {}
-        for phase, (phase_overrides, algo, prepare) in phases.items():
-            agents[phase] = build_agent(
-                task, args.preset, phase_overrides, args.iterations, device, algo, prepare
-            )
-            built.callback(agents[phase].close)
-        results = measure_together(agents, args.iterations)
+    results = {}
+    try:
+        with contextlib.ExitStack() as built:  # the three agents at once: their iterations interleave
+            agents = {}
+            for phase, (phase_overrides, algo, prepare) in phases.items():
+                agents[phase] = build_agent(
+                    task, args.preset, phase_overrides, args.iterations, device, algo, prepare
+                )
+                built.callback(agents[phase].close)
+            for totals in measure_together(agents, args.iterations):
+                results = totals  # kept when a later round is interrupted
+    finally:  # also the rounds timed before an interrupt
+        if results:
+            _print_phases(results)
+            if note := rounds_measured(results, args.iterations):
+                print(f"\n{note}; no refit timed.")
     ppo, stage0, later = results.values()
     agent = algorithms.get(args.algo).agent_cls(config, task, 0, args.steps, device)
     try:
@@ -100,11 +108,6 @@ def main(args: argparse.Namespace) -> int:
     finally:
         agent.close()
 
-    print("| phase | env steps/s | seconds per 1M counted steps | vs PPO |\n|---|---|---|---|")
-    for phase, result in results.items():
-        per_million = 1e6 / result["steps_per_s"]
-        print(f"| {phase} | {result['steps_per_s']:,.0f} | {per_million:.0f} | "
-              f"{ppo['steps_per_s'] / result['steps_per_s']:.2f}x |")  # fmt: skip
     print(f"\nOne refit: {refit_steps:,.0f} env steps and {config.decoder_steps:,} decoder steps in "
           f"{refit_seconds:.1f} s.")  # fmt: skip
     run_seconds = ends[0] / stage0["steps_per_s"] + (args.steps - ends[0]) / later["steps_per_s"]
@@ -113,3 +116,14 @@ def main(args: argparse.Namespace) -> int:
     print(f"A {args.steps:,}-step run ({len(ends) - 1} refits): {name} {run_seconds:.0f} s vs PPO "
           f"{ppo_seconds:.0f} s = {run_seconds / ppo_seconds:.2f}x per counted env step.")  # fmt: skip
     return 0
+
+
+def _print_phases(results: dict[str, dict[str, float]]) -> None:
+    """The phases' table; the first phase (PPO) is the reference."""
+
+    reference = next(iter(results.values()))["steps_per_s"]
+    print("| phase | env steps/s | seconds per 1M counted steps | vs PPO |\n|---|---|---|---|")
+    for phase, result in results.items():
+        per_million = 1e6 / result["steps_per_s"]
+        print(f"| {phase} | {result['steps_per_s']:,.0f} | {per_million:.0f} | "
+              f"{reference / result['steps_per_s']:.2f}x |")  # fmt: skip

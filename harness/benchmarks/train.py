@@ -14,7 +14,7 @@ import argparse
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -68,7 +68,7 @@ def build_agent(
     return agent
 
 
-def measure_together(agents: dict[str, Any], iterations: int) -> dict[str, dict[str, float]]:
+def measure_together(agents: dict[str, Any], iterations: int) -> Iterator[dict[str, dict[str, float]]]:
     """Steps/s and learner share of each of `agents` ({name: agent}) over `iterations` rounds,
     each round one training iteration of every agent in turn, after one warm-up iteration each.
 
@@ -77,6 +77,9 @@ def measure_together(agents: dict[str, Any], iterations: int) -> dict[str, dict[
     their ratio moves with the drift (`bench gorl` on walker-walk gave 1.13x to 1.44x for one
     code); interleaved, the drift falls on every agent alike. A progress display shows once the
     work takes more than a second (the `paper` preset's iterations take minutes each).
+
+    Yields the totals after every round (`rounds` says how many), so that a caller interrupted
+    midway still has the rounds measured so far to print.
     """
 
     from harness.progress import DelayedProgress
@@ -86,6 +89,7 @@ def measure_together(agents: dict[str, Any], iterations: int) -> dict[str, dict[
     wall = dict.fromkeys(agents, 0.0)
     learner = dict.fromkeys(agents, 0.0)
     steps = dict.fromkeys(agents, 0)
+    rounds = 0
     label = f"{', '.join(agents)}: " + "{task.completed:.0f}/{task.total:.0f} iterations after a warm-up"
     with DelayedProgress(label, total=iterations * len(agents)) as progress:
         for _ in range(iterations):
@@ -99,15 +103,25 @@ def measure_together(agents: dict[str, Any], iterations: int) -> dict[str, dict[
                 # An agent that does not time its update apart reports no learner share (nan).
                 learner[name] += metrics.get("perf/learner_fraction", math.nan) * seconds
                 progress.advance(1)
-    return {
-        name: {
-            "steps": steps[name],
-            "seconds": wall[name],
-            "steps_per_s": steps[name] / wall[name],
-            "learner": learner[name] / wall[name],
-        }
-        for name in agents
-    }
+            rounds += 1
+            yield {
+                name: {
+                    "rounds": rounds,
+                    "steps": steps[name],
+                    "seconds": wall[name],
+                    "steps_per_s": steps[name] / wall[name],
+                    "learner": learner[name] / wall[name],
+                }
+                for name in agents
+            }
+
+
+def rounds_measured(results: dict[str, dict[str, float]], iterations: int) -> str:
+    """A note for results cut short (by Ctrl-C or an error); "" when all `iterations` rounds were
+    timed."""
+
+    rounds = next(iter(results.values()))["rounds"]
+    return "" if rounds == iterations else f"stopped early: {rounds} of {iterations} iterations timed"
 
 
 def _refuse_refit(metrics: dict[str, float], name: str) -> None:
@@ -152,19 +166,25 @@ def main(args: argparse.Namespace) -> int:
         reference = None
         for algo in args.algos:
             agent = build_agent(task, args.preset, overrides, args.iterations, device, algo=algo)
+            results = {}
             try:  # one algorithm at a time: the `paper` preset's agents take GBs each
-                r = measure_together({algo: agent}, args.iterations)[algo]
-            finally:
+                for totals in measure_together({algo: agent}, args.iterations):
+                    results = totals  # kept when a later round is interrupted
+            finally:  # also the rounds timed before an interrupt
                 agent.close()
-            reference = reference or r["steps_per_s"]
-            row = (
-                task,
-                algo,
-                f"{r['steps']:,d}",
-                f"{r['seconds']:.1f}",
-                f"{r['steps_per_s']:,.0f}",
-                "n/a" if math.isnan(r["learner"]) else f"{r['learner']:.0%}",
-                f"{reference / r['steps_per_s']:.2f}x",
-            )
-            print("| " + " | ".join(row) + " |")
+                if results:
+                    r = results[algo]
+                    reference = reference or r["steps_per_s"]
+                    row = (
+                        task,
+                        algo,
+                        f"{r['steps']:,d}",
+                        f"{r['seconds']:.1f}",
+                        f"{r['steps_per_s']:,.0f}",
+                        "n/a" if math.isnan(r["learner"]) else f"{r['learner']:.0%}",
+                        f"{reference / r['steps_per_s']:.2f}x",
+                    )
+                    print("| " + " | ".join(row) + " |")
+                    if note := rounds_measured(results, args.iterations):
+                        print(f"\n{task}, {algo} {note}.")
     return 0
