@@ -205,6 +205,9 @@ def test_the_readme_study_specs_load(tmp_path):
     assert "table1.toml" in specs
     spec = load_spec(specs["table1.toml"])
     assert spec.preset == "paper" and spec.steps == 180_000_000 and spec.tasks == envs.PAPER_TASKS
+    # Table 1's PPO column came from the release's baseline, not the paper's stated lr and clip.
+    ppo = next(params for label, algo, params in spec.configurations() if algo == "ppo")
+    assert dict(ppo) == {"lr": 3e-4, "clip": 0.1}
     tune = load_spec(specs["tune-gorl.toml"])
     assert tune.kind == "tune" and [dim.name for dim in tune.space] == ["num_refits", "decoder_steps"]
 
