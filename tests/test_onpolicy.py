@@ -21,8 +21,9 @@ from algorithms.onpolicy import (
 
 def test_gae_matches_a_hand_computed_example_with_truncation_and_termination():
     # One env, 4 steps: the episode is truncated after step 1 (bootstrap from V(final_obs) = 5)
-    # and the next one terminates after step 3 (no bootstrap).
-    gamma, lam = 0.5, 0.5
+    # and the next one terminates after step 3 (no bootstrap). gamma != lam, so that one used
+    # for the other (a bootstrap discounted by lam) cannot pass.
+    gamma, lam = 0.5, 0.8
     rewards = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
     values = torch.tensor([[10.0], [20.0], [30.0], [40.0]])
     next_values = torch.tensor([[20.0], [5.0], [40.0], [99.0]])  # 5 = V(final_obs); 99 must be ignored
@@ -35,9 +36,9 @@ def test_gae_matches_a_hand_computed_example_with_truncation_and_termination():
     d1 = 2.0 + 0.5 * 5.0 - 20.0  # truncated: bootstrap from the final obs, recursion cut
     d0 = 1.0 + 0.5 * 20.0 - 10.0
     a3 = d3
-    a2 = d2 + 0.25 * a3
+    a2 = d2 + 0.4 * a3  # gamma * lam
     a1 = d1
-    a0 = d0 + 0.25 * a1
+    a0 = d0 + 0.4 * a1
     expected = torch.tensor([[a0], [a1], [a2], [a3]])
     torch.testing.assert_close(adv, expected)
     torch.testing.assert_close(ret, expected + values)
@@ -116,6 +117,29 @@ def test_collect_bootstraps_truncation_from_final_obs_and_records_episode_return
     assert next_obs[0, 0] == 1.0
 
 
+def test_collect_values_the_final_obs_through_the_normaliser_like_every_other_obs():
+    """V(final_obs) taken on raw observations bootstraps every time-limit end from a value of
+    inputs the critic never sees."""
+
+    env = CountingEnv(2)
+    obs, _ = env.reset()
+    normalizer = RunningMeanStd((1,))
+    normalizer.update(np.array([[10.0], [20.0]]))  # mean 15, std 5
+
+    def value(x):
+        return 100.0 + x[:, 0]
+
+    def policy(x):
+        zeros = torch.zeros(x.shape[0], 1)
+        return PolicyStep(zeros, zeros, torch.zeros(x.shape[0]), value(x))
+
+    rollout, _ = collect_rollout(
+        env, obs, 4, policy, value, normalizer, 1.0, EpisodeReturns(2), torch.device("cpu")
+    )
+    next_raw = np.array([1.0, 2.0, 3.0, 1.0])  # the obs after each step; 3 is the final obs
+    np.testing.assert_allclose(rollout.next_values[:, 0].numpy(), 100.0 + (next_raw - 15.0) / 5.0, rtol=1e-6)
+
+
 def test_clipped_surrogate_clips_the_ratio():
     # Clipping binds where it would reward a move in the advantage's direction (1.5 with A > 0,
     # 0.5 with A < 0); the minimum keeps the unclipped, pessimistic term where the move goes
@@ -146,3 +170,26 @@ def test_minibatch_update_fits_a_loss_and_refuses_non_finite_parameters():
     optimizer = torch.optim.SGD([weight], lr=1e30)
     with pytest.raises(FloatingPointError):
         minibatch_update(batch, loss_fn, optimizer, [[weight]], 3, 4, None, generator)
+
+
+def test_minibatch_update_visits_every_transition_once_per_epoch_in_a_fresh_order():
+    """Unshuffled minibatches are time-contiguous blocks, the same every epoch; a skipped
+    minibatch drops a share of the batch. Neither stops the toy tasks from being learned."""
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(torch.zeros(1))
+    batch = {"idx": torch.arange(64), "advantages": torch.zeros(64)}
+    seen = []
+
+    def loss_fn(mb):
+        seen.append(mb["idx"].clone())
+        loss = (weight**2).sum()
+        return loss, {"loss/fit": loss}
+
+    minibatch_update(batch, loss_fn, make_adam([weight], lr=0.1), [[weight]], 3, 4, None, generator)
+    assert len(seen) == 12 and all(len(mb) == 16 for mb in seen)
+    epochs = [torch.cat(seen[i : i + 4]) for i in (0, 4, 8)]
+    for order in epochs:
+        assert sorted(order.tolist()) == list(range(64))  # each transition once per epoch
+        assert not torch.equal(order, torch.arange(64))  # shuffled
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
