@@ -350,6 +350,29 @@ def test_gym_actions_are_rescaled_to_the_env_bounds():
         assert reward[0] == np.float32(raw_reward)
 
 
+def test_a_gym_env_that_terminates_starts_its_next_episode_in_the_same_step():
+    """No test reached a termination: a sub-env left unreset after Hopper falls would step a
+    fallen body and report `terminated` on every later step."""
+
+    env = envs.make("gym:Hopper-v5", 2, seed=0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(500):  # random torques topple Hopper within tens of steps
+        obs, _, terminated, truncated, info = env.step(rng.uniform(-1, 1, (2, 3)))
+        if terminated.any():
+            break
+    assert terminated.any() and not truncated.any()
+    row = int(np.flatnonzero(terminated)[0])
+    assert info["_final_obs"][row] and not np.array_equal(info["final_obs"][row], obs[row])
+    # The fallen body's obs is in final_obs; the returned obs is a fresh start (Hopper resets its
+    # torso to height 1.25 with +-0.005 noise) that is not terminated on its next step.
+    assert info["final_obs"][row][0] < 0.7 or abs(info["final_obs"][row][1]) > 0.2  # unhealthy
+    assert obs[row][0] == pytest.approx(1.25, abs=0.01)
+    _, _, terminated, *_ = env.step(np.zeros((2, 3)))
+    assert not terminated[row]
+    env.close()
+
+
 @pytest.mark.parametrize("backend", ["fast", "dm_control"])
 def test_mujoco_out_of_memory_is_a_memory_error_naming_the_envs(backend):
     """MuJoCo reports a failed allocation as a ValueError ("engine error"), which reached the
