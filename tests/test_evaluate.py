@@ -140,6 +140,21 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     assert "argument --episodes: must be an integer from 1 to 1,000,000, got 1e9" in capsys.readouterr().err
 
 
+def test_every_evaluation_point_plays_other_episodes_and_a_point_replays_its_own():
+    """With one reset seed for every point, a learning curve scores one fixed set of start
+    states throughout, its noise correlated from point to point."""
+
+    from harness import evaluation
+
+    act = lambda obs: 0.75 * obs[:, ::-1]  # noqa: E731 - a fixed policy whose toy returns vary by context
+    evaluator = evaluation.Evaluator("toy-bimodal", 8, run_seed=3)
+    points = [evaluator.evaluate(act, point) for point in (0, 1, 2, 0)]
+    assert len({points[0], points[1], points[2]}) == 3
+    assert points[3] == points[0]
+    other_run = evaluation.Evaluator("toy-bimodal", 8, run_seed=4).evaluate(act, 0)
+    assert other_run != points[0]
+
+
 def test_more_episodes_than_play_at_once_play_in_equal_rounds(monkeypatch):
     """`evaluate --episodes 100000` on walker-walk would have built 100,000 MuJoCo envs at once."""
 
