@@ -699,6 +699,21 @@ def test_a_unit_running_under_a_live_worker_is_not_run_again(workdir, fake_execu
     assert first.number == running.number and first.state == TrialState.RUNNING
     assert second.state == TrialState.PRUNED and second.user_attrs["duplicate_of"] == first.number
     assert runner.enqueue_missing_units(study, load_spec(path)) == 0
+    # The duplicate counts neither against the budget nor in status and reports.
+    assert [t.number for t in storage.counted_trials([first, second])] == [first.number]
+
+
+def test_a_tune_trial_scores_its_units_by_the_iqm_of_rliable():
+    """With at most two units per trial in the tests, a median or a plain mean passed for it."""
+
+    import numpy as np
+    from rliable import metrics
+
+    from studies.worker import iqm
+
+    for values in ([0.2, 0.9, 0.5], [0.0, 1, 2, 3, 10, 11, 12, 100], [0.3] * 5 + [0.9], [0.7]):
+        assert iqm(values) == pytest.approx(metrics.aggregate_iqm(np.array(values)[:, None]))
+    assert iqm([0.0, 1, 2, 3, 10, 11, 12, 100]) == pytest.approx(6.5)  # mean of 2, 3, 10, 11
 
 
 def test_status_command_reports_counts_and_eta(workdir, fake_execute, capsys):
