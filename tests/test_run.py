@@ -465,6 +465,33 @@ def test_an_agent_whose_iteration_counts_no_step_fails_instead_of_looping_for_ev
     assert run.info.status == "FAILED" and "took no counted env step" in run.data.tags["status_reason"]
 
 
+def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_previous_one(tmp_path, monkeypatch):
+    """Renamed before its data is on disk, a checkpoint can be empty after a power loss on common
+    filesystems (ext4 without auto_da_alloc, XFS), and the run cannot resume; the rename itself
+    is on disk once the directory is synced."""
+
+    from harness import checkpoint
+
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target) -> None:
+        calls.append(("replace", str(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    target = checkpoint.save_checkpoint(tmp_path, {"x": 1})
+    assert [call for call, _ in calls] == ["fsync", "replace", "fsync"]
+    directory = tmp_path.resolve()  # /proc names descriptors by their resolved paths
+    assert Path(calls[0][1]).parent == directory and Path(calls[0][1]).name.endswith(".tmp")
+    assert calls[1][1] == str(target) and calls[2][1] == str(directory)
+
+
 def test_a_checkpoint_gets_the_permissions_the_umask_gives_any_file(tmp_path):
     """It was readable by its owner alone (mkstemp's 0600), and so was its MLflow copy."""
 
