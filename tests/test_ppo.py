@@ -62,6 +62,25 @@ def test_easy_toy_task_is_learned_and_state_round_trips(learns_easy_toy):
     clone.close()
 
 
+def test_a_loaded_state_continues_the_episodes_in_progress():
+    """Rollouts that end mid-episode (10 of the toy's 16 steps): a load that dropped the episode
+    tracker made the first returns logged after every resume cover only the steps since."""
+
+    from conftest import assert_same_state
+
+    config = resolve(algorithms.get("ppo"), "cpu", EASY_TOY, {"num_envs": 4, "rollout_steps": 10})
+    agent, clone = (PPOAgent(config, EASY_TOY, seed, 0, torch.device("cpu")) for seed in (0, 1))
+    agent.train_iteration()
+    assert agent.episodes.running.any()  # mid-episode
+    clone.load_state_dict(agent.state_dict())
+    assert_same_state(clone.state_dict(), agent.state_dict())
+    for _ in range(2):
+        assert (
+            agent.train_iteration()["train/episode_return"] == clone.train_iteration()["train/episode_return"]
+        )
+    agent.close(), clone.close()
+
+
 @pytest.mark.parametrize("algo", ["ppo", "gorl-fm"])
 def test_eval_noise_sample_evaluates_the_stochastic_policy_without_touching_the_training_noise(algo):
     assert resolve(algorithms.get(algo), "paper", EASY_TOY, {}).eval_noise == "zero"  # official code
