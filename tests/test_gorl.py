@@ -227,16 +227,22 @@ def test_the_agent_s_loss_adds_the_latent_penalty_of_its_stage(reg):
     agent = algorithms.get("gorl-fm").agent_cls(
         config(**SMALL, latent_reg=reg, latent_reg_coef=0.5, num_refits=0), TOY, 0, 4 * UPDATE, CPU
     )
-    rollout, _ = collect_rollout(agent.env, agent.obs, 16, agent.policy_step, agent.model.value,
-                                 agent.normalizer, 0.1, agent.episodes, CPU)  # fmt: skip
-    batch = flatten(rollout, *compute_gae(rollout.rewards, rollout.values, rollout.next_values,
-                                          rollout.terminated, rollout.truncated, 0.99, 0.95))  # fmt: skip
+    batch = own_batch(agent)
     dist = agent.model.dist(batch["obs"])
     penalty = 0.5 * latent_penalty(reg, dist.mean, dist.stddev)
     total, metrics = agent.loss(batch)
     assert penalty.item() > 0 and metrics["loss/latent_reg"].item() == pytest.approx(penalty.item())
     assert total.item() == pytest.approx(agent.gaussian_loss(batch, dist)[0].item() + penalty.item())
     agent.close()
+
+
+def own_batch(agent) -> dict:
+    """A batch of 16 steps that `agent` collects with its own policy."""
+
+    rollout, _ = collect_rollout(agent.env, agent.obs, 16, agent.policy_step, agent.model.value,
+                                 agent.normalizer, 0.1, agent.episodes, CPU)  # fmt: skip
+    return flatten(rollout, *compute_gae(rollout.rewards, rollout.values, rollout.next_values,
+                                         rollout.terminated, rollout.truncated, 0.99, 0.95))  # fmt: skip
 
 
 def test_a_refit_switches_the_encoder_to_the_next_stage_s_settings():
@@ -250,6 +256,11 @@ def test_a_refit_switches_the_encoder_to_the_next_stage_s_settings():
     agent.train_iteration()  # the refit, then stage 1's first update
     assert agent.stage == 1 and agent.optimizer.param_groups[0]["lr"] == 1e-4
     assert (agent.config.clip, agent.config.latent_reg_coef) == (0.1, 1e-3)
+    # ... and the loss weighs the latent penalty with it (not with stage 0's 5e-4).
+    batch = own_batch(agent)
+    dist = agent.model.dist(batch["obs"])
+    expected = 1e-3 * latent_penalty(settings.latent_reg, dist.mean, dist.stddev)
+    assert agent.loss(batch)[1]["loss/latent_reg"].item() == pytest.approx(expected.item())
     agent.close()
 
 
