@@ -402,6 +402,19 @@ def test_the_stage_start_is_evaluated_and_competes_for_the_stage_best():
     agent.close()
 
 
+def test_a_stage_evaluation_plays_the_mean_latent_and_leaves_the_training_noise_alone():
+    """Stage starts and ends compete for `refit_from="best"`: scored on sampled latents they
+    would rank encoders by noise, and the draws would shift every later training action."""
+
+    settings = config(**SMALL, num_refits=2, reset_encoder=False, refit_from="best")
+    agent = algorithms.get("gorl-fm").agent_cls(settings, TOY, 0, 6 * UPDATE, CPU)
+    agent.train_iteration()
+    noise = agent.action_rng.get_state()
+    scores = [agent._stage_evaluation(seed=7) for _ in range(2)]
+    assert scores[0] == scores[1] and torch.equal(agent.action_rng.get_state(), noise)
+    agent.close()
+
+
 def test_a_stage_end_without_an_evaluation_point_is_evaluated_and_competes():
     """As in the release, a stage's final encoder is a candidate even if no evaluation point hit it."""
 
