@@ -265,6 +265,24 @@ def test_best_validation_checkpoint_is_kept():
         assert torch.equal(decoder.state_dict()[name], value), name
 
 
+def test_the_endpoint_error_is_measured_on_the_validation_episodes():
+    """`select_by = "endpoint_mse"` (the paper preset on finger-spin and fish-swim) measured on
+    training rows would keep an overfitted decoder and report an optimistic error."""
+
+    n = 2000
+    buffer = {"obs": np.zeros((n, 3), np.float32), "actions": np.zeros((n, 2), np.float32),
+              "episode_ids": np.arange(n) // 100}  # fmt: skip
+    config = DecoderConfig(kind="flow", **SMALL)
+    _, first = fit_decoder(config, **buffer, seed=0, fit=QUICK)
+    # The split depends on the episode ids and the seed only: the same episodes validate again,
+    # now with actions at 2 (training ones stay at 0).
+    buffer["actions"][np.isin(buffer["episode_ids"], first.val_episodes)] = 2.0
+    _, result = fit_decoder(config, **buffer, seed=0, fit=QUICK)
+    assert result.val_episodes == first.val_episodes
+    # The fresh decoder is the identity: z ~ N(0, I) against 2 gives E(z - 2)^2 = 5 (against 0: 1).
+    assert result.initial_endpoint_mse == pytest.approx(5.0, abs=0.5)
+
+
 @pytest.mark.parametrize("kind", GENERATIVE)
 def test_same_seed_gives_identical_weights(kind):
     buffer = bimodal_buffer(n=1000)
