@@ -94,6 +94,7 @@ def ppo_key() -> str:
             GRID.replace('"grid"', '"tune"') + "max_trials = true\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n",
             "max_trials must be a positive integer, got True",
         ),
+        (GRID + "max_trials = 0\n[grid]\nlr = [1e-3]\n", "max_trials must be a positive integer, got 0"),
         (  # `study run` and `study status` overflowed computing the ETA after the first trial
             GRID.replace('"grid"', '"tune"')
             + "max_trials = 1_000_000_000_000\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n",
@@ -200,6 +201,20 @@ def test_unit_seeds_are_deterministic_and_distinct(tmp_path):
     ]
     assert base not in others and len(set(others)) == len(others)
     assert all(0 <= s < 2**31 for s in [base, *others])
+    # The overrides' order is not part of the configuration (a storage may return them sorted).
+    assert derive_seed(0, "ppo", "cpu", {"lr": 1e-3, "clip": 0.2}, "toy-bimodal", 0) == derive_seed(
+        0, "ppo", "cpu", {"clip": 0.2, "lr": 1e-3}, "toy-bimodal", 0
+    )
+
+
+def test_units_are_listed_seed_major_so_early_results_cover_every_task(tmp_path):
+    """Task-major, a partial study (or one cut by max_trials) had no run at all on its last tasks."""
+
+    text = GRID.replace('tasks = ["toy-bimodal"]', 'tasks = ["toy-bimodal", "toy-bimodal-easy"]')
+    spec = load_spec(write(tmp_path, text + f"[grid]\n{ppo_key()} = [1e-3]\n"))
+    assert [(u.task, u.seed_index) for u in spec.units()] == [
+        ("toy-bimodal", 0), ("toy-bimodal-easy", 0), ("toy-bimodal", 1), ("toy-bimodal-easy", 1)
+    ]  # fmt: skip
 
 
 SHIPPED = sorted(p.stem for p in SPEC_DIR.glob("*.toml"))
