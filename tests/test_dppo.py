@@ -54,6 +54,7 @@ def test_finger_spin_uses_gamma_095_in_every_preset(preset):
         ({"flow_steps": 0}, "flow_steps must be >= 1"),
         ({"actor_depth": 0}, "actor_depth must be >= 1"),
         ({"gamma": 1.5}, "gamma"),
+        ({"gae_lambda": 1.5}, r"gae_lambda <= 1, got .*, 1\.5"),
         ({"eval_noise": "none"}, "eval_noise must be one of 'sample', 'zero'"),
         ({"samples_per_action": 8}, "unknown config key 'samples_per_action'"),  # an FPO key
     ],

@@ -69,6 +69,16 @@ def test_normaliser_std_does_not_shrink_with_many_updates():
     assert norm.std[0] == pytest.approx(3.0, rel=0.02)
 
 
+def test_a_constant_dimension_is_divided_by_the_square_root_of_epsilon():
+    """sqrt(var + eps) = 1e-4, not sqrt(var) + eps = 1e-8: a touch sensor's first contact after
+    a constant start would otherwise reach the networks as an input of 1e8."""
+
+    norm = RunningMeanStd((2,))
+    norm.update(np.stack([np.full(100, 3.0), np.arange(100.0)], axis=1))
+    assert norm.std[0] == pytest.approx(1e-4)
+    assert norm.normalize(np.array([[4.0, 0.0]]))[0, 0] == pytest.approx(1e4, rel=1e-3)
+
+
 def test_normaliser_is_the_identity_before_data():
     x = np.array([[1.5, -2.0]], dtype=np.float32)
     np.testing.assert_allclose(RunningMeanStd((2,)).normalize(x), x, rtol=1e-6)

@@ -36,6 +36,7 @@ def test_finger_spin_uses_gamma_095_in_every_preset(preset):
         ({"num_minibatches": 3}, "must divide"),
         ({"num_envs": 1, "rollout_steps": 4, "num_minibatches": 4}, "at least 2 transitions"),
         ({"gamma": 1.5}, "gamma"),
+        ({"gae_lambda": 1.5}, r"gae_lambda <= 1, got .*, 1\.5"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
         ({"actor_hidden": []}, "actor_hidden"),
         ({"lr": "fast"}, "lr must be a number"),
