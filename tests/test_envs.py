@@ -135,6 +135,29 @@ def test_same_seed_same_trajectories(task, backend):
     assert not np.array_equal(obs_a[0], obs_a[1])
     other, _ = envs.make(task, 2, seed=8, backend=backend).reset()
     assert not np.array_equal(obs_a, other)
+    # reset(seed) re-seeds as if built with that seed: every evaluation point's own episodes
+    np.testing.assert_array_equal(a.reset(seed=8)[0], other)
+
+
+def test_dmc_actions_in_minus_one_one_span_each_actuator_s_own_bounds():
+    """Quadruped is the suite's domain with other bounds than [-1, 1] (e.g. [-1, 1.1], [-0.8, 0.8]):
+    a wrong affine map clamps part of its range in MuJoCo without any error."""
+
+    env = envs.make("quadruped-walk", 1, seed=0, backend="dm_control")
+    env.reset()
+    spec = env.envs[0].action_spec()
+    assert (spec.minimum != -1).any() and (spec.maximum != 1).any()
+    for action, control in (
+        (-1.0, spec.minimum),
+        (1.0, spec.maximum),
+        (0.0, (spec.minimum + spec.maximum) / 2),
+    ):
+        actions = np.full((1, env.act_dim), action, np.float32)
+        np.testing.assert_allclose(env.to_control(actions)[0], control, rtol=1e-6)
+    env.step(np.full((1, env.act_dim), 0.5, np.float32))
+    expected = spec.minimum + 0.75 * (spec.maximum - spec.minimum)
+    np.testing.assert_allclose(env.physics[0].data.ctrl, expected, rtol=1e-6)
+    env.close()
 
 
 # --- episodes ---------------------------------------------------------------------------
