@@ -51,6 +51,7 @@ def stores(tmp_path_factory, migrated_mlflow_db):
     client = MlflowClient(tracking_uri=uri)
     _grid_study(storage, client, uri, root)
     _tune_study(storage, client, uri, root)
+    _tune_with_an_outlier(storage, client, uri, root)
     _aliased_study(storage, client, uri, root)
     _diverging_study(storage, client, uri, root)
     _learning_rate_sweep(storage, client, uri, root)
@@ -142,6 +143,26 @@ def _tune_study(storage, client, uri, root):
     study.add_trial(
         create_trial(state=TrialState.PRUNED, value=0.125, intermediate_values={1: 0.125}, user_attrs=pruned)
     )
+
+
+def _tune_with_an_outlier(storage, client, uri, root):
+    """Trial 0 scores 0, 0, 0 and 1 on its four units (mean 0.25, IQM 0), trial 1 0.1 on each."""
+
+    spec = {"name": "outlier", "kind": "tune", "algo": "ppo", "tasks": TASKS, "seeds": 2, "steps": STEPS[-1]}
+    spec |= {"max_trials": 2, "space": {"lr": {"low": 1e-4, "high": 1e-3, "log": True}}}
+    study, experiment, parent = _study(storage, client, uri, root, "outlier", spec, [], [])
+    for number, finals in enumerate([[0.0, 0.0, 0.0, 1000.0], [100.0] * 4]):
+        variant, lr, records = f"trial-{number}", 2e-4 * (number + 1), []
+        trial_run = client.create_run(experiment, run_name=variant, tags={"mlflow.parentRunId": parent})
+        units = [(seed, task) for seed in range(2) for task in TASKS]
+        for (seed, task), final in zip(units, finals, strict=True):
+            key = f"{variant}|{task}|seed{seed}"
+            run_id = _unit_run(client, experiment, trial_run.info.run_id, key, [final] * len(STEPS))
+            records.append({"unit": key, "variant": variant, "algo": "ppo", "task": task, "seed": seed,
+                            "params": {"lr": lr}, "mlflow_run_id": run_id})  # fmt: skip
+        attrs = {"variant": variant, "algo": "ppo", "params": {"lr": lr}, "units": records}
+        attrs["mlflow_run_id"] = trial_run.info.run_id
+        study.add_trial(create_trial(value=0.1, params={"lr": lr}, user_attrs=attrs, distributions=_lr()))
 
 
 def _refits_grid(storage, client, uri, root, name, spec_tasks, tasks, failure):
@@ -319,6 +340,9 @@ def test_report_end_to_end(stores, tmp_path):
     csv = (out / "results.csv").read_text().splitlines()
     assert csv[0] == "study,variant,algo,task,seed,env_step,eval_return,score,num_refits,diverged"
 
+    # The per-task table holds raw returns: cartpole-swingup's finals with one refit are
+    # 100, 107 and 114 over seeds 0-2.
+    assert "| 107.0 ± 7.0 (n=3) |" in summary
     # Every run's score is 0.1 * refits at the end on the first task: IQM grows with refits.
     lines = [line for line in summary.splitlines() if line.startswith("| num_refits=")]
     iqms = [float(line.split("|")[3].split()[0]) for line in lines[:3]]
@@ -420,6 +444,17 @@ def test_tune_study_reports_each_trial_configuration(stores, tmp_path):
     assert ranking.index("| 1 | trial-1 |") < ranking.index("| 2 | trial-0 |")
     assert "| 0.0005 |" in ranking and "| 0.0002 |" in ranking
     assert "## Pruned trials (1)" in summary and "trial-2: after 1 of 4 units, IQM so far 0.125" in summary
+
+
+def test_tune_trials_are_ranked_by_their_iqm_not_their_mean(stores, tmp_path):
+    """One outlier unit lifts a trial's mean (0.25 against 0.1) but not its IQM (0 against 0.1),
+    the tune objective."""
+
+    storage, _ = stores
+    build_report("outlier", str(storage), out_dir=tmp_path, reps=REPS)
+    summary = (tmp_path / "summary.md").read_text()
+    ranking = summary[summary.index("## Trials ranked by final IQM") :]
+    assert ranking.index("| 1 | trial-1 | 0.100") < ranking.index("| 2 | trial-0 | 0.000")
 
 
 def test_probabilities_of_improvement_are_limited_to_the_best_variants(stores, tmp_path, monkeypatch):
@@ -598,7 +633,7 @@ def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     storage, _ = stores
     assert main(["report", "nope", "--storage", str(storage)]) == 2
     studies = "ablation, aliased, all-diverged, capped, capped-midway, capped-running, crossed, diverging, "
-    studies += "empty, lr-sweep, task-diverged, tuning"
+    studies += "empty, lr-sweep, outlier, task-diverged, tuning"
     assert f"Studies there: {studies}" in capsys.readouterr().err
     assert main(["report", "empty", "--storage", str(storage)]) == 2
     assert "no trials yet" in capsys.readouterr().err
@@ -660,12 +695,14 @@ def test_ablation_intervals_match_the_aggregates_and_ignore_the_order_of_the_tri
     rng = np.random.default_rng(0)
     finals = {f"lr={lr}, epochs={epochs}": rng.uniform(size=(5, 2)) for lr in (1, 2) for epochs in (3, 4)}
     finals["lr=3"] = rng.uniform(size=(5, 2))  # the only configuration with lr 3
+    # dtype object, as the results table has: a float column would turn None into nan.
     table = pd.DataFrame(
         {
             "variant": list(finals),
             "lr": [1, 1, 2, 2, 3],
             "epochs": [3, 4, 3, 4, None],
-        }
+        },
+        dtype=object,
     )
     results = SimpleNamespace(parameters=["lr", "epochs"])
     options = {"reps": REPS, "seed": 0}
@@ -673,6 +710,7 @@ def test_ablation_intervals_match_the_aggregates_and_ignore_the_order_of_the_tri
     points, intervals = stats.interval_estimates({"lr=3": finals["lr=3"]}, stats.aggregates, **options)
     at = list(stats.AGGREGATES).index("IQM")
     assert panels["lr"][0]["3"] == points["lr=3"][at]
+    assert list(panels["epochs"][0]) == ["3", "4"]  # the configuration without epochs is no value
     np.testing.assert_array_equal(panels["lr"][1]["3"], intervals["lr=3"][:, at])
 
     reversed_finals = dict(reversed(finals.items()))
@@ -716,3 +754,20 @@ def test_the_help_states_the_range_of_reps_that_check_bootstrap_takes(command, c
     assert f"bootstrap resamples, 100 to {MAX_REPS:,}" in help_text
     with pytest.raises(UserError, match="at least 100"):
         check_bootstrap(99, 0)
+
+
+def test_at_a_step_logged_twice_the_later_value_is_the_run_s():
+    """A unit resumed from a checkpoint logs its last evaluation step again: the report used the
+    earlier value, not the one the run went on from."""
+
+    from mlflow.entities import Metric
+
+    from harness.report.results import RETURN_METRIC, _return_history
+
+    class Client:
+        def get_metric_history(self, run_id, key):
+            assert key == RETURN_METRIC
+            return [Metric(key, 5.0, timestamp=2, step=100), Metric(key, 4.0, timestamp=1, step=100),
+                    Metric(key, 1.0, timestamp=0, step=50)]  # fmt: skip
+
+    assert _return_history(Client(), "run") == [(50, 1.0), (100, 5.0)]

@@ -8,7 +8,7 @@ import pytest
 from rliable import metrics
 
 from harness.report import stats
-from harness.report.scores import curve_arrays
+from harness.report.scores import curve_arrays, final_score_arrays
 
 REPS = 2000
 
@@ -203,3 +203,16 @@ def test_the_ablation_figure_draws_points_and_error_bars_but_nothing_between_val
     assert drawn.get_linestyle() == "None"  # a line would join values that were never run
     bars = [segment for collection in fig.axes[0].collections for segment in collection.get_segments()]
     assert len(bars) == 3 and all(bottom[0] == top[0] for bottom, top in bars)  # vertical only
+
+
+def test_a_study_in_progress_is_aggregated_over_each_task_s_lowest_seeds():
+    """Kept from the highest seeds, a partial study compared variants on different seeds, and
+    its numbers moved as units finished."""
+
+    table = pd.DataFrame({
+        "variant": "v", "task": ["a", "a", "a", "b", "b"], "seed": [2, 0, 1, 1, 0],
+        "env_step": 100, "score": [0.2, 0.0, 0.1, 0.4, 0.3],
+    })  # fmt: skip
+    arrays, notes = final_score_arrays(table, ["a", "b"])
+    np.testing.assert_array_equal(arrays["v"], [[0.0, 0.3], [0.1, 0.4]])  # seeds 0 and 1 of each task
+    assert notes == ["v: 2 run(s) per task used, as many as its least-covered task has"]
