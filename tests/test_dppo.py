@@ -80,10 +80,15 @@ def test_chain_log_likelihood_is_the_sum_of_gaussian_step_densities():
     x = chains.numpy().astype(np.float64)
     assert x.shape == (5, steps + 1, d) and sampled.shape == recomputed.shape == (5, steps)
     expected = np.zeros((5, steps))
+    residuals = []
     for i in range(steps):
         mean = x[:, i] - velocities[i] / steps
         z = (x[:, i + 1] - mean) / sigma
+        residuals.append(z)
         expected[:, i] = (-0.5 * z**2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    # The chain's steps are drawn with noise of std sigma: their standardised residuals are N(0, 1)
+    # (a likelihood recomputed from the same x cannot tell a wrong noise scale by itself).
+    assert 0.75 < np.std(residuals) < 1.25  # 100 residuals
     np.testing.assert_allclose(sampled.numpy(), expected, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(recomputed.numpy(), expected, rtol=1e-4, atol=1e-3)
     # The chain's log-likelihood given its start x_K (whose N(0, I) has no parameters): the steps' sum.

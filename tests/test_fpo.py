@@ -144,6 +144,39 @@ def test_continuous_t_and_the_eps_target_is_the_weighted_velocity_loss():
     agent.close()
 
 
+def test_an_action_s_cfm_loss_averages_its_draws_and_a_positive_advantage_lowers_it():
+    """Every other check stores one (eps, t) draw per action, and only the learning test (10 s,
+    a threshold) would notice a ratio of the wrong sign."""
+
+    agent, single = make(num_envs=8, samples_per_action=2), make(num_envs=8, samples_per_action=1)
+    randomise(agent)
+    single.model.load_state_dict(agent.model.state_dict())
+    obs = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        actions = agent.sample_pre_tanh(obs, agent.action_rng)
+    eps, t = agent.draws(8)
+    stored = torch.cat([actions, eps.flatten(1), t], dim=-1)
+    with torch.no_grad():
+        per_draw = [single.cfm_loss(obs, torch.cat([actions, eps[:, i], t[:, i, None]], -1)) for i in (0, 1)]
+        cfm = agent.cfm_loss(obs, stored)
+    torch.testing.assert_close(cfm, (per_draw[0] + per_draw[1]) / 2)
+
+    # PPO raises the likelihood of actions with positive advantages: their CFM loss falls.
+    batch = {
+        "obs": obs,
+        "actions": stored,
+        "log_probs": cfm,
+        "advantages": torch.ones(8),
+        "returns": torch.zeros(8),
+    }
+    agent.loss(batch)[0].backward()
+    with torch.no_grad():
+        for p in agent.model.actor.parameters():
+            p -= 1e-3 * p.grad
+        assert (agent.cfm_loss(obs, stored) < cfm).float().mean() > 0.5
+    agent.close(), single.close()
+
+
 def test_evaluation_noise_modes():
     obs = np.random.default_rng(0).normal(size=(5, 2))
     zero = make(eval_noise="zero")
