@@ -1190,8 +1190,8 @@ def test_a_floating_point_error_of_the_evaluation_callback_is_the_callback_s_not
     assert _only_run(tracking_uri).info.status == "KILLED"
 
 
-def test_checkpoint_every_counts_from_the_start_checkpoint(tmp_path, tracking_uri, monkeypatch):
-    """The first periodic checkpoint came after the first update, whatever the period."""
+def record_checkpoints(monkeypatch) -> list[int]:
+    """The counted steps of every checkpoint the run writes from now on."""
 
     import harness.run
 
@@ -1202,10 +1202,30 @@ def test_checkpoint_every_counts_from_the_start_checkpoint(tmp_path, tracking_ur
         return real(out_dir, state)
 
     monkeypatch.setattr(harness.run, "save_checkpoint", recording)
+    return saved_at
+
+
+def test_checkpoint_every_counts_from_the_start_checkpoint(tmp_path, tracking_uri, monkeypatch):
+    """The first periodic checkpoint came after the first update, whatever the period."""
+
+    saved_at = record_checkpoints(monkeypatch)
     overrides = {**SMALL, "eval_points": 1}
     execute(request(tmp_path, tracking_uri, steps=8 * 256, overrides=overrides, checkpoint_every=3 * 256),
             progress=False)  # fmt: skip
     assert saved_at == [0, 3 * 256, 6 * 256, 8 * 256]
+
+
+def test_by_default_a_run_checkpoints_its_start_and_every_evaluation_point(
+    tmp_path, tracking_uri, monkeypatch
+):
+    """Only a test of a callback that stops the run saw the evaluation checkpoints: a run killed
+    later would resume from its start."""
+
+    saved_at = record_checkpoints(monkeypatch)
+    result = execute(request(tmp_path, tracking_uri, steps=8 * 256), progress=False)  # 4 points
+    evaluated = [step for step, *_ in load_checkpoint(tmp_path / "run")["progress"]["history"]]
+    assert evaluated == [2 * 256, 4 * 256, 6 * 256, 8 * 256] and result.final_score is not None
+    assert saved_at == [0, *evaluated]
 
 
 def test_a_numpy_step_count_is_refused_before_it_reaches_mlflow(tmp_path, tracking_uri, monkeypatch):
