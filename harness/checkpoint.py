@@ -1,9 +1,8 @@
 """One checkpoint file per run directory, replaced atomically so a crash never leaves a torn file.
 
-The file is written to a temporary name in the same directory, flushed to disk with fsync,
-then renamed over the old checkpoint with `os.replace` (atomic on POSIX), and the directory
-entry is synced too. A run killed at any moment therefore leaves either the previous
-checkpoint or the new one, never a partial file.
+The file is replaced as `harness.atomic` replaces files (a temporary file, fsync, rename): a
+run killed at any moment leaves either the previous checkpoint or the new one, never a partial
+file.
 
 A training process holds an exclusive lock on its run directory (`hold_run_directory`), so a
 second run or resume in the same directory is refused instead of overwriting the first one's
@@ -17,7 +16,6 @@ import contextlib
 import fcntl
 import io
 import os
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 
 import torch
 
+from harness.atomic import write_atomically
 from harness.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -46,30 +45,12 @@ def save_checkpoint(out_dir: Path, payload: dict[str, Any]) -> Path:
     # pos" error, a plain file write as ENOSPC.
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    tmp = None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        # Not mkstemp, whose files only their owner may read: the umask applies, as to any file
-        # written here, so that others may evaluate the run (and a server may serve its copy).
-        tmp = out_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as file:
-            file.write(buffer.getbuffer())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, target)
-    except BaseException as error:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            kept = "the previous checkpoint is kept" if target.exists() else "no checkpoint was written"
-            raise UserError(f"cannot write the checkpoint in {out_dir}: {error.strerror}; {kept}.") from None
-        raise
-    dir_fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_atomically(target, buffer.getbuffer(), TMP_PREFIX)
+    except OSError as error:
+        kept = "the previous checkpoint is kept" if target.exists() else "no checkpoint was written"
+        raise UserError(f"cannot write the checkpoint in {out_dir}: {error.strerror}; {kept}.") from None
     return target
 
 

@@ -272,3 +272,29 @@ def test_a_rendering_backend_whose_library_is_missing_is_named_before_the_run_is
     assert "try another MUJOCO_GL: egl, glfw." in done.stderr  # not the one that failed
     assert "it needs the OSMesa library" in done.stderr
     assert not (tmp_path / "videos").exists()
+
+
+def test_a_json_output_that_cannot_be_written_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    """On a full disk the earlier output was replaced by cut-off JSON, which the next run then
+    refused as not an earlier output."""
+
+    import errno
+    import json
+    import os
+
+    from harness import atomic
+    from harness.commands.evaluate import _write_json
+    from harness.errors import UserError
+
+    path = tmp_path / "returns.json"
+    _write_json(path, [{"run": "a", "returns": [1.0]}])
+    earlier = path.read_text()
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
+    with pytest.raises(UserError, match=r"cannot write --json .*returns.json: No space left on device"):
+        _write_json(path, [{"run": "a", "returns": [1.0]}, {"run": "b", "returns": [2.0] * 5000}])
+    assert path.read_text() == earlier and json.loads(earlier)[0]["run"] == "a"
+    assert [p.name for p in tmp_path.iterdir()] == ["returns.json"]  # no temporary file left

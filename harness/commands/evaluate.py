@@ -102,10 +102,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, results: list[dict]) -> None:
+    """Replace `path` atomically: a full disk left a cut-off file where the earlier output was."""
+
+    from harness.atomic import write_atomically
     from harness.errors import UserError
 
     try:
-        path.write_text(json.dumps(results, indent=2) + "\n")
+        write_atomically(path, (json.dumps(results, indent=2) + "\n").encode(), f".{path.name}-")
     except OSError as error:
         raise UserError(f"cannot write --json {path}: {error.strerror}.") from None
 
