@@ -103,12 +103,15 @@ def _check_server(uri: str) -> None:
     """Ask a tracking server's health endpoint once: MLflow's own client retries a server that is
     down for minutes before it fails, which looks like a hang."""
 
+    import http.client
     import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
             return
+    except (ValueError, http.client.InvalidURL) as error:  # a malformed address (a port that is no number)
+        raise UserError(f"the MLflow tracking server address {uri} is not a valid URL ({error}).") from None
     except urllib.error.HTTPError:
         return  # it answered: a server (perhaps behind a proxy without /health)
     except (urllib.error.URLError, OSError) as error:
@@ -134,8 +137,8 @@ def check_database(url: str, what: str) -> None:
             f"cannot open {what} {url}: its database driver is not installed ({error}). Install it, or name "
             f"an installed one in the URL ({url.partition('://')[0].partition('+')[0]}+DRIVER://...)."
         ) from None
-    except SQLAlchemyError as error:  # a malformed URL
-        raise UserError(f"cannot open {what} {url}: {error}") from None
+    except (SQLAlchemyError, ValueError) as error:  # a malformed URL (a port that is no number)
+        raise UserError(f"cannot open {what} {url}: it is not a valid database URL ({error}).") from None
     try:
         with engine.connect():
             pass

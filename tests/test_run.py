@@ -258,6 +258,10 @@ def test_bad_input_is_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatc
         ("sqlite:///{tmp}/not-a-db/mlflow.db", "cannot create the MLflow store's directory"),
         ("sqlite://", "in-memory SQLite store, which keeps nothing"),
         ("sqlite:///{tmp}/" + "a" * 300 + ".db", "cannot use the MLflow store"),  # a traceback, run dir left
+        # malformed addresses ended in tracebacks from the URL parsers
+        ("http://host:abc", "address http://host:abc is not a valid URL (nonnumeric port"),
+        ("http://[::1", "address http://[::1 is not a valid URL (Invalid IPv6 URL)"),
+        ("postgresql://u@host:abc/db", "host:abc/db: it is not a valid database URL"),
     ],
 )
 def test_a_tracking_store_that_cannot_take_the_run_is_one_clear_error(tmp_path, capsys, tracking, message):

@@ -1407,7 +1407,15 @@ def test_a_worker_on_a_study_without_a_spec_is_told_to_create_it(workdir, capsys
     assert "study 'bare' has no spec recorded" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("storage", ["mysql://user@127.0.0.1:1/db", "postgresql://user@127.0.0.1:1/db"])
+@pytest.mark.parametrize(
+    "storage",
+    [
+        "mysql://user@127.0.0.1:1/db",
+        "postgresql://user@127.0.0.1:1/db",
+        "postgresql://user@127.0.0.1:abc/db",  # a malformed URL ended in the parser's traceback
+        "postgresql://user@[::1:1/db",
+    ],
+)
 def test_a_study_storage_that_cannot_be_reached_is_a_clear_error(workdir, capsys, storage):
     assert main(["study", "status", "tiny", "--storage", storage]) == 2
     err = capsys.readouterr().err
