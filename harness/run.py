@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import algorithms
@@ -372,7 +373,34 @@ def load_run(
             f"{path} does not fit a {request.algo} agent ({type(error).__name__}: "
             f"{error}); it is damaged or was written by another version."
         ) from None
+    where = non_finite_entry(state["agent"])
+    if where is not None:
+        agent.close()
+        raise UserError(
+            f"{path} is damaged: its agent state holds NaN or inf ({where}), which no run saves (a run "
+            "that diverges stops before its next checkpoint)."
+        )
     return request, config, agent, state
+
+
+def non_finite_entry(state: Any, where: str = "agent") -> str | None:
+    """The first entry of a nested state (dicts, lists, tensors, arrays) holding NaN or inf, or None."""
+
+    if isinstance(state, Mapping):
+        entries = state.items()
+    elif isinstance(state, list | tuple):
+        entries = enumerate(state)
+    elif isinstance(state, torch.Tensor) and state.is_floating_point():
+        return None if bool(torch.isfinite(state).all()) else where
+    elif isinstance(state, np.ndarray) and np.issubdtype(state.dtype, np.floating):
+        return None if bool(np.isfinite(state).all()) else where
+    else:
+        return None
+    for key, value in entries:
+        found = non_finite_entry(value, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def changed_settings(started_with: Any, now: Mapping[str, Any]) -> list[str]:

@@ -578,6 +578,11 @@ def test_a_damaged_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, co
         # Resumed, it trained past its budget and ended FINISHED.
         (lambda s: s["agent"].update(counted_steps=-5), "counted and total env steps -5"),
         (lambda s: s["agent"].update(counted_steps="x"), "counted and total env steps 'x'"),
+        # NaN weights reached the env as NaN actions: a traceback from the action check
+        (
+            lambda s: next(iter(s["agent"]["model"].values())).fill_(float("nan")),
+            "its agent state holds NaN or inf (agent['model']['",
+        ),
     ],
 )
 def test_hand_edited_checkpoint_values_are_refused_by_resume_and_evaluate(
