@@ -99,6 +99,21 @@ def _create_store_directory(path: Path) -> None:
         raise UserError(f"cannot write the MLflow store {path}: {where} is not writable.")
 
 
+@contextmanager
+def writing_to(tracking_uri: str) -> Iterator[None]:
+    """Writes to the MLflow store: a store this process may read but not write (a read-only file,
+    a database user without write rights) is one clear error, not MLflow's traceback."""
+
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (MlflowException, SQLAlchemyError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(f"cannot write to the MLflow store {tracking_uri}: {reason}") from None
+
+
 def _check_server(uri: str) -> None:
     """Ask a tracking server's health endpoint once: MLflow's own client retries a server that is
     down for minutes before it fails, which looks like a hang."""
@@ -351,8 +366,6 @@ class RunTracker:
         parent_run_id: str | None,
         tags: Mapping[str, str],
     ) -> RunTracker:
-        from mlflow.exceptions import MlflowException
-        from sqlalchemy.exc import SQLAlchemyError
 
         name = experiment or DEFAULT_EXPERIMENT
         client = open_store(tracking_uri)
@@ -369,18 +382,18 @@ class RunTracker:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = None
         try:
-            if found is not None:
-                experiment_id = found.experiment_id
-            else:
-                store = sqlite_path(tracking_uri)
-                location = None if store is None else (store.parent / "mlartifacts").as_uri()
-                experiment_id = _create_experiment(client, name, location)
-            with signals_deferred():
-                run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            with writing_to(tracking_uri):
+                if found is not None:
+                    experiment_id = found.experiment_id
+                else:
+                    store = sqlite_path(tracking_uri)
+                    location = None if store is None else (store.parent / "mlartifacts").as_uri()
+                    experiment_id = _create_experiment(client, name, location)
+                with signals_deferred():
+                    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
             return cls(tracking_uri, run.info.run_id)
-        except (MlflowException, SQLAlchemyError) as error:  # e.g. a store it may read but not write
-            reason = str(error).splitlines()[0]
-            raise UserError(f"cannot write to the MLflow store {tracking_uri}: {reason}") from None
+        except UserError:
+            raise
         except BaseException:  # an interrupt held back until the run was written: it must not stay RUNNING
             if run is not None:
                 cls(tracking_uri, run.info.run_id).end("KILLED", "stopped while starting")
@@ -396,7 +409,7 @@ class RunTracker:
         history = tracker.client.get_metric_history(run_id, STEP_METRIC)
         tracker.logged_through = max((m.step for m in history), default=-1)
         try:
-            with signals_deferred():
+            with signals_deferred(), writing_to(tracking_uri):
                 tracker.client.update_run(run_id, status="RUNNING")
                 if "status_reason" in run.data.tags:
                     tracker.client.delete_tag(run_id, "status_reason")  # from an earlier stop

@@ -31,7 +31,7 @@ def prepare_study_tracking(
     reused so that a resumed study keeps one parent.
     """
 
-    from harness.tracking import RunTracker, check_run_continuable
+    from harness.tracking import RunTracker, check_run_continuable, writing_to
 
     if parent_run_id is None:
         # The run harness's own start: the experiment it creates (named after the study, which the
@@ -43,7 +43,8 @@ def prepare_study_tracking(
         # A store that has moved, or a parent run deleted in the UI, is named before any unit runs:
         # each unit would otherwise fail on it, and MLflow would create an empty store in its place.
         check_run_continuable(tracking_uri, parent_run_id)
-        _client(tracking_uri).update_run(parent_run_id, status="RUNNING")
+        with writing_to(tracking_uri):
+            _client(tracking_uri).update_run(parent_run_id, status="RUNNING")
     return _client(tracking_uri).get_run(parent_run_id).info.experiment_id, parent_run_id
 
 

@@ -67,6 +67,29 @@ def stopped_run(tmp_path: Path, tracking_uri: str) -> Path:
     return tmp_path / "run"
 
 
+def test_a_resume_into_a_store_it_may_not_write_is_one_clear_error(
+    tmp_path, tracking_uri, capsys, monkeypatch
+):
+    """A store this user may read but not write ended the resume in MLflow's traceback."""
+
+    from mlflow.exceptions import MlflowException
+
+    out = stopped_run(tmp_path, tracking_uri)
+
+    def read_only(self, run_id, status=None, **kwargs):
+        raise MlflowException(
+            "(sqlite3.OperationalError) attempt to write a readonly database\n[SQL: UPDATE]"
+        )
+
+    monkeypatch.setattr(MlflowClient, "update_run", read_only)
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"cannot write to the MLflow store {tracking_uri}: (sqlite3.OperationalError) attempt to write" in err
+    )
+    assert "Traceback" not in err
+
+
 def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_uri, capsys):
     out = tmp_path / "cli-run"
     argv = ["run", "--algo", "ppo", "--task", TOY, "--seed", "3", "--steps", str(TINY["steps"]),

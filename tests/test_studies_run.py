@@ -1728,3 +1728,22 @@ def test_a_study_created_before_the_directory_was_recorded_keeps_its_runs_where_
     (request,) = fake_execute
     assert Path(request.out_dir).is_relative_to(elsewhere / "runs" / "studies" / "tiny")
     assert "cannot use" not in capsys.readouterr().out
+
+
+def test_a_study_resumed_into_a_store_it_may_not_write_is_one_clear_error(tracking_uri, monkeypatch):
+    """`study run` of an existing study as a user who may read the store but not write it ended
+    in MLflow's traceback."""
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from studies.tracking import prepare_study_tracking
+
+    _, parent = prepare_study_tracking(tracking_uri, "readonly", {})
+
+    def read_only(self, run_id, status=None, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) attempt to write a readonly database")
+
+    monkeypatch.setattr(MlflowClient, "update_run", read_only)
+    with pytest.raises(UserError, match="cannot write to the MLflow store .*attempt to write a readonly"):
+        prepare_study_tracking(tracking_uri, "readonly", {}, parent)
