@@ -384,7 +384,7 @@ def test_a_report_stopped_half_way_is_replaced_by_the_next(stores, tmp_path, mon
     """Its results.csv and first figure, without the summary.md written last, were refused as
     someone else's files: `demo` after a Ctrl-C in the bootstrap could not finish."""
 
-    from harness.report import stats
+    from harness.report import STAGING_DIR, stats
 
     storage, _ = stores
     out = tmp_path / "report"
@@ -396,18 +396,50 @@ def test_a_report_stopped_half_way_is_replaced_by_the_next(stores, tmp_path, mon
         patched.setattr(stats, "interval_estimates", out_of_memory)
         with pytest.raises(MemoryError):
             build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
-    assert (out / "results.csv").is_file() and not (out / "summary.md").exists()
+    assert [path.name for path in out.iterdir()] == [MARKER]  # nothing half-written, no staging left
     build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
     summary = (out / "summary.md").read_text()
     assert summary.startswith("# Report: ablation")
+    complete = {path.name: path.read_bytes() for path in out.iterdir()}
 
-    # A report stopped half-way over a complete one leaves the files it had not replaced yet (an
-    # earlier version removed them all before its bootstrap).
+    # A report stopped half-way over a complete one leaves it as it was: it wrote its results.csv
+    # and first figures beside the earlier report's summary (an earlier version removed them all).
     with monkeypatch.context() as patched:
         patched.setattr(stats, "interval_estimates", out_of_memory)
         with pytest.raises(MemoryError):
-            build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
-    assert (out / "summary.md").read_text() == summary and (out / "sample_efficiency.png").is_file()
+            build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=7)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == complete
+    assert not (out / STAGING_DIR).exists()
+
+
+def test_a_report_on_a_full_disk_is_one_clear_error_and_keeps_the_earlier_report(
+    stores, tmp_path, monkeypatch
+):
+    """A full disk ended the report in a traceback, with some files of the new report written."""
+
+    import errno
+    import os
+
+    from harness.report import figures
+
+    storage, _ = stores
+    out = tmp_path / "report"
+    build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
+    complete = {path.name: path.read_bytes() for path in out.iterdir()}
+    real_save, saved = figures.save, []
+
+    def disk_fills(fig, directory, name):
+        if saved:  # the second figure no longer fits
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        saved.append(name)
+        return real_save(fig, directory, name)
+
+    monkeypatch.setattr(figures, "save", disk_fills)
+    with pytest.raises(
+        UserError, match=r"cannot write the report in .*: No space left on device; the earlier"
+    ):
+        build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=7)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == complete
 
 
 def test_the_summary_names_the_variants_scored_by_sampled_actions():

@@ -15,7 +15,9 @@ sample-efficiency curves and, for grid studies, the ablation of each swept param
                               figures, each as .png and .pdf
 
 and logs these files (not the rest of the directory) as the `report/` artifacts of the study's
-MLflow parent run.
+MLflow parent run. The files are written into a folder of their own inside the output directory
+and moved into place once all are written: a report stopped half-way (Ctrl-C, a full disk)
+leaves an earlier report there as it was.
 
 A diverged unit is a result: it counts with its task's worst score in the final-score
 statistics and tables (in a tune study also in the trial's objective), and has no curve.
@@ -34,6 +36,8 @@ of its panel.
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +56,7 @@ from harness.report.tables import (
     per_task_table,
     ranked_trials_table,
 )
+from harness.signals import signals_deferred
 
 __all__ = ["Report", "build_report", "check_bootstrap", "check_report_dir", "load_results"]
 
@@ -71,6 +76,7 @@ FIGURES = ("aggregates", "probability_of_improvement", "performance_profile", "s
 # Written first, so that a report stopped half-way (Ctrl-C in the bootstrap, out of memory) is
 # known for one, and the next report replaces its files.
 MARKER = ".gorl-report"
+STAGING_DIR = ".gorl-report-in-progress"  # the report being written, moved into place at the end
 REPORT_FILES = frozenset(
     {"summary.md", "tables.tex", "results.csv", MARKER}
     | {f"{name}.{kind}" for name in FIGURES for kind in ("png", "pdf")}
@@ -108,14 +114,48 @@ def build_report(
     out = Path(out_dir or DEFAULT_OUT / study_name)
     check_report_dir(out)
     results = load_study_results(study_name, storage, tracking_uri)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by gorl-bench report: the report replaces its files here\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("written by gorl-bench report: the report replaces its files here\n")
+        staging = out / STAGING_DIR
+        shutil.rmtree(staging, ignore_errors=True)  # left by a process killed while writing
+        staging.mkdir()
+    except OSError as error:
+        raise UserError(f"cannot write the report in {out}: {error.strerror}.") from None
+    try:
+        # Written aside, then moved in at once: a report stopped half-way (Ctrl-C in a long
+        # bootstrap, a full disk) left its new files beside the earlier report's others.
+        files, notes = _write_report(staging, results, reps, seed, progress)
+        with signals_deferred():
+            for path in files:
+                os.replace(path, out / path.name)
+            # An earlier report's files that this one does not write (a figure of a pair, where one
+            # variant is left) would stay beside a summary that does not show them.
+            for name in REPORT_FILES - {MARKER} - {path.name for path in files}:
+                (out / name).unlink(missing_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"cannot write the report in {out}: {error.strerror}; the earlier report there, if any, is kept."
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = [out / path.name for path in files]
+    notes += _log_artifacts(results, files)
+    return Report(out, results.partial, results.missing, results.failed, files, notes)
+
+
+def _write_report(
+    directory: Path, results: StudyResults, reps: int, seed: int, progress: stats.Progress | None
+) -> tuple[list[Path], list[str]]:
+    """Compute the statistics and write every file of the report into `directory`; returns the
+    files and the notes."""
+
     table = results.table.copy()
     table.insert(table.columns.get_loc("eval_return") + 1, "score", normalise(table))
     ends, finals, notes = _final_scores(table, results)
     # Every evaluation of every unit, also of runs that a trim leaves out of the statistics (notes)
-    ends.to_csv(out / "results.csv", index=False)
-    files = [out / "results.csv"]
+    ends.to_csv(directory / "results.csv", index=False)
+    files = [directory / "results.csv"]
     notes += _single_run_notes(finals)
     if results.not_run:
         notes.append(
@@ -128,7 +168,7 @@ def build_report(
 
     points, intervals = stats.interval_estimates(finals, stats.aggregates, **options)
     sections.append(("Aggregate metrics of final normalised scores", aggregate_table(points, intervals)))
-    files += figures.save(figures.aggregates_figure(points, intervals, colors), out, "aggregates")
+    files += figures.save(figures.aggregates_figure(points, intervals, colors), directory, "aggregates")
     at = list(stats.AGGREGATES).index("IQM")
     ranked = sorted(finals, key=lambda variant: -points[variant][at])
     if results.kind == "tune":
@@ -152,20 +192,22 @@ def build_report(
         points, intervals = stats.interval_estimates(pairs, stats.probability_of_improvement, **options)
         sections.append(("Probability of improvement", improvement_table(points, intervals)))
         files += figures.save(
-            figures.improvement_figure(points, intervals), out, "probability_of_improvement"
+            figures.improvement_figure(points, intervals), directory, "probability_of_improvement"
         )
 
     # Thresholds from 0 to the best normalised score (at least 1), in steps of 1% of that range.
     taus = np.linspace(0.0, max(1.0, max(float(a.max()) for a in finals.values())), 101)
     points, intervals = stats.interval_estimates(finals, stats.performance_profile(taus), **options)
-    files += figures.save(figures.profile_figure(taus, points, intervals, colors), out, "performance_profile")
+    files += figures.save(
+        figures.profile_figure(taus, points, intervals, colors), directory, "performance_profile"
+    )
 
     steps, curves, _ = curve_arrays(table, results.tasks)
     notes += _curve_notes(finals, curves)
     if curves:
         points, intervals = stats.interval_estimates(curves, stats.iqm_curve, **options)
         files += figures.save(
-            figures.sample_efficiency_figure(steps, points, intervals, colors), out, "sample_efficiency"
+            figures.sample_efficiency_figure(steps, points, intervals, colors), directory, "sample_efficiency"
         )
 
     sections.append(("Final return per task (mean ± std over seeds)", per_task_table(ends, results.tasks)))
@@ -174,16 +216,10 @@ def build_report(
         sections += [
             (f"Ablation of {name}: final IQM", ablation_table(*panel, name)) for name, panel in panels.items()
         ]
-        files += figures.save(figures.ablation_figure(panels), out, "ablation")
+        files += figures.save(figures.ablation_figure(panels), directory, "ablation")
 
-    files += _write_tables(out, results, sections, notes, files, reps, seed)
-    # An earlier report's files that this one does not write (a figure of a pair, where one variant
-    # is left) would stay beside a summary that does not show them. Removed last, so that an
-    # interrupted report leaves the earlier one's files it had not replaced yet.
-    for name in REPORT_FILES - {MARKER} - {path.name for path in files}:
-        (out / name).unlink(missing_ok=True)
-    notes += _log_artifacts(results, files)
-    return Report(out, results.partial, results.missing, results.failed, files, notes)
+    files += _write_tables(directory, results, sections, notes, files, reps, seed)
+    return files, notes
 
 
 def _final_scores(
