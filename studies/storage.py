@@ -121,7 +121,8 @@ class UninterruptedJournal(JournalFileBackend):
 
     An append holds Optuna's file lock. Interrupted inside it, a worker could leave the lock
     behind (every process then waits out Optuna's 30 s grace period), print a traceback from the
-    lock's own cleanup, or, while still waiting for the lock, remove another process's lock.
+    lock's own cleanup, or, while still waiting for the lock, remove another process's lock. An
+    append that fails (a full disk) is a `UserError` naming the journal.
     """
 
     def __init__(self, file_path: str) -> None:
@@ -129,8 +130,11 @@ class UninterruptedJournal(JournalFileBackend):
         self.path = Path(file_path)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        with signals_deferred():
-            super().append_logs(logs)
+        try:
+            with signals_deferred():
+                super().append_logs(logs)
+        except OSError as error:  # a full disk: one line, not a traceback from every process
+            raise UserError(f"cannot write the study journal {self.path}: {error.strerror}.") from None
 
 
 def check_storage_file(path: Path, shown: str, expected: str) -> None:

@@ -1747,3 +1747,21 @@ def test_a_study_resumed_into_a_store_it_may_not_write_is_one_clear_error(tracki
     monkeypatch.setattr(MlflowClient, "update_run", read_only)
     with pytest.raises(UserError, match="cannot write to the MLflow store .*attempt to write a readonly"):
         prepare_study_tracking(tracking_uri, "readonly", {}, parent)
+
+
+def test_a_journal_that_cannot_be_appended_to_is_one_clear_error(tmp_path, monkeypatch):
+    """A full disk ended `study run` in tracebacks from the workers and the coordinator."""
+
+    import errno
+
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = open_storage(str(tmp_path / "studies.journal"))
+    study = optuna.create_study(study_name="full", storage=storage)
+
+    def full_disk(self, logs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", full_disk)
+    with pytest.raises(UserError, match=r"cannot write the study journal .*studies.journal: No space left"):
+        study.set_user_attr("x", 1)
