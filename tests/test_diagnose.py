@@ -202,3 +202,28 @@ def test_a_moved_store_keeps_the_figure_and_says_how_to_log_it(tmp_path, migrate
     metrics = MlflowClient(f"sqlite:///{moved / 'mlflow.db'}").get_run(run_id).data.metrics
     assert 0 < metrics["diagnose/multimodality/bimodality_coefficient"] < 1
     assert not old.exists()  # nor its artifact folder: MLflow records that one's old path too
+
+
+def test_a_figure_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch):
+    """On a full disk matplotlib's OSError names no file: the command ended in a traceback."""
+
+    import errno
+    import os
+
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from algorithms.multimodality import analyse_actions
+    from harness.commands.diagnose import _plot
+    from harness.errors import UserError
+
+    report = analyse_actions(np.random.default_rng(0).normal(size=(500, 2)), 0.8)
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(
+        UserError, match=r"cannot write the figure .*multimodality.png: No space left on device"
+    ):
+        _plot([("run", report)], tmp_path / "multimodality.png")

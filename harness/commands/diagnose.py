@@ -317,7 +317,13 @@ def _plot(panels: list[tuple[str, object]], path: Path) -> Path:
         ax.set_xlabel("action projected on PC1")
         ax.set_ylabel(f"density (KDE, bandwidth {report.bw_factor:g})")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    fig.savefig(path.with_suffix(".pdf"))
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=150)
+        fig.savefig(path.with_suffix(".pdf"))
+    except OSError as error:  # a full disk: matplotlib's error names no file
+        from harness.errors import UserError
+
+        raise UserError(f"cannot write the figure {path}: {error.strerror}.") from None
+    finally:
+        plt.close(fig)
     return path
