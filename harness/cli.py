@@ -9,6 +9,7 @@ any command as Ctrl-C does.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,9 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 # The commands say what they do: MLflow's INFO lines ("Creating initial MLflow database tables...")
 # would interleave with them (a user's own MLFLOW_LOGGING_LEVEL is kept).
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+# MLflow logs a database error with its whole traceback before it raises it; the commands turn the
+# raised error into one line ("cannot write to the MLflow store ..."), which came after ~90 lines.
+DATABASE_ERROR_LOGGER = "mlflow.store.db.utils"
 
 COMMAND_MODULES = ("catalog", "config", "run", "evaluate", "bench", "study", "report", "diagnose", "demo")
 
@@ -40,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     stop_on_interrupts()
+    logging.getLogger(DATABASE_ERROR_LOGGER).setLevel(logging.CRITICAL)
     prog = "gorl-bench"
     try:
         with interrupts_unwrapped():
