@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import logging
+import math
 import os
 import signal
 import subprocess
