@@ -114,6 +114,10 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     assert main(["evaluate", good, "--json", str(tmp_path / "no" / "such.json")]) == 2
     assert "give a file in an existing directory" in capsys.readouterr().err
     assert main(["evaluate", good, "--json", str(tmp_path)]) == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # an empty value was taken for the current directory
+        main(["evaluate", good, "--json", ""])
+    assert "--json: must name a file, got an empty value" in capsys.readouterr().err
     # Files that --json would have destroyed: the run's checkpoint, a file of something else.
     checkpoint = tmp_path / "ppo" / "checkpoint.pt"
     saved = checkpoint.read_bytes()

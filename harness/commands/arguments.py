@@ -79,6 +79,14 @@ def directory(text: str) -> Path:
     return Path(text)
 
 
+def file_path(text: str) -> Path:
+    """argparse `type` of an output file option: an empty value would name the current directory."""
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file, got an empty value")
+    return Path(text)
+
+
 # Larger integers are no count or seed of this harness: a slip, and 1e1000000000 written out in
 # full would take a gigabyte.
 MAX_DIGITS = 30

@@ -24,6 +24,7 @@ from harness.commands.arguments import (
     check_distinct_runs,
     check_out_dir,
     directory,
+    file_path,
     int_between,
     non_negative_int,
 )
@@ -52,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--stochastic", action="store_true", help="sample actions from the policy instead of its mean"
     )
     parser.add_argument("--device", help="torch device to load the policies on (default: each run's)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every episode's return here")
+    parser.add_argument(
+        "--json", type=file_path, metavar="FILE", help="also write every episode's return here"
+    )
     parser.add_argument(
         "--video",
         type=directory,
