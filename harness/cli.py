@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.errors import UserError, out_of_memory
-from harness.signals import interrupts_unwrapped, stop_on_interrupts
+from harness.signals import interrupts_unwrapped, stop_on_interrupts, stopping
 
 # Rendering is never needed; this keeps dm_control from probing for OpenGL.
 os.environ.setdefault("MUJOCO_GL", "disable")
@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        stopping()
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

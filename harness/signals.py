@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from harness.errors import UserError, describe
 
 _received: list[int] = []  # the interrupts `interrupt` raised in this command
+_stopping: list[bool] = []  # non-empty once the command is stopping: later interrupts only recorded
 PARENT_POLL_S = 1.0  # how often a worker checks that the process that started it still runs
 
 
@@ -32,7 +33,16 @@ def interrupt(signum: int, frame: object) -> None:
     on, orphaned, and says how to resume), and remember it for `raise_if_interrupted`."""
 
     _received.append(signum)
-    raise KeyboardInterrupt(f"signal {signum}")
+    if not _stopping:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stopping() -> None:
+    """The command is stopping (saying so, exiting): a further interrupt, such as the SIGTERM a
+    study coordinator sends its workers after the Ctrl-C they got too, is recorded, not raised
+    inside the handler of the first (a traceback)."""
+
+    _stopping.append(True)
 
 
 def raise_if_interrupted() -> None:
@@ -47,6 +57,7 @@ def forget_interrupts() -> None:
     """Forget the interrupts of an earlier command run in this process."""
 
     _received.clear()
+    _stopping.clear()
 
 
 def caused_by_interrupt(error: BaseException) -> bool:

@@ -46,3 +46,32 @@ def test_ctrl_c_while_the_commands_load_is_no_traceback(monkeypatch, capsys):
     monkeypatch.setattr(harness.cli, "build_parser", interrupted_inside_a_c_extension_import)
     assert harness.cli.main(["list"]) == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_second_signal_while_the_command_says_it_stopped_is_no_traceback(monkeypatch, capsys):
+    """A study worker gets the terminal's Ctrl-C and then its coordinator's SIGTERM: the second,
+    raised inside the handler of the first while it printed "interrupted", was a traceback."""
+
+    import builtins
+
+    import harness.cli
+    from harness.signals import interrupt
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_print = builtins.print
+
+    def print_then_terminated(*args, **kwargs):
+        real_print(*args, **kwargs)
+        interrupt(signal.SIGTERM, None)  # as if SIGTERM arrived right then
+
+    monkeypatch.setattr(harness.cli, "build_parser", interrupted)
+    monkeypatch.setattr(builtins, "print", print_then_terminated)
+    try:
+        code = harness.cli.main(["list"])
+    except KeyboardInterrupt:
+        code = None  # escaped main: the traceback
+    monkeypatch.setattr(builtins, "print", real_print)
+    assert code == 130
+    assert capsys.readouterr().err == "interrupted\n"
