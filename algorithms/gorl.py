@@ -406,7 +406,8 @@ def stage_config(config: GoRLConfig, stage: int) -> GoRLConfig:
     """The config with every `PER_STAGE` setting at its value in `stage`.
 
     `later_<name>` holds the values of stages 1, 2, ...: the last one repeats, and an empty
-    list keeps `<name>`'s own value in every stage.
+    list keeps `<name>`'s own value in every stage. Values past the last stage are unused, not
+    refused, so that one list serves every value of a study sweeping `num_refits`.
     """
 
     if stage == 0:
