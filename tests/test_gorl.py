@@ -79,6 +79,10 @@ def test_schedule_keys_split_the_budget():
     assert stage_ends(base, 10**29)[-1] == -(-(10**29) // UPDATE) * UPDATE
     per_refit = config(**SMALL, encoder_steps_per_refit=5 * UPDATE, num_refits=1)  # takes precedence
     assert stage_ends(per_refit, budget + UPDATE) == [u * UPDATE for u in (5, 10, 13)]
+    # A stage length between updates rounds to the nearest update (2.6 -> 3), not down (2: six
+    # stages where four were asked, another timescale ratio).
+    uneven = config(**SMALL, encoder_steps_per_refit=int(2.6 * UPDATE))
+    assert stage_ends(uneven, budget) == [u * UPDATE for u in (3, 6, 9, 12)]
     # A remainder under half a stage joins the last stage rather than costing a refit of its own.
     assert stage_ends(per_refit, budget) == [5 * UPDATE, 12 * UPDATE]
     assert stage_ends(config(**SMALL, encoder_steps_per_refit=4 * UPDATE), 13 * UPDATE) == [
@@ -535,3 +539,64 @@ def test_a_refit_hands_the_next_stage_the_behaviour_it_was_fitted_on(algo):
     # Without the refit the same prior latents would give tanh(N(0, I)): the check above tells them apart.
     identity = np.tanh(np.random.default_rng(0).standard_normal(before.shape))
     assert mismatch(identity)[0] > 0.25 and mismatch(identity)[2] > 1.2
+
+
+def test_a_refit_round_smaller_than_the_envs_keeps_the_episodes_asked_for():
+    """6 episodes on 4 envs: the second round's extra episodes were stored, or counted as the
+    first round's (shared episode ids), or their env steps left out, in mutants no test caught."""
+
+    import envs
+    from algorithms.decoders import DecoderConfig, make_decoder
+    from algorithms.gorl import LatentActionEnv, play_episodes
+
+    env = LatentActionEnv(envs.make(TOY, 4, 0), None, make_decoder(DecoderConfig(kind="identity"), 2, 2), CPU)
+    data = play_episodes(env, lambda obs: torch.zeros(len(obs), 2), 6, seed=1)
+    env.close()
+    assert data.episode_returns.shape == (6,) and len(data.obs) == 6 * 16
+    assert len(np.unique(data.episode_ids)) == 6
+    assert data.env_steps == 2 * 4 * 16  # the second round steps every env, watched or not
+
+
+def test_a_stage_0_checkpoint_loads_with_the_identity_decoder():
+    """Every load in the tests was of a later stage: a stage-0 GoRL run (the first third of the
+    default budget, all of a `num_refits=0` run) was never resumed, evaluated or diagnosed."""
+
+    from algorithms.decoders import IdentityDecoder
+
+    spec = algorithms.get("gorl-fm")
+    agent, clone = (
+        spec.agent_cls(config(**SMALL, num_refits=1), TOY, seed, 4 * UPDATE, CPU) for seed in (0, 1)
+    )
+    agent.train_iteration()
+    clone.load_state_dict(agent.state_dict())
+    assert clone.stage == 0 and isinstance(clone.decoder, IdentityDecoder)
+    obs = agent.obs[:4]
+    np.testing.assert_array_equal(clone.act(obs), agent.act(obs))
+    agent.close(), clone.close()
+
+
+def test_the_fit_settings_reach_the_decoder_fit():
+    """`decoder_input = "encoder_latent"` dropped on its way to the fit would train from the prior:
+    `studies/prior-anchor.toml` would compare two identical configurations."""
+
+    settings = config(decoder_input="encoder_latent", anchor_weight=0.5, decoder_select="endpoint_mse",
+                      decoder_val_fraction=0.2)  # fmt: skip
+    fit = settings.fit_config()
+    assert (fit.decoder_input, fit.anchor_weight, fit.select_by, fit.val_fraction) == (
+        "encoder_latent", 0.5, "endpoint_mse", 0.2
+    )  # fmt: skip
+
+
+def test_a_tie_for_the_stage_best_keeps_the_first_encoder():
+    """As the release: a later evaluation must beat the best, not equal it, to replace it."""
+
+    settings = config(**SMALL, num_refits=1, reset_encoder=False, refit_from="best")
+    agent = algorithms.get("gorl-fm").agent_cls(settings, TOY, 0, 6 * UPDATE, CPU)
+    agent.train_iteration()
+    agent.observe_evaluation(5.0)
+    first = [p.clone() for p in agent.model.parameters()]
+    agent.train_iteration()
+    agent.observe_evaluation(5.0)
+    agent.refit()
+    assert all(torch.equal(a, b) for a, b in zip(agent.model.parameters(), first, strict=True))
+    agent.close()
