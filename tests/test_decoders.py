@@ -13,6 +13,8 @@ from algorithms.decoders import (
     DiffusionDecoder,
     FitConfig,
     IdentityDecoder,
+    _split_by_episode,
+    endpoint_error,
     evaluate_loss,
     fit_decoder,
     make_decoder,
@@ -348,3 +350,31 @@ def test_bad_inputs_are_refused():
     decoder = make_decoder(config, obs_dim=3, act_dim=2)
     with pytest.raises(ValueError, match="latent dim"):
         decoder.decode(torch.zeros(4, 3), torch.zeros(4, 3))
+
+
+def test_the_diffusion_schedule_is_the_release_s_linear_alpha_bar():
+    """The DDIM checks read alpha-bar from the decoder and its endpoints only: a schedule of
+    another shape with the same ends (1 - 0.999 t^2, say) passed them all."""
+
+    decoder = make_decoder(DecoderConfig(kind="diffusion", hidden_width=8, depth=1, sampling_steps=10), 2, 2)
+    k = torch.arange(11, dtype=torch.float64)
+    torch.testing.assert_close(decoder.alpha_bar.double(), 1 - (1 - 1e-3) * k / 10, atol=1e-6, rtol=0)
+
+
+def test_the_validation_rows_are_subsampled_across_the_validation_episodes():
+    """The first rows instead of a random subset validate on the early steps of a few episodes
+    (rows are stored step by step across envs); at paper scale the cap (65,536) is reached."""
+
+    ids = np.repeat(np.arange(10), 100)
+    split = _split_by_episode(ids, FitConfig(val_fraction=0.5, val_max_actions=50), 0, 1)
+    assert len(split.val_idx) == 50 and set(ids[split.val_idx]) == set(split.val_episodes)
+
+
+def test_the_endpoint_error_compares_with_the_clipped_targets():
+    """The decoder learns clipped pre-tanh targets (+-3): compared with the raw ones, the error of
+    `decoder_select = "endpoint_mse"` (paper preset, finger-spin and fish-swim) is dominated by
+    targets no decoder is trained to reach."""
+
+    decoder = make_decoder(DecoderConfig(kind="flow", hidden_width=8, depth=1, target_clip=3.0), 1, 2)
+    error = endpoint_error(decoder, torch.zeros(4000, 1), torch.full((4000, 2), 10.0), seed=0)
+    assert error == pytest.approx(10.0, rel=0.1)  # the identity: E(z - 3)^2 = 10, not E(z - 10)^2 = 101
