@@ -302,3 +302,45 @@ def test_a_json_output_that_cannot_be_written_leaves_the_earlier_one_whole(tmp_p
         _write_json(path, [{"run": "a", "returns": [1.0]}, {"run": "b", "returns": [2.0] * 5000}])
     assert path.read_text() == earlier and json.loads(earlier)[0]["run"] == "a"
     assert [p.name for p in tmp_path.iterdir()] == ["returns.json"]  # no temporary file left
+
+
+class EndsEveryFewSteps:
+    """Env i ends its episodes every i + 1 steps, reward 1 per step, restarting at once (as every
+    vector env here); remembers its reset seeds."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.num_envs, self.t, self.seeds = num_envs, 0, []
+
+    def reset(self, seed=None):
+        self.seeds.append(seed)
+        self.t = 0
+        return np.zeros((self.num_envs, 1), np.float32), {}
+
+    def step(self, actions):
+        self.t += 1
+        ended = np.array([self.t % (i + 1) == 0 for i in range(self.num_envs)])
+        obs = np.zeros((self.num_envs, 1), np.float32)
+        return obs, np.ones(self.num_envs), ended, np.zeros(self.num_envs, bool), {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_episode_s_return_stops_at_its_end_and_rounds_are_seeded_from_the_point_s_seed(monkeypatch):
+    """Every tested task ends all its episodes at one step: rewards of the episode that starts
+    after an early end (gym's Hopper falling) would have been added to the return unnoticed."""
+
+    from harness import evaluation
+
+    made = []
+    monkeypatch.setattr(
+        evaluation.envs,
+        "make",
+        lambda task, n, seed, backend="auto": made.append(EndsEveryFewSteps(n)) or made[-1],
+    )
+    monkeypatch.setattr(evaluation, "MAX_PARALLEL_EPISODES", 4)
+    evaluator = evaluation.Evaluator("toy-bimodal", 8, run_seed=0)
+    returns = evaluator.episode_returns(lambda obs: np.zeros((len(obs), 2)), reset_seed=5)
+    np.testing.assert_array_equal(returns, [1, 2, 3, 4, 1, 2, 3, 4])
+    # The first round is reset with the point's seed itself: `evaluate --seed S` replays it.
+    assert made[0].seeds == [5, evaluation.round_seed(5, 1)]
