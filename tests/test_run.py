@@ -107,6 +107,7 @@ def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_ur
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     assert params["lr"] == "0.0003" and params["task"] == TOY and params["seed"] == "3"
     assert params["preset"] == "cpu" and params["eval_points"] == "4" and params["device"] == "cpu"
+    assert params["max_std"] == "none"  # as --set and the specs write it, not Python's None
     assert 'task = "toy-bimodal"' in (out / "config.toml").read_text()  # also in the run directory
     assert tags["algorithm"] == "ppo" and tags["task"] == TOY and tags["seed"] == "3"
     assert tags["preset"] == "cpu" and tags["git_commit"]
@@ -1281,3 +1282,32 @@ def test_a_numpy_step_count_is_refused_before_it_reaches_mlflow(tmp_path, tracki
     ):
         execute(request(tmp_path, tracking_uri), progress=False)
     assert _only_run(tracking_uri).info.status == "FAILED"
+
+
+def test_a_resumed_run_that_finishes_keeps_no_reason_of_its_earlier_stop(tmp_path, tracking_uri):
+    out = stopped_run(tmp_path, tracking_uri)
+    run_id = load_checkpoint(out)["mlflow_run_id"]
+    assert "status_reason" in MlflowClient(tracking_uri).get_run(run_id).data.tags  # KILLED, with why
+    resume(out, progress=False)
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and "status_reason" not in run.data.tags
+
+
+def test_the_tracking_uri_given_wins_over_the_environment_s(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI is MLflow's usual setting; a `--tracking-uri` it overrode would send
+    runs and studies to another store without a word."""
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/environment.db")
+    assert resolve_tracking_uri(f"sqlite:///{tmp_path}/given.db").endswith("given.db")
+    assert resolve_tracking_uri(None).endswith("environment.db")
+
+
+def test_a_resumed_run_does_not_log_again_the_steps_its_store_has(tracking_uri):
+    """A run killed between logging a step's metrics and saving its checkpoint logs that step
+    again after the resume (the store then holds it twice)."""
+
+    started = RunTracker.start(tracking_uri, "x", "r", None, {})
+    tracker = RunTracker(tracking_uri, started.run_id, logged_through=512)
+    tracker.log_metrics({"m": 1.0}, 512)
+    tracker.log_metrics({"m": 2.0}, 768)
+    assert [m.step for m in MlflowClient(tracking_uri).get_metric_history(started.run_id, "m")] == [768]
