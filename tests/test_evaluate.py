@@ -344,3 +344,22 @@ def test_an_episode_s_return_stops_at_its_end_and_rounds_are_seeded_from_the_poi
     np.testing.assert_array_equal(returns, [1, 2, 3, 4, 1, 2, 3, 4])
     # The first round is reset with the point's seed itself: `evaluate --seed S` replays it.
     assert made[0].seeds == [5, evaluation.round_seed(5, 1)]
+
+
+def test_the_last_evaluation_is_repeated_when_one_update_passed_several_points(
+    tmp_path, tracking_uri, capsys
+):
+    """Two updates of 256 steps pass four evaluation points of a 512-step run: the last evaluation
+    is that of point 3, not the second one held in its history."""
+
+    run = _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", {**SMALL, "eval_points": 4}, 512)
+    out = tmp_path / "returns.json"
+    assert main(["evaluate", str(run.out_dir), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["mean"] == run.final_score
+
+
+def test_sampled_actions_of_a_flow_policy_are_not_called_seeded_noise(tmp_path, tracking_uri, capsys):
+    fpo = _run(tmp_path, tracking_uri, "fpo", "toy-bimodal", SMALL, 512)
+    out = tmp_path / "returns.json"
+    assert main(["evaluate", str(fpo.out_dir), "--stochastic", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["seeded_noise"] is False
