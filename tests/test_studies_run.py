@@ -1765,3 +1765,41 @@ def test_a_journal_that_cannot_be_appended_to_is_one_clear_error(tmp_path, monke
     monkeypatch.setattr(JournalFileBackend, "append_logs", full_disk)
     with pytest.raises(UserError, match=r"cannot write the study journal .*studies.journal: No space left"):
         study.set_user_attr("x", 1)
+
+
+def test_a_second_retry_reruns_only_the_latest_failure_of_a_unit(workdir, fake_execute, workers_in_process):
+    """Each `--retry-diverged` reran the unit once for every earlier failed attempt, replaced
+    ones included: compute wasted, and FAIL trials piling up."""
+
+    path = str(grid_spec(workdir, 1, [0.0, 0.25]))  # the fake diverges at 0.25
+    main(["study", "run", path])
+    main(["study", "run", path, "--retry-diverged"])
+    main(["study", "run", path, "--retry-diverged"])
+    assert [r.overrides["entropy_coef"] for r in fake_execute] == [0.0, 0.25, 0.25, 0.25]
+
+
+def test_a_tune_trial_whose_every_unit_ran_completes_and_is_never_pruned(workdir, monkeypatch):
+    """Pruned after its last unit, a trial that ran everything left `best_trial` and counted as
+    pruned for TPE. (The fake harness's scores fall with every call, so no trial reached its last
+    unit in the pruning tests.)"""
+
+    from mlflow.tracking import MlflowClient
+
+    calls = []
+
+    def execute(request, *, on_evaluation=None, progress=True):
+        calls.append(request)
+        client = MlflowClient(request.tracking_uri)
+        experiment = client.get_experiment_by_name(request.experiment)
+        run = client.create_run(experiment.experiment_id, tags={"mlflow.parentRunId": request.parent_run_id})
+        # Every trial's first unit scores alike; its second falls with every call.
+        score = 1000.0 if str(request.out_dir).endswith("seed0") else 1000.0 / len(calls)
+        return FakeResult(run.info.run_id, score, "FINISHED")
+
+    monkeypatch.setattr(run_harness, "execute", execute)
+    prepared(spec_file(workdir, 'kind = "tune"\nseeds = 2\nmax_trials = 5\npruner = "median"\n',
+                       "[space.clip]\nlow = 0.1\nhigh = 0.3\n"))  # fmt: skip
+    assert run_worker("tiny", None) == 5
+    trials = load_study("tiny", None).trials
+    assert all(len(t.user_attrs["units"]) == 2 for t in trials)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
