@@ -79,6 +79,18 @@ class FakeResult:
     status: str
 
 
+def unit_run(request) -> str:
+    """The MLflow run a faked unit logs to, nested under the study's (or trial's) run."""
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(request.tracking_uri)
+    experiment = client.get_experiment_by_name(request.experiment)
+    return client.create_run(
+        experiment.experiment_id, tags={"mlflow.parentRunId": request.parent_run_id}
+    ).info.run_id
+
+
 @pytest.fixture
 def fake_execute(monkeypatch):
     """Replace the run harness: scores fall with every call; two entropy_coef values fail."""
@@ -86,18 +98,14 @@ def fake_execute(monkeypatch):
     calls = []
 
     def execute(request, *, on_evaluation=None, progress=True):
-        from mlflow.tracking import MlflowClient
-
         calls.append(request)
-        client = MlflowClient(request.tracking_uri)
-        experiment = client.get_experiment_by_name(request.experiment)
-        run = client.create_run(experiment.experiment_id, tags={"mlflow.parentRunId": request.parent_run_id})
+        run_id = unit_run(request)
         if request.overrides.get("entropy_coef") == 0.5:
             raise RuntimeError("synthetic failure")
         score = float("nan") if request.overrides.get("entropy_coef") == 0.25 else 1000.0 / len(calls)
         if on_evaluation is not None:
             on_evaluation(1, score)
-        return FakeResult(run.info.run_id, score, "FINISHED" if math.isfinite(score) else "FAILED")
+        return FakeResult(run_id, score, "FINISHED" if math.isfinite(score) else "FAILED")
 
     monkeypatch.setattr(run_harness, "execute", execute)
     return calls
@@ -1783,18 +1791,13 @@ def test_a_tune_trial_whose_every_unit_ran_completes_and_is_never_pruned(workdir
     pruned for TPE. (The fake harness's scores fall with every call, so no trial reached its last
     unit in the pruning tests.)"""
 
-    from mlflow.tracking import MlflowClient
-
     calls = []
 
     def execute(request, *, on_evaluation=None, progress=True):
         calls.append(request)
-        client = MlflowClient(request.tracking_uri)
-        experiment = client.get_experiment_by_name(request.experiment)
-        run = client.create_run(experiment.experiment_id, tags={"mlflow.parentRunId": request.parent_run_id})
         # Every trial's first unit scores alike; its second falls with every call.
         score = 1000.0 if str(request.out_dir).endswith("seed0") else 1000.0 / len(calls)
-        return FakeResult(run.info.run_id, score, "FINISHED")
+        return FakeResult(unit_run(request), score, "FINISHED")
 
     monkeypatch.setattr(run_harness, "execute", execute)
     prepared(spec_file(workdir, 'kind = "tune"\nseeds = 2\nmax_trials = 5\npruner = "median"\n',
