@@ -687,6 +687,12 @@ def test_a_wrong_output_or_store_is_refused_with_a_message(stores, tmp_path, mig
     assert "output directory" in capsys.readouterr().err
     assert main([*argv, "--out", str(tmp_path / "taken" / "report")]) == 2
     assert f"{tmp_path / 'taken'} exists and is not a directory" in capsys.readouterr().err
+    run = tmp_path / "run"  # a run directory: its files are the run's, as evaluate --json keeps them
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"weights")
+    assert main([*argv, "--out", str(run)]) == 2
+    assert f"{run} is a run directory (it holds checkpoint.pt)" in capsys.readouterr().err
+    assert [path.name for path in run.iterdir()] == ["checkpoint.pt"]
 
     # An existing store that never held the study's runs: not "16 failed" units, a wrong store.
     other = tmp_path / "other.db"

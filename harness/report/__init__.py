@@ -291,11 +291,15 @@ def _single_run_notes(finals: dict[str, np.ndarray]) -> list[str]:
 
 
 def check_report_dir(out: Path) -> None:
-    """Refuse an output directory where the report would replace files it did not write: a
-    report replaces an earlier report's files (its marker, or its summary.md, says so), nothing else."""
+    """Refuse an output directory where the report would replace files it did not write (a
+    report replaces an earlier report's files: its marker, or its summary.md, says so), and a run
+    directory."""
+
+    from harness.checkpoint import CHECKPOINT_NAME
 
     summary = out / "summary.md"
     try:
+        run_directory = (out / CHECKPOINT_NAME).is_file()
         clashing = sorted(name for name in REPORT_FILES if (out / name).exists())
         earlier = (out / MARKER).is_file()
         if not earlier and summary.is_file():
@@ -303,6 +307,10 @@ def check_report_dir(out: Path) -> None:
                 earlier = text.readline().startswith(SUMMARY_TITLE)
     except OSError as error:
         raise UserError(f"cannot check the report directory {out}: {error.strerror}.") from None
+    if run_directory:  # as for `evaluate --json`: a run directory holds the run's files only
+        raise UserError(
+            f"{out} is a run directory (it holds {CHECKPOINT_NAME}); give another --out directory."
+        )
     if clashing and not earlier:
         raise UserError(
             f"{out} holds {', '.join(clashing)}, which the report would replace, and no earlier report "
