@@ -310,7 +310,11 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
     updates = -(-budget // per_update)  # in integers: a float quotient of 1e29 steps is not exact
     if config.encoder_steps_per_refit is not None:
         # A stage longer than the run is the run (and a float quotient of a 400-digit one overflows).
-        length = max(1, round(min(config.encoder_steps_per_refit, updates * per_update) / per_update))
+        # Rounded to the nearest update, halves up as the stage ends below (Python's round takes
+        # 2.5 updates to 2).
+        length = max(
+            1, math.floor(min(config.encoder_steps_per_refit, updates * per_update) / per_update + 0.5)
+        )
         stages = max(1, math.floor(updates / length + 0.5))  # a remainder under L/2 joins the last stage
         if stages > MAX_STAGES:  # before a list of that many stage ends is built
             raise ValueError(

@@ -83,6 +83,8 @@ def test_schedule_keys_split_the_budget():
     # stages where four were asked, another timescale ratio).
     uneven = config(**SMALL, encoder_steps_per_refit=int(2.6 * UPDATE))
     assert stage_ends(uneven, budget) == [u * UPDATE for u in (3, 6, 9, 12)]
+    half = config(**SMALL, encoder_steps_per_refit=int(2.5 * UPDATE))  # halves up, as the stage ends
+    assert stage_ends(half, budget) == [u * UPDATE for u in (3, 6, 9, 12)]
     # A remainder under half a stage joins the last stage rather than costing a refit of its own.
     assert stage_ends(per_refit, budget) == [5 * UPDATE, 12 * UPDATE]
     assert stage_ends(config(**SMALL, encoder_steps_per_refit=4 * UPDATE), 13 * UPDATE) == [
