@@ -366,7 +366,6 @@ class RunTracker:
         parent_run_id: str | None,
         tags: Mapping[str, str],
     ) -> RunTracker:
-
         name = experiment or DEFAULT_EXPERIMENT
         client = open_store(tracking_uri)
         found = client.get_experiment_by_name(name)
@@ -392,8 +391,6 @@ class RunTracker:
                 with signals_deferred():
                     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
             return cls(tracking_uri, run.info.run_id)
-        except UserError:
-            raise
         except BaseException:  # an interrupt held back until the run was written: it must not stay RUNNING
             if run is not None:
                 cls(tracking_uri, run.info.run_id).end("KILLED", "stopped while starting")

@@ -173,18 +173,23 @@ def main(args: argparse.Namespace) -> int:
             finally:  # also the rounds timed before an interrupt
                 agent.close()
                 if results:
-                    r = results[algo]
-                    reference = reference or r["steps_per_s"]
-                    row = (
-                        task,
-                        algo,
-                        f"{r['steps']:,d}",
-                        f"{r['seconds']:.1f}",
-                        f"{r['steps_per_s']:,.0f}",
-                        "n/a" if math.isnan(r["learner"]) else f"{r['learner']:.0%}",
-                        f"{reference / r['steps_per_s']:.2f}x",
-                    )
-                    print("| " + " | ".join(row) + " |")
+                    reference = reference or results[algo]["steps_per_s"]
+                    _print_row(task, algo, results[algo], reference)
                     if note := rounds_measured(results, args.iterations):
                         print(f"\n{task}, {algo} {note}.")
     return 0
+
+
+def _print_row(task: str, algo: str, r: dict[str, float], reference: float) -> None:
+    """One algorithm's row; `reference`: the first algorithm's env steps/s on the task."""
+
+    row = (
+        task,
+        algo,
+        f"{r['steps']:,d}",
+        f"{r['seconds']:.1f}",
+        f"{r['steps_per_s']:,.0f}",
+        "n/a" if math.isnan(r["learner"]) else f"{r['learner']:.0%}",
+        f"{reference / r['steps_per_s']:.2f}x",
+    )
+    print("| " + " | ".join(row) + " |")
