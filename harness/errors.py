@@ -14,12 +14,20 @@ class UserError(Exception):
     """
 
 
+def first_line(error: object, empty: str = "no reason given") -> str:
+    """The first line of an error's message, for a one-line report. A database driver's error
+    wrapped by SQLAlchemy (`error.orig`) speaks for itself; an empty message reads as `empty`."""
+
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else empty
+
+
 def out_of_memory(error: BaseException) -> str | None:
     """What failed to allocate, when `error` is running out of memory: a MemoryError (Python, numpy,
     and any allocation under a limit such as `ulimit -v`) or torch's RuntimeError (its CPU
     allocator's "can't allocate memory", CUDA's "out of memory"); None for any other error."""
 
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = first_line(error, empty="")
     if isinstance(error, MemoryError):
         return text or "an allocation failed"
     if not isinstance(error, RuntimeError):

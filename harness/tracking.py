@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
+from harness.errors import UserError, first_line
 from harness.signals import signals_deferred
 
 DEFAULT_TRACKING_DB = Path("runs") / "mlflow.db"
@@ -110,7 +110,7 @@ def writing_to(tracking_uri: str) -> Iterator[None]:
     try:
         yield
     except (MlflowException, SQLAlchemyError) as error:
-        reason = str(error).strip().splitlines()[0]
+        reason = first_line(error)
         raise UserError(f"cannot write to the MLflow store {tracking_uri}: {reason}") from None
 
 
@@ -158,7 +158,7 @@ def check_database(url: str, what: str) -> None:
         with engine.connect():
             pass
     except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        reason = first_line(error)
         raise UserError(f"cannot reach {what} {url}: {reason}") from None
     finally:
         engine.dispose()
@@ -243,7 +243,7 @@ def open_store(tracking_uri: str) -> Any:
             client = MlflowClient(tracking_uri=tracking_uri)  # a database store is opened (and set up) here
         client.search_experiments(max_results=1)  # a server's store is reached here
     except (MlflowException, SQLAlchemyError, ImportError) as error:
-        reason = str(error).splitlines()[0]
+        reason = first_line(error)
         raise UserError(f"cannot open the MLflow store {tracking_uri}: {reason}") from None
     return client
 

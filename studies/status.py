@@ -14,6 +14,7 @@ from datetime import timedelta
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.errors import first_line
 from harness.progress import duration
 from studies.storage import (
     DIVERGED,
@@ -159,7 +160,11 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
     counted = counted_trials(trials)
     counts = Counter(trial.state for trial in counted)
     failures = [
-        Failure(trial_label(trial), failure_kind(trial), _first_line(trial.user_attrs["fail_reason"]))
+        Failure(
+            trial_label(trial),
+            failure_kind(trial),
+            first_line(trial.user_attrs["fail_reason"], empty="no reason recorded"),
+        )
         for trial in counted
         if trial.state == TrialState.FAIL
     ]
@@ -202,10 +207,6 @@ def _best_trial(trials: list[FrozenTrial]) -> str | None:
     params = " ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
                       for name, value in values.items())  # fmt: skip
     return f"{trial_label(best)}: IQM {best.value:.3f}, {params}"
-
-
-def _first_line(reason: object) -> str:
-    return (str(reason).strip().splitlines() or ["no reason recorded"])[0]
 
 
 def _eta(trials: list[FrozenTrial], remaining: int, parallel: int) -> timedelta | None:

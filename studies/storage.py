@@ -41,7 +41,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.errors import UserError
+from harness.errors import UserError, first_line
 from harness.signals import signals_deferred
 from harness.tracking import check_database, sqlalchemy_url
 
@@ -98,7 +98,7 @@ def open_storage(location: str | None, *, create: bool = True) -> BaseStorage:
             except SQLAlchemyError as error:
                 last = error
                 break
-        reason = str(getattr(last, "orig", None) or last).strip().splitlines()[0]
+        reason = first_line(last)
         raise UserError(f"cannot open the study storage {location}: {reason}")
     path = Path(location)
     _check_journal(path)

@@ -93,6 +93,18 @@ def test_a_resume_into_a_store_it_may_not_write_is_one_clear_error(
     assert "Traceback" not in err
 
 
+def test_a_store_error_without_a_message_is_still_one_clear_error(tracking_uri):
+    """The error's first line was taken by indexing, so an empty message raised IndexError."""
+
+    from mlflow.exceptions import MlflowException
+
+    from harness.tracking import writing_to
+
+    with pytest.raises(UserError, match=r"cannot write to the MLflow store .*: no reason given$"):
+        with writing_to(tracking_uri):
+            raise MlflowException("")
+
+
 def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_uri, capsys):
     out = tmp_path / "cli-run"
     argv = ["run", "--algo", "ppo", "--task", TOY, "--seed", "3", "--steps", str(TINY["steps"]),
