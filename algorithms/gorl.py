@@ -336,14 +336,14 @@ def stage_ends(config: GoRLConfig, budget: int) -> list[int]:
                     f"to 1, or env steps that sum to the budget ({budget})"
                 )
         ends = _weighted_ends(weights, updates)
-    lengths = np.diff([0, *ends])
-    if lengths.min() < 1:
-        shown = lengths.tolist() if len(lengths) <= 8 else f"{int((lengths < 1).sum())} of them 0"
-        # The weighted branch: the encoder_steps_per_refit one never gets here.
-        fewest, least = _fewest_updates(weights, more_than=updates)
-        _refuse_stages(
-            budget, per_update, len(ends), fewest, least, f" (stage lengths in updates would be {shown})"
-        )
+        # Rounding can leave a short stage no update (fixed-length stages above always get one).
+        lengths = np.diff([0, *ends])
+        if lengths.min() < 1:
+            shown = lengths.tolist() if len(lengths) <= 8 else f"{int((lengths < 1).sum())} of them 0"
+            fewest, least = _fewest_updates(weights, more_than=updates)
+            _refuse_stages(
+                budget, per_update, len(ends), fewest, least, f" (stage lengths in updates would be {shown})"
+            )
     return [end * per_update for end in ends]
 
 
@@ -450,8 +450,12 @@ class LatentActionEnv:
     """
 
     def __init__(
-        self, env: gymnasium.vector.VectorEnv, obs: np.ndarray, decoder: Decoder, device: torch.device
-    ):
+        self,
+        env: gymnasium.vector.VectorEnv,
+        obs: np.ndarray | None,  # None for an env whose every use starts with a reset
+        decoder: Decoder,
+        device: torch.device,
+    ) -> None:
         self.env, self.decoder, self.device = env, decoder, device
         self.num_envs = env.num_envs
         self.single_observation_space = env.single_observation_space
@@ -466,7 +470,9 @@ class LatentActionEnv:
         return self.last_obs, info
 
     @torch.no_grad()
-    def step(self, latents: np.ndarray | Tensor) -> tuple:
+    def step(
+        self, latents: np.ndarray | Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         z = torch.as_tensor(latents, dtype=torch.float32, device=self.device)
         pre_tanh = self.decoder.decode(torch.as_tensor(self.last_obs, device=self.device), z).cpu()
         self.last_pre_tanh = pre_tanh.numpy()
@@ -648,13 +654,7 @@ class GoRLAgent(PPOAgent):
         def sample_latent(obs: np.ndarray) -> Tensor:
             return self.sample(model.dist(policy_input(obs, normalizer, self.device)), refit_rng)
 
-        if self.refit_env is None:
-            # Built once and kept: every round of every refit starts from its own seeded reset.
-            env = envs.make(
-                self.task, min(g.num_envs, g.refit_episodes), self.refit_env_seed, backend=g.env_backend
-            )
-            self.refit_env = LatentActionEnv(env, None, self.decoder, self.device)
-        self.refit_env.decoder = self.decoder
+        self.refit_env = self._episode_env(self.refit_env, g.refit_episodes, self.refit_env_seed)
         with torch_threads(g.collect_threads):
             data = play_episodes(self.refit_env, sample_latent, g.refit_episodes, stage_seed)
         self.total_steps += data.env_steps
@@ -684,14 +684,7 @@ class GoRLAgent(PPOAgent):
         not hit. `seed` seeds the episodes' resets and, with `eval_noise = "sample"`, the noise."""
 
         g = self.gorl
-        if self.eval_env is None:
-            # No more envs than training uses: more episodes play in rounds (`play_episodes`).
-            env = envs.make(
-                self.task, min(g.eval_episodes, g.num_envs), self.eval_env_seed, backend=g.env_backend
-            )
-            self.eval_env = LatentActionEnv(env, None, self.decoder, self.device)
-        self.eval_env.decoder = self.decoder
-
+        self.eval_env = self._episode_env(self.eval_env, g.eval_episodes, self.eval_env_seed)
         self.eval_rng.manual_seed(seed)
 
         def evaluation_latent(obs: np.ndarray) -> Tensor:
@@ -700,6 +693,19 @@ class GoRLAgent(PPOAgent):
         with torch_threads(g.collect_threads):
             episodes = play_episodes(self.eval_env, evaluation_latent, g.eval_episodes, seed)
         return float(episodes.episode_returns.mean())
+
+    def _episode_env(self, env: LatentActionEnv | None, episodes: int, seed: int) -> LatentActionEnv:
+        """`env`, or on first use a new one, for `play_episodes`, stepping with the current decoder.
+
+        Built once and kept: every round of episodes starts from its own seeded reset. No more envs
+        than training uses: more episodes play in rounds."""
+
+        if env is None:
+            g = self.gorl
+            vector_env = envs.make(self.task, min(g.num_envs, episodes), seed, backend=g.env_backend)
+            env = LatentActionEnv(vector_env, None, self.decoder, self.device)
+        env.decoder = self.decoder
+        return env
 
     def begin_stage(self, stage: int) -> None:
         """Switch to `stage`'s encoder settings; re-initialise the encoder if `reset_encoder`."""

@@ -11,7 +11,7 @@ on the same machine: its evaluation history equals that of an uninterrupted run.
 
 A non-finite loss or parameter stops the run: the MLflow run is marked FAILED with a
 `status_reason` tag, the last good checkpoint stays on disk, and the result has status
-FAILED and a NaN score. An exception from `on_evaluation` (an Optuna pruner, say) or Ctrl-C
+FAILED and a NaN score. An exception from `on_evaluation` (a study worker's, when its unit was taken over) or Ctrl-C
 ends the MLflow run as KILLED, keeps the checkpoint and propagates.
 """
 
@@ -48,7 +48,14 @@ from harness.evaluation import Evaluator, evaluation_points
 from harness.limits import MAX_EPISODES, MAX_EVAL_POINTS
 from harness.progress import PlainLines
 from harness.signals import caused_by_interrupt, interrupts_unwrapped, raise_if_interrupted
-from harness.tracking import RunTracker, check_run_continuable, git_commit, resolve_tracking_uri, to_toml
+from harness.tracking import (
+    STEP_METRIC,
+    RunTracker,
+    check_run_continuable,
+    git_commit,
+    resolve_tracking_uri,
+    to_toml,
+)
 
 EvaluationCallback = Callable[[int, float], None]
 CONFIG_NAME = "config.toml"  # the run's resolved config, in its directory and its MLflow artifacts
@@ -60,7 +67,7 @@ class RunRequest:
 
     algo: str
     task: str
-    seed: int = 0  # the first seed; a study derives its units' seeds from its own
+    seed: int = 0  # weights, actions and minibatch order draw from it; a study derives its units' seeds
     steps: int = 1_000_000  # a CPU-scale budget: 1 to 3 minutes per run on 2 cores (docs/performance.md)
     preset: str = "cpu"  # the machine a run starts on by default: a laptop or CI runner, no GPU
     overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -579,7 +586,7 @@ def _train(
                     )
                 metrics.update({
                     "perf/env_steps_per_s": (step - before) / elapsed,
-                    "steps/counted": step,
+                    STEP_METRIC: step,
                     "steps/total": agent.total_steps,
                 })  # fmt: skip
                 evaluation = _evaluate_if_due(agent, evaluator, position, points)

@@ -424,7 +424,8 @@ class RunTracker:
                 self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """One batched write per call; `step` must carry `steps/counted` for resumed runs to skip it."""
+        """One batched write per call. Steps up to `logged_through` are dropped: a resumed run starts
+        there. A run puts `STEP_METRIC` in every batch, which is how `reopen` finds that step."""
 
         if step <= self.logged_through:
             return
