@@ -11,8 +11,8 @@ on the same machine: its evaluation history equals that of an uninterrupted run.
 
 A non-finite loss or parameter stops the run: the MLflow run is marked FAILED with a
 `status_reason` tag, the last good checkpoint stays on disk, and the result has status
-FAILED and a NaN score. An exception from `on_evaluation` (a study worker's, when its unit was taken over) or Ctrl-C
-ends the MLflow run as KILLED, keeps the checkpoint and propagates.
+FAILED and a NaN score. An exception from `on_evaluation` (a study worker's, when its unit was
+taken over) or Ctrl-C ends the MLflow run as KILLED, keeps the checkpoint and propagates.
 """
 
 from __future__ import annotations

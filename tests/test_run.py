@@ -100,9 +100,9 @@ def test_a_store_error_without_a_message_is_still_one_clear_error(tracking_uri):
 
     from harness.tracking import writing_to
 
-    with pytest.raises(UserError, match=r"cannot write to the MLflow store .*: no reason given$"):
-        with writing_to(tracking_uri):
-            raise MlflowException("")
+    message = r"cannot write to the MLflow store .*: no reason given$"
+    with pytest.raises(UserError, match=message), writing_to(tracking_uri):
+        raise MlflowException("")
 
 
 def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_uri, capsys):
