@@ -17,7 +17,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from algorithms.registry import AlgorithmSpec, _unknown, unknown_keys
+from algorithms.registry import AlgorithmSpec, unknown_keys, unknown_name
 from harness.errors import UserError
 
 
@@ -60,7 +60,7 @@ def resolve(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str,
     """Build the frozen config for `spec` from its preset, the task and user overrides."""
 
     if preset not in spec.presets:
-        raise UserError(_unknown("preset", preset, sorted(spec.presets), owner=spec.name))
+        raise UserError(unknown_name("preset", preset, sorted(spec.presets), owner=spec.name))
     fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
     unknown = [key for key in overrides if key not in fields]
     if unknown:

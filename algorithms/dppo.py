@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from algorithms.flow_policy import CPU_PRESET, FlowPolicyAgent, FlowPolicyConfig
+from algorithms.generative import euler_times
 from algorithms.onpolicy import Batch, PolicyStep, clipped_surrogate
 from algorithms.ppo import task_overrides
 from algorithms.registry import register
@@ -100,8 +101,7 @@ class DPPOAgent(FlowPolicyAgent):
     def step_times(self) -> list[float]:
         """t_k = k dt for k = K..1: the time of each step's start, in chain order."""
 
-        dt = 1.0 / self.config.flow_steps
-        return [k * dt for k in range(self.config.flow_steps, 0, -1)]
+        return euler_times(self.config.flow_steps)
 
     def step_mean(self, obs: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """The mean of a denoising step from x at times t: one Euler step x - dt v(s, x, t).

@@ -18,12 +18,13 @@ differ only by t -> 1 - t and a sign of the velocity.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from algorithms.networks import lecun_uniform_
 
 #: Frequencies of the time embedding: cos/sin of t * 2^k for k = 0..3 (official code release).
 TIME_EMBEDDING_FREQUENCIES = 4
@@ -73,10 +74,7 @@ class ConditionalMLP(nn.Module):
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
             linear = nn.Linear(fan_in, fan_out)
-            # LeCun uniform: variance 1/fan_in keeps SiLU activations O(1) through the depth.
-            bound = math.sqrt(3.0 / fan_in)
-            nn.init.uniform_(linear.weight, -bound, bound, generator=generator)
-            nn.init.zeros_(linear.bias)
+            lecun_uniform_(linear, generator)
             layers += [linear, nn.SiLU()]
         head = nn.Linear(hidden_width, x_dim)
         nn.init.zeros_(head.weight)
@@ -143,6 +141,13 @@ def flow_path(actions: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor
     return t * noise + (1.0 - t) * actions, noise - actions
 
 
+def euler_times(steps: int) -> list[float]:
+    """t_k = k / steps for k = steps..1: the start time of each Euler step from t = 1 down to 0."""
+
+    dt = 1.0 / steps
+    return [k * dt for k in range(steps, 0, -1)]
+
+
 def integrate_flow(velocity: ConditionalMLP, obs: Tensor, x1: Tensor, steps: int) -> Tensor:
     """Deterministic Euler integration of dx/dt = velocity(obs, x, t) from t = 1 (x1) down to t = 0.
 
@@ -154,7 +159,7 @@ def integrate_flow(velocity: ConditionalMLP, obs: Tensor, x1: Tensor, steps: int
         raise ValueError(f"steps must be >= 1, got {steps}")
     x = x1
     dt = 1.0 / steps
-    velocity_at = velocity.on_grid(obs, [k * dt for k in range(steps, 0, -1)])
+    velocity_at = velocity.on_grid(obs, euler_times(steps))
     for i in range(steps):
         x = x - dt * velocity_at(x, i)
     return x

@@ -22,6 +22,15 @@ Init = Literal["lecun", "orthogonal"]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
 
+def lecun_uniform_(linear: nn.Linear, generator: torch.Generator) -> None:
+    """LeCun-uniform weights (variance 1 / fan_in, which keeps activations O(1) through the depth)
+    and zero biases, drawn from `generator`."""
+
+    bound = math.sqrt(3.0 / linear.in_features)  # uniform(-b, b) has variance b^2 / 3 = 1 / fan_in
+    nn.init.uniform_(linear.weight, -bound, bound, generator=generator)
+    nn.init.zeros_(linear.bias)
+
+
 def mlp(
     in_dim: int,
     hidden: Sequence[int],
@@ -45,11 +54,10 @@ def mlp(
         linear = nn.Linear(fan_in, fan_out)
         last = i == len(sizes) - 2
         if init == "lecun":
-            bound = math.sqrt(3.0 / fan_in)  # uniform(-b, b) has variance b^2 / 3 = 1 / fan_in
-            nn.init.uniform_(linear.weight, -bound, bound, generator=generator)
+            lecun_uniform_(linear, generator)
         else:
             nn.init.orthogonal_(linear.weight, gain=out_gain if last else math.sqrt(2.0), generator=generator)
-        nn.init.zeros_(linear.bias)
+            nn.init.zeros_(linear.bias)
         layers.append(linear)
         if not last:
             layers.append(_ACTIVATIONS[activation]())

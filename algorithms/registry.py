@@ -93,10 +93,10 @@ def get(name: str) -> AlgorithmSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UserError(_unknown("algorithm", name, names())) from None
+        raise UserError(unknown_name("algorithm", name, names())) from None
 
 
-def _unknown(kind: str, value: str, valid: list[str], owner: str = "") -> str:
+def unknown_name(kind: str, value: str, valid: list[str], owner: str = "") -> str:
     close = _close(value, valid)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     of = f" of {owner}" if owner else ""

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from algorithms.registry import _unknown, unknown_keys
+from algorithms.registry import unknown_keys, unknown_name
 from harness.errors import UserError
+from studies import SPEC_DIR
 
-SPEC_DIR = Path(__file__).parent
 KINDS = ("grid", "compare", "tune")
 # The first of each is a tune study's default, as it is Optuna's: TPE and the median pruner.
 SAMPLERS = ("tpe", "cmaes")
@@ -281,7 +281,7 @@ def spec_path(name_or_path: str | Path) -> Path:
         return shipped
     names = sorted(p.stem for p in SPEC_DIR.glob("*.toml"))
     local = f" (for the file {text!r} here, pass ./{text})" if path.is_file() else ""
-    raise UserError(_unknown("study spec", text, names) + f" Or pass the path of a TOML file{local}.")
+    raise UserError(unknown_name("study spec", text, names) + f" Or pass the path of a TOML file{local}.")
 
 
 def load_spec(name_or_path: str | Path, *, check_configs: bool = True) -> Spec:
@@ -315,7 +315,7 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
     _check_value_types(raw)
     kind = _get(raw, "kind", str)
     if kind not in KINDS:
-        raise UserError(_unknown("study kind", kind, list(KINDS)))
+        raise UserError(unknown_name("study kind", kind, list(KINDS)))
     _check_keys("the spec", raw, _COMMON_KEYS | _KIND_KEYS[kind])
     name = _get(raw, "name", str)
     seeds = _get(raw, "seeds", int)
@@ -637,7 +637,7 @@ def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
 def _choice(raw: Mapping[str, Any], key: str, valid: tuple[str, ...]) -> str:
     value = _get(raw, key, str, default=valid[0])
     if value not in valid:
-        raise UserError(_unknown(key, value, list(valid)))
+        raise UserError(unknown_name(key, value, list(valid)))
     return value
 
 
