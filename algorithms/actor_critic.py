@@ -55,17 +55,29 @@ EvalNoise = Literal["sample", "zero"]
 
 
 class CoreConfigMixin:
-    """For frozen config dataclasses that have the PPO core's keys (it declares no fields itself)."""
+    """For frozen config dataclasses that have the PPO core's keys. It declares no fields itself:
+    the annotations below list the keys each such config defines, with its own cited defaults."""
 
     num_envs: int
     rollout_steps: int
+    epochs: int
     num_minibatches: int
+    lr: float
+    clip: float
     gamma: float
     gae_lambda: float
     value_coef: float
+    reward_scale: float
     max_grad_norm: float | None
     grad_norm_scope: Literal["global", "per_network"]
     critic_hidden: tuple[int, ...]
+    normalize_obs: bool
+    eval_episodes: int
+    eval_points: int
+    eval_noise: EvalNoise
+    env_backend: str
+    collect_threads: int
+    update_threads: int
 
     @property
     def batch_size(self) -> int:

@@ -77,7 +77,7 @@ class Unit:
             "variant": self.variant,
             "algo": self.algo,
             "task": self.task,
-            "seed": self.seed_index,
+            "seed": self.seed_index,  # the index 0..seeds-1 (results.csv's `seed`), not `Unit.seed`
             "params": dict(self.params),
         }
 
