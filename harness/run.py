@@ -530,17 +530,7 @@ def _train(
     evaluator: Evaluator | None = None
 
     def checkpoint() -> Path:
-        return save_checkpoint(
-            out_dir,
-            {
-                "request": dataclasses.asdict(request),
-                # The settings the request resolved to, which a resume checks it still resolves to.
-                "config": as_dict(config),
-                "agent": agent.state_dict(),
-                "progress": dataclasses.asdict(position),
-                "mlflow_run_id": tracker.run_id,
-            },
-        )
+        return _save(request, config, agent, position, tracker.run_id)
 
     # Training stops after the update that reaches the budget: a budget that is no whole number of
     # updates trains up to the next one.
@@ -571,19 +561,8 @@ def _train(
                 bar.note(agent.next_iteration_note())
                 metrics = agent.train_iteration()
                 elapsed = time.perf_counter() - start
+                _check_step_counts(request.algo, agent, before)
                 step = agent.counted_steps
-                if type(step) is not int or type(agent.total_steps) is not int:  # a new algorithm's slip
-                    # A numpy integer broke MLflow's step and then every resume of the checkpoint.
-                    kinds = f"{type(step).__name__} and {type(agent.total_steps).__name__}"
-                    raise UserError(
-                        f"{request.algo}: train_iteration left counted_steps and total_steps as {kinds}; "
-                        "keep them Python ints (add int(n) of a numpy count)."
-                    )
-                if step <= before:  # a new algorithm's slip: the run would never end
-                    raise UserError(
-                        f"{request.algo}: train_iteration took no counted env step (counted_steps stayed "
-                        f"{before:,}); an agent adds the env steps each iteration spends to counted_steps."
-                    )
                 metrics.update({
                     "perf/env_steps_per_s": (step - before) / elapsed,
                     STEP_METRIC: step,
@@ -624,6 +603,42 @@ def _train(
         agent.close()
     tracker.end("FINISHED")
     return _result(request, agent, position, tracker.run_id, "FINISHED")
+
+
+def _save(
+    request: RunRequest, config: Any, agent: algorithms.base.Agent, position: _RunPosition, run_id: str
+) -> Path:
+    """Checkpoint the run: everything `resume` needs to continue it bit-identically."""
+
+    return save_checkpoint(
+        Path(request.out_dir),
+        {
+            "request": dataclasses.asdict(request),
+            # The settings the request resolved to, which a resume checks it still resolves to.
+            "config": as_dict(config),
+            "agent": agent.state_dict(),
+            "progress": dataclasses.asdict(position),
+            "mlflow_run_id": run_id,
+        },
+    )
+
+
+def _check_step_counts(algo: str, agent: algorithms.base.Agent, before: int) -> None:
+    """Refuse the two slips a new algorithm's `train_iteration` can make with its step counts."""
+
+    step = agent.counted_steps
+    if type(step) is not int or type(agent.total_steps) is not int:
+        # A numpy integer broke MLflow's step and then every resume of the checkpoint.
+        kinds = f"{type(step).__name__} and {type(agent.total_steps).__name__}"
+        raise UserError(
+            f"{algo}: train_iteration left counted_steps and total_steps as {kinds}; "
+            "keep them Python ints (add int(n) of a numpy count)."
+        )
+    if step <= before:  # the run would never end
+        raise UserError(
+            f"{algo}: train_iteration took no counted env step (counted_steps stayed "
+            f"{before:,}); an agent adds the env steps each iteration spends to counted_steps."
+        )
 
 
 def _result(
