@@ -40,6 +40,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -166,15 +167,19 @@ def _write_report(
     sections: list[tuple[str, Table]] = []
     colors = figures.variant_colors(list(finals))
 
-    points, intervals = stats.interval_estimates(finals, stats.aggregates, **options)
-    sections.append(("Aggregate metrics of final normalised scores", aggregate_table(points, intervals)))
-    files += figures.save(figures.aggregates_figure(points, intervals, colors), directory, "aggregates")
+    aggregates, aggregate_cis = stats.interval_estimates(finals, stats.aggregates, **options)
+    sections.append(
+        ("Aggregate metrics of final normalised scores", aggregate_table(aggregates, aggregate_cis))
+    )
+    files += figures.save(
+        figures.aggregates_figure(aggregates, aggregate_cis, colors), directory, "aggregates"
+    )
     at = list(stats.AGGREGATES).index("IQM")
-    ranked = sorted(finals, key=lambda variant: -points[variant][at])
+    ranked = sorted(finals, key=lambda variant: -aggregates[variant][at])
     if results.kind == "tune":
         first = ends.drop_duplicates("variant").set_index("variant")  # a trial whose units all diverged too
         params = {v: {name: first.at[v, name] for name in results.parameters} for v in ranked}
-        iqms = {v: (points[v][at], intervals[v][:, at]) for v in ranked}
+        iqms = {v: (aggregates[v][at], aggregate_cis[v][:, at]) for v in ranked}
         ranking = ranked_trials_table(iqms, params)
         sections.append(("Trials ranked by final IQM (the tune objective)", ranking))
 
@@ -189,25 +194,29 @@ def _write_report(
         for x, y in itertools.combinations(compared, 2)
     }
     if pairs:
-        points, intervals = stats.interval_estimates(pairs, stats.probability_of_improvement, **options)
-        sections.append(("Probability of improvement", improvement_table(points, intervals)))
+        improvements, improvement_cis = stats.interval_estimates(
+            pairs, stats.probability_of_improvement, **options
+        )
+        sections.append(("Probability of improvement", improvement_table(improvements, improvement_cis)))
         files += figures.save(
-            figures.improvement_figure(points, intervals), directory, "probability_of_improvement"
+            figures.improvement_figure(improvements, improvement_cis), directory, "probability_of_improvement"
         )
 
     # Thresholds from 0 to the best normalised score (at least 1), in steps of 1% of that range.
     taus = np.linspace(0.0, max(1.0, max(float(a.max()) for a in finals.values())), 101)
-    points, intervals = stats.interval_estimates(finals, stats.performance_profile(taus), **options)
+    profiles, profile_cis = stats.interval_estimates(finals, stats.performance_profile(taus), **options)
     files += figures.save(
-        figures.profile_figure(taus, points, intervals, colors), directory, "performance_profile"
+        figures.profile_figure(taus, profiles, profile_cis, colors), directory, "performance_profile"
     )
 
     steps, curves, _ = curve_arrays(table, results.tasks)
     notes += _curve_notes(finals, curves)
     if curves:
-        points, intervals = stats.interval_estimates(curves, stats.iqm_curve, **options)
+        iqm_curves, iqm_curve_cis = stats.interval_estimates(curves, stats.iqm_curve, **options)
         files += figures.save(
-            figures.sample_efficiency_figure(steps, points, intervals, colors), directory, "sample_efficiency"
+            figures.sample_efficiency_figure(steps, iqm_curves, iqm_curve_cis, colors),
+            directory,
+            "sample_efficiency",
         )
 
     sections.append(("Final return per task (mean ± std over seeds)", per_task_table(ends, results.tasks)))
@@ -334,7 +343,7 @@ def check_bootstrap(reps: int, seed: int) -> None:
 
 
 def _ablations(
-    results: StudyResults, table: pd.DataFrame, finals: dict[str, np.ndarray], options: dict
+    results: StudyResults, table: pd.DataFrame, finals: dict[str, np.ndarray], options: dict[str, Any]
 ) -> dict[str, tuple[dict[str, float], dict[str, np.ndarray]]]:
     """(points, intervals) of the final IQM at each value of each swept parameter, values in order."""
 
