@@ -380,7 +380,7 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class FitResult:
-    """What happened while fitting; losses are NaN for the identity decoder (nothing to train)."""
+    """What happened while fitting a decoder: its losses before, during and after."""
 
     steps: int
     best_step: int  # step of the kept weights; 0: the fresh (identity) decoder was never beaten
@@ -486,6 +486,8 @@ def fit_decoder(
     """
 
     config.validate()
+    if config.kind == "identity":  # GoRL's stage 0 uses it as it is: there is nothing to fit
+        raise ValueError("the identity decoder has no weights to fit; fit a flow or diffusion decoder")
     fit.validate()
     obs, actions, episode_ids, latents = _checked_buffer(obs, actions, episode_ids, latents, fit)
     obs_dim, act_dim = obs.shape[1], actions.shape[1]
@@ -513,9 +515,6 @@ def fit_decoder(
     decoder = make_decoder(config, obs_dim, act_dim, mean, std, init_rng).to(device)
     # The minibatch indices and the noise are drawn where the data lives.
     generator = torch.Generator(device=device).manual_seed(int(init_seed))
-    if not isinstance(decoder, GenerativeDecoder):
-        nan = math.nan
-        return decoder, FitResult(0, 0, nan, nan, nan, nan, nan, (), seconds=0.0, **split.sizes())
 
     # Validation scores the anchor too when training has one, as the release does.
     anchor = (fit.anchor_weight, val_z) if fit.anchor_weight and val_z is not None else None

@@ -317,10 +317,9 @@ def test_decoder_normalises_raw_obs_with_training_split_statistics():
     np.testing.assert_allclose(decoder.obs_std.numpy(), [2.0, 2.0, 1.0], atol=0.2)
 
 
-def test_identity_fit_trains_nothing():
-    decoder, result = fit_decoder(DecoderConfig(kind="identity"), **bimodal_buffer(n=500), seed=0)
-    assert isinstance(decoder, IdentityDecoder)
-    assert result.steps == 0 and math.isnan(result.best_val_loss)
+def test_the_identity_decoder_is_not_fitted():
+    with pytest.raises(ValueError, match="identity decoder has no weights to fit"):
+        fit_decoder(DecoderConfig(kind="identity"), **bimodal_buffer(n=500), seed=0)
 
 
 def test_bad_inputs_are_refused():
