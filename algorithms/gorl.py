@@ -492,9 +492,10 @@ class LatentActionEnv:
 
 
 @dataclass(frozen=True)
-class RefitData:
-    """The first episode of every sub-env of every round (of the last round, only as many as the
-    buffer still needs): what a new decoder is fitted on."""
+class PlayedEpisodes:
+    """The first episode of every sub-env of every round (of the last round, only as many as are
+    still asked for): a refit's buffer, which a new decoder is fitted on, or a stage evaluation's
+    episodes, of which only the returns are used."""
 
     obs: np.ndarray  # (N, obs_dim) raw observations
     actions: np.ndarray  # (N, act_dim) pre-tanh actions the current decoder produced
@@ -507,7 +508,7 @@ class RefitData:
 @torch.no_grad()
 def play_episodes(
     env: LatentActionEnv, sample_latent: Callable[[np.ndarray], Tensor], episodes: int, seed: int
-) -> RefitData:
+) -> PlayedEpisodes:
     """Run `episodes` complete episodes, `env.num_envs` at a time, each round from a fresh seeded
     reset; their transitions and returns.
 
@@ -538,7 +539,7 @@ def play_episodes(
             obs = next_obs
         returns.append(episode_return[:keep])
     data = {key: np.concatenate(value) for key, value in columns.items()}
-    return RefitData(**data, episode_returns=np.concatenate(returns), env_steps=env_steps)
+    return PlayedEpisodes(**data, episode_returns=np.concatenate(returns), env_steps=env_steps)
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,10 +24,15 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harness.commands.arguments import add_tasks_option, int_between, positive_int
+
+if TYPE_CHECKING:
+    from envs.base import VectorEnv
+    from envs.fast import FastVectorEnv
 
 DEFAULT_TASKS = ("walker-walk", "cheetah-run", "hopper-stand", "humanoid-stand")
 DEFAULT_SIZES = (8, 32, 64)
@@ -78,7 +83,9 @@ def median_rates(runs: dict[str, Callable[[], None]], env_steps: int, repeats: i
     return {name: env_steps / statistics.median(times) for name, times in seconds.items()}
 
 
-def stepping(env, actions: np.ndarray) -> Callable[[], None]:
+def stepping(env: VectorEnv, actions: np.ndarray) -> Callable[[], None]:
+    """`env.step` on each of `actions` (steps, num_envs, act_dim), as training steps it."""
+
     def run() -> None:
         for a in actions:
             env.step(a)
@@ -86,7 +93,7 @@ def stepping(env, actions: np.ndarray) -> Callable[[], None]:
     return run
 
 
-def raw_physics(env, actions: np.ndarray) -> Callable[[], None]:
+def raw_physics(env: FastVectorEnv, actions: np.ndarray) -> Callable[[], None]:
     """`mj_step(nstep=n_sub)` on the fast env's MjData, split over its thread pool like its step."""
 
     import mujoco
