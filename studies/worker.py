@@ -44,7 +44,7 @@ from harness.signals import caused_by_interrupt
 from harness.tracking import sqlite_store_missing
 from studies import tracking
 from studies.pruning import make_pruner
-from studies.spec import Spec, Unit, check_on_every_task, parse_spec, stable_seed, variant_dir
+from studies.spec import SearchDim, Spec, Unit, check_on_every_task, parse_spec, stable_seed, variant_dir
 from studies.status import study_status
 from studies.storage import (
     DIVERGED,
@@ -63,7 +63,7 @@ from studies.storage import (
 )
 
 if TYPE_CHECKING:  # imported where it runs: the run harness loads torch
-    from harness.run import RunRequest
+    from harness.run import RunRequest, RunResult
 
 
 class InvalidConfiguration(UserError):
@@ -77,7 +77,7 @@ class ClaimLost(Exception):
 class DivergedError(FloatingPointError):
     """A unit that ended without a finite score; its MLflow run exists and says why."""
 
-    def __init__(self, result: Any) -> None:
+    def __init__(self, result: RunResult) -> None:
         super().__init__(
             f"the run ended {result.status} with final score {result.final_score} (a non-finite loss or "
             "parameter; the MLflow run's status_reason tag has the details)"
@@ -319,16 +319,11 @@ def _next_unit(context: Context) -> bool:
         trial.set_user_attr("final_score", result.final_score)
         study.tell(trial, envs.normalised_score(unit.task, result.final_score))
     except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
-        if caused_by_interrupt(error):
-            raise  # Ctrl-C's: the unit stays claimed, to be resumed as after any interrupt
-        if _claim_gone(study, trial, error):
-            _give_up(trial)
-        else:
-            _fail(study, trial, error)
-            if isinstance(error, DivergedError):  # its run exists: linked to its trial, as any unit's
-                tracking.tag_unit_run(
-                    context.tracking_uri, error.mlflow_run_id, study.study_name, trial.number, "FAIL"
-                )
+        if _record_failure(study, trial, error) and isinstance(error, DivergedError):
+            # Its run exists: linked to its trial, as any unit's.
+            tracking.tag_unit_run(
+                context.tracking_uri, error.mlflow_run_id, study.study_name, trial.number, "FAIL"
+            )
         return True
     tracking.tag_unit_run(
         context.tracking_uri, result.mlflow_run_id, study.study_name, trial.number, "COMPLETE"
@@ -402,15 +397,11 @@ def _next_tune_trial(context: Context) -> bool:
         else:
             study.tell(trial, value)
     except Exception as error:  # noqa: BLE001 - recorded on the trial; the study goes on
-        if caused_by_interrupt(error):
-            raise  # Ctrl-C's: the unit stays claimed, to be resumed as after any interrupt
-        if _claim_gone(study, trial, error):
-            _give_up(trial)
+        if not _record_failure(study, trial, error):
             # Its retry is another trial with its own run; this one stopped, as a lost one's does.
             _close_orphans(context, run_id=run_id)
             return True
         state = "FAIL"
-        _fail(study, trial, error)
     tracking.finish_run(context.tracking_uri, run_id, state, value if state == "COMPLETE" else None)
     return True
 
@@ -499,7 +490,7 @@ def _execute(
     lost: threading.Event,
     *,
     resume: bool,
-) -> Any:
+) -> RunResult:
     """Run one unit through the run harness; raise if it did not produce a finite score.
 
     With `resume` (a retried unit, a rerun after an error) and a checkpoint left by the lost or
@@ -583,7 +574,7 @@ def _run_request(context: Context, unit: Unit, parent_run_id: str) -> RunRequest
     )
 
 
-def _checked(result: Any) -> Any:
+def _checked(result: RunResult) -> RunResult:
     """The run harness's result, or `DivergedError` when the unit ended without a finite score."""
 
     if not math.isfinite(result.final_score):
@@ -596,7 +587,7 @@ def _checked(result: Any) -> Any:
 _RUN_IDENTITY = ("algo", "task", "seed", "steps", "preset", "overrides", "parent_run_id")
 
 
-def _differences(out_dir: Path, request: Any) -> list[str]:
+def _differences(out_dir: Path, request: RunRequest) -> list[str]:
     """How the run checkpointed in `out_dir` differs from `request` (empty: it is that run)."""
 
     from harness.checkpoint import load_checkpoint
@@ -632,6 +623,20 @@ def _move_aside(out_dir: Path) -> Path:
     while aside.exists():
         aside, attempt = out_dir.with_name(f"{out_dir.name}.stale-{stamp}-{attempt}"), attempt + 1
     return out_dir.rename(aside)
+
+
+def _record_failure(study: optuna.Study, trial: optuna.Trial, error: Exception) -> bool:
+    """Record `error`, which stopped `trial`: True if the trial is now failed, False if its claim
+    was gone (it is given up here; its retry runs from the queue). An interrupt is raised again:
+    the unit stays claimed, to be resumed as after any interrupt."""
+
+    if caused_by_interrupt(error):
+        raise error
+    if _claim_gone(study, trial, error):
+        _give_up(trial)
+        return False
+    _fail(study, trial, error)
+    return True
 
 
 def _claim_gone(study: optuna.Study, trial: optuna.Trial, error: Exception) -> bool:
@@ -687,7 +692,7 @@ def iqm(values: list[float]) -> float:
     return float(trim_mean(values, 0.25))
 
 
-def _suggest(trial: optuna.Trial, dim: Any) -> Any:
+def _suggest(trial: optuna.Trial, dim: SearchDim) -> Any:
     if dim.choices and all(c is None or isinstance(c, bool | int | float | str) for c in dim.choices):
         return trial.suggest_categorical(dim.name, list(dim.choices))
     if dim.choices:
