@@ -29,7 +29,9 @@ from harness.errors import UserError
 CHECKPOINT_NAME = "checkpoint.pt"
 TMP_PREFIX = ".checkpoint-"  # a checkpoint being written; left behind only by a killed process
 LOCK_NAME = ".lock"
-RUN_KEYS = {"request", "agent", "progress", "mlflow_run_id"}  # what every run checkpoint holds
+#: What every run checkpoint holds: the `RunRequest`, the agent's state, the run's position
+#: (`harness.run._RunPosition`: evaluations so far, next point and checkpoint) and its MLflow run.
+RUN_KEYS = {"request", "agent", "progress", "mlflow_run_id"}
 
 
 def checkpoint_path(out_dir: Path) -> Path:
