@@ -53,6 +53,7 @@ from harness.tracking import (
     RunTracker,
     check_run_continuable,
     git_commit,
+    machine_tags,
     resolve_tracking_uri,
     to_toml,
 )
@@ -215,6 +216,7 @@ def _start(
         "task": task,
         "seed": str(request.seed),
         "preset": request.preset,
+        **machine_tags(),
         **request.tags,
     }
     # Named after its run directory by default, so the MLflow UI and the directory name each other.

@@ -192,6 +192,53 @@ def git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+#: Libraries whose builds decide a run's floating-point results, with the seed and the thread counts.
+NUMERIC_LIBRARIES = ("torch", "mujoco", "numpy", "dm-control", "gymnasium")
+
+
+def machine_tags() -> dict[str, str]:
+    """Where a run's numbers come from besides its settings: the CPU model (MuJoCo's and torch's
+    kernels round differently on other CPUs, so a seed fixes every number only on one kind of
+    machine), Python and the numeric libraries' versions. MLflow tags `machine.*` and `version.*`."""
+
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {
+        "machine.cpu": _cpu_model(),
+        "machine.platform": platform.platform(),
+        "version.python": platform.python_version(),
+    }
+    for name in NUMERIC_LIBRARIES:
+        try:
+            tags[f"version.{name}"] = version(name)
+        except PackageNotFoundError:
+            tags[f"version.{name}"] = "not installed"
+    return tags
+
+
+def _cpu_model() -> str:
+    """The CPU's model name, family and model numbers (Linux's /proc/cpuinfo: a virtual machine's
+    name can be generic, its numbers are not), else what the platform module says."""
+
+    import platform
+
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if not key.strip():  # the first processor's block ends here
+                    break
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "model name" in fields:
+        numbers = f" (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+        return fields["model name"] + numbers
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
     """A small TOML writer for tables of scalars and flat lists. None, which TOML lacks, is written
     as "none", the word a study spec and `--set` take for it."""

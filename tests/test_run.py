@@ -123,6 +123,9 @@ def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_ur
     assert 'task = "toy-bimodal"' in (out / "config.toml").read_text()  # also in the run directory
     assert tags["algorithm"] == "ppo" and tags["task"] == TOY and tags["seed"] == "3"
     assert tags["preset"] == "cpu" and tags["git_commit"]
+    # What else decides the numbers: the CPU model and the numeric libraries' builds.
+    assert tags["machine.cpu"] not in ("", "unknown") and tags["version.python"].startswith("3.")
+    assert tags["version.torch"] == torch.__version__ and tags["version.mujoco"].startswith("3.")
     for key in ("eval/return_mean", "eval/return_std", "train/episode_return", "loss/policy", "loss/value",
                 "loss/entropy", "train/approx_kl", "train/clip_fraction", "train/entropy",
                 "perf/env_steps_per_s", "perf/learner_fraction", "steps/counted", "steps/total"):  # fmt: skip
