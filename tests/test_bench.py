@@ -8,7 +8,14 @@ import re
 import pytest
 from markdown_table import table_rows
 
+from harness.benchmarks import envs as bench_envs
+from harness.benchmarks import gorl as bench_gorl
+from harness.benchmarks import train as bench_train
 from harness.cli import main
+
+# The benchmark modules are imported here, before any test patches one: `bench gorl` imports
+# `measure_together` from `bench train` by name, so a first import while a test had patched it
+# would keep the patch for every later test in the process.
 
 
 def test_bench_train_times_every_algorithm_against_the_first(capsys):
@@ -35,8 +42,6 @@ def test_the_agents_timed_together_take_their_iterations_in_turn():
     """Timed one after another, the phases of `bench gorl` met a machine whose speed drifted:
     one code measured 1.13x to 1.44x PPO's time on walker-walk."""
 
-    from harness.benchmarks.train import measure_together
-
     calls = []
 
     class Agent:
@@ -50,7 +55,7 @@ def test_the_agents_timed_together_take_their_iterations_in_turn():
 
     # b times no learner share (an algorithm of another family): not required
     agents = {"a": Agent("a", 64, {"perf/learner_fraction": 0.5}), "b": Agent("b", 32, {})}
-    *_, results = measure_together(agents, iterations=3)
+    *_, results = bench_train.measure_together(agents, iterations=3)
     assert calls == ["a", "b"] + ["a", "b"] * 3  # a warm-up each, then rounds
     assert results["a"]["rounds"] == 3 and results["a"]["steps"] == 192 and results["b"]["steps"] == 96
     assert all(r["seconds"] > 0 for r in results.values())
@@ -60,9 +65,6 @@ def test_the_agents_timed_together_take_their_iterations_in_turn():
 def test_bench_gorl_prints_the_rounds_timed_before_an_interrupt(capsys, monkeypatch):
     """The three phases' table came after the refit's timing, at the very end: Ctrl-C after
     minutes of interleaved iterations showed nothing measured."""
-
-    from harness.benchmarks import gorl as bench_gorl
-    from harness.benchmarks import train as bench_train
 
     def one_round_then_interrupt(agents, iterations):
         rounds = bench_train.measure_together(agents, iterations)
@@ -80,7 +82,6 @@ def test_bench_gorl_prints_the_rounds_timed_before_an_interrupt(capsys, monkeypa
 
 
 def test_bench_train_prints_the_rounds_timed_before_an_interrupt(capsys, monkeypatch):
-    from harness.benchmarks import train as bench_train
 
     original = bench_train.measure_together
 
@@ -119,8 +120,6 @@ def test_bench_envs_compares_the_backends(capsys):
 
 def test_bench_envs_prints_the_rows_measured_before_an_interrupt(capsys, monkeypatch):
     """The table was printed at the end only: Ctrl-C after minutes of measuring showed nothing."""
-
-    from harness.benchmarks import envs as bench_envs
 
     measured = iter([{"dm_control": 100.0, "fast": 300.0, "raw": 400.0}])
 
