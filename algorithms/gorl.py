@@ -362,7 +362,7 @@ def _refuse_stages(
         else f"{fewest:,} updates, a budget of {fewest * per_update:,} env steps, fit them"
     )
     raise ValueError(
-        f"the budget of {budget:,} env steps is {update_count} of {per_update} steps, too few for "
+        f"the budget of {budget:,} env steps is {update_count} of {per_update:,} steps, too few for "
         f"{stages:,} encoder stages{lengths}; {needed}. Raise the budget (the paper's, which the "
         "`paper` preset is for, is 180,000,000) or use fewer refits."
     )

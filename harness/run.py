@@ -698,8 +698,8 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
     per_update = update_size(config)
     if steps < per_update:
         raise UserError(
-            f"{steps_name} {steps} is less than one policy update ({per_update} env steps); a run would "
-            f"train {per_update} steps anyway. Give at least {per_update}."
+            f"{steps_name} {steps:,} is less than one policy update ({per_update:,} env steps); a run "
+            f"would train {per_update:,} steps anyway. Give at least {per_update}."
         )
     if config.eval_episodes > MAX_EPISODES:
         raise UserError(f"eval_episodes must be at most {MAX_EPISODES:,}, got {config.eval_episodes:,}.")

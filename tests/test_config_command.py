@@ -65,6 +65,21 @@ def test_gorl_shows_its_stages_with_their_settings(capsys):
     assert "too few for 4 encoder stages" in capsys.readouterr().err
 
 
+def test_without_steps_a_preset_whose_schedule_needs_more_is_shown_with_a_note(capsys):
+    """`config gorl-fm --preset paper` failed: the default budget is two of its 983,040-step updates."""
+
+    assert main(["config", "gorl-fm", "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert table(out)["num_envs"][:2] == ["2048", "default"] and "Stages of a" not in out
+    assert "No stage schedule shown: a run's default budget (--steps 1,000,000) does not fit" in out
+    assert "2 PPO updates of 983,040 steps, too few for 4 encoder stages" in out
+    assert main(["config", "gorl-fm", "--preset", "paper", "--steps", "1000000"]) == 2  # given: refused
+    assert "too few for 4 encoder stages" in capsys.readouterr().err
+    # A refusal that no budget lifts is still one, with or without --steps.
+    assert main(["config", "gorl-fm", "--preset", "paper", "--set", "latent_dim=3"]) == 2
+    assert "the latent must have the action's size" in capsys.readouterr().err
+
+
 def test_what_run_refuses_is_refused(capsys):
     argv = ["config", "gorl-fm", "--task", "toy-bimodal-easy", "--set", "latent_dim=5"]
     assert main(argv) == 2

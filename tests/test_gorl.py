@@ -109,12 +109,12 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
     [
         ({"stages": [0.5, 0.25]}, 12 * UPDATE, "sum to 0.75"),
         ({"stages": [1000, 2000]}, 12 * UPDATE, r"stages \[1000, 2000\] sum to 3000"),
-        ({"num_refits": 5}, 4 * UPDATE, r"is 4 PPO updates of \d+ steps, too few for 6 encoder stages"),
+        ({"num_refits": 5}, 4 * UPDATE, r"is 4 PPO updates of [\d,]+ steps, too few for 6 encoder stages"),
         # The smallest budget that fits is named: 4 stages of 1/3, 1/3, 1/6, 1/6 need 5 updates.
         ({}, 4 * UPDATE, rf"they need 5 updates, a budget of {5 * UPDATE:,} env steps\."),
         # A stage of 1e-9 of the budget: the search for the fewest updates ran a billion tries.
         ({"stages": [1.0, 1e-9]}, 4 * UPDATE, r"1,000,000,001 updates, a budget of [\d,]+ env steps, fit"),
-        ({"num_refits": 1}, UPDATE, r"is 1 PPO update of \d+ steps, too few for 2 encoder stages"),
+        ({"num_refits": 1}, UPDATE, r"is 1 PPO update of [\d,]+ steps, too few for 2 encoder stages"),
         ({"num_refits": 999}, 12 * UPDATE, r"too few for 1,000 encoder stages; they need 1,000 updates"),
         # Refused before a list of that many stages was built: 10^12 ran out of memory, and with a
         # budget that fits them 1e8 took 7 GB and 77 s.

@@ -231,7 +231,7 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--algo", "ppo", "--task", "walker-wlak"], "walker-walk"),
         (["--task", TOY], "--algo and --task are required"),
         (["--resume", "does-not-exist"], "holds no run checkpoint: the directory does not exist"),
-        (["--algo", "ppo", "--task", TOY, "--steps", "100"], "less than one policy update (4096 env steps)"),
+        (["--algo", "ppo", "--task", TOY, "--steps", "100"], "less than one policy update (4,096 env steps)"),
         (["--algo", "ppo", "--task", TOY, "--steps", "8192", "--set", "eval_points=9000"], "than --steps"),
         (["--algo", "ppo", "--task", TOY, "--set", "min_std=1e999"], "min_std must be a finite number"),
         # Tracebacks from the parsers: a RecursionError, and an error line of 5,000 digits.

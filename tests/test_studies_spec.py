@@ -56,7 +56,7 @@ def ppo_key() -> str:
         (GRID.replace("seeds = 2", "seeds = 0") + "[grid]\nlr = [1e-3]\n", "seeds must be at least 1"),
         (
             GRID.replace("steps = 4096", "steps = 1") + "[grid]\nlr = [1e-3]\n",
-            "steps 1 is less than one policy update (4096 env steps)",
+            "steps 1 is less than one policy update (4,096 env steps)",
         ),
         (GRID + "[grid]\neval_points = [5000]\n", "eval_points 5000 is more than steps 4096"),
         (GRID + "[grid]\nno_such_key = [1, 2]\n", "unknown config key 'no_such_key'"),

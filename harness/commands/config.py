@@ -61,14 +61,17 @@ def main(args: argparse.Namespace) -> int:
     # What `run` would refuse (a latent size the task cannot take, a budget below one update or
     # one the stage schedule cannot split) is refused here too, so that a config shown without
     # complaint is one that runs. The TOML holds no budget: without --steps it is not checked.
-    if args.steps is not None or not args.toml:
+    budget_note = ""
+    if args.steps is not None:
         check_run(config, task, steps)
+    elif not args.toml:
+        budget_note = _default_budget_problem(config, task, steps)
     values = as_dict(config)
     if args.toml:
         print(to_toml({"config": values}), end="")
         return 0
-    # An algorithm with a stage schedule (GoRL); check_run has checked that the budget fits it.
-    stage_rows = config.stage_table(steps) if hasattr(config, "stage_table") else []
+    # An algorithm with a stage schedule (GoRL) whose budget check_run has passed.
+    stage_rows = config.stage_table(steps) if hasattr(config, "stage_table") and not budget_note else []
     set_by = origins(spec, args.preset, task, overrides)
     notes = field_notes(spec.config_cls)
     defaults = {f.name: _default(f) for f in dataclasses.fields(spec.config_cls)}
@@ -83,7 +86,30 @@ def main(args: argparse.Namespace) -> int:
         print("| " + " | ".join(stage_rows[0]) + " |\n" + "|---" * len(stage_rows[0]) + "|")
         for row in stage_rows:
             print("| " + " | ".join(str(value) for value in row.values()) + " |")
+    if budget_note:
+        print(f"\n{budget_note}")
     return 0
+
+
+def _default_budget_problem(config: object, task: str, steps: int) -> str:
+    """Check the config as `run` would with its default budget: "" if it passes, else a note on why
+    the default budget does not fit (a `paper` preset's 983,040-step updates, say). Any other
+    refusal is raised: without --steps the config is shown, with a budget that does not fit it the
+    run is refused."""
+
+    from harness.errors import UserError
+    from harness.run import check_run
+
+    try:
+        check_run(config, task, steps)
+        return ""
+    except UserError as error:
+        check_run(config, task, 10**15)  # a refusal that no budget lifts is the user's to see
+        reason = str(error).removeprefix(f"--steps {steps}: ")
+        return (
+            f"No stage schedule shown: a run's default budget (--steps {steps:,}) does not fit this "
+            f"config: {reason} Give --steps to see the stages of a budget that fits."
+        )
 
 
 def _default(field: dataclasses.Field) -> object:
