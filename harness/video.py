@@ -28,8 +28,14 @@ def check_rendering() -> None:
 
     backend = os.environ.get("MUJOCO_GL", "disable")
     if backend not in GL_BACKENDS:
+        # gorl-bench sets MUJOCO_GL=disable where it is unset, so that dm_control probes no OpenGL.
+        state = (
+            "rendering is off (MUJOCO_GL unset or 'disable')"
+            if backend == "disable"
+            else (f"MUJOCO_GL is {backend!r}, which names none")
+        )
         raise UserError(
-            f"a video needs an OpenGL backend for MuJoCo, and MUJOCO_GL is {backend!r}: run the command "
+            f"a video needs an OpenGL backend for MuJoCo, and {state}: run the command "
             "with MUJOCO_GL=egl (headless, with a GPU or Mesa's EGL), MUJOCO_GL=osmesa (software) or "
             "MUJOCO_GL=glfw (with a display)."
         )
@@ -40,13 +46,19 @@ def check_rendering() -> None:
         context.make_current()
         context.free()
     except Exception as error:  # noqa: BLE001 - any failure means no video; its text says why
-        needs = {"egl": "a GPU driver's or Mesa's EGL", "osmesa": "the OSMesa library (Mesa's libosmesa)",
-                 "glfw": "a display"}[backend]  # fmt: skip
-        others = ", ".join(name for name in GL_BACKENDS if name != backend)
-        raise UserError(
-            f"MuJoCo cannot render with MUJOCO_GL={backend} here ({type(error).__name__}: {error}); it needs "
-            f"{needs}. Install it, or try another MUJOCO_GL: {others}."
-        ) from None
+        raise _cannot_render(backend, error) from None
+
+
+def _cannot_render(backend: str, error: Exception) -> UserError:
+    """The error of a backend MuJoCo could not render with: what it needs, and the other backends."""
+
+    needs = {"egl": "a GPU driver's or Mesa's EGL", "osmesa": "the OSMesa library (Mesa's libosmesa)",
+             "glfw": "a display"}[backend]  # fmt: skip
+    others = ", ".join(name for name in GL_BACKENDS if name != backend)
+    return UserError(
+        f"MuJoCo cannot render with MUJOCO_GL={backend} here ({type(error).__name__}: {error}); it needs "
+        f"{needs}. Install it, or try another MUJOCO_GL: {others}."
+    )
 
 
 def _mujoco_handles(env: Any) -> tuple[Any, Any, float]:
@@ -77,10 +89,7 @@ class EpisodeRecorder:
         try:
             self.renderer = mujoco.Renderer(self.model, height, width)
         except Exception as error:  # noqa: BLE001 - a missing GL library shows up as any of several errors
-            raise UserError(
-                f"MuJoCo cannot render with MUJOCO_GL={os.environ.get('MUJOCO_GL')} here "
-                f"({type(error).__name__}: {error}); try another of {', '.join(GL_BACKENDS)}."
-            ) from None
+            raise _cannot_render(os.environ["MUJOCO_GL"], error) from None
         self.every = max(1, round(1 / (FPS * step_seconds)))  # env steps per frame
         self.frame_seconds = self.every * step_seconds
         self.steps = 0
