@@ -443,15 +443,21 @@ def check_configurations(spec: Spec) -> None:
     if spec.kind == "tune":
         # The corners of the space and each categorical choice: enough to catch unknown keys,
         # wrong types and values the config's own validate() refuses.
-        configs = [("low", {**spec.fixed, **{d.name: _corner(d, 0) for d in spec.space}})]
-        configs.append(("high", {**spec.fixed, **{d.name: _corner(d, -1) for d in spec.space}}))
+        low = {**spec.fixed, **{d.name: _corner(d, 0) for d in spec.space}}
+        high = {**spec.fixed, **{d.name: _corner(d, -1) for d in spec.space}}
+        configs = [("the search space's lower corner (every range at its low end)", low),
+                   ("the search space's upper corner (every range at its high end)", high)]  # fmt: skip
         for dim in spec.space:
-            configs += [(f"{dim.name}={c!r}", {**configs[0][1], dim.name: c}) for c in dim.choices]
-        configurations = [(label, spec.algo, params) for label, params in configs]
+            configs += [
+                (f"the search space's choice {dim.name}={c!r}", {**low, dim.name: c}) for c in dim.choices
+            ]
+        described = [(label, spec.algo, params) for label, params in configs]
     else:
-        configurations = spec.configurations()
-    for label, algo, params in configurations:
-        check_on_every_task(spec, algo, params, f"configuration {label!r}")
+        described = [
+            (f"configuration {label!r}", algo, params) for label, algo, params in spec.configurations()
+        ]
+    for label, algo, params in described:
+        check_on_every_task(spec, algo, params, label)
 
 
 def check_on_every_task(spec: Spec, algo: str, params: Mapping[str, Any], described: str) -> None:

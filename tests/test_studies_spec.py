@@ -110,6 +110,21 @@ def ppo_key() -> str:
             + "[space.gamma]\nchoices = [0.99, 0.995]\n",
             "it would draw ['gamma'] at random in every trial",
         ),
+        (  # the space's corner checked, named as such (it was "configuration 'low'")
+            GRID.replace('"grid"', '"tune"') + "max_trials = 3\n[space.num_refit]\nlow = 1\nhigh = 3\n",
+            "the search space's lower corner (every range at its low end) on toy-bimodal: unknown config "
+            "key 'num_refit'",
+        ),
+        (
+            GRID.replace('"grid"', '"tune"') + "max_trials = 3\n[space.gae_lambda]\nlow = 0.9\nhigh = 1.5\n",
+            "the search space's upper corner (every range at its high end) on toy-bimodal: invalid config "
+            "for ppo: need 0 < gamma",
+        ),
+        (
+            GRID.replace('"grid"', '"tune"')
+            + "max_trials = 3\n[space.normalize_obs]\nchoices = [true, 3, false]\n",
+            "the search space's choice normalize_obs=3 on toy-bimodal",
+        ),
         # Only 'seed' was offered, though a count of seeds was the likelier meaning.
         (GRID + "seedz = 2\n", "unknown key 'seedz' (did you mean 'seed' or 'seeds'?) in the spec"),
         (
