@@ -119,6 +119,7 @@ def _close(value: str, valid: Collection[str]) -> list[str]:
     (seedz: seed 0.89 and seeds 0.80 of a full match; entropy_coeff: entropy_coef 0.96 alone, not
     tanh_entropy 0.56)."""
 
-    scored = [(difflib.SequenceMatcher(None, value, name).ratio(), name) for name in valid]
+    # In lower case: `PPO` is a slip for `ppo` (a full match), not a name of its own.
+    scored = [(difflib.SequenceMatcher(None, value.lower(), name.lower()).ratio(), name) for name in valid]
     best = max((score for score, _ in scored), default=0.0)
     return [name for score, name in sorted(scored, reverse=True) if score >= max(0.5, best - 0.1)][:3]

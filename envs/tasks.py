@@ -85,11 +85,12 @@ def canonical_task(name: str) -> str:
     lookup = _lookup()
     if name.lower() in lookup:
         return lookup[name.lower()]
-    accepted = [*task_names(), *ALIASES]
-    close = difflib.get_close_matches(name, accepted, n=5, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    # Matched in lower case, as names are looked up; an alias is offered as its task, once.
+    close = difflib.get_close_matches(name.lower(), list(lookup), n=8, cutoff=0.5)
+    offered = list(dict.fromkeys(lookup[match] for match in close))[:5]
+    hint = f" Did you mean: {', '.join(offered)}?" if offered else ""
     raise UserError(
-        f"Unknown task {name!r}.{hint} Run `gorl-bench list` for the tasks; every dm_control suite task "
+        f"unknown task {name!r}.{hint} Run `gorl-bench list` for the tasks; every dm_control suite task "
         f"works as domain-task (e.g. cheetah-run) and any installed gymnasium id as gym:<id>."
     )
 
@@ -101,7 +102,7 @@ def _checked_gym_id(env_id: str) -> str:
         return env_id
     close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(GYM_PREFIX + c for c in close)}?" if close else ""
-    raise UserError(f"Unknown gymnasium id {env_id!r} in task {GYM_PREFIX + env_id!r}.{hint}")
+    raise UserError(f"unknown gymnasium id {env_id!r} in task {GYM_PREFIX + env_id!r}.{hint}")
 
 
 def is_dmc(task: str) -> bool:

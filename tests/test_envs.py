@@ -54,8 +54,12 @@ def test_canonical_names_and_aliases():
 def test_unknown_names_list_close_matches():
     with pytest.raises(UserError, match="cheetah-run"):
         envs.canonical_task("cheetah-rn")
-    with pytest.raises(UserError, match="HopperStand"):
+    # An alias is offered as its task, and a task once (it read "cheetah-run, CheetahRun, ...").
+    with pytest.raises(UserError, match=r"Did you mean: hopper-stand, walker-stand, "):
         envs.canonical_task("HoperStand")
+    with pytest.raises(UserError) as refused:
+        envs.canonical_task("cheeta-run")
+    assert "CheetahRun" not in str(refused.value) and str(refused.value).count("cheetah-run") == 2
     with pytest.raises(UserError, match="gym:Pendulum-v1"):
         envs.canonical_task("gym:Pendulum-v9")
 

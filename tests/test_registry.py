@@ -119,3 +119,10 @@ def test_a_parameter_outside_actor_and_critic_is_clipped_too():
     groups = agent.clip_groups()
     assert len(groups) == 3 and groups[2] == [agent.model.log_std]
     agent.close()
+
+
+def test_an_unknown_name_in_the_wrong_case_is_offered_in_the_right_one():
+    from harness.errors import UserError
+
+    with pytest.raises(UserError, match=r"unknown algorithm 'PPO'\. Did you mean ppo\?"):
+        algorithms.get("PPO")
