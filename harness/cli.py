@@ -31,11 +31,13 @@ COMMAND_MODULES = ("catalog", "config", "run", "evaluate", "bench", "study", "re
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
+    from importlib.metadata import version
 
     parser = argparse.ArgumentParser(
         prog="gorl-bench",
         description="Benchmarks and ablations for online RL with generative policies.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('gorl-bench')}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"harness.commands.{name}").register(subparsers)

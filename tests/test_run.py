@@ -851,6 +851,26 @@ STEPS = 60 * 16 * 16  # 60 small updates: the run is still going when its first 
 OVERRIDES = {**SMALL, "eval_points": POINTS}
 
 
+def test_list_shows_one_section_when_named(capsys):
+    assert main(["list", "tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "toy-bimodal" in out and "Algorithms:" not in out and "Tasks:" not in out
+    assert main(["list", "algorithms"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == algorithms.names()
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("Algorithms:") < out.index("Tasks:") < out.index("Studies:")
+
+
+def test_version_is_the_installed_package_s(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"gorl-bench {version('gorl-bench')}\n"
+
+
 @pytest.mark.parametrize(
     ("algo", "param", "value", "metric"),
     [("fpo", "samples_per_action", "8", "train/cfm_loss"), ("dppo", "sigma", "0.2", "train/approx_kl")],
