@@ -42,7 +42,7 @@ import envs
 from harness.errors import UserError, describe
 from harness.signals import caused_by_interrupt
 from harness.tracking import sqlite_store_missing
-from studies import tracking
+from studies import SPEC_DIR, tracking
 from studies.pruning import make_pruner
 from studies.spec import SearchDim, Spec, Unit, check_on_every_task, parse_spec, stable_seed, variant_dir
 from studies.status import study_status
@@ -255,9 +255,10 @@ def load_study(name: str, location: str | None) -> optuna.Study:
         names = sorted(
             s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
         )
+        shipped = (SPEC_DIR / f"{name}.toml").is_file()  # a shipped spec's study is named after it
         raise StudyNotFound(
             f"no study {name!r} in this storage. Studies there: {', '.join(names) or 'none'}. "
-            "Create it with `gorl-bench study run SPEC` (with the same --storage)."
+            f"Create it with `gorl-bench study run {name if shipped else 'SPEC'}` (with the same --storage)."
         ) from None
 
 

@@ -666,7 +666,12 @@ def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     assert main(["report", "nope", "--storage", str(storage)]) == 2
     studies = "ablation, aliased, all-diverged, capped, capped-midway, capped-running, crossed, diverging, "
     studies += "empty, lr-sweep, outlier, task-diverged, tuning"
-    assert f"Studies there: {studies}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"Studies there: {studies}" in err and "Create it with `gorl-bench study run SPEC`" in err
+    assert main(["report", "timescale", "--storage", str(storage)]) == 2  # a shipped spec: named
+    assert (
+        "Create it with `gorl-bench study run timescale` (with the same --storage)" in capsys.readouterr().err
+    )
     assert main(["report", "empty", "--storage", str(storage)]) == 2
     assert "no trials yet" in capsys.readouterr().err
     assert main(["report", "ablation", "--storage", str(tmp_path / "absent.journal")]) == 2
