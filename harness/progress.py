@@ -33,6 +33,13 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+def count(n: int, noun: str) -> str:
+    """`n` and its noun, plural unless n is 1, as every command counts things: `1 iteration`,
+    `1,024 units`."""
+
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 class PlainLines:
     """When a progress display without a terminal prints its next line: at news (an evaluation, a
     unit that ended), FIRST_PLAIN_LINE_S after the start, and at least every PLAIN_INTERVAL_S

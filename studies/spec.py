@@ -33,6 +33,7 @@ from typing import Any
 
 from algorithms.registry import unknown_keys, unknown_name
 from harness.errors import UserError
+from harness.progress import count
 from studies import SPEC_DIR
 
 KINDS = ("grid", "compare", "tune")
@@ -430,7 +431,7 @@ def _check_size(spec: Spec) -> None:
     units = configurations * per_configuration
     if units > MAX_UNITS:
         counts = {"configuration": configurations, "seed": spec.seeds, "task": len(spec.tasks)}
-        factors = " x ".join(f"{n:,} {noun}{'s' if n != 1 else ''}" for noun, n in counts.items())
+        factors = " x ".join(count(n, noun) for noun, n in counts.items())
         raise UserError(
             f"{what} {units:,} units ({factors}); a study holds at most {MAX_UNITS:,}. Check `seeds` and "
             "the grid's lists, or split the design into several studies."

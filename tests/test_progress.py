@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import harness.progress
-from harness.progress import DelayedProgress, duration
+from harness.progress import DelayedProgress, count, duration
 
 
 def test_without_a_terminal_the_progress_is_a_plain_line_now_and_then(monkeypatch, capsys):
@@ -51,3 +51,10 @@ def test_every_command_writes_a_duration_one_way():
     """`demo` said `Done in 0m07s`, `study status` `ETA 1h02m`, progress lines `(3725 s)`."""
 
     assert [duration(s) for s in (0, 7.4, 65, 3599.6, 3725)] == ["0s", "7s", "1m05s", "1h00m", "1h02m"]
+
+
+def test_counts_are_plural_unless_one():
+    """`bench train --iterations 1` printed "1 iterations"."""
+
+    assert count(1, "iteration") == "1 iteration"
+    assert count(0, "unit") == "0 units" and count(2048, "unit") == "2,048 units"

@@ -28,6 +28,7 @@ import torch
 
 from harness.benchmarks.train import build_agent, measure_together, rounds_measured
 from harness.commands.arguments import positive_int
+from harness.progress import count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     name = {"gorl-fm": "GoRL-FM", "gorl-diffusion": "GoRL-Diffusion"}[args.algo]
     settings = "".join(f" {pair}" for pair in args.overrides)
     print(f"{name} vs PPO on {task}, preset {args.preset}{settings}, "
-          f"{args.iterations} iterations per phase after one warm-up; torch {torch.__version__}, "
+          f"{count(args.iterations, 'iteration')} per phase after one warm-up; torch {torch.__version__}, "
           f"{platform.machine()}, device {device}")  # fmt: skip
 
     def later_stage(agent: algorithms.gorl.GoRLAgent) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from harness.commands.arguments import add_tasks_option, positive_int
+from harness.progress import count
 
 DEFAULT_TASKS = ("walker-walk", "cheetah-run")
 
@@ -157,9 +158,10 @@ def main(args: argparse.Namespace) -> int:
             config = resolve(algorithms.get(algo), args.preset, task, overrides)
             check_run(config, task, budget(config, args.iterations))
     device = resolve_device(args.device)
-    print(f"{', '.join(args.algos)} end to end, preset {args.preset}"
-          f"{' ' + ' '.join(args.overrides) if args.overrides else ''}, {args.iterations} iterations after "
-          f"one warm-up; torch {torch.__version__}, {platform.machine()}, device {device}")  # fmt: skip
+    settings = "".join(f" {pair}" for pair in args.overrides)
+    print(f"{', '.join(args.algos)} end to end, preset {args.preset}{settings}, "
+          f"{count(args.iterations, 'iteration')} after one warm-up; torch {torch.__version__}, "
+          f"{platform.machine()}, device {device}")  # fmt: skip
     print("| task | algorithm | env steps | seconds | env steps/s | learner share | time vs "
           f"{args.algos[0]} |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for task in args.tasks:
