@@ -618,7 +618,7 @@ class GoRLAgent(PPOAgent):
         return self.stage < len(self.ends) - 1 and self.counted_steps >= self.ends[self.stage]
 
     def next_iteration_note(self) -> str:
-        return f"decoder refit {self.stage + 1} of {len(self.ends) - 1}" if self.refit_due else ""
+        return f"refit {self.stage + 1} of {len(self.ends) - 1}" if self.refit_due else ""
 
     def train_iteration(self) -> dict[str, float]:
         metrics: dict[str, float] = {}

@@ -760,6 +760,17 @@ def create_default_out_dir(request: RunRequest) -> Path:
             out_dir = base.with_name(f"{base.name}-{attempt}")
 
 
+def compact_count(n: int) -> str:
+    """A count in at most 5 characters: 9,999, 336k, 1.00M, 180M, 1.80G."""
+
+    if n < 10_000:
+        return f"{n:,}"
+    scale, suffix = next(
+        (scale, suffix) for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if n >= scale
+    )
+    return f"{n / scale:.2f}{suffix}" if n < 10 * scale else f"{n / scale:.0f}{suffix}"
+
+
 class _ProgressBar:
     """A rich progress bar (env steps, steps/s, last evaluation, ETA), or nothing when disabled.
 
@@ -779,19 +790,24 @@ class _ProgressBar:
         self.lines = PlainLines()
         if enabled and not self.plain:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+            # Short columns, so that an 80-column terminal shows every number whole (rich cuts
+            # text columns that do not fit): steps as `336k/1.00M`, and a refit's note in place
+            # of the steps/s it has none of.
             self.progress = Progress(
                 TextColumn(self.label),
                 BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[speed]} steps/s"),
+                TextColumn("{task.fields[steps]}"),
+                TextColumn("{task.fields[activity]}"),
                 TextColumn("eval {task.fields[last_eval]}"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[note]}"),
+                TimeRemainingColumn(compact=True),
                 console=Console(stderr=True),
             )
-            self.task_id = self.progress.add_task("run", total=self.total, speed="-", last_eval="-", note="")
+            self.task_id = self.progress.add_task(
+                "run", total=self.total, steps=self._steps(0), activity="- steps/s", last_eval="-"
+            )
+            self.speed, self.activity_note = "-", ""
 
     def __enter__(self) -> _ProgressBar:
         if self.progress is not None:
@@ -802,11 +818,18 @@ class _ProgressBar:
         if self.progress is not None:
             self.progress.stop()
 
+    def _steps(self, step: int) -> str:
+        return f"{compact_count(step)}/{compact_count(self.total)}"
+
+    def _activity(self) -> str:
+        return self.activity_note or f"{self.speed} steps/s"
+
     def note(self, text: str) -> None:
         """Show what the coming iteration does when it is more than an update ("" clears it)."""
 
         if self.progress is not None:
-            self.progress.update(self.task_id, note=text)
+            self.activity_note = text
+            self.progress.update(self.task_id, activity=self._activity())
 
     def update(self, step: int, history: list[tuple[int, float, float]]) -> None:
         if self.progress is None and not self.plain:
@@ -817,7 +840,14 @@ class _ProgressBar:
         speed = f"{done / elapsed:,.0f}" if done > 0 else "-"
         last = f"{history[-1][1]:.1f}" if history else "-"
         if self.progress is not None:
-            self.progress.update(self.task_id, completed=step, speed=speed, last_eval=last)
+            self.speed = speed
+            self.progress.update(
+                self.task_id,
+                completed=step,
+                steps=self._steps(step),
+                activity=self._activity(),
+                last_eval=last,
+            )
         elif self.lines.due(news=len(history) > self.printed):
             self.printed = len(history)
             print(f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}",

@@ -280,7 +280,7 @@ def test_refits_count_their_env_steps_apart_and_switch_stages(algo):
         note = agent.next_iteration_note()  # what the progress bar shows during the iteration
         metrics = agent.train_iteration()
         stages.append(int(metrics["gorl/stage"]))
-        assert note == (f"decoder refit {len(decoders) + 1} of 2" if "refit/env_steps" in metrics else "")
+        assert note == (f"refit {len(decoders) + 1} of 2" if "refit/env_steps" in metrics else "")
         if "refit/env_steps" in metrics:
             assert metrics["refit/env_steps"] == REFIT_STEPS
             assert metrics["decoder/best_val_loss"] < metrics["decoder/initial_val_loss"]  # it trained

@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1104,6 +1105,35 @@ def test_without_a_terminal_progress_is_one_line_per_evaluation(tmp_path, tracki
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ppo toy-bimodal s0: ")]
     assert len(lines) == SMALL["eval_points"]
     assert lines[-1].startswith(f"ppo toy-bimodal s0: {TINY['steps']:,}/{TINY['steps']:,} env steps")
+
+
+def test_in_an_80_column_terminal_the_bar_shows_every_number_whole(monkeypatch):
+    """During a GoRL refit the step count and the ETA were cut to "8…" and "0…"."""
+
+    import io
+
+    from rich.console import Console
+
+    import harness.run
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    run = RunRequest(algo="gorl-fm", task="cartpole-swingup", seed=0, steps=1_000_000)
+    bar = harness.run._ProgressBar(run, 1_003_520, enabled=True)
+    screen = io.StringIO()
+    bar.progress.live.console = Console(file=screen, width=80, force_terminal=True, color_system=None)
+    bar.update(0, [])
+    bar.origin = (time.perf_counter() - 30.0, 0)  # 336k steps in 30 s
+    bar.update(336_000, [(327_680, 874.6, 12.0)])
+    for note in ("refit 1 of 3", ""):
+        bar.note(note)
+        bar.progress.live.console.print(bar.progress.make_tasks_table(bar.progress.tasks))
+    during, after = screen.getvalue().splitlines()
+    assert "…" not in during + after
+    assert "336k/1.00M" in during and "refit 1 of 3" in during and "eval 874.6" in during
+    assert re.search(r" 11,[12]\d\d steps/s ", after) and "refit" not in after
+    assert [harness.run.compact_count(n) for n in (9_999, 10_000, 336_000, 1_003_520, 180_000_000)] == [
+        "9,999", "10k", "336k", "1.00M", "180M"
+    ]  # fmt: skip
 
 
 def test_without_a_terminal_progress_lines_also_come_between_distant_evaluations(
