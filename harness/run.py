@@ -128,7 +128,8 @@ def execute(
                 # After the directory: a refused --out leaves no store behind, a refused store no directory.
                 tracking_uri = resolve_tracking_uri(request.tracking_uri)
                 request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
-                return _start(request, spec, config, device, on_evaluation, progress)
+                with _Starting(f"{request.algo} {task} s{request.seed}", progress) as starting:
+                    return _start(request, spec, config, device, on_evaluation, starting)
             except UserError:
                 # A refused directory is left as it was found. Removed while still held: a process
                 # waiting on this lock file then sees it gone and locks the new one.
@@ -203,7 +204,7 @@ def _start(
     config: Any,
     device: torch.device,
     on_evaluation: EvaluationCallback | None,
-    progress: bool,
+    starting: _Starting,
 ) -> RunResult:
     """Open the MLflow run, build the agent and train it (in its locked run directory)."""
 
@@ -221,6 +222,7 @@ def _start(
     }
     # Named after its run directory by default, so the MLflow UI and the directory name each other.
     run_name = request.run_name or Path(request.out_dir).name
+    starting.say("opening the MLflow store")
     tracker = RunTracker.start(tracking_uri, request.experiment, run_name, request.parent_run_id, tags)
     try:
         tracker.log_params({**_run_info(request), **as_dict(config)})
@@ -228,6 +230,7 @@ def _start(
         tracker.log_text(config_toml, CONFIG_NAME)
         # Also next to the checkpoint, where a reader of the run directory looks for it first.
         (Path(request.out_dir) / CONFIG_NAME).write_text(config_toml)
+        starting.say("building the agent and its envs")
         agent = spec.agent_cls(config, task, request.seed, request.steps, device)
     except BaseException as error:
         stopped = caused_by_interrupt(error)
@@ -235,7 +238,7 @@ def _start(
         if isinstance(error, OSError):  # e.g. an MLflow artifact directory it may not write
             raise UserError(f"cannot start the run: {error}") from None
         raise
-    return _train(request, config, agent, _RunPosition(), tracker, on_evaluation, progress)
+    return _train(request, config, agent, _RunPosition(), tracker, on_evaluation, starting)
 
 
 @interrupts_unwrapped()
@@ -256,7 +259,8 @@ def resume(
     """
 
     require_checkpoint(Path(out_dir))  # before the lock, which would create a missing directory
-    with hold_run_directory(Path(out_dir)):
+    with hold_run_directory(Path(out_dir)), _Starting(f"resuming {Path(out_dir).name}", progress) as starting:
+        starting.say("loading the checkpoint and building the agent")
         request, config, agent, state = load_run(out_dir, device)
         position, run_id = _RunPosition(**state["progress"]), state["mlflow_run_id"]
         try:
@@ -264,6 +268,7 @@ def resume(
             if tracking_uri is not None:
                 moved_to = resolve_tracking_uri(tracking_uri, create=False)
                 request = dataclasses.replace(request, tracking_uri=moved_to)
+            starting.say("opening the MLflow store")
             mlflow_run = check_run_continuable(request.tracking_uri, run_id)
             finished = agent.counted_steps >= request.steps and mlflow_run.info.status == "FINISHED"
             if not finished:  # before the MLflow run is reopened: a refusal leaves it as it was
@@ -280,9 +285,10 @@ def resume(
             raise
         if tracker is None:
             agent.close()
+            starting.done()
             print(f"the run in {out_dir} had already finished; nothing was trained", file=sys.stderr)
             return _result(request, agent, position, run_id, "FINISHED")
-        return _train(request, config, agent, position, tracker, on_evaluation, progress)
+        return _train(request, config, agent, position, tracker, on_evaluation, starting)
 
 
 def _run_info(request: RunRequest) -> dict[str, Any]:
@@ -525,9 +531,10 @@ def _train(
     position: _RunPosition,
     tracker: RunTracker,
     on_evaluation: EvaluationCallback | None,
-    progress: bool,
+    starting: _Starting,
 ) -> RunResult:
     out_dir = Path(request.out_dir)
+    progress = starting.enabled
     points = evaluation_points(request.steps, config.eval_points)
     evaluator: Evaluator | None = None
 
@@ -538,23 +545,25 @@ def _train(
     # updates trains up to the next one.
     per_update = update_size(config)
     trained = -(-request.steps // per_update) * per_update
-    starting = not checkpoint_path(out_dir).exists()  # not a resume, even of the start's checkpoint
+    fresh = not checkpoint_path(out_dir).exists()  # not a resume, even of the start's checkpoint
     in_callback = False
     try:  # from here on, every way out ends the MLflow run (a Ctrl-C while the bar loads left it RUNNING)
-        if progress and trained != request.steps and starting:
+        if progress and trained != request.steps and fresh:
             print(
                 f"note: the run trains whole updates of {per_update:,} env steps: {trained:,} counted env "
                 f"steps for --steps {request.steps:,}",
                 file=sys.stderr,
             )
         bar = _ProgressBar(request, trained, enabled=progress)
+        starting.say("building the evaluation envs")
         evaluator = Evaluator(request.task, config.eval_episodes, request.seed, config.env_backend)
-        if starting:
+        if fresh:
             # The untrained start: a run stopped before its first evaluation resumes into the same
             # MLflow run (a study's unit then keeps one run) instead of starting a second one. It
             # counts as the first periodic checkpoint too.
             position.next_checkpoint = request.checkpoint_every or 0
             checkpoint()
+        starting.done()  # a terminal shows one live display at a time: the bar's, from here on
         with bar:
             bar.update(agent.counted_steps, position.history)
             while agent.counted_steps < request.steps:
@@ -771,6 +780,38 @@ def compact_count(n: int) -> str:
     return f"{n / scale:.2f}{suffix}" if n < 10 * scale else f"{n / scale:.0f}{suffix}"
 
 
+class _Starting:
+    """What a run does before its first update (seconds: the MLflow store, building envs) as a
+    spinner on a terminal; nothing in a log or with progress off. `done()` before the bar starts."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label, self.enabled = label, enabled
+        self.status: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status(f"{label}: starting")
+
+    def __enter__(self) -> _Starting:
+        if self.status is not None:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()
+
+    def say(self, text: str) -> None:
+        if self.status is not None:
+            # Naming the spinner draws the new text at once (a text alone waits for the next
+            # refresh, which a short phase may not see).
+            self.status.update(f"{self.label}: {text}", spinner="dots")
+
+    def done(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
 class _ProgressBar:
     """A rich progress bar (env steps, steps/s, last evaluation, ETA), or nothing when disabled.
 
@@ -840,7 +881,7 @@ class _ProgressBar:
         speed = f"{done / elapsed:,.0f}" if done > 0 else "-"
         last = f"{history[-1][1]:.1f}" if history else "-"
         if self.progress is not None:
-            self.speed = speed
+            self.speed, self.activity_note = speed, ""  # an update ends the iteration a note was for
             self.progress.update(
                 self.task_id,
                 completed=step,

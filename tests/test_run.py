@@ -1107,6 +1107,29 @@ def test_without_a_terminal_progress_is_one_line_per_evaluation(tmp_path, tracki
     assert lines[-1].startswith(f"ppo toy-bimodal s0: {TINY['steps']:,}/{TINY['steps']:,} env steps")
 
 
+def test_in_a_terminal_a_run_says_what_it_does_before_its_bar_starts(
+    tmp_path, tracking_uri, capsys, monkeypatch
+):
+    """The first seconds (the MLflow store, building envs) showed nothing; the spinner that says
+    so must end before the bar starts (rich shows one live display at a time)."""
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    result = execute(request(tmp_path, tracking_uri), progress=True)
+    assert result.status == "FINISHED"
+    err = capsys.readouterr().err
+    for phase in (
+        "opening the MLflow store",
+        "building the agent and its envs",
+        "building the evaluation envs",
+    ):
+        assert f"ppo toy-bimodal s0: {phase}" in err
+    assert "1,024/1,024" in err and "steps/s" in err  # the bar
+    assert err.rindex("building the evaluation envs") < err.index("/1,024")  # after the spinner stopped
+
+    result = resume(tmp_path / "run", progress=True)  # finished: says so, with nothing left running
+    assert result.status == "FINISHED" and "had already finished" in capsys.readouterr().err
+
+
 def test_in_an_80_column_terminal_the_bar_shows_every_number_whole(monkeypatch):
     """During a GoRL refit the step count and the ETA were cut to "8…" and "0…"."""
 
