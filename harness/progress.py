@@ -57,6 +57,43 @@ class PlainLines:
         return False
 
 
+class PhaseSpinner:
+    """What a command does during seconds that show no count (opening a store, building envs), as
+    a spinner `label: phase` on a terminal; in a log, a line per phase if `log_lines` (a command
+    whose own progress lines do not show it is working); nothing when not `enabled`. A terminal
+    shows one live display at a time: `done()` before a progress bar starts."""
+
+    def __init__(self, label: str, enabled: bool = True, *, log_lines: bool = False) -> None:
+        self.label, self.enabled = label, enabled
+        self.log_lines = enabled and log_lines and not sys.stderr.isatty()
+        self.status: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status(f"{label}: starting")
+
+    def __enter__(self) -> PhaseSpinner:
+        if self.status is not None:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()
+
+    def say(self, text: str) -> None:
+        if self.log_lines:
+            print(f"{self.label}: {text}", file=sys.stderr, flush=True)
+        if self.status is not None:
+            # Naming the spinner draws the new text at once (a text alone waits for the next
+            # refresh, which a short phase may not see).
+            self.status.update(f"{self.label}: {text}", spinner="dots")
+
+    def done(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
 class DelayedProgress:
     """A progress display shown from PROGRESS_DELAY_S on.
 

@@ -46,7 +46,7 @@ from harness.checkpoint import (
 from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
 from harness.limits import MAX_EPISODES, MAX_EVAL_POINTS
-from harness.progress import PlainLines
+from harness.progress import PhaseSpinner, PlainLines
 from harness.signals import caused_by_interrupt, interrupts_unwrapped, raise_if_interrupted
 from harness.tracking import (
     STEP_METRIC,
@@ -128,7 +128,7 @@ def execute(
                 # After the directory: a refused --out leaves no store behind, a refused store no directory.
                 tracking_uri = resolve_tracking_uri(request.tracking_uri)
                 request = dataclasses.replace(request, task=task, out_dir=out_dir, tracking_uri=tracking_uri)
-                with _Starting(f"{request.algo} {task} s{request.seed}", progress) as starting:
+                with PhaseSpinner(f"{request.algo} {task} s{request.seed}", progress) as starting:
                     return _start(request, spec, config, device, on_evaluation, starting)
             except UserError:
                 # A refused directory is left as it was found. Removed while still held: a process
@@ -204,7 +204,7 @@ def _start(
     config: Any,
     device: torch.device,
     on_evaluation: EvaluationCallback | None,
-    starting: _Starting,
+    starting: PhaseSpinner,
 ) -> RunResult:
     """Open the MLflow run, build the agent and train it (in its locked run directory)."""
 
@@ -259,7 +259,10 @@ def resume(
     """
 
     require_checkpoint(Path(out_dir))  # before the lock, which would create a missing directory
-    with hold_run_directory(Path(out_dir)), _Starting(f"resuming {Path(out_dir).name}", progress) as starting:
+    with (
+        hold_run_directory(Path(out_dir)),
+        PhaseSpinner(f"resuming {Path(out_dir).name}", progress) as starting,
+    ):
         starting.say("loading the checkpoint and building the agent")
         request, config, agent, state = load_run(out_dir, device)
         position, run_id = _RunPosition(**state["progress"]), state["mlflow_run_id"]
@@ -531,7 +534,7 @@ def _train(
     position: _RunPosition,
     tracker: RunTracker,
     on_evaluation: EvaluationCallback | None,
-    starting: _Starting,
+    starting: PhaseSpinner,
 ) -> RunResult:
     out_dir = Path(request.out_dir)
     progress = starting.enabled
@@ -778,38 +781,6 @@ def compact_count(n: int) -> str:
         (scale, suffix) for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if n >= scale
     )
     return f"{n / scale:.2f}{suffix}" if n < 10 * scale else f"{n / scale:.0f}{suffix}"
-
-
-class _Starting:
-    """What a run does before its first update (seconds: the MLflow store, building envs) as a
-    spinner on a terminal; nothing in a log or with progress off. `done()` before the bar starts."""
-
-    def __init__(self, label: str, enabled: bool) -> None:
-        self.label, self.enabled = label, enabled
-        self.status: Any = None
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-
-            self.status = Console(stderr=True).status(f"{label}: starting")
-
-    def __enter__(self) -> _Starting:
-        if self.status is not None:
-            self.status.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done()
-
-    def say(self, text: str) -> None:
-        if self.status is not None:
-            # Naming the spinner draws the new text at once (a text alone waits for the next
-            # refresh, which a short phase may not see).
-            self.status.update(f"{self.label}: {text}", spinner="dots")
-
-    def done(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
 
 
 class _ProgressBar:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,7 @@ def diagnose_multimodality(
     `bandwidth`: the KDE's kernel width over the sample's std (None: the paper's factor)."""
 
     from harness.checkpoint import require_checkpoint
+    from harness.progress import PhaseSpinner
     from harness.run import load_run
 
     for run_dir in run_dirs:  # all of them before the first is loaded
@@ -158,18 +160,24 @@ def diagnose_multimodality(
     check_distinct_runs(run_dirs)  # its panel would be drawn, and its metrics logged, twice
     out = Path(out) if out is not None else Path(run_dirs[0]) / "diagnostics"
     check_out_dir(out)
-    with contextlib.ExitStack() as loaded:  # every loaded agent's envs closed, also on an error
+    # Every loaded agent's envs closed, also on an error; the spinner says which step takes the time.
+    with contextlib.ExitStack() as loaded, PhaseSpinner("diagnose", log_lines=True) as phases:
         runs = []
-        for run_dir in run_dirs:
+        for number, run_dir in enumerate(run_dirs, 1):
+            phases.say(f"loading run {number} of {len(run_dirs)} ({Path(run_dir).name})")
             runs.append(load_run(run_dir, device))
             loaded.callback(runs[-1][2].close)
-        labelled = _sample_runs(runs, samples, state_steps, seed, tracking_uri, bandwidth)
+        labelled = _sample_runs(runs, samples, state_steps, seed, tracking_uri, bandwidth, phases.say)
 
-    out.mkdir(parents=True, exist_ok=True)
-    figure = _plot([(label, report) for *_, label, report in labelled], out / "multimodality.png")
-    diagnosis = Diagnosis(figure, [(label, report) for *_, label, report in labelled])
-    for request, run_id, step, _, report in labelled:
-        _log(tracking_uri or request.tracking_uri, run_id, step, report, figure, request.out_dir, diagnosis)
+        phases.say("drawing the figure")
+        out.mkdir(parents=True, exist_ok=True)
+        figure = _plot([(label, report) for *_, label, report in labelled], out / "multimodality.png")
+        diagnosis = Diagnosis(figure, [(label, report) for *_, label, report in labelled])
+        phases.say("logging to MLflow")
+        for request, run_id, step, _, report in labelled:
+            _log(
+                tracking_uri or request.tracking_uri, run_id, step, report, figure, request.out_dir, diagnosis
+            )
     return diagnosis
 
 
@@ -180,6 +188,7 @@ def _sample_runs(
     seed: int,
     tracking_uri: str | None,
     bandwidth: float | None,
+    say: Callable[[str], None],
 ) -> list[tuple[Any, str, int, str, Any]]:
     """(request, MLflow run id, counted steps, label, MultimodalityReport) of every loaded run, from
     `samples` actions sampled at the fixed state that the first run's policy reaches."""
@@ -188,7 +197,6 @@ def _sample_runs(
 
     from algorithms.multimodality import KDE_BANDWIDTH_FACTOR, analyse_actions
     from harness.errors import UserError
-    from harness.progress import DelayedProgress
     from harness.tracking import check_run_exists
 
     if tracking_uri is not None:  # a store named on purpose must hold the runs: checked before the work
@@ -201,24 +209,23 @@ def _sample_runs(
         )
     first_request, _, first_agent, _ = runs[0]
     state_steps = fixed_state_steps(first_request.task, state_steps)
+    say(f"playing {state_steps:,} steps to the fixed state")
     state = _fixed_state(first_request.task, first_agent, state_steps, seed)
 
     labelled = []
-    # A million actions of a GoRL decoder and their KDE take a while per run.
-    text = "diagnose: {task.completed:.0f}/{task.total:.0f} runs sampled and analysed"
-    with DelayedProgress(text, total=len(runs)) as progress:
-        for request, _, agent, checkpoint in runs:
-            with torch.no_grad():
-                actions = agent.act(np.repeat(state[None], samples, axis=0), deterministic=False)
-            label = f"{request.algo} {request.task} s{request.seed} @ {agent.counted_steps:,} steps"
-            if np.ptp(actions, axis=0).max() == 0:
-                raise UserError(
-                    f"the {samples:,} actions sampled from {label} at this state are all the same (a "
-                    "collapsed or saturated policy): there is no distribution to analyse."
-                )
-            report = analyse_actions(actions, KDE_BANDWIDTH_FACTOR if bandwidth is None else bandwidth)
-            labelled.append((request, checkpoint["mlflow_run_id"], agent.counted_steps, label, report))
-            progress.advance(1)
+    for number, (request, _, agent, checkpoint) in enumerate(runs, 1):
+        # A million actions of a GoRL decoder and their KDE take a while per run.
+        say(f"sampling {samples:,} actions of run {number} of {len(runs)} and their KDE")
+        with torch.no_grad():
+            actions = agent.act(np.repeat(state[None], samples, axis=0), deterministic=False)
+        label = f"{request.algo} {request.task} s{request.seed} @ {agent.counted_steps:,} steps"
+        if np.ptp(actions, axis=0).max() == 0:
+            raise UserError(
+                f"the {samples:,} actions sampled from {label} at this state are all the same (a "
+                "collapsed or saturated policy): there is no distribution to analyse."
+            )
+        report = analyse_actions(actions, KDE_BANDWIDTH_FACTOR if bandwidth is None else bandwidth)
+        labelled.append((request, checkpoint["mlflow_run_id"], agent.counted_steps, label, report))
     return labelled
 
 
