@@ -513,7 +513,9 @@ def fit_decoder(
     # and dividing its later (possibly varying) values by ~1e-8 would blow the input up: scale 1.
     std = torch.where(std < 1e-6, torch.ones_like(std), std)
     decoder = make_decoder(config, obs_dim, act_dim, mean, std, init_rng).to(device)
-    # The minibatch indices and the noise are drawn where the data lives.
+    # The minibatch indices and the noise are drawn where the data lives (no host-to-device copy of
+    # a minibatch's noise per step), so a fit on a GPU draws other numbers than one on the CPU
+    # (another generator: Philox, not the CPU's Mersenne twister); one device repeats its own.
     generator = torch.Generator(device=device).manual_seed(int(init_seed))
 
     # Validation scores the anchor too when training has one, as the release does.

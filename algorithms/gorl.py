@@ -474,9 +474,10 @@ class LatentActionEnv:
         self, latents: np.ndarray | Tensor
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         z = torch.as_tensor(latents, dtype=torch.float32, device=self.device)
-        pre_tanh = self.decoder.decode(torch.as_tensor(self.last_obs, device=self.device), z).cpu()
-        self.last_pre_tanh = pre_tanh.numpy()
-        result = self.env.step(torch.tanh(pre_tanh).numpy())  # torch's tanh, bit-equal to PPO's on the CPU
+        pre_tanh = self.decoder.decode(torch.as_tensor(self.last_obs, device=self.device), z)
+        self.last_pre_tanh = pre_tanh.cpu().numpy()
+        # torch's tanh on the run's device, as PPO's: stage 0 (identity decoder) steps as PPO does.
+        result = self.env.step(torch.tanh(pre_tanh).cpu().numpy())
         self.last_obs = result[0]
         return result
 

@@ -217,7 +217,7 @@ def _start(
         "task": task,
         "seed": str(request.seed),
         "preset": request.preset,
-        **machine_tags(),
+        **machine_tags(request.device),
         **request.tags,
     }
     # Named after its run directory by default, so the MLflow UI and the directory name each other.

@@ -196,10 +196,11 @@ def git_commit() -> str:
 NUMERIC_LIBRARIES = ("torch", "mujoco", "numpy", "dm-control", "gymnasium")
 
 
-def machine_tags() -> dict[str, str]:
+def machine_tags(device: str = "cpu") -> dict[str, str]:
     """Where a run's numbers come from besides its settings: the CPU model (MuJoCo's and torch's
     kernels round differently on other CPUs, so a seed fixes every number only on one kind of
-    machine), Python and the numeric libraries' versions. MLflow tags `machine.*` and `version.*`."""
+    machine), Python and the numeric libraries' versions, and for a run on a GPU (`device` cuda or
+    cuda:N) the GPU's name and torch's CUDA version. MLflow tags `machine.*` and `version.*`."""
 
     import platform
     from importlib.metadata import PackageNotFoundError, version
@@ -214,6 +215,11 @@ def machine_tags() -> dict[str, str]:
             tags[f"version.{name}"] = version(name)
         except PackageNotFoundError:
             tags[f"version.{name}"] = "not installed"
+    if device.startswith("cuda"):
+        import torch
+
+        tags["machine.gpu"] = torch.cuda.get_device_name(torch.device(device))
+        tags["version.cuda"] = str(torch.version.cuda)
     return tags
 
 

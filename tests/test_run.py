@@ -127,6 +127,7 @@ def test_cli_run_records_params_metrics_tags_and_artifacts(tmp_path, tracking_ur
     # What else decides the numbers: the CPU model and the numeric libraries' builds.
     assert tags["machine.cpu"] not in ("", "unknown") and tags["version.python"].startswith("3.")
     assert tags["version.torch"] == torch.__version__ and tags["version.mujoco"].startswith("3.")
+    assert "machine.gpu" not in tags and "version.cuda" not in tags  # a CPU run's
     for key in ("eval/return_mean", "eval/return_std", "train/episode_return", "loss/policy", "loss/value",
                 "loss/entropy", "train/approx_kl", "train/clip_fraction", "train/entropy",
                 "perf/env_steps_per_s", "perf/learner_fraction", "steps/counted", "steps/total"):  # fmt: skip
@@ -816,6 +817,8 @@ def test_a_run_trained_on_cuda_evaluates_and_resumes_on_the_cpu(tmp_path, tracki
     argv = ["run", "--algo", algo, "--task", TOY, "--steps", str(steps), *sets(SMALL), "--device", "cuda",
             "--out", str(out), "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
     assert main(argv) == 0
+    tags = MlflowClient(tracking_uri).get_run(load_checkpoint(out)["mlflow_run_id"]).data.tags
+    assert tags["machine.gpu"] == torch.cuda.get_device_name() and tags["version.cuda"] == torch.version.cuda
     assert main(["evaluate", str(out), "--device", "cpu"]) == 0
     assert "does not fit" not in capsys.readouterr().err
     load_run(out, device="cpu")[2].close()  # as a study's rerun on another device loads it
