@@ -36,6 +36,15 @@ def test_the_command_prints_values_layers_and_sources(capsys):
     assert rows["clip"][2].startswith("0.15: official release")  # the class default and its citation
 
 
+def test_the_header_says_when_the_task_is_the_default(capsys):
+    """Without --task, walker-walk's overrides applied without a word (rows read "task walker-walk")."""
+
+    assert main(["config", "ppo"]) == 0
+    assert capsys.readouterr().out.startswith("ppo, preset cpu, task walker-walk (the default; --task for")
+    assert main(["config", "ppo", "--task", "walker-walk"]) == 0
+    assert capsys.readouterr().out.startswith("ppo, preset cpu, task walker-walk: ")
+
+
 def test_toml_output_is_the_resolved_config(capsys):
     assert main(["config", "gorl-diffusion", "--preset", "paper", "--task", "hopper-stand", "--toml"]) == 0
     loaded = tomllib.loads(capsys.readouterr().out)["config"]

@@ -19,6 +19,9 @@ from harness.commands.run import DEFAULTS as RUN_DEFAULTS
 # A list longer than this is shortened in the table (its first and last items and its length):
 # e.g. the `stages` of a many-refit schedule would otherwise fill a terminal line many times over.
 MAX_LIST_ITEMS = 8
+# The task whose overrides the table shows without --task: walker-walk, the task the README's
+# first GoRL run and `bench gorl` use.
+DEFAULT_TASK = "walker-walk"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,9 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("algo", help="registered algorithm (see `gorl-bench list`)")
     parser.add_argument("--preset", default="cpu", help="config preset (default cpu; paper: the paper's)")
-    parser.add_argument(
-        "--task", default="walker-walk", help="task whose overrides apply (default walker-walk)"
-    )
+    parser.add_argument("--task", help=f"task whose overrides apply (default {DEFAULT_TASK})")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
@@ -54,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     from harness.tracking import to_toml
 
     spec = algorithms.get(args.algo)
-    task = envs.canonical_task(args.task)
+    task = envs.canonical_task(args.task or DEFAULT_TASK)
     overrides = parse_assignments(args.overrides)
     config = resolve(spec, args.preset, task, overrides)
     steps = args.steps or RUN_DEFAULTS["steps"]
@@ -75,7 +76,8 @@ def main(args: argparse.Namespace) -> int:
     set_by = origins(spec, args.preset, task, overrides)
     notes = field_notes(spec.config_cls)
     defaults = {f.name: _default(f) for f in dataclasses.fields(spec.config_cls)}
-    print(f"{args.algo}, preset {args.preset}, task {task}: {len(values)} keys\n")
+    default = " (the default; --task for another's overrides)" if args.task is None else ""
+    print(f"{args.algo}, preset {args.preset}, task {task}{default}: {len(values)} keys\n")
     print("| key | value | set by | default and its source |\n|---|---|---|---|")
     for key, value in values.items():
         default = defaults[key]
