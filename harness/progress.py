@@ -40,6 +40,17 @@ def count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
+def compact_count(n: int) -> str:
+    """A count in at most 5 characters: 9,999, 336k, 1.00M, 180M, 1.80G."""
+
+    if n < 10_000:
+        return f"{n:,}"
+    scale, suffix = next(
+        (scale, suffix) for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if n >= scale
+    )
+    return f"{n / scale:.2f}{suffix}" if n < 10 * scale else f"{n / scale:.0f}{suffix}"
+
+
 class PlainLines:
     """When a progress display without a terminal prints its next line: at news (an evaluation, a
     unit that ended), FIRST_PLAIN_LINE_S after the start, and at least every PLAIN_INTERVAL_S

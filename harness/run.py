@@ -46,7 +46,7 @@ from harness.checkpoint import (
 from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
 from harness.limits import MAX_EPISODES, MAX_EVAL_POINTS
-from harness.progress import PhaseSpinner, PlainLines
+from harness.progress import PhaseSpinner, PlainLines, compact_count
 from harness.signals import caused_by_interrupt, interrupts_unwrapped, raise_if_interrupted
 from harness.tracking import (
     STEP_METRIC,
@@ -770,17 +770,6 @@ def create_default_out_dir(request: RunRequest) -> Path:
         except FileExistsError:
             attempt += 1
             out_dir = base.with_name(f"{base.name}-{attempt}")
-
-
-def compact_count(n: int) -> str:
-    """A count in at most 5 characters: 9,999, 336k, 1.00M, 180M, 1.80G."""
-
-    if n < 10_000:
-        return f"{n:,}"
-    scale, suffix = next(
-        (scale, suffix) for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if n >= scale
-    )
-    return f"{n / scale:.2f}{suffix}" if n < 10 * scale else f"{n / scale:.0f}{suffix}"
 
 
 class _ProgressBar:

@@ -1140,6 +1140,7 @@ def test_in_an_80_column_terminal_the_bar_shows_every_number_whole(monkeypatch):
 
     from rich.console import Console
 
+    import harness.progress
     import harness.run
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
@@ -1157,7 +1158,7 @@ def test_in_an_80_column_terminal_the_bar_shows_every_number_whole(monkeypatch):
     assert "…" not in during + after
     assert "336k/1.00M" in during and "refit 1 of 3" in during and "eval 874.6" in during
     assert re.search(r" 11,[12]\d\d steps/s ", after) and "refit" not in after
-    assert [harness.run.compact_count(n) for n in (9_999, 10_000, 336_000, 1_003_520, 180_000_000)] == [
+    assert [harness.progress.compact_count(n) for n in (9_999, 10_000, 336_000, 1_003_520, 180_000_000)] == [
         "9,999", "10k", "336k", "1.00M", "180M"
     ]  # fmt: skip
 

@@ -76,8 +76,8 @@ def main(args: argparse.Namespace) -> int:
     set_by = origins(spec, args.preset, task, overrides)
     notes = field_notes(spec.config_cls)
     defaults = {f.name: _default(f) for f in dataclasses.fields(spec.config_cls)}
-    default = " (the default; --task for another's overrides)" if args.task is None else ""
-    print(f"{args.algo}, preset {args.preset}, task {task}{default}: {len(values)} keys\n")
+    task_note = " (the default; --task for another's overrides)" if args.task is None else ""
+    print(f"{args.algo}, preset {args.preset}, task {task}{task_note}: {len(values)} keys\n")
     print("| key | value | set by | default and its source |\n|---|---|---|---|")
     for key, value in values.items():
         default = defaults[key]
