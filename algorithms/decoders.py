@@ -30,7 +30,7 @@ import abc
 import copy
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -357,6 +357,12 @@ class FitConfig:
     # best "endpoint" error of decoding validation states from fresh N(0, I) latents)
     select_by: Literal["val_loss", "endpoint_mse"] = "val_loss"
     endpoint_actions: int = 4096  # official release: 4096 validation states in the endpoint check
+    # The original (pre-release) code's optional "hybrid sampling", off in the runs the paper
+    # reports (0): this share of every minibatch is drawn from the training episodes whose return
+    # reaches the `elite_percentile`-th percentile of the training episodes' returns, the rest from
+    # all of them, so the decoder leans towards the better behaviour (original code when on: 0.8, 50).
+    elite_share: float = 0.0
+    elite_percentile: float = 50.0
 
     def validate(self, names: Mapping[str, str] = _AS_IS) -> None:
         """Raise ValueError for an invalid field, named by `names` (field -> the key a user sets)."""
@@ -364,6 +370,13 @@ class FitConfig:
         _check_counts(
             self, ("steps", "batch_size", "eval_every", "val_max_actions", "endpoint_actions"), names
         )
+        if not 0.0 <= self.elite_share <= 1.0:
+            raise ValueError(
+                f"{names.get('elite_share', 'elite_share')} must lie in [0, 1], got {self.elite_share}"
+            )
+        if not 0.0 <= self.elite_percentile <= 100.0:
+            elite_percentile = names.get("elite_percentile", "elite_percentile")
+            raise ValueError(f"{elite_percentile} must lie in [0, 100], got {self.elite_percentile}")
         if not self.anchor_weight >= 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         if self.select_by not in ("val_loss", "endpoint_mse"):
@@ -397,6 +410,7 @@ class FitResult:
     train_episodes: tuple[int, ...]
     val_episodes: tuple[int, ...]
     seconds: float
+    elite_threshold: float | None = None  # the least return of an elite episode (None: no elite share)
 
     def metrics(self, prefix: str = "decoder/") -> dict[str, float]:
         """Scalar summary for logging."""
@@ -414,7 +428,7 @@ class FitResult:
             f"{prefix}train_size": float(self.train_size),
             f"{prefix}val_size": float(self.val_size),
             f"{prefix}seconds": self.seconds,
-        }
+        } | ({} if self.elite_threshold is None else {f"{prefix}elite_threshold": self.elite_threshold})
 
 
 def evaluate_loss(
@@ -469,6 +483,7 @@ def fit_decoder(
     seed: int,
     fit: FitConfig = FitConfig(),  # noqa: B008 - frozen dataclass, safe as a default
     latents: np.ndarray | None = None,
+    returns: np.ndarray | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[Decoder, FitResult]:
     """Train a fresh decoder of `config.kind` on a refinement buffer; keep the weights best on the
@@ -476,7 +491,8 @@ def fit_decoder(
 
     obs (N, obs_dim) raw observations, actions (N, act_dim) pre-tanh actions, episode_ids (N,)
     any integer labels, latents (N, act_dim) the encoder latents that produced the actions
-    (needed only for `fit.decoder_input == "encoder_latent"` or a pairwise anchor). Episodes, not
+    (needed only for `fit.decoder_input == "encoder_latent"` or a pairwise anchor), returns (N,)
+    the return of the episode each row belongs to (needed only for `fit.elite_share > 0`). Episodes, not
     transitions, are split into train and validation, so that validation measures
     generalisation to unseen trajectories rather than to neighbours of training steps. The
     fresh decoder is evaluated before the first step too, so the kept weights are never worse
@@ -489,7 +505,9 @@ def fit_decoder(
     if config.kind == "identity":  # GoRL's stage 0 uses it as it is: there is nothing to fit
         raise ValueError("the identity decoder has no weights to fit; fit a flow or diffusion decoder")
     fit.validate()
-    obs, actions, episode_ids, latents = _checked_buffer(obs, actions, episode_ids, latents, fit)
+    obs, actions, episode_ids, latents, returns = _checked_buffer(
+        obs, actions, episode_ids, latents, returns, fit
+    )
     obs_dim, act_dim = obs.shape[1], actions.shape[1]
     split_seed, init_seed, val_seed = np.random.SeedSequence(seed).generate_state(3)
 
@@ -504,7 +522,7 @@ def fit_decoder(
     val_obs, val_act, val_z = tensors(val_idx)
     # The latents at the path's noise end: the encoder's (ablation), or None for fresh prior noise.
     train_noise_z, val_noise_z = (train_z, val_z) if fit.decoder_input == "encoder_latent" else (None, None)
-    endpoint_obs, endpoint_act = val_obs[split.endpoint_rows], val_act[split.endpoint_rows]
+    elite = None if returns is None or fit.elite_share == 0 else _elite_rows(episode_ids, returns, split, fit)
 
     start_time = time.perf_counter()
     init_rng = torch.Generator().manual_seed(int(init_seed))
@@ -521,11 +539,36 @@ def fit_decoder(
     # Validation scores the anchor too when training has one, as the release does.
     anchor = (fit.anchor_weight, val_z) if fit.anchor_weight and val_z is not None else None
 
+    def scores_on(rows: np.ndarray) -> Callable[[], tuple[float, float]]:
+        """validate()'s two numbers on the validation rows `rows` (positions in the split)."""
+
+        rows_t = torch.from_numpy(rows).to(device)
+        obs_v, act_v = val_obs[rows_t], val_act[rows_t]
+        noise_z = None if val_noise_z is None else val_noise_z[rows_t]
+        anchor_v = None if anchor is None else (anchor[0], anchor[1][rows_t])
+        ends = np.flatnonzero(np.isin(rows, split.endpoint_rows))
+        ends_t = torch.from_numpy(ends if len(ends) else np.arange(len(rows))).to(device)
+
+        def scores() -> tuple[float, float]:
+            return (
+                evaluate_loss(decoder, obs_v, act_v, int(val_seed), noise_z, fit.batch_size, anchor_v),
+                endpoint_error(decoder, obs_v[ends_t], act_v[ends_t], int(val_seed)),
+            )
+
+        return scores
+
+    # Validation measures what training minimises: with an elite share, the same mixture of the
+    # elite validation episodes and all of them (all alone if none reaches the threshold).
+    weighted_scores = [(1.0, scores_on(np.arange(len(val_idx))))]
+    if elite is not None and len(elite.val_rows):
+        share = fit.elite_share
+        weighted_scores = [(1.0 - share, weighted_scores[0][1]), (share, scores_on(elite.val_rows))]
+
     def validate() -> tuple[float, float]:
-        return (
-            evaluate_loss(decoder, val_obs, val_act, int(val_seed), val_noise_z, fit.batch_size, anchor),
-            endpoint_error(decoder, endpoint_obs, endpoint_act, int(val_seed)),
-        )
+        parts = [(weight, scores()) for weight, scores in weighted_scores if weight > 0]
+        loss = sum(weight * part[0] for weight, part in parts)
+        endpoint = sum(weight * part[1] for weight, part in parts)
+        return loss, endpoint
 
     selected = 0 if fit.select_by == "val_loss" else 1  # which of validate()'s numbers picks the weights
     optimiser = make_adam(decoder.parameters(), fit.lr)
@@ -533,9 +576,16 @@ def fit_decoder(
     best_step, best_state = 0, copy.deepcopy(decoder.state_dict())
     curve: list[tuple[int, float, float, float]] = []
     window_loss, window_steps = torch.zeros((), device=device), 0
+    elite_draws = 0 if elite is None else round(fit.elite_share * fit.batch_size)
+    elite_idx = None if elite is None else torch.from_numpy(elite.train_rows).to(device)
     for step in range(1, fit.steps + 1):
         # Minibatches with replacement by index: one gather per step, no per-sample Python work.
-        idx = torch.randint(len(train_idx), (fit.batch_size,), generator=generator, device=device)
+        idx = torch.randint(
+            len(train_idx), (fit.batch_size - elite_draws,), generator=generator, device=device
+        )
+        if elite_idx is not None:
+            picks = torch.randint(len(elite_idx), (elite_draws,), generator=generator, device=device)
+            idx = torch.cat([elite_idx[picks], idx])
         obs_b, act_b = train_obs[idx], train_act[idx]
         loss = decoder.loss(obs_b, act_b, generator, None if train_noise_z is None else train_noise_z[idx])
         if fit.anchor_weight:
@@ -562,9 +612,34 @@ def fit_decoder(
         initial_endpoint_mse=initial[1],
         curve=tuple(curve),
         seconds=time.perf_counter() - start_time,
+        elite_threshold=None if elite is None else elite.threshold,
         **split.sizes(),
     )
     return decoder, result
+
+
+@dataclass(frozen=True)
+class _EliteRows:
+    """The rows of the episodes that `fit.elite_share` of every minibatch is drawn from."""
+
+    train_rows: np.ndarray  # positions in the training split of the elite episodes' rows
+    val_rows: np.ndarray  # positions in the validation split of the elite episodes' rows
+    threshold: float  # the least return of an elite episode
+
+
+def _elite_rows(
+    episode_ids: np.ndarray, returns: np.ndarray, split: _EpisodeSplit, fit: FitConfig
+) -> _EliteRows:
+    """The rows of the episodes whose return reaches the `fit.elite_percentile`-th percentile of
+    the training episodes' returns (each episode counted once, however long)."""
+
+    train_ids = episode_ids[split.train_idx]
+    _, first = np.unique(train_ids, return_index=True)
+    threshold = float(np.percentile(returns[split.train_idx][first], fit.elite_percentile))
+    is_elite = returns >= threshold
+    return _EliteRows(
+        np.flatnonzero(is_elite[split.train_idx]), np.flatnonzero(is_elite[split.val_idx]), threshold
+    )
 
 
 @dataclass(frozen=True)
@@ -621,8 +696,9 @@ def _checked_buffer(
     actions: np.ndarray,
     episode_ids: np.ndarray,
     latents: np.ndarray | None,
+    returns: np.ndarray | None,
     fit: FitConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Refuse malformed refinement buffers with a message naming the problem; return float32 copies."""
 
     obs = np.asarray(obs, dtype=np.float32)
@@ -657,8 +733,19 @@ def _checked_buffer(
     elif fit.decoder_input == "encoder_latent" or fit.anchor_weight:
         needs = "decoder_input='encoder_latent'" if fit.anchor_weight == 0 else "anchor_weight > 0"
         raise ValueError(f"{needs} needs the encoder latents of the buffer")
-    for name, array in (("obs", obs), ("actions", actions), ("latents", latents)):
+    if returns is not None:
+        returns = np.asarray(returns, dtype=np.float64)
+        if returns.shape != (n,):
+            raise ValueError(f"returns must hold one value per row, shape ({n},), got {returns.shape}")
+        _, first, inverse = np.unique(episode_ids, return_index=True, return_inverse=True)
+        if not np.array_equal(returns, returns[first][inverse], equal_nan=True):
+            raise ValueError(
+                "returns must hold the same value (its episode's return) in every row of an episode"
+            )
+    elif fit.elite_share:
+        raise ValueError("elite_share > 0 needs the episode return of every row of the buffer")
+    for name, array in (("obs", obs), ("actions", actions), ("latents", latents), ("returns", returns)):
         if array is not None and not np.isfinite(array).all():
-            bad = int((~np.isfinite(array)).any(axis=1).sum())
+            bad = int((~np.isfinite(array.reshape(n, -1))).any(axis=1).sum())
             raise ValueError(f"{name} contains NaN or infinite values in {bad} of {n} rows")
-    return obs, actions, episode_ids, latents
+    return obs, actions, episode_ids, latents, returns

@@ -87,6 +87,8 @@ FIT_KEYS = {
     "lr": "decoder_lr",
     "val_fraction": "decoder_val_fraction",
     "select_by": "decoder_select",
+    "elite_share": "decoder_elite_share",
+    "elite_percentile": "decoder_elite_percentile",
 }
 
 
@@ -142,6 +144,11 @@ class GoRLConfig(PPOConfig):
     anchor_weight: float = 0.0
     # official release: keep the best-validation-loss decoder (finger-spin, fish-swim FM: endpoint_mse)
     decoder_select: Literal["val_loss", "endpoint_mse"] = "val_loss"
+    # the original code's optional "hybrid sampling", off in the paper's runs and the release (0):
+    # the share of each decoder minibatch drawn from the refit episodes whose return reaches the
+    # `decoder_elite_percentile`-th percentile of theirs (original code when on: 0.8)
+    decoder_elite_share: float = 0.0
+    decoder_elite_percentile: float = 50.0  # original code's hybrid sampling: the 50th percentile
     decoder_width: int | None = None  # official release's width for the kind (FM 128, diffusion 64)
     decoder_depth: int = 4  # paper App. E.4 and official release: 4 hidden layers
     sampling_steps: int = 10  # paper App. E.4: 10 Euler (FM) or DDIM (diffusion) steps
@@ -167,6 +174,8 @@ class GoRLConfig(PPOConfig):
             decoder_input=self.decoder_input,
             anchor_weight=self.anchor_weight,
             select_by=self.decoder_select,
+            elite_share=self.decoder_elite_share,
+            elite_percentile=self.decoder_elite_percentile,
         )
 
     def validate(self) -> None:
@@ -502,8 +511,14 @@ class PlayedEpisodes:
     actions: np.ndarray  # (N, act_dim) pre-tanh actions the current decoder produced
     latents: np.ndarray  # (N, act_dim) the encoder latents behind them
     episode_ids: np.ndarray  # (N,)
-    episode_returns: np.ndarray  # (episodes,)
+    episode_returns: np.ndarray  # (episodes,), indexed by episode id
     env_steps: int  # every env step taken, including those of sub-envs past their first episode
+
+    @property
+    def row_returns(self) -> np.ndarray:
+        """(N,) the return of the episode each transition belongs to."""
+
+        return self.episode_returns[self.episode_ids]
 
 
 @torch.no_grad()
@@ -663,7 +678,8 @@ class GoRLAgent(PPOAgent):
         with torch_threads(g.update_threads):
             decoder, fit = fit_decoder(
                 g.decoder_config(), data.obs, data.actions, data.episode_ids,
-                seed=stage_seed, fit=g.fit_config(), latents=data.latents, device=self.device,
+                seed=stage_seed, fit=g.fit_config(), latents=data.latents, returns=data.row_returns,
+                device=self.device,
             )  # fmt: skip
         self.env.decoder = decoder
         self.begin_stage(stage)

@@ -8,7 +8,7 @@ import pytest
 from markdown_table import table_rows
 
 import algorithms
-from algorithms.config import as_dict, origins, resolve
+from algorithms.config import as_dict, field_notes, origins, resolve
 from harness.cli import main
 
 
@@ -34,6 +34,12 @@ def test_the_command_prints_values_layers_and_sources(capsys):
     assert rows["num_refits"][:2] == ["3", "--set"]
     assert rows["num_envs"][:2] == ["64", "preset cpu"]
     assert rows["clip"][2].startswith("0.15: official release")  # the class default and its citation
+
+
+@pytest.mark.parametrize("algo", algorithms.names())
+def test_every_default_says_where_it_comes_from(algo):
+    notes = field_notes(algorithms.get(algo).config_cls)
+    assert [key for key, note in notes.items() if not note.strip()] == []
 
 
 def test_the_header_says_when_the_task_is_the_default(capsys):

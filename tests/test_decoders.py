@@ -13,6 +13,8 @@ from algorithms.decoders import (
     DiffusionDecoder,
     FitConfig,
     IdentityDecoder,
+    _elite_rows,
+    _EpisodeSplit,
     _split_by_episode,
     endpoint_error,
     evaluate_loss,
@@ -134,6 +136,56 @@ def test_decoder_trained_from_the_prior_reproduces_both_modes(kind):
     between = np.mean(np.abs(actions[:, 0]) < 0.5)
     assert near_right > 0.3 and near_left > 0.3, (near_right, near_left)
     assert between < 0.1, between
+
+
+def test_an_elite_share_leans_the_decoder_towards_the_better_episodes():
+    """Episodes near (+1.5, 0) returned 1 (plus a little), those near (-1.5, 0) about 0: with
+    every minibatch drawn from the best quarter of the episodes, all of them right ones, the
+    decoder puts (nearly) all its actions in the better mode; without, it keeps both."""
+
+    rng = np.random.default_rng(0)
+    n, episode_len = 4000, 100
+    right = np.arange(n // episode_len) % 2 == 0  # one mode per episode, half of them each
+    centre = np.where(np.repeat(right, episode_len), 1.5, -1.5)
+    episode_return = right + 0.01 * rng.random(n // episode_len)
+    buffer = {
+        "obs": rng.standard_normal((n, 3)).astype(np.float32),
+        "actions": (np.stack([centre, np.zeros(n)], axis=1) + 0.2 * rng.standard_normal((n, 2))).astype(
+            np.float32
+        ),
+        "episode_ids": np.arange(n) // episode_len,
+        "returns": np.repeat(episode_return, episode_len),
+    }
+    config = DecoderConfig(kind="flow", hidden_width=64, depth=3)
+
+    def share_near_right(elite_share: float) -> tuple[float, float | None]:
+        fit = FitConfig(
+            steps=400, batch_size=256, lr=3e-3, eval_every=100, elite_share=elite_share, elite_percentile=75
+        )
+        decoder, result = fit_decoder(config, **buffer, seed=0, fit=fit)
+        with torch.no_grad():
+            actions = decoder.decode(torch.randn(2000, 3), torch.randn(2000, 2)).numpy()
+        return float(np.mean(actions[:, 0] > 0)), result.elite_threshold
+
+    everything, threshold_off = share_near_right(0.0)
+    elite, threshold = share_near_right(1.0)
+    assert 0.35 < everything < 0.65, everything
+    assert elite > 0.9, elite
+    assert threshold_off is None and threshold is not None and threshold > 1.0
+
+
+def test_elite_rows_are_the_episodes_at_or_above_the_training_episodes_percentile():
+    episode_ids = np.repeat([0, 1, 2, 3, 4], [1, 2, 3, 4, 5])  # episodes of 1-5 rows
+    returns = np.repeat([5.0, 1.0, 3.0, 4.0, 2.0], [1, 2, 3, 4, 5])
+    is_val = episode_ids == 0  # episode 0 (the best) is held out
+    split = _EpisodeSplit(np.flatnonzero(~is_val), np.flatnonzero(is_val), np.arange(1), (1, 2, 3, 4), (0,))
+    # The training episodes' returns are 1, 3, 4, 2, each counted once: their median is 2.5.
+    elite = _elite_rows(episode_ids, returns, split, FitConfig(elite_share=0.8))
+    assert elite.threshold == 2.5
+    np.testing.assert_array_equal(
+        split.train_idx[elite.train_rows], np.flatnonzero(np.isin(episode_ids, [2, 3]))
+    )
+    np.testing.assert_array_equal(elite.val_rows, [0])
 
 
 def test_flow_decoder_follows_ten_euler_steps_of_the_exact_gaussian_flow():
@@ -344,6 +396,13 @@ def test_bad_inputs_are_refused():
     refused("latent dim = action dim", latents=np.zeros((400, 3), np.float32))
     refused("needs the encoder latents", fit=FitConfig(decoder_input="encoder_latent"))
     refused("anchor_weight > 0 needs the encoder latents", fit=FitConfig(anchor_weight=1e-3))
+    elite = FitConfig(steps=10, elite_share=0.8)
+    refused("elite_share > 0 needs the episode return", fit=elite)
+    refused("one value per row", fit=elite, returns=np.zeros(399))
+    refused("same value", fit=elite, returns=np.arange(400.0))
+    refused("returns contains NaN", fit=elite, returns=np.full(400, np.nan))
+    refused(r"elite_share must lie in \[0, 1\]", fit=FitConfig(elite_share=1.5))
+    refused(r"elite_percentile must lie in \[0, 100\]", fit=FitConfig(elite_share=0.5, elite_percentile=-1))
     with pytest.raises(ValueError, match="target_clip"):
         fit_decoder(DecoderConfig(target_clip=-1.0), **good, seed=0, fit=QUICK)
     decoder = make_decoder(config, obs_dim=3, act_dim=2)

@@ -134,6 +134,8 @@ def test_the_word_none_on_the_command_line_selects_the_none_option():
         ({"later_clip": [0.2, -0.1]}, 12 * UPDATE, "later_clip must hold positive values"),
         ({"later_entropy_coef": [-0.01]}, 12 * UPDATE, r"later_entropy_coef must be >= 0, got \[-0.01\]"),
         ({"anchor_weight": -1}, 12 * UPDATE, "anchor_weight must be >= 0"),
+        ({"decoder_elite_share": 2}, 12 * UPDATE, r"decoder_elite_share must lie in \[0, 1\], got 2"),
+        ({"decoder_elite_percentile": 101}, 12 * UPDATE, r"decoder_elite_percentile must lie in \[0, 100\]"),
         ({"warm_value": True, "max_std": 0.5}, 12 * UPDATE, "needs min_std < 1 <= max_std"),
         ({"refit_from": "first"}, 12 * UPDATE, "refit_from must be one of"),
         ({"decoder_input": "latent"}, 12 * UPDATE, "decoder_input must be one of"),
@@ -557,6 +559,38 @@ def test_a_refit_round_smaller_than_the_envs_keeps_the_episodes_asked_for():
     assert data.episode_returns.shape == (6,) and len(data.obs) == 6 * 16
     assert len(np.unique(data.episode_ids)) == 6
     assert data.env_steps == 2 * 4 * 16  # the second round steps every env, watched or not
+
+
+def test_each_transition_carries_the_return_of_its_own_episode():
+    """The elite share picks a refit's rows by `row_returns`: recomputed from the toy's reward,
+    each row's value is the sum over its own episode (6 episodes on 4 envs, 2 rounds)."""
+
+    import envs
+    from algorithms.decoders import DecoderConfig, make_decoder
+    from algorithms.gorl import LatentActionEnv, play_episodes
+    from envs.toy import TASKS, reward
+
+    env = LatentActionEnv(envs.make(TOY, 4, 0), None, make_decoder(DecoderConfig(kind="identity"), 2, 2), CPU)
+    noise = torch.Generator().manual_seed(0)
+    data = play_episodes(env, lambda obs: torch.randn(len(obs), 2, generator=noise), 6, seed=1)
+    env.close()
+    step_rewards = reward(data.obs, np.tanh(data.actions), TASKS[TOY])
+    sums = {e: step_rewards[data.episode_ids == e].sum() for e in np.unique(data.episode_ids)}
+    expected = np.array([sums[e] for e in data.episode_ids])
+    np.testing.assert_allclose(data.row_returns, expected, rtol=1e-5)
+    assert (
+        len(np.unique(data.row_returns)) == 6
+    )  # the episodes' returns differ: the check can tell them apart
+
+
+def test_an_elite_share_reaches_the_refit():
+    settings = config(**SMALL, num_refits=1, decoder_elite_share=0.8, decoder_elite_percentile=75)
+    assert (settings.fit_config().elite_share, settings.fit_config().elite_percentile) == (0.8, 75)
+    agent = algorithms.get("gorl-fm").agent_cls(settings, TOY, 0, 4 * UPDATE, CPU)
+    refit = [m for m in (agent.train_iteration() for _ in range(3)) if "refit/env_steps" in m][0]
+    agent.close()
+    # The threshold is a training episode's return or between two: within the refit's range.
+    assert 0 < refit["decoder/elite_threshold"] <= 16
 
 
 def test_a_stage_0_checkpoint_loads_with_the_identity_decoder():
