@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -189,7 +189,7 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
         rerun=len(rerun_trials(trials)),  # each names the failed trial it replaced
         pruned=counts[TrialState.PRUNED],
         total=total,
-        eta=_eta(trials, max(total - done, 0), workers or counts[TrialState.RUNNING] or 1),
+        eta=_eta(counted, max(total - done, 0), workers or counts[TrialState.RUNNING] or 1),
         best=_best_trial(counted) if kind == "tune" else None,
         not_run=not_run,
     )
@@ -209,15 +209,40 @@ def _best_trial(trials: list[FrozenTrial]) -> str | None:
     return f"{trial_label(best)}: IQM {best.value:.3f}, {params}"
 
 
-def _eta(trials: list[FrozenTrial], remaining: int, parallel: int) -> timedelta | None:
-    durations = [
-        (t.datetime_complete - t.datetime_start).total_seconds()
-        for t in trials
-        if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete
-    ]
+def _eta(
+    trials: list[FrozenTrial], remaining: int, parallel: int, now: datetime | None = None
+) -> timedelta | None:
+    """Time until the `remaining` units not yet done are: each is expected to take the median time
+    of the complete units of its variant on its task (of all complete units where none of its
+    configuration has finished: a study's variants can differ in length several times), a running
+    one less the time it has run so far. `parallel` workers share that work, and the study ends no
+    sooner than its longest unit left."""
+
     if remaining == 0:
         return timedelta(0)
+    durations: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete:
+            durations[_configuration(t)].append((t.datetime_complete - t.datetime_start).total_seconds())
     if not durations:
         return None
-    waves = -(-remaining // parallel)  # ceiling division: units run in waves of `parallel`
-    return timedelta(seconds=round(statistics.median(durations) * waves))
+    overall = statistics.median([seconds for group in durations.values() for seconds in group])
+    now = now or datetime.now()  # Optuna stamps trials with the local time, without a zone
+    outstanding = [t for t in trials if t.state == TrialState.RUNNING]
+    outstanding += [t for t in trials if t.state == TrialState.WAITING]
+    left = []
+    for t in outstanding[:remaining]:
+        group = durations.get(_configuration(t))
+        expected = statistics.median(group) if group else overall
+        if t.state == TrialState.RUNNING and t.datetime_start:
+            expected = max(expected - (now - t.datetime_start).total_seconds(), 0.0)
+        left.append(expected)
+    # Tune trials are created as they start: the rest of the budget has no trial yet.
+    left += [overall] * (remaining - len(left))
+    return timedelta(seconds=round(max(sum(left) / parallel, max(left))))
+
+
+def _configuration(trial: FrozenTrial) -> tuple[str, str]:
+    """(variant, task) of a unit; a tune trial's variant is the trial itself."""
+
+    return trial.user_attrs.get("variant", ""), trial.user_attrs.get("task", "")

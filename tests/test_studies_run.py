@@ -724,6 +724,39 @@ def test_a_tune_trial_scores_its_units_by_the_iqm_of_rliable():
     assert iqm([0.0, 1, 2, 3, 10, 11, 12, 100]) == pytest.approx(6.5)  # mean of 2, 3, 10, 11
 
 
+def test_the_eta_expects_each_unit_to_take_as_long_as_its_own_configuration():
+    """Two PPO units took 1 minute, one GoRL unit 10: the median of all, 1 minute per unit, said
+    the two GoRL units left would take 1 minute on 2 workers, and jumped as each variant finished."""
+
+    from datetime import datetime, timedelta
+
+    from optuna.trial import FrozenTrial
+
+    from studies.status import _eta
+
+    now = datetime(2026, 12, 2, 12, 0, 0)
+
+    def trial(number: int, variant: str, state: TrialState, minutes: float | None = None) -> FrozenTrial:
+        start = None if state == TrialState.WAITING else now - timedelta(minutes=minutes or 0)
+        done = now if state == TrialState.COMPLETE else None
+        attrs = {"variant": variant, "task": "cheetah-run"}
+        return FrozenTrial(number, state, None, start, done, {}, {}, attrs, {}, {}, number)
+
+    finished = [trial(0, "ppo", TrialState.COMPLETE, 1), trial(1, "ppo", TrialState.COMPLETE, 1),
+                trial(2, "gorl", TrialState.COMPLETE, 10)]  # fmt: skip
+    # One GoRL unit 4 minutes in (6 left), two waiting (10 each) and a PPO one waiting (1): 27
+    # minutes of work on 2 workers, 13.5 minutes (the median of all: 1 minute x 2 waves).
+    left = [trial(3, "gorl", TrialState.RUNNING, 4), trial(4, "gorl", TrialState.WAITING),
+            trial(5, "gorl", TrialState.WAITING), trial(6, "ppo", TrialState.WAITING)]  # fmt: skip
+    assert _eta(finished + left, 4, 2, now) == timedelta(minutes=13.5)
+    # No sooner than the longest unit: a 10-minute unit and a 1-minute one on 4 workers.
+    assert _eta(finished + left[2:], 2, 4, now) == timedelta(minutes=10)
+    # A configuration none of whose units finished takes the median of all (1 minute), as do the
+    # tune trials of the budget not yet created (2 more here).
+    assert _eta(finished + [trial(7, "new", TrialState.WAITING)], 3, 1, now) == timedelta(minutes=3)
+    assert _eta(left, 3, 2, now) is None and _eta(finished, 0, 2, now) == timedelta(0)
+
+
 def test_status_command_reports_counts_and_eta(workdir, fake_execute, capsys):
     path = grid_spec(workdir, 2, [0.0, 0.5])
     prepared(path)
