@@ -53,6 +53,7 @@ from harness.tracking import (
     RunTracker,
     check_run_continuable,
     git_commit,
+    machine_changes,
     machine_tags,
     resolve_tracking_uri,
     to_toml,
@@ -281,8 +282,11 @@ def resume(
                 _restore_config_file(
                     Path(out_dir), request, config, state["request"].get("device", request.device)
                 )
+            # A machine or software other than the start's: recorded as the MLflow tags resumed.*.
+            changed = {} if finished else machine_changes(mlflow_run.data.tags, request.device)
+            resumed_tags = {f"resumed.{key}": value for key, value in changed.items()}
             # Reopening a finished run would only move its end time and upload its checkpoint again.
-            tracker = None if finished else RunTracker.reopen(request.tracking_uri, mlflow_run)
+            tracker = None if finished else RunTracker.reopen(request.tracking_uri, mlflow_run, resumed_tags)
         except BaseException:
             agent.close()
             raise
@@ -291,6 +295,17 @@ def resume(
             starting.done()
             print(f"the run in {out_dir} had already finished; nothing was trained", file=sys.stderr)
             return _result(request, agent, position, run_id, "FINISHED")
+        if changed:
+            starting.done()
+            differences = "; ".join(
+                f"{key} {mlflow_run.data.tags.get(key, 'none')!r} -> {value!r}"
+                for key, value in changed.items()
+            )
+            print(
+                f"resuming on another machine or software than the run started on ({differences}): from "
+                "here its numbers differ from an uninterrupted run's (MLflow tags resumed.*)",
+                file=sys.stderr,
+            )
         return _train(request, config, agent, position, tracker, on_evaluation, starting)
 
 

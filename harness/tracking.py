@@ -223,6 +223,22 @@ def machine_tags(device: str = "cpu") -> dict[str, str]:
     return tags
 
 
+def machine_changes(recorded: Mapping[str, str], device: str = "cpu") -> dict[str, str]:
+    """This machine's `machine_tags` that differ from those a run `recorded` when it started ("none"
+    for one of them this machine has not, such as a GPU's); {} for a run that recorded none (it
+    started before runs recorded them, so nothing can be compared)."""
+
+    if "machine.cpu" not in recorded:
+        return {}
+    here = machine_tags(device)
+    keys = set(here) | {key for key in recorded if key.startswith(("machine.", "version."))}
+    return {
+        key: here.get(key, "none")
+        for key in sorted(keys)
+        if here.get(key, "none") != recorded.get(key, "none")
+    }
+
+
 def _cpu_model() -> str:
     """The CPU's model name, family and model numbers (Linux's /proc/cpuinfo: a virtual machine's
     name can be generic, its numbers are not), else what the platform module says."""
@@ -450,9 +466,9 @@ class RunTracker:
             raise
 
     @classmethod
-    def reopen(cls, tracking_uri: str, run: Any) -> RunTracker:
-        """Continue `run`, as `check_run_continuable` found it: mark it running again and skip
-        metrics at steps it already has."""
+    def reopen(cls, tracking_uri: str, run: Any, tags: Mapping[str, str] | None = None) -> RunTracker:
+        """Continue `run`, as `check_run_continuable` found it: mark it running again (setting
+        `tags`, if given) and skip metrics at steps it already has."""
 
         run_id = run.info.run_id
         tracker = cls(tracking_uri, run_id)
@@ -461,6 +477,8 @@ class RunTracker:
         try:
             with signals_deferred(), writing_to(tracking_uri):
                 tracker.client.update_run(run_id, status="RUNNING")
+                for key, value in (tags or {}).items():
+                    tracker.client.set_tag(run_id, key, value)
                 if "status_reason" in run.data.tags:
                     tracker.client.delete_tag(run_id, "status_reason")  # from an earlier stop
         except KeyboardInterrupt:  # held back until the writes ended: the run must not stay RUNNING

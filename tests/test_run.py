@@ -28,7 +28,7 @@ from harness.cli import main
 from harness.errors import UserError
 from harness.run import RunRequest, execute, load_run, resolve_device, resume
 from harness.signals import interrupt
-from harness.tracking import RunTracker, resolve_tracking_uri
+from harness.tracking import RunTracker, machine_tags, resolve_tracking_uri
 
 TOY = "toy-bimodal"
 # Small PPO updates (16 envs x 16 steps, 2 epochs): the harness, not learning, is under test.
@@ -1376,13 +1376,48 @@ def test_a_numpy_step_count_is_refused_before_it_reaches_mlflow(tmp_path, tracki
     assert _only_run(tracking_uri).info.status == "FAILED"
 
 
-def test_a_resumed_run_that_finishes_keeps_no_reason_of_its_earlier_stop(tmp_path, tracking_uri):
+def test_a_resumed_run_that_finishes_keeps_no_reason_of_its_earlier_stop(tmp_path, tracking_uri, capsys):
     out = stopped_run(tmp_path, tracking_uri)
     run_id = load_checkpoint(out)["mlflow_run_id"]
     assert "status_reason" in MlflowClient(tracking_uri).get_run(run_id).data.tags  # KILLED, with why
     resume(out, progress=False)
     run = MlflowClient(tracking_uri).get_run(run_id)
     assert run.info.status == "FINISHED" and "status_reason" not in run.data.tags
+    # The same machine: nothing said, nothing tagged.
+    assert "another machine" not in capsys.readouterr().err
+    assert not [key for key in run.data.tags if key.startswith("resumed.")]
+
+
+def test_a_resume_on_another_machine_says_so_and_tags_the_run(tmp_path, tracking_uri, capsys):
+    """Machine tags were written when a run started only: a run resumed on another CPU or with
+    another torch kept the first machine's, and nothing said its numbers were no longer those of
+    an uninterrupted run."""
+
+    out = stopped_run(tmp_path, tracking_uri)
+    client, run_id = MlflowClient(tracking_uri), load_checkpoint(out)["mlflow_run_id"]
+    client.set_tag(run_id, "machine.cpu", "Another CPU (family 6, model 85)")
+    client.set_tag(run_id, "version.torch", "2.0.0")
+    client.set_tag(run_id, "machine.gpu", "A GPU")  # as a run started on cuda, resumed with --device cpu
+    resume(out, progress=False)
+    err = capsys.readouterr().err
+    assert "resuming on another machine or software than the run started on (machine.cpu 'Another CPU" in err
+    assert "machine.gpu 'A GPU' -> 'none'" in err and "version.torch '2.0.0' -> " in err
+    tags = client.get_run(run_id).data.tags
+    resumed = {key: value for key, value in tags.items() if key.startswith("resumed.")}
+    here = machine_tags()
+    assert resumed == {"resumed.machine.cpu": here["machine.cpu"], "resumed.machine.gpu": "none",
+                       "resumed.version.torch": torch.__version__}  # fmt: skip
+    assert tags["machine.cpu"] == "Another CPU (family 6, model 85)"  # the start's stay
+
+
+def test_a_run_from_before_machine_tags_resumes_without_a_word(tmp_path, tracking_uri, capsys):
+    out = stopped_run(tmp_path, tracking_uri)
+    client, run_id = MlflowClient(tracking_uri), load_checkpoint(out)["mlflow_run_id"]
+    for key in machine_tags():
+        client.delete_tag(run_id, key)
+    resume(out, progress=False)
+    assert "another machine" not in capsys.readouterr().err
+    assert not [key for key in client.get_run(run_id).data.tags if key.startswith("resumed.")]
 
 
 def test_the_tracking_uri_given_wins_over_the_environment_s(tmp_path, monkeypatch):
