@@ -303,7 +303,7 @@ def resume(
             )
             print(
                 f"resuming on another machine or software than the run started on ({differences}): from "
-                "here its numbers differ from an uninterrupted run's (MLflow tags resumed.*)",
+                "here its numbers may differ from an uninterrupted run's (MLflow tags resumed.*)",
                 file=sys.stderr,
             )
         return _train(request, config, agent, position, tracker, on_evaluation, starting)
