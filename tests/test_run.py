@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_state
 from hangs import alarm_after
 from interrupts import interrupted_inside_a_c_extension_import
 from mlflow.tracking import MlflowClient
@@ -51,6 +52,26 @@ def request(tmp_path: Path, tracking_uri: str, **changes) -> RunRequest:
         "tracking_uri": tracking_uri,
     }
     return RunRequest(**{**fields, **TINY, **changes})
+
+
+@pytest.mark.parametrize("algo", ["ppo", "fpo", "gorl-fm"])
+def test_training_does_not_depend_on_when_the_run_is_evaluated(tmp_path, tracking_uri, algo):
+    """A run evaluated 4 times and one evaluated once end in the same state: evaluations play
+    their own envs and draw from their own generator (FPO's evaluation draws noise). GoRL-FM's `cpu`
+    preset refits from the stage's last encoder; `refit_from = "best"` depends on them on purpose."""
+
+    overrides = (
+        {**SMALL, "refit_episodes": 32, "decoder_steps": 20, "num_refits": 1} if algo == "gorl-fm" else SMALL
+    )
+    states = []
+    for points in (4, 1):
+        out = tmp_path / f"points-{points}"
+        changes = {"algo": algo, "out_dir": out, "overrides": {**overrides, "eval_points": points}}
+        execute(request(tmp_path, tracking_uri, **changes), progress=False)
+        state = load_checkpoint(out)["agent"]
+        state.pop("evaluated_at", None)  # GoRL's step of its last evaluation: the schedule's own
+        states.append(state)
+    assert_same_state(states[1], states[0], "agent")  # weights, optimiser, normaliser, envs, generators
 
 
 class Stop(Exception):
