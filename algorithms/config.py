@@ -92,10 +92,19 @@ def resolve(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str,
     return config
 
 
-def origins(spec: AlgorithmSpec, preset: str, task: str, overrides: Mapping[str, Any]) -> dict[str, str]:
-    """Which layer of `resolve` set each key: "--set", "task <task>", "preset <preset>" or "default"."""
+def origins(
+    spec: AlgorithmSpec,
+    preset: str,
+    task: str,
+    overrides: Mapping[str, Any],
+    config_file: tuple[str, Mapping[str, Any]] | None = None,
+) -> dict[str, str]:
+    """Which layer of `resolve` set each key: "--set", the config file's name (`config_file` is the
+    name and the values it gives, which `--set` overrides), "task <task>", "preset <preset>" or
+    "default"."""
 
-    layers = [("--set", overrides), (f"task {task}", spec.task_overrides(preset, task)),
+    layers = [("--set", overrides), config_file or ("", {}),
+              (f"task {task}", spec.task_overrides(preset, task)),
               (f"preset {preset}", spec.presets.get(preset, {}))]  # fmt: skip
     return {
         f.name: next((label for label, values in layers if f.name in values), "default")

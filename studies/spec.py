@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from algorithms.registry import unknown_keys, unknown_name
+from harness.config_file import read_toml
 from harness.errors import UserError
 from harness.progress import count
 from studies import SPEC_DIR
@@ -270,13 +270,7 @@ def spec_path(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     path = Path(name_or_path)
     if names_a_file(text):
-        if path.is_dir():
-            raise UserError(f"study spec {text!r} is a directory, not a TOML file.")
-        if path.exists() and not path.is_file():  # a device or a pipe: nothing a spec can be read from
-            raise UserError(f"study spec {text!r} is not a regular file; pass a TOML file.")
-        if not path.is_file():
-            raise UserError(f"study spec file {text!r} does not exist.")
-        return path
+        return path  # `read_toml` refuses a directory, a pipe or a missing file
     shipped = SPEC_DIR / f"{name_or_path}.toml"
     if shipped.is_file():
         return shipped
@@ -293,13 +287,7 @@ def load_spec(name_or_path: str | Path, *, check_configs: bool = True) -> Spec:
     """
 
     path = spec_path(name_or_path)
-    try:
-        with path.open("rb") as handle:
-            raw = tomllib.load(handle)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML files are UTF-8
-        raise UserError(f"{path.name}: not valid TOML: {error}.") from None
-    except OSError as error:
-        raise UserError(f"cannot read the study spec {str(path)!r}: {error.strerror}.") from None
+    raw = read_toml(path, "study spec", shown=str(name_or_path))
     raw.setdefault("name", path.stem)
     try:
         # Here rather than in parse_spec: a study created under the looser rule of earlier versions

@@ -115,7 +115,7 @@ class Checker:
                 assert args.spec in self.specs, f"{args.spec} is not a TOML block of the README"
             elif args.spec not in self.studies:  # a study created from a README spec resumes by name
                 load_spec(args.spec)
-        elif args.command == "config" and not PLACEHOLDER.match(args.algo):
+        elif args.command == "config" and not PLACEHOLDER.match(args.algo or ""):
             assert main(argv) == 0, f"gorl-bench {shlex.join(argv)} failed"
         elif args.command in ("study", "report"):
             self.study_name(args.name if args.command == "study" else args.study)
@@ -126,6 +126,9 @@ class Checker:
             return
         if args.out is not None:
             self.outs.add(args.out)
+        if args.config is not None:  # the config.toml of a run the README started before
+            assert args.config.parent in self.outs, f"--config {args.config} is no earlier run's"
+            return
         if PLACEHOLDER.match(args.algo) or PLACEHOLDER.match(args.task):
             return
         apply_defaults(args)

@@ -3,9 +3,9 @@
 Every key of the algorithm's resolved config (class default -> preset -> task -> `--set`) is
 printed with the layer that set it and the source comment of its class default (paper table,
 official code, or the reason it was chosen here). `--toml` prints the resolved values as TOML
-instead: the `[config]` table of the `config.toml` a run writes (which also holds a `[run]`
-table). For an algorithm with a stage schedule (GoRL), the stages of a `--steps` run follow,
-with the settings that change per stage.
+instead, with a `[run]` table naming the algorithm, preset and task: the shape of the
+`config.toml` a run writes, and a file `run --config` takes. For an algorithm with a stage
+schedule (GoRL), the stages of a `--steps` run follow, with the settings that change per stage.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from harness.commands.arguments import positive_int
+from harness.commands.arguments import file_path, positive_int
 from harness.commands.run import DEFAULTS as RUN_DEFAULTS
 
 # A list longer than this is shortened in the table (its first and last items and its length):
@@ -31,11 +31,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Show the config `gorl-bench run` would use: each key's value, the layer that set it "
         "(default, preset, task, --set) and the source of its default.",
     )
-    parser.add_argument("algo", help="registered algorithm (see `gorl-bench list`)")
-    parser.add_argument("--preset", default="cpu", help="config preset (default cpu; paper: the paper's)")
+    parser.add_argument("algo", nargs="?", help="registered algorithm (see `gorl-bench list`)")
+    parser.add_argument("--preset", help="config preset (default cpu; paper: the paper's)")
     parser.add_argument("--task", help=f"task whose overrides apply (default {DEFAULT_TASK})")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
+    parser.add_argument(
+        "--config",
+        type=file_path,
+        metavar="FILE",
+        help="TOML file of settings, as `run --config` reads it (its [run] table gives algo, preset, "
+        "task and steps left out here)",
     )
     parser.add_argument(
         "--steps",
@@ -51,13 +58,25 @@ def main(args: argparse.Namespace) -> int:
     import algorithms
     import envs
     from algorithms.config import as_dict, field_notes, origins, parse_assignments, resolve
+    from harness.config_file import choices, load_config_file
+    from harness.errors import UserError
     from harness.run import check_run
     from harness.tracking import to_toml
 
+    config_file = load_config_file(args.config) if args.config is not None else None
+    for name in ("algo", "preset", "task", "steps"):
+        if getattr(args, name) is None and config_file and name in config_file.run:
+            setattr(args, name, config_file.run[name])
+    if args.algo is None:
+        raise UserError(
+            "name the algorithm (gorl-bench config ALGO), or give a --config file whose [run] does."
+        )
+    args.preset = args.preset or RUN_DEFAULTS["preset"]
     spec = algorithms.get(args.algo)
     task = envs.canonical_task(args.task or DEFAULT_TASK)
+    from_file = choices(config_file, args.algo) if config_file else {}
     overrides = parse_assignments(args.overrides)
-    config = resolve(spec, args.preset, task, overrides)
+    config = resolve(spec, args.preset, task, {**from_file, **overrides})
     steps = args.steps or RUN_DEFAULTS["steps"]
     # What `run` would refuse (a latent size the task cannot take, a budget below one update or
     # one the stage schedule cannot split) is refused here too, so that a config shown without
@@ -69,11 +88,15 @@ def main(args: argparse.Namespace) -> int:
         budget_note = _default_budget_problem(config, task, steps)
     values = as_dict(config)
     if args.toml:
-        print(to_toml({"config": values}), end="")
+        # The [run] table makes the output a config file that `run --config` reads as this
+        # preset's and task's values (see harness/config_file.py).
+        run_table = {"algo": args.algo, "preset": args.preset, "task": task}
+        print(to_toml({"run": run_table, "config": values}), end="")
         return 0
     # An algorithm with a stage schedule (GoRL) whose budget check_run has passed.
     stage_rows = config.stage_table(steps) if hasattr(config, "stage_table") and not budget_note else []
-    set_by = origins(spec, args.preset, task, overrides)
+    file_layer = (args.config.name, from_file) if config_file else None
+    set_by = origins(spec, args.preset, task, overrides, config_file=file_layer)
     notes = field_notes(spec.config_cls)
     defaults = {f.name: _default(f) for f in dataclasses.fields(spec.config_cls)}
     task_note = " (the default; --task for another's overrides)" if args.task is None else ""

@@ -7,13 +7,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from harness.commands.arguments import check_out_dir, directory, integer, non_empty
+from harness.commands.arguments import check_out_dir, directory, file_path, integer, non_empty
 
 DEFAULTS = {"seed": 0, "steps": 1_000_000, "preset": "cpu", "overrides": [], "device": "cpu"}
 #: The options a run's checkpoint fixes (argparse dest: flag): --resume refuses them rather than ignore them.
 FIXED_BY_CHECKPOINT = {"algo": "--algo", "task": "--task", "seed": "--seed", "steps": "--steps",
                        "preset": "--preset", "overrides": "--set", "out": "--out",
-                       "experiment": "--experiment", "checkpoint_every": "--checkpoint-every"}  # fmt: skip
+                       "experiment": "--experiment", "checkpoint_every": "--checkpoint-every",
+                       "config": "--config"}  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", help=f"config preset (default {DEFAULTS['preset']}; paper: the paper's)")
     parser.add_argument(
         "--set", dest="overrides", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
+    )
+    parser.add_argument(
+        "--config",
+        type=file_path,
+        metavar="FILE",
+        help="TOML file of settings, e.g. a run's config.toml: its [run] table gives the options left out "
+        "here, its [config] table the config values --set leaves (see README)",
     )
     parser.add_argument(
         "--device",
@@ -66,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
     from algorithms.config import parse_assignments
     from envs import canonical_task
     from harness.checkpoint import checkpoint_path
+    from harness.config_file import choices, load_config_file
     from harness.errors import UserError
     from harness.run import (
         RunRequest,
@@ -86,16 +95,21 @@ def main(args: argparse.Namespace) -> int:
             )
         request, run_dir = None, Path(args.resume)
     else:
+        config_file = load_config_file(args.config) if args.config is not None else None
+        for name, value in config_file.run.items() if config_file else ():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
         apply_defaults(args)
         if not args.algo or not args.task:
             raise UserError("--algo and --task are required (or --resume DIR to continue a run).")
+        from_file = choices(config_file, args.algo) if config_file else {}
         request = RunRequest(
             algo=args.algo,
             task=args.task,
             seed=args.seed,
             steps=args.steps,
             preset=args.preset,
-            overrides=parse_assignments(args.overrides),
+            overrides={**from_file, **parse_assignments(args.overrides)},
             device=args.device,
             out_dir=args.out,
             tracking_uri=args.tracking_uri,
