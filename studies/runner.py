@@ -275,6 +275,15 @@ def rerun_failed(study: optuna.Study, kinds: set[str]) -> int:
     return len(failed)
 
 
+def worker_device(device: str, index: int, gpus: int) -> str:
+    """The device of worker `index` of a study run on `device`, on a machine with `gpus` GPUs: with a
+    bare `cuda` the workers take the GPUs in turn (cuda:0, cuda:1, ..., again cuda:0), as one GPU
+    for all of them would leave the others idle; a numbered GPU (`cuda:1`) or the CPU is every
+    worker's."""
+
+    return f"cuda:{index % gpus}" if device == "cuda" and gpus > 1 else device
+
+
 def _run_workers(study: optuna.Study, location: str, workers: int, device: str, progress: bool) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
     # One torch thread pool per worker, sized so that the workers together fill the machine.
@@ -290,12 +299,18 @@ def _run_workers(study: optuna.Study, location: str, workers: int, device: str, 
         location,
         "--threads",
         str(threads),
-        "--device",
-        device,
         "--parent-pid",
         str(os.getpid()),
     ]
-    processes = [subprocess.Popen([*command, "--index", str(index)], env=env) for index in range(workers)]
+    import torch  # here: `study status` and `report` need no torch
+
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    processes = [
+        subprocess.Popen(
+            [*command, "--device", worker_device(device, index, gpus), "--index", str(index)], env=env
+        )
+        for index in range(workers)
+    ]
     try:
         _watch(study, processes, workers, progress)
     except BaseException:

@@ -539,6 +539,17 @@ def test_a_device_that_cannot_run_is_refused_before_any_unit(
     assert fake_execute == [] and load_study("tiny", None).trials[0].state == TrialState.WAITING
 
 
+def test_the_workers_of_a_study_on_cuda_take_the_gpus_in_turn():
+    """Every worker trained on cuda:0, leaving a machine's other GPUs idle."""
+
+    assert [runner.worker_device("cuda", index, 2) for index in range(5)] == [
+        "cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"
+    ]  # fmt: skip
+    assert [runner.worker_device("cuda", index, 1) for index in range(2)] == ["cuda", "cuda"]
+    assert runner.worker_device("cuda:2", 1, 4) == "cuda:2"  # a numbered GPU is every worker's
+    assert runner.worker_device("cpu", 1, 4) == "cpu"
+
+
 def test_a_worker_whose_parent_is_not_the_one_named_stops_with_a_message(workdir, capsys):
     """It stopped at once with "interrupted" alone, like a worker whose coordinator had ended."""
 
