@@ -360,8 +360,10 @@ def test_report_end_to_end(stores, tmp_path):
     again = tmp_path / "again"
     build_report("ablation", str(storage), out_dir=again, reps=REPS, seed=0)
     assert (again / "summary.md").read_text() == summary  # intervals are reproducible for a seed
-    # The files a report replaces are the earlier report's: REPORT_FILES names them all.
-    assert {path.name for path in first.files} | {MARKER} == REPORT_FILES
+    # The files a report replaces are the earlier report's: REPORT_FILES names them all (and a
+    # tune study's importance figure, which the tune test checks).
+    tune_only = {"parameter_importance.png", "parameter_importance.pdf"}
+    assert {path.name for path in first.files} | {MARKER} == REPORT_FILES - tune_only
     build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
     assert (out / "summary.md").read_text() == summary
 
@@ -475,6 +477,11 @@ def test_tune_study_reports_each_trial_configuration(stores, tmp_path):
     ranking = summary[summary.index("## Trials ranked by final IQM") :]
     assert ranking.index("| 1 | trial-1 |") < ranking.index("| 2 | trial-0 |")
     assert "| 0.0005 |" in ranking and "| 0.0002 |" in ranking
+    # The one searched parameter explains all of the two trials' difference; the pruned trial is
+    # not among them.
+    importance = summary[summary.index("## Parameter importance (fANOVA, over the final IQM of 2 trials)") :]
+    assert "| lr | 1.000 |" in importance and (tmp_path / "parameter_importance.png").is_file()
+    assert {path.name for path in report.files} <= REPORT_FILES  # an earlier report's, replaced
     assert "## Pruned trials (1)" in summary and "trial-2: after 1 of 4 units, IQM so far 0.125" in summary
 
 

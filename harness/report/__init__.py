@@ -11,8 +11,8 @@ sample-efficiency curves and, for grid studies, the ablation of each swept param
                               one per diverged unit at its task's worst score (`diverged`)
   summary.md                  all tables, notes, missing and failed units (title marks PARTIAL)
   tables.tex                  the same tables for LaTeX (booktabs)
-  aggregates, probability_of_improvement, performance_profile, sample_efficiency, ablation
-                              figures, each as .png and .pdf
+  aggregates, probability_of_improvement, performance_profile, sample_efficiency, ablation,
+  parameter_importance        figures, each as .png and .pdf
 
 and logs these files (not the rest of the directory) as the `report/` artifacts of the study's
 MLflow parent run. The files are written into a folder of their own inside the output directory
@@ -23,7 +23,9 @@ A diverged unit is a result: it counts with its task's worst score in the final-
 statistics and tables (in a tune study also in the trial's objective), and has no curve.
 
 Tune studies also get their trials ranked by final IQM (the objective) with the sampled
-parameters, and the list of pruned trials (left out of the statistics, which need every unit).
+parameters, each parameter's fANOVA importance for that IQM (`importance`; table and figure
+`parameter_importance`), and the list of pruned trials (left out of the statistics, which need
+every unit).
 Probabilities of improvement are computed between the `MAX_COMPARED` variants with the highest
 IQM.
 
@@ -47,12 +49,14 @@ import pandas as pd
 
 from harness.errors import UserError
 from harness.report import figures, stats
+from harness.report.importance import parameter_importance
 from harness.report.results import StudyResults, load_results, load_study_results
 from harness.report.scores import curve_arrays, final_score_arrays, normalise, pooled_by_value
 from harness.report.tables import (
     Table,
     ablation_table,
     aggregate_table,
+    importance_table,
     improvement_table,
     per_task_table,
     ranked_trials_table,
@@ -73,7 +77,8 @@ MAX_REPS = 500_000
 # most this many (28 pairs): a 40-trial tune study would otherwise give 780 pairs.
 MAX_COMPARED = 8
 # Every file a report writes into its directory, where an earlier report's are replaced.
-FIGURES = ("aggregates", "probability_of_improvement", "performance_profile", "sample_efficiency", "ablation")
+FIGURES = ("aggregates", "probability_of_improvement", "performance_profile", "sample_efficiency", "ablation",
+           "parameter_importance")  # fmt: skip
 # Written first, so that a report stopped half-way (Ctrl-C in the bootstrap, out of memory) is
 # known for one, and the next report replaces its files.
 MARKER = ".gorl-report"
@@ -182,6 +187,14 @@ def _write_report(
         iqms = {v: (aggregates[v][at], aggregate_cis[v][:, at]) for v in ranked}
         ranking = ranked_trials_table(iqms, params)
         sections.append(("Trials ranked by final IQM (the tune objective)", ranking))
+        scores = {v: float(aggregates[v][at]) for v in ranked if v in results.search_points}
+        shares = parameter_importance(scores, results.search_points, seed)
+        if shares:
+            heading = f"Parameter importance (fANOVA, over the final IQM of {len(scores)} trials)"
+            sections.append((heading, importance_table(shares)))
+            files += figures.save(figures.importance_figure(shares), directory, "parameter_importance")
+        else:
+            notes.append("parameter importance: needs two or more trials whose final IQMs differ")
 
     compared = ranked[:MAX_COMPARED]
     if len(ranked) > MAX_COMPARED:

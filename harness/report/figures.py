@@ -1,9 +1,10 @@
-"""The report's figures: rliable's four standard plots and the ablation plot, each as PNG and PDF.
+"""The report's figures: rliable's four standard plots, the ablation plot and a tune study's
+parameter importances, each as PNG and PDF.
 
 rliable.plot_utils draws everything it has a plot for, so the figures look like the ones
 reviewers know from rliable-based papers. The ablation plot (final IQM against the value of a
 swept parameter) has no rliable counterpart and is drawn here with the same conventions: point
-estimate with its 95% interval.
+estimate with its 95% interval. The importance plot is the horizontal bar chart of Optuna's.
 """
 
 from __future__ import annotations
@@ -87,6 +88,18 @@ def improvement_figure(points: Mapping[str, float], intervals: Mapping[str, np.n
         xticks=[0.0, 0.25, 0.5, 0.75, 1.0],
     )
     ax.set_xlim(-0.02, 1.02)  # a pair at exactly 0 or 1 drew its bar on the frame, unseen
+    return fig
+
+
+def importance_figure(shares: Mapping[str, float]) -> plt.Figure:
+    """Each searched parameter's fANOVA importance, largest on top (as Optuna's importance plot)."""
+
+    fig, ax = plt.subplots(figsize=(5, 0.8 + 0.4 * len(shares)))
+    names = list(shares)[::-1]
+    ax.barh(names, [shares[name] for name in names], color="tab:blue")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("Importance for the final IQM (fANOVA)")
+    ax.grid(axis="x", alpha=0.3)
     return fig
 
 

@@ -72,6 +72,8 @@ class StudyResults:
     # Variants (tune: trials) whose evaluation plays sampled actions (`eval_noise = "sample"`);
     # the others' plays each policy's noise-free action.
     sampled_variants: list[str] = field(default_factory=list)
+    # Tune: each finished trial's Optuna (params, distributions), what its worker sampled.
+    search_points: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def partial(self) -> bool:
@@ -181,6 +183,7 @@ def load_study_results(
         pruned=tally.pruned,
         diverged=diverged,
         sampled_variants=_sampled_variants(tally.configs, parsed.preset),
+        search_points=tally.search_points,
     )
 
 
@@ -241,6 +244,7 @@ class _TrialTally:
     looked_up: list[str] = field(default_factory=list)  # MLflow run ids of finished units
     # variant -> (algo, task, config overrides) of its first finished unit
     configs: dict[str, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
+    search_points: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)  # tune
 
     def add(self, trial: Any) -> None:
         if trial.state == TrialState.FAIL:
@@ -248,6 +252,8 @@ class _TrialTally:
             if self.kind != "tune" and failure_kind(trial) == DIVERGED and "task" in trial.user_attrs:
                 self.diverged[trial.user_attrs["unit"]] = trial.user_attrs
         elif trial.state == TrialState.COMPLETE:
+            if self.kind == "tune" and "variant" in trial.user_attrs:
+                self.search_points[trial.user_attrs["variant"]] = (trial.params, trial.distributions)
             for record in trial.user_attrs.get("units") or [trial.user_attrs]:
                 if record.get("diverged"):  # a tune trial's unit, scored at its task's worst
                     self.diverged[record["unit"]] = record

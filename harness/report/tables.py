@@ -73,6 +73,12 @@ def ranked_trials_table(
     return Table(["Rank", "Trial", "IQM", *names], rows)
 
 
+def importance_table(shares: Mapping[str, float]) -> Table:
+    """Each searched parameter's share of the variance of the trials' IQM, largest first."""
+
+    return Table(["Parameter", "Importance"], [[name, f"{share:.3f}"] for name, share in shares.items()])
+
+
 def _parameter(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
