@@ -364,11 +364,9 @@ def _check_not_a_copy(out_dir: Path, state: dict[str, Any]) -> None:
         )
 
 
-def load_run(
-    out_dir: Path | str, device: str | None = None
-) -> tuple[RunRequest, Any, algorithms.base.Agent, dict[str, Any]]:
-    """The request, config and agent (in its saved state, on `device` if given) of the run in
-    `out_dir`, and the checkpoint."""
+def saved_run(out_dir: Path | str) -> tuple[RunRequest, Any, dict[str, Any]]:
+    """The request and config of the run in `out_dir` and its checkpoint, each checked as a resume
+    checks them, without building the agent (what reading its evaluations needs)."""
 
     state, path = load_checkpoint(Path(out_dir)), checkpoint_path(Path(out_dir))
     try:
@@ -382,13 +380,24 @@ def load_run(
     except UserError as error:
         raise UserError(f"{path} holds a damaged run request: {error}") from None
     _check_position(state["progress"], path)
-    if device is not None:
-        request = dataclasses.replace(request, device=device)
-    spec = algorithms.get(request.algo)
-    config = resolve(spec, request.preset, request.task, dict(request.overrides))
+    config = resolve(algorithms.get(request.algo), request.preset, request.task, dict(request.overrides))
     if not 1 <= config.eval_points <= MAX_EVAL_POINTS:  # before a list of that many points is built
         raise UserError(f"{path} holds a damaged run request: eval_points {config.eval_points:,}.")
     _check_position_values(state, len(evaluation_points(request.steps, config.eval_points)), path)
+    return request, config, state
+
+
+def load_run(
+    out_dir: Path | str, device: str | None = None
+) -> tuple[RunRequest, Any, algorithms.base.Agent, dict[str, Any]]:
+    """The request, config and agent (in its saved state, on `device` if given) of the run in
+    `out_dir`, and the checkpoint."""
+
+    request, config, state = saved_run(out_dir)
+    path = checkpoint_path(Path(out_dir))
+    if device is not None:
+        request = dataclasses.replace(request, device=device)
+    spec = algorithms.get(request.algo)
     device = resolve_device(request.device)
     try:
         agent = spec.agent_cls(config, request.task, request.seed, request.steps, device)

@@ -117,6 +117,9 @@ class Checker:
                 load_spec(args.spec)
         elif args.command == "config" and not PLACEHOLDER.match(args.algo or ""):
             assert main(argv) == 0, f"gorl-bench {shlex.join(argv)} failed"
+        elif args.command == "report" and args.runs:
+            for run_dir in args.runs:
+                assert run_dir in self.outs, f"report --runs {run_dir} follows no `run --out {run_dir}`"
         elif args.command in ("study", "report"):
             self.study_name(args.name if args.command == "study" else args.study)
 
@@ -189,6 +192,8 @@ def test_every_shell_command_of_the_readme_is_valid(tmp_path):
 
 def test_gorl_bench_commands_in_the_text_parse(tmp_path):
     checker = Checker(readme_specs(tmp_path))
+    for words in shell_commands():  # the runs the text's commands name are started there
+        checker.check(words)
     commands = inline_gorl_commands()
     assert commands
     for words in commands:

@@ -51,6 +51,8 @@ from harness.errors import UserError
 from harness.report import figures, stats
 from harness.report.importance import parameter_importance
 from harness.report.results import StudyResults, load_results, load_study_results
+from harness.report.runs import KIND as RUNS_KIND
+from harness.report.runs import load_run_results
 from harness.report.scores import curve_arrays, final_score_arrays, normalise, pooled_by_value
 from harness.report.tables import (
     Table,
@@ -63,9 +65,17 @@ from harness.report.tables import (
 )
 from harness.signals import signals_deferred
 
-__all__ = ["Report", "build_report", "check_bootstrap", "check_report_dir", "load_results"]
+__all__ = [
+    "Report",
+    "build_report",
+    "build_runs_report",
+    "check_bootstrap",
+    "check_report_dir",
+    "load_results",
+]
 
 DEFAULT_OUT = Path("runs") / "reports"
+RUNS_NAME = "runs"  # the title, and the folder in DEFAULT_OUT, of a report of runs started by hand
 CONFIDENCE = 0.95  # rliable's default interval size (get_interval_estimates, performance profiles)
 # Bootstrap resamples: rliable's default for interval estimates (Agarwal et al. 2021, 50,000), used
 # here for every statistic: its README draws 2,000 for probabilities of improvement and profiles
@@ -119,7 +129,30 @@ def build_report(
     check_bootstrap(reps, seed)
     out = Path(out_dir or DEFAULT_OUT / study_name)
     check_report_dir(out)
-    results = load_study_results(study_name, storage, tracking_uri)
+    return _write(load_study_results(study_name, storage, tracking_uri), out, reps, seed, progress)
+
+
+def build_runs_report(
+    run_dirs: list[Path],
+    name: str = RUNS_NAME,
+    out_dir: Path | None = None,
+    *,
+    reps: int = DEFAULT_REPS,
+    seed: int = 0,
+    progress: stats.Progress | None = None,
+) -> Report:
+    """`build_report` of runs started by hand, grouped into variants by configuration
+    (`harness.report.runs`), under the title `name`; nothing is logged to MLflow."""
+
+    check_bootstrap(reps, seed)
+    out = Path(out_dir or DEFAULT_OUT / name)
+    check_report_dir(out)
+    return _write(load_run_results(run_dirs, name), out, reps, seed, progress)
+
+
+def _write(results: StudyResults, out: Path, reps: int, seed: int, progress: stats.Progress | None) -> Report:
+    """Write the report of `results` into `out` (see the module docstring)."""
+
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text("written by gorl-bench report: the report replaces its files here\n")
@@ -146,7 +179,8 @@ def build_report(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     files = [out / path.name for path in files]
-    notes += _log_artifacts(results, files)
+    if results.kind != RUNS_KIND:  # runs started by hand have no study run to attach it to
+        notes += _log_artifacts(results, files)
     return Report(out, results.partial, results.missing, results.failed, files, notes)
 
 
@@ -412,7 +446,8 @@ def _write_tables(
         lines += [f"## {heading}", "", table.markdown(), ""]
     lines += ["## Figures", ""]
     lines += [f"![{path.stem}]({path.name})" for path in files if path.suffix == ".png"]
-    lines += ["", f"## Missing units ({len(results.missing)})", ""]
+    noun = "runs" if results.kind == RUNS_KIND else "units"
+    lines += ["", f"## Missing {noun} ({len(results.missing)})", ""]
     lines += [f"- {unit}" for unit in results.missing] or ["none"]
     lines += ["", f"## Failed units ({len(results.failed)})", ""]
     lines += [f"- {unit}: {reason}" for unit, reason in results.failed] or ["none"]

@@ -1,0 +1,138 @@
+"""Results of runs started by hand (`gorl-bench report --runs DIR ...`), read as a study's are.
+
+Each run directory's checkpoint holds the run's request (algorithm, task, seed, budget, preset,
+`--set` overrides) and its evaluation history, so the report needs neither the Optuna study nor
+the MLflow store. Runs are grouped into variants by what they were asked to train: algorithm,
+budget and the config their preset and overrides give (before any task's own overrides, so
+that one configuration's runs on finger-spin and on cheetah-run are one variant, and an override
+equal to its preset's value changes nothing). A variant is named after its algorithm, followed by
+the settings that tell it apart from the algorithm's other variants (`gorl-fm num_refits=0`).
+A variant's runs on a task are its seeds; the same variant, task and seed given twice would
+count one run as two independent ones and is refused. A run that has not reached its budget
+(stopped, or diverged: a diverging run saves no checkpoint after its last good one) is listed
+as missing, and the report is PARTIAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.errors import UserError
+from harness.report.results import COLUMNS, StudyResults
+
+KIND = "runs"  # the report's title says "(runs)" where a study's says its kind
+
+
+@dataclass(frozen=True)
+class _SavedRun:
+    directory: Path
+    request: Any  # harness.run.RunRequest
+    config: Any  # the config it trains with, on its task
+    history: list[tuple[int, float, float]]  # (counted steps, mean return, std) per evaluation
+    chosen: dict[str, Any]  # the config its preset and overrides give, before any task's own
+
+    @property
+    def variant_key(self) -> tuple[str, str, int, str]:
+        return (self.request.algo, self.request.preset, self.request.steps, repr(sorted(self.chosen.items())))
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.history) and self.history[-1][0] >= self.request.steps
+
+
+def load_run_results(run_dirs: Sequence[Path], name: str) -> StudyResults:
+    """The runs in `run_dirs` as the results of a study named `name` (see the module docstring)."""
+
+    import algorithms
+    from algorithms.config import as_dict, resolve
+    from harness.run import saved_run
+
+    runs = []
+    for run_dir in run_dirs:
+        request, config, state = saved_run(run_dir)
+        # Resolved for no task: the preset and the run's overrides alone.
+        chosen = as_dict(resolve(algorithms.get(request.algo), request.preset, "", dict(request.overrides)))
+        runs.append(_SavedRun(Path(run_dir), request, config, state["progress"]["history"], chosen))
+    labels = _labels({run.variant_key: run for run in runs})
+
+    rows: list[dict[str, Any]] = []
+    missing: list[str] = []
+    seen: dict[tuple[str, str, int], Path] = {}
+    for run in runs:
+        variant, request = labels[run.variant_key], run.request
+        unit = (variant, request.task, request.seed)
+        if unit in seen:
+            raise UserError(
+                f"{seen[unit]} and {run.directory} are both {variant} on {request.task} with seed "
+                f"{request.seed}; give each run once (the statistics take every run as an independent seed)."
+            )
+        seen[unit] = run.directory
+        if not run.finished:
+            reached = run.history[-1][0] if run.history else 0
+            missing.append(
+                f"{run.directory} ({variant}, {request.task}, seed {request.seed}): evaluated up to "
+                f"{reached:,} of {request.steps:,} steps"
+            )
+            continue
+        rows += [
+            {"study": name, "variant": variant, "algo": request.algo, "task": request.task,
+             "seed": request.seed, "env_step": int(step), "eval_return": float(mean)}
+            for step, mean, _ in run.history
+        ]  # fmt: skip
+    if not rows:
+        raise UserError(
+            f"none of the {len(runs)} run(s) has reached its budget yet ({'; '.join(missing[:3])}); "
+            "finish them (gorl-bench run --resume DIR), then report again."
+        )
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    present = list(dict.fromkeys(table["task"]))
+    sampled = {labels[run.variant_key] for run in runs if getattr(run.config, "eval_noise", "") == "sample"}
+    return StudyResults(
+        study=name,
+        kind=KIND,
+        table=table,
+        missing=missing,
+        not_run=[],
+        failed=[],
+        parameters=[],
+        tracking_uri="",
+        parent_run_id=None,
+        tasks=present,
+        tasks_without_results=[
+            task for task in dict.fromkeys(run.request.task for run in runs) if task not in present
+        ],
+        pruned=[],
+        diverged=pd.DataFrame(columns=COLUMNS),
+        sampled_variants=sorted(sampled),
+    )
+
+
+def _labels(variants: dict[tuple[str, str, int, str], _SavedRun]) -> dict[tuple[str, str, int, str], str]:
+    """A name for each variant (its key -> one of its runs): its algorithm, then the preset and
+    budget where the algorithm's variants differ in them, then each config value in which it
+    differs from the algorithm's other variants of its preset."""
+
+    labels = {}
+    for key, run in variants.items():
+        algo, preset, steps = run.request.algo, run.request.preset, run.request.steps
+        same_algo = [other.request for other in variants.values() if other.request.algo == algo]
+        parts = [algo]
+        if len({other.preset for other in same_algo}) > 1:
+            parts.append(f"preset={preset}")
+        if len({other.steps for other in same_algo}) > 1:
+            parts.append(f"steps={steps}")
+        peers = [
+            other.chosen
+            for other in variants.values()
+            if (other.request.algo, other.request.preset) == (algo, preset)
+        ]
+        parts += [
+            f"{name}={value}" for name, value in run.chosen.items() if any(p[name] != value for p in peers)
+        ]
+        labels[key] = " ".join(parts)
+    return labels

@@ -1,0 +1,101 @@
+"""`gorl-bench report --runs DIR ...`: the statistics of runs started by hand, grouped into variants."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from test_run import TINY, request, stopped_run
+
+from harness.checkpoint import load_checkpoint
+from harness.cli import main
+from harness.report import build_runs_report
+from harness.run import execute
+
+REPS = 200
+
+
+def trained(tmp_path, tracking_uri, name, **changes):
+    """A finished tiny run in tmp_path / name (PPO on the toy task unless `changes` say otherwise)."""
+
+    overrides = {**TINY["overrides"], **changes.pop("overrides", {})}
+    done = execute(request(tmp_path, tracking_uri, out_dir=tmp_path / name, overrides=overrides, **changes),
+                   progress=False)  # fmt: skip
+    assert done.status == "FINISHED"
+    return tmp_path / name
+
+
+def test_runs_are_grouped_into_variants_by_their_settings(tmp_path, tracking_uri):
+    runs = [
+        trained(tmp_path, tracking_uri, "a0", seed=0),
+        trained(tmp_path, tracking_uri, "a1", seed=1),
+        # The preset's own clip, given with --set: the same variant as the two above.
+        trained(tmp_path, tracking_uri, "a2", seed=2, overrides={"clip": 0.2}),
+        trained(tmp_path, tracking_uri, "b0", seed=0, overrides={"clip": 0.3}),
+        trained(tmp_path, tracking_uri, "b1", seed=1, overrides={"clip": 0.3}),
+    ]
+    report = build_runs_report(runs, "by-hand", tmp_path / "report", reps=REPS)
+    assert not report.partial and report.notes == []
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert summary.startswith("# Report: by-hand (runs)")
+    assert "| ppo clip=0.2 | " in summary and "(n=3)" in summary and "(n=2)" in summary
+    # Each run's evaluations, as its checkpoint holds them.
+    table = pd.read_csv(tmp_path / "report" / "results.csv")
+    ours = table[(table.variant == "ppo clip=0.3") & (table.seed == 1)]
+    history = load_checkpoint(runs[4])["progress"]["history"]
+    assert list(ours.env_step) == [step for step, _, _ in history]
+    assert list(ours.eval_return) == pytest.approx([mean for _, mean, _ in history], rel=1e-12)
+
+
+def test_one_configuration_on_two_tasks_is_one_variant(tmp_path, tracking_uri):
+    """finger-spin's own gamma (0.95) does not make its run another variant than the toy task's."""
+
+    once = {"eval_episodes": 1, "eval_points": 1}  # a finger-spin episode is 1,000 steps
+    runs = [
+        trained(tmp_path, tracking_uri, "toy", overrides=once),
+        trained(tmp_path, tracking_uri, "finger", task="finger-spin", overrides=once),
+    ]
+    assert build_runs_report(runs, "tasks", tmp_path / "report", reps=REPS)
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    # Not one variant per task (ppo gamma=0.95, ppo gamma=0.99): one row with both tasks' returns.
+    assert "\n| ppo | " in summary and "gamma" not in summary
+
+
+def test_a_run_short_of_its_budget_is_missing_and_the_report_partial(tmp_path, tracking_uri, capsys):
+    done = trained(tmp_path, tracking_uri, "done", seed=1)
+    stopped = stopped_run(tmp_path, tracking_uri)
+    assert (
+        main(["report", "--runs", str(done), str(stopped), "--out", str(tmp_path / "r"), "--reps", "200"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "PARTIAL report: 1 run(s) not finished yet:" in out
+    assert f"{stopped} (ppo, toy-bimodal, seed 0): evaluated up to 256 of 1,024 steps" in out
+    assert "## Missing runs (1)" in (tmp_path / "r" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runs", "a0", "./a0"], "the run a0 is given more than once"),
+        (
+            ["--runs", "a0", "again"],
+            "a0 and again are both ppo on toy-bimodal with seed 0; give each run once",
+        ),
+        (["--runs", "a0", "nowhere"], "holds no run checkpoint"),
+        (["demo", "--runs", "a0"], "give a study name or --runs DIR ..., one of the two."),
+        ([], "give a study name or --runs DIR ..., one of the two."),
+        (
+            ["--runs", "a0", "--storage", "x.journal"],
+            "--storage: a study's; --runs reads the run directories",
+        ),
+        (["demo", "--name", "mine"], "--name names a report of --runs"),
+    ],
+)
+def test_bad_runs_are_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a0", "again"):
+        trained(tmp_path, tracking_uri, name)
+    assert main(["report", *argv, "--reps", "200"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "reports").exists()
