@@ -107,8 +107,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"Units: {ran} run now, {reused} reused from an earlier run.")
 
     report_args = argparse.Namespace(
-        study=spec.name, storage=location, tracking_uri=args.tracking_uri, out=out, reps=args.reps, seed=0
-    )
+        study=spec.name, runs=None, name=None, storage=location, tracking_uri=args.tracking_uri, out=out,
+        reps=args.reps, seed=0,
+    )  # fmt: skip
     try:
         report.main(report_args)
     except KeyboardInterrupt:
