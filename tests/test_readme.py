@@ -26,6 +26,7 @@ from algorithms import registry
 from algorithms.config import parse_assignments, resolve
 from harness.cli import build_parser, main
 from harness.commands.run import apply_defaults
+from harness.report import BEST_CONFIG, DEFAULT_OUT
 from harness.tracking import DEFAULT_TRACKING_DB, sqlalchemy_url
 from studies.spec import SPEC_DIR, load_spec
 from studies.storage import DEFAULT_JOURNAL
@@ -129,8 +130,9 @@ class Checker:
             return
         if args.out is not None:
             self.outs.add(args.out)
-        if args.config is not None:  # the config.toml of a run the README started before
-            assert args.config.parent in self.outs, f"--config {args.config} is no earlier run's"
+        if args.config is not None:  # a run's config.toml, or a tune report's best trial
+            report = args.config.parent.parent == DEFAULT_OUT and args.config.name == BEST_CONFIG
+            assert report or args.config.parent in self.outs, f"--config {args.config} is no earlier run's"
             return
         if PLACEHOLDER.match(args.algo) or PLACEHOLDER.match(args.task):
             return

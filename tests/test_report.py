@@ -19,6 +19,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from harness.cli import main
+from harness.config_file import choices, load_config_file
 from harness.errors import UserError
 from harness.report import MARKER, REPORT_FILES, build_report, check_bootstrap, load_results
 
@@ -362,7 +363,7 @@ def test_report_end_to_end(stores, tmp_path):
     assert (again / "summary.md").read_text() == summary  # intervals are reproducible for a seed
     # The files a report replaces are the earlier report's: REPORT_FILES names them all (and a
     # tune study's importance figure, which the tune test checks).
-    tune_only = {"parameter_importance.png", "parameter_importance.pdf"}
+    tune_only = {"parameter_importance.png", "parameter_importance.pdf", "best_config.toml"}
     assert {path.name for path in first.files} | {MARKER} == REPORT_FILES - tune_only
     build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
     assert (out / "summary.md").read_text() == summary
@@ -482,6 +483,10 @@ def test_tune_study_reports_each_trial_configuration(stores, tmp_path):
     importance = summary[summary.index("## Parameter importance (fANOVA, over the final IQM of 2 trials)") :]
     assert "| lr | 1.000 |" in importance and (tmp_path / "parameter_importance.png").is_file()
     assert {path.name for path in report.files} <= REPORT_FILES  # an earlier report's, replaced
+    # The best trial's settings, as `run --config` reads them: the study's [fixed] and sampled values.
+    best = load_config_file(tmp_path / "best_config.toml")
+    assert best.run == {"algo": "ppo", "preset": "cpu"} and best.config == {"lr": 5e-4}
+    assert choices(best, "ppo") == {"lr": 5e-4}
     assert "## Pruned trials (1)" in summary and "trial-2: after 1 of 4 units, IQM so far 0.125" in summary
 
 

@@ -10,6 +10,7 @@ sample-efficiency curves and, for grid studies, the ablation of each swept param
   results.csv                 the tidy table, one row per (unit, evaluation), with `score`, and
                               one per diverged unit at its task's worst score (`diverged`)
   summary.md                  all tables, notes, missing and failed units (title marks PARTIAL)
+  best_config.toml            tune studies: the best trial's settings, for `run --config`
   tables.tex                  the same tables for LaTeX (booktabs)
   aggregates, probability_of_improvement, performance_profile, sample_efficiency, ablation,
   parameter_importance        figures, each as .png and .pdf
@@ -24,7 +25,8 @@ statistics and tables (in a tune study also in the trial's objective), and has n
 
 Tune studies also get their trials ranked by final IQM (the objective) with the sampled
 parameters, each parameter's fANOVA importance for that IQM (`importance`; table and figure
-`parameter_importance`), and the list of pruned trials (left out of the statistics, which need
+`parameter_importance`), the best trial's settings as a file `run --config` takes
+(`best_config.toml`), and the list of pruned trials (left out of the statistics, which need
 every unit).
 Probabilities of improvement are computed between the `MAX_COMPARED` variants with the highest
 IQM.
@@ -89,12 +91,13 @@ MAX_COMPARED = 8
 # Every file a report writes into its directory, where an earlier report's are replaced.
 FIGURES = ("aggregates", "probability_of_improvement", "performance_profile", "sample_efficiency", "ablation",
            "parameter_importance")  # fmt: skip
+BEST_CONFIG = "best_config.toml"  # a tune report's: the best trial's settings, for `run --config`
 # Written first, so that a report stopped half-way (Ctrl-C in the bootstrap, out of memory) is
 # known for one, and the next report replaces its files.
 MARKER = ".gorl-report"
 STAGING_DIR = ".gorl-report-in-progress"  # the report being written, moved into place at the end
 REPORT_FILES = frozenset(
-    {"summary.md", "tables.tex", "results.csv", MARKER}
+    {"summary.md", "tables.tex", "results.csv", BEST_CONFIG, MARKER}
     | {f"{name}.{kind}" for name in FIGURES for kind in ("png", "pdf")}
 )
 SUMMARY_TITLE = "# Report: "  # an earlier version's report, which wrote no marker
@@ -221,6 +224,11 @@ def _write_report(
         iqms = {v: (aggregates[v][at], aggregate_cis[v][:, at]) for v in ranked}
         ranking = ranked_trials_table(iqms, params)
         sections.append(("Trials ranked by final IQM (the tune objective)", ranking))
+        files.append(_write_best_config(directory, results, ranked[0]))
+        notes.append(
+            f"the settings of {ranked[0]}, the trial with the highest final IQM, are in {BEST_CONFIG} "
+            f"beside summary.md: `gorl-bench run --config {BEST_CONFIG} --task TASK` trains with them"
+        )
         scores = {v: float(aggregates[v][at]) for v in ranked if v in results.search_points}
         shares = parameter_importance(scores, results.search_points, seed)
         if shares:
@@ -460,6 +468,20 @@ def _write_tables(
     latex = "\n".join(table.latex(f"{results.study}: {heading}") for heading, table in sections)
     (out / "tables.tex").write_text(latex)
     return [out / "summary.md", out / "tables.tex"]
+
+
+def _write_best_config(directory: Path, results: StudyResults, trial: str) -> Path:
+    """`trial`'s settings as a config file of `run --config`: its algorithm and the study's preset,
+    and its config values. The [run] table names no task, so every value applies as written on
+    whichever task the run trains (`harness.config_file`)."""
+
+    from harness.tracking import to_toml
+
+    algo, overrides = results.configs[trial]
+    path = directory / BEST_CONFIG
+    head = f"# {trial} of study {results.study}, the trial with the highest final IQM\n"
+    path.write_text(head + to_toml({"run": {"algo": algo, "preset": results.preset}, "config": overrides}))
+    return path
 
 
 def _evaluation_note(results: StudyResults) -> str:

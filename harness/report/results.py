@@ -74,6 +74,10 @@ class StudyResults:
     sampled_variants: list[str] = field(default_factory=list)
     # Tune: each finished trial's Optuna (params, distributions), what its worker sampled.
     search_points: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
+    # Each variant's algorithm and config overrides (a tune trial's: `[fixed]` and the sampled
+    # values), and the study's preset: what `run --config` needs to train a variant again.
+    configs: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    preset: str = "cpu"
 
     @property
     def partial(self) -> bool:
@@ -184,6 +188,8 @@ def load_study_results(
         diverged=diverged,
         sampled_variants=_sampled_variants(tally.configs, parsed.preset),
         search_points=tally.search_points,
+        configs={variant: (algo, params) for variant, (algo, _, params) in tally.configs.items()},
+        preset=parsed.preset,
     )
 
 
