@@ -502,6 +502,8 @@ def test_a_tune_trial_scores_a_diverged_unit_at_its_task_s_worst(workdir, fake_e
     summary = (workdir / "report" / "summary.md").read_text()
     # Ranked with its worst score (the fake harness logs no evaluations: trial 1 has none to rank).
     assert "| 1 | trial-0 | 0.000 [0.000, 0.000] | 0.25 |" in summary
+    # The best-ranked trial's settings, although its one unit diverged (a KeyError ended the report).
+    assert "entropy_coef = 0.25" in (workdir / "report" / "best_config.toml").read_text()
     assert "1 diverged unit(s) count with their task's worst score" in summary
     csv = (workdir / "report" / "results.csv").read_text().splitlines()
     assert sum(line.endswith(",True") for line in csv) == 1

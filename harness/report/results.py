@@ -248,7 +248,7 @@ class _TrialTally:
     pruned: list[str] = field(default_factory=list)
     diverged: dict[str, dict[str, Any]] = field(default_factory=dict)  # unit -> its record
     looked_up: list[str] = field(default_factory=list)  # MLflow run ids of finished units
-    # variant -> (algo, task, config overrides) of its first finished unit
+    # variant -> (algo, task, config overrides) of its first finished or diverged unit
     configs: dict[str, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
     search_points: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)  # tune
 
@@ -261,6 +261,8 @@ class _TrialTally:
             if self.kind == "tune" and "variant" in trial.user_attrs:
                 self.search_points[trial.user_attrs["variant"]] = (trial.params, trial.distributions)
             for record in trial.user_attrs.get("units") or [trial.user_attrs]:
+                config = (record["algo"], record["task"], record.get("params") or {})
+                self.configs.setdefault(record["variant"], config)  # a diverged unit's too: it is ranked
                 if record.get("diverged"):  # a tune trial's unit, scored at its task's worst
                     self.diverged[record["unit"]] = record
                     continue
@@ -271,8 +273,6 @@ class _TrialTally:
                     self.failed[record["unit"]] = f"no {RETURN_METRIC} history in MLflow run {run_id}"
                     continue
                 self.done.add(record["unit"])
-                config = (record["algo"], record["task"], record.get("params") or {})
-                self.configs.setdefault(record["variant"], config)
                 self.rows += [
                     _row(self.study_name, record, self.parameters, step, value) for step, value in history
                 ]
