@@ -36,6 +36,10 @@ RUN_OPTIONS: dict[str, type] = {
     "device": str,
 }
 
+# The largest integers a TOML float (a double) holds exactly: `steps = 1e6` is 1,000,000, while
+# 1e23 would be 99,999,999,999,999,991,611,392 (the command line reads `--steps 1e23` exactly).
+EXACT_FLOAT_INT = 2**53
+
 
 def read_toml(path: Path, what: str, shown: str | None = None) -> dict[str, Any]:
     """The TOML document in `path`, or a one-line UserError naming `what` the file was meant to be
@@ -82,15 +86,17 @@ def load_config_file(path: Path) -> ConfigFile:
                 f"{path.name}: {key!r} ({where}): a config file holds a [run] table "
                 f"({', '.join(RUN_OPTIONS)}) and a [config] table."
             )
-    run = document.get("run", {})
+    run = dict(document.get("run", {}))
     for key, value in run.items():
         kind = RUN_OPTIONS.get(key)
         if kind is None:
             raise UserError(f"{path.name}: [run] has no key {key!r}; it takes {', '.join(RUN_OPTIONS)}.")
+        if kind is int and isinstance(value, float) and value.is_integer() and abs(value) <= EXACT_FLOAT_INT:
+            run[key] = value = int(value)  # `steps = 1e6`, as the command line takes `--steps 1e6`
         if not isinstance(value, kind) or isinstance(value, bool):
             expected = "an integer" if kind is int else "a string"
             raise UserError(f"{path.name}: [run] {key} must be {expected}, got {value!r}.")
-    return ConfigFile(path, dict(run), dict(document.get("config", {})))
+    return ConfigFile(path, run, dict(document.get("config", {})))
 
 
 def choices(file: ConfigFile, algo: str) -> dict[str, Any]:

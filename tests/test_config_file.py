@@ -73,6 +73,13 @@ def test_a_run_s_choices_carry_to_another_task_whose_overrides_stay(tmp_path):
     assert rows["gamma"][:2] == ["0.95", "verbatim.toml"]
 
 
+def test_a_budget_in_scientific_notation_is_read_as_the_command_line_reads_it(tmp_path):
+    path = tmp_path / "budget.toml"
+    path.write_text("[run]\nsteps = 1e6\nseed = 2.0\n")
+    run = load_config_file(path).run
+    assert run == {"steps": 1_000_000, "seed": 2} and all(type(value) is int for value in run.values())
+
+
 def test_options_and_set_win_over_the_file(tmp_path):
     path = write_config(tmp_path / "mine.toml", "gorl-fm", "--task", "cheetah-run", "--set", "num_refits=2",
                         "--set", "lr=0.002")  # fmt: skip
@@ -101,6 +108,8 @@ GORL_FILE = '[run]\nalgo = "gorl-fm"\npreset = "cpu"\ntask = "toy-bimodal"\n[con
         ),
         ('[run]\nseed = "1"\n', [], "[run] seed must be an integer, got '1'."),
         ("[run]\nsteps = true\n", [], "[run] steps must be an integer, got True."),
+        ("[run]\nsteps = 4096.5\n", [], "[run] steps must be an integer, got 4096.5."),
+        ("[run]\nsteps = 1e23\n", [], "[run] steps must be an integer, got 1e+23."),  # not exact
         ('[run]\nalgo = "nope"\npreset = "cpu"\ntask = "toy-bimodal"\n', [], "Valid algorithms: "),
         ('[run]\nalgo = "ppo"\npreset = "cpu"\ntask = "cheeta-run"\n', [], "settings.toml: unknown task"),
         ("[config]\nentropy_coeff = 0.1\n", [], "'entropy_coeff' (did you mean 'entropy_coef'?)"),
