@@ -371,20 +371,28 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
 
 
 def _check_study_name(name: Any) -> None:
-    """Refuse a new study's name unless it is a plain, short directory name (`_STUDY_NAME`).
+    """Refuse a new study's name unless it is a plain, short directory name (`check_plain_name`).
+    A name that is not a string is left to parse_spec's type check."""
 
-    The name is a directory under runs/studies/ and runs/reports/, an MLflow run name and part of
-    shell commands; anything else failed later (a 300-character name in every unit's path, a NUL
-    byte once the study and its MLflow run existed) or named another directory (".."). A name that
-    is not a string is left to parse_spec's type check.
+    if isinstance(name, str):
+        check_plain_name(name, "name", "a study name", " (without `name`, a spec takes its file's name)")
+
+
+def check_plain_name(name: str, what: str, kind: str, hint: str = "") -> None:
+    """Refuse `name` (`what` names where it was given) unless it is a plain, short directory name
+    (`_STUDY_NAME`), as a study's name and a report's are.
+
+    Such a name is a directory under runs/studies/ and runs/reports/, an MLflow run name and part
+    of shell commands; anything else failed later (a 300-character name in every unit's path, a
+    NUL byte once the study and its MLflow run existed) or named another directory ("..").
     """
 
-    if not isinstance(name, str) or _STUDY_NAME.fullmatch(name):
+    if _STUDY_NAME.fullmatch(name):
         return
     shown = repr(name) if len(name) <= _STUDY_NAME_MAX else f"{name[:20]!r}... ({len(name)} characters)"
     raise UserError(
-        f"name {shown} is not a study name: use at most {_STUDY_NAME_MAX} letters, digits, '-', '_' or "
-        "'.', starting with a letter or digit (without `name`, a spec takes its file's name)."
+        f"{what} {shown} is not {kind}: use at most {_STUDY_NAME_MAX} letters, digits, '-', '_' or '.', "
+        f"starting with a letter or digit{hint}."
     )
 
 

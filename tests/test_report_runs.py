@@ -89,6 +89,10 @@ def test_a_run_short_of_its_budget_is_missing_and_the_report_partial(tmp_path, t
             "--storage: a study's; --runs reads the run directories",
         ),
         (["demo", "--name", "mine"], "--name names a report of --runs"),
+        (
+            ["--runs", "a0", "--name", "../elsewhere"],
+            "--name '../elsewhere' is not a report name: use at most 64",
+        ),
     ],
 )
 def test_bad_runs_are_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatch, argv, message):

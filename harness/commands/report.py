@@ -52,6 +52,7 @@ def main(args: argparse.Namespace) -> int:
     from harness.errors import UserError
     from harness.progress import DelayedProgress
     from harness.report import DEFAULT_OUT, RUNS_NAME, build_report, build_runs_report
+    from studies.spec import check_plain_name
 
     if (args.study is None) == (args.runs is None):
         raise UserError("give a study name or --runs DIR ..., one of the two.")
@@ -63,6 +64,8 @@ def main(args: argparse.Namespace) -> int:
                 f"{' and '.join(study_options)}: a study's; --runs reads the run directories alone."
             )
         check_distinct_runs(args.runs)
+        if args.name is not None:  # a folder of runs/reports/, as a study's name is
+            check_plain_name(args.name, "--name", "a report name")
     elif args.name is not None:
         raise UserError("--name names a report of --runs; a study's report is named after the study.")
     title = args.study or args.name or RUNS_NAME
