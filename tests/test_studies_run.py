@@ -552,6 +552,31 @@ def test_the_workers_of_a_study_on_cuda_take_the_gpus_in_turn():
     assert runner.worker_device("cpu", 1, 4) == "cpu"
 
 
+def test_study_run_starts_each_worker_on_its_own_gpu(workdir, monkeypatch):
+    """The worker processes' command lines, on a machine with two GPUs (no GPU trains here)."""
+
+    import torch
+
+    started = []
+
+    class ExitedWorker:  # a worker process that has already ended, having had nothing to do
+        returncode = 0
+
+        def __init__(self, args, env):
+            self.args = args
+            started.append(args)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(runner.subprocess, "Popen", ExitedWorker)
+    study = prepared(grid_spec(workdir, 1, [0.0]))
+    runner._run_workers(study, storage_location(None), 3, "cuda", progress=False)
+    devices = [args[args.index("--device") + 1] for args in started]
+    assert devices == ["cuda:0", "cuda:1", "cuda:0"]
+
+
 def test_a_worker_whose_parent_is_not_the_one_named_stops_with_a_message(workdir, capsys):
     """It stopped at once with "interrupted" alone, like a worker whose coordinator had ended."""
 
