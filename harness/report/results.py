@@ -17,7 +17,8 @@ Trial user attrs, grid and compare studies (one trial = one unit = configuration
 Tune studies: one trial = one sampled configuration (variant "trial-<number>"); its user attr
   `units` lists one record per finished unit with the same keys (unit, variant, algo, task,
   seed, params, mlflow_run_id) and its normalised `score` (which a retry of the trial reuses);
-  a unit that diverged is marked `diverged` (its score: 0, the task's worst).
+  a unit that diverged is marked `diverged` (its score: 0, the task's worst). The trial's own
+  Optuna params and distributions (what its worker sampled) give the parameter importance.
   A trial without `units` is read as a single unit record.
 
 Trials left out: lost attempts (a FAILED trial whose worker died, marked `lost` or without a
