@@ -53,8 +53,8 @@ def read_toml(path: Path, what: str, shown: str | None = None) -> dict[str, Any]
     if not path.is_file():
         raise UserError(f"{what} {shown} does not exist.")
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        # A byte-order mark, which some Windows editors write, is no part of the document.
+        return tomllib.loads(path.read_bytes().decode("utf-8").removeprefix("\ufeff"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML files are UTF-8
         raise UserError(f"{path.name}: not valid TOML: {error}.") from None
     except OSError as error:

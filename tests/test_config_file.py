@@ -73,6 +73,14 @@ def test_a_run_s_choices_carry_to_another_task_whose_overrides_stay(tmp_path):
     assert rows["gamma"][:2] == ["0.95", "verbatim.toml"]
 
 
+def test_a_file_with_a_byte_order_mark_is_read(tmp_path):
+    """Saved by an editor that starts UTF-8 files with a BOM: "not valid TOML (at line 1, column 1)"."""
+
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff[config]\nlr = 0.002\n".encode())
+    assert load_config_file(path).config == {"lr": 0.002}
+
+
 def test_a_budget_in_scientific_notation_is_read_as_the_command_line_reads_it(tmp_path):
     path = tmp_path / "budget.toml"
     path.write_text("[run]\nsteps = 1e6\nseed = 2.0\n")
