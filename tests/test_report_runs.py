@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from test_run import TINY, request, stopped_run
 
-from harness.checkpoint import load_checkpoint
+from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.cli import main
 from harness.report import build_runs_report
 from harness.run import execute
@@ -44,6 +44,19 @@ def test_runs_are_grouped_into_variants_by_their_settings(tmp_path, tracking_uri
     history = load_checkpoint(runs[4])["progress"]["history"]
     assert list(ours.env_step) == [step for step, _, _ in history]
     assert list(ours.eval_return) == pytest.approx([mean for _, mean, _ in history], rel=1e-12)
+
+
+def test_a_run_of_a_version_whose_defaults_differed_is_another_variant(tmp_path, tracking_uri):
+    """Grouped by the settings this version resolves, a run trained with another default lr was
+    counted as a seed of today's default."""
+
+    runs = [trained(tmp_path, tracking_uri, "now", seed=0), trained(tmp_path, tracking_uri, "then", seed=1)]
+    checkpoint = load_checkpoint(runs[1])
+    checkpoint["config"]["lr"] = 1e-3  # as an earlier version's preset gave it
+    save_checkpoint(runs[1], checkpoint)
+    build_runs_report(runs, "versions", tmp_path / "report", reps=REPS)
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "| ppo lr=0.0003 | " in summary and "| ppo lr=0.001 | " in summary
 
 
 def test_one_configuration_on_two_tasks_is_one_variant(tmp_path, tracking_uri):

@@ -1,21 +1,22 @@
 """Results of runs started by hand (`gorl-bench report --runs DIR ...`), read as a study's are.
 
 Each run directory's checkpoint holds the run's request (algorithm, task, seed, budget, preset,
-`--set` overrides) and its evaluation history, so the report needs neither the Optuna study nor
-the MLflow store. Runs are grouped into variants by what they were asked to train: algorithm,
-budget and the config their preset and overrides give (before any task's own overrides, so
-that one configuration's runs on finger-spin and on cheetah-run are one variant, and an override
-equal to its preset's value changes nothing). A variant is named after its algorithm, followed by
-the settings that tell it apart from the algorithm's other variants (`gorl-fm num_refits=0`).
-A variant's runs on a task are its seeds; the same variant, task and seed given twice would
-count one run as two independent ones and is refused. A run that has not reached its budget
-(stopped, or diverged: a diverging run saves no checkpoint after its last good one) is listed
-as missing, and the report is PARTIAL.
+`--set` overrides), the config it trained with and its evaluation history, so the report needs
+neither the Optuna study nor the MLflow store. Runs are grouped into variants by what they
+trained: algorithm, budget and config, except the values a task's own overrides set (so one
+configuration's runs on finger-spin and on cheetah-run are one variant). An override equal to
+its preset's value changes nothing; a preset that gave other values in the version a run ran
+with makes another variant. A variant is named after its algorithm, followed by the settings
+that tell it apart from the algorithm's other variants (`gorl-fm num_refits=0`). A variant's
+runs on a task are its seeds; the same variant, task and seed given twice would count one run
+as two independent ones and is refused. A run that has not reached its budget (stopped, or
+diverged: a diverging run saves no checkpoint after its last good one) is listed as missing,
+and the report is PARTIAL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,16 +49,14 @@ class _SavedRun:
 def load_run_results(run_dirs: Sequence[Path], name: str) -> StudyResults:
     """The runs in `run_dirs` as the results of a study named `name` (see the module docstring)."""
 
-    import algorithms
-    from algorithms.config import as_dict, resolve
     from harness.run import saved_run
 
     runs = []
     for run_dir in run_dirs:
         request, config, state = saved_run(run_dir)
-        # Resolved for no task: the preset and the run's overrides alone.
-        chosen = as_dict(resolve(algorithms.get(request.algo), request.preset, "", dict(request.overrides)))
-        runs.append(_SavedRun(Path(run_dir), request, config, state["progress"]["history"], chosen))
+        runs.append(
+            _SavedRun(Path(run_dir), request, config, state["progress"]["history"], _chosen(request, state))
+        )
     labels = _labels({run.variant_key: run for run in runs})
 
     rows: list[dict[str, Any]] = []
@@ -110,6 +109,24 @@ def load_run_results(run_dirs: Sequence[Path], name: str) -> StudyResults:
         diverged=pd.DataFrame(columns=COLUMNS),
         sampled_variants=sorted(sampled),
     )
+
+
+def _chosen(request: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """The config a run trained with, as its checkpoint recorded it when it started, except the
+    values its task's own overrides set, which are those its preset and overrides give for no
+    task. (A checkpoint of a version that recorded no config: its preset and overrides resolved
+    by this version.)"""
+
+    import algorithms
+    from algorithms.config import as_dict, resolve
+
+    spec = algorithms.get(request.algo)
+    untasked = as_dict(resolve(spec, request.preset, "", dict(request.overrides)))
+    recorded = state.get("config")
+    if not isinstance(recorded, Mapping):
+        return untasked
+    by_task = spec.task_overrides(request.preset, request.task).keys() - request.overrides.keys()
+    return {**untasked, **{key: value for key, value in recorded.items() if key not in by_task}}
 
 
 def _labels(variants: dict[tuple[str, str, int, str], _SavedRun]) -> dict[tuple[str, str, int, str], str]:
