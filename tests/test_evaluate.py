@@ -111,6 +111,14 @@ def test_bad_runs_and_outputs_are_refused_before_any_run_loads(tmp_path, trackin
     assert main(["evaluate", good, str(tmp_path / "truncated")]) == 2
     refused = capsys.readouterr()
     assert "checkpoint.pt cannot be read" in refused.err and refused.out == ""  # `good` was not played
+    # A hand-edited request: refused before `good` is played, not after (minutes, on a DMC task).
+    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512, name="edited")
+    state = load_checkpoint(tmp_path / "edited")
+    state["request"]["seed"] = -1
+    save_checkpoint(tmp_path / "edited", state)
+    assert main(["evaluate", good, str(tmp_path / "edited")]) == 2
+    refused = capsys.readouterr()
+    assert "holds a damaged run request" in refused.err and refused.out == ""
     assert main(["evaluate", good, "--json", str(tmp_path / "no" / "such.json")]) == 2
     assert "give a file in an existing directory" in capsys.readouterr().err
     assert main(["evaluate", good, "--json", str(tmp_path)]) == 2

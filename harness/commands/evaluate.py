@@ -66,12 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness.checkpoint import load_checkpoint
     from harness.errors import UserError
+    from harness.run import saved_run
 
     check_distinct_runs(args.runs)  # before any checkpoint is read, none twice
-    for run_dir in args.runs:  # all of them readable before the first is evaluated
-        load_checkpoint(run_dir)
+    for run_dir in args.runs:  # all of them readable and whole before the first is evaluated
+        saved_run(run_dir)
     if args.json is not None:
         check_json_target(args.json, args.runs)
     videos: list[Path | None] = [None] * len(args.runs)
