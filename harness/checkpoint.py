@@ -106,6 +106,12 @@ def require_checkpoint(out_dir: Path) -> None:
         where = "it is a file, not a run directory"
     else:
         where = f"the directory has no {CHECKPOINT_NAME} file"
+        # A folder of runs (a study's variant folder, `runs/`) given for one of them.
+        inside = sorted(path.parent.name for path in out_dir.glob(f"*/{CHECKPOINT_NAME}"))
+        if inside:
+            shown = ", ".join(inside[:3]) + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
+            runs = f"{len(inside)} run director{'y' if len(inside) == 1 else 'ies'}"
+            where += f", but {runs} inside it hold one ({shown})"
     raise UserError(
         f"{str(out_dir)!r} holds no run checkpoint: {where}. Pass the --out directory of a run that "
         f"wrote at least one checkpoint (a run writes one when it starts training)."

@@ -95,6 +95,8 @@ def test_a_run_short_of_its_budget_is_missing_and_the_report_partial(tmp_path, t
             "a0 and again are both ppo on toy-bimodal with seed 0; give each run once",
         ),
         (["--runs", "a0", "nowhere"], "holds no run checkpoint"),
+        # The folder of the runs, given for them.
+        (["--runs", "."], "has no checkpoint.pt file, but 2 run directories inside it hold one (a0, again)"),
         (["demo", "--runs", "a0"], "give a study name or --runs DIR ..., one of the two."),
         ([], "give a study name or --runs DIR ..., one of the two."),
         (
