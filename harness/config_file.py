@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,14 @@ class ConfigFile:
 
         names = tuple(self.run.get(key) for key in ("algo", "preset", "task"))
         return names if all(names) else None  # type: ignore[return-value]
+
+    def fill_options(self, args: Any, names: Iterable[str] = RUN_OPTIONS) -> None:
+        """Give each option of `names` that the command line left unset (None in the parsed
+        `args`) the `[run]` table's value, where the table has one."""
+
+        for name in names:
+            if getattr(args, name) is None and name in self.run:
+                setattr(args, name, self.run[name])
 
 
 def load_config_file(path: Path) -> ConfigFile:

@@ -64,9 +64,8 @@ def main(args: argparse.Namespace) -> int:
     from harness.tracking import to_toml
 
     config_file = load_config_file(args.config) if args.config is not None else None
-    for name in ("algo", "preset", "task", "steps"):
-        if getattr(args, name) is None and config_file and name in config_file.run:
-            setattr(args, name, config_file.run[name])
+    if config_file is not None:  # `config` takes no seed or device
+        config_file.fill_options(args, ("algo", "preset", "task", "steps"))
     if args.algo is None:
         raise UserError(
             "name the algorithm (gorl-bench config ALGO), or give a --config file whose [run] does."

@@ -96,9 +96,8 @@ def main(args: argparse.Namespace) -> int:
         request, run_dir = None, Path(args.resume)
     else:
         config_file = load_config_file(args.config) if args.config is not None else None
-        for name, value in config_file.run.items() if config_file else ():
-            if getattr(args, name) is None:
-                setattr(args, name, value)
+        if config_file is not None:
+            config_file.fill_options(args)
         apply_defaults(args)
         if not args.algo or not args.task:
             raise UserError("--algo and --task are required (or --resume DIR to continue a run).")
