@@ -35,7 +35,7 @@ class _SavedRun:
     request: Any  # harness.run.RunRequest
     config: Any  # the config it trains with, on its task
     history: list[tuple[int, float, float]]  # (counted steps, mean return, std) per evaluation
-    chosen: dict[str, Any]  # the config its preset and overrides give, before any task's own
+    chosen: dict[str, Any]  # the config it trained with, apart from the values its task set (`_chosen`)
 
     @property
     def variant_key(self) -> tuple[str, str, int, str]:
