@@ -86,6 +86,22 @@ def test_a_run_short_of_its_budget_is_missing_and_the_report_partial(tmp_path, t
     assert "## Missing runs (1)" in (tmp_path / "r" / "summary.md").read_text()
 
 
+def test_runs_with_no_variant_on_every_task_are_refused_with_what_to_train(tmp_path, tracking_uri, capsys):
+    """Runs started by hand: no study will add the missing ones, so the error names the runs to
+    train, not a study to report again."""
+
+    ppo = trained(tmp_path, tracking_uri, "ppo")
+    other = trained(tmp_path, tracking_uri, "other", task="toy-bimodal-easy", overrides={"clip": 0.3})
+    assert (
+        main(["report", "--runs", str(ppo), str(other), "--out", str(tmp_path / "r"), "--reps", "200"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "no variant of the runs given has a finished run on every task yet;" in err
+    assert "ppo clip=0.3: left out of the aggregates, no finished run on toy-bimodal." in err
+    assert err.rstrip().endswith("Give each variant a finished run on every task.")
+    assert "study" not in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

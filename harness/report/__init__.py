@@ -312,10 +312,12 @@ def _final_scores(
             f"statistics and tables, and have no curve: {units}"
         )
     if not finals:
+        if results.kind == RUNS_KIND:  # runs started by hand: no study will add the missing ones
+            subject, advice = "of the runs given", "Give each variant a finished run on every task."
+        else:
+            subject, advice = f"of study {results.study!r}", "Report again when more units are done."
         raise UserError(
-            f"no variant of study {results.study!r} has a finished run on every task yet; "
-            + "; ".join(notes)
-            + ". Report again when more units are done."
+            f"no variant {subject} has a finished run on every task yet; " + "; ".join(notes) + ". " + advice
         )
     return ends, finals, notes
 
