@@ -13,7 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from studies.spec import Spec
 from studies.status import StudyStatus, unit_noun
+
+# MLflow's UI shows this tag as the run's description.
+NOTE_TAG = "mlflow.note.content"
+
+
+def study_tags(spec: Spec) -> dict[str, str]:
+    """The tags of a study's parent run: its kind, and its description as the run's note."""
+
+    return {"gorl.kind": spec.kind, **({NOTE_TAG: spec.description} if spec.description else {})}
 
 
 def _client(tracking_uri: str) -> Any:
@@ -28,7 +38,8 @@ def prepare_study_tracking(
     """Create (or find) the study's experiment and parent run; returns (experiment id, parent run id).
 
     `parent_run_id` is the run recorded by an earlier `study run` of the same study; it is
-    reused so that a resumed study keeps one parent.
+    reused so that a resumed study keeps one parent, and `tags` are set on it again (a spec's
+    edited description, which a study resumes under, replaces the run's note).
     """
 
     from harness.tracking import RunTracker, check_run_continuable, writing_to
@@ -44,7 +55,10 @@ def prepare_study_tracking(
         # each unit would otherwise fail on it, and MLflow would create an empty store in its place.
         check_run_continuable(tracking_uri, parent_run_id)
         with writing_to(tracking_uri):
-            _client(tracking_uri).update_run(parent_run_id, status="RUNNING")
+            client = _client(tracking_uri)
+            client.update_run(parent_run_id, status="RUNNING")
+            for key, value in tags.items():
+                client.set_tag(parent_run_id, key, value)
     return _client(tracking_uri).get_run(parent_run_id).info.experiment_id, parent_run_id
 
 

@@ -1142,11 +1142,16 @@ def test_resuming_with_a_changed_spec_is_refused_naming_what_changed(workdir, fa
 def test_a_study_resumes_under_an_edited_description(workdir, fake_execute):
     """An edited description (a `git pull` of a shipped spec) stranded a half-run study."""
 
+    from mlflow.tracking import MlflowClient
+
     path = grid_spec(workdir, 1, [0.0, 0.01])
     prepared(path)
     path.write_text(path.read_text().replace('description = "test study"', 'description = "edited"'))
     study = prepared(path)
     assert study.user_attrs["spec"]["description"] == "edited" and len(study.trials) == 2
+    # The study's MLflow run shows the description as its note (the UI's "Description"), the new one.
+    parent = MlflowClient(study.user_attrs["tracking_uri"]).get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.data.tags["mlflow.note.content"] == "edited"
     # nan, which never equals itself, made a study impossible to resume while descriptions were compared
     path.write_text(path.read_text().replace('description = "edited"', "description = nan"))
     assert len(prepared(path).trials) == 2
