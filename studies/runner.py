@@ -175,7 +175,7 @@ def prepare_study(
     # MLflow is prepared outside the storage's lock, which would otherwise keep every worker of
     # every study in the file waiting while MLflow retries a store it cannot reach (minutes).
     experiment_id, parent_run_id = tracking.prepare_study_tracking(
-        tracking_uri, spec.name, tracking.study_tags(spec), attrs.get("mlflow_parent_run_id")
+        tracking_uri, spec, attrs.get("mlflow_parent_run_id")
     )
     with serialized(storage):
         latest = _checked_attrs(storage, spec, location)

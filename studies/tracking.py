@@ -33,23 +33,24 @@ def _client(tracking_uri: str) -> Any:
 
 
 def prepare_study_tracking(
-    tracking_uri: str, study_name: str, tags: Mapping[str, str], parent_run_id: str | None = None
+    tracking_uri: str, spec: Spec, parent_run_id: str | None = None
 ) -> tuple[str, str]:
     """Create (or find) the study's experiment and parent run; returns (experiment id, parent run id).
 
     `parent_run_id` is the run recorded by an earlier `study run` of the same study; it is
-    reused so that a resumed study keeps one parent, and `tags` are set on it again (a spec's
-    edited description, which a study resumes under, replaces the run's note).
+    reused so that a resumed study keeps one parent, and its tags are set again (a study resumes
+    under an edited description, which becomes the run's note).
     """
 
     from harness.tracking import RunTracker, check_run_continuable, writing_to
 
+    tags = study_tags(spec)
     if parent_run_id is None:
         # The run harness's own start: the experiment it creates (named after the study, which the
         # units log to as well) keeps its artifacts where every run's go, mlartifacts/ next to
         # an SQLite store, not ./mlruns of whichever directory the coordinator runs in.
         tags = {"gorl.role": "study", **tags}
-        parent_run_id = RunTracker.start(tracking_uri, study_name, study_name, None, tags).run_id
+        parent_run_id = RunTracker.start(tracking_uri, spec.name, spec.name, None, tags).run_id
     else:
         # A store that has moved, or a parent run deleted in the UI, is named before any unit runs:
         # each unit would otherwise fail on it, and MLflow would create an empty store in its place.
