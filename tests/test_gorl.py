@@ -316,9 +316,14 @@ def test_fm_resets_the_encoder_at_a_refit_and_diffusion_keeps_it():
         assert all(torch.equal(a, b) for a, b in zip(after, same_as, strict=True)), algo
 
 
-def test_resume_across_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, tracking_uri):
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_resume_across_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, tracking_uri, device):
     fields = dict(algo="gorl-fm", task=TOY, seed=1, steps=12 * UPDATE, tracking_uri=tracking_uri,
-                  overrides={**SMALL, "num_refits": 2, "eval_points": 4, "refit_from": "best"})  # fmt: skip
+                  overrides={**SMALL, "num_refits": 2, "eval_points": 4, "refit_from": "best"},
+                  device=device)  # fmt: skip
     reference = execute(RunRequest(**fields, out_dir=tmp_path / "reference"), progress=False)
 
     class Stop(Exception):
