@@ -22,28 +22,33 @@ class MedianAtStep(optuna.pruners.BasePruner):
 
     Nothing is pruned before `n_startup_trials` trials have completed (Optuna's MedianPruner
     default is 5; 3 here, because a tune trial is several training runs), and only in studies
-    that maximise, as tune studies do.
+    that maximise, as tune studies do. Trial n is judged by the completed trials numbered up to
+    n - `lag`, those it was proposed from (`studies.proposals`), which have all finished when it
+    starts: trials completing meanwhile on other workers would make the decision depend on timing.
     """
 
-    def __init__(self, n_startup_trials: int = 3) -> None:
+    def __init__(self, n_startup_trials: int = 3, lag: int = 1) -> None:
         self.n_startup_trials = n_startup_trials
+        self.lag = lag
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         step = trial.last_step
         if step is None:
             return False
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        values = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
+        known = [t for t in completed if t.number <= trial.number - self.lag]
+        values = [t.intermediate_values[step] for t in known if step in t.intermediate_values]
         if len(values) < self.n_startup_trials:
             return False
         return trial.intermediate_values[step] < float(np.median(values))
 
 
-def make_pruner(name: str, units_per_trial: int) -> optuna.pruners.BasePruner:
-    """The pruner a tune spec names; steps count the units a trial has done (1 to units_per_trial)."""
+def make_pruner(name: str, units_per_trial: int, lag: int = 1) -> optuna.pruners.BasePruner:
+    """The pruner a tune spec names; steps count the units a trial has done (1 to units_per_trial);
+    `lag`: the study's `concurrent_trials` (see `MedianAtStep`)."""
 
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=units_per_trial)
     if name == "median":
-        return MedianAtStep()
+        return MedianAtStep(lag=lag)
     return optuna.pruners.NopPruner()

@@ -24,6 +24,7 @@ from harness.errors import UserError
 from harness.signals import interrupts_unwrapped
 from harness.tracking import resolve_tracking_uri, sqlite_path
 from studies import tracking
+from studies.proposals import CONCURRENT_ATTR, concurrent_trials
 from studies.spec import Spec, load_spec, names_a_file, parse_spec
 from studies.status import StudyStatus, study_status, unit_noun
 from studies.storage import (
@@ -95,7 +96,15 @@ def run_study(
             "shared one (--tracking-uri http://<mlflow server> or postgresql://...).",
             file=sys.stderr,
         )
-    study = prepare_study(spec, location, tracking_uri, tracking_moved=tracking_moved)
+    study = prepare_study(spec, location, tracking_uri, tracking_moved=tracking_moved, workers=workers)
+    if spec.kind == "tune" and workers > (lag := concurrent_trials(study)) and progress:
+        print(
+            f"note: {workers - lag} of the {workers} workers will wait: study {spec.name!r} runs at most "
+            f"{lag} trial(s) at once, each proposed from the trials up to {lag} before it, so that it "
+            "proposes the same configurations however many workers run (`concurrent_trials` in the spec "
+            "of a new study sets how many).",
+            file=sys.stderr,
+        )
     if study.user_attrs.get("device") != device:  # what `study worker` defaults to
         study.set_user_attr("device", device)
     kinds = {ERROR} if retry_failed else set()
@@ -155,9 +164,11 @@ def _spec_to_run(spec_ref: str | Path, location: str) -> Spec:
 
 
 def prepare_study(
-    spec: Spec, location: str, tracking_uri: str, *, tracking_moved: bool = False
+    spec: Spec, location: str, tracking_uri: str, *, tracking_moved: bool = False, workers: int = 1
 ) -> optuna.Study:
     """Create the study (or check that the existing one has the same spec) and its MLflow runs.
+
+    A tune study records its `concurrent_trials` when it is created: the spec's, else `workers`.
 
     An existing study logs to the tracking store it was created with, unless `tracking_moved`
     (`--tracking-uri` given for it: the store has moved there). The store is checked before the
@@ -202,6 +213,8 @@ def prepare_study(
             "units_expected": [unit.key for unit in spec.units()] if spec.kind != "tune" else [],
             "swept": spec.swept,
         }
+        if spec.kind == "tune":  # kept once recorded: the trials it proposes depend on it
+            attrs[CONCURRENT_ATTR] = study.user_attrs.get(CONCURRENT_ATTR, spec.concurrent_trials or workers)
         for key, value in attrs.items():
             if study.user_attrs.get(key) != value:
                 study.set_user_attr(key, value)
@@ -306,9 +319,7 @@ def _run_workers(study: optuna.Study, location: str, workers: int, device: str, 
 
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     processes = [
-        subprocess.Popen(
-            [*command, "--device", worker_device(device, index, gpus), "--index", str(index)], env=env
-        )
+        subprocess.Popen([*command, "--device", worker_device(device, index, gpus)], env=env)
         for index in range(workers)
     ]
     try:

@@ -41,11 +41,13 @@ KINDS = ("grid", "compare", "tune")
 SAMPLERS = ("tpe", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 
+# A bound on a tune study's concurrent_trials: every worker beyond it would only wait.
+MAX_CONCURRENT_TRIALS = 1024
 _COMMON_KEYS = {"name", "kind", "description", "tasks", "seeds", "seed", "steps", "preset", "max_trials"}
 _KIND_KEYS = {
     "grid": {"algo", "fixed", "grid"},
     "compare": {"variants"},
-    "tune": {"algo", "fixed", "space", "sampler", "pruner"},
+    "tune": {"algo", "fixed", "space", "sampler", "pruner", "concurrent_trials"},
 }
 _SPACE_KEYS = {"low", "high", "log", "choices"}
 # A grid or compare study lists all its units up front (to queue them, for `study status` and the
@@ -114,6 +116,9 @@ class Spec:
     space: tuple[SearchDim, ...] = ()  # tune
     sampler: str = SAMPLERS[0]  # tune studies only (`parse_spec` sets both for every kind)
     pruner: str = PRUNERS[0]
+    # tune: trial n is proposed from trials up to n - concurrent_trials (`studies.proposals`);
+    # None: the number of workers of the `study run` that creates the study
+    concurrent_trials: int | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -238,6 +243,15 @@ def derive_seed(
     return stable_seed(study_seed, algo, preset, _canonical(params), task, seed_index)
 
 
+def _concurrent_trials(value: Any) -> int | None:
+    if value is not None and (type(value) is not int or not 1 <= value <= MAX_CONCURRENT_TRIALS):
+        raise UserError(
+            f"concurrent_trials must be an integer from 1 to {MAX_CONCURRENT_TRIALS} (the most trials that "
+            f"run at once; each new trial is proposed from the trials that many before it), got {value!r}."
+        )
+    return value
+
+
 def stable_seed(*parts: Any) -> int:
     """A 31-bit seed hashed from JSON-serialisable `parts`: the same on every machine and in every
     process (unlike `hash()`), and unrelated for parts that differ in any way."""
@@ -340,6 +354,7 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
         space=_parse_space(raw.get("space"), _get(raw, "algo", str)) if kind == "tune" else (),
         sampler=_choice(raw, "sampler", SAMPLERS) if kind == "tune" else "tpe",
         pruner=_choice(raw, "pruner", PRUNERS) if kind == "tune" else "none",
+        concurrent_trials=_concurrent_trials(raw.get("concurrent_trials")),
         raw=dict(raw),
     )
     _check_size(spec)

@@ -326,17 +326,43 @@ def in_claim_order(waiting: list[FrozenTrial]) -> list[FrozenTrial]:
     return sorted(waiting, key=lambda t: not ({"retry_of", "rerun_of"} & t.user_attrs.keys()))
 
 
-def ask_owned(study: optuna.Study, allowed: Callable[[], bool] = lambda: True) -> optuna.Trial | None:
-    """`study.ask()` (a re-enqueued lost trial first, else a newly sampled one), with this process
-    written as its owner at once, as `claim_waiting_trial` does; None when `allowed()` (checked
-    under the same lock) says no."""
+# A new trial's (params, system attrs), given the study's trials; None: not yet, ask again later.
+Proposer = Callable[[list[FrozenTrial]], tuple[dict[str, Any], dict[str, Any]] | None]
 
-    with serialized(study._storage), signals_deferred():
-        if not allowed():
-            return None
-        trial = study.ask()
-        _own(study._storage, trial._trial_id)
-    return trial
+
+def ask_owned(
+    study: optuna.Study,
+    allowed: Callable[[], bool] = lambda: True,
+    propose: Proposer | None = None,
+    poll_s: float = 1.0,
+) -> optuna.Trial | None:
+    """`study.ask()` (a re-enqueued lost trial first, else a new one), with this process written
+    as its owner at once, as `claim_waiting_trial` does; None when `allowed()` (checked under the
+    same lock) says no.
+
+    With `propose`, a new trial takes the params it returns from the trials so far, read under the
+    lock, so that no other worker adds a trial in between. While it says "not yet" the call waits
+    `poll_s` seconds, sweeps for lost units (one of them may be what it waits for) and asks again.
+    """
+
+    while True:
+        with serialized(study._storage), signals_deferred():
+            if not allowed():
+                return None
+            trials = study.get_trials(deepcopy=False) if propose is not None else []
+            # A lost trial's retry, enqueued with its params, goes first.
+            retry_waits = any(t.state == TrialState.WAITING for t in trials)
+            proposal = propose(trials) if propose is not None and not retry_waits else None
+            if propose is None or retry_waits or proposal is not None:
+                if proposal is not None:
+                    study.enqueue_trial(proposal[0])
+                trial = study.ask()
+                _own(study._storage, trial._trial_id)
+                for key, value in (proposal[1] if proposal else {}).items():
+                    study._storage.set_trial_system_attr(trial._trial_id, key, value)
+                return trial
+        time.sleep(poll_s)
+        sweep_lost_units(study)
 
 
 @contextmanager

@@ -23,7 +23,6 @@ its next evaluation, or drops its result, and moves on.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import threading
@@ -43,8 +42,9 @@ from harness.errors import UserError, describe
 from harness.signals import caused_by_interrupt
 from harness.tracking import sqlite_store_missing
 from studies import SPEC_DIR, tracking
+from studies.proposals import POLL_S, concurrent_trials, proposer, suggest
 from studies.pruning import make_pruner
-from studies.spec import SearchDim, Spec, Unit, check_on_every_task, parse_spec, stable_seed, variant_dir
+from studies.spec import Spec, Unit, check_on_every_task, parse_spec, variant_dir
 from studies.status import study_status
 from studies.storage import (
     DIVERGED,
@@ -107,7 +107,6 @@ def run_worker(
     name: str,
     location: str | None,
     *,
-    index: int | None = None,
     threads: int | None = None,
     device: str | None = None,
     announce: bool = False,
@@ -116,11 +115,6 @@ def run_worker(
     units (tune: trials) it claimed, whether it ran them, found them duplicates or gave them up.
     With `announce` (a worker started by hand, whose units show no progress of their own) it
     prints a line when it starts and the study's state after each unit.
-
-    `index` tells workers of one study apart: with the number of trials already in the study,
-    it seeds a tune study's sampler, so that neither concurrent workers nor the sessions of a
-    resumed study propose the same configurations (`study run` numbers its local workers
-    0, 1, ... in every session); without one the sampler is seeded at random.
     """
 
     from harness.run import resolve_device
@@ -157,11 +151,10 @@ def run_worker(
             "`study run ... --tracking-uri http://<mlflow server>` (or a postgresql:// URL)."
         )
     if spec.kind == "tune":
-        # The index alone would repeat a session's proposals in the next one: TPE's start-up
-        # trials are random draws that ignore the history. The trials so far tell sessions apart,
-        # and replaying the same sessions gives the same seeds.
-        study.sampler = _sampler(spec, index, len(study.get_trials(deepcopy=False)))
-        study.pruner = make_pruner(spec.pruner, spec.seeds * len(spec.tasks))
+        # New trials take the params `studies.proposals` draws; the study's own sampler only
+        # fills Optuna's start of a trial, which the random sampler does at no cost.
+        study.sampler = optuna.samplers.RandomSampler()
+        study.pruner = make_pruner(spec.pruner, spec.seeds * len(spec.tasks), concurrent_trials(study))
     context = Context(
         study=study,
         spec=spec,
@@ -363,14 +356,14 @@ def _next_tune_trial(context: Context) -> bool:
     sweep_lost_units(study)
     # A re-enqueued lost trial first, else a newly sampled configuration; the budget is checked
     # under the same lock, as for a grid's claim.
-    trial = ask_owned(study, lambda: work_left(study, spec))
+    trial = ask_owned(study, lambda: work_left(study, spec), proposer(spec, concurrent_trials(study)), POLL_S)
     if trial is None:
         return False
     if "retry_of" in trial.user_attrs:
         lost_run = study.trials[trial.user_attrs["retry_of"]].user_attrs.get("mlflow_run_id")
         if lost_run:
             _close_orphans(context, run_id=lost_run, parent_run_id=lost_run)
-    params = {dim.name: _suggest(trial, dim) for dim in spec.space}
+    params = {dim.name: suggest(trial, dim) for dim in spec.space}
     variant = f"trial-{trial.number}"
     trial.set_user_attr("variant", variant)
     trial.set_user_attr("algo", spec.algo)
@@ -691,27 +684,6 @@ def iqm(values: list[float]) -> float:
     from scipy.stats import trim_mean
 
     return float(trim_mean(values, 0.25))
-
-
-def _suggest(trial: optuna.Trial, dim: SearchDim) -> Any:
-    if dim.choices and all(c is None or isinstance(c, bool | int | float | str) for c in dim.choices):
-        return trial.suggest_categorical(dim.name, list(dim.choices))
-    if dim.choices:
-        # Optuna's categorical choices are None, bool, int, float or str; other values (a network's
-        # widths, a list) would warn in every command that reads the journal. They go as JSON text.
-        return json.loads(trial.suggest_categorical(dim.name, [json.dumps(c) for c in dim.choices]))
-    if isinstance(dim.low, int) and isinstance(dim.high, int):
-        return trial.suggest_int(dim.name, dim.low, dim.high, log=dim.log)
-    return trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)
-
-
-def _sampler(spec: Spec, index: int | None, trials_before: int) -> optuna.samplers.BaseSampler:
-    seed = None if index is None else stable_seed(spec.seed, index, trials_before)
-    if spec.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    # Multivariate TPE models the parameters jointly: RL settings interact (lr with batch size,
-    # clip with epochs), which independent per-parameter densities cannot see.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
 
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:

@@ -53,3 +53,14 @@ def test_hyperband_can_prune_after_the_first_of_two_units():
     assert pruned[0] is None and pruned[1:] == [1] * 5
     study = optuna.create_study(direction="maximize", pruner=make_pruner("hyperband", units_per_trial=2))
     assert [prunes_after(study, [value, value], first_step=0) for value in falling] == [None] * 6
+
+
+def test_the_median_pruner_judges_trial_n_by_the_trials_it_was_proposed_from():
+    """With 2 trials at once, trial n is judged by the trials up to n - 2: whether trial n - 1, on
+    another worker, completed before trial n's check is a matter of timing."""
+
+    good = [{1: 0.9, 2: 0.7, 3: 0.6}] * 3  # trials 0-2; the new trial is number 3
+    # Trials 0-2 count: below their median at step 2, it is pruned there.
+    assert prunes_after(study_with(MedianAtStep(lag=1), good), [0.9, 0.5, 0.5]) == 2
+    # Trials 0-1 count: fewer than the 3 start-up trials, nothing is pruned.
+    assert prunes_after(study_with(MedianAtStep(lag=2), good), [0.9, 0.5, 0.5]) is None

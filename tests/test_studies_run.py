@@ -132,7 +132,7 @@ def workers_in_process(monkeypatch):
     """`study run` with its worker in this process, so that it runs units with the faked harness."""
 
     def run_workers(study, location, workers, device, progress):
-        run_worker(study.study_name, location, index=0, device=device)
+        run_worker(study.study_name, location, device=device)
 
     monkeypatch.setattr(runner, "_run_workers", run_workers)
 
@@ -679,7 +679,7 @@ def test_an_invalid_sampled_combination_fails_at_once_and_fails_the_study_run(
 
 def test_trial_budget_holds_across_workers(workdir, fake_execute):
     prepared(grid_spec(workdir, 3, [0.0, 0.01], top="max_trials = 4\n"))
-    assert run_worker("tiny", None, index=0) + run_worker("tiny", None, index=1) == 4
+    assert run_worker("tiny", None) + run_worker("tiny", None) == 4
     study = load_study("tiny", None)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     assert study_status(study).finished
@@ -1082,6 +1082,25 @@ def test_a_cmaes_tune_study_runs_past_its_random_first_trial(workdir, fake_execu
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
 
 
+def test_a_tune_study_tries_the_same_trials_with_one_worker_or_two(workdir, migrated_mlflow_db, monkeypatch):
+    """Optuna's samplers propose from whatever trials have finished when a worker asks, and each
+    worker's sampler was seeded by its index: run twice with 2 workers, `tune-ppo-toy` tried other
+    configurations and found another best trial."""
+
+    top = 'kind = "tune"\nseeds = 1\nmax_trials = 4\npruner = "none"\nconcurrent_trials = 2\n'
+    trials = {}
+    for workers in (2, 1):
+        here = workdir / f"workers-{workers}"
+        (here / "runs").mkdir(parents=True)
+        shutil.copy(migrated_mlflow_db, here / "runs" / "mlflow.db")
+        monkeypatch.chdir(here)
+        path = spec_file(here, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n")
+        assert runner.run_study(path, workers=workers, progress=False).complete == 4
+        trials[workers] = [(t.number, t.params, t.value) for t in load_study("tiny", None).trials]
+    assert trials[1] == trials[2]
+    assert len({params["clip"] for _, params, _ in trials[1]}) == 4
+
+
 def test_study_artifacts_go_next_to_the_sqlite_store_as_a_run_s_do(workdir):
     """Not to ./mlruns of whichever directory the coordinator ran in."""
 
@@ -1113,13 +1132,13 @@ def test_a_resumed_tune_study_proposes_new_configurations(workdir, fake_execute,
 
     monkeypatch.setattr(run_harness, "execute", interrupted_in_the_third)
     with pytest.raises(KeyboardInterrupt):
-        run_worker("tiny", None, index=0)
+        run_worker("tiny", None)
     # The interrupted trial's worker process is gone, so the next session retries it.
     study = load_study("tiny", None)
     (cut,) = study.get_trials(states=(TrialState.RUNNING,))
     owned_by_a_dead_process(study, cut)
     monkeypatch.setattr(run_harness, "execute", fake)
-    run_worker("tiny", None, index=0)  # the second session's worker 0
+    run_worker("tiny", None)  # the second session's worker 0
 
     trials = load_study("tiny", None).trials
     assert [t.user_attrs.get("retry_of") for t in trials] == [None, None, None, cut.number, None]
@@ -1821,16 +1840,18 @@ def test_a_study_resumed_into_a_store_it_may_not_write_is_one_clear_error(tracki
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from studies.spec import Spec
     from studies.tracking import prepare_study_tracking
 
-    _, parent = prepare_study_tracking(tracking_uri, "readonly", {})
+    spec = Spec("readonly", "grid", "", "ppo", ("toy-bimodal",), 1, 0, 1024, "cpu", None)
+    _, parent = prepare_study_tracking(tracking_uri, spec)
 
     def read_only(self, run_id, status=None, **kwargs):
         raise MlflowException("(sqlite3.OperationalError) attempt to write a readonly database")
 
     monkeypatch.setattr(MlflowClient, "update_run", read_only)
     with pytest.raises(UserError, match="cannot write to the MLflow store .*attempt to write a readonly"):
-        prepare_study_tracking(tracking_uri, "readonly", {}, parent)
+        prepare_study_tracking(tracking_uri, spec, parent)
 
 
 def test_a_journal_that_cannot_be_appended_to_is_one_clear_error(tmp_path, monkeypatch):

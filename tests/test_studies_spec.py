@@ -95,6 +95,21 @@ def ppo_key() -> str:
             "max_trials must be a positive integer, got True",
         ),
         (GRID + "max_trials = 0\n[grid]\nlr = [1e-3]\n", "max_trials must be a positive integer, got 0"),
+        (
+            GRID.replace('"grid"', '"tune"')
+            + "max_trials = 4\nconcurrent_trials = 0\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n",
+            "concurrent_trials must be an integer from 1 to 1024 (the most trials that run at once;",
+        ),
+        (
+            GRID.replace('"grid"', '"tune"')
+            + "max_trials = 4\nconcurrent_trials = 2.5\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n",
+            "concurrent_trials must be an integer from 1 to 1024 (the most trials that run at once; each "
+            "new trial is proposed from the trials that many before it), got 2.5.",
+        ),
+        (
+            GRID + "concurrent_trials = 2\n[grid]\nlr = [1e-3]\n",
+            "unknown key 'concurrent_trials' (did you mean",
+        ),
         (  # `study run` and `study status` overflowed computing the ETA after the first trial
             GRID.replace('"grid"', '"tune"')
             + "max_trials = 1_000_000_000_000\n[space.lr]\nlow = 1e-3\nhigh = 1e-2\n",

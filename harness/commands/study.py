@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from harness.commands.arguments import int_between, integer, non_empty, positive_int
+from harness.commands.arguments import int_between, non_empty, positive_int
 from harness.limits import MAX_THREADS
 
 STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
@@ -59,12 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     worker.add_argument(
         "--device", help="torch device (default: the one of the study's latest `study run`, else cpu)"
-    )
-    worker.add_argument(
-        "--index",
-        type=integer,
-        help="a number unique among the study's workers: seeds a tune study's sampler (default: none, "
-        "a sampler seeded at random)",
     )
     worker.add_argument(
         "--parent-pid",
@@ -159,7 +153,6 @@ def _worker(args: argparse.Namespace) -> int:
         count = run_worker(
             args.name,
             args.storage,
-            index=args.index,
             threads=args.threads,
             device=args.device,
             announce=not args.parent_pid,  # `study run` shows its workers' progress itself

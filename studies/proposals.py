@@ -1,0 +1,97 @@
+"""Reproducible tune studies: which configuration trial n tries depends on the study's seed, on n and
+on the trials numbered n - K and below, never on how many workers run or when their trials finish.
+
+Optuna's samplers propose from whatever trials have finished when a worker asks, which with
+several workers is a matter of timing: two runs of `tune-ppo-toy` with 2 workers on one machine
+ended with other best trials (lr 5.2e-4 and 16 epochs in one, lr 2.9e-3 and 2 epochs in the
+other). Here a new trial n is proposed by a fresh sampler seeded by (study seed, n) that is shown
+exactly the trials numbered up to n - K, K being the study's `concurrent_trials`; a worker about
+to propose trial n waits until those have finished. With up to K workers and trials of similar
+length no worker waits; more than K workers wait for one another. The median pruner judges trial
+n by the same trials (`studies.pruning`); Hyperband compares with whatever has reported, so with
+it a study repeats exactly only with one worker.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from studies.spec import SearchDim, Spec, stable_seed
+from studies.storage import Proposer
+
+# The study attribute that records K.
+CONCURRENT_ATTR = "concurrent_trials"
+# How often a waiting worker looks again whether the trials it needs have finished.
+POLL_S = 1.0
+
+
+def concurrent_trials(study: optuna.Study) -> int:
+    """The study's K: recorded by the `study run` that created it (the spec's `concurrent_trials`,
+    else that run's number of workers); 1 for a study created before it was recorded."""
+
+    return int(study.user_attrs.get(CONCURRENT_ATTR, 1))
+
+
+def proposer(spec: Spec, lag: int) -> Proposer:
+    """What `storage.ask_owned` calls for a new trial: its params and the sampler's attrs, or
+    None while the trials it is proposed from have not all finished."""
+
+    def propose_next(trials: list[FrozenTrial]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        number = len(trials)  # Optuna numbers a study's trials 0, 1, ... as they are created
+        history = settled_history(trials, number, lag)
+        return None if history is None else propose(spec, number, history)
+
+    return propose_next
+
+
+def settled_history(trials: list[FrozenTrial], number: int, lag: int) -> list[FrozenTrial] | None:
+    """The trials that trial `number` is proposed from (numbers up to `number - lag`), or None
+    while one of them is still running or waiting."""
+
+    history = [t for t in trials if t.number <= number - lag]
+    if any(not t.state.is_finished() for t in history):
+        return None
+    return history
+
+
+def make_sampler(spec: Spec, seed: int | None) -> optuna.samplers.BaseSampler:
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    # Multivariate TPE models the parameters jointly: RL settings interact (lr with batch size,
+    # clip with epochs), which independent per-parameter densities cannot see.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def propose(spec: Spec, number: int, history: list[FrozenTrial]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(params, system attrs) of trial `number`, drawn from `history` alone by a sampler seeded by
+    the study's seed and `number`: a study replayed into memory, asked once. The system attrs are
+    what the sampler keeps on its trials (CMA-ES: its generation and state), for later replays."""
+
+    replay = optuna.create_study(
+        direction="maximize", sampler=make_sampler(spec, stable_seed(spec.seed, number))
+    )
+    # Failed trials carry no value; TPE and CMA-ES learn from complete and pruned ones only.
+    replay.add_trials([t for t in history if t.state in (TrialState.COMPLETE, TrialState.PRUNED)])
+    trial = replay.ask()
+    for dim in spec.space:
+        suggest(trial, dim)
+    proposed = replay._storage.get_trial(trial._trial_id)
+    return proposed.params, proposed.system_attrs
+
+
+def suggest(trial: optuna.Trial, dim: SearchDim) -> Any:
+    """The value of search dimension `dim` for `trial` (as the config takes it)."""
+
+    if dim.choices and all(c is None or isinstance(c, bool | int | float | str) for c in dim.choices):
+        return trial.suggest_categorical(dim.name, list(dim.choices))
+    if dim.choices:
+        # Optuna's categorical choices are None, bool, int, float or str; other values (a network's
+        # widths, a list) would warn in every command that reads the journal. They go as JSON text.
+        return json.loads(trial.suggest_categorical(dim.name, [json.dumps(c) for c in dim.choices]))
+    if isinstance(dim.low, int) and isinstance(dim.high, int):
+        return trial.suggest_int(dim.name, dim.low, dim.high, log=dim.log)
+    return trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)
