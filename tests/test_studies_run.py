@@ -1117,9 +1117,9 @@ def test_study_artifacts_go_next_to_the_sqlite_store_as_a_run_s_do(workdir):
 
 
 def test_a_resumed_tune_study_proposes_new_configurations(workdir, fake_execute, monkeypatch):
-    """`study run` numbers its workers 0, 1, ... in every session, and TPE's start-up trials are
-    random draws whatever the history: a sampler seeded by the index alone proposed the first
-    session's configurations again."""
+    """TPE's start-up trials are random draws whatever the history: samplers seeded by the worker's
+    index alone (0, 1, ... in every session of `study run`) proposed the first session's
+    configurations again. Seeded by the trial's number, each proposal is new."""
 
     top = 'kind = "tune"\nseeds = 1\nmax_trials = 4\npruner = "none"\n'
     prepared(spec_file(workdir, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n"))
