@@ -89,12 +89,24 @@ def interrupts_unwrapped() -> Iterator[None]:
         raise
 
 
+def _quiet_dropped_interrupts(unraisable: sys.UnraisableHookArgs) -> None:
+    """`sys.unraisablehook`: Python drops an exception raised in a garbage-collection or weakref
+    callback (importlib's module locks have one) and prints "Exception ignored in ..." with a
+    traceback. An interrupt is remembered by `interrupt` and stops the command at the next
+    `raise_if_interrupted`, so it prints nothing here; anything else prints as before."""
+
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _received:
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def stop_on_interrupts() -> None:
     """Install `interrupt` for SIGINT and SIGTERM (`kill PID`), forgetting earlier interrupts (a
     command run again in the same process); a no-op outside the main thread, where Python can
-    set no handler."""
+    set no handler. A dropped interrupt prints no traceback (`_quiet_dropped_interrupts`)."""
 
     forget_interrupts()
+    sys.unraisablehook = _quiet_dropped_interrupts
     if threading.current_thread() is threading.main_thread():
         # SIGINT only where Python's own handler is set: one ignored (a background job's) stays so.
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:

@@ -42,7 +42,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import UserError, first_line
-from harness.signals import signals_deferred
+from harness.signals import raise_if_interrupted, signals_deferred
 from harness.tracking import check_database, sqlalchemy_url
 
 DEFAULT_JOURNAL = Path("runs") / "studies.journal"
@@ -362,6 +362,7 @@ def ask_owned(
                     study._storage.set_trial_system_attr(trial._trial_id, key, value)
                 return trial
         time.sleep(poll_s)
+        raise_if_interrupted()  # one dropped inside a garbage-collection callback (harness.signals)
         sweep_lost_units(study)
 
 

@@ -75,3 +75,35 @@ def test_a_second_signal_while_the_command_says_it_stopped_is_no_traceback(monke
     monkeypatch.setattr(builtins, "print", real_print)
     assert code == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_an_interrupt_dropped_in_a_garbage_collection_callback_prints_no_traceback():
+    """A Ctrl-C that lands in a weakref callback (importlib's module locks, while a study worker
+    imports torch) printed "Exception ignored in ... Traceback ..." under the command's one line;
+    the interrupt itself is remembered and stops the command. Other dropped errors still print."""
+
+    import subprocess
+    import sys
+
+    script = """
+import signal
+from harness.signals import interrupt, raise_if_interrupted, stop_on_interrupts
+stop_on_interrupts()
+class Collected:
+    def __init__(self, error):
+        self.error = error
+    def __del__(self):
+        if self.error:
+            raise ValueError("a real bug")
+        interrupt(signal.SIGINT, None)
+Collected(False)
+try:
+    raise_if_interrupted()
+except KeyboardInterrupt:
+    print("stopped")
+Collected(True)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "stopped\n"
+    assert "KeyboardInterrupt" not in done.stderr
+    assert "Exception ignored" in done.stderr and "ValueError: a real bug" in done.stderr
