@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 from optuna.trial import TrialState, create_trial
 
 from studies.pruning import MedianAtStep, make_pruner
@@ -55,12 +56,23 @@ def test_hyperband_can_prune_after_the_first_of_two_units():
     assert [prunes_after(study, [value, value], first_step=0) for value in falling] == [None] * 6
 
 
-def test_the_median_pruner_judges_trial_n_by_the_trials_it_was_proposed_from():
+@pytest.mark.parametrize("name", ["median", "hyperband"])
+def test_a_pruning_decision_does_not_depend_on_the_trial_running_beside_it(name):
     """With 2 trials at once, trial n is judged by the trials up to n - 2: whether trial n - 1, on
     another worker, completed before trial n's check is a matter of timing."""
 
-    good = [{1: 0.9, 2: 0.7, 3: 0.6}] * 3  # trials 0-2; the new trial is number 3
-    # Trials 0-2 count: below their median at step 2, it is pruned there.
-    assert prunes_after(study_with(MedianAtStep(lag=1), good), [0.9, 0.5, 0.5]) == 2
-    # Trials 0-1 count: fewer than the 3 start-up trials, nothing is pruned.
-    assert prunes_after(study_with(MedianAtStep(lag=2), good), [0.9, 0.5, 0.5]) is None
+    def pruned(lag: int, beside_completed: bool) -> bool:
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(name, 2, lag))
+        for value in (0.4, 0.45, 0.5, 0.55):  # median 0.475 at the first unit
+            study.add_trial(create_trial(value=value, intermediate_values={1: value, 2: value}))
+        beside, judged = study.ask(), study.ask()
+        if beside_completed:  # with it the median is 0.5
+            beside.report(0.95, 1)
+            beside.report(0.95, 2)
+            study.tell(beside, 0.95)
+        judged.report(0.48, 1)
+        return judged.should_prune()
+
+    assert pruned(2, beside_completed=True) == pruned(2, beside_completed=False)
+    if name == "median":  # judged by every trial that has completed, it depended on the timing
+        assert pruned(1, beside_completed=True) and not pruned(1, beside_completed=False)
