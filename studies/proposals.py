@@ -7,7 +7,8 @@ ended with other best trials (lr 5.2e-4 and 16 epochs in one, lr 2.9e-3 and 2 ep
 other). Here a new trial n is proposed by a fresh sampler seeded by (study seed, n) that is shown
 exactly the trials numbered up to n - K, K being the study's `concurrent_trials`; a worker about
 to propose trial n waits until those have finished. With up to K workers and trials of similar
-length no worker waits; more than K workers wait for one another. The pruners judge trial n by the
+length no worker waits; more than K workers would wait for one another (`study run` starts at most
+K; workers started by hand on other machines count too). The pruners judge trial n by the
 same trials (`studies.pruning.PastOnly`).
 """
 

@@ -97,14 +97,16 @@ def run_study(
             file=sys.stderr,
         )
     study = prepare_study(spec, location, tracking_uri, tracking_moved=tracking_moved, workers=workers)
-    if spec.kind == "tune" and workers > (lag := concurrent_trials(study)) and progress:
+    if spec.kind == "tune" and workers > (lag := concurrent_trials(study)):
+        # More would only wait, each with torch loaded.
         print(
-            f"note: {workers - lag} of the {workers} workers will wait: study {spec.name!r} runs at most "
-            f"{lag} trial(s) at once, each proposed from the trials up to {lag} before it, so that it "
-            "proposes the same configurations however many workers run (`concurrent_trials` in the spec "
-            "of a new study sets how many).",
+            f"note: starting {lag} worker(s), not {workers}: study {spec.name!r} runs at most {lag} trial(s) "
+            f"at once, each proposed from the trials up to {lag} before it, so that it proposes the same "
+            "configurations however many workers run (`concurrent_trials` in the spec of a new study "
+            "sets how many).",
             file=sys.stderr,
         )
+        workers = lag
     if study.user_attrs.get("device") != device:  # what `study worker` defaults to
         study.set_user_attr("device", device)
     kinds = {ERROR} if retry_failed else set()

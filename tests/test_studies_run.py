@@ -1105,6 +1105,29 @@ def test_a_tune_study_tries_the_same_trials_with_one_worker_or_two(workdir, migr
     assert len({params["clip"] for _, params, _ in trials[1]}) == 4
 
 
+def test_a_tune_study_starts_no_more_workers_than_trials_run_at_once(
+    workdir, fake_execute, monkeypatch, capsys
+):
+    """Workers beyond `concurrent_trials` would only wait for the trials before theirs, each with
+    torch loaded."""
+
+    started = []
+
+    def run_workers(study, location, workers, device, progress):
+        started.append(workers)
+        run_worker(study.study_name, location)
+
+    monkeypatch.setattr(runner, "_run_workers", run_workers)
+    top = 'kind = "tune"\nseeds = 1\nmax_trials = 2\npruner = "none"\nconcurrent_trials = 1\n'
+    path = spec_file(workdir, top, "[space.clip]\nlow = 0.1\nhigh = 0.3\n")
+    assert runner.run_study(path, workers=2, progress=False).complete == 2
+    assert started == [1]
+    assert (
+        "note: starting 1 worker(s), not 2: study 'tiny' runs at most 1 trial(s) at once"
+        in capsys.readouterr().err
+    )
+
+
 def test_study_artifacts_go_next_to_the_sqlite_store_as_a_run_s_do(workdir):
     """Not to ./mlruns of whichever directory the coordinator ran in."""
 
