@@ -58,7 +58,9 @@ def settled_history(trials: list[FrozenTrial], number: int, lag: int) -> list[Fr
     return history
 
 
-def make_sampler(spec: Spec, seed: int | None) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler the spec names, seeded."""
+
     if spec.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     # Multivariate TPE models the parameters jointly: RL settings interact (lr with batch size,
