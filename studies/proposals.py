@@ -25,8 +25,6 @@ from studies.storage import Proposer
 
 # The study attribute that records K.
 CONCURRENT_ATTR = "concurrent_trials"
-# How often a waiting worker looks again whether the trials it needs have finished.
-POLL_S = 1.0
 
 
 def concurrent_trials(study: optuna.Study) -> int:

@@ -328,42 +328,50 @@ def in_claim_order(waiting: list[FrozenTrial]) -> list[FrozenTrial]:
 
 # A new trial's (params, system attrs), given the study's trials; None: not yet, ask again later.
 Proposer = Callable[[list[FrozenTrial]], tuple[dict[str, Any], dict[str, Any]] | None]
+# How often `ask_owned` looks again whether its proposer can propose.
+PROPOSE_POLL_S = 1.0
+_NOT_YET = object()
 
 
 def ask_owned(
-    study: optuna.Study,
-    allowed: Callable[[], bool] = lambda: True,
-    propose: Proposer | None = None,
-    poll_s: float = 1.0,
+    study: optuna.Study, allowed: Callable[[], bool] = lambda: True, propose: Proposer | None = None
 ) -> optuna.Trial | None:
     """`study.ask()` (a re-enqueued lost trial first, else a new one), with this process written
     as its owner at once, as `claim_waiting_trial` does; None when `allowed()` (checked under the
     same lock) says no.
 
     With `propose`, a new trial takes the params it returns from the trials so far, read under the
-    lock, so that no other worker adds a trial in between. While it says "not yet" the call waits
-    `poll_s` seconds, sweeps for lost units (one of them may be what it waits for) and asks again.
+    lock, so that no other worker adds a trial in between. While it says "not yet" the call waits,
+    sweeps for lost units (one of them may be what it waits for) and asks again.
     """
 
-    while True:
-        with serialized(study._storage), signals_deferred():
-            if not allowed():
-                return None
-            trials = study.get_trials(deepcopy=False) if propose is not None else []
-            # A lost trial's retry, enqueued with its params, goes first.
-            retry_waits = any(t.state == TrialState.WAITING for t in trials)
-            proposal = propose(trials) if propose is not None and not retry_waits else None
-            if propose is None or retry_waits or proposal is not None:
-                if proposal is not None:
-                    study.enqueue_trial(proposal[0])
-                trial = study.ask()
-                _own(study._storage, trial._trial_id)
-                for key, value in (proposal[1] if proposal else {}).items():
-                    study._storage.set_trial_system_attr(trial._trial_id, key, value)
-                return trial
-        time.sleep(poll_s)
+    while (trial := _ask_now(study, allowed, propose)) is _NOT_YET:
+        time.sleep(PROPOSE_POLL_S)
         raise_if_interrupted()  # one dropped inside a garbage-collection callback (harness.signals)
         sweep_lost_units(study)
+    return trial  # type: ignore[return-value]
+
+
+def _ask_now(study: optuna.Study, allowed: Callable[[], bool], propose: Proposer | None) -> Any:
+    """One try of `ask_owned`: the trial, None (not allowed) or `_NOT_YET` (the proposer waits)."""
+
+    with serialized(study._storage), signals_deferred():
+        if not allowed():
+            return None
+        attrs: dict[str, Any] = {}
+        if propose is not None:
+            trials = study.get_trials(deepcopy=False)
+            if not any(t.state == TrialState.WAITING for t in trials):  # a lost trial's retry goes first
+                proposal = propose(trials)
+                if proposal is None:
+                    return _NOT_YET
+                params, attrs = proposal
+                study.enqueue_trial(params)
+        trial = study.ask()
+        _own(study._storage, trial._trial_id)
+        for key, value in attrs.items():
+            study._storage.set_trial_system_attr(trial._trial_id, key, value)
+        return trial
 
 
 @contextmanager

@@ -42,7 +42,7 @@ from harness.errors import UserError, describe
 from harness.signals import caused_by_interrupt
 from harness.tracking import sqlite_store_missing
 from studies import SPEC_DIR, tracking
-from studies.proposals import POLL_S, concurrent_trials, proposer, suggest
+from studies.proposals import concurrent_trials, proposer, suggest
 from studies.pruning import make_pruner
 from studies.spec import Spec, Unit, check_on_every_task, parse_spec, variant_dir
 from studies.status import study_status
@@ -356,7 +356,7 @@ def _next_tune_trial(context: Context) -> bool:
     sweep_lost_units(study)
     # A re-enqueued lost trial first, else a newly sampled configuration; the budget is checked
     # under the same lock, as for a grid's claim.
-    trial = ask_owned(study, lambda: work_left(study, spec), proposer(spec, concurrent_trials(study)), POLL_S)
+    trial = ask_owned(study, lambda: work_left(study, spec), proposer(spec, concurrent_trials(study)))
     if trial is None:
         return False
     if "retry_of" in trial.user_attrs:
