@@ -40,20 +40,25 @@ def proposer(spec: Spec, lag: int) -> Proposer:
 
     def propose_next(trials: list[FrozenTrial]) -> tuple[dict[str, Any], dict[str, Any]] | None:
         number = len(trials)  # Optuna numbers a study's trials 0, 1, ... as they are created
-        history = settled_history(trials, number, lag)
-        return None if history is None else propose(spec, number, history)
+        settled = settled_history(trials, number, lag)
+        return None if settled is None else propose(spec, number, settled)
 
     return propose_next
 
 
-def settled_history(trials: list[FrozenTrial], number: int, lag: int) -> list[FrozenTrial] | None:
-    """The trials that trial `number` is proposed from (numbers up to `number - lag`), or None
-    while one of them is still running or waiting."""
+def history(trials: list[FrozenTrial], number: int, lag: int) -> list[FrozenTrial]:
+    """The trials that trial `number` is proposed from and judged by: numbers up to `number - lag`."""
 
-    history = [t for t in trials if t.number <= number - lag]
-    if any(not t.state.is_finished() for t in history):
+    return [t for t in trials if t.number <= number - lag]
+
+
+def settled_history(trials: list[FrozenTrial], number: int, lag: int) -> list[FrozenTrial] | None:
+    """`history`, or None while one of its trials is still running or waiting."""
+
+    past = history(trials, number, lag)
+    if any(not t.state.is_finished() for t in past):
         return None
-    return history
+    return past
 
 
 def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:

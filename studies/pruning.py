@@ -18,6 +18,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState, create_trial
 
+from studies.proposals import history
+
 
 class MedianAtStep(optuna.pruners.BasePruner):
     """Prune a trial whose value at its last step is below the completed trials' median there.
@@ -55,7 +57,7 @@ class PastOnly(optuna.pruners.BasePruner):
         self.inner, self.lag = inner, lag
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        past = [t for t in study.get_trials(deepcopy=False) if t.number <= trial.number - self.lag]
+        past = history(study.get_trials(deepcopy=False), trial.number, self.lag)
         replay = optuna.create_study(study_name=study.study_name, direction="maximize")
         replay.add_trials(past)
         replay.add_trials([create_trial(state=TrialState.FAIL)] * (trial.number - len(past)))

@@ -50,6 +50,7 @@ from studies.storage import (
     DIVERGED,
     ERROR,
     INVALID,
+    Proposer,
     StudyNotFound,
     ask_owned,
     claim_waiting_trial,
@@ -95,6 +96,7 @@ class Context:
     parent_run_id: str
     out_root: Path
     device: str
+    propose: Proposer | None = None  # tune: the params of a new trial (`studies.proposals`)
 
     @cached_property
     def units(self) -> dict[str, Unit]:
@@ -150,11 +152,14 @@ def run_worker(
             "Workers on other machines need a shared tracking store: create the study with "
             "`study run ... --tracking-uri http://<mlflow server>` (or a postgresql:// URL)."
         )
+    propose = None
     if spec.kind == "tune":
-        # New trials take the params `studies.proposals` draws; the study's own sampler only
-        # fills Optuna's start of a trial, which the random sampler does at no cost.
+        # New trials take the params `propose` draws; the study's own sampler only fills Optuna's
+        # start of a trial, which the random sampler does at no cost.
+        lag = concurrent_trials(study)
         study.sampler = optuna.samplers.RandomSampler()
-        study.pruner = make_pruner(spec.pruner, spec.seeds * len(spec.tasks), concurrent_trials(study))
+        study.pruner = make_pruner(spec.pruner, spec.seeds * len(spec.tasks), lag)
+        propose = proposer(spec, lag)
     context = Context(
         study=study,
         spec=spec,
@@ -162,6 +167,7 @@ def run_worker(
         parent_run_id=study.user_attrs["mlflow_parent_run_id"],
         out_root=_runs_root(study),
         device=device,
+        propose=propose,
     )
     serve = _next_tune_trial if spec.kind == "tune" else _next_unit
     count = 0
@@ -356,7 +362,7 @@ def _next_tune_trial(context: Context) -> bool:
     sweep_lost_units(study)
     # A re-enqueued lost trial first, else a newly sampled configuration; the budget is checked
     # under the same lock, as for a grid's claim.
-    trial = ask_owned(study, lambda: work_left(study, spec), proposer(spec, concurrent_trials(study)))
+    trial = ask_owned(study, lambda: work_left(study, spec), context.propose)
     if trial is None:
         return False
     if "retry_of" in trial.user_attrs:
