@@ -299,7 +299,9 @@ def _final_scores(
     ends, diverged = table.assign(diverged=False), results.diverged
     if len(diverged):
         scored = diverged.assign(score=normalise(diverged), diverged=True)[ends.columns]
-        ends = pd.concat([ends, scored], ignore_index=True)
+        # pandas deprecates concatenating an empty frame (every unit diverged): its columns' dtypes
+        # would start to count, so the diverged rows alone are the ends then.
+        ends = pd.concat([ends, scored], ignore_index=True) if len(ends) else scored.reset_index(drop=True)
     finals, notes = final_score_arrays(ends, results.tasks)
     notes = [
         f"{task}: no finished run of any variant; the statistics cover {', '.join(results.tasks)} only"
