@@ -5,7 +5,8 @@ Two storages:
 * the embedded default, an Optuna journal file (`runs/studies.journal`): safe for several
   processes on one machine, not for several machines (file locks over NFS are unreliable);
 * an RDB URL (`postgresql://...`, also `sqlite:///...` for one machine): workers on
-  different hosts share one study.
+  different hosts share one study. Other database servers are refused: `serialized` has no
+  lock on them.
 
 Exactly-once: every unit is an enqueued WAITING trial, and a worker claims one by moving it
 WAITING -> RUNNING. Every storage makes that transition atomic (a row lock on PostgreSQL, the
@@ -64,6 +65,22 @@ class StudyNotFound(UserError):
     read: a damaged journal, a database that cannot be reached)."""
 
 
+def _check_lockable_server(url: str) -> None:
+    """Refuse a database server on which `serialized` can take no lock (anything but PostgreSQL).
+
+    Without it two workers could both propose trial n of a tune study, both find the trial budget
+    not yet spent, or both create a new study; only the claim of a grid unit would stay atomic.
+    """
+
+    scheme = url.partition("://")[0].partition("+")[0]
+    if scheme != "postgresql":
+        raise UserError(
+            f"the study storage {url} is a {scheme} database: a study shared by several machines needs "
+            "PostgreSQL (postgresql://...), whose advisory lock orders the workers' claims, proposals "
+            "and sweeps; on one machine, use the journal (the default) or sqlite:///PATH."
+        )
+
+
 def open_storage(location: str | None, *, create: bool = True) -> BaseStorage:
     """Open (creating if needed) the storage at `location`; None means the embedded journal file.
 
@@ -78,6 +95,7 @@ def open_storage(location: str | None, *, create: bool = True) -> BaseStorage:
         if location.startswith("sqlite"):
             check_sqlite_storage(location, create=create)
         else:
+            _check_lockable_server(location)
             check_database(location, "the study storage")
 
         # Two processes opening a fresh database race to create Optuna's tables; the loser
@@ -385,8 +403,7 @@ def serialized(storage: BaseStorage) -> Iterator[None]:
     to RUNNING (4 workers claiming 200 trials made 229 claims), and two sweeps both re-enqueued
     one lost trial. On any storage, two `study run`s of a new study started at once both found no
     study, so each created a parent MLflow run (one stayed RUNNING, empty) and enqueued every
-    unit. Other database servers (MySQL) take no lock: their row locks make claims atomic, and the
-    first `study run` of a study there should be started alone.
+    unit. Other database servers are refused when the storage is opened.
     """
 
     backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache

@@ -1552,6 +1552,18 @@ def test_a_study_storage_that_cannot_be_reached_is_a_clear_error(workdir, capsys
     assert "the study storage" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("storage", ["mysql://user@127.0.0.1:1/db", "mssql+pyodbc://user@127.0.0.1:1/db"])
+def test_a_study_storage_on_a_server_without_a_lock_is_refused(workdir, capsys, storage):
+    """Only the claim of a grid unit was atomic there: two workers could propose one tune trial
+    twice, pass the trial budget together, or both create a new study."""
+
+    spec = grid_spec(workdir, 1, [0.0])
+    assert main(["study", "run", str(spec), "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert "needs PostgreSQL (postgresql://...)" in err and "Traceback" not in err
+    assert "driver" not in err  # refused before connecting, whatever is installed
+
+
 def test_an_interrupt_inside_the_journal_lock_waits_until_the_append_is_done(tmp_path, monkeypatch):
     """SIGTERM landing in Optuna's lock release left the lock file behind (every process then
     waits out the 30 s grace period) and printed a traceback from the lock's cleanup."""

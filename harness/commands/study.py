@@ -13,7 +13,7 @@ import sys
 from harness.commands.arguments import int_between, non_empty, positive_int
 from harness.limits import MAX_THREADS
 
-STORAGE_HELP = "journal file path or RDB URL (postgresql://..., sqlite:///...); default runs/studies.journal"
+STORAGE_HELP = "journal file path, sqlite:///PATH, or postgresql://... for several machines; default runs/studies.journal"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
