@@ -13,7 +13,10 @@ import sys
 from harness.commands.arguments import int_between, non_empty, positive_int
 from harness.limits import MAX_THREADS
 
-STORAGE_HELP = "journal file path, sqlite:///PATH, or postgresql://... for several machines; default runs/studies.journal"
+STORAGE_HELP = (
+    "journal file path, sqlite:///PATH, or postgresql://... for several machines; "
+    "default runs/studies.journal"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
