@@ -205,9 +205,13 @@ def machine_tags(device: str = "cpu") -> dict[str, str]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
+    libc = " ".join(platform.libc_ver()) or "no C library found"
     tags = {
         "machine.cpu": _cpu_model(),
-        "machine.platform": platform.platform(),
+        # The OS, the architecture and the C library (its libm rounds numpy's math), not the kernel
+        # release (`platform.platform()`'s): cluster nodes alike but for their kernel build gave
+        # every resumed run a "resumed on another machine" note for a change that rounds nothing.
+        "machine.platform": f"{platform.system()} {platform.machine()}, {libc}",
         "version.python": platform.python_version(),
     }
     for name in NUMERIC_LIBRARIES:

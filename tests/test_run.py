@@ -1431,6 +1431,16 @@ def test_a_resume_on_another_machine_says_so_and_tags_the_run(tmp_path, tracking
     assert tags["machine.cpu"] == "Another CPU (family 6, model 85)"  # the start's stay
 
 
+def test_the_machine_tags_leave_out_the_kernel_release():
+    """A resume on a node alike but for its kernel build is no other machine: it rounds nothing."""
+
+    import platform
+
+    tags = machine_tags()
+    assert platform.release() not in tags["machine.platform"]
+    assert platform.machine() in tags["machine.platform"] and platform.system() in tags["machine.platform"]
+
+
 def test_a_run_from_before_machine_tags_resumes_without_a_word(tmp_path, tracking_uri, capsys):
     out = stopped_run(tmp_path, tracking_uri)
     client, run_id = MlflowClient(tracking_uri), load_checkpoint(out)["mlflow_run_id"]
