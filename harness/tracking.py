@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
+import platform
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -202,7 +203,6 @@ def machine_tags(device: str = "cpu") -> dict[str, str]:
     machine), Python and the numeric libraries' versions, and for a run on a GPU (`device` cuda or
     cuda:N) the GPU's name and torch's CUDA version. MLflow tags `machine.*` and `version.*`."""
 
-    import platform
     from importlib.metadata import PackageNotFoundError, version
 
     libc = " ".join(platform.libc_ver()) or "no C library found"
@@ -235,6 +235,8 @@ def machine_changes(recorded: Mapping[str, str], device: str = "cpu") -> dict[st
     if "machine.cpu" not in recorded:
         return {}
     here = machine_tags(device)
+    if recorded.get("machine.platform") == platform.platform():  # recorded with the kernel release
+        recorded = {**recorded, "machine.platform": here["machine.platform"]}
     keys = set(here) | {key for key in recorded if key.startswith(("machine.", "version."))}
     return {
         key: here.get(key, "none")
@@ -246,8 +248,6 @@ def machine_changes(recorded: Mapping[str, str], device: str = "cpu") -> dict[st
 def _cpu_model() -> str:
     """The CPU's model name, family and model numbers (Linux's /proc/cpuinfo: a virtual machine's
     name can be generic, its numbers are not), else what the platform module says."""
-
-    import platform
 
     fields: dict[str, str] = {}
     try:

@@ -29,7 +29,7 @@ from harness.cli import main
 from harness.errors import UserError
 from harness.run import RunRequest, execute, load_run, resolve_device, resume
 from harness.signals import interrupt
-from harness.tracking import RunTracker, machine_tags, resolve_tracking_uri
+from harness.tracking import RunTracker, machine_changes, machine_tags, resolve_tracking_uri
 
 TOY = "toy-bimodal"
 # Small PPO updates (16 envs x 16 steps, 2 epochs): the harness, not learning, is under test.
@@ -1439,6 +1439,9 @@ def test_the_machine_tags_leave_out_the_kernel_release():
     tags = machine_tags()
     assert platform.release() not in tags["machine.platform"]
     assert platform.machine() in tags["machine.platform"] and platform.system() in tags["machine.platform"]
+    # A run that recorded it with the kernel release (before 2026-12-02), resumed on its own machine.
+    assert machine_changes({**tags, "machine.platform": platform.platform()}) == {}
+    assert machine_changes({**tags, "machine.platform": "Linux-5.4.0-x86_64-with-glibc2.31"}) != {}
 
 
 def test_a_run_from_before_machine_tags_resumes_without_a_word(tmp_path, tracking_uri, capsys):
