@@ -147,7 +147,7 @@ class Spec:
             names = list(grid)
             for values in itertools.product(*grid.values()):
                 point = dict(zip(names, values, strict=True))
-                label = ",".join(f"{k}={_label_value(v)}" for k, v in point.items())
+                label = ",".join(f"{k}={label_value(v)}" for k, v in point.items())
                 params = {**self.fixed, **point}
                 identity = json.dumps(_canonical(params))
                 if identity in seen:
@@ -666,5 +666,7 @@ def _check_keys(where: str, table: Mapping[str, Any], valid: set[str]) -> None:
         raise UserError(f"unknown key {hints} in {where}. Valid keys: {', '.join(sorted(valid))}.")
 
 
-def _label_value(value: Any) -> str:
+def label_value(value: Any) -> str:
+    """A value as a grid label spells it (booleans as TOML writes them)."""
+
     return str(value).lower() if isinstance(value, bool) else str(value)

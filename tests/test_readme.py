@@ -116,7 +116,9 @@ class Checker:
                 assert args.spec in self.specs, f"{args.spec} is not a TOML block of the README"
             elif args.spec not in self.studies:  # a study created from a README spec resumes by name
                 load_spec(args.spec)
-        elif args.command == "config" and not PLACEHOLDER.match(args.algo or ""):
+        elif (args.command, getattr(args, "action", None)) == ("study", "show") or (
+            args.command == "config" and not PLACEHOLDER.match(args.algo or "")
+        ):
             assert main(argv) == 0, f"gorl-bench {shlex.join(argv)} failed"
         elif args.command == "report" and args.runs:
             for run_dir in args.runs:

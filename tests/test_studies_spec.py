@@ -429,3 +429,30 @@ def test_a_grid_s_max_trials_may_exceed_its_units(tmp_path):
 
     text = GRID.replace("kind", "max_trials = 1_000_000\nkind") + f"[grid]\n{ppo_key()} = [1e-3]\n"
     assert load_spec(write(tmp_path, text)).max_trials == 1_000_000
+
+
+def test_show_counts_the_units_and_the_env_steps_each_configuration_trains(tmp_path, capsys):
+    """Each unit's budget is rounded up to whole updates of its own configuration, as `run` trains it."""
+
+    from harness.cli import main
+
+    spec = write(tmp_path, GRID.replace("4096", "1600") + "max_trials = 3\n[grid]\nnum_envs = [16, 24]\n")
+    assert main(["study", "show", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "study study (grid, algo ppo, preset cpu): test" in out
+    assert "configurations (2):\n  num_envs=16\n  num_envs=24\n" in out
+    # The cpu preset's 64-step rollouts: 1,600 steps are 2 updates of 1,024 or of 1,536; 2 seeds each.
+    assert "4 units, 10,240 counted env steps in all; max_trials ends the study after 3 of them" in out
+    assert f"run it: gorl-bench study run {spec} --workers N" in out
+
+
+def test_show_bounds_a_tune_study_and_refuses_a_bad_spec(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["study", "show", "tune-ppo-toy"]) == 0
+    out = capsys.readouterr().out
+    assert "  lr: 0.0001 to 0.003, log scale\n" in out and "  epochs: 2 to 16\n" in out
+    assert "at most 24 trials of 3 unit(s): 72 units, about 2,949,120 counted env steps" in out
+    assert "concurrent_trials 2: trial n is proposed from the trials up to n - 2" in out
+    assert main(["study", "show", str(write(tmp_path, GRID))]) == 2  # no [grid]
+    assert "a grid study needs a [grid] table" in capsys.readouterr().err

@@ -72,6 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     worker.set_defaults(func=_worker)
 
+    show = actions.add_parser(
+        "show", help="what a study will run, before it runs: its configurations, units and env steps"
+    )
+    show.add_argument("spec", help="a spec shipped in studies/ (e.g. demo) or the path of a TOML file")
+    show.set_defaults(func=_show)
+
     status = actions.add_parser("status", help="complete / running / failed / pruned counts and an ETA")
     status.add_argument("name", help="the study name")
     status.add_argument("--storage", type=non_empty, help=STORAGE_HELP)
@@ -177,4 +183,13 @@ def _status(args: argparse.Namespace) -> int:
     # As `report` does: opening a journal path that does not exist would create an empty one.
     status = study_status(open_study(args.name, args.storage))
     print("\n".join(status.lines() + status.advice(run_command("SPEC", args.storage))))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from studies.plan import plan_lines
+    from studies.spec import load_spec
+
+    print("\n".join(plan_lines(load_spec(args.spec))))
+    print(f"run it: {run_command(args.spec, None)} --workers N")
     return 0
