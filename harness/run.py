@@ -568,10 +568,8 @@ def _train(
     def checkpoint() -> Path:
         return _save(request, config, agent, position, tracker.run_id)
 
-    # Training stops after the update that reaches the budget: a budget that is no whole number of
-    # updates trains up to the next one.
     per_update = update_size(config)
-    trained = -(-request.steps // per_update) * per_update
+    trained = trained_steps(config, request.steps)
     fresh = not checkpoint_path(out_dir).exists()  # not a resume, even of the start's checkpoint
     in_callback = False
     try:  # from here on, every way out ends the MLflow run (a Ctrl-C while the bar loads left it RUNNING)
@@ -719,6 +717,14 @@ def update_size(config: Any) -> int:
     """Env steps of one policy update: the on-policy configs' `batch_size`, 1 for a config without one."""
 
     return int(getattr(config, "batch_size", 1))
+
+
+def trained_steps(config: Any, steps: int) -> int:
+    """The counted env steps a run of budget `steps` trains: training stops after the update that
+    reaches the budget, so a budget that is no whole number of updates trains up to the next one."""
+
+    per_update = update_size(config)
+    return -(-steps // per_update) * per_update
 
 
 def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -> None:

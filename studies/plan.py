@@ -4,7 +4,7 @@ A study of 70 units of 1M env steps is hours of machine time; its spec says so o
 arithmetic (the product of its grid, times tasks, times seeds). The plan lists the
 configurations (or the search space), counts the units, and adds up their counted env steps as
 `gorl-bench run` trains them: each unit's budget rounded up to whole updates of its own
-configuration (`harness.run.update_size`), which a grid over `num_envs` or `rollout_steps`
+configuration (`harness.run.trained_steps`), which a grid over `num_envs` or `rollout_steps`
 changes. A tune study's configurations are not known in advance, so its count is a bound.
 """
 
@@ -41,7 +41,7 @@ def _configuration_lines(spec: Spec) -> list[str]:
             lines.append(f"  {label}")
         for task in spec.tasks:
             units += spec.seeds
-            steps += spec.seeds * trained_steps(spec, algo, task, params)
+            steps += spec.seeds * _trained_steps(spec, algo, task, params)
     capped = spec.max_trials is not None and spec.max_trials < units
     total = f"{units:,} units, {steps:,} counted env steps in all"
     if capped:
@@ -73,15 +73,14 @@ def _tune_lines(spec: Spec) -> list[str]:
     return lines
 
 
-def trained_steps(spec: Spec, algo: str, task: str, params: dict[str, Any]) -> int:
-    """The counted env steps a unit trains: the spec's budget rounded up to whole updates."""
+def _trained_steps(spec: Spec, algo: str, task: str, params: dict[str, Any]) -> int:
+    """The counted env steps a unit trains, as `gorl-bench run` trains them."""
 
     import algorithms
     from algorithms.config import resolve
-    from harness.run import update_size
+    from harness.run import trained_steps
 
-    per_update = update_size(resolve(algorithms.get(algo), spec.preset, task, dict(params)))
-    return -(-spec.steps // per_update) * per_update
+    return trained_steps(resolve(algorithms.get(algo), spec.preset, task, dict(params)), spec.steps)
 
 
 def _refits_decoders(algo: str) -> bool:
