@@ -55,7 +55,7 @@ def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
             f"tracking URI {uri!r} is a file store, which MLflow has deprecated and refuses. Use an SQLite "
             f"store such as sqlite:///runs/mlflow.db, or a server such as http://127.0.0.1:5000."
         )
-    scheme = uri.partition("://")[0].partition("+")[0]
+    scheme = url_scheme(uri)
     if scheme not in STORE_SCHEMES:
         raise UserError(
             f"tracking URI {uri!r} names no MLflow store: use sqlite:///PATH, postgresql://..., mysql://..., "
@@ -151,7 +151,7 @@ def check_database(url: str, what: str) -> None:
     except ImportError as error:
         raise UserError(
             f"cannot open {what} {url}: its database driver is not installed ({error}). Install it, or name "
-            f"an installed one in the URL ({url.partition('://')[0].partition('+')[0]}+DRIVER://...)."
+            f"an installed one in the URL ({url_scheme(url)}+DRIVER://...)."
         ) from None
     except (SQLAlchemyError, ValueError) as error:  # a malformed URL (a port that is no number)
         raise UserError(f"cannot open {what} {url}: it is not a valid database URL ({error}).") from None
@@ -163,6 +163,13 @@ def check_database(url: str, what: str) -> None:
         raise UserError(f"cannot reach {what} {url}: {reason}") from None
     finally:
         engine.dispose()
+
+
+def url_scheme(url: str) -> str:
+    """The database or store kind a URL names, without a driver: "postgresql" for
+    postgresql+psycopg2://..."""
+
+    return url.partition("://")[0].partition("+")[0]
 
 
 def sqlalchemy_url(url: str) -> str:

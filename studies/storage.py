@@ -44,7 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import UserError, first_line
 from harness.signals import raise_if_interrupted, signals_deferred
-from harness.tracking import check_database, sqlalchemy_url
+from harness.tracking import check_database, sqlalchemy_url, url_scheme
 
 DEFAULT_JOURNAL = Path("runs") / "studies.journal"
 HEARTBEAT_INTERVAL_S = 15
@@ -72,7 +72,7 @@ def _check_lockable_server(url: str) -> None:
     not yet spent, or both create a new study; only the claim of a grid unit would stay atomic.
     """
 
-    scheme = url.partition("://")[0].partition("+")[0]
+    scheme = url_scheme(url)
     if scheme != "postgresql":
         raise UserError(
             f"the study storage {url} is a {scheme} database: a study shared by several machines needs "
