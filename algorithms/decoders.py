@@ -354,7 +354,8 @@ class FitConfig:
     # official release: the diffusion decoder adds 1e-3 x the pairwise anchor; 0 (FM): no anchor
     anchor_weight: float = 0.0
     # official release: the best `val_loss` checkpoint is kept (finger-spin and fish-swim FM: the
-    # best "endpoint" error of decoding validation states from fresh N(0, I) latents)
+    # best "endpoint" error of decoding validation states from fresh N(0, I) latents, or from
+    # the collected latents under `decoder_input = "encoder_latent"`)
     select_by: Literal["val_loss", "endpoint_mse"] = "val_loss"
     endpoint_actions: int = 4096  # official release: 4096 validation states in the endpoint check
     # The original (pre-release) code's optional "hybrid sampling", off in the runs the paper
@@ -464,12 +465,18 @@ def evaluate_loss(
     return total / actions.shape[0]
 
 
-def endpoint_error(decoder: GenerativeDecoder, obs: Tensor, actions: Tensor, seed: int) -> float:
-    """Mean squared error between actions decoded from fresh z ~ N(0, I) (drawn from `seed`) and
-    the stored (clipped) actions: the official release's "endpoint" check of a decoder."""
+def endpoint_error(
+    decoder: GenerativeDecoder, obs: Tensor, actions: Tensor, seed: int, latents: Tensor | None = None
+) -> float:
+    """Mean squared error between decoded and stored (clipped) actions: the official release's
+    "endpoint" check of a decoder. The decoder starts from `latents` when given (a decoder trained
+    on the encoder's latents is checked on the pairing it learnt), else from fresh z ~ N(0, I)
+    drawn from `seed`."""
 
-    generator = torch.Generator(device=actions.device).manual_seed(seed)
-    z = torch.randn(actions.shape, generator=generator, dtype=actions.dtype, device=actions.device)
+    z = latents
+    if z is None:
+        generator = torch.Generator(device=actions.device).manual_seed(seed)
+        z = torch.randn(actions.shape, generator=generator, dtype=actions.dtype, device=actions.device)
     with torch.no_grad():
         return (decoder.decode(obs, z) - decoder.clipped_targets(actions)).square().mean().item()
 
@@ -552,7 +559,13 @@ def fit_decoder(
         def scores() -> tuple[float, float]:
             return (
                 evaluate_loss(decoder, obs_v, act_v, int(val_seed), noise_z, fit.batch_size, anchor_v),
-                endpoint_error(decoder, obs_v[ends_t], act_v[ends_t], int(val_seed)),
+                endpoint_error(
+                    decoder,
+                    obs_v[ends_t],
+                    act_v[ends_t],
+                    int(val_seed),
+                    None if noise_z is None else noise_z[ends_t],
+                ),
             )
 
         return scores
