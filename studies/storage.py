@@ -17,9 +17,10 @@ every machine for PostgreSQL (an advisory lock).
 
 Recovery: a claimed trial records its owner (host, pid) with the claim and keeps a heartbeat while it runs.
 A trial is *lost* when its owner is a dead process on this host, or, for an owner on another
-host, when its heartbeat is older than the grace period (Optuna's own heartbeat table on RDB,
-which Optuna applies to every host, a trial attribute on the journal, which has no heartbeat
-of its own). `sweep_lost_units` marks lost trials FAILED and enqueues the
+host, when its heartbeat is older than the grace period (Optuna's heartbeat table on RDB, a
+trial attribute on the journal, which has no heartbeat of its own). A worker on this host is
+judged by its process alone on every storage: its heartbeat can be old while it lives (after a
+suspend). `sweep_lost_units` marks lost trials FAILED and enqueues the
 same parameters again, so the unit is completed exactly once by whichever worker claims it next.
 """
 
@@ -108,7 +109,6 @@ def open_storage(location: str | None, *, create: bool = True) -> BaseStorage:
                         engine_kwargs={"pool_pre_ping": True},
                         heartbeat_interval=HEARTBEAT_INTERVAL_S,
                         grace_period=GRACE_PERIOD_S,
-                        heartbeat_stale_trial_callback=retry_lost_trial,
                     )
             except (IntegrityError, ProgrammingError) as error:
                 last = error
@@ -539,13 +539,11 @@ def sweep_lost_units(study: optuna.Study) -> list[int]:
 
 def _sweep(study: optuna.Study) -> list[int]:
     storage = study._storage
-    # RDB: heartbeats older than the grace period, from any host; `retry_lost_trial` re-enqueues.
-    # (A no-op on the journal, whose heartbeats are checked below.)
-    with _quiet_experimental():
-        optuna.storages.fail_stale_trials(study)
+    # Not Optuna's `fail_stale_trials`: it fails every silent trial, a live worker's on this host too.
+    silent = _silent_trials(study)
     lost = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = _lost_reason(trial, journal=not _has_optuna_heartbeats(storage))
+        reason = _lost_reason(trial, silent=silent)
         if reason is None:
             continue
         try:
@@ -631,15 +629,14 @@ def failure_kind(trial: FrozenTrial) -> str:
 def is_alive(study: optuna.Study, trial: FrozenTrial) -> bool:
     """A RUNNING trial that `sweep_lost_units` leaves alone: its worker is taken to be at work."""
 
-    journal = not _has_optuna_heartbeats(study._storage)
-    return trial.state == TrialState.RUNNING and _lost_reason(trial, journal=journal) is None
+    return trial.state == TrialState.RUNNING and _lost_reason(trial, silent=_silent_trials(study)) is None
 
 
 def is_lost(trial: FrozenTrial) -> bool:
     """A FAILED trial whose worker died (and which was retried), as opposed to a unit that failed.
 
-    Trials failed by Optuna's RDB heartbeat check carry no reason of ours; a unit that failed
-    on its own always has `fail_reason` and no `lost` mark.
+    Trials that Optuna's RDB heartbeat check failed (studies swept before 2026-12-02) carry no
+    reason of ours; a unit that failed on its own always has `fail_reason` and no `lost` mark.
     """
 
     return trial.state == TrialState.FAIL and (
@@ -663,7 +660,21 @@ def _has_optuna_heartbeats(storage: BaseStorage) -> bool:
     return interval is not None and interval() is not None
 
 
-def _lost_reason(trial: FrozenTrial, *, journal: bool) -> str | None:
+def _silent_trials(study: optuna.Study) -> set[int] | None:
+    """On RDB, the ids of the RUNNING trials whose heartbeat in Optuna's table is older than the
+    grace period (by the database's clock); None on the journal, where the owner attribute keeps
+    the beat."""
+
+    storage = study._storage
+    if not _has_optuna_heartbeats(storage):
+        return None
+    return set(storage._get_stale_trial_ids(study._study_id))
+
+
+def _lost_reason(trial: FrozenTrial, *, silent: set[int] | None) -> str | None:
+    """Why a RUNNING trial's worker is taken for gone, or None while it is taken to be at work;
+    `silent` as `_silent_trials` gives it."""
+
     owner = trial.system_attrs.get(OWNER_ATTR)
     now = time.time()
     if owner is None:
@@ -681,8 +692,10 @@ def _lost_reason(trial: FrozenTrial, *, journal: bool) -> str | None:
         # suspend, a sweep can run before its first beat, and a retry would then find the unit's
         # directory still held by it.
         return None
-    if journal and now - owner["beat"] > GRACE_PERIOD_S:
+    if silent is None and now - owner["beat"] > GRACE_PERIOD_S:
         return f"no heartbeat from {owner['host']} (pid {owner['pid']}) for {now - owner['beat']:.0f} s"
+    if silent is not None and trial._trial_id in silent:
+        return f"no heartbeat from {owner['host']} (pid {owner['pid']}) for over {GRACE_PERIOD_S} s"
     return None
 
 

@@ -1287,9 +1287,11 @@ def test_a_silent_worker_on_another_host_is_declared_lost(workdir, monkeypatch, 
     assert retry.user_attrs["unit"] == lost.user_attrs["unit"]
 
 
-def test_a_live_worker_on_this_host_is_not_lost_however_old_its_heartbeat(workdir, monkeypatch):
+@pytest.mark.parametrize("rdb", [False, True], ids=["journal", "sqlite-rdb"])
+def test_a_live_worker_on_this_host_is_not_lost_however_old_its_heartbeat(workdir, monkeypatch, rdb):
     """After a suspend, a sweep may run before the worker's first beat; the worker is still there
-    (and holds its unit's directory, so a retry could not run)."""
+    (and holds its unit's directory, so a retry could not run). On RDB too, whose heartbeat table
+    then finds it silent."""
 
     import os
     import socket
@@ -1298,13 +1300,17 @@ def test_a_live_worker_on_this_host_is_not_lost_however_old_its_heartbeat(workdi
     from studies import storage
 
     monkeypatch.setattr(storage, "GRACE_PERIOD_S", 1)
+    location = storage_location(f"sqlite:///{workdir}/runs/studies.db" if rdb else None)
     spec = load_spec(grid_spec(workdir, 1, [0.0]))
-    study = runner.prepare_study(spec, storage_location(None), resolve_tracking_uri(None))
+    study = runner.prepare_study(spec, location, resolve_tracking_uri(None))
     runner.enqueue_missing_units(study, spec)
     trial = storage.claim_waiting_trial(study)
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "beat": time.time() - 3600}
     study._storage.set_trial_system_attr(trial._trial_id, storage.OWNER_ATTR, owner)
+    if rdb:
+        time.sleep(2.5)  # the claim's beat in Optuna's table is older than the grace period
     assert storage.sweep_lost_units(study) == []
+    assert storage.is_alive(study, study.get_trials()[0])
     assert study.get_trials()[0].state == TrialState.RUNNING
 
 
