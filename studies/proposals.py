@@ -1,15 +1,18 @@
-"""Reproducible tune studies: which configuration trial n tries depends on the study's seed, on n and
-on the trials numbered n - K and below, never on how many workers run or when their trials finish.
+"""Reproducible tune studies: which configuration proposal n tries depends on the study's seed, on n and
+on the proposals numbered n - K and below, never on how many workers run, when their trials finish
+or whether a worker was lost on the way.
 
-Optuna's samplers propose from whatever trials have finished when a worker asks, which with
-several workers is a matter of timing: two runs of `tune-ppo-toy` with 2 workers on one machine
-ended with other best trials (lr 5.2e-4 and 16 epochs in one, lr 2.9e-3 and 2 epochs in the
-other). Here a new trial n is proposed by a fresh sampler seeded by (study seed, n) that is shown
-exactly the trials numbered up to n - K, K being the study's `concurrent_trials`; a worker about
-to propose trial n waits until those have finished. With up to K workers and trials of similar
-length no worker waits; more than K workers would wait for one another (`study run` starts at most
-K; workers started by hand on other machines count too). The pruners judge trial n by the
-same trials (`studies.pruning.PastOnly`).
+Optuna's samplers propose from whatever trials have finished when a worker asks, which with several
+workers is a matter of timing: two runs of `tune-ppo-toy` with 2 workers on one machine ended with
+other best trials (lr 5.2e-4 and 16 epochs in one, lr 2.9e-3 and 2 epochs in the other). Here a new
+proposal n is drawn by a fresh sampler seeded by (study seed, n) that is shown exactly the proposals
+numbered up to n - K, K being the study's `concurrent_trials`; a worker about to propose n waits
+until those have finished. Proposals are numbered apart from Optuna's trials: the retry of a lost
+trial (or the rerun of a failed one) is a new trial that repeats a proposal and stands in for it, so
+an interrupted study goes on with the proposals an uninterrupted one makes. With up to K workers and
+trials of similar length no worker waits; more than K workers would wait for one another (`study
+run` starts at most K; workers started by hand on other machines count too). The pruners judge
+proposal n by the same proposals (`studies.pruning.PastOnly`).
 """
 
 from __future__ import annotations
@@ -39,17 +42,36 @@ def proposer(spec: Spec, lag: int) -> Proposer:
     None while the trials it is proposed from have not all finished."""
 
     def propose_next(trials: list[FrozenTrial]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        number = len(trials)  # Optuna numbers a study's trials 0, 1, ... as they are created
+        number = len(set(proposal_numbers(trials).values()))
         settled = settled_history(trials, number, lag)
         return None if settled is None else propose(spec, number, settled)
 
     return propose_next
 
 
-def history(trials: list[FrozenTrial], number: int, lag: int) -> list[FrozenTrial]:
-    """The trials that trial `number` is proposed from and judged by: numbers up to `number - lag`."""
+def proposal_numbers(trials: list[FrozenTrial]) -> dict[int, int]:
+    """Trial number -> proposal number: new proposals count 0, 1, ... in trial order, and a trial
+    that repeats another (`retry_of` a lost attempt, `rerun_of` a failed one) takes the number of
+    the proposal it repeats."""
 
-    return [t for t in trials if t.number <= number - lag]
+    numbers: dict[int, int] = {}
+    proposals = 0
+    for trial in sorted(trials, key=lambda t: t.number):
+        repeated = trial.user_attrs.get("retry_of", trial.user_attrs.get("rerun_of"))
+        if repeated is None:
+            numbers[trial.number], proposals = proposals, proposals + 1
+        else:
+            numbers[trial.number] = numbers[repeated]
+    return numbers
+
+
+def history(trials: list[FrozenTrial], number: int, lag: int) -> list[FrozenTrial]:
+    """What proposal `number` is drawn from and judged by: the latest trial of each proposal
+    numbered up to `number - lag`, in proposal order."""
+
+    numbers = proposal_numbers(trials)
+    latest = {numbers[t.number]: t for t in sorted(trials, key=lambda t: t.number)}
+    return [latest[n] for n in sorted(latest) if n <= number - lag]
 
 
 def settled_history(trials: list[FrozenTrial], number: int, lag: int) -> list[FrozenTrial] | None:
@@ -72,7 +94,7 @@ def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def propose(spec: Spec, number: int, history: list[FrozenTrial]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(params, system attrs) of trial `number`, drawn from `history` alone by a sampler seeded by
+    """(params, system attrs) of proposal `number`, drawn from `history` alone by a sampler seeded by
     the study's seed and `number`: a study replayed into memory, asked once. The system attrs are
     what the sampler keeps on its trials (CMA-ES: its generation and state), for later replays."""
 

@@ -8,7 +8,7 @@ median at the current step, which suits learning curves but not this: a trial th
 on an easy first task would beat every later median and never be pruned. `MedianAtStep`
 compares the current value instead. Hyperband's successive halving already compares the values
 at each rung; it needs the steps to count units done (a first rung at step 1). Both judge a trial
-by the trials it was proposed from (`PastOnly`), so that a study's decisions do not depend on
+by the proposals it was drawn from (`PastOnly`), so that a study's decisions do not depend on
 which trials other workers finished meanwhile.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from studies.proposals import history
+from studies.proposals import history, proposal_numbers
 
 
 class MedianAtStep(optuna.pruners.BasePruner):
@@ -44,23 +44,27 @@ class MedianAtStep(optuna.pruners.BasePruner):
 
 
 class PastOnly(optuna.pruners.BasePruner):
-    """Judge trial n as `inner` would in a study of the trials up to n - `lag` alone: those it was
-    proposed from (`studies.proposals`), all finished when it started. Other workers' trials
-    reporting meanwhile would make the decision, and so every later proposal, depend on timing.
+    """Judge a trial of proposal n as `inner` would in a study of the proposals up to n - `lag`
+    alone: those it was drawn from (`studies.proposals`), all finished when it started. Other
+    workers' trials reporting meanwhile would make the decision, and so every later proposal,
+    depend on timing.
 
-    The study is replayed into memory, with failed placeholders in place of the trials left out
-    so that trial n keeps its number (Hyperband assigns brackets by it); what `inner` records on
-    trial n there (Hyperband: its value at each rung) is copied back for the next judgements.
+    The study is replayed into memory, numbered by proposal, with failed placeholders in place of
+    the proposals left out so that the trial takes number n (Hyperband assigns brackets by it; a
+    retry is judged as the attempt it repeats); what `inner` records on the trial there (Hyperband:
+    its value at each rung) is copied back for the next judgements.
     """
 
     def __init__(self, inner: optuna.pruners.BasePruner, lag: int) -> None:
         self.inner, self.lag = inner, lag
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        past = history(study.get_trials(deepcopy=False), trial.number, self.lag)
+        trials = study.get_trials(deepcopy=False)
+        number = proposal_numbers(trials)[trial.number]
+        past = history(trials, number, self.lag)
         replay = optuna.create_study(study_name=study.study_name, direction="maximize")
         replay.add_trials(past)
-        replay.add_trials([create_trial(state=TrialState.FAIL)] * (trial.number - len(past)))
+        replay.add_trials([create_trial(state=TrialState.FAIL)] * (number - len(past)))
         replay.add_trial(trial)
         decision = self.inner.prune(replay, replay.trials[-1])
         for key, value in replay.trials[-1].system_attrs.items():  # read again: what `inner` wrote

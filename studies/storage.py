@@ -41,7 +41,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from harness.errors import UserError, first_line
 from harness.signals import raise_if_interrupted, signals_deferred
@@ -578,7 +578,16 @@ _CARRIED_ATTRS = ("unit", "variant", "algo", "task", "seed", "rerun_of")
 def _enqueue_again(study: optuna.Study, trial: FrozenTrial, link: str) -> None:
     params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
     carried = {k: v for k, v in trial.user_attrs.items() if k in _CARRIED_ATTRS}
-    study.enqueue_trial(params, user_attrs={**carried, link: trial.number}, skip_if_exists=False)
+    # `study.enqueue_trial`, keeping what the sampler and the pruner recorded on the trial (CMA-ES:
+    # its generation), as the repeat stands in for it in later proposals (`studies.proposals`).
+    system_attrs = {k: v for k, v in trial.system_attrs.items() if k != OWNER_ATTR}
+    study.add_trial(
+        create_trial(
+            state=TrialState.WAITING,
+            system_attrs={**system_attrs, "fixed_params": params},
+            user_attrs={**carried, link: trial.number},
+        )
+    )
 
 
 def rerun_trials(trials: list[FrozenTrial]) -> set[int]:

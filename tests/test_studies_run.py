@@ -30,7 +30,7 @@ from harness.tracking import resolve_tracking_uri
 from studies import runner
 from studies.spec import load_spec, variant_dir
 from studies.status import study_status
-from studies.storage import open_storage, storage_location
+from studies.storage import counted_trials, open_storage, storage_location
 from studies.worker import load_study, run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -1171,6 +1171,49 @@ def test_a_resumed_tune_study_proposes_new_configurations(workdir, fake_execute,
     assert [t.user_attrs.get("retry_of") for t in trials] == [None, None, None, cut.number, None]
     proposed = [t.params["clip"] for t in trials if "retry_of" not in t.user_attrs]
     assert len(set(proposed)) == len(proposed) == 4, proposed
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_an_interrupted_tune_study_tries_what_an_uninterrupted_one_tries(
+    workdir, migrated_mlflow_db, fake_execute, monkeypatch, sampler
+):
+    """The retry of the trial Ctrl-C cut is a new Optuna trial: numbered by trials, the proposals
+    after it were seeded and shown the history one trial further on, and a configuration the
+    uninterrupted study tries was never tried (CMA-ES also lost the retried trial's generation)."""
+
+    # 8 trials: CMA-ES's first generation (6 in two dimensions) and proposals it updated from
+    top = f'kind = "tune"\nseeds = 1\nmax_trials = 8\npruner = "none"\nsampler = "{sampler}"\n'
+    space = "[space.clip]\nlow = 0.1\nhigh = 0.3\n[space.lr]\nlow = 1e-4\nhigh = 1e-3\n"
+    fake = run_harness.execute
+
+    def tried(name: str, interrupt: bool) -> list:
+        here = workdir / name
+        (here / "runs").mkdir(parents=True)
+        shutil.copy(migrated_mlflow_db, here / "runs" / "mlflow.db")
+        monkeypatch.chdir(here)
+        prepared(spec_file(here, top, space))
+        fake_execute.clear()  # the faked scores fall with every call: both studies see the same
+        armed = [interrupt]
+
+        def cut_in_the_third(request, **kwargs):
+            if armed[0] and len(fake_execute) == 2:
+                raise KeyboardInterrupt
+            return fake(request, **kwargs)
+
+        monkeypatch.setattr(run_harness, "execute", cut_in_the_third)
+        if interrupt:
+            with pytest.raises(KeyboardInterrupt):
+                run_worker("tiny", None)
+            study = load_study("tiny", None)
+            (cut,) = study.get_trials(states=(TrialState.RUNNING,))
+            owned_by_a_dead_process(study, cut)
+            armed[0] = False  # the second session runs to the end
+        run_worker("tiny", None)
+        return [(t.params, t.value) for t in counted_trials(load_study("tiny", None).trials)]
+
+    uninterrupted = tried("uninterrupted", False)
+    assert tried("interrupted", True) == uninterrupted
+    assert len({params["clip"] for params, _ in uninterrupted}) == 8
 
 
 def test_resuming_with_a_changed_spec_is_refused_naming_what_changed(workdir, fake_execute):
