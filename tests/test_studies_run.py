@@ -26,6 +26,7 @@ from tiny_ppo import TINY_PPO
 from harness import run as run_harness
 from harness.cli import main
 from harness.errors import UserError
+from harness.report.results import load_study_results
 from harness.tracking import resolve_tracking_uri
 from studies import runner
 from studies.spec import load_spec, variant_dir
@@ -209,6 +210,8 @@ def test_grid_study_completes_with_nested_mlflow_runs_and_a_diverged_unit(workdi
     study_run = client.get_run(parent)
     assert study_run.info.status == "FAILED" and study_run.data.tags["optuna.state"] == "FAIL"
     assert study_run.data.tags["status_reason"].startswith("1 unit(s) failed; `gorl-bench study status tiny`")
+    # The diverged variant is ranked, so the report knows its config (e.g. how it was evaluated).
+    assert set(load_study_results("tiny").configs) == {t.user_attrs["variant"] for t in study.trials}
 
 
 def run_and_kill_one_worker(workdir: Path, path: Path, storage: str) -> None:

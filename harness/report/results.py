@@ -258,12 +258,12 @@ class _TrialTally:
             self.failed[trial_label(trial)] = trial.user_attrs.get("fail_reason", "no reason recorded")
             if self.kind != "tune" and failure_kind(trial) == DIVERGED and "task" in trial.user_attrs:
                 self.diverged[trial.user_attrs["unit"]] = trial.user_attrs
+                self._add_config(trial.user_attrs)
         elif trial.state == TrialState.COMPLETE:
             if self.kind == "tune" and "variant" in trial.user_attrs:
                 self.search_points[trial.user_attrs["variant"]] = (trial.params, trial.distributions)
             for record in trial.user_attrs.get("units") or [trial.user_attrs]:
-                config = (record["algo"], record["task"], record.get("params") or {})
-                self.configs.setdefault(record["variant"], config)  # a diverged unit's too: it is ranked
+                self._add_config(record)
                 if record.get("diverged"):  # a tune trial's unit, scored at its task's worst
                     self.diverged[record["unit"]] = record
                     continue
@@ -286,6 +286,12 @@ class _TrialTally:
         elif trial.state in (TrialState.RUNNING, TrialState.WAITING) and self.kind == "tune":
             variant = trial.user_attrs.get("variant", f"trial-{trial.number}")
             self.unfinished.append(f"{variant} ({trial.state.name.lower()})")
+
+    def _add_config(self, record: dict[str, Any]) -> None:
+        """Note the variant's config from a unit's record: a diverged unit's too, as it is ranked."""
+
+        config = (record["algo"], record["task"], record.get("params") or {})
+        self.configs.setdefault(record["variant"], config)
 
 
 def open_study(study_name: str, storage: str | None) -> Any:
