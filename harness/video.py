@@ -23,6 +23,20 @@ FPS = 30  # a common video rate; DMC control steps run at 40-100 per simulated s
 GL_BACKENDS = ("egl", "osmesa", "glfw")  # MuJoCo's: headless GPU or Mesa, software, a display
 
 
+def frame_steps(step_seconds: float) -> int:
+    """Env steps per frame: the count nearest `FPS` frames per simulated second whose duration is
+    a whole number of 10 ms, the unit of a GIF's frame delays, so that the GIF plays in real time
+    (a 25 ms delay, one walker step, is stored as 20 ms: 1.25x too fast). Where no count up to 4
+    times the nearest gives whole 10 ms, the nearest."""
+
+    nearest = max(1, round(1 / (FPS * step_seconds)))
+    for every in range(nearest, 4 * nearest + 1):
+        centiseconds = 100 * every * step_seconds
+        if abs(centiseconds - round(centiseconds)) < 1e-6:
+            return every
+    return nearest
+
+
 def check_rendering() -> None:
     """A clear error unless MuJoCo can render in this process."""
 
@@ -90,7 +104,7 @@ class EpisodeRecorder:
             self.renderer = mujoco.Renderer(self.model, height, width)
         except Exception as error:  # noqa: BLE001 - a missing GL library shows up as any of several errors
             raise _cannot_render(os.environ["MUJOCO_GL"], error) from None
-        self.every = max(1, round(1 / (FPS * step_seconds)))  # env steps per frame
+        self.every = frame_steps(step_seconds)
         self.frame_seconds = self.every * step_seconds
         self.steps = 0
         self.recording = False

@@ -224,6 +224,16 @@ def test_a_video_shows_the_first_evaluated_episode(tmp_path, tracking_uri):
     assert "video of its first episode" in done.stdout
 
 
+def test_video_frames_last_whole_gif_delays_so_that_it_plays_in_real_time():
+    """GIF delays count 10 ms: a frame per walker step (25 ms) would be stored as 20 ms."""
+
+    from harness.video import frame_steps
+
+    # (control step of cartpole/cheetah, hopper/finger, walker/humanoid, fish; an odd one) -> steps
+    steps = {0.01: 3, 0.02: 2, 0.025: 2, 0.04: 1, 0.0123: 3}
+    assert {dt: frame_steps(dt) for dt in steps} == steps
+
+
 def test_a_video_needs_a_rendering_backend_and_a_mujoco_task(tmp_path, tracking_uri, capsys):
     _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
     assert os.environ["MUJOCO_GL"] == "disable"
