@@ -18,6 +18,10 @@ Snapshots (`get_state`) hold per sub-env the MuJoCo integration state (`mj_getSt
 loading (finger's target site, fish's target geom, ...) or drew at loading (lqr's stiffness),
 the task object's attributes (its RandomState included) and the step counter. lqr draws its
 model when it is loaded, so its `reset(seed=...)` re-draws the initial state but not the model.
+
+A step after which MuJoCo has raised a new warning (dm_control's `PhysicsError`: a NaN, inf or
+huge position, velocity or acceleration, a full contact buffer) raises `SimulationDiverged`, a
+`FloatingPointError`: the run stops as a diverged one, as on a non-finite loss.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ from envs.physics_state import get_integration_state, set_integration_state  # n
 
 # MuJoCo's own warnings (e.g. an unstable simulation) would go to MUJOCO_LOG.TXT in the current
 # directory; importing dm_control installs a handler that sends them to absl logging instead.
+
+
+class SimulationDiverged(FloatingPointError):
+    """A MuJoCo step of a sub-env raised a warning: its simulation is no longer valid."""
 
 
 class _DropSettotalmassDeprecation(logging.Filter):
@@ -203,12 +211,23 @@ class DMCVectorEnv(VectorEnv):
         rewards = np.zeros(self.num_envs, np.float32)
         terminated = np.zeros(self.num_envs, bool)
         for i, env in enumerate(self.envs):
-            time_step = env.step(control_[i])
+            try:
+                time_step = env.step(control_[i])
+            except control.PhysicsError as error:
+                raise self.diverged(i, str(error)) from None
             rewards[i] = time_step.reward
             flatten(time_step.observation, self.obs[i])
             terminated[i] = time_step.last() and time_step.discount == 0
         self.steps += 1
         return self.finish_step(rewards, terminated)
+
+    def diverged(self, i: int, detail: str) -> SimulationDiverged:
+        """The error of a step after which sub-env i's simulation is invalid (`detail`: which warnings)."""
+
+        return SimulationDiverged(
+            f"the MuJoCo simulation of {self.task} diverged in sub-env {i} at step {self.steps[i] + 1} "
+            f"of its episode ({detail.rstrip('.')})"
+        )
 
     def finish_step(
         self, rewards: np.ndarray, terminated: np.ndarray

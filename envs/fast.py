@@ -25,8 +25,10 @@ two: rarely enough to change a float32 value (by an estimate, a few times in a 1
 after which the two backends' trajectories part. Runs on one backend are reproducible either
 way.
 
-Unlike dm_control, a step does not raise `PhysicsError` on MuJoCo's divergence warnings: MuJoCo
-resets a diverged simulation itself (and logs the warning).
+A step after which a sub-env's MuJoCo warning counters grew raises `SimulationDiverged`, as the
+`dm_control` backend does where dm_control raises `PhysicsError` (the same check: MuJoCo resets a
+diverged simulation itself and steps on, so without it the episode would go on from MuJoCo's
+default pose).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class FastVectorEnv(DMCVectorEnv):
         self.fast_task = TASKS[task](self.envs[0])
         layout = self.fast_task.layout
         self.raw = np.zeros((num_envs, layout.width), np.float64)
+        # Each sub-env's MuJoCo warning counters, gathered with the arrays the task reads.
+        self.warnings = np.zeros((num_envs, mujoco.mjtWarning.mjNWARNING), np.int32)
 
         self.models = [p.model.ptr for p in self.physics]
         self.datas = [p.data.ptr for p in self.physics]
@@ -66,7 +70,8 @@ class FastVectorEnv(DMCVectorEnv):
                 model,
                 data,
                 data.ctrl,
-                [(self.raw[i, layout.segment(f)], getattr(data, f).reshape(-1)) for f in layout.fields],
+                [(self.raw[i, layout.segment(f)], getattr(data, f).reshape(-1)) for f in layout.fields]
+                + [(self.warnings[i], data.warning.number)],
             )
             for i, (model, data) in enumerate(zip(self.models, self.datas, strict=True))
         ]
@@ -97,6 +102,7 @@ class FastVectorEnv(DMCVectorEnv):
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         ctrl = self.checked_actions(actions)
+        warnings_before = self.warnings.copy()
         if self.pool is None:
             self._step_chunk(*self.chunks[0], ctrl)
         else:
@@ -106,6 +112,11 @@ class FastVectorEnv(DMCVectorEnv):
                 self._step_chunk(*self.chunks[1], ctrl)
             finally:
                 future.result()
+        raised = self.warnings > warnings_before
+        if raised.any():
+            i = int(np.flatnonzero(raised.any(axis=1))[0])
+            names = [mujoco.mjtWarning(w).name for w in np.flatnonzero(raised[i])]
+            raise self.diverged(i, f"Physics state is invalid. Warning(s) raised: {', '.join(names)}")
         self.obs[:] = self.fast_task.observe(self.raw)
         rewards = self.fast_task.reward(self.raw, ctrl).astype(np.float32)
         self.steps += 1

@@ -50,6 +50,23 @@ def test_fast_backend_matches_dm_control(task):
     fast.close()
 
 
+@pytest.mark.parametrize("backend", ["dm_control", "fast"])
+def test_a_diverged_simulation_stops_the_step_on_either_backend(backend):
+    """dm_control raises `PhysicsError` on MuJoCo's warnings; MuJoCo itself resets the simulation
+    and steps on, so the fast backend carried on from its default pose, inside the episode."""
+
+    from envs.dmc import SimulationDiverged
+
+    env = envs.make("walker-walk", NUM_ENVS, seed=0, backend=backend)
+    env.reset()
+    env.step(np.zeros((NUM_ENVS, env.act_dim)))
+    env.physics[1].data.qvel[:] = np.nan  # as an unstable integration leaves it
+    with pytest.raises(SimulationDiverged, match=r"walker-walk diverged in sub-env 1 at step 2 .*BADQ"):
+        env.step(np.zeros((NUM_ENVS, env.act_dim)))
+    assert issubclass(SimulationDiverged, FloatingPointError)  # the run stops as diverged
+    env.close()
+
+
 # Random actions earn these tasks' rewards rarely or never (a fallen hopper, a finger that does not
 # spin, a target that finger-turn_hard reaches by chance in some episodes but not in this test's).
 SPARSE_UNDER_RANDOM_ACTIONS = ("hopper-stand", "finger-spin", "finger-turn_hard")
