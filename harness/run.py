@@ -802,6 +802,9 @@ def create_default_out_dir(request: RunRequest) -> Path:
             out_dir = base.with_name(f"{base.name}-{attempt}")
 
 
+ETA_WINDOW_S = 7 * 24 * 3600.0  # the progress bar's ETA averages the updates of the last week: all of them
+
+
 class _ProgressBar:
     """A rich progress bar (env steps, steps/s, last evaluation, ETA), or nothing when disabled.
 
@@ -834,6 +837,10 @@ class _ProgressBar:
                 TextColumn("eval {task.fields[last_eval]}"),
                 TimeRemainingColumn(compact=True),
                 console=Console(stderr=True),
+                # The ETA from the updates of the whole run: rich's default, those of the last 30 s,
+                # keeps one update of a run whose updates are longer (a `paper` preset's on a CPU,
+                # minutes each), which gives no ETA at all.
+                speed_estimate_period=ETA_WINDOW_S,
             )
             self.task_id = self.progress.add_task(
                 "run", total=self.total, steps=self._steps(0), activity="- steps/s", last_eval="-"

@@ -1184,6 +1184,25 @@ def test_in_an_80_column_terminal_the_bar_shows_every_number_whole(monkeypatch):
     ]  # fmt: skip
 
 
+def test_the_bar_has_an_eta_when_updates_are_minutes_apart(monkeypatch):
+    """rich estimates speed from the updates of its window (30 s by default): a `paper` preset's
+    updates on a CPU, minutes apart, left one update in it and the ETA at --:-- for the whole run."""
+
+    import rich.console
+
+    import harness.run
+
+    clock = [1000.0]
+    monkeypatch.setattr(rich.console, "monotonic", lambda: clock[0])  # the bar's clock
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    run = RunRequest(algo="ppo", task="walker-walk", seed=0, steps=10 * 983_040)
+    bar = harness.run._ProgressBar(run, 10 * 983_040, enabled=True)
+    for update in range(4):  # 45 s per update of 983,040 env steps
+        bar.update(update * 983_040, [])
+        clock[0] += 45.0
+    assert bar.progress.tasks[0].time_remaining == pytest.approx(7 * 45.0)
+
+
 def test_without_a_terminal_progress_lines_also_come_between_distant_evaluations(
     tmp_path, tracking_uri, capsys, monkeypatch
 ):
