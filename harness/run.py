@@ -743,10 +743,6 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
             f"{steps_name} {steps:,} is less than one policy update ({per_update:,} env steps); a run "
             f"would train {per_update:,} steps anyway. Give at least {per_update}."
         )
-    if config.eval_episodes > MAX_EPISODES:
-        raise UserError(f"eval_episodes must be at most {MAX_EPISODES:,}, got {config.eval_episodes:,}.")
-    if config.eval_points > MAX_EVAL_POINTS:
-        raise UserError(f"eval_points must be at most {MAX_EVAL_POINTS:,}, got {config.eval_points:,}.")
     if config.eval_points > steps:  # more points than env steps: a list of useless points
         raise UserError(
             f"eval_points {config.eval_points} is more than {steps_name} {steps}; give at most that."
@@ -757,6 +753,16 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
             check_budget(steps)
         except ValueError as error:
             raise UserError(f"{steps_name} {steps}: {error}") from None
+    check_setup(config, task)
+
+
+def check_setup(config: Any, task: str) -> None:
+    """The refusals of `check_run` that no budget lifts."""
+
+    if config.eval_episodes > MAX_EPISODES:
+        raise UserError(f"eval_episodes must be at most {MAX_EPISODES:,}, got {config.eval_episodes:,}.")
+    if config.eval_points > MAX_EVAL_POINTS:
+        raise UserError(f"eval_points must be at most {MAX_EVAL_POINTS:,}, got {config.eval_points:,}.")
     envs.check_backend(task, config.env_backend)  # every config has one (`algorithms.registry`)
     envs.check_installed(task)
     check_task = getattr(config, "check_task", None)

@@ -190,6 +190,9 @@ def test_bench_train_checks_every_configuration_before_printing(capsys):
     assert main([*TRAIN, "--set", "env_backend=fast", "--iterations", "1"]) == 2
     captured = capsys.readouterr()
     assert "toy-bimodal has no fast backend" in captured.err and captured.out == ""
+    # Its budget is its own: a schedule that does not fit it names it, not a --steps it has none of.
+    assert main([*TRAIN, "--algos", "gorl-fm", "--set", "stages=[98304,196608]", "--iterations", "1"]) == 2
+    assert "error: the benchmark's run budget 128000: stages" in capsys.readouterr().err
 
 
 def test_bench_gorl_keeps_refits_out_of_its_stage_timings(capsys):

@@ -90,6 +90,9 @@ def test_without_steps_a_preset_whose_schedule_needs_more_is_shown_with_a_note(c
     assert "2 PPO updates of 983,040 steps, too few for 4 encoder stages" in out
     assert main(["config", "gorl-fm", "--preset", "paper", "--steps", "1000000"]) == 2  # given: refused
     assert "too few for 4 encoder stages" in capsys.readouterr().err
+    # Stages in env steps fit their own sum, not the default budget (nor any made-up one).
+    assert main(["config", "gorl-fm", "--task", "walker-walk", "--set", "stages=[98304,196608]"]) == 0
+    assert "sum to 294912; give fractions of the budget" in capsys.readouterr().out
     # A refusal that no budget lifts is still one, with or without --steps.
     assert main(["config", "gorl-fm", "--preset", "paper", "--set", "latent_dim=3"]) == 2
     assert "the latent must have the action's size" in capsys.readouterr().err

@@ -156,7 +156,8 @@ def main(args: argparse.Namespace) -> int:
     for task in map(envs.canonical_task, args.tasks):
         for algo in args.algos:
             config = resolve(algorithms.get(algo), args.preset, task, overrides)
-            check_run(config, task, budget(config, args.iterations))
+            # The budget is the benchmark's own, so a refusal of it names it, not a --steps.
+            check_run(config, task, budget(config, args.iterations), steps_name="the benchmark's run budget")
     device = resolve_device(args.device)
     settings = "".join(f" {pair}" for pair in args.overrides)
     print(f"{', '.join(args.algos)} end to end, preset {args.preset}{settings}, "

@@ -122,13 +122,13 @@ def _default_budget_problem(config: object, task: str, steps: int) -> str:
     run is refused."""
 
     from harness.errors import UserError
-    from harness.run import check_run
+    from harness.run import check_run, check_setup
 
     try:
         check_run(config, task, steps)
         return ""
     except UserError as error:
-        check_run(config, task, 10**15)  # a refusal that no budget lifts is the user's to see
+        check_setup(config, task)  # a refusal that no budget lifts is the user's to see
         reason = str(error).removeprefix(f"--steps {steps}: ")
         return (
             f"No stage schedule shown: a run's default budget (--steps {steps:,}) does not fit this "
