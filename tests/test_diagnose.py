@@ -53,6 +53,13 @@ def test_multimodality_of_a_gorl_and_a_ppo_run(tmp_path, tracking_uri, capsys):
     assert "whose kernel width is 0.16 x the sample's std" in capsys.readouterr().out
     metrics = client.get_run(runs["ppo"].mlflow_run_id).data.metrics
     assert metrics["diagnose/multimodality/kde_bandwidth_factor"] == 0.16
+    assert main([*argv, "--bandwidth", "0.16"]) == 0  # a repeat logs no copies of its values
+    history = client.get_metric_history(
+        runs["ppo"].mlflow_run_id, "diagnose/multimodality/kde_bandwidth_factor"
+    )
+    assert sorted(m.value for m in history) == [0.16, 0.8]
+    statistic = "diagnose/multimodality/bimodality_coefficient"
+    assert len(client.get_metric_history(runs["ppo"].mlflow_run_id, statistic)) == 1  # no bandwidth in it
 
 
 def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(

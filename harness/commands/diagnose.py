@@ -253,7 +253,18 @@ def _log(
         return
     tracker = RunTracker(tracking_uri, run_id)
     try:
-        tracker.log_metrics(report.metrics("diagnose/multimodality/"), step)
+        metrics = report.metrics("diagnose/multimodality/")
+        # MLflow keeps every value logged: a repeat of a diagnosis added a copy of each at the step.
+        # A value of other settings (--bandwidth) is logged next to the earlier one, the latest shown.
+        new = {
+            key: value
+            for key, value in metrics.items()
+            if not any(
+                m.step == step and m.value == value for m in tracker.client.get_metric_history(run_id, key)
+            )
+        }
+        if new:
+            tracker.log_metrics(new, step)
         if not tracker.log_artifact(figure, "diagnostics"):
             diagnosis.notes.append(
                 f"the figure was not attached to MLflow run {run_id}: its artifact directory does not "
