@@ -130,3 +130,22 @@ def as_if_trained_on_cuda():
         config.write_text(config.read_text().replace('device = "cpu"', 'device = "cuda"'))
 
     return rewrite
+
+
+@pytest.fixture
+def calls_to(monkeypatch):
+    """`calls_to(cls, "method")`: a list that grows by one at every call of `cls.method` in this
+    process during the test, e.g. to tell a resume that continues from its checkpoint from one
+    that trains again from the start (both end with the same numbers)."""
+
+    def spy(cls: type, name: str) -> list[str]:
+        original, calls = getattr(cls, name), []
+
+        def counted(self, *args, **kwargs):
+            calls.append(name)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, counted)
+        return calls
+
+    return spy

@@ -320,7 +320,9 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-def test_resume_across_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, tracking_uri, device):
+def test_resume_across_a_stage_boundary_matches_an_uninterrupted_run(
+    tmp_path, tracking_uri, device, calls_to
+):
     fields = dict(algo="gorl-fm", task=TOY, seed=1, steps=12 * UPDATE, tracking_uri=tracking_uri,
                   overrides={**SMALL, "num_refits": 2, "eval_points": 4, "refit_from": "best"},
                   device=device)  # fmt: skip
@@ -339,7 +341,10 @@ def test_resume_across_a_stage_boundary_matches_an_uninterrupted_run(tmp_path, t
     stopped = load_checkpoint(tmp_path / "stopped")["agent"]
     # In stage 1, holding the stage's best-evaluated encoder that the next refit will roll out.
     assert stopped["stage"] == 1 and stopped["stage_best"] is not None
+    agent_cls = algorithms.get("gorl-fm").agent_cls
+    updates, refits = calls_to(agent_cls, "train_iteration"), calls_to(agent_cls, "refit")
     resumed = resume(tmp_path / "stopped", progress=False)
+    assert (len(updates), len(refits)) == (6, 1)  # from the checkpoint on: updates 7-12, the second refit
     assert resumed.eval_history == reference.eval_history
     assert (resumed.counted_steps, resumed.total_steps) == (reference.counted_steps, reference.total_steps)
     assert reference.total_steps == 12 * UPDATE + 2 * REFIT_STEPS

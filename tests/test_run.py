@@ -915,7 +915,7 @@ def test_generative_baselines_are_listed_and_run_by_the_cli(tmp_path, tracking_u
 
 
 @pytest.mark.parametrize("algo", ["ppo", "fpo", "dppo"])
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_uri, algo):
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_uri, algo, calls_to):
     reference = execute(
         RunRequest(algo=algo, task="toy-bimodal", seed=5, steps=STEPS, overrides=OVERRIDES,
                    out_dir=tmp_path / "reference", tracking_uri=tracking_uri),
@@ -930,17 +930,21 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_ur
     env = {**os.environ, "MUJOCO_GL": "disable"}
     process = subprocess.Popen([sys.executable, "-m", "harness.cli", *argv], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not checkpoint_path(out).exists():
+    deadline, saved_at = time.monotonic() + 120, 0
+    while saved_at == 0:  # past the checkpoint of the start: one that holds training
         assert process.poll() is None, "the run ended before writing a checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.01)
+        if checkpoint_path(out).exists():
+            saved_at = load_checkpoint(out)["agent"]["counted_steps"]
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
-    killed_at = load_checkpoint(out)["progress"]["history"]
-    assert len(killed_at) < POINTS, "the run finished before it was killed"
+    saved_at = load_checkpoint(out)["agent"]["counted_steps"]  # the last before the kill
+    assert saved_at < STEPS, "the run finished before it was killed"
 
+    updates = calls_to(algorithms.get(algo).agent_cls, "train_iteration")
     assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert len(updates) == (STEPS - saved_at) // (16 * 16)  # from the checkpoint on, not from the start
     state = load_checkpoint(out)
     assert [tuple(point) for point in state["progress"]["history"]] == reference.eval_history
 
@@ -954,7 +958,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tracking_ur
     assert [(m.step, m.value) for m in means] == [(s, mean) for s, mean, _ in reference.eval_history]
 
 
-def test_a_run_killed_between_evaluation_points_resumes_from_checkpoint_every(tmp_path, tracking_uri):
+def test_a_run_killed_between_evaluation_points_resumes_from_checkpoint_every(
+    tmp_path, tracking_uri, calls_to
+):
     """--checkpoint-every saves between evaluations; a resume from such a checkpoint must neither
     repeat nor skip an evaluation, nor log a step twice, and match a run without the option."""
 
@@ -979,8 +985,11 @@ def test_a_run_killed_between_evaluation_points_resumes_from_checkpoint_every(tm
             saved_at = load_checkpoint(out)["agent"]["counted_steps"]
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
+    saved_at = load_checkpoint(out)["agent"]["counted_steps"]  # the last before the kill
 
+    updates = calls_to(algorithms.get("ppo").agent_cls, "train_iteration")
     assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert len(updates) == (STEPS - saved_at) // 256  # from the checkpoint between points on
     state = load_checkpoint(out)
     assert [tuple(point) for point in state["progress"]["history"]] == reference.eval_history
     client = MlflowClient(tracking_uri)
