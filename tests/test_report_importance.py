@@ -49,6 +49,7 @@ def test_the_parameter_the_score_depends_on_takes_most_of_the_importance():
 def test_importance_is_seeded():
     scores, points = trials(lambda p: p["clip"] + 0.1 * p["epochs"] / 16)
     assert parameter_importance(scores, points, seed=3) == parameter_importance(scores, points, seed=3)
+    assert parameter_importance(scores, points, seed=4) != parameter_importance(scores, points, seed=3)
 
 
 def test_no_importance_without_a_variance_to_split():

@@ -91,6 +91,11 @@ def test_curves_resample_whole_runs():
     assert points["a"].shape == (4,) and intervals["a"].shape == (2, 4)
     for t in range(4):
         assert points["a"][t] == pytest.approx(metrics.aggregate_iqm(curves[..., t]))
+    # A resample draws each run's whole curve: runs whose scores stay the same at every point give
+    # intervals that stay the same too (runs redrawn at each point would give each its own).
+    flat = np.repeat(curves[..., :1], 4, axis=-1)
+    _, flat_intervals = stats.interval_estimates({"a": flat}, stats.iqm_curve, reps=REPS, seed=0)
+    assert np.array_equal(flat_intervals["a"], np.repeat(flat_intervals["a"][:, :1], 4, axis=1))
 
 
 def test_agrees_with_rliable_library_within_bootstrap_noise():
