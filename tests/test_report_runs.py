@@ -60,12 +60,21 @@ def test_a_run_of_a_version_whose_defaults_differed_is_another_variant(tmp_path,
 
 
 def test_one_configuration_on_two_tasks_is_one_variant(tmp_path, tracking_uri):
-    """finger-spin's own gamma (0.95) does not make its run another variant than the toy task's."""
+    """finger-spin's own gamma (0.95) does not make its run another variant than the toy task's,
+    nor does giving it with --set (as a preset's own value given with --set does not)."""
 
     once = {"eval_episodes": 1, "eval_points": 1}  # a finger-spin episode is 1,000 steps
     runs = [
         trained(tmp_path, tracking_uri, "toy", overrides=once),
         trained(tmp_path, tracking_uri, "finger", task="finger-spin", overrides=once),
+        trained(
+            tmp_path,
+            tracking_uri,
+            "finger-set",
+            task="finger-spin",
+            seed=1,
+            overrides={**once, "gamma": 0.95},
+        ),
     ]
     assert build_runs_report(runs, "tasks", tmp_path / "report", reps=REPS)
     summary = (tmp_path / "report" / "summary.md").read_text()

@@ -113,19 +113,24 @@ def load_run_results(run_dirs: Sequence[Path], name: str) -> StudyResults:
 
 def _chosen(request: Any, state: dict[str, Any]) -> dict[str, Any]:
     """The config a run trained with, as its checkpoint recorded it when it started, except the
-    values its task's own overrides set, which are those its preset and overrides give for no
-    task. (A checkpoint of a version that recorded no config: its preset and overrides resolved
-    by this version.)"""
+    values its task's own overrides set (given by them or, as a preset's own value, by --set),
+    which are those its preset and overrides give for no task. (A checkpoint of a version that
+    recorded no config: its preset and overrides resolved by this version.)"""
 
     import algorithms
     from algorithms.config import as_dict, resolve
 
     spec = algorithms.get(request.algo)
-    untasked = as_dict(resolve(spec, request.preset, "", dict(request.overrides)))
+    task_values = spec.task_overrides(request.preset, request.task)
+    # An override that only repeats the task's own value chooses nothing.
+    overrides = {
+        key: v for key, v in request.overrides.items() if key not in task_values or task_values[key] != v
+    }
+    untasked = as_dict(resolve(spec, request.preset, "", overrides))
     recorded = state.get("config")
     if not isinstance(recorded, Mapping):
         return untasked
-    by_task = spec.task_overrides(request.preset, request.task).keys() - request.overrides.keys()
+    by_task = task_values.keys() - overrides.keys()
     return {**untasked, **{key: value for key, value in recorded.items() if key not in by_task}}
 
 
