@@ -365,7 +365,7 @@ def _watch(study: optuna.Study, processes: list[subprocess.Popen], workers: int,
                 printed_done = status.done
                 done = f"{status.done}/{status.total} {unit_noun(status.kind)}s"
                 print(f"{study.study_name}: {done}  {counts}  {status.eta_text}", file=sys.stderr, flush=True)
-    crashed = [p.args[-1] for p in processes if p.returncode not in (0, None)]
+    crashed = [str(p.pid) for p in processes if p.returncode not in (0, None)]
     if crashed:
         print(
             f"workers {', '.join(crashed)} exited abnormally; their units are re-enqueued.", file=sys.stderr

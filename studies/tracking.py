@@ -107,10 +107,13 @@ def close_study_run(tracking_uri: str, run_id: str, status: StudyStatus) -> None
     """Close the MLflow run of a study with nothing left to run: FINISHED, or FAILED with the count
     in its status_reason when some units failed (`study run` then exits 1, too)."""
 
+    client = _client(tracking_uri)
     if status.failed:
         noun = unit_noun(status.kind)
         reason = f"{status.failed} {noun}(s) failed; `gorl-bench study status {status.name}` lists them"
-        _client(tracking_uri).set_tag(run_id, "status_reason", reason)
+        client.set_tag(run_id, "status_reason", reason)
+    elif "status_reason" in client.get_run(run_id).data.tags:  # an earlier close's, before the reruns
+        client.delete_tag(run_id, "status_reason")
     finish_run(tracking_uri, run_id, "FAIL" if status.failed else "COMPLETE")
 
 

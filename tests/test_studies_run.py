@@ -655,8 +655,14 @@ def test_under_max_trials_a_rerun_runs_before_units_that_never_ran(
     assert main(["study", "run", path, "--retry-failed"]) == 0
     # The failed attempt never reached the harness: the runs are 0.0, then the rerun, not 0.01.
     assert [r.overrides["entropy_coef"] for r in fake_execute] == [0.0, 0.1]
-    status = study_status(load_study("tiny", None))
+    study = load_study("tiny", None)
+    status = study_status(study)
     assert (status.complete, status.failed, status.rerun, status.finished) == (2, 0, 1, True)
+    # The study's run finished without the reason the first close gave it ("1 unit(s) failed").
+    from mlflow.tracking import MlflowClient
+
+    parent = MlflowClient(study.user_attrs["tracking_uri"]).get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and "status_reason" not in parent.data.tags
 
 
 def test_an_invalid_sampled_combination_fails_at_once_and_fails_the_study_run(
