@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 import envs
 from harness.errors import UserError, describe
 from harness.signals import caused_by_interrupt
-from harness.tracking import sqlite_store_missing
+from harness.tracking import check_run_continuable, sqlite_store_missing
 from studies import SPEC_DIR, tracking
 from studies.proposals import concurrent_trials, proposer, suggest
 from studies.pruning import make_pruner
@@ -152,6 +152,9 @@ def run_worker(
             "Workers on other machines need a shared tracking store: create the study with "
             "`study run ... --tracking-uri http://<mlflow server>` (or a postgresql:// URL)."
         )
+    # As `study run` refuses it: the units' runs would nest under a deleted run, and closing the
+    # study at its end would fail.
+    check_run_continuable(tracking_uri, study.user_attrs["mlflow_parent_run_id"])
     propose = None
     if spec.kind == "tune":
         # New trials take the params `propose` draws; the study's own sampler only fills Optuna's

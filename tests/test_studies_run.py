@@ -1341,6 +1341,19 @@ def test_a_silent_worker_on_another_host_is_declared_lost(workdir, monkeypatch, 
     assert retry.user_attrs["unit"] == lost.user_attrs["unit"]
 
 
+def test_a_worker_refuses_a_study_whose_mlflow_run_was_deleted(workdir, fake_execute):
+    """As `study run` does: an attached worker trained every unit under the deleted run, then
+    failed with a traceback closing it."""
+
+    from mlflow.tracking import MlflowClient
+
+    study = prepared(grid_spec(workdir, 1, [0.0]))
+    MlflowClient(study.user_attrs["tracking_uri"]).delete_run(study.user_attrs["mlflow_parent_run_id"])
+    with pytest.raises(UserError, match="was deleted; restore it"):
+        run_worker("tiny", None)
+    assert fake_execute == []
+
+
 @pytest.mark.parametrize("rdb", [False, True], ids=["journal", "sqlite-rdb"])
 def test_a_live_worker_on_this_host_is_not_lost_however_old_its_heartbeat(workdir, monkeypatch, rdb):
     """After a suspend, a sweep may run before the worker's first beat; the worker is still there
