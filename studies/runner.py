@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.errors import UserError
-from harness.signals import interrupts_unwrapped
+from harness.signals import caused_by_interrupt, interrupts_unwrapped
 from harness.tracking import resolve_tracking_uri, sqlite_path
 from studies import tracking
 from studies.proposals import CONCURRENT_ATTR, concurrent_trials
@@ -121,7 +121,14 @@ def run_study(
         enqueue_missing_units(study, spec)
         if not work_left(study, spec):
             break
-        _run_workers(study, location, workers, device, progress)
+        try:
+            _run_workers(study, location, workers, device, progress)
+        except BaseException as error:
+            if caused_by_interrupt(error):  # its workers stopped with it: the study no longer runs
+                tracking.stop_study_run(
+                    study.user_attrs["tracking_uri"], study.user_attrs["mlflow_parent_run_id"]
+                )
+            raise
     status = study_status(study)
     if status.finished:
         tracking.close_study_run(

@@ -10,6 +10,7 @@ use of an SQLite tracking store creates its schema, and two workers doing that a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,6 +116,14 @@ def close_study_run(tracking_uri: str, run_id: str, status: StudyStatus) -> None
     elif "status_reason" in client.get_run(run_id).data.tags:  # an earlier close's, before the reruns
         client.delete_tag(run_id, "status_reason")
     finish_run(tracking_uri, run_id, "FAIL" if status.failed else "COMPLETE")
+
+
+def stop_study_run(tracking_uri: str, run_id: str) -> None:
+    """Mark KILLED the MLflow run of a study whose `study run` was stopped (Ctrl-C), which its next
+    `study run` sets running again. Best effort: the store may be what the interrupt cut short."""
+
+    with contextlib.suppress(Exception):  # the interrupt, not this write, is what the user sees
+        _client(tracking_uri).set_terminated(run_id, status="KILLED")
 
 
 def discard_run(tracking_uri: str, run_id: str) -> None:

@@ -1794,6 +1794,31 @@ def test_a_study_resumed_from_another_directory_continues_its_interrupted_unit(
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean")] == [512, 1024]
 
 
+def test_a_stopped_study_run_leaves_its_mlflow_run_killed_until_resumed(
+    workdir, monkeypatch, fake_execute, workers_in_process
+):
+    """Ctrl-C of `study run` ended its units' runs KILLED and left the study's RUNNING for good."""
+
+    from mlflow.tracking import MlflowClient
+
+    path = grid_spec(workdir, 1, [0.0])
+    fake = run_harness.execute
+
+    def interrupted(request, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_harness, "execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(path, progress=False)
+    study = load_study("tiny", None)
+    client = MlflowClient(study.user_attrs["tracking_uri"])
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
+    owned_by_a_dead_process(study, study.trials[0])
+    monkeypatch.setattr(run_harness, "execute", fake)
+    assert runner.run_study(path, progress=False).finished
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
 def a_unit_stopped_after_its_first_evaluation(workdir: Path, monkeypatch) -> Path:
     """The spec of a one-unit grid (evaluations at 512 and 1024 steps) whose unit a worker that is
     gone now stopped after its first evaluation, with a checkpoint to resume."""
