@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="rerun the units (tune: trials) that failed with an error, such as a full disk, a directory in "
         "use or CUDA out of memory: a unit from its last checkpoint where it has one, a tune trial's "
-        "configuration as a new trial from the start; failed units are otherwise settled",
+        "configuration as a new trial that reuses the units the failed one finished; failed units are "
+        "otherwise settled",
     )
     run.add_argument(
         "--retry-diverged",
