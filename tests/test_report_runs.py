@@ -82,6 +82,16 @@ def test_one_configuration_on_two_tasks_is_one_variant(tmp_path, tracking_uri):
     assert "\n| ppo | " in summary and "gamma" not in summary
 
 
+def test_a_shorter_budget_s_curve_is_said_to_be_held_to_the_end_of_the_axis(tmp_path, tracking_uri):
+    runs = [trained(tmp_path, tracking_uri, "short"), trained(tmp_path, tracking_uri, "long", steps=2048)]
+    report = build_runs_report(runs, "budgets", tmp_path / "report", reps=REPS)
+    held = [note for note in report.notes if note.startswith("sample-efficiency curves:")]
+    assert held == [
+        "sample-efficiency curves: ppo steps=1024's runs end at 1,024 env steps; its curve is held at "
+        "their last scores to 2,048"
+    ]
+
+
 def test_a_run_short_of_its_budget_is_missing_and_the_report_partial(tmp_path, tracking_uri, capsys):
     done = trained(tmp_path, tracking_uri, "done", seed=1)
     stopped = stopped_run(tmp_path, tracking_uri)

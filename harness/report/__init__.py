@@ -55,7 +55,13 @@ from harness.report.importance import parameter_importance
 from harness.report.results import StudyResults, load_results, load_study_results
 from harness.report.runs import KIND as RUNS_KIND
 from harness.report.runs import load_run_results
-from harness.report.scores import curve_arrays, final_score_arrays, normalise, pooled_by_value
+from harness.report.scores import (
+    curve_arrays,
+    final_score_arrays,
+    held_curve_notes,
+    normalise,
+    pooled_by_value,
+)
 from harness.report.tables import (
     Table,
     ablation_table,
@@ -265,7 +271,7 @@ def _write_report(
     )
 
     steps, curves, _ = curve_arrays(table, results.tasks)
-    notes += _curve_notes(finals, curves)
+    notes += _curve_notes(finals, curves) + held_curve_notes(table, steps)
     if curves:
         iqm_curves, iqm_curve_cis = stats.interval_estimates(curves, stats.iqm_curve, **options)
         files += figures.save(

@@ -79,6 +79,21 @@ def curve_arrays(
     return steps, arrays, notes
 
 
+def held_curve_notes(table: pd.DataFrame, steps: np.ndarray) -> list[str]:
+    """A note for each variant whose runs all end an axis interval or more before the axis does
+    (hand-started runs of a shorter budget): its curve is held at their last scores from there."""
+
+    if len(steps) < 2:
+        return []
+    ends = table.groupby(UNIT, sort=False)["env_step"].max().groupby(level="variant", sort=False).max()
+    return [
+        f"sample-efficiency curves: {variant}'s runs end at {last:,.0f} env steps; its curve is held at "
+        f"their last scores to {steps[-1]:,.0f}"
+        for variant, last in ends.items()
+        if last < steps[-2]
+    ]
+
+
 def pooled_by_value(arrays: Mapping[str, np.ndarray], values: Mapping[str, str]) -> dict[str, np.ndarray]:
     """Stack the runs of all variants sharing one value of a parameter: {value: (runs, tasks)}.
 
