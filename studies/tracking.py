@@ -43,7 +43,7 @@ def prepare_study_tracking(
     under an edited description, which becomes the run's note).
     """
 
-    from harness.tracking import RunTracker, check_run_continuable, writing_to
+    from harness.tracking import RunTracker, check_run_continuable
 
     tags = study_tags(spec)
     if parent_run_id is None:
@@ -55,12 +55,9 @@ def prepare_study_tracking(
     else:
         # A store that has moved, or a parent run deleted in the UI, is named before any unit runs:
         # each unit would otherwise fail on it, and MLflow would create an empty store in its place.
-        check_run_continuable(tracking_uri, parent_run_id)
-        with writing_to(tracking_uri):
-            client = _client(tracking_uri)
-            client.update_run(parent_run_id, status="RUNNING")
-            for key, value in tags.items():
-                client.set_tag(parent_run_id, key, value)
+        # Reopened as a run is resumed: running again, its tags set, an earlier close's status_reason
+        # ("units failed", before a --retry-failed) removed.
+        RunTracker.reopen(tracking_uri, check_run_continuable(tracking_uri, parent_run_id), tags)
     return _client(tracking_uri).get_run(parent_run_id).info.experiment_id, parent_run_id
 
 
@@ -108,13 +105,10 @@ def close_study_run(tracking_uri: str, run_id: str, status: StudyStatus) -> None
     """Close the MLflow run of a study with nothing left to run: FINISHED, or FAILED with the count
     in its status_reason when some units failed (`study run` then exits 1, too)."""
 
-    client = _client(tracking_uri)
     if status.failed:
         noun = unit_noun(status.kind)
         reason = f"{status.failed} {noun}(s) failed; `gorl-bench study status {status.name}` lists them"
-        client.set_tag(run_id, "status_reason", reason)
-    elif "status_reason" in client.get_run(run_id).data.tags:  # an earlier close's, before the reruns
-        client.delete_tag(run_id, "status_reason")
+        _client(tracking_uri).set_tag(run_id, "status_reason", reason)
     finish_run(tracking_uri, run_id, "FAIL" if status.failed else "COMPLETE")
 
 
