@@ -71,6 +71,7 @@ def resolve_tracking_uri(uri: str | None, create: bool = True) -> str:
         path = path.resolve()
         if create:
             _create_store_directory(path)
+        _check_sqlite_store(path)
         uri = f"sqlite:///{path}"
     if scheme in ("http", "https"):
         _check_server(uri)
@@ -326,6 +327,53 @@ def open_store(tracking_uri: str) -> Any:
         reason = first_line(error)
         raise UserError(f"cannot open the MLflow store {tracking_uri}: {reason}") from None
     return client
+
+
+# Tables of an MLflow tracking store, which an Optuna study storage never has.
+MLFLOW_TABLES = {"experiments", "runs"}
+
+
+def sqlite_tables(path: Path) -> set[str]:
+    """The names of the tables in the SQLite file at `path`, read without writing anything;
+    sqlite3.DatabaseError for a file that is not a database or that this user may not read."""
+
+    import sqlite3
+    from urllib.parse import quote
+
+    connection = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    finally:
+        connection.close()
+    return {name for (name,) in rows}
+
+
+def _check_sqlite_store(path: Path) -> None:
+    """Refuse an SQLite file that holds another database before MLflow opens it: MLflow adds its
+    tables to any database, and in an Optuna study storage (whose schema version table it takes
+    for its own) then fails with a traceback, leaving the storage refused as a tracking store."""
+
+    import sqlite3
+
+    if not path.is_file():
+        return  # a new store
+    try:
+        tables = sqlite_tables(path)
+    except sqlite3.DatabaseError as error:  # not a database, or one this user may not read
+        raise UserError(f"cannot open the MLflow store sqlite:///{path}: {error}.") from None
+    if not tables or tables >= MLFLOW_TABLES:
+        return
+    if "studies" in tables:
+        raise UserError(
+            f"sqlite:///{path} is an Optuna study storage, not an MLflow tracking store, so it is left "
+            f"untouched. Pass it as --storage, and as --tracking-uri a store of its own (default "
+            f"sqlite:///{DEFAULT_TRACKING_DB})."
+        )
+    names = ", ".join(sorted(tables)[:5])
+    raise UserError(
+        f"sqlite:///{path} is an SQLite database of something else (tables {names}), not an MLflow "
+        "tracking store, so it is left untouched. Pass a store's file, or a new or empty one."
+    )
 
 
 @contextmanager

@@ -45,7 +45,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from harness.errors import UserError, first_line
 from harness.signals import raise_if_interrupted, signals_deferred
-from harness.tracking import check_database, sqlalchemy_url, url_scheme
+from harness.tracking import MLFLOW_TABLES, check_database, sqlalchemy_url, sqlite_tables, url_scheme
 
 DEFAULT_JOURNAL = Path("runs") / "studies.journal"
 HEARTBEAT_INTERVAL_S = 15
@@ -206,10 +206,6 @@ def _check_journal(path: Path) -> None:
         )
 
 
-# Tables of an MLflow tracking store, which an Optuna study storage never has.
-_MLFLOW_TABLES = {"experiments", "runs"}
-
-
 def check_sqlite_storage(location: str, *, create: bool) -> None:
     """Refuse an SQLite file that is not a study storage before Optuna opens it: Optuna adds its
     tables to any database, even to read it, and in an MLflow tracking store (whose schema version
@@ -225,7 +221,7 @@ def check_sqlite_storage(location: str, *, create: bool) -> None:
     if not path.exists():
         return  # a new storage (`load_study` refuses a missing one before opening it)
     tables = _sqlite_tables(path, location)
-    if tables >= _MLFLOW_TABLES:
+    if tables >= MLFLOW_TABLES:
         raise UserError(
             f"{location} is an MLflow tracking store, not a study storage, so it is left untouched. Pass "
             f"it as --tracking-uri, and as --storage a study journal (default {DEFAULT_JOURNAL}) or a "
@@ -268,21 +264,15 @@ def _sqlite_tables(path: Path, location: str) -> set[str]:
     """The names of the tables in the SQLite file at `path`, read without writing anything."""
 
     import sqlite3
-    from urllib.parse import quote
 
     try:
-        connection = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=30)
-        try:
-            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        finally:
-            connection.close()
+        return sqlite_tables(path)
     except sqlite3.DatabaseError as error:  # not a database, or one this user may not read
         raise UserError(
             f"cannot read the study storage {location} as an SQLite database ({error}), so it is left "
             "untouched. Pass the --storage a study was run with, or a path that does not exist yet for a "
             "new one."
         ) from None
-    return {name for (name,) in rows}
 
 
 def _intact_length(path: Path) -> int | None:

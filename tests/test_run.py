@@ -346,6 +346,37 @@ def test_a_tracking_store_that_cannot_take_the_run_is_one_clear_error(tmp_path, 
     assert not (tmp_path / "run").exists()  # the run directory it created is gone again
 
 
+@pytest.mark.parametrize("kind", ["study storage", "other database"])
+def test_a_database_of_something_else_is_no_tracking_store_and_is_left_untouched(tmp_path, capsys, kind):
+    """MLflow adds its tables to any SQLite file it is given, and an Optuna storage's schema
+    version table (a name both use) made it fail with a traceback, after which the study could no
+    longer be opened (its storage now looked like an MLflow store)."""
+
+    import sqlite3
+
+    import optuna
+
+    database = tmp_path / "other.db"
+    if kind == "study storage":
+        optuna.create_study(study_name="s", storage=f"sqlite:///{database}")
+        message = "is an Optuna study storage, not an MLflow tracking store, so it is left untouched"
+    else:
+        with sqlite3.connect(database) as connection:
+            connection.execute("CREATE TABLE users (name TEXT)")
+        connection.close()
+        message = "is an SQLite database of something else (tables users), not an MLflow tracking store"
+    before = database.read_bytes()
+    argv = ["run", "--algo", "ppo", "--task", TOY, "--steps", str(TINY["steps"]), *sets(SMALL),
+            "--tracking-uri", f"sqlite:///{database}", "--out", str(tmp_path / "run"),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert database.read_bytes() == before and not (tmp_path / "run").exists()
+    if kind == "study storage":
+        assert optuna.load_study(study_name="s", storage=f"sqlite:///{database}").trials == []
+
+
 def test_databricks_is_a_store_and_a_path_a_file_store():
     """MLflow takes the bare word `databricks` for the default profile's workspace, not a path:
     resolving it (which connects to nothing) keeps it. Unity Catalog names no tracking store."""
