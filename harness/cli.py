@@ -25,6 +25,9 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 # MLflow logs a database error with its whole traceback before it raises it; the commands turn the
 # raised error into one line ("cannot write to the MLflow store ..."), which came after ~90 lines.
 DATABASE_ERROR_LOGGER = "mlflow.store.db.utils"
+# The values dm_control's renderer accepts (dm_control/_render/constants.py), canonical name first.
+MUJOCO_GL_VALUES = ("glfw", "on", "enable", "enabled", "true", "1", "", "egl", "osmesa", "off", "disable",
+                    "disabled", "false", "0")  # fmt: skip
 
 COMMAND_MODULES = ("catalog", "config", "run", "evaluate", "bench", "study", "report", "diagnose", "demo")
 
@@ -44,6 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_environment() -> None:
+    """Refuse the environment variables that make a library fail with a traceback at import or at
+    its first log line, rather than where the command uses them."""
+
+    backend = os.environ["MUJOCO_GL"]
+    if backend not in MUJOCO_GL_VALUES:
+        raise UserError(
+            f"MUJOCO_GL is {backend!r}, which dm_control does not know: use egl (headless, GPU or Mesa), "
+            "osmesa (software), glfw (a display) or disable (no rendering, what gorl-bench sets if unset)."
+        )
+    level = os.environ["MLFLOW_LOGGING_LEVEL"]
+    if not isinstance(logging.getLevelName(level.upper()), int):  # how MLflow reads it
+        raise UserError(
+            f"MLFLOW_LOGGING_LEVEL is {level!r}, which names no logging level: use DEBUG, INFO, WARNING "
+            "(what gorl-bench sets if unset), ERROR or CRITICAL."
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     stop_on_interrupts()
     logging.getLogger(DATABASE_ERROR_LOGGER).setLevel(logging.CRITICAL)
@@ -54,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # then is no error either.
             args = build_parser().parse_args(argv)
             prog = f"gorl-bench {args.command}"
+            check_environment()
             return int(args.func(args) or 0)
     except UserError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

@@ -377,6 +377,28 @@ def test_a_database_of_something_else_is_no_tracking_store_and_is_left_untouched
         assert optuna.load_study(study_name="s", storage=f"sqlite:///{database}").trials == []
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("MUJOCO_GL", "bogus", "MUJOCO_GL is 'bogus', which dm_control does not know: use egl"),
+        ("MLFLOW_LOGGING_LEVEL", "LOUD", "MLFLOW_LOGGING_LEVEL is 'LOUD', which names no logging level"),
+    ],
+)
+def test_a_bad_environment_variable_is_one_clear_error(
+    tmp_path, capsys, monkeypatch, variable, value, message
+):
+    """Both made a library raise a traceback: dm_control when the task is made, MLflow at its first
+    log line (which also left the run directory holding only its lock)."""
+
+    monkeypatch.setenv(variable, value)
+    argv = ["run", "--algo", "ppo", "--task", "cartpole-swingup", "--steps", "1000", "--out",
+            str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_databricks_is_a_store_and_a_path_a_file_store():
     """MLflow takes the bare word `databricks` for the default profile's workspace, not a path:
     resolving it (which connects to nothing) keeps it. Unity Catalog names no tracking store."""
