@@ -222,6 +222,23 @@ def test_a_video_shows_the_first_evaluated_episode(tmp_path, tracking_uri):
     assert frames.std() > 10 and np.abs(frames[0].astype(int) - frames[-1]).mean() > 1  # drawn, moving
     assert iio.immeta(tmp_path / "videos" / "ppo.gif")["duration"] == 30  # ms: real time
     assert "video of its first episode" in done.stdout
+    assert _evaluate_with_video(tmp_path, tmp_path / "videos").returncode == 0  # an earlier video is replaced
+
+
+@pytest.mark.skipif(not _can_render_with("egl"), reason="MuJoCo cannot render with EGL on this machine")
+def test_a_video_replaces_no_file_but_an_earlier_video(tmp_path, tracking_uri):
+    """evaluate names each video after its run: a user's own ppo.gif that is no GIF was replaced,
+    and a --video that is a file was refused naming an option evaluate does not have (--out)."""
+
+    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
+    (tmp_path / "notes").write_text("mine\n")
+    done = _evaluate_with_video(tmp_path, tmp_path / "notes")
+    assert done.returncode == 2 and "Choose another directory with --video" in done.stderr, done.stderr
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "ppo.gif").write_text("mine\n")
+    done = _evaluate_with_video(tmp_path, tmp_path / "videos")
+    assert done.returncode == 2 and "exists and is not an earlier video (a GIF)" in done.stderr, done.stderr
+    assert (tmp_path / "videos" / "ppo.gif").read_text() == "mine\n"
 
 
 def test_video_frames_last_whole_gif_delays_so_that_it_plays_in_real_time():

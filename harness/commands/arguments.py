@@ -107,7 +107,7 @@ def integer(text: str) -> int:
     return int(value)
 
 
-def check_out_dir(path: Path) -> None:
+def check_out_dir(path: Path, option: str = "--out") -> None:
     """Refuse an output directory that cannot be created or written into, before any work.
 
     Called in a command's `main` rather than as an argparse `type`, because a default directory
@@ -124,12 +124,12 @@ def check_out_dir(path: Path) -> None:
         where = "it" if existing == path.absolute() else str(existing)
         raise UserError(
             f"cannot write to the output directory {path}: {where} exists and is not a directory. "
-            "Choose another directory with --out (it is created if missing)."
+            f"Choose another directory with {option} (it is created if missing)."
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(
             f"cannot write to the output directory {path}: {existing} is not writable by this user. "
-            "Choose another directory with --out."
+            f"Choose another directory with {option}."
         )
 
 

@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         from harness.video import check_rendering
 
         check_rendering()
-        check_out_dir(args.video)
+        check_out_dir(args.video, "--video")
         check_outside_runs(args.video, "--video", args.runs)
         videos = [args.video / f"{Path(run_dir).resolve().name}.gif" for run_dir in args.runs]
         if len(set(videos)) < len(videos):
@@ -87,6 +87,8 @@ def main(args: argparse.Namespace) -> int:
                 "--video names each video after its run directory, and two runs' directories share a "
                 "name: evaluate them one at a time, with a --video directory each."
             )
+        for video in videos:
+            check_video_target(video)
     results: list[dict] = []
     for run_dir, video in zip(args.runs, videos, strict=True):
         try:
@@ -127,6 +129,29 @@ def check_outside_runs(path: Path, option: str, run_dirs: list[Path]) -> None:
                 f"{option} {path} lies in the run directory {run_dir}, which evaluate leaves as it is; "
                 "give a path elsewhere."
             )
+
+
+def check_video_target(path: Path) -> None:
+    """Refuse to replace a file at a video's path unless it is a GIF (an earlier video): evaluate
+    names each video after its run, so a user's file of that name in the --video directory would
+    be lost."""
+
+    from harness.errors import UserError
+
+    if not (path.exists() or path.is_symlink()):
+        return
+    is_gif = False
+    if path.is_file():  # not opened otherwise: reading a pipe would wait for ever
+        try:
+            with path.open("rb") as handle:
+                is_gif = handle.read(4) == b"GIF8"
+        except OSError:  # a file this user may not read
+            pass
+    if not is_gif:
+        raise UserError(
+            f"--video: {path} exists and is not an earlier video (a GIF), the only file evaluate replaces "
+            "there. Give another --video directory, or remove this file first."
+        )
 
 
 def check_json_target(path: Path, run_dirs: list[Path]) -> None:
