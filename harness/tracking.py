@@ -321,6 +321,7 @@ def open_store(tracking_uri: str) -> Any:
 
     try:
         with _sqlite_setup_lock(tracking_uri):
+            _create_sqlite_store(tracking_uri)
             client = MlflowClient(tracking_uri=tracking_uri)  # a database store is opened (and set up) here
         client.search_experiments(max_results=1)  # a server's store is reached here
     except (MlflowException, SQLAlchemyError, ImportError) as error:
@@ -374,6 +375,27 @@ def _check_sqlite_store(path: Path) -> None:
         f"sqlite:///{path} is an SQLite database of something else (tables {names}), not an MLflow "
         "tracking store, so it is left untouched. Pass a store's file, or a new or empty one."
     )
+
+
+def _create_sqlite_store(tracking_uri: str) -> None:
+    """Set a new SQLite store's tables up in a file beside it, then rename that into place: MLflow
+    creates them one migration at a time (a second or two), and a store cut short by Ctrl-C or a
+    kill in between could never be opened again ("table ... already exists"). Called under
+    `_sqlite_setup_lock`, which makes the leftovers of a set-up cut short safe to remove."""
+
+    import uuid
+
+    from mlflow.tracking import MlflowClient
+
+    path = sqlite_path(tracking_uri)
+    if path is None or path.exists() or not path.parent.is_dir():
+        return  # another store; an existing one; no directory (opening the store says why)
+    for leftover in path.parent.glob(f".{path.name}.setup-*"):  # with their -journal files
+        leftover.unlink(missing_ok=True)
+    # A new name each time: MLflow keeps each URI's database engine for the life of the process.
+    staging = path.with_name(f".{path.name}.setup-{uuid.uuid4().hex}")
+    MlflowClient(tracking_uri=f"sqlite:///{staging}").search_experiments(max_results=1)
+    os.replace(staging, path)
 
 
 @contextmanager

@@ -399,6 +399,28 @@ def test_a_bad_environment_variable_is_one_clear_error(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_store_whose_set_up_was_cut_short_is_set_up_again(tmp_path, monkeypatch):
+    """MLflow sets a new SQLite store's tables up one migration at a time; a Ctrl-C or a kill in
+    between left a store that every later command refused ("table ... already exists")."""
+
+    import mlflow.store.db.utils as mlflow_db
+
+    from harness.tracking import open_store
+
+    def cut_short(engine):
+        raise KeyboardInterrupt  # the initial tables exist, their migrations have not run
+
+    store = tmp_path / "mlflow.db"
+    with monkeypatch.context() as patched:
+        patched.setattr(mlflow_db, "_upgrade_db", cut_short)
+        with pytest.raises(KeyboardInterrupt):
+            open_store(f"sqlite:///{store}")
+    assert not store.exists()
+    client = open_store(f"sqlite:///{store}")
+    assert client.get_experiment_by_name("Default") is not None
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mlflow.db"]  # the leftover removed
+
+
 def test_databricks_is_a_store_and_a_path_a_file_store():
     """MLflow takes the bare word `databricks` for the default profile's workspace, not a path:
     resolving it (which connects to nothing) keeps it. Unity Catalog names no tracking store."""
