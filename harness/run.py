@@ -177,17 +177,36 @@ def _check_foreign_config(path: Path) -> None:
         return
     if not path.is_file():  # reading a pipe would wait for ever
         raise UserError(f"{path} exists and is not a regular file; choose another --out directory.")
-    try:
-        written_by_a_run = {"run", "config"} <= tomllib.loads(path.read_text()).keys()
-    except FileNotFoundError:
-        return
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        written_by_a_run = False
-    if not written_by_a_run:
+    if not _written_by_a_run(path):
         raise UserError(
             f"{path} exists and is not a run's config, which a run writes there; choose another --out "
             "directory (a new or empty one)."
         )
+
+
+def _written_by_a_run(path: Path) -> bool:
+    """Whether the regular file `path` (or none, since removed) is a `config.toml` a run wrote."""
+
+    try:
+        return {"run", "config"} <= tomllib.loads(path.read_text()).keys()
+    except FileNotFoundError:
+        return True
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
+def _check_started(out_dir: Path) -> None:
+    """A run stopped while it started (after writing its config, before its first checkpoint) has
+    nothing to resume: say how to start it again, with the settings its directory holds."""
+
+    config = out_dir / CONFIG_NAME
+    if checkpoint_path(out_dir).exists() or not config.is_file() or not _written_by_a_run(config):
+        return
+    raise UserError(
+        f"{str(out_dir)!r} holds no run checkpoint: its run was stopped while it started, before its first "
+        f"checkpoint, so nothing was trained. Start it again with the same settings: gorl-bench run "
+        f"--config {config} --out {out_dir} (and the --tracking-uri it was given, if any)."
+    )
 
 
 def remove_if_unused(out_dir: Path) -> None:
@@ -259,6 +278,7 @@ def resume(
     failure); the result is then no longer bit-identical to an uninterrupted run.
     """
 
+    _check_started(Path(out_dir))
     require_checkpoint(Path(out_dir))  # before the lock, which would create a missing directory
     with (
         hold_run_directory(Path(out_dir)),
