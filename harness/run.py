@@ -61,6 +61,7 @@ from harness.tracking import (
 
 EvaluationCallback = Callable[[int, float], None]
 CONFIG_NAME = "config.toml"  # the run's resolved config, in its directory and its MLflow artifacts
+OUT_DIR_TAG = "gorl.out_dir"  # the run directory, in the MLflow run's tags
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,7 @@ def _start(
         "task": task,
         "seed": str(request.seed),
         "preset": request.preset,
+        OUT_DIR_TAG: str(request.out_dir),
         **machine_tags(request.device),
         **request.tags,
     }
@@ -245,6 +247,7 @@ def _start(
     starting.say("opening the MLflow store")
     tracker = RunTracker.start(tracking_uri, request.experiment, run_name, request.parent_run_id, tags)
     try:
+        tracker.close_stopped_starts(OUT_DIR_TAG)
         tracker.log_params({**_run_info(request), **as_dict(config)})
         config_toml = _config_toml(request, config)
         tracker.log_text(config_toml, CONFIG_NAME)

@@ -567,6 +567,22 @@ class RunTracker:
             raise
         return tracker
 
+    def close_stopped_starts(self, tag: str) -> None:
+        """Mark KILLED the runs of this run's experiment left RUNNING with its value of `tag`: with
+        the run directory's, those of processes killed while they started there, before a first
+        checkpoint (the caller holds the directory, so none of them is alive). The matching is done
+        here, not in a filter string, which a quote in the value would end."""
+
+        run = self.client.get_run(self.run_id)
+        value = run.data.tags[tag]
+        running = self.client.search_runs(
+            [run.info.experiment_id], filter_string="attributes.status = 'RUNNING'"
+        )
+        for other in running:
+            if other.info.run_id != self.run_id and other.data.tags.get(tag) == value:
+                reason = f"stopped while it started; started again as MLflow run {self.run_id}"
+                RunTracker(self.tracking_uri, other.info.run_id).end("KILLED", reason)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 

@@ -480,17 +480,22 @@ def test_ctrl_c_while_the_mlflow_run_is_set_up_ends_it_killed(tmp_path, tracking
 def test_a_run_stopped_while_it_started_is_started_again_from_its_config(
     tmp_path, tracking_uri, monkeypatch, capsys
 ):
-    """Stopped after its config was written and before its first checkpoint (while its envs were
+    """Killed after its config was written and before its first checkpoint (while its envs were
     built: seconds with many envs), a run has nothing to resume; the error says how to start it
-    again in its directory, and that trains what an uninterrupted run trains."""
+    again in its directory, and that trains what an uninterrupted run trains and closes the MLflow
+    run the killed process left RUNNING."""
 
-    def stopped(*args, **kwargs):
+    def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patched:
-        patched.setattr(algorithms.get("ppo").agent_cls, "__init__", stopped)
+        patched.setattr(algorithms.get("ppo").agent_cls, "__init__", killed)
+        patched.setattr(RunTracker, "end", lambda *args, **kwargs: None)  # a killed process ends nothing
         with pytest.raises(KeyboardInterrupt):
             execute(request(tmp_path, tracking_uri), progress=False)
+    client = MlflowClient(tracking_uri)
+    (left,) = client.search_runs([client.get_experiment_by_name("gorl-bench").experiment_id])
+    assert left.info.status == "RUNNING"
     run_dir = tmp_path / "run"
     assert main(["run", "--resume", str(run_dir), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -498,6 +503,7 @@ def test_a_run_stopped_while_it_started_is_started_again_from_its_config(
     assert "its run was stopped while it started, before its first checkpoint" in err and again in err
     assert main([*again.split()[1:], "--tracking-uri", tracking_uri, "--no-progress"]) == 0
     uninterrupted = execute(request(tmp_path, tracking_uri, out_dir=tmp_path / "whole"), progress=False)
+    assert client.get_run(left.info.run_id).info.status == "KILLED"
     restarted = [tuple(point) for point in load_checkpoint(run_dir)["progress"]["history"]]
     assert restarted == [tuple(point) for point in uninterrupted.eval_history] and len(restarted) == 4
 
