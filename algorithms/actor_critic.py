@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 import envs
 from algorithms.base import Agent
-from algorithms.memory import check_fits
+from algorithms.memory import check_fits, check_network_fits, mlp_parameters
 from algorithms.normalization import RunningMeanStd
 from algorithms.onpolicy import (
     INIT_THREADS,
@@ -102,6 +102,8 @@ class CoreConfigMixin:
         # observations, the stored actions, their log-probabilities, the values and the rewards.
         check_fits(self.batch_size * (obs_dim + 1) * 4, what, fix)
         check_fits(self.batch_size * (obs_dim + per_action + 3) * 4, what, fix, on_device=True)
+        # A slip such as critic_hidden=[1e9] would grow until the kernel ends the process unannounced.
+        check_network_fits(mlp_parameters(obs_dim, self.critic_hidden, 1), "the critic", "critic_hidden")
 
     def validate_core(self) -> None:
         """Raise ValueError naming the first PPO-core key with a bad value."""

@@ -46,8 +46,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import envs
 from algorithms.actor_critic import ActorCriticAgent, CoreConfigMixin, EvalNoise
 from algorithms.generative import ConditionalMLP, integrate_flow
+from algorithms.memory import check_network_fits
 from algorithms.networks import Activation, Init, mlp
 from algorithms.onpolicy import policy_input
 from algorithms.ppo import PRESETS as PPO_PRESETS
@@ -101,6 +103,14 @@ class FlowPolicyConfig(CoreConfigMixin):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.output_scale > 0:
             raise ValueError(f"output_scale must be > 0, got {self.output_scale}")
+
+    def check_task(self, task: str, dims: tuple[int, int] | None = None) -> None:
+        """The core's checks, and an actor that fits in memory."""
+
+        obs_dim, act_dim = dims or envs.dimensions(task)
+        super().check_task(task, (obs_dim, act_dim))
+        parameters = ConditionalMLP.parameter_count(obs_dim, act_dim, self.actor_width, self.actor_depth)
+        check_network_fits(parameters, "the actor", "actor_width or actor_depth")
 
 
 #: The `cpu` preset's shared part: PPO's `cpu` preset for every key of the PPO core, so that the

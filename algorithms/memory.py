@@ -33,6 +33,22 @@ def largest_memory() -> int | None:
     return max(sizes) or None
 
 
+def mlp_parameters(inputs: int, hidden: tuple[int, ...], outputs: int) -> int:
+    """Weights and biases of a fully connected network, counted without building it."""
+
+    sizes = [inputs, *hidden, outputs]
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes, sizes[1:], strict=False))
+
+
+def check_network_fits(parameters: int, what: str, keys: str) -> None:
+    """Raise ValueError when a network of `parameters` weights (`what`, sized by the config `keys`)
+    cannot train in any device's memory here: its weights, gradients and Adam's two moments are
+    four float32 copies."""
+
+    check_fits(16 * parameters, f"{what}'s {parameters:,} weights with their gradients and Adam's moments",
+               f"lower {keys}", on_device=True)  # fmt: skip
+
+
 def check_fits(need: int, what: str, fix: str, on_device: bool = False) -> None:
     """Raise ValueError when `need` bytes (a lower bound of what `what` holds) exceed the host's
     memory, or with `on_device` (arrays on the learner's device) the largest memory here."""

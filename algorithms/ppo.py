@@ -57,7 +57,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Normal
 
+import envs
 from algorithms.actor_critic import ActorCriticAgent, CoreConfigMixin, EvalNoise
+from algorithms.memory import check_network_fits, mlp_parameters
 from algorithms.networks import Activation, Init, mlp
 from algorithms.onpolicy import Batch, PolicyStep, clipped_surrogate, policy_input
 from algorithms.registry import register
@@ -122,6 +124,13 @@ class PPOConfig(CoreConfigMixin):
             raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef}")
         if not self.actor_hidden or min(self.actor_hidden) < 1:
             raise ValueError("actor_hidden must be a non-empty list of positive widths")
+
+    def check_task(self, task: str, dims: tuple[int, int] | None = None) -> None:
+        """The core's checks, and an actor that fits in memory."""
+
+        obs_dim, act_dim = dims or envs.dimensions(task)
+        super().check_task(task, (obs_dim, act_dim))
+        check_network_fits(mlp_parameters(obs_dim, self.actor_hidden, act_dim), "the actor", "actor_hidden")
 
 
 PRESETS = {

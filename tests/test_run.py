@@ -300,6 +300,19 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
             ["--algo", "ppo", "--task", TOY, "--set", "rollout_steps=1e12", "--steps", "6.4e13"],
             "rollout_steps of toy-bimodal hold at least 715,255.7 GiB, more than this machine's",
         ),  # fmt: skip
+        # Networks that cannot fit grew until the kernel's out-of-memory killer ended the run unannounced
+        (
+            ["--algo", "ppo", "--task", TOY, "--set", "actor_hidden=[1e10]", "--steps", "8192"],
+            "the actor's 50,000,000,002 weights with their gradients and Adam's moments hold at least 745.1",
+        ),
+        (
+            ["--algo", "gorl-fm", "--task", TOY, "--set", "critic_hidden=[64,1e10]", "--steps", "65536"],
+            "lower critic_hidden",
+        ),
+        (
+            ["--algo", "fpo", "--task", TOY, "--set", "actor_width=1e10", "--steps", "8192"],
+            "lower actor_width or actor_depth",
+        ),
         (["--resume", "run-dir", "--steps", "5", "--set", "lr=0.1"], "checkpoint fixes --steps, --set."),
     ],
 )
