@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import math
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -831,6 +832,7 @@ def create_default_out_dir(request: RunRequest) -> Path:
             out_dir = base.with_name(f"{base.name}-{attempt}")
 
 
+HEARTBEAT_POLL_S = 1.0  # how often a log's progress checks that a line is due during an iteration
 ETA_WINDOW_S = 7 * 24 * 3600.0  # the progress bar's ETA averages the updates of the last week: all of them
 
 
@@ -851,6 +853,12 @@ class _ProgressBar:
         self.plain = enabled and not sys.stderr.isatty()  # lines instead of a bar
         self.printed = 0  # evaluations printed as lines
         self.lines = PlainLines()
+        # In a log, a line at least every PLAIN_INTERVAL_S also while one iteration takes longer (a
+        # `paper` preset's update on a CPU, a decoder refit: minutes): from a thread, which only prints.
+        self.last_line, self.iteration_note = "", ""
+        self.printing = threading.Lock()
+        self.stopped = threading.Event()
+        self.heartbeat = threading.Thread(target=self._beat, daemon=True) if self.plain else None
         if enabled and not self.plain:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -879,11 +887,23 @@ class _ProgressBar:
     def __enter__(self) -> _ProgressBar:
         if self.progress is not None:
             self.progress.start()
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
+        if self.heartbeat is not None:
+            self.stopped.set()
+            self.heartbeat.join()
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_POLL_S):
+            with self.printing:
+                if self.last_line and self.lines.due():
+                    doing = self.iteration_note or "an update or evaluation"
+                    print(f"{self.last_line} (still working: {doing})", file=sys.stderr, flush=True)
 
     def _steps(self, step: int) -> str:
         return f"{compact_count(step)}/{compact_count(self.total)}"
@@ -897,6 +917,7 @@ class _ProgressBar:
         if self.progress is not None:
             self.activity_note = text
             self.progress.update(self.task_id, activity=self._activity())
+        self.iteration_note = text
 
     def update(self, step: int, history: list[tuple[int, float, float]]) -> None:
         if self.progress is None and not self.plain:
@@ -915,7 +936,10 @@ class _ProgressBar:
                 activity=self._activity(),
                 last_eval=last,
             )
-        elif self.lines.due(news=len(history) > self.printed):
-            self.printed = len(history)
-            print(f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            return
+        with self.printing:
+            self.last_line = f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}"
+            self.iteration_note = ""
+            if self.lines.due(news=len(history) > self.printed):
+                self.printed = len(history)
+                print(self.last_line, file=sys.stderr, flush=True)
