@@ -159,7 +159,14 @@ ENVS = ["bench", "envs", "--tasks", "cheetah-run", "--sizes", "2", "--steps", "5
         ([*GORL, "--iterations", "1", "--steps", "0"], "--steps: must be a positive integer"),
         ([*ENVS, "--steps", "0"], "--steps: must be an integer from 1 to 10,000, got 0"),
         ([*ENVS, "--steps", "-2"], "--steps: must be an integer from 1 to 10,000, got -2"),
-        ([*ENVS, "--repeats", "0"], "--repeats: must be a positive integer"),
+        ([*ENVS, "--repeats", "0"], "--repeats: must be an integer from 1 to 1,000, got 0"),
+        (
+            [*ENVS, "--repeats", "1e9"],
+            "--repeats: must be an integer from 1 to 1,000, got 1e9",
+        ),  # ran for days
+        # A row timed against itself
+        ([*ENVS, "--tasks", "walker-walk", "cheetah-run", "walker-walk"], "--tasks: walker-walk given twice"),
+        ([*TRAIN, "--algos", "ppo", "ppo"], "--algos: ppo given twice; give each once"),
         ([*ENVS, "--sizes", "2", "0"], "--sizes: must be an integer from 1 to 4,096, got 0"),
         # Their actions were drawn beforehand: 10^12 steps asked numpy for 349 TiB, a billion envs
         # built MuJoCo envs until memory ran out.

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from harness.commands.arguments import add_tasks_option, positive_int
+from harness.commands.arguments import Distinct, add_tasks_option, positive_int
 from harness.progress import count
 
 DEFAULT_TASKS = ("walker-walk", "cheetah-run")
@@ -28,7 +28,11 @@ DEFAULT_TASKS = ("walker-walk", "cheetah-run")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tasks_option(parser, DEFAULT_TASKS, "tasks to time")
     parser.add_argument(
-        "--algos", nargs="+", default=["ppo"], help="algorithms, the first the reference (default ppo)"
+        "--algos",
+        nargs="+",
+        action=Distinct,
+        default=["ppo"],
+        help="algorithms, the first the reference (default ppo)",
     )
     parser.add_argument("--preset", default="cpu", help="preset of every algorithm (default cpu)")
     parser.add_argument(

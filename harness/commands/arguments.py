@@ -13,6 +13,7 @@ import decimal
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from harness.errors import UserError
 
@@ -143,8 +144,22 @@ def check_distinct_runs(run_dirs: list[Path]) -> None:
             raise UserError(f"the run {run_dir} is given more than once; give each run once.")
 
 
+class Distinct(argparse.Action):
+    """An `nargs="+"` option whose values must differ: a benchmark would time one twice (and show
+    a row of it against itself)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise argparse.ArgumentError(self, f"{', '.join(map(str, repeated))} given twice; give each once")
+        setattr(namespace, self.dest, values)
+
+
 def add_tasks_option(parser: argparse.ArgumentParser, defaults: tuple[str, ...], what: str) -> None:
     """A benchmark's `--tasks`: the `what` it times, with its defaults shown in --help."""
 
     shown = " ".join(defaults)
-    parser.add_argument("--tasks", nargs="+", default=list(defaults), help=f"{what} (default {shown})")
+    parser.add_argument(
+        "--tasks", nargs="+", action=Distinct, default=list(defaults), help=f"{what} (default {shown})"
+    )
