@@ -36,6 +36,7 @@ import torch
 import algorithms
 import envs
 from algorithms.config import as_dict, resolve
+from harness.atomic import write_atomically
 from harness.checkpoint import (
     LOCK_NAME,
     checkpoint_path,
@@ -63,6 +64,9 @@ from harness.tracking import (
 EvaluationCallback = Callable[[int, float], None]
 CONFIG_NAME = "config.toml"  # the run's resolved config, in its directory and its MLflow artifacts
 OUT_DIR_TAG = "gorl.out_dir"  # the run directory, in the MLflow run's tags
+# Written into the run directory when its training diverges (its reason): the checkpoint is the last
+# good one, so without it `report --runs` could not tell the run from one stopped on the way.
+DIVERGED_NAME = "diverged.txt"
 
 
 @dataclass(frozen=True)
@@ -311,6 +315,8 @@ def resume(
             resumed_tags = {f"resumed.{key}": value for key, value in changed.items()}
             # Reopening a finished run would only move its end time and upload its checkpoint again.
             tracker = None if finished else RunTracker.reopen(request.tracking_uri, mlflow_run, resumed_tags)
+            if not finished:  # trained again from its last good checkpoint
+                (Path(out_dir) / DIVERGED_NAME).unlink(missing_ok=True)
         except BaseException:
             agent.close()
             raise
@@ -650,7 +656,9 @@ def _train(
             )
     except BaseException as error:
         if isinstance(error, FloatingPointError) and not in_callback:  # the training diverged
-            tracker.end("FAILED", f"stopped at {agent.counted_steps} counted env steps: {error}")
+            reason = f"stopped at {agent.counted_steps} counted env steps: {error}"
+            tracker.end("FAILED", reason)
+            write_atomically(out_dir / DIVERGED_NAME, f"{reason}\n".encode(), ".diverged-")
             print(f"run failed: {error}; the last good checkpoint is kept in {out_dir}", file=sys.stderr)
             return _result(request, agent, position, tracker.run_id, "FAILED")
         stopped = in_callback or caused_by_interrupt(error)

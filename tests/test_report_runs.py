@@ -153,3 +153,25 @@ def test_bad_runs_are_one_clear_error(tmp_path, tracking_uri, capsys, monkeypatc
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "reports").exists()
+
+
+def test_a_run_whose_training_diverged_counts_at_its_tasks_worst_score(tmp_path, tracking_uri, capsys):
+    """A diverged run keeps its last good checkpoint, short of its budget: the report called it
+    "not finished yet" and PARTIAL, though it never will be; a study counts such a unit with its
+    task's worst score, and now so does a report of runs."""
+
+    good = trained(tmp_path, tracking_uri, "good", seed=0)
+    overrides = {**TINY["overrides"], "reward_scale": 1e308}  # the returns overflow to inf
+    done = execute(
+        request(tmp_path, tracking_uri, out_dir=tmp_path / "bad", overrides=overrides), progress=False
+    )
+    assert done.status == "FAILED" and (tmp_path / "bad" / "diverged.txt").read_text().startswith(
+        "stopped at"
+    )
+    assert main(["report", "--runs", str(good), str(tmp_path / "bad"), "--out", str(tmp_path / "report"),
+                 "--reps", str(REPS)]) == 0  # fmt: skip
+    out = capsys.readouterr()
+    assert "PARTIAL" not in out.out and "diverged unit(s) count with their task's worst score" in out.err
+    table = pd.read_csv(tmp_path / "report" / "results.csv")
+    bad = table[table.variant == "ppo reward_scale=1e+308"]
+    assert list(bad.eval_return) == [0.0] and list(bad.env_step) == [TINY["steps"]]

@@ -9,9 +9,9 @@ its preset's value changes nothing; a preset that gave other values in the versi
 with makes another variant. A variant is named after its algorithm, followed by the settings
 that tell it apart from the algorithm's other variants (`gorl-fm num_refits=0`). A variant's
 runs on a task are its seeds; the same variant, task and seed given twice would count one run
-as two independent ones and is refused. A run that has not reached its budget (stopped, or
-diverged: a diverging run saves no checkpoint after its last good one) is listed as missing,
-and the report is PARTIAL.
+as two independent ones and is refused. A run that has not reached its budget is listed as
+missing, and the report is PARTIAL; except a run whose training diverged (its directory holds
+`diverged.txt`): a result, as in a study, counted with its task's worst score.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class _SavedRun:
     config: Any  # the config it trains with, on its task
     history: list[tuple[int, float, float]]  # (counted steps, mean return, std) per evaluation
     chosen: dict[str, Any]  # the config it trained with, apart from the values its task set (`_chosen`)
+    diverged: bool  # its training diverged (`harness.run.DIVERGED_NAME`)
 
     @property
     def variant_key(self) -> tuple[str, str, int, str]:
@@ -49,17 +50,18 @@ class _SavedRun:
 def load_run_results(run_dirs: Sequence[Path], name: str) -> StudyResults:
     """The runs in `run_dirs` as the results of a study named `name` (see the module docstring)."""
 
-    from harness.run import saved_run
+    import envs
+    from harness.run import DIVERGED_NAME, saved_run
 
     runs = []
     for run_dir in run_dirs:
         request, config, state = saved_run(run_dir)
-        runs.append(
-            _SavedRun(Path(run_dir), request, config, state["progress"]["history"], _chosen(request, state))
-        )
+        history, diverged = state["progress"]["history"], (Path(run_dir) / DIVERGED_NAME).is_file()
+        runs.append(_SavedRun(Path(run_dir), request, config, history, _chosen(request, state), diverged))
     labels = _labels({run.variant_key: run for run in runs})
 
     rows: list[dict[str, Any]] = []
+    diverged: list[dict[str, Any]] = []  # at the budget, with the task's worst return
     missing: list[str] = []
     seen: dict[tuple[str, str, int], Path] = {}
     for run in runs:
@@ -71,6 +73,12 @@ def load_run_results(run_dirs: Sequence[Path], name: str) -> StudyResults:
                 f"{request.seed}; give each run once (the statistics take every run as an independent seed)."
             )
         seen[unit] = run.directory
+        unit_row = {"study": name, "variant": variant, "algo": request.algo, "task": request.task,
+                    "seed": request.seed}  # fmt: skip
+        if not run.finished and run.diverged:
+            worst = envs.score_range(request.task)[0]
+            diverged.append({**unit_row, "env_step": request.steps, "eval_return": worst})
+            continue
         if not run.finished:
             reached = run.history[-1][0] if run.history else 0
             missing.append(
@@ -79,17 +87,15 @@ def load_run_results(run_dirs: Sequence[Path], name: str) -> StudyResults:
             )
             continue
         rows += [
-            {"study": name, "variant": variant, "algo": request.algo, "task": request.task,
-             "seed": request.seed, "env_step": int(step), "eval_return": float(mean)}
-            for step, mean, _ in run.history
-        ]  # fmt: skip
-    if not rows:
+            {**unit_row, "env_step": int(step), "eval_return": float(mean)} for step, mean, _ in run.history
+        ]
+    if not rows and not diverged:
         raise UserError(
             f"none of the {len(runs)} run(s) has reached its budget yet ({'; '.join(missing[:3])}); "
             "finish them (gorl-bench run --resume DIR), then report again."
         )
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    present = list(dict.fromkeys(table["task"]))
+    table, diverged_table = pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(diverged, columns=COLUMNS)
+    present = list(dict.fromkeys([*table["task"], *diverged_table["task"]]))
     sampled = {labels[run.variant_key] for run in runs if getattr(run.config, "eval_noise", "") == "sample"}
     return StudyResults(
         study=name,
@@ -106,7 +112,7 @@ def load_run_results(run_dirs: Sequence[Path], name: str) -> StudyResults:
             task for task in dict.fromkeys(run.request.task for run in runs) if task not in present
         ],
         pruned=[],
-        diverged=pd.DataFrame(columns=COLUMNS),
+        diverged=diverged_table,
         sampled_variants=sorted(sampled),
     )
 
