@@ -10,6 +10,7 @@ machines) only claim and run units.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -240,7 +241,7 @@ def _checked_attrs(storage: optuna.storages.BaseStorage, spec: Spec, location: s
         raise UserError(
             f"study {spec.name!r} already exists in {location} with a different spec (it differs in "
             f"{', '.join(differing)}). Give the spec a new `name`, or delete the old study: optuna "
-            f"delete-study --study-name {spec.name} --storage <storage>."
+            f"delete-study --study-name {spec.name} --storage {shlex.quote(location)}"
         )
     return attrs
 

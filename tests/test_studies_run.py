@@ -11,7 +11,10 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 import textwrap
 from collections import Counter
 from collections.abc import Callable
@@ -1233,8 +1236,16 @@ def test_resuming_with_a_changed_spec_is_refused_naming_what_changed(workdir, fa
     )
     with pytest.raises(
         UserError, match=r"already exists .* with a different spec \(it differs in seeds, steps\)"
-    ):
+    ) as refused:
         prepared(path)
+    # The command it gives deletes the old study (it named the storage `<storage>`), and the new
+    # spec then starts afresh.
+    command = str(refused.value).rpartition("delete the old study: ")[2]
+    assert command.startswith("optuna delete-study --study-name tiny --storage ")
+    optuna_cli = str(Path(sys.executable).with_name("optuna"))  # the virtual environment's
+    done = subprocess.run([optuna_cli, *shlex.split(command)[1:]], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    prepared(path)
 
 
 def test_a_study_resumes_under_an_edited_description(workdir, fake_execute):
