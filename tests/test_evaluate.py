@@ -86,6 +86,21 @@ def test_a_run_not_yet_evaluated_needs_a_seed(tmp_path, tracking_uri, capsys):
     assert "the run's last evaluation" not in capsys.readouterr().out
 
 
+def test_json_to_standard_output(tmp_path, tracking_uri, capsys, monkeypatch):
+    """`--json -` wrote a file named "-"; it now writes the JSON to standard output alone (the
+    summaries go to standard error), so that it can be piped."""
+
+    monkeypatch.chdir(tmp_path)
+    run = _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
+    out = tmp_path / "returns.json"
+    assert main(["evaluate", str(run.out_dir), "--json", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run.out_dir), "--json", "-"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == json.loads(out.read_text())
+    assert "the run's last evaluation" in printed.err and not (tmp_path / "-").exists()
+
+
 def test_the_runs_evaluated_before_a_run_is_refused_are_kept_in_the_json(tmp_path, tracking_uri, capsys):
     """--json was written after the last run only: the first run's evaluation was lost."""
 

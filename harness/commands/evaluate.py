@@ -54,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", help="torch device to load the policies on (default: each run's)")
     parser.add_argument(
-        "--json", type=file_path, metavar="FILE", help="also write every episode's return here"
+        "--json",
+        type=file_path,
+        metavar="FILE",
+        help="also write every episode's return here (-: standard output; the summaries go to stderr)",
     )
     parser.add_argument(
         "--video",
@@ -72,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
     check_distinct_runs(args.runs)  # before any checkpoint is read, none twice
     for run_dir in args.runs:  # all of them readable and whole before the first is evaluated
         saved_run(run_dir)
-    if args.json is not None:
+    json_to_stdout = args.json is not None and str(args.json) == "-"
+    if args.json is not None and not json_to_stdout:
         check_json_target(args.json, args.runs)
     videos: list[Path | None] = [None] * len(args.runs)
     if args.video is not None:
@@ -94,14 +98,18 @@ def main(args: argparse.Namespace) -> int:
         try:
             result = evaluate_run(run_dir, args.episodes, args.seed, not args.stochastic, args.device, video)
         except (UserError, KeyboardInterrupt):
-            if results and args.json is not None:
+            if results and args.json is not None and not json_to_stdout:
                 print(f"the {len(results)} run(s) evaluated before are in {args.json}", file=sys.stderr)
             raise
-        print(describe(result))
+        print(describe(result), file=sys.stderr if json_to_stdout else sys.stdout)
         results.append(result)
-        if args.json is not None:  # after each run: a later run refused or interrupted loses none
+        if (
+            args.json is not None and not json_to_stdout
+        ):  # after each run: a later run refused or interrupted loses none
             _write_json(args.json, results)
-    if args.json is not None:
+    if json_to_stdout:
+        print(json.dumps(results, indent=2))
+    elif args.json is not None:
         print(f"returns written to {args.json}")
     return 0
 
