@@ -62,6 +62,10 @@ def test_toml_output_is_the_resolved_config(capsys):
 def test_bad_input_is_one_line(capsys):
     assert main(["config", "gorl-fm", "--set", "lr=-1"]) == 2
     assert "lr must be > 0" in capsys.readouterr().err
+    for option in ("--preset", "--task"):  # silently the default before, where `run` refuses it
+        with pytest.raises(SystemExit):
+            main(["config", "ppo", option, ""])
+        assert f"argument {option}: must not be empty" in capsys.readouterr().err
 
 
 def test_gorl_shows_its_stages_with_their_settings(capsys):

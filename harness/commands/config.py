@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from harness.commands.arguments import file_path, positive_int
+from harness.commands.arguments import file_path, non_empty, positive_int
 from harness.commands.run import DEFAULTS as RUN_DEFAULTS
 
 # A list longer than this is shortened in the table (its first and last items and its length):
@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default, preset, task, --set) and the source of its default.",
     )
     parser.add_argument("algo", nargs="?", help="registered algorithm (see `gorl-bench list`)")
-    parser.add_argument("--preset", help="config preset (default cpu; paper: the paper's)")
-    parser.add_argument("--task", help=f"task whose overrides apply (default {DEFAULT_TASK})")
+    parser.add_argument("--preset", type=non_empty, help="config preset (default cpu; paper: the paper's)")
+    parser.add_argument("--task", type=non_empty, help=f"task whose overrides apply (default {DEFAULT_TASK})")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
