@@ -21,7 +21,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -496,6 +496,22 @@ def _create_experiment(client: Any, name: str, location: str | None) -> str:
         return found.experiment_id
 
 
+def kill_running_runs(
+    tracking_uri: str, experiment_id: str, matches: Callable[[Any], bool], reason: str | None = None
+) -> None:
+    """Mark KILLED (with `reason` as its status_reason, if given) each run of the experiment that
+    is RUNNING and `matches`: runs a killed process left RUNNING, which `mlflow ui` would show
+    running for ever. The matching is done here, not in an MLflow filter string: a value (a run
+    directory, a unit's key) may hold a quote that would end the filter's string literal."""
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        if matches(run):
+            RunTracker(tracking_uri, run.info.run_id).end("KILLED", reason)
+
+
 class RunTracker:
     """One MLflow run. Metrics at steps already in the store (a resumed run) are skipped."""
 
@@ -570,18 +586,16 @@ class RunTracker:
     def close_stopped_starts(self, tag: str) -> None:
         """Mark KILLED the runs of this run's experiment left RUNNING with its value of `tag`: with
         the run directory's, those of processes killed while they started there, before a first
-        checkpoint (the caller holds the directory, so none of them is alive). The matching is done
-        here, not in a filter string, which a quote in the value would end."""
+        checkpoint (the caller holds the directory, so none of them is alive)."""
 
         run = self.client.get_run(self.run_id)
         value = run.data.tags[tag]
-        running = self.client.search_runs(
-            [run.info.experiment_id], filter_string="attributes.status = 'RUNNING'"
+        kill_running_runs(
+            self.tracking_uri,
+            run.info.experiment_id,
+            lambda other: other.info.run_id != self.run_id and other.data.tags.get(tag) == value,
+            f"stopped while it started; started again as MLflow run {self.run_id}",
         )
-        for other in running:
-            if other.info.run_id != self.run_id and other.data.tags.get(tag) == value:
-                reason = f"stopped while it started; started again as MLflow run {self.run_id}"
-                RunTracker(self.tracking_uri, other.info.run_id).end("KILLED", reason)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

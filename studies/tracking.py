@@ -148,18 +148,18 @@ def close_orphan_runs(
     """Mark KILLED the runs that a killed worker left RUNNING: those of `unit` (its key), the run
     `run_id`, and the runs nested under `parent_run_id`.
 
-    Called when a lost unit is retried, so `mlflow ui` does not show it running forever. The
-    matching is done here, not in an MLflow filter string: a unit's key holds its variant's label,
-    which may hold a quote that would end the filter's string literal.
+    Called when a lost unit is retried, so `mlflow ui` does not show it running forever.
     """
 
-    client = _client(tracking_uri)
+    from harness.tracking import kill_running_runs
+
     wanted = {"run_id": run_id, "gorl.unit": unit, "mlflow.parentRunId": parent_run_id}
-    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
-    for run in running:
+
+    def orphan(run: Any) -> bool:
         found = {**run.data.tags, "run_id": run.info.run_id}
-        if any(value is not None and found.get(key) == value for key, value in wanted.items()):
-            client.set_terminated(run.info.run_id, status="KILLED")
+        return any(value is not None and found.get(key) == value for key, value in wanted.items())
+
+    kill_running_runs(tracking_uri, experiment_id, orphan)
 
 
 def _optuna_tags(study_name: str, number: int) -> dict[str, str]:
