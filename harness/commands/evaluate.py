@@ -76,8 +76,9 @@ def main(args: argparse.Namespace) -> int:
     for run_dir in args.runs:  # all of them readable and whole before the first is evaluated
         saved_run(run_dir)
     json_to_stdout = args.json is not None and str(args.json) == "-"
-    if args.json is not None and not json_to_stdout:
-        check_json_target(args.json, args.runs)
+    json_file = None if json_to_stdout else args.json
+    if json_file is not None:
+        check_json_target(json_file, args.runs)
     videos: list[Path | None] = [None] * len(args.runs)
     if args.video is not None:
         from harness.video import check_rendering
@@ -98,19 +99,17 @@ def main(args: argparse.Namespace) -> int:
         try:
             result = evaluate_run(run_dir, args.episodes, args.seed, not args.stochastic, args.device, video)
         except (UserError, KeyboardInterrupt):
-            if results and args.json is not None and not json_to_stdout:
-                print(f"the {len(results)} run(s) evaluated before are in {args.json}", file=sys.stderr)
+            if results and json_file is not None:
+                print(f"the {len(results)} run(s) evaluated before are in {json_file}", file=sys.stderr)
             raise
         print(describe(result), file=sys.stderr if json_to_stdout else sys.stdout)
         results.append(result)
-        if (
-            args.json is not None and not json_to_stdout
-        ):  # after each run: a later run refused or interrupted loses none
-            _write_json(args.json, results)
+        if json_file is not None:  # after each run: a later run refused or interrupted loses none
+            _write_json(json_file, results)
     if json_to_stdout:
         print(json.dumps(results, indent=2))
-    elif args.json is not None:
-        print(f"returns written to {args.json}")
+    elif json_file is not None:
+        print(f"returns written to {json_file}")
     return 0
 
 
