@@ -232,3 +232,17 @@ def test_a_figure_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatc
         UserError, match=r"cannot write the figure .*multimodality.png: No space left on device"
     ):
         _plot([("run", report)], tmp_path / "multimodality.png")
+
+
+@pytest.mark.parametrize("name", ["multimodality.png", "multimodality.pdf"])
+def test_a_users_file_of_the_figures_name_is_kept(tmp_path, capsys, name):
+    """The figure's files were written over whatever --out held under their names."""
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")  # only its presence is checked first
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / name).write_text("my notes\n")
+    argv = ["diagnose", "multimodality", str(tmp_path / "run"), "--out", str(tmp_path / "figures")]
+    assert main(argv) == 2
+    assert f"{tmp_path / 'figures' / name} exists and is not an earlier figure" in capsys.readouterr().err
+    assert (tmp_path / "figures" / name).read_text() == "my notes\n"

@@ -134,6 +134,27 @@ def check_out_dir(path: Path, option: str = "--out") -> None:
         )
 
 
+def check_replaceable(path: Path, signature: bytes, earlier: str, option: str) -> None:
+    """Refuse to replace an existing file at `path` unless it starts with `signature`, the mark of
+    the command's own earlier output (`earlier`, e.g. "an earlier video (a GIF)"): a command that
+    names its output files itself would otherwise write over a user's file of that name."""
+
+    if not (path.exists() or path.is_symlink()):
+        return
+    ours = False
+    if path.is_file():  # not opened otherwise: reading a pipe would wait for ever
+        try:
+            with path.open("rb") as handle:
+                ours = handle.read(len(signature)) == signature
+        except OSError:  # a file this user may not read
+            pass
+    if not ours:
+        raise UserError(
+            f"{option}: {path} exists and is not {earlier}, the only file there that this command "
+            f"replaces. Give another {option} directory, or remove this file first."
+        )
+
+
 def check_distinct_runs(run_dirs: list[Path]) -> None:
     """Refuse a run directory given twice (by the same or another path): a command that plays each
     run once would score, draw or log it twice."""

@@ -26,6 +26,7 @@ import numpy as np
 from harness.commands.arguments import (
     check_distinct_runs,
     check_out_dir,
+    check_replaceable,
     directory,
     float_between,
     int_between,
@@ -33,6 +34,7 @@ from harness.commands.arguments import (
     non_negative_int,
 )
 
+FIGURE_NAME = "multimodality.png"  # and its .pdf beside it
 DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
 # 4: a distribution to analyse. A million: the KDE of a 1-D projection no longer changes, and
 # the batch of actions (the decoder's activations for GoRL) grows with it.
@@ -160,6 +162,9 @@ def diagnose_multimodality(
     check_distinct_runs(run_dirs)  # its panel would be drawn, and its metrics logged, twice
     out = Path(out) if out is not None else Path(run_dirs[0]) / "diagnostics"
     check_out_dir(out)
+    figure_path = out / FIGURE_NAME
+    check_replaceable(figure_path, b"\x89PNG", "an earlier figure (a PNG)", "--out")
+    check_replaceable(figure_path.with_suffix(".pdf"), b"%PDF", "an earlier figure (a PDF)", "--out")
     # Every loaded agent's envs closed, also on an error; the spinner says which step takes the time.
     with contextlib.ExitStack() as loaded, PhaseSpinner("diagnose", log_lines=True) as phases:
         runs = []
@@ -171,7 +176,7 @@ def diagnose_multimodality(
 
         phases.say("drawing the figure")
         out.mkdir(parents=True, exist_ok=True)
-        figure = _plot([(label, report) for *_, label, report in labelled], out / "multimodality.png")
+        figure = _plot([(label, report) for *_, label, report in labelled], figure_path)
         diagnosis = Diagnosis(figure, [(label, report) for *_, label, report in labelled])
         phases.say("logging to MLflow")
         for request, run_id, step, _, report in labelled:

@@ -23,6 +23,7 @@ from pathlib import Path
 from harness.commands.arguments import (
     check_distinct_runs,
     check_out_dir,
+    check_replaceable,
     directory,
     file_path,
     int_between,
@@ -93,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
                 "name: evaluate them one at a time, with a --video directory each."
             )
         for video in videos:
-            check_video_target(video)
+            check_replaceable(video, b"GIF8", "an earlier video (a GIF)", "--video")
     results: list[dict] = []
     for run_dir, video in zip(args.runs, videos, strict=True):
         try:
@@ -136,29 +137,6 @@ def check_outside_runs(path: Path, option: str, run_dirs: list[Path]) -> None:
                 f"{option} {path} lies in the run directory {run_dir}, which evaluate leaves as it is; "
                 "give a path elsewhere."
             )
-
-
-def check_video_target(path: Path) -> None:
-    """Refuse to replace a file at a video's path unless it is a GIF (an earlier video): evaluate
-    names each video after its run, so a user's file of that name in the --video directory would
-    be lost."""
-
-    from harness.errors import UserError
-
-    if not (path.exists() or path.is_symlink()):
-        return
-    is_gif = False
-    if path.is_file():  # not opened otherwise: reading a pipe would wait for ever
-        try:
-            with path.open("rb") as handle:
-                is_gif = handle.read(4) == b"GIF8"
-        except OSError:  # a file this user may not read
-            pass
-    if not is_gif:
-        raise UserError(
-            f"--video: {path} exists and is not an earlier video (a GIF), the only file evaluate replaces "
-            "there. Give another --video directory, or remove this file first."
-        )
 
 
 def check_json_target(path: Path, run_dirs: list[Path]) -> None:
