@@ -59,6 +59,7 @@ def stores(tmp_path_factory, migrated_mlflow_db):
     _crossed_divergence(storage, client, uri, root)
     _task_diverged(storage, client, uri, root)
     _all_diverged(storage, client, uri, root)
+    _retried_and_not(storage, client, uri, root)
     for name, max_trials in (("capped", 1), ("capped-midway", 2)):
         _capped_study(storage, client, uri, root, name, max_trials)
     _capped_study(storage, client, uri, root, "capped-running", 2, running=True)
@@ -166,15 +167,19 @@ def _tune_with_an_outlier(storage, client, uri, root):
         study.add_trial(create_trial(value=0.1, params={"lr": lr}, user_attrs=attrs, distributions=_lr()))
 
 
-def _refits_grid(storage, client, uri, root, name, spec_tasks, tasks, failure):
+def _refits_grid(storage, client, uri, root, name, spec_tasks, tasks, failure, retried=()):
     """A `num_refits` 1-vs-2 grid over `tasks` (the spec names them `spec_tasks`), 2 seeds, as the
-    study runner records it; `failure(unit)` gives the attrs of a unit that failed, or None."""
+    study runner records it; `failure(unit)` gives the attrs of a unit that failed, or None. The
+    `retried` units lost their worker: a lost attempt in their place, the retry after all others."""
 
     spec = {"name": name, "kind": "grid", "algo": "gorl-fm", "tasks": spec_tasks, "seeds": 2}
     spec |= {"steps": STEPS[-1], "grid": {"num_refits": [1, 2]}}
     keys = [f"num_refits={r}|{task}|seed{s}" for r in (1, 2) for s in range(2) for task in tasks]
     study, experiment, parent = _study(storage, client, uri, root, name, spec, keys, ["num_refits"])
-    for key in keys:
+    for key in retried:
+        lost = {"unit": key, "lost": True, "fail_reason": "worker lost: process 1 is gone"}
+        study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=lost))
+    for key in [key for key in keys if key not in retried] + list(retried):
         refits, task, seed = key.split("|")
         record = {"unit": key, "variant": refits, "algo": "gorl-fm", "task": task, "seed": int(seed[-1])}
         record["params"] = {"num_refits": int(refits[-1])}
@@ -264,6 +269,20 @@ def _all_diverged(storage, client, uri, root):
 
     tasks = ["cartpole-swingup"]
     _refits_grid(storage, client, uri, root, "all-diverged", tasks, tasks, failure)
+
+
+def _retried_and_not(storage, client, uri, root):
+    """One grid twice: run without interruption, and with two units (one of which diverges)
+    retried after their workers were lost, so that their trials come last."""
+
+    def failure(unit):
+        diverged = unit == "num_refits=1|pendulum-swingup|seed1"
+        return {"fail_reason": "DivergedError: final score nan", "failure": "diverged"} if diverged else None
+
+    tasks = ["cartpole-swingup", "pendulum-swingup"]
+    retried = ("num_refits=1|cartpole-swingup|seed0", "num_refits=1|pendulum-swingup|seed1")
+    _refits_grid(storage, client, uri, root, "uninterrupted", tasks, tasks, failure)
+    _refits_grid(storage, client, uri, root, "retried", tasks, tasks, failure, retried)
 
 
 def _capped_study(storage, client, uri, root, name, max_trials, running=False):
@@ -367,6 +386,22 @@ def test_report_end_to_end(stores, tmp_path):
     assert {path.name for path in first.files} | {MARKER} == REPORT_FILES - tune_only
     build_report("ablation", str(storage), out_dir=out, reps=REPS, seed=0)
     assert (out / "summary.md").read_text() == summary
+
+
+def test_a_report_does_not_depend_on_which_units_were_retried(stores, tmp_path):
+    """A retried unit's trial comes after every other: its rows, and its variant in the tables,
+    moved to the end of the report of an interrupted study."""
+
+    storage, _ = stores
+    reports = {}
+    for name in ("uninterrupted", "retried"):
+        build_report(name, str(storage), out_dir=tmp_path / name, reps=REPS, seed=0)
+        reports[name] = [
+            (tmp_path / name / file).read_text().replace(name, "STUDY")
+            for file in ("results.csv", "summary.md")
+        ]
+    assert "num_refits=1,gorl-fm,cartpole-swingup,0," in reports["retried"][0].splitlines()[1]
+    assert reports["retried"] == reports["uninterrupted"]
 
 
 def test_a_report_replaces_an_earlier_report_but_no_other_file(stores, tmp_path):
@@ -677,7 +712,7 @@ def test_cli_errors_are_one_paragraph(stores, tmp_path, capsys):
     storage, _ = stores
     assert main(["report", "nope", "--storage", str(storage)]) == 2
     studies = "ablation, aliased, all-diverged, capped, capped-midway, capped-running, crossed, diverging, "
-    studies += "empty, lr-sweep, outlier, task-diverged, tuning"
+    studies += "empty, lr-sweep, outlier, retried, task-diverged, tuning, uninterrupted"
     err = capsys.readouterr().err
     assert f"Studies there: {studies}" in err and "Create it with `gorl-bench study run SPEC`" in err
     assert main(["report", "timescale", "--storage", str(storage)]) == 2  # a shipped spec: named

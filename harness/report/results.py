@@ -161,15 +161,20 @@ def load_study_results(
             f"study {study_name!r} has no finished unit with evaluations yet ({len(missing)} missing, "
             f"{len(failed_units)} failed); run or resume it with `gorl-bench study run`, then report again."
         )
+    diverged_rows = [
+        _row(study_name, record, parameters, parsed.steps, envs.score_range(record["task"])[0])
+        for unit, record in tally.diverged.items()
+        if unit not in tally.done
+    ]
+    if kind != "tune":
+        # In the plan's order of the units, not in their trials': a unit retried after its worker
+        # was lost has a later trial, and the report's rows (and the order of the variants in its
+        # tables) would otherwise depend on where a study was interrupted.
+        plan = {unit: position for position, unit in enumerate(attrs.get("units_expected", []))}
+        for rows in (tally.rows, diverged_rows):
+            rows.sort(key=lambda row: plan.get(row["unit"], len(plan)))  # stable: steps stay in order
     table = _frame(tally.rows, parameters)
-    diverged = _frame(
-        [
-            _row(study_name, record, parameters, parsed.steps, envs.score_range(record["task"])[0])
-            for unit, record in tally.diverged.items()
-            if unit not in tally.done
-        ],
-        parameters,
-    )
+    diverged = _frame(diverged_rows, parameters)
     # A task whose every unit diverged stays: its units count with its worst score, as elsewhere.
     present = set(table["task"]) | set(diverged["task"])
     tasks = [task for task in spec_tasks if task in present] or sorted(present)
@@ -363,6 +368,7 @@ def _row(
 ) -> dict[str, Any]:
     params = record.get("params") or {}
     return {
+        "unit": record["unit"],  # to order the rows by; not a column of the table
         "study": study,
         "variant": record["variant"],
         "algo": record["algo"],
