@@ -26,6 +26,7 @@ same parameters again, so the unit is completed exactly once by whichever worker
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -40,7 +41,7 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from harness.errors import UserError, first_line
@@ -50,6 +51,9 @@ from harness.tracking import MLFLOW_TABLES, check_database, sqlalchemy_url, sqli
 DEFAULT_JOURNAL = Path("runs") / "studies.journal"
 HEARTBEAT_INTERVAL_S = 15
 GRACE_PERIOD_S = 90  # several missed heartbeats: a busy machine is not a dead worker
+# Optuna's shortest grace period without a warning. A journal lock found while holding
+# `KernelGuardedLock`'s guard is a dead process's or a millisecond append of a plain Optuna one.
+STALE_JOURNAL_LOCK_S = 3
 OWNER_ATTR = "gorl:owner"  # trial system attr: {"host", "pid", "beat"}
 
 
@@ -140,11 +144,12 @@ class UninterruptedJournal(JournalFileBackend):
     An append holds Optuna's file lock. Interrupted inside it, a worker could leave the lock
     behind (every process then waits out Optuna's 30 s grace period), print a traceback from the
     lock's own cleanup, or, while still waiting for the lock, remove another process's lock. An
-    append that fails (a full disk) is a `UserError` naming the journal.
+    append that fails (a full disk) is a `UserError` naming the journal. A `kill -9`, which no
+    handler defers, is what `KernelGuardedLock` is for.
     """
 
     def __init__(self, file_path: str) -> None:
-        super().__init__(file_path)
+        super().__init__(file_path, KernelGuardedLock(file_path))
         self.path = Path(file_path)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
@@ -153,6 +158,43 @@ class UninterruptedJournal(JournalFileBackend):
                 super().append_logs(logs)
         except OSError as error:  # a full disk: one line, not a traceback from every process
             raise UserError(f"cannot write the study journal {self.path}: {error.strerror}.") from None
+
+
+class KernelGuardedLock:
+    """Optuna's lock of a journal file (a symbolic link beside it), taken while holding an `flock`
+    on `JOURNAL.append-lock`. (A lock object to Optuna: `acquire` and `release`. Not a subclass
+    of Optuna's lock, whose `acquire` calls `release` to remove a stale link.)
+
+    A process killed while it holds Optuna's lock leaves the link, and every other process waits
+    out Optuna's 30 s grace period before it removes it. The kernel releases an `flock` when its
+    holder dies, and every gorl-bench process holds it while it holds the link: one that holds it
+    and still finds the link knows its owner is dead, or is a plain Optuna process (the `optuna`
+    command's `delete-study`), which holds it for milliseconds. So it waits seconds, not 30.
+    The link is still taken, for such Optuna processes.
+    """
+
+    def __init__(self, journal: str) -> None:
+        self._guard_path = journal + ".append-lock"
+        self._link = JournalFileSymlinkLock(journal, grace_period=STALE_JOURNAL_LOCK_S)
+        self._guard: Any = None  # the open guard file while the lock is held
+
+    def acquire(self) -> bool:
+        guard = open(self._guard_path, "a")  # noqa: SIM115 - closed in release, or below on an error
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            self._link.acquire()
+        except BaseException:
+            guard.close()  # drops the flock
+            raise
+        self._guard = guard
+        return True
+
+    def release(self) -> None:
+        try:
+            self._link.release()
+        finally:
+            self._guard.close()
+            self._guard = None
 
 
 def check_storage_file(path: Path, shown: str, expected: str) -> None:
@@ -438,8 +480,6 @@ def _file_lock(storage_file: Path) -> Iterator[None]:
     closing any descriptor of a database file drops SQLite's own locks on it). A local lock
     suffices: neither SQLite nor the journal is safe on a network file system anyway. Not
     reentrant: a process that takes it twice waits for ever."""
-
-    import fcntl
 
     path = storage_file.with_name(storage_file.name + ".study-lock")
     try:

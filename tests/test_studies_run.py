@@ -2051,3 +2051,26 @@ def test_a_tune_trial_whose_every_unit_ran_completes_and_is_never_pruned(workdir
     trials = load_study("tiny", None).trials
     assert all(len(t.user_attrs["units"]) == 2 for t in trials)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+
+
+def test_the_journal_lock_of_a_killed_process_is_taken_over_in_seconds(tmp_path):
+    """A `kill -9` inside a journal append leaves Optuna's lock (a link beside the journal), and
+    every process waited out Optuna's 30 s grace period before it could write to the study."""
+
+    from hangs import alarm_after
+
+    journal = tmp_path / "studies.journal"
+    storage = open_storage(str(journal))
+    holder = "import sys, time; from studies.storage import KernelGuardedLock; "
+    holder += "KernelGuardedLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", holder, str(journal)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "held\n"
+    child.kill()
+    child.wait()
+    assert Path(f"{journal}.lock").is_symlink()  # left behind, as by a kill inside an append
+    with alarm_after(15):
+        optuna.create_study(study_name="after-the-kill", storage=storage)
+    assert not Path(f"{journal}.lock").exists()
+    assert [s.study_name for s in optuna.get_all_study_summaries(open_storage(str(journal)))] == [
+        "after-the-kill"
+    ]
