@@ -118,6 +118,8 @@ GORL_FILE = '[run]\nalgo = "gorl-fm"\npreset = "cpu"\ntask = "toy-bimodal"\n[con
         ("[run]\nsteps = true\n", [], "[run] steps must be an integer, got True."),
         ("[run]\nsteps = 4096.5\n", [], "[run] steps must be an integer, got 4096.5."),
         ("[run]\nsteps = 1e23\n", [], "[run] steps must be an integer, got 1e+23."),  # not exact
+        ("[run]\nsteps = -5\n", [], "[run] steps must be a positive number of env steps, got -5."),
+        ("[run]\nseed = -1\n", [], "[run] seed must be an integer from 0 to 2**32 - 1, got -1."),
         ('[run]\nalgo = "nope"\npreset = "cpu"\ntask = "toy-bimodal"\n', [], "Valid algorithms: "),
         ('[run]\nalgo = "ppo"\npreset = "cpu"\ntask = "cheeta-run"\n', [], "settings.toml: unknown task"),
         ("[config]\nentropy_coeff = 0.1\n", [], "'entropy_coeff' (did you mean 'entropy_coef'?)"),
