@@ -328,14 +328,17 @@ def _intact_length(path: Path) -> int | None:
         size = handle.seek(0, os.SEEK_END)
         handle.seek(max(0, size - (1 << 20)))  # records are short: the last MiB holds the last few
         tail = handle.read()
-    if tail.endswith(b"\n"):
-        last = tail[:-1].rpartition(b"\n")[2]
+    *lines, torn = tail.split(b"\n")  # `torn`: what follows the last newline, b"" if nothing
+    end = size - len(torn)
+    # Back to the last record that decodes, over the lines that do not: NUL bytes (a crash on
+    # some file systems), a garbled record, blank lines (each of which Optuna also fails to read).
+    for line in reversed(lines[1:] if size > len(tail) else lines):  # not a line cut by the window
         try:
-            json.loads(last)
-            return None
-        except ValueError:  # NUL bytes (a crash on some file systems) or a garbled record
-            return size - len(last) - 1
-    return size - len(tail.rpartition(b"\n")[2])
+            json.loads(line)
+            return None if end == size else end
+        except ValueError:
+            end -= len(line) + 1
+    return size - len(torn) - (len(lines[-1]) + 1 if lines else 0)  # none in the window: the last line
 
 
 def claim_waiting_trial(

@@ -928,7 +928,9 @@ def test_a_damaged_journal_is_a_clear_error(workdir, capsys):
         assert f"the study journal {journal} is damaged" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("tail", [b'{"op_code": 5, "worker_id": "ab', b"\0" * 64, b"\0" * 63 + b"\n"])
+@pytest.mark.parametrize(
+    "tail", [b'{"op_code": 5, "worker_id": "ab', b"\0" * 64, b"\0" * 63 + b"\n", b"\n\n\n", b"\0\n\n{"]
+)
 def test_a_journal_with_an_incomplete_end_is_refused_and_left_as_it_was(
     workdir, capsys, fake_execute, workers_in_process, tail
 ):
