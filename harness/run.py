@@ -154,16 +154,24 @@ def check_request(request: RunRequest) -> tuple[str, algorithms.registry.Algorit
     anything that would stop the run before it trains (settings, budget, memory, device)."""
 
     _check_numbers(request)
-    if request.experiment is not None:
-        try:  # undecodable bytes on the command line: MLflow cannot store them (a traceback)
-            request.experiment.encode()
-        except UnicodeEncodeError:
-            raise UserError(f"--experiment {request.experiment!r} is not valid text (UTF-8).") from None
+    # Undecodable bytes on the command line: MLflow cannot store them (its error blamed the store).
+    _check_utf8(request.experiment, "--experiment")
+    if request.out_dir is not None:  # tagged on the MLflow run
+        _check_utf8(str(Path(request.out_dir).absolute()), "--out")
     task = envs.canonical_task(request.task)
     spec = algorithms.get(request.algo)
     config = resolve(spec, request.preset, task, dict(request.overrides))
     check_run(config, task, request.steps)
     return task, spec, config, resolve_device(request.device)
+
+
+def _check_utf8(text: str | None, option: str) -> None:
+    try:
+        (text or "").encode()
+    except UnicodeEncodeError:
+        raise UserError(
+            f"{option} {text!r} is not valid text (UTF-8), which MLflow records; rename it."
+        ) from None
 
 
 def _check_numbers(request: RunRequest) -> None:

@@ -281,6 +281,8 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
             ["--algo", "ppo", "--task", TOY, "--experiment", "e\udcff"],
             "is not valid text (UTF-8)",
         ),
+        # ... and in the run directory's path, which the MLflow run records: blamed on the store.
+        (["--algo", "ppo", "--task", TOY, "--out", "runs/r\udcff"], "--out '"),
         # The list of points took 5 GB and 50 s before the run failed.
         (
             ["--algo", "ppo", "--task", TOY, "--set", "eval_points=1e9", "--steps", "1e12"],
