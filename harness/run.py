@@ -777,6 +777,7 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
     the budget as: `--steps` on the command line, `steps` in a study spec.
     """
 
+    check_setup(config, task)  # first: asking for a larger budget would not lift these
     per_update = update_size(config)
     if steps < per_update:
         raise UserError(
@@ -793,7 +794,6 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
             check_budget(steps)
         except ValueError as error:
             raise UserError(f"{steps_name} {steps}: {error}") from None
-    check_setup(config, task)
 
 
 def check_setup(config: Any, task: str) -> None:

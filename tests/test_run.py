@@ -298,6 +298,8 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
             ["--algo", "dppo", "--task", TOY, "--set", "flow_steps=1e12"],
             "lower num_envs or rollout_steps or flow_steps",
         ),
+        # Without the budget it needs: refused for its memory, not told to give that budget first.
+        (["--algo", "ppo", "--task", TOY, "--set", "rollout_steps=1e9"], "more than this machine's"),
         (
             ["--algo", "ppo", "--task", TOY, "--set", "rollout_steps=1e12", "--steps", "6.4e13"],
             "rollout_steps of toy-bimodal hold at least 715,255.7 GiB, more than this machine's",
