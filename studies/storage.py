@@ -176,7 +176,9 @@ class KernelGuardedLock:
     def __init__(self, journal: str) -> None:
         self._guard_path = journal + ".append-lock"
         self._link = JournalFileSymlinkLock(journal, grace_period=STALE_JOURNAL_LOCK_S)
-        self._guard: Any = None  # the open guard file while the lock is held
+        # The open guard file while the lock is held: one holder per process at a time, as
+        # Optuna's JournalStorage lets one of its threads append at a time.
+        self._guard: Any = None
 
     def acquire(self) -> bool:
         guard = open(self._guard_path, "a")  # noqa: SIM115 - closed in release, or below on an error
