@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.limits import check_steps_and_seed
 
 #: The `[run]` keys and their types: the options of `gorl-bench run` a file can give.
 RUN_OPTIONS: dict[str, type] = {
@@ -105,13 +106,10 @@ def load_config_file(path: Path) -> ConfigFile:
         if not isinstance(value, kind) or isinstance(value, bool):
             expected = "an integer" if kind is int else "a string"
             raise UserError(f"{path.name}: [run] {key} must be {expected}, got {value!r}.")
-    # The ranges `run` checks again, named here as the file's keys, not as the options --steps, --seed.
-    if run.get("steps", 1) < 1:
-        raise UserError(
-            f"{path.name}: [run] steps must be a positive number of env steps, got {run['steps']}."
-        )
-    if not 0 <= run.get("seed", 0) < 2**32:
-        raise UserError(f"{path.name}: [run] seed must be an integer from 0 to 2**32 - 1, got {run['seed']}.")
+    # The checks `run` makes again, named here as the file's keys, not as the options.
+    check_steps_and_seed(
+        run.get("steps", 1), run.get("seed", 0), f"{path.name}: [run] steps", f"{path.name}: [run] seed"
+    )
     return ConfigFile(path, run, dict(document.get("config", {})))
 
 

@@ -175,10 +175,9 @@ def _check_utf8(text: str | None, option: str) -> None:
 
 
 def _check_numbers(request: RunRequest) -> None:
-    if request.steps < 1:
-        raise UserError(f"--steps must be a positive number of env steps, got {request.steps}.")
-    if not 0 <= request.seed < 2**32:  # torch and numpy take 64-bit seeds; seed + k must fit too
-        raise UserError(f"--seed must be an integer from 0 to 2**32 - 1, got {request.seed}.")
+    from harness.limits import check_steps_and_seed
+
+    check_steps_and_seed(request.steps, request.seed, "--steps", "--seed")
     if request.checkpoint_every is not None and request.checkpoint_every < 1:
         raise UserError(f"--checkpoint-every must be positive, got {request.checkpoint_every}.")
 
