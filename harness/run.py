@@ -777,6 +777,14 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
     """
 
     check_setup(config, task)  # first: asking for a larger budget would not lift these
+    # The schedule before the single update: a budget too small for GoRL's four stages is told the
+    # budget that gives each one an update, not one update's, which it would refuse next.
+    check_budget = getattr(config, "check_budget", None)
+    if check_budget is not None:
+        try:
+            check_budget(steps)
+        except ValueError as error:
+            raise UserError(f"{steps_name} {steps}: {error}") from None
     per_update = update_size(config)
     if steps < per_update:
         raise UserError(
@@ -787,12 +795,6 @@ def check_run(config: Any, task: str, steps: int, steps_name: str = "--steps") -
         raise UserError(
             f"eval_points {config.eval_points} is more than {steps_name} {steps}; give at most that."
         )
-    check_budget = getattr(config, "check_budget", None)
-    if check_budget is not None:
-        try:
-            check_budget(steps)
-        except ValueError as error:
-            raise UserError(f"{steps_name} {steps}: {error}") from None
 
 
 def check_setup(config: Any, task: str) -> None:

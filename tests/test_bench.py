@@ -183,10 +183,13 @@ def test_bench_refuses_a_count_out_of_range_before_timing(argv, message, capsys)
 
 def test_bench_gorl_refuses_a_budget_run_would_refuse(capsys):
     argv = ["bench", "gorl", "--task", "toy-bimodal-easy", "--iterations", "1", "--steps"]
-    assert main([*argv, "100"]) == 2
+    assert main([*argv, "100", "--set", "num_refits=0"]) == 2
     assert "--steps 100 is less than one policy update" in capsys.readouterr().err
     assert main([*argv, "8192"]) == 2  # two PPO updates for four encoder stages
     assert "too few for 4 encoder stages" in capsys.readouterr().err
+    # Below one update, the budget the four stages need, not one update's (refused next).
+    assert main([*argv, "100"]) == 2
+    assert "they need 5 updates, a budget of 20,480 env steps" in capsys.readouterr().err
 
 
 def test_bench_train_checks_every_configuration_before_printing(capsys):
