@@ -9,7 +9,9 @@ log still shows it is alive.
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,6 +23,9 @@ PLAIN_INTERVAL_S = 60.0
 # The first of them comes sooner: a log then shows within seconds that a long command is working
 # (one that waited a minute for its first line looked hung).
 FIRST_PLAIN_LINE_S = 5.0
+# How often a log's heartbeat checks that a line is due while the work between two lines of the
+# command's own runs long.
+HEARTBEAT_POLL_S = 1.0
 
 
 def duration(seconds: float) -> str:
@@ -68,6 +73,47 @@ class PlainLines:
         return False
 
 
+class LogHeartbeat:
+    """The progress lines of a log: the command's own (`show`), printed at news or when a line is
+    due (`PlainLines`), and, while the work between two of them runs longer (a `paper` preset's
+    iteration on a CPU, a decoder refit: minutes), `repeat(last line shown or None)` from a daemon
+    thread that only prints, so that a log gets a line at least every PLAIN_INTERVAL_S. `repeat`
+    returning None prints nothing. Used as a context manager, which runs the thread."""
+
+    def __init__(self, repeat: Callable[[str | None], str | None]) -> None:
+        self.repeat = repeat
+        self.lines = PlainLines()
+        self.last: str | None = None
+        self.printing = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> LogHeartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def show(self, line: str, news: bool = False) -> bool:
+        """Print `line` if it is news or a line is due; whether it was printed."""
+
+        with self.printing:
+            self.last = line
+            if self.lines.due(news):
+                print(line, file=sys.stderr, flush=True)
+                return True
+            return False
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_POLL_S):
+            with self.printing:
+                line = self.repeat(self.last)
+                if line is not None and self.lines.due():
+                    print(line, file=sys.stderr, flush=True)
+
+
 class PhaseSpinner:
     """What a command does during seconds that show no count (opening a store, building envs), as
     a spinner `label: phase` on a terminal; in a log, a line per phase if `log_lines` (a command
@@ -106,7 +152,8 @@ class PhaseSpinner:
 
 
 class DelayedProgress:
-    """A progress display shown from PROGRESS_DELAY_S on.
+    """A progress display shown from PROGRESS_DELAY_S on; in a log, lines (`LogHeartbeat`) from
+    FIRST_PLAIN_LINE_S on, also while one step of the work runs for minutes.
 
     `text` formats the count, e.g. "bootstrap: {task.completed:,.0f} resamples" (`task.total`
     is `total`).
@@ -116,28 +163,33 @@ class DelayedProgress:
         self.text = text
         self.total = total
         self.started = time.monotonic()
-        self.lines = PlainLines()
         self.done = 0
         self.display: Any = None
         self.task: Any = None
+        self.log = None if sys.stderr.isatty() else LogHeartbeat(lambda _last: self._line())
 
     def __enter__(self) -> DelayedProgress:
+        if self.log is not None:
+            self.log.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.display is not None:
             self.display.stop()
+        if self.log is not None:
+            self.log.__exit__()
+
+    def _line(self) -> str:
+        count = self.text.format(task=SimpleNamespace(completed=self.done, total=self.total))
+        return f"{count} ({duration(time.monotonic() - self.started)})"
 
     def advance(self, amount: int) -> None:
         self.done += amount
-        now = time.monotonic()
-        if not sys.stderr.isatty():
-            if self.lines.due():
-                count = self.text.format(task=SimpleNamespace(completed=self.done, total=self.total))
-                print(f"{count} ({duration(now - self.started)})", file=sys.stderr, flush=True)
+        if self.log is not None:
+            self.log.show(self._line())
             return
         if self.display is None:
-            if now - self.started < PROGRESS_DELAY_S:
+            if time.monotonic() - self.started < PROGRESS_DELAY_S:
                 return
             from rich.console import Console
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

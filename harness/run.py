@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import math
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -48,7 +47,7 @@ from harness.checkpoint import (
 from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
 from harness.limits import MAX_EPISODES, MAX_EVAL_POINTS
-from harness.progress import PhaseSpinner, PlainLines, compact_count
+from harness.progress import LogHeartbeat, PhaseSpinner, compact_count
 from harness.signals import caused_by_interrupt, interrupts_unwrapped, raise_if_interrupted
 from harness.tracking import (
     STEP_METRIC,
@@ -849,7 +848,6 @@ def create_default_out_dir(request: RunRequest) -> Path:
             out_dir = base.with_name(f"{base.name}-{attempt}")
 
 
-HEARTBEAT_POLL_S = 1.0  # how often a log's progress checks that a line is due during an iteration
 ETA_WINDOW_S = 7 * 24 * 3600.0  # the progress bar's ETA averages the updates of the last week: all of them
 
 
@@ -859,7 +857,7 @@ class _ProgressBar:
     When stderr is not a terminal (`nohup`, a batch job's log), a bar would show nothing until the
     run ends: then a line is printed at each evaluation, and between them after the first update
     that ends PLAIN_INTERVAL_S or more after the last line (a long run's evaluations can be hours
-    apart).
+    apart), or during an iteration that runs longer (`LogHeartbeat`).
     """
 
     def __init__(self, request: RunRequest, total: int, enabled: bool) -> None:
@@ -869,13 +867,8 @@ class _ProgressBar:
         self.total = total
         self.plain = enabled and not sys.stderr.isatty()  # lines instead of a bar
         self.printed = 0  # evaluations printed as lines
-        self.lines = PlainLines()
-        # In a log, a line at least every PLAIN_INTERVAL_S also while one iteration takes longer (a
-        # `paper` preset's update on a CPU, a decoder refit: minutes): from a thread, which only prints.
-        self.last_line, self.iteration_note = "", ""
-        self.printing = threading.Lock()
-        self.stopped = threading.Event()
-        self.heartbeat = threading.Thread(target=self._beat, daemon=True) if self.plain else None
+        self.iteration_note = ""
+        self.log = LogHeartbeat(self._still_working) if self.plain else None
         if enabled and not self.plain:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -904,23 +897,22 @@ class _ProgressBar:
     def __enter__(self) -> _ProgressBar:
         if self.progress is not None:
             self.progress.start()
-        if self.heartbeat is not None:
-            self.heartbeat.start()
+        if self.log is not None:
+            self.log.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
-        if self.heartbeat is not None:
-            self.stopped.set()
-            self.heartbeat.join()
+        if self.log is not None:
+            self.log.__exit__()
 
-    def _beat(self) -> None:
-        while not self.stopped.wait(HEARTBEAT_POLL_S):
-            with self.printing:
-                if self.last_line and self.lines.due():
-                    doing = self.iteration_note or "an update or evaluation"
-                    print(f"{self.last_line} (still working: {doing})", file=sys.stderr, flush=True)
+    def _still_working(self, last_line: str | None) -> str | None:
+        """The log's line during a long iteration: none before the first update's."""
+
+        if last_line is None:
+            return None
+        return f"{last_line} (still working: {self.iteration_note or 'an update or evaluation'})"
 
     def _steps(self, step: int) -> str:
         return f"{compact_count(step)}/{compact_count(self.total)}"
@@ -954,9 +946,7 @@ class _ProgressBar:
                 last_eval=last,
             )
             return
-        with self.printing:
-            self.last_line = f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}"
-            self.iteration_note = ""
-            if self.lines.due(news=len(history) > self.printed):
-                self.printed = len(history)
-                print(self.last_line, file=sys.stderr, flush=True)
+        self.iteration_note = ""
+        line = f"{self.label}: {step:,}/{self.total:,} env steps, {speed} steps/s, eval {last}"
+        if self.log.show(line, news=len(history) > self.printed):
+            self.printed = len(history)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 import pytest
 from markdown_table import table_rows
@@ -60,6 +61,32 @@ def test_the_agents_timed_together_take_their_iterations_in_turn():
     assert results["a"]["rounds"] == 3 and results["a"]["steps"] == 192 and results["b"]["steps"] == 96
     assert all(r["seconds"] > 0 for r in results.values())
     assert results["a"]["learner"] == pytest.approx(0.5) and math.isnan(results["b"]["learner"])
+
+
+def test_a_log_shows_the_benchmark_alive_during_a_long_warm_up(capsys, monkeypatch):
+    """`bench train --preset paper` wrote nothing to a log for minutes: the warm-up iteration ran
+    before the progress display opened, and lines came only as iterations ended. Here the warm-up
+    takes 0.6 s, the timed iteration no time, and a line is due every 0.2 s."""
+
+    import harness.progress
+
+    monkeypatch.setattr(harness.progress, "PLAIN_INTERVAL_S", 0.2)
+    monkeypatch.setattr(harness.progress, "FIRST_PLAIN_LINE_S", 0.2)
+    monkeypatch.setattr(harness.progress, "HEARTBEAT_POLL_S", 0.05)
+
+    class SlowAgent:
+        counted_steps = 0
+
+        def train_iteration(self) -> dict[str, float]:
+            if self.counted_steps == 0:
+                time.sleep(0.6)
+            self.counted_steps += 1
+            return {}
+
+    *_, results = bench_train.measure_together({"slow": SlowAgent()}, iterations=1)
+    assert results["slow"]["steps"] == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("slow: 0/1 iterations after a warm-up (") for line in lines), lines
 
 
 def test_bench_gorl_prints_the_rounds_timed_before_an_interrupt(capsys, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import harness.progress
 from harness.progress import DelayedProgress, count, duration
 
@@ -18,6 +20,17 @@ def test_without_a_terminal_the_progress_is_a_plain_line_now_and_then(monkeypatc
     assert captured.out == ""  # stdout keeps the command's own output (tables, JSON paths)
     lines = captured.err.splitlines()
     assert [line.split(" (")[0] for line in lines] == ["work: 1,500/2,000 items", "work: 2,000/2,000 items"]
+
+
+def test_without_a_terminal_a_line_comes_also_while_one_step_of_the_work_runs_long(monkeypatch, capsys):
+    """Lines came only from `advance`: a count whose steps take minutes (a `paper` preset's
+    training iteration) left a log silent for as long as each one ran."""
+
+    monkeypatch.setattr(harness.progress, "FIRST_PLAIN_LINE_S", 0.1)
+    monkeypatch.setattr(harness.progress, "HEARTBEAT_POLL_S", 0.02)
+    with DelayedProgress("work: {task.completed:,.0f}/{task.total:,.0f} steps", total=2):
+        time.sleep(0.5)  # the first step, never advanced past
+    assert capsys.readouterr().err.startswith("work: 0/2 steps (0s)\n")
 
 
 def test_without_a_terminal_short_work_prints_nothing(capsys):

@@ -1363,7 +1363,7 @@ def test_without_a_terminal_progress_lines_also_come_during_a_long_update(
 
     monkeypatch.setattr(harness.progress, "PLAIN_INTERVAL_S", 0.2)
     monkeypatch.setattr(harness.progress, "FIRST_PLAIN_LINE_S", 0.2)
-    monkeypatch.setattr(harness.run, "HEARTBEAT_POLL_S", 0.05)
+    monkeypatch.setattr(harness.progress, "HEARTBEAT_POLL_S", 0.05)
     agent_cls = algorithms.get("ppo").agent_cls
     train_iteration = agent_cls.train_iteration
 

@@ -81,7 +81,8 @@ def measure_together(agents: dict[str, Any], iterations: int) -> Iterator[dict[s
     minutes a benchmark takes: timed one after another, agents meet different machines and
     their ratio moves with the drift (`bench gorl` on walker-walk gave 1.13x to 1.44x for one
     code); interleaved, the drift falls on every agent alike. A progress display shows once the
-    work takes more than a second (the `paper` preset's iterations take minutes each).
+    work, warm-up included, takes more than a second (the `paper` preset's iterations take minutes
+    each; a log gets a line at least once a minute).
 
     Yields the totals after every round (`rounds` says how many), so that a caller interrupted
     midway still has the rounds measured so far to print.
@@ -89,14 +90,14 @@ def measure_together(agents: dict[str, Any], iterations: int) -> Iterator[dict[s
 
     from harness.progress import DelayedProgress
 
-    for agent in agents.values():
-        agent.train_iteration()
     wall = dict.fromkeys(agents, 0.0)
     learner = dict.fromkeys(agents, 0.0)
     steps = dict.fromkeys(agents, 0)
     rounds = 0
     label = f"{', '.join(agents)}: " + "{task.completed:.0f}/{task.total:.0f} iterations after a warm-up"
     with DelayedProgress(label, total=iterations * len(agents)) as progress:
+        for agent in agents.values():
+            agent.train_iteration()
         for _ in range(iterations):
             for name, agent in agents.items():
                 before, start = agent.counted_steps, time.perf_counter()
