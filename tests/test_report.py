@@ -596,6 +596,10 @@ def test_variants_that_diverged_on_every_unit_keep_their_parameter_values(stores
         section = summary[summary.index(f"## Ablation of {name}") :].split("\n## ")[0]
         rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
         assert rows[1:] == values, section  # after the header: one row per value, each pooling 4 runs
+    # The variants in the plan's order: the two whose every unit diverged came last.
+    aggregates = summary[summary.index("## Aggregate metrics") :].split("\n## ")[0]
+    rows = [line.split("|")[1].strip() for line in aggregates.splitlines() if line.startswith("| ")]
+    assert rows[1:] == [f"entropy_coef={e},lr={lr}" for e in ("0", "0.01") for lr in ("0.0003", "0.01")]
     diverged = "entropy_coef=0,lr=0.01, entropy_coef=0.01,lr=0.01"
     assert (
         f"sample-efficiency curves: none for {diverged} (on some task every run of it diverged)"

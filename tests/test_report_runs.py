@@ -38,6 +38,9 @@ def test_runs_are_grouped_into_variants_by_their_settings(tmp_path, tracking_uri
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert summary.startswith("# Report: by-hand (runs)")
     assert "| ppo clip=0.2 | " in summary and "(n=3)" in summary and "(n=2)" in summary
+    # Variants in the order of their first run given; no section of a study's failed units.
+    assert summary.index("| ppo clip=0.2 | ") < summary.index("| ppo clip=0.3 | ")
+    assert "## Missing runs (0)" in summary and "Failed units" not in summary
     # Each run's evaluations, as its checkpoint holds them.
     table = pd.read_csv(tmp_path / "report" / "results.csv")
     ours = table[(table.variant == "ppo clip=0.3") & (table.seed == 1)]
@@ -90,6 +93,20 @@ def test_a_shorter_budget_s_curve_is_said_to_be_held_to_the_end_of_the_axis(tmp_
         "sample-efficiency curves: ppo steps=1024's runs end at 1,024 env steps; its curve is held at "
         "their last scores to 2,048"
     ]
+
+
+def test_budgets_that_train_the_same_updates_are_one_variant(tmp_path, tracking_uri):
+    """--steps 1000 trains 4 updates of 256 env steps, as --steps 1024 does, and evaluates after
+    the same ones: grouped by the budget given, they were two variants, `steps=1000` and
+    `steps=1024`, of one run each."""
+
+    runs = [
+        trained(tmp_path, tracking_uri, "whole", seed=0),
+        trained(tmp_path, tracking_uri, "rounded", seed=1, steps=1000),
+    ]
+    build_runs_report(runs, "rounded", tmp_path / "report", reps=REPS)
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "\n| ppo | " in summary and "steps=" not in summary and "(n=2)" in summary
 
 
 def test_a_run_short_of_its_budget_is_missing_and_the_report_partial(tmp_path, tracking_uri, capsys):
@@ -168,10 +185,12 @@ def test_a_run_whose_training_diverged_counts_at_its_tasks_worst_score(tmp_path,
     assert done.status == "FAILED" and (tmp_path / "bad" / "diverged.txt").read_text().startswith(
         "stopped at"
     )
-    assert main(["report", "--runs", str(good), str(tmp_path / "bad"), "--out", str(tmp_path / "report"),
+    assert main(["report", "--runs", str(tmp_path / "bad"), str(good), "--out", str(tmp_path / "report"),
                  "--reps", str(REPS)]) == 0  # fmt: skip
     out = capsys.readouterr()
     assert "PARTIAL" not in out.out and "diverged unit(s) count with their task's worst score" in out.err
     table = pd.read_csv(tmp_path / "report" / "results.csv")
     bad = table[table.variant == "ppo reward_scale=1e+308"]
     assert list(bad.eval_return) == [0.0] and list(bad.env_step) == [TINY["steps"]]
+    # Given first, it is the first variant, though its rows are not evaluations.
+    assert table.variant.iloc[0] == "ppo reward_scale=1e+308"

@@ -308,6 +308,9 @@ def _final_scores(
         # pandas deprecates concatenating an empty frame (every unit diverged): its columns' dtypes
         # would start to count, so the diverged rows alone are the ends then.
         ends = pd.concat([ends, scored], ignore_index=True) if len(ends) else scored.reset_index(drop=True)
+    if results.variant_order:  # a variant whose every unit diverged keeps its place, not the last
+        place = {variant: i for i, variant in enumerate(results.variant_order)}
+        ends = ends.sort_values("variant", key=lambda v: v.map(place), kind="stable", ignore_index=True)
     finals, notes = final_score_arrays(ends, results.tasks)
     notes = [
         f"{task}: no finished run of any variant; the statistics cover {', '.join(results.tasks)} only"
@@ -467,8 +470,9 @@ def _write_tables(
     noun = "runs" if results.kind == RUNS_KIND else "units"
     lines += ["", f"## Missing {noun} ({len(results.missing)})", ""]
     lines += [f"- {unit}" for unit in results.missing] or ["none"]
-    lines += ["", f"## Failed units ({len(results.failed)})", ""]
-    lines += [f"- {unit}: {reason}" for unit, reason in results.failed] or ["none"]
+    if results.kind != RUNS_KIND:  # a run given by hand is finished, missing or diverged: none failed
+        lines += ["", f"## Failed units ({len(results.failed)})", ""]
+        lines += [f"- {unit}: {reason}" for unit, reason in results.failed] or ["none"]
     if results.kind == "tune":
         lines += ["", f"## Pruned trials ({len(results.pruned)}), left out of the statistics", ""]
         lines += [f"- {trial}" for trial in results.pruned] or ["none"]

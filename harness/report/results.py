@@ -78,6 +78,10 @@ class StudyResults:
     # Each variant's algorithm and config overrides (a tune trial's: `[fixed]` and the sampled
     # values), and the study's preset: what `run --config` needs to train a variant again.
     configs: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # The order of the variants in the report's tables and figures (a grid or compare study's: its
+    # plan's; runs by hand: that of their first run given); empty: that of their first rows, those
+    # of `table` before `diverged`'s.
+    variant_order: list[str] = field(default_factory=list)
     preset: str = "cpu"
 
     @property
@@ -196,6 +200,7 @@ def load_study_results(
         search_points=tally.search_points,
         configs={variant: (algo, params) for variant, (algo, _, params) in tally.configs.items()},
         preset=parsed.preset,
+        variant_order=list(dict.fromkeys(unit.rsplit("|", 2)[0] for unit in attrs.get("units_expected", []))),
     )
 
 

@@ -3,7 +3,8 @@
 Each run directory's checkpoint holds the run's request (algorithm, task, seed, budget, preset,
 `--set` overrides), the config it trained with and its evaluation history, so the report needs
 neither the Optuna study nor the MLflow store. Runs are grouped into variants by what they
-trained: algorithm, budget and config, except the values a task's own overrides set (so one
+trained: algorithm, env steps trained (and evaluated at: `--steps 20000` and `20480` train the
+same 5 updates of 4,096) and config, except the values a task's own overrides set (so one
 configuration's runs on finger-spin and on cheetah-run are one variant). An override equal to
 its preset's value changes nothing; a preset that gave other values in the version a run ran
 with makes another variant. A variant is named after its algorithm, followed by the settings
@@ -39,8 +40,20 @@ class _SavedRun:
     diverged: bool  # its training diverged (`harness.run.DIVERGED_NAME`)
 
     @property
-    def variant_key(self) -> tuple[str, str, int, str]:
-        return (self.request.algo, self.request.preset, self.request.steps, repr(sorted(self.chosen.items())))
+    def evaluated(self) -> tuple[int, ...]:
+        """The counted env steps it is evaluated at, the last its trained steps: a budget that is no
+        whole number of updates trains up to the next one, so `--steps 20000` and `--steps 20480`
+        (5 updates of 4,096) train and evaluate alike."""
+
+        from harness.evaluation import evaluation_points
+        from harness.run import trained_steps
+
+        points = evaluation_points(self.request.steps, self.config.eval_points)
+        return tuple(trained_steps(self.config, point) for point in points)
+
+    @property
+    def variant_key(self) -> tuple[str, str, tuple[int, ...], str]:
+        return (self.request.algo, self.request.preset, self.evaluated, repr(sorted(self.chosen.items())))
 
     @property
     def finished(self) -> bool:
@@ -114,6 +127,7 @@ def load_run_results(run_dirs: Sequence[Path], name: str) -> StudyResults:
         pruned=[],
         diverged=diverged_table,
         sampled_variants=sorted(sampled),
+        variant_order=list(dict.fromkeys(labels[run.variant_key] for run in runs)),
     )
 
 
@@ -140,20 +154,25 @@ def _chosen(request: Any, state: dict[str, Any]) -> dict[str, Any]:
     return {**untasked, **{key: value for key, value in recorded.items() if key not in by_task}}
 
 
-def _labels(variants: dict[tuple[str, str, int, str], _SavedRun]) -> dict[tuple[str, str, int, str], str]:
+def _labels(variants: dict[tuple[Any, ...], _SavedRun]) -> dict[tuple[Any, ...], str]:
     """A name for each variant (its key -> one of its runs): its algorithm, then the preset and
     budget where the algorithm's variants differ in them, then each config value in which it
-    differs from the algorithm's other variants of its preset."""
+    differs from the algorithm's other variants of its preset.
+
+    The budget is the env steps trained; where those are equal but the evaluations fall after
+    other updates (`_SavedRun.evaluated`), the budget given."""
 
     labels = {}
     for key, run in variants.items():
-        algo, preset, steps = run.request.algo, run.request.preset, run.request.steps
-        same_algo = [other.request for other in variants.values() if other.request.algo == algo]
+        algo, preset = run.request.algo, run.request.preset
+        same_algo = [other for other in variants.values() if other.request.algo == algo]
         parts = [algo]
-        if len({other.preset for other in same_algo}) > 1:
+        if len({other.request.preset for other in same_algo}) > 1:
             parts.append(f"preset={preset}")
-        if len({other.steps for other in same_algo}) > 1:
-            parts.append(f"steps={steps}")
+        if len({other.evaluated[-1] for other in same_algo}) > 1:
+            parts.append(f"steps={run.evaluated[-1]}")
+        elif len({other.evaluated for other in same_algo}) > 1:
+            parts.append(f"steps={run.request.steps}")
         peers = [
             other.chosen
             for other in variants.values()
