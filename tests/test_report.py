@@ -522,6 +522,8 @@ def test_tune_study_reports_each_trial_configuration(stores, tmp_path):
     best = load_config_file(tmp_path / "best_config.toml")
     assert best.run == {"algo": "ppo", "preset": "cpu"} and best.config == {"lr": 5e-4}
     assert choices(best, "ppo") == {"lr": 5e-4}
+    # Its path, not its bare name, which `run --config` found only from the report's directory.
+    assert f"`gorl-bench run --config {tmp_path / 'best_config.toml'} --task TASK`" in "\n".join(report.notes)
     assert "## Pruned trials (1)" in summary and "trial-2: after 1 of 4 units, IQM so far 0.125" in summary
 
 

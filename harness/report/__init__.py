@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,9 +232,10 @@ def _write_report(
         ranking = ranked_trials_table(iqms, params)
         sections.append(("Trials ranked by final IQM (the tune objective)", ranking))
         files.append(_write_best_config(directory, results, ranked[0]))
+        best = directory.parent / BEST_CONFIG  # where it ends up: `directory` is the report's staging one
         notes.append(
-            f"the settings of {ranked[0]}, the trial with the highest final IQM, are in {BEST_CONFIG} "
-            f"beside summary.md: `gorl-bench run --config {BEST_CONFIG} --task TASK` trains with them"
+            f"the settings of {ranked[0]}, the trial with the highest final IQM, are in {best}: "
+            f"`gorl-bench run --config {shlex.quote(str(best))} --task TASK` trains with them"
         )
         scores = {v: float(aggregates[v][at]) for v in ranked if v in results.search_points}
         shares = parameter_importance(scores, results.search_points, seed)
