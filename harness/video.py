@@ -75,6 +75,20 @@ def _cannot_render(backend: str, error: Exception) -> UserError:
     )
 
 
+def check_simulated(task: str) -> None:
+    """Refuse a toy task, which MuJoCo does not simulate, before asking for a rendering backend it
+    could not use (a gym id is checked once its env is built: only then is its simulator known)."""
+
+    from envs.tasks import GYM_PREFIX, is_dmc
+
+    if not (task.startswith(GYM_PREFIX) or is_dmc(task)):
+        raise _nothing_to_render(task)
+
+
+def _nothing_to_render(task: str) -> UserError:
+    return UserError(f"{task} is not simulated with MuJoCo, so it has nothing to render.")
+
+
 def _mujoco_handles(env: Any) -> tuple[Any, Any, float]:
     """(MjModel, MjData, seconds per env step) of sub-env 0 of a MuJoCo-backed vector env."""
 
@@ -85,7 +99,7 @@ def _mujoco_handles(env: Any) -> tuple[Any, Any, float]:
     unwrapped = getattr(first, "unwrapped", None)
     if hasattr(unwrapped, "model") and hasattr(unwrapped, "data"):  # gymnasium MuJoCo envs
         return unwrapped.model, unwrapped.data, unwrapped.dt
-    raise UserError(f"{env.task} is not simulated with MuJoCo, so it has nothing to render.")
+    raise _nothing_to_render(env.task)
 
 
 class EpisodeRecorder:

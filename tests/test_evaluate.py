@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 GORL = {"refit_episodes": 32, "decoder_steps": 50, "decoder_batch_size": 64, "num_refits": 2}
 
 
+# A DMC run of one update that a video test can play: 2 evaluation episodes of 1,000 steps
+CARTPOLE = {**SMALL, "num_envs": 4, "eval_episodes": 2}
+
+
 def _run(tmp_path, tracking_uri, algo, task, overrides, steps, name=None):
     request = RunRequest(algo=algo, task=task, steps=steps, overrides=overrides,
                          out_dir=tmp_path / (name or algo), tracking_uri=tracking_uri)  # fmt: skip
@@ -228,7 +232,7 @@ def _evaluate_with_video(
 
 @pytest.mark.skipif(not _can_render_with("egl"), reason="MuJoCo cannot render with EGL on this machine")
 def test_a_video_shows_the_first_evaluated_episode(tmp_path, tracking_uri):
-    _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", {**SMALL, "num_envs": 4, "eval_episodes": 2}, 128)
+    _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", CARTPOLE, 128)
     done = _evaluate_with_video(tmp_path, tmp_path / "videos")
     assert done.returncode == 0, done.stderr
     frames = iio.imread(tmp_path / "videos" / "ppo.gif")
@@ -245,7 +249,7 @@ def test_a_video_replaces_no_file_but_an_earlier_video(tmp_path, tracking_uri):
     """evaluate names each video after its run: a user's own ppo.gif that is no GIF was replaced,
     and a --video that is a file was refused naming an option evaluate does not have (--out)."""
 
-    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
+    _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", CARTPOLE, 128)
     (tmp_path / "notes").write_text("mine\n")
     done = _evaluate_with_video(tmp_path, tmp_path / "notes")
     assert done.returncode == 2 and "Choose another directory with --video" in done.stderr, done.stderr
@@ -266,10 +270,15 @@ def test_video_frames_last_whole_gif_delays_so_that_it_plays_in_real_time():
     assert {dt: frame_steps(dt) for dt in steps} == steps
 
 
-def test_a_video_needs_a_rendering_backend_and_a_mujoco_task(tmp_path, tracking_uri, capsys):
+def test_a_video_needs_a_mujoco_task_and_then_a_rendering_backend(tmp_path, tracking_uri, capsys):
+    """A toy run was first sent to set MUJOCO_GL=egl, and only then told it has nothing to render."""
+
     _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
     assert os.environ["MUJOCO_GL"] == "disable"
     assert main(["evaluate", str(tmp_path / "ppo"), "--video", str(tmp_path / "videos")]) == 2
+    assert "toy-bimodal is not simulated with MuJoCo, so it has nothing to render." in capsys.readouterr().err
+    _run(tmp_path / "dmc", tracking_uri, "ppo", "cartpole-swingup", CARTPOLE, 128)
+    assert main(["evaluate", str(tmp_path / "dmc" / "ppo"), "--video", str(tmp_path / "videos")]) == 2
     # Not "MUJOCO_GL is 'disable'": the user may not have set it (gorl-bench sets it where unset).
     assert (
         "a video needs an OpenGL backend for MuJoCo, and rendering is off (MUJOCO_GL unset or 'disable')"
@@ -282,7 +291,7 @@ def test_a_video_needs_a_rendering_backend_and_a_mujoco_task(tmp_path, tracking_
 def test_a_video_directory_inside_a_run_is_refused(tmp_path, tracking_uri):
     """It wrote ppo.gif into the run directory, which evaluate leaves as it is (as --json does)."""
 
-    _run(tmp_path, tracking_uri, "ppo", "toy-bimodal", SMALL, 512)
+    _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", CARTPOLE, 128)
     done = _evaluate_with_video(tmp_path, tmp_path / "ppo")
     assert done.returncode == 2 and "lies in the run directory" in done.stderr, done.stderr
     assert sorted(path.name for path in (tmp_path / "ppo").iterdir()) == [
@@ -323,7 +332,7 @@ def test_a_rendering_backend_whose_library_is_missing_is_named_before_the_run_is
     """MUJOCO_GL=osmesa without the OSMesa library ended in an AttributeError deep in MuJoCo's
     bindings and left an empty video directory behind."""
 
-    _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", {**SMALL, "num_envs": 4, "eval_episodes": 2}, 128)
+    _run(tmp_path, tracking_uri, "ppo", "cartpole-swingup", CARTPOLE, 128)
     done = _evaluate_with_video(tmp_path, tmp_path / "videos", backend="osmesa")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "MuJoCo cannot render with MUJOCO_GL=osmesa here" in done.stderr

@@ -74,16 +74,18 @@ def main(args: argparse.Namespace) -> int:
     from harness.run import saved_run
 
     check_distinct_runs(args.runs)  # before any checkpoint is read, none twice
-    for run_dir in args.runs:  # all of them readable and whole before the first is evaluated
-        saved_run(run_dir)
+    # All of them readable and whole before the first is evaluated
+    tasks = [saved_run(run_dir)[0].task for run_dir in args.runs]
     json_to_stdout = args.json is not None and str(args.json) == "-"
     json_file = None if json_to_stdout else args.json
     if json_file is not None:
         check_json_target(json_file, args.runs)
     videos: list[Path | None] = [None] * len(args.runs)
     if args.video is not None:
-        from harness.video import check_rendering
+        from harness.video import check_rendering, check_simulated
 
+        for task in tasks:  # first: no backend would render a toy task
+            check_simulated(task)
         check_rendering()
         check_out_dir(args.video, "--video")
         check_outside_runs(args.video, "--video", args.runs)
