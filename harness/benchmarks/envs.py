@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from harness.commands.arguments import add_tasks_option, int_between
+from harness.progress import count
 
 if TYPE_CHECKING:
     from envs.base import VectorEnv
@@ -156,8 +157,9 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"{task} has no fast backend; choose from {', '.join(envs.FAST_TASKS)}.")
     console = Console(width=120)  # wide enough for the whole table, also when piped to a file
     console.print(
-        f"Env stepping, aggregate env (control) steps/s, median of {args.repeats} runs of {args.steps} steps "
-        f"after a warm-up; {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Env stepping, aggregate env (control) steps/s, median of {count(args.repeats, 'run')} of "
+        f"{args.steps} steps after a warm-up; {datetime.date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, mujoco {version('mujoco')}, "
         f"dm-control {version('dm-control')}, numpy {np.__version__}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"

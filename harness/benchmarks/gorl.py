@@ -27,7 +27,7 @@ import time
 import torch
 
 from harness.benchmarks.train import build_agent, measure_together, rounds_measured
-from harness.commands.arguments import positive_int
+from harness.commands.arguments import add_set_option, positive_int
 from harness.progress import count
 
 
@@ -35,8 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", default="gorl-fm", choices=["gorl-fm", "gorl-diffusion"],
                         help="GoRL variant (default gorl-fm)")  # fmt: skip
     parser.add_argument("--task", default="walker-walk", help="task (default walker-walk)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="GoRL config override")  # fmt: skip
+    add_set_option(parser, "GoRL config override")
     parser.add_argument("--preset", default="cpu", help="preset of both algorithms (default cpu)")
     parser.add_argument(
         "--iterations", type=positive_int, default=8, help="timed iterations per phase (default 8)"

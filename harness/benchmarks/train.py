@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from harness.commands.arguments import Distinct, add_tasks_option, positive_int
+from harness.commands.arguments import Distinct, add_set_option, add_tasks_option, positive_int
 from harness.progress import count
 
 DEFAULT_TASKS = ("walker-walk", "cheetah-run")
@@ -35,9 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="algorithms, the first the reference (default ppo)",
     )
     parser.add_argument("--preset", default="cpu", help="preset of every algorithm (default cpu)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
-    )
+    add_set_option(parser)
     parser.add_argument(
         "--iterations", type=positive_int, default=8, help="timed iterations per task (default 8)"
     )

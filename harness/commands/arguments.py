@@ -184,3 +184,24 @@ def add_tasks_option(parser: argparse.ArgumentParser, defaults: tuple[str, ...],
     parser.add_argument(
         "--tasks", nargs="+", action=Distinct, default=list(defaults), help=f"{what} (default {shown})"
     )
+
+
+def add_set_option(parser: argparse.ArgumentParser, what: str = "config override", default: Any = ()) -> None:
+    """`--set KEY=VALUE`, every command's config override; `default` None tells "not given" apart
+    (run's, with --resume)."""
+
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=None if default is None else list(default),
+        metavar="KEY=VALUE",
+        help=f"{what} (repeatable)",
+    )
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose `summary` shows in its parent's list and, as a sentence, atop its own
+    --help (which argparse leaves empty unless told)."""
+
+    return subparsers.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from harness.commands.arguments import add_command
+
 BENCHMARKS = {
     "envs": "env steps/s of the fast backend vs dm_control, and the raw physics limit",
     "train": "end-to-end training env steps/s per algorithm (--algos), the learner's share, ratios",
@@ -17,10 +19,10 @@ BENCHMARKS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="speed benchmarks (ratios against an in-run reference)")
+    parser = add_command(subparsers, "bench", "speed benchmarks (ratios against an in-run reference)")
     names = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, summary in BENCHMARKS.items():
         module = importlib.import_module(f"harness.benchmarks.{name}")
-        sub = names.add_parser(name, help=summary)
+        sub = add_command(names, name, summary)
         module.add_arguments(sub)
         sub.set_defaults(func=module.main)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from harness.commands.arguments import add_command
+
 SECTIONS = ("algorithms", "tasks", "studies")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("list", help="list registered algorithms, tasks and studies")
+    parser = add_command(subparsers, "list", "list registered algorithms, tasks and studies")
     parser.add_argument("section", nargs="?", choices=SECTIONS, help="list only these (default: all three)")
     parser.set_defaults(func=run)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from harness.commands.arguments import file_path, non_empty, positive_int
+from harness.commands.arguments import add_set_option, file_path, non_empty, positive_int
 from harness.commands.run import DEFAULTS as RUN_DEFAULTS
 
 # A list longer than this is shortened in the table (its first and last items and its length):
@@ -34,9 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("algo", nargs="?", help="registered algorithm (see `gorl-bench list`)")
     parser.add_argument("--preset", type=non_empty, help="config preset (default cpu; paper: the paper's)")
     parser.add_argument("--task", type=non_empty, help=f"task whose overrides apply (default {DEFAULT_TASK})")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override"
-    )
+    add_set_option(parser)
     parser.add_argument(
         "--config",
         type=file_path,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from harness.commands.arguments import (
+    add_command,
     check_distinct_runs,
     check_out_dir,
     check_replaceable,
@@ -58,13 +59,12 @@ class Diagnosis:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "diagnose", help="diagnostics of trained runs (multimodality: paper Fig. 6)"
-    )
+    parser = add_command(subparsers, "diagnose", "diagnostics of trained runs (multimodality: paper Fig. 6)")
     kinds = parser.add_subparsers(dest="diagnostic", metavar="DIAGNOSTIC", required=True)
-    multimodality = kinds.add_parser(
+    multimodality = add_command(
+        kinds,
         "multimodality",
-        help="KDE of sampled actions at one state, projected on PC1, with a bimodality statistic",
+        "KDE of sampled actions at one state, projected on PC1, with a bimodality statistic",
     )
     multimodality.add_argument(
         "runs", nargs="+", type=directory, metavar="RUN", help="run directories (same task)"

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from harness.commands.arguments import check_out_dir, directory, file_path, integer, non_empty
+from harness.commands.arguments import add_set_option, check_out_dir, directory, file_path, integer, non_empty
 
 DEFAULTS = {"seed": 0, "steps": 1_000_000, "preset": "cpu", "overrides": [], "device": "cpu"}
 #: The options a run's checkpoint fixes (argparse dest: flag): --resume refuses them rather than ignore them.
@@ -29,9 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=integer, help=f"run seed (default {DEFAULTS['seed']})")
     parser.add_argument("--steps", type=integer, help=f"counted env steps (default {DEFAULTS['steps']})")
     parser.add_argument("--preset", help=f"config preset (default {DEFAULTS['preset']}; paper: the paper's)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
-    )
+    add_set_option(parser, default=None)
     parser.add_argument(
         "--config",
         type=file_path,

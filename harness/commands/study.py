@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from harness.commands.arguments import int_between, non_empty, positive_int
+from harness.commands.arguments import add_command, int_between, non_empty, positive_int
 from harness.limits import MAX_THREADS
 
 STORAGE_HELP = (
@@ -20,10 +20,10 @@ STORAGE_HELP = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("study", help="run Optuna studies: ablation grids, comparisons, tuning")
+    parser = add_command(subparsers, "study", "run Optuna studies: ablation grids, comparisons, tuning")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    run = actions.add_parser("run", help="create or resume a study and run local workers until it is done")
+    run = add_command(actions, "run", "create or resume a study and run local workers until it is done")
     run.add_argument("spec", help="a spec shipped in studies/ (e.g. demo) or the path of a TOML file")
     run.add_argument("--storage", type=non_empty, help=STORAGE_HELP)
     run.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default 1)")
@@ -51,9 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run.set_defaults(func=_run)
 
-    worker = actions.add_parser(
-        "worker", help="attach one more worker to an existing study, from any machine"
-    )
+    worker = add_command(actions, "worker", "attach one more worker to an existing study, from any machine")
     worker.add_argument("name", help="the study name (the spec's `name`, by default its file name)")
     worker.add_argument("--storage", type=non_empty, help=STORAGE_HELP)
     worker.add_argument(
@@ -73,13 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     worker.set_defaults(func=_worker)
 
-    show = actions.add_parser(
-        "show", help="what a study will run, before it runs: its configurations, units and env steps"
+    show = add_command(
+        actions, "show", "what a study will run, before it runs: its configurations, units and env steps"
     )
     show.add_argument("spec", help="a spec shipped in studies/ (e.g. demo) or the path of a TOML file")
     show.set_defaults(func=_show)
 
-    status = actions.add_parser("status", help="complete / running / failed / pruned counts and an ETA")
+    status = add_command(actions, "status", "complete / running / failed / pruned counts and an ETA")
     status.add_argument("name", help="the study name")
     status.add_argument("--storage", type=non_empty, help=STORAGE_HELP)
     status.set_defaults(func=_status)
