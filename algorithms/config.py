@@ -29,6 +29,8 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set expects key=value, got {pair!r}.")
+        if key.strip() in out:  # the last one won silently: a slip in a long command went unseen
+            raise UserError(f"--set {key.strip()} is given twice; give each key once.")
         try:
             out[key.strip()] = _parse_literal(raw.strip())
         except RecursionError:  # Python's and TOML's parsers recurse once per bracket

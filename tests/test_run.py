@@ -246,6 +246,7 @@ def test_a_failed_artifact_upload_ends_the_mlflow_run(tmp_path, tracking_uri, mo
         (["--algo", "ppo", "--task", TOY, "--preset", "fast"], "Valid presets of ppo: "),
         (["--algo", "ppo", "--task", TOY, "--set", "entropy_coeff=0.1"], "did you mean 'entropy_coef'?"),
         (["--algo", "ppo", "--task", TOY, "--set", "lr=-1"], "lr must be > 0"),
+        (["--algo", "ppo", "--task", TOY, "--set", "lr=1e-3", "--set", "lr=1e-4"], "--set lr is given twice"),
         (["--algo", "ppo", "--task", TOY, "--set", "num_minibatches=3"], "must divide"),
         (["--algo", "ppo", "--task", TOY, "--steps", "0"], "positive number of env steps"),
         (["--algo", "ppo", "--task", TOY, "--steps", "1e2"], "100 is less than one policy update"),
