@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from algorithms.generative import ConditionalMLP, flow_path, integrate_flow
 from algorithms.onpolicy import make_adam
+from harness.progress import count
 
 DecoderKind = Literal["identity", "flow", "diffusion"]
 
@@ -733,7 +734,7 @@ def _checked_buffer(
     n_episodes = len(np.unique(episode_ids))
     if n_episodes < 2:
         raise ValueError(
-            f"the buffer holds {n} transitions from {n_episodes} episode(s); at least 2 complete "
+            f"the buffer holds {n} transitions from {count(n_episodes, 'episode')}; at least 2 complete "
             f"episodes are needed to split train and validation by episode"
         )
     if latents is not None:

@@ -47,7 +47,7 @@ from harness.checkpoint import (
 from harness.errors import UserError, describe
 from harness.evaluation import Evaluator, evaluation_points
 from harness.limits import MAX_EPISODES, MAX_EVAL_POINTS
-from harness.progress import LogHeartbeat, PhaseSpinner, compact_count
+from harness.progress import LogHeartbeat, PhaseSpinner, compact_count, count
 from harness.signals import caused_by_interrupt, interrupts_unwrapped, raise_if_interrupted
 from harness.tracking import (
     STEP_METRIC,
@@ -822,10 +822,10 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"device {name!r} was requested but CUDA is not available here; use --device cpu.")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"unsupported device {name!r}. Valid devices: cpu, cuda, cuda:N.")
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.type == "cuda" and device.index is not None and device.index >= count:
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= gpus:
         # Otherwise "invalid device ordinal" from deep inside the first tensor moved there.
-        raise UserError(f"device {name!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}.")
+        raise UserError(f"device {name!r}: this machine has {count(gpus, 'GPU')}, cuda:0 to cuda:{gpus - 1}.")
     return device
 
 

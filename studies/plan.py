@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.progress import count
 from studies.spec import SearchDim, Spec, label_value
 
 
@@ -22,7 +23,7 @@ def plan_lines(spec: Spec) -> list[str]:
     lines = [f"study {spec.name} ({spec.kind}{algo}, preset {spec.preset}): {spec.description}"]
     per = "trial" if spec.kind == "tune" else "configuration"
     lines.append(
-        f"tasks: {', '.join(spec.tasks)}; {spec.seeds} seed(s) per {per} and task; "
+        f"tasks: {', '.join(spec.tasks)}; {count(spec.seeds, 'seed')} per {per} and task; "
         f"{spec.steps:,} counted env steps per unit"
     )
     if spec.fixed:
@@ -59,7 +60,7 @@ def _tune_lines(spec: Spec) -> list[str]:
     units = spec.max_trials * per_trial
     pruned = "" if spec.pruner == "none" else ", fewer where the pruner stops a trial"
     lines.append(
-        f"at most {spec.max_trials:,} trials of {per_trial} unit(s): {units:,} units, about "
+        f"at most {spec.max_trials:,} trials of {count(per_trial, 'unit')}: {units:,} units, about "
         f"{units * spec.steps:,} counted env steps in all (before each budget is rounded up to whole "
         f"updates{pruned})"
     )

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.errors import UserError
+from harness.progress import count
 from harness.signals import caused_by_interrupt, interrupts_unwrapped
 from harness.tracking import resolve_tracking_uri, sqlite_path
 from studies import tracking
@@ -101,7 +102,8 @@ def run_study(
     if spec.kind == "tune" and workers > (lag := concurrent_trials(study)):
         # More would only wait, each with torch loaded.
         print(
-            f"note: starting {lag} worker(s), not {workers}: study {spec.name!r} runs at most {lag} trial(s) "
+            f"note: starting {count(lag, 'worker')}, not {workers}: study {spec.name!r} runs at most "
+            f"{count(lag, 'trial')} "
             f"at once, each proposed from the trials up to {lag} before it, so that it proposes the same "
             "configurations however many workers run (`concurrent_trials` in the spec of a new study "
             "sets how many).",
@@ -114,7 +116,7 @@ def run_study(
     kinds |= {DIVERGED} if retry_diverged else set()
     rerun = rerun_failed(study, kinds)
     if rerun and progress:
-        print(f"rerunning {rerun} failed {unit_noun(spec.kind)}(s).", file=sys.stderr)
+        print(f"rerunning {count(rerun, 'failed ' + unit_noun(spec.kind))}.", file=sys.stderr)
     # A second round is only needed when a worker died and its unit was re-enqueued after the
     # other workers had run out of units; the bound keeps workers that crash at start from looping.
     for _ in range(3):

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import first_line
-from harness.progress import duration
+from harness.progress import count, duration
 from studies.storage import (
     DIVERGED,
     ERROR,
@@ -97,7 +97,8 @@ class StudyStatus:
         ]
         if self.not_run:
             lines.append(
-                f"  {self.not_run} more unit(s) never run: the spec's max_trials ends the study before them"
+                f"  {count(self.not_run, 'more unit')} never run: the spec's max_trials ends the study "
+                "before them"
             )
         if self.best:
             lines.append(f"  best so far: {self.best}")
@@ -107,7 +108,7 @@ class StudyStatus:
             tune = self.kind == "tune"
             retried = "as new trials, reusing their finished units" if tune else "from their last checkpoint"
             lines.append(
-                f"  {self.stopped} {unit_noun(self.kind)}(s) lost their worker (stopped or crashed): "
+                f"  {count(self.stopped, unit_noun(self.kind))} lost to a stopped or crashed worker: "
                 f"`gorl-bench study run` retries them {retried}"
             )
         for failure in self.failures[:SHOWN_FAILURES]:
@@ -125,7 +126,7 @@ class StudyStatus:
             return []
         noun = unit_noun(self.kind)
         kinds = {failure.kind for failure in self.failures}
-        lines = [f"{self.failed} {noun}(s) failed (listed above): the study did not fully succeed."]
+        lines = [f"{count(self.failed, noun)} failed (listed above): the study did not fully succeed."]
         if ERROR in kinds:
             lines.append(
                 f"Failed {noun}s are not rerun by default. Once the cause of an error is fixed (a full disk, "

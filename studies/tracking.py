@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
+from harness.progress import count
 from studies.spec import Spec
 from studies.status import StudyStatus, unit_noun
 
@@ -107,7 +108,7 @@ def close_study_run(tracking_uri: str, run_id: str, status: StudyStatus) -> None
 
     if status.failed:
         noun = unit_noun(status.kind)
-        reason = f"{status.failed} {noun}(s) failed; `gorl-bench study status {status.name}` lists them"
+        reason = f"{count(status.failed, noun)} failed; `gorl-bench study status {status.name}` lists them"
         _client(tracking_uri).set_tag(run_id, "status_reason", reason)
     finish_run(tracking_uri, run_id, "FAIL" if status.failed else "COMPLETE")
 

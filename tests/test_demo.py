@@ -101,7 +101,7 @@ def test_failed_units_fail_the_demo_and_it_says_what_to_do(workdir, capsys):
     spec.write_text(spec.read_text().replace("entropy_coef = 0.01", "entropy_coef = 0.01\nlr = 1e30"))
     assert main(["demo", "--spec", str(spec), "--workers", "1", "--reps", "200"]) == 1
     out = " ".join(capsys.readouterr().out.split())
-    assert "2 unit(s) failed" in out and f"gorl-bench study run {spec} --storage" in out
+    assert "2 units failed" in out and f"gorl-bench study run {spec} --storage" in out
     assert "--retry-diverged" in out and Path("runs/reports/tiny-demo/summary.md").is_file()
 
 

@@ -115,7 +115,7 @@ def test_the_runs_evaluated_before_a_run_is_refused_are_kept_in_the_json(tmp_pat
     save_checkpoint(tmp_path / "never", checkpoint)
     out = tmp_path / "returns.json"
     assert main(["evaluate", str(tmp_path / "evaluated"), str(tmp_path / "never"), "--json", str(out)]) == 2
-    assert f"the 1 run(s) evaluated before are in {out}" in capsys.readouterr().err
+    assert f"what was evaluated before (1 run) is in {out}" in capsys.readouterr().err
     (kept,) = json.loads(out.read_text())
     assert kept["run"] == str(tmp_path / "evaluated") and len(kept["returns"]) == SMALL["eval_episodes"]
 

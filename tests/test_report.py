@@ -582,7 +582,7 @@ def test_a_diverged_unit_counts_with_its_task_s_worst_score(stores, tmp_path):
     assert (diverged.variant, diverged.seed, diverged.score) == ("num_refits=2", 1, 0.0)
     assert not rows[~rows["diverged"]]["score"].isna().any()
     assert "(n=2)" in summary.split("| num_refits=2 |")[-1].splitlines()[0]
-    assert any("1 diverged unit(s) count with their task's worst score" in note for note in report.notes)
+    assert any("1 diverged unit counted with the task's worst score" in note for note in report.notes)
     fewer = "sample-efficiency curves: fewer runs per task than the final scores for num_refits=2"
     assert fewer in report.notes  # the diverged seed has no curve
 
@@ -632,7 +632,7 @@ def test_a_study_whose_every_unit_diverged_is_reported_with_worst_scores(stores,
     aggregates = summary[summary.index("## Aggregate metrics") :].split("\n## ")[0]
     rows = [line for line in aggregates.splitlines() if line.startswith("| num_refits=")]
     assert len(rows) == 2 and all(row.split("|")[4].split()[0] == "0.000" for row in rows)
-    assert any("4 diverged unit(s) count with their task's worst score" in note for note in report.notes)
+    assert any("4 diverged units counted with the task's worst score" in note for note in report.notes)
     assert not (tmp_path / "sample_efficiency.png").exists() and (tmp_path / "aggregates.png").is_file()
 
 
@@ -657,13 +657,13 @@ def test_a_grid_at_its_max_trials_is_complete_not_partial(stores, tmp_path, caps
     assert status.finished and (status.waiting, status.not_run) == (0, 3)
     lines = status.lines()
     assert lines[0] == "study capped (grid): 1/1 done - finished" and "  waiting 0  " in lines[1]
-    assert lines[3] == "  3 more unit(s) never run: the spec's max_trials ends the study before them"
+    assert lines[3] == "  3 more units never run: the spec's max_trials ends the study before them"
 
     argv = ["report", "capped", "--storage", str(storage), "--out", str(tmp_path), "--reps", "500"]
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert "PARTIAL" not in out and "PARTIAL" not in (tmp_path / "summary.md").read_text()
-    never = "3 unit(s) never run: the spec's max_trials ends the study before them, so the report is complete"
+    never = "3 units never run: the spec's max_trials ends the study before them, so the report is complete"
     assert never in " ".join(err.split())
     assert "## Missing units (0)" in (tmp_path / "summary.md").read_text()
 
@@ -766,7 +766,7 @@ def test_cli_writes_a_partial_report(stores, tmp_path, capsys):
     code = main(["report", "ablation", "--storage", str(storage), "--out", str(tmp_path), "--reps", "500"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "PARTIAL report: 1 unit(s) not finished yet" in printed and MISSING in printed
+    assert "PARTIAL report: 1 unit not finished yet" in printed and MISSING in printed
     assert np.isfinite(np.loadtxt(tmp_path / "results.csv", delimiter=",", skiprows=1, usecols=6)).all()
 
 

@@ -220,4 +220,4 @@ def test_a_study_in_progress_is_aggregated_over_each_task_s_lowest_seeds():
     })  # fmt: skip
     arrays, notes = final_score_arrays(table, ["a", "b"])
     np.testing.assert_array_equal(arrays["v"], [[0.0, 0.3], [0.1, 0.4]])  # seeds 0 and 1 of each task
-    assert notes == ["v: 2 run(s) per task used, as many as its least-covered task has"]
+    assert notes == ["v: 2 runs per task used, as many as its least-covered task has"]

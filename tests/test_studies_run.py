@@ -212,7 +212,7 @@ def test_grid_study_completes_with_nested_mlflow_runs_and_a_diverged_unit(workdi
     # As `study run` exits 1: the study's run was FINISHED with its units failed.
     study_run = client.get_run(parent)
     assert study_run.info.status == "FAILED" and study_run.data.tags["optuna.state"] == "FAIL"
-    assert study_run.data.tags["status_reason"].startswith("1 unit(s) failed; `gorl-bench study status tiny`")
+    assert study_run.data.tags["status_reason"].startswith("1 unit failed; `gorl-bench study status tiny`")
     # The diverged variant is ranked, so the report knows its config (e.g. how it was evaluated).
     assert set(load_study_results("tiny").configs) == {t.user_attrs["variant"] for t in study.trials}
 
@@ -510,7 +510,7 @@ def test_a_tune_trial_scores_a_diverged_unit_at_its_task_s_worst(workdir, fake_e
     assert "| 1 | trial-0 | 0.000 [0.000, 0.000] | 0.25 |" in summary
     # The best-ranked trial's settings, although its one unit diverged (a KeyError ended the report).
     assert "entropy_coef = 0.25" in (workdir / "report" / "best_config.toml").read_text()
-    assert "1 diverged unit(s) count with their task's worst score" in summary
+    assert "1 diverged unit counted with the task's worst score" in summary
     csv = (workdir / "report" / "results.csv").read_text().splitlines()
     assert sum(line.endswith(",True") for line in csv) == 1
 
@@ -661,7 +661,7 @@ def test_under_max_trials_a_rerun_runs_before_units_that_never_ran(
     study = load_study("tiny", None)
     status = study_status(study)
     assert (status.complete, status.failed, status.rerun, status.finished) == (2, 0, 1, True)
-    # The study's run finished without the reason the first close gave it ("1 unit(s) failed").
+    # The study's run finished without the reason the first close gave it ("1 unit failed").
     from mlflow.tracking import MlflowClient
 
     parent = MlflowClient(study.user_attrs["tracking_uri"]).get_run(study.user_attrs["mlflow_parent_run_id"])
@@ -1021,7 +1021,7 @@ def test_study_run_says_when_the_rest_trains_in_other_workers(workdir, fake_exec
     monkeypatch.setattr(runner, "run_study", lambda *args, **kwargs: elsewhere)
     assert main(["study", "run", "tiny"]) == 1
     out = capsys.readouterr().out
-    assert "1 unit(s) still train in workers of other processes" in out and "study status tiny" in out
+    assert "1 unit still training in workers of other processes" in out and "study status tiny" in out
 
 
 def test_a_study_whose_name_holds_a_dot_resumes_by_its_name(workdir, fake_execute, workers_in_process):
@@ -1137,7 +1137,7 @@ def test_a_tune_study_starts_no_more_workers_than_trials_run_at_once(
     assert runner.run_study(path, workers=2, progress=False).complete == 2
     assert started == [1]
     assert (
-        "note: starting 1 worker(s), not 2: study 'tiny' runs at most 1 trial(s) at once"
+        "note: starting 1 worker, not 2: study 'tiny' runs at most 1 trial at once"
         in capsys.readouterr().err
     )
 
@@ -1418,7 +1418,7 @@ def test_status_tells_a_unit_whose_worker_is_gone_from_one_that_runs(workdir):
     assert (status.running, status.stopped, status.active) == (2, 1, 1)
     # The stopped unit is not said to be running ("running 2 (1 stopped)" read as two running).
     assert "  complete 0  running 1  stopped 1  waiting 0" in status.lines()[1]
-    assert "1 unit(s) lost their worker" in "\n".join(status.lines())
+    assert "1 unit lost to a stopped or crashed worker" in "\n".join(status.lines())
     assert "no worker is running" not in status.eta_text
     # Once every running unit's worker is gone, no ETA is promised.
     trial, owner = owners[0]

@@ -453,7 +453,7 @@ def test_show_bounds_a_tune_study_and_refuses_a_bad_spec(tmp_path, capsys):
     assert main(["study", "show", "tune-ppo-toy"]) == 0
     out = capsys.readouterr().out
     assert "  lr: 0.0001 to 0.003, log scale\n" in out and "  epochs: 2 to 16\n" in out
-    assert "at most 24 trials of 3 unit(s): 72 units, about 2,949,120 counted env steps" in out
+    assert "at most 24 trials of 3 units: 72 units, about 2,949,120 counted env steps" in out
     assert "concurrent_trials 2: trial n is proposed from the trials up to n - 2" in out
     assert main(["study", "show", str(write(tmp_path, GRID))]) == 2  # no [grid]
     assert "a grid study needs a [grid] table" in capsys.readouterr().err

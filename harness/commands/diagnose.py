@@ -34,6 +34,7 @@ from harness.commands.arguments import (
     non_empty,
     non_negative_int,
 )
+from harness.progress import count
 
 FIGURE_NAME = "multimodality.png"  # and its .pdf beside it
 DEFAULT_SAMPLES = 10_000  # paper Fig. 6: 10,000 actions at one state
@@ -119,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
     bandwidth = diagnosis.reports[0][1].bw_factor
     for run, report in diagnosis.reports:
         verdict = "bimodal" if report.bimodal else "not bimodal"
-        statistics = f"{report.kde_peaks} KDE peak(s), PC1 explains {report.explained_variance:.0%}"
+        statistics = f"{count(report.kde_peaks, 'KDE peak')}, PC1 explains {report.explained_variance:.0%}"
         print(
             f"{run}: bimodality coefficient {report.bimodality_coefficient:.3f}, {statistics}: {verdict} "
             "(bimodal: a coefficient above 5/9 = 0.556 and at least 2 peaks of the KDE, whose kernel "
@@ -335,7 +336,7 @@ def _plot(panels: list[tuple[str, object]], path: Path) -> Path:
         ax.fill_between(report.grid, report.density, alpha=0.3)
         ax.plot(report.grid, report.density)
         ax.set_title(
-            f"{label}\nb = {report.bimodality_coefficient:.2f}, {report.kde_peaks} peak(s)", fontsize=9
+            f"{label}\nb = {report.bimodality_coefficient:.2f}, {count(report.kde_peaks, 'peak')}", fontsize=9
         )
         ax.set_xlabel("action projected on PC1")
         ax.set_ylabel(f"density (KDE, bandwidth {report.bw_factor:g})")

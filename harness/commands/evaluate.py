@@ -30,6 +30,7 @@ from harness.commands.arguments import (
     non_negative_int,
 )
 from harness.limits import MAX_EPISODES
+from harness.progress import count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,7 +104,10 @@ def main(args: argparse.Namespace) -> int:
             result = evaluate_run(run_dir, args.episodes, args.seed, not args.stochastic, args.device, video)
         except (UserError, KeyboardInterrupt):
             if results and json_file is not None:
-                print(f"the {len(results)} run(s) evaluated before are in {json_file}", file=sys.stderr)
+                print(
+                    f"what was evaluated before ({count(len(results), 'run')}) is in {json_file}",
+                    file=sys.stderr,
+                )
             raise
         print(describe(result), file=sys.stderr if json_to_stdout else sys.stdout)
         results.append(result)

@@ -8,6 +8,7 @@ import sys
 
 from harness.commands.arguments import directory, integer, non_empty
 from harness.commands.study import STORAGE_HELP
+from harness.progress import count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,7 +83,9 @@ def main(args: argparse.Namespace) -> int:
     for unit, reason in report.failed:
         print(f"failed: {unit}: {reason}")
     if report.partial:
-        print(f"PARTIAL report: {len(report.missing)} {'run' if args.runs else 'unit'}(s) not finished yet:")
+        print(
+            f"PARTIAL report: {count(len(report.missing), 'run' if args.runs else 'unit')} not finished yet:"
+        )
         print("\n".join(f"  {unit}" for unit in report.missing))
     print(f"report of {title} written to {report.out_dir} (summary.md, figures, tables.tex, results.csv)")
     return 0

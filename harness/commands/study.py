@@ -12,6 +12,7 @@ import sys
 
 from harness.commands.arguments import add_command, int_between, non_empty, positive_int
 from harness.limits import MAX_THREADS
+from harness.progress import count
 
 STORAGE_HELP = (
     "journal file path, sqlite:///PATH, or postgresql://... for several machines; "
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     print("\n".join(status.lines()))
     if not status.finished and status.active and not status.waiting:
         print(
-            f"Not finished: {status.active} unit(s) still train in workers of other "
+            f"Not finished: {count(status.active, 'unit')} still training in workers of other "
             f"processes (`study worker`); `gorl-bench study status {status.name}` follows them, and the "
             "worker that ends the last one closes the study's MLflow run."
         )

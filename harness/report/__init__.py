@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UserError
+from harness.progress import count
 from harness.report import figures, stats
 from harness.report.importance import parameter_importance
 from harness.report.results import StudyResults, load_results, load_study_results
@@ -209,8 +210,8 @@ def _write_report(
     notes += _single_run_notes(finals)
     if results.not_run:
         notes.append(
-            f"{len(results.not_run)} unit(s) never run: the spec's max_trials ends the study before them, so "
-            "the report is complete without them"
+            f"{count(len(results.not_run), 'unit')} never run: the spec's max_trials ends the study before "
+            "them, so the report is complete without them"
         )
     options = {"reps": reps, "seed": seed, "confidence": CONFIDENCE, "progress": progress}
     sections: list[tuple[str, Table]] = []
@@ -321,8 +322,8 @@ def _final_scores(
     if len(diverged):
         units = ", ".join(f"{row.variant}|{row.task}|seed{row.seed}" for row in diverged.itertuples())
         notes.append(
-            f"{len(diverged)} diverged unit(s) count with their task's worst score in the final-score "
-            f"statistics and tables, and have no curve: {units}"
+            f"{count(len(diverged), 'diverged unit')} counted with the task's worst score in the final-score "
+            f"statistics and tables, without a curve: {units}"
         )
     if not finals:
         if results.kind == RUNS_KIND:  # runs started by hand: no study will add the missing ones

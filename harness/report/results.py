@@ -44,6 +44,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from harness.errors import UserError
+from harness.progress import count
 from harness.tracking import open_store
 from studies.storage import DIVERGED, counted_trials, failure_kind, in_claim_order, trial_label
 
@@ -129,7 +130,7 @@ def load_study_results(
     if kind == "tune":
         settled = sum(t.state.is_finished() for t in trials)
         left = (spec.get("max_trials") or 0) - settled - len(tally.unfinished)
-        missing = tally.unfinished + ([f"{left} trial(s) not started"] if left > 0 else [])
+        missing = tally.unfinished + ([f"{count(left, 'trial')} not started"] if left > 0 else [])
         not_run = []
     else:
         settled = tally.done | set(tally.failed)

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import UserError
+from harness.progress import count
 from harness.report.results import COLUMNS, StudyResults
 
 KIND = "runs"  # the report's title says "(runs)" where a study's says its kind
@@ -104,7 +105,7 @@ def load_run_results(run_dirs: Sequence[Path], name: str) -> StudyResults:
         ]
     if not rows and not diverged:
         raise UserError(
-            f"none of the {len(runs)} run(s) has reached its budget yet ({'; '.join(missing[:3])}); "
+            f"no run has reached its budget yet ({count(len(runs), 'run')} given: {'; '.join(missing[:3])}); "
             "finish them (gorl-bench run --resume DIR), then report again."
         )
     table, diverged_table = pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(diverged, columns=COLUMNS)

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from harness.progress import count
+
 UNIT = ["variant", "task", "seed"]
 
 
@@ -123,7 +125,9 @@ def _rectangular(
             continue
         runs = min(len(per_task[task]) for task in tasks)
         if any(len(per_task[task]) > runs for task in tasks):
-            notes.append(f"{variant}: {runs} run(s) per task used, as many as its least-covered task has")
+            notes.append(
+                f"{variant}: {count(runs, 'run')} per task used, as many as its least-covered task has"
+            )
         columns = [sorted(per_task[task], key=lambda pair: pair[0])[:runs] for task in tasks]
         arrays[variant] = np.stack([np.stack([value for _, value in column]) for column in columns], axis=1)
     return arrays, notes
