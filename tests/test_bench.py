@@ -89,6 +89,29 @@ def test_a_log_shows_the_benchmark_alive_during_a_long_warm_up(capsys, monkeypat
     assert any(line.startswith("slow: 0/1 iterations after a warm-up (") for line in lines), lines
 
 
+def test_a_log_shows_bench_gorl_alive_while_it_times_a_refit(capsys, monkeypatch):
+    """The refit was timed with no display: the `paper` preset's (4,096 episodes and 50,000
+    decoder steps) left a log silent for as long as it ran. Here it takes 0.6 s more than its own
+    and a line is due every 0.2 s."""
+
+    import algorithms
+    import harness.progress
+
+    monkeypatch.setattr(harness.progress, "PLAIN_INTERVAL_S", 0.2)
+    monkeypatch.setattr(harness.progress, "FIRST_PLAIN_LINE_S", 0.2)
+    monkeypatch.setattr(harness.progress, "HEARTBEAT_POLL_S", 0.05)
+    agent_cls = algorithms.get("gorl-fm").agent_cls
+    refit = agent_cls.refit
+
+    def slow_refit(self):
+        time.sleep(0.6)
+        return refit(self)
+
+    monkeypatch.setattr(agent_cls, "refit", slow_refit)
+    assert main(["bench", "gorl", "--task", "toy-bimodal", "--iterations", "1", "--steps", "100000"]) == 0
+    assert "timing one refit: 0/1 (" in capsys.readouterr().err
+
+
 def test_bench_gorl_prints_the_rounds_timed_before_an_interrupt(capsys, monkeypatch):
     """The three phases' table came after the refit's timing, at the very end: Ctrl-C after
     minutes of interleaved iterations showed nothing measured."""

@@ -1137,8 +1137,7 @@ def test_a_tune_study_starts_no_more_workers_than_trials_run_at_once(
     assert runner.run_study(path, workers=2, progress=False).complete == 2
     assert started == [1]
     assert (
-        "note: starting 1 worker, not 2: study 'tiny' runs at most 1 trial at once"
-        in capsys.readouterr().err
+        "note: starting 1 worker, not 2: study 'tiny' runs at most 1 trial at once" in capsys.readouterr().err
     )
 
 

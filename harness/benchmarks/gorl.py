@@ -28,7 +28,7 @@ import torch
 
 from harness.benchmarks.train import build_agent, measure_together, rounds_measured
 from harness.commands.arguments import add_set_option, positive_int
-from harness.progress import count
+from harness.progress import DelayedProgress, count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,10 +101,14 @@ def main(args: argparse.Namespace) -> int:
                 print(f"\n{note}; no refit timed.")
     ppo, stage0, later = results.values()
     agent = algorithms.get(args.algo).agent_cls(config, task, 0, args.steps, device)
+    # A display as for the iterations: the `paper` preset's refit (4,096 episodes, 50,000 decoder
+    # steps) runs for a long time on a CPU, and a log gets a line a minute meanwhile.
     try:
-        start = time.perf_counter()
-        refit_steps = agent.refit()["refit/env_steps"]
-        refit_seconds = time.perf_counter() - start
+        with DelayedProgress("timing one refit: {task.completed:.0f}/{task.total:.0f}", total=1) as progress:
+            start = time.perf_counter()
+            refit_steps = agent.refit()["refit/env_steps"]
+            refit_seconds = time.perf_counter() - start
+            progress.advance(1)
     finally:
         agent.close()
 
