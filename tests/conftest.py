@@ -38,6 +38,32 @@ def interrupts_end_with_their_test():
 
 
 @pytest.fixture
+def slow_work(monkeypatch):
+    """Progress lines in a log due every 0.2 s (every minute in use), checked every 0.05 s; returns
+    `slow(cls, name)`, which makes the method `cls.name` take 0.6 s more: work that outlasts the
+    interval between lines, as a `paper` preset's update or refit does."""
+
+    import time
+
+    import harness.progress
+
+    monkeypatch.setattr(harness.progress, "PLAIN_INTERVAL_S", 0.2)
+    monkeypatch.setattr(harness.progress, "FIRST_PLAIN_LINE_S", 0.2)
+    monkeypatch.setattr(harness.progress, "HEARTBEAT_POLL_S", 0.05)
+
+    def slow(cls: type, name: str) -> None:
+        original = getattr(cls, name)
+
+        def slower(self, *args, **kwargs):
+            time.sleep(0.6)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, slower)
+
+    return slow
+
+
+@pytest.fixture
 def tracking_uri(tmp_path, migrated_mlflow_db) -> str:
     """A fresh copy of the migrated store for one test."""
 

@@ -63,16 +63,10 @@ def test_the_agents_timed_together_take_their_iterations_in_turn():
     assert results["a"]["learner"] == pytest.approx(0.5) and math.isnan(results["b"]["learner"])
 
 
-def test_a_log_shows_the_benchmark_alive_during_a_long_warm_up(capsys, monkeypatch):
+def test_a_log_shows_the_benchmark_alive_during_a_long_warm_up(capsys, slow_work):
     """`bench train --preset paper` wrote nothing to a log for minutes: the warm-up iteration ran
     before the progress display opened, and lines came only as iterations ended. Here the warm-up
     takes 0.6 s, the timed iteration no time, and a line is due every 0.2 s."""
-
-    import harness.progress
-
-    monkeypatch.setattr(harness.progress, "PLAIN_INTERVAL_S", 0.2)
-    monkeypatch.setattr(harness.progress, "FIRST_PLAIN_LINE_S", 0.2)
-    monkeypatch.setattr(harness.progress, "HEARTBEAT_POLL_S", 0.05)
 
     class SlowAgent:
         counted_steps = 0
@@ -89,25 +83,14 @@ def test_a_log_shows_the_benchmark_alive_during_a_long_warm_up(capsys, monkeypat
     assert any(line.startswith("slow: 0/1 iterations after a warm-up (") for line in lines), lines
 
 
-def test_a_log_shows_bench_gorl_alive_while_it_times_a_refit(capsys, monkeypatch):
+def test_a_log_shows_bench_gorl_alive_while_it_times_a_refit(capsys, slow_work):
     """The refit was timed with no display: the `paper` preset's (4,096 episodes and 50,000
     decoder steps) left a log silent for as long as it ran. Here it takes 0.6 s more than its own
     and a line is due every 0.2 s."""
 
     import algorithms
-    import harness.progress
 
-    monkeypatch.setattr(harness.progress, "PLAIN_INTERVAL_S", 0.2)
-    monkeypatch.setattr(harness.progress, "FIRST_PLAIN_LINE_S", 0.2)
-    monkeypatch.setattr(harness.progress, "HEARTBEAT_POLL_S", 0.05)
-    agent_cls = algorithms.get("gorl-fm").agent_cls
-    refit = agent_cls.refit
-
-    def slow_refit(self):
-        time.sleep(0.6)
-        return refit(self)
-
-    monkeypatch.setattr(agent_cls, "refit", slow_refit)
+    slow_work(algorithms.get("gorl-fm").agent_cls, "refit")
     assert main(["bench", "gorl", "--task", "toy-bimodal", "--iterations", "1", "--steps", "100000"]) == 0
     assert "timing one refit: 0/1 (" in capsys.readouterr().err
 

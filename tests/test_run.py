@@ -949,7 +949,7 @@ def test_a_gpu_this_machine_lacks_is_refused_with_the_ones_it_has(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == torch.device("cuda:1")
-    with pytest.raises(UserError, match=r"'cuda:7': this machine has 2 GPU\(s\), cuda:0 to cuda:1"):
+    with pytest.raises(UserError, match=r"'cuda:7': this machine has 2 GPUs, cuda:0 to cuda:1"):
         resolve_device("cuda:7")
 
 
@@ -1354,25 +1354,12 @@ def test_without_a_terminal_progress_lines_also_come_between_distant_evaluations
 
 
 def test_without_a_terminal_progress_lines_also_come_during_a_long_update(
-    tmp_path, tracking_uri, capsys, monkeypatch
+    tmp_path, tracking_uri, capsys, slow_work
 ):
     """A `paper` preset's update on a CPU or a decoder refit takes minutes: the log printed nothing
     until it ended. Here each update takes 0.6 s and a line is due every 0.2 s."""
 
-    import harness.progress
-    import harness.run
-
-    monkeypatch.setattr(harness.progress, "PLAIN_INTERVAL_S", 0.2)
-    monkeypatch.setattr(harness.progress, "FIRST_PLAIN_LINE_S", 0.2)
-    monkeypatch.setattr(harness.progress, "HEARTBEAT_POLL_S", 0.05)
-    agent_cls = algorithms.get("ppo").agent_cls
-    train_iteration = agent_cls.train_iteration
-
-    def slow(self):
-        time.sleep(0.6)
-        return train_iteration(self)
-
-    monkeypatch.setattr(agent_cls, "train_iteration", slow)
+    slow_work(algorithms.get("ppo").agent_cls, "train_iteration")
     execute(request(tmp_path, tracking_uri, steps=512, overrides={**SMALL, "eval_points": 1}), progress=True)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ppo toy-bimodal s0: ")]
     working = [line for line in lines if line.endswith("(still working: an update or evaluation)")]
