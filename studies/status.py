@@ -20,6 +20,8 @@ from studies.storage import (
     DIVERGED,
     ERROR,
     INVALID,
+    PROGRESS_ATTR,
+    RETRY_ATTRS,
     counted_trials,
     failure_kind,
     is_lost,
@@ -190,7 +192,9 @@ def study_status(study: optuna.Study, workers: int | None = None) -> StudyStatus
         rerun=len(rerun_trials(trials)),  # each names the failed trial it replaced
         pruned=counts[TrialState.PRUNED],
         total=total,
-        eta=_eta(counted, max(total - done, 0), workers or counts[TrialState.RUNNING] or 1),
+        eta=_eta(
+            counted, max(total - done, 0), workers or counts[TrialState.RUNNING] or 1, attrs["spec"]["steps"]
+        ),
         best=_best_trial(counted) if kind == "tune" else None,
         not_run=not_run,
     )
@@ -211,13 +215,15 @@ def _best_trial(trials: list[FrozenTrial]) -> str | None:
 
 
 def _eta(
-    trials: list[FrozenTrial], remaining: int, parallel: int, now: datetime | None = None
+    trials: list[FrozenTrial], remaining: int, parallel: int, steps: int, now: datetime | None = None
 ) -> timedelta | None:
     """Time until the `remaining` units not yet done are: each is expected to take the median time
-    of the complete units of its variant on its task (of all complete units where none of its
-    configuration has finished: a study's variants can differ in length several times), a running
-    one less the time it has run so far. `parallel` workers share that work, and the study ends no
-    sooner than its longest unit left."""
+    of the complete units of its variant on its task (a study's variants can differ in length
+    several times), a running one less the time it has run so far. Where none of its
+    configuration has finished, a running unit's own pace says how long it takes (`_paced`), and
+    any other the median of all complete units, or before the first has finished, that of the
+    running units' paces. `parallel` workers share that work, and the study ends no sooner than its
+    longest unit left. `steps`: the spec's counted env steps per unit."""
 
     if remaining == 0:
         return timedelta(0)
@@ -225,22 +231,35 @@ def _eta(
     for t in trials:
         if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete:
             durations[_configuration(t)].append((t.datetime_complete - t.datetime_start).total_seconds())
-    if not durations:
+    paced = {t.number: seconds for t in trials if (seconds := _paced(t, steps)) is not None}
+    if not durations and not paced:
         return None
-    overall = statistics.median([seconds for group in durations.values() for seconds in group])
+    completed = [seconds for group in durations.values() for seconds in group]
+    overall = statistics.median(completed or list(paced.values()))
     now = now or datetime.now()  # Optuna stamps trials with the local time, without a zone
     outstanding = [t for t in trials if t.state == TrialState.RUNNING]
     outstanding += [t for t in trials if t.state == TrialState.WAITING]
     left = []
     for t in outstanding[:remaining]:
         group = durations.get(_configuration(t))
-        expected = statistics.median(group) if group else overall
+        expected = statistics.median(group) if group else paced.get(t.number, overall)
         if t.state == TrialState.RUNNING and t.datetime_start:
             expected = max(expected - (now - t.datetime_start).total_seconds(), 0.0)
         left.append(expected)
     # Tune trials are created as they start: the rest of the budget has no trial yet.
     left += [overall] * (remaining - len(left))
     return timedelta(seconds=round(max(sum(left) / parallel, max(left))))
+
+
+def _paced(trial: FrozenTrial, steps: int) -> float | None:
+    """A running grid or compare unit's whole duration, from its pace up to its last evaluation
+    (`PROGRESS_ATTR`: the seconds it took to reach the counted steps evaluated there); None before
+    its first evaluation, and for a retried or rerun attempt, which may have resumed mid-way."""
+
+    progress = trial.user_attrs.get(PROGRESS_ATTR)
+    if trial.state != TrialState.RUNNING or not progress or RETRY_ATTRS & trial.user_attrs.keys():
+        return None
+    return progress["seconds"] / min(progress["step"] / steps, 1.0) if progress["step"] > 0 else None
 
 
 def _configuration(trial: FrozenTrial) -> tuple[str, str]:

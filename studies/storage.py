@@ -55,6 +55,12 @@ GRACE_PERIOD_S = 90  # several missed heartbeats: a busy machine is not a dead w
 # `KernelGuardedLock`'s guard is a dead process's or a millisecond append of a plain Optuna one.
 STALE_JOURNAL_LOCK_S = 3
 OWNER_ATTR = "gorl:owner"  # trial system attr: {"host", "pid", "beat"}
+# Trial user attrs of a grid or compare unit's attempt that repeats an earlier one (a lost
+# worker's, or a failed one's); either may resume its checkpoint mid-way.
+RETRY_ATTRS = frozenset({"retry_of", "rerun_of"})
+# Trial user attr of a running grid or compare unit: {"step", "seconds"}, the counted env steps of
+# its last evaluation and the seconds since its claim when it was made (`study status`'s ETA).
+PROGRESS_ATTR = "progress"
 
 
 def storage_location(location: str | None) -> str:
@@ -378,7 +384,7 @@ def in_claim_order(waiting: list[FrozenTrial]) -> list[FrozenTrial]:
     """The WAITING trials in the order workers claim them: retries and reruns, then the rest, each
     in trial order."""
 
-    return sorted(waiting, key=lambda t: not ({"retry_of", "rerun_of"} & t.user_attrs.keys()))
+    return sorted(waiting, key=lambda t: not (RETRY_ATTRS & t.user_attrs.keys()))
 
 
 # A new trial's (params, system attrs), given the study's trials; None: not yet, ask again later.

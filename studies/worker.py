@@ -50,6 +50,7 @@ from studies.storage import (
     DIVERGED,
     ERROR,
     INVALID,
+    PROGRESS_ATTR,
     Proposer,
     StudyNotFound,
     ask_owned,
@@ -315,9 +316,16 @@ def _next_unit(context: Context) -> bool:
         # An error may have stopped the unit mid-way: its checkpoint holds the training so far. A
         # diverged unit's last checkpoint would only diverge again.
         resume = failure_kind(study.get_trials(deepcopy=False)[rerun_of]) != DIVERGED
+    claimed = time.monotonic()
+
+    def report(score: float, step: int) -> None:
+        trial.report(score, step)  # the unit's learning curve, in the study's storage
+        # Its pace: `study status` can then tell an ETA before any unit of its configuration ends.
+        trial.set_user_attr(PROGRESS_ATTR, {"step": step, "seconds": round(time.monotonic() - claimed, 1)})
+
     try:
         with heartbeat(study, trial._trial_id) as lost:
-            result = _execute(context, unit, context.parent_run_id, trial.report, lost, resume=resume)
+            result = _execute(context, unit, context.parent_run_id, report, lost, resume=resume)
         trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
         trial.set_user_attr("final_score", result.final_score)
         study.tell(trial, envs.normalised_score(unit.task, result.final_score))

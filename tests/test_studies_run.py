@@ -209,6 +209,9 @@ def test_grid_study_completes_with_nested_mlflow_runs_and_a_diverged_unit(workdi
             assert run.data.tags["optuna.trial"] == str(trial.number)  # told apart from a rerun's
         else:
             assert trial.state == TrialState.COMPLETE and run.data.tags["optuna.trial"] == str(trial.number)
+            # Its pace at its last evaluation, which the ETA reads while it runs
+            progress = trial.user_attrs["progress"]
+            assert progress["step"] == max(trial.intermediate_values) and progress["seconds"] > 0
     # As `study run` exits 1: the study's run was FINISHED with its units failed.
     study_run = client.get_run(parent)
     assert study_run.info.status == "FAILED" and study_run.data.tags["optuna.state"] == "FAIL"
@@ -774,6 +777,9 @@ def test_a_tune_trial_scores_its_units_by_the_iqm_of_rliable():
     assert iqm([0.0, 1, 2, 3, 10, 11, 12, 100]) == pytest.approx(6.5)  # mean of 2, 3, 10, 11
 
 
+STEPS = 1_000_000  # counted env steps per unit, as a spec gives them
+
+
 def test_the_eta_expects_each_unit_to_take_as_long_as_its_own_configuration():
     """Two PPO units took 1 minute, one GoRL unit 10: the median of all, 1 minute per unit, said
     the two GoRL units left would take 1 minute on 2 workers, and jumped as each variant finished."""
@@ -798,13 +804,46 @@ def test_the_eta_expects_each_unit_to_take_as_long_as_its_own_configuration():
     # minutes of work on 2 workers, 13.5 minutes (the median of all: 1 minute x 2 waves).
     left = [trial(3, "gorl", TrialState.RUNNING, 4), trial(4, "gorl", TrialState.WAITING),
             trial(5, "gorl", TrialState.WAITING), trial(6, "ppo", TrialState.WAITING)]  # fmt: skip
-    assert _eta(finished + left, 4, 2, now) == timedelta(minutes=13.5)
+    assert _eta(finished + left, 4, 2, STEPS, now) == timedelta(minutes=13.5)
     # No sooner than the longest unit: a 10-minute unit and a 1-minute one on 4 workers.
-    assert _eta(finished + left[2:], 2, 4, now) == timedelta(minutes=10)
+    assert _eta(finished + left[2:], 2, 4, STEPS, now) == timedelta(minutes=10)
     # A configuration none of whose units finished takes the median of all (1 minute), as do the
     # tune trials of the budget not yet created (2 more here).
-    assert _eta(finished + [trial(7, "new", TrialState.WAITING)], 3, 1, now) == timedelta(minutes=3)
-    assert _eta(left, 3, 2, now) is None and _eta(finished, 0, 2, now) == timedelta(0)
+    assert _eta(finished + [trial(7, "new", TrialState.WAITING)], 3, 1, STEPS, now) == timedelta(minutes=3)
+    assert _eta(left, 3, 2, STEPS, now) is None and _eta(finished, 0, 2, STEPS, now) == timedelta(0)
+
+
+def test_before_any_unit_finishes_the_eta_follows_the_running_units_pace():
+    """The ETA said "-" until the first unit ended: hours, for units of the `paper` preset."""
+
+    from datetime import datetime, timedelta
+
+    from optuna.trial import FrozenTrial
+
+    from studies.status import _eta
+
+    now = datetime(2026, 12, 3, 12, 0, 0)
+
+    def running(number: int, minutes: float, step: int, seconds: float, **attrs) -> FrozenTrial:
+        user_attrs = {
+            "variant": "gorl",
+            "task": "cheetah-run",
+            "progress": {"step": step, "seconds": seconds},
+        }
+        start = now - timedelta(minutes=minutes)
+        return FrozenTrial(number, TrialState.RUNNING, None, start, None, {}, {}, {**user_attrs, **attrs},
+                           {}, {}, number)  # fmt: skip
+
+    waiting = FrozenTrial(9, TrialState.WAITING, None, None, None, {}, {}, {"variant": "gorl"}, {}, {}, 9)
+    # A quarter of the budget in 60 s: 240 s in all, 150 s left 90 s in; the waiting unit is
+    # expected to take the median pace's 240 s; on 2 workers no sooner than the longest, 240 s.
+    paced = running(0, 1.5, STEPS // 4, 60.0)
+    assert _eta([paced, waiting], 2, 2, STEPS, now) == timedelta(seconds=240)
+    # A retried attempt may have resumed mid-way: its pace is not its whole run's.
+    retried = running(1, 1.5, STEPS // 4, 60.0, retry_of=0)
+    assert _eta([retried, waiting], 2, 2, STEPS, now) is None
+    # Before its first evaluation (none yet recorded, or one at step 0) it has no pace.
+    assert _eta([running(2, 0.5, 0, 0.0), waiting], 2, 2, STEPS, now) is None
 
 
 def test_status_command_reports_counts_and_eta(workdir, fake_execute, capsys):
