@@ -820,7 +820,8 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"unknown device {name!r}. Valid devices: cpu, cuda, cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} was requested but CUDA is not available here; use --device cpu.")
-    if device.type not in ("cpu", "cuda"):
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
+        # cpu:1 would train on the same CPU as cpu: an index there suggests a choice that is not made.
         raise UserError(f"unsupported device {name!r}. Valid devices: cpu, cuda, cuda:N.")
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     if device.type == "cuda" and device.index is not None and device.index >= gpus:

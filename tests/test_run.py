@@ -949,6 +949,8 @@ def test_a_gpu_this_machine_lacks_is_refused_with_the_ones_it_has(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(UserError, match=r"unsupported device 'cpu:1'. Valid devices: cpu, cuda, cuda:N"):
+        resolve_device("cpu:1")  # torch takes it for the one CPU device
     with pytest.raises(UserError, match=r"'cuda:7': this machine has 2 GPUs, cuda:0 to cuda:1"):
         resolve_device("cuda:7")
 
