@@ -319,7 +319,7 @@ def parse_spec(raw: Mapping[str, Any], *, check_configs: bool = True) -> Spec:
     kind = _get(raw, "kind", str)
     if kind not in KINDS:
         raise UserError(unknown_name("study kind", kind, list(KINDS)))
-    _check_keys("the spec", raw, _COMMON_KEYS | _KIND_KEYS[kind])
+    _check_spec_keys(raw, kind)
     name = _get(raw, "name", str)
     seeds = _get(raw, "seeds", int)
     steps = _get(raw, "steps", int)
@@ -657,6 +657,46 @@ def _choice(raw: Mapping[str, Any], key: str, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise UserError(unknown_name(key, value, list(valid)))
     return value
+
+
+def _check_spec_keys(raw: Mapping[str, Any], kind: str) -> None:
+    """Refuse top-level keys a `kind` study does not take, saying where each belongs when it is a
+    key of another kind of study or an algorithm's config key (`lr = 1e-3` at the top instead of in
+    [fixed] was offered no hint, and a compare study's `algo` "did you mean 'kind'?")."""
+
+    import dataclasses
+
+    import algorithms
+
+    valid = _COMMON_KEYS | _KIND_KEYS[kind]
+    unknown = sorted(set(raw) - valid)
+    if not unknown:
+        return
+    config_keys = {
+        field.name
+        for name in algorithms.names()
+        for field in dataclasses.fields(algorithms.get(name).config_cls)
+    }
+    home = {
+        "grid": "in [fixed], or sweep it in [grid]",
+        "compare": "in each [[variants]] table",
+        "tune": "in [fixed], or search it in [space]",
+    }[kind]
+    hints = []
+    for key in unknown:
+        kinds = [other for other, keys in _KIND_KEYS.items() if key in keys]
+        if kinds:
+            hints.append(f"{key!r} (a key of {' and '.join(kinds)} studies)")
+        elif key in config_keys:
+            hints.append(f"{key!r} (a config key: give it {home})")
+        else:
+            hints.append(unknown_keys([key], valid))
+    noun = "key" if len(unknown) == 1 else "keys"
+    compare = " (each [[variants]] table names its algo and settings)" if kind == "compare" else ""
+    raise UserError(
+        f"unknown {noun} {', '.join(hints)} in the spec of a {kind} study. Valid keys: "
+        f"{', '.join(sorted(valid))}{compare}."
+    )
 
 
 def _check_keys(where: str, table: Mapping[str, Any], valid: set[str]) -> None:

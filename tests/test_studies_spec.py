@@ -106,9 +106,19 @@ def ppo_key() -> str:
             "concurrent_trials must be an integer from 1 to 1024 (the most trials that run at once; each "
             "new trial is proposed from the trials that many before it), got 2.5.",
         ),
-        (
+        (  # said "did you mean ..." of a key that belongs to another kind of study
             GRID + "concurrent_trials = 2\n[grid]\nlr = [1e-3]\n",
-            "unknown key 'concurrent_trials' (did you mean",
+            "unknown key 'concurrent_trials' (a key of tune studies) in the spec of a grid study",
+        ),
+        (  # no hint where a config key goes
+            GRID + "lr = 1e-3\n[grid]\nclip = [0.1]\n",
+            "unknown key 'lr' (a config key: give it in [fixed], or sweep it in [grid])",
+        ),
+        (  # "'algo', 'grid' (did you mean 'kind'?)"
+            GRID.replace('"grid"', '"compare"') + "[grid]\nclip = [0.1]\n",
+            "unknown keys 'algo' (a key of grid and tune studies), 'grid' (a key of grid studies) in the "
+            "spec of a compare study. Valid keys: description, kind, max_trials, name, preset, seed, "
+            "seeds, steps, tasks, variants (each [[variants]] table names its algo and settings).",
         ),
         (  # `study run` and `study status` overflowed computing the ETA after the first trial
             GRID.replace('"grid"', '"tune"')
