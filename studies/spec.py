@@ -540,11 +540,24 @@ def _parse_grids(value: Any) -> tuple[dict[str, tuple[Any, ...]], ...]:
 
 
 def _repeats(values: list[Any]) -> list[Any]:
-    """The values of `values` written as an earlier one was, in order. Values are compared as
-    written (1 and 1.0 differ), as a spec's labels are."""
+    """The values of `values` that set a config as an earlier one does, in order: numbers by value
+    (`epochs = [4, 4.0]` made two variants, labelled apart, that trained alike), booleans apart
+    from them (true is no 1), anything else as written."""
 
-    spelled = [repr(value) for value in values]
-    return [value for i, value in enumerate(values) if spelled[i] in spelled[:i]]
+    settings = [_setting(value) for value in values]
+    return [value for i, value in enumerate(values) if settings[i] in settings[:i]]
+
+
+def _setting(value: Any) -> Any:
+    """What `value` sets, for comparison: 4 and 4.0 equal, True and 1 not, lists item by item."""
+
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", value)  # Python compares 4 and 4.0 equal, also past a float's range
+    if isinstance(value, list):
+        return ("list", tuple(_setting(item) for item in value))
+    return ("other", repr(value))
 
 
 def _parse_variants(value: Any) -> dict[str, tuple[str, dict[str, Any]]]:

@@ -423,6 +423,10 @@ def test_two_variants_of_one_configuration_are_refused(tmp_path):
 def test_a_repeated_value_in_a_grid_list_or_a_choices_list_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"grid parameter 'clip' lists a value twice: \[0.1, 0.1\]"):
         load_spec(write(tmp_path, GRID + "[grid]\nclip = [0.1, 0.1]\n"), check_configs=False)
+    # 4 and 4.0 set the same config (two variants, labelled apart, trained alike); true is no 1.
+    with pytest.raises(UserError, match=r"grid parameter 'epochs' lists a value twice: \[4, 4.0\]"):
+        load_spec(write(tmp_path, GRID + "[grid]\nepochs = [4, 4.0]\n"), check_configs=False)
+    assert load_spec(write(tmp_path, GRID + "[grid]\nx = [1, true]\n"), check_configs=False).grids
     tune = GRID.replace('"grid"', '"tune"') + "max_trials = 3\n[space.hidden]\n"
     with pytest.raises(UserError) as error:
         load_spec(write(tmp_path, tune + "choices = [[64, 64], [32], [64, 64]]\n"), check_configs=False)
