@@ -20,7 +20,8 @@ def plan_lines(spec: Spec) -> list[str]:
     """The plan of `spec` as printable lines."""
 
     algo = f", algo {spec.algo}" if spec.algo else ""
-    lines = [f"study {spec.name} ({spec.kind}{algo}, preset {spec.preset}): {spec.description}"]
+    description = f": {spec.description}" if spec.description else ""
+    lines = [f"study {spec.name} ({spec.kind}{algo}, preset {spec.preset}){description}"]
     per = "trial" if spec.kind == "tune" else "configuration"
     lines.append(
         f"tasks: {', '.join(spec.tasks)}; {count(spec.seeds, 'seed')} per {per} and task; "

@@ -459,6 +459,10 @@ def test_show_counts_the_units_and_the_env_steps_each_configuration_trains(tmp_p
     # The cpu preset's 64-step rollouts: 1,600 steps are 2 updates of 1,024 or of 1,536; 2 seeds each.
     assert "4 units, 10,240 counted env steps in all; max_trials ends the study after 3 of them" in out
     assert f"run it: gorl-bench study run {spec} --workers N" in out
+    # Without a description, no dangling colon
+    bare = write(tmp_path, GRID.replace('description = "test"\n', "") + "[grid]\nnum_envs = [16]\n", "bare")
+    assert main(["study", "show", str(bare)]) == 0
+    assert capsys.readouterr().out.startswith("study bare (grid, algo ppo, preset cpu)\n")
 
 
 def test_show_bounds_a_tune_study_and_refuses_a_bad_spec(tmp_path, capsys):
