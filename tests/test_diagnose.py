@@ -62,6 +62,23 @@ def test_multimodality_of_a_gorl_and_a_ppo_run(tmp_path, tracking_uri, capsys):
     assert len(client.get_metric_history(runs["ppo"].mlflow_run_id, statistic)) == 1  # no bandwidth in it
 
 
+def test_runs_that_differ_only_in_settings_are_told_apart_by_their_directories(
+    tmp_path, tracking_uri, capsys
+):
+    """Two PPO runs of seed 0 with other clips were printed and drawn as one label twice."""
+
+    for name, clip in (("narrow", 0.1), ("wide", 0.3)):
+        request = RunRequest(algo="ppo", task="toy-bimodal", steps=2 * 256, overrides={**SMALL, "clip": clip},
+                             out_dir=tmp_path / name, tracking_uri=tracking_uri)  # fmt: skip
+        execute(request, progress=False)
+    argv = ["diagnose", "multimodality", str(tmp_path / "narrow"), str(tmp_path / "wide"),
+            "--samples", "500", "--state-steps", "3", "--out", str(tmp_path / "figures")]  # fmt: skip
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "bimodality coefficient" in line]
+    assert [line.split(":")[0] for line in lines] == ["narrow", "wide"]
+    assert lines[0].startswith("narrow: ppo toy-bimodal s0 @ 512 steps: ")
+
+
 def test_a_policy_whose_samples_all_coincide_is_refused_with_a_message(
     tmp_path, tracking_uri, capsys, monkeypatch
 ):

@@ -174,6 +174,7 @@ def diagnose_multimodality(
             runs.append(load_run(run_dir, device))
             loaded.callback(runs[-1][2].close)
         labelled = _sample_runs(runs, samples, state_steps, seed, tracking_uri, bandwidth, phases.say)
+        labelled = _told_apart(labelled, run_dirs)
 
         phases.say("drawing the figure")
         out.mkdir(parents=True, exist_ok=True)
@@ -185,6 +186,23 @@ def diagnose_multimodality(
                 tracking_uri or request.tracking_uri, run_id, step, report, figure, request.out_dir, diagnosis
             )
     return diagnosis
+
+
+def _told_apart(labelled: list[tuple[Any, str, int, str, Any]], run_dirs: list[Path]) -> list[tuple]:
+    """`labelled` (`_sample_runs`) with each label that several runs share (runs of one algorithm,
+    task and seed with other settings: printed and drawn alike) led by its run directory's name."""
+
+    labels = [label for _, _, _, label, _ in labelled]
+    return [
+        (
+            request,
+            run_id,
+            step,
+            f"{Path(run_dir).name}: {label}" if labels.count(label) > 1 else label,
+            report,
+        )
+        for (request, run_id, step, label, report), run_dir in zip(labelled, run_dirs, strict=True)
+    ]
 
 
 def _sample_runs(
