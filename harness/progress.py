@@ -78,7 +78,7 @@ class LogHeartbeat:
     due (`PlainLines`), and, while the work between two of them runs longer (a `paper` preset's
     iteration on a CPU, a decoder refit: minutes), `repeat(last line shown or None)` from a daemon
     thread that only prints, so that a log gets a line at least every PLAIN_INTERVAL_S. `repeat`
-    returning None prints nothing. Used as a context manager, which runs the thread."""
+    returning None prints nothing. The thread runs from `start()` to `stop()`."""
 
     def __init__(self, repeat: Callable[[str | None], str | None]) -> None:
         self.repeat = repeat
@@ -88,11 +88,10 @@ class LogHeartbeat:
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
-    def __enter__(self) -> LogHeartbeat:
+    def start(self) -> None:
         self.thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self.stopped.set()
         self.thread.join()
 
@@ -170,14 +169,14 @@ class DelayedProgress:
 
     def __enter__(self) -> DelayedProgress:
         if self.log is not None:
-            self.log.__enter__()
+            self.log.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.display is not None:
             self.display.stop()
         if self.log is not None:
-            self.log.__exit__()
+            self.log.stop()
 
     def _line(self) -> str:
         count = self.text.format(task=SimpleNamespace(completed=self.done, total=self.total))

@@ -899,14 +899,14 @@ class _ProgressBar:
         if self.progress is not None:
             self.progress.start()
         if self.log is not None:
-            self.log.__enter__()
+            self.log.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
         if self.log is not None:
-            self.log.__exit__()
+            self.log.stop()
 
     def _still_working(self, last_line: str | None) -> str | None:
         """The log's line during a long iteration: none before the first update's."""

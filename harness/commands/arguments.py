@@ -186,15 +186,17 @@ def add_tasks_option(parser: argparse.ArgumentParser, defaults: tuple[str, ...],
     )
 
 
-def add_set_option(parser: argparse.ArgumentParser, what: str = "config override", default: Any = ()) -> None:
-    """`--set KEY=VALUE`, every command's config override; `default` None tells "not given" apart
-    (run's, with --resume)."""
+def add_set_option(
+    parser: argparse.ArgumentParser, what: str = "config override", *, none_when_absent: bool = False
+) -> None:
+    """`--set KEY=VALUE`, every command's config override, collected in `overrides`: a list, or
+    None when absent and `none_when_absent` (run's, which tells "not given" apart for --resume)."""
 
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
-        default=None if default is None else list(default),
+        default=None if none_when_absent else [],
         metavar="KEY=VALUE",
         help=f"{what} (repeatable)",
     )

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=integer, help=f"run seed (default {DEFAULTS['seed']})")
     parser.add_argument("--steps", type=integer, help=f"counted env steps (default {DEFAULTS['steps']})")
     parser.add_argument("--preset", help=f"config preset (default {DEFAULTS['preset']}; paper: the paper's)")
-    add_set_option(parser, default=None)
+    add_set_option(parser, none_when_absent=True)
     parser.add_argument(
         "--config",
         type=file_path,

@@ -17,6 +17,7 @@ missing, and the report is PARTIAL; except a run whose training diverged (its di
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ class _SavedRun:
     chosen: dict[str, Any]  # the config it trained with, apart from the values its task set (`_chosen`)
     diverged: bool  # its training diverged (`harness.run.DIVERGED_NAME`)
 
-    @property
+    @functools.cached_property  # read for every pair of variants when they are labelled
     def evaluated(self) -> tuple[int, ...]:
         """The counted env steps it is evaluated at, the last its trained steps: a budget that is no
         whole number of updates trains up to the next one, so `--steps 20000` and `--steps 20480`
