@@ -365,6 +365,11 @@ class FitConfig:
     # all of them, so the decoder leans towards the better behaviour (original code when on: 0.8, 50).
     elite_share: float = 0.0
     elite_percentile: float = 50.0
+    # What the elite are: "return" ranks whole episodes by their return (the original code's);
+    # "advantage" ranks single transitions by their advantage (chosen here: an episode's return
+    # says little about any one of its actions, while an advantage scores the action itself, as in
+    # the binary advantage filter of CRR, Wang et al. 2020).
+    elite_by: Literal["return", "advantage"] = "return"
 
     def validate(self, names: Mapping[str, str] = _AS_IS) -> None:
         """Raise ValueError for an invalid field, named by `names` (field -> the key a user sets)."""
@@ -379,6 +384,9 @@ class FitConfig:
         if not 0.0 <= self.elite_percentile <= 100.0:
             elite_percentile = names.get("elite_percentile", "elite_percentile")
             raise ValueError(f"{elite_percentile} must lie in [0, 100], got {self.elite_percentile}")
+        if self.elite_by not in ("return", "advantage"):
+            elite_by = names.get("elite_by", "elite_by")
+            raise ValueError(f"{elite_by} must be 'return' or 'advantage', got {self.elite_by!r}")
         if not self.anchor_weight >= 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         if self.select_by not in ("val_loss", "endpoint_mse"):
@@ -412,7 +420,7 @@ class FitResult:
     train_episodes: tuple[int, ...]
     val_episodes: tuple[int, ...]
     seconds: float
-    elite_threshold: float | None = None  # the least return of an elite episode (None: no elite share)
+    elite_threshold: float | None = None  # the least score of an elite row (None: no elite share)
 
     def metrics(self, prefix: str = "decoder/") -> dict[str, float]:
         """Scalar summary for logging."""
@@ -491,7 +499,7 @@ def fit_decoder(
     seed: int,
     fit: FitConfig = FitConfig(),  # noqa: B008 - frozen dataclass, safe as a default
     latents: np.ndarray | None = None,
-    returns: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[Decoder, FitResult]:
     """Train a fresh decoder of `config.kind` on a refinement buffer; keep the weights best on the
@@ -499,8 +507,9 @@ def fit_decoder(
 
     obs (N, obs_dim) raw observations, actions (N, act_dim) pre-tanh actions, episode_ids (N,)
     any integer labels, latents (N, act_dim) the encoder latents that produced the actions
-    (needed only for `fit.decoder_input == "encoder_latent"` or a pairwise anchor), returns (N,)
-    the return of the episode each row belongs to (needed only for `fit.elite_share > 0`). Episodes, not
+    (needed only for `fit.decoder_input == "encoder_latent"` or a pairwise anchor), scores (N,)
+    what `fit.elite_share` ranks rows by (needed only for it): the return of the episode each row
+    belongs to (`fit.elite_by == "return"`) or the row's own advantage ("advantage"). Episodes, not
     transitions, are split into train and validation, so that validation measures
     generalisation to unseen trajectories rather than to neighbours of training steps. The
     fresh decoder is evaluated before the first step too, so the kept weights are never worse
@@ -513,8 +522,8 @@ def fit_decoder(
     if config.kind == "identity":  # GoRL's stage 0 uses it as it is: there is nothing to fit
         raise ValueError("the identity decoder has no weights to fit; fit a flow or diffusion decoder")
     fit.validate()
-    obs, actions, episode_ids, latents, returns = _checked_buffer(
-        obs, actions, episode_ids, latents, returns, fit
+    obs, actions, episode_ids, latents, scores = _checked_buffer(
+        obs, actions, episode_ids, latents, scores, fit
     )
     obs_dim, act_dim = obs.shape[1], actions.shape[1]
     split_seed, init_seed, val_seed = np.random.SeedSequence(seed).generate_state(3)
@@ -530,7 +539,7 @@ def fit_decoder(
     val_obs, val_act, val_z = tensors(val_idx)
     # The latents at the path's noise end: the encoder's (ablation), or None for fresh prior noise.
     train_noise_z, val_noise_z = (train_z, val_z) if fit.decoder_input == "encoder_latent" else (None, None)
-    elite = None if returns is None or fit.elite_share == 0 else _elite_rows(episode_ids, returns, split, fit)
+    elite = None if scores is None or fit.elite_share == 0 else _elite_rows(episode_ids, scores, split, fit)
 
     start_time = time.perf_counter()
     init_rng = torch.Generator().manual_seed(int(init_seed))
@@ -638,19 +647,22 @@ class _EliteRows:
 
     train_rows: np.ndarray  # positions in the training split of the elite episodes' rows
     val_rows: np.ndarray  # positions in the validation split of the elite episodes' rows
-    threshold: float  # the least return of an elite episode
+    threshold: float  # the least score of an elite row
 
 
 def _elite_rows(
-    episode_ids: np.ndarray, returns: np.ndarray, split: _EpisodeSplit, fit: FitConfig
+    episode_ids: np.ndarray, scores: np.ndarray, split: _EpisodeSplit, fit: FitConfig
 ) -> _EliteRows:
-    """The rows of the episodes whose return reaches the `fit.elite_percentile`-th percentile of
-    the training episodes' returns (each episode counted once, however long)."""
+    """The rows whose score reaches the `fit.elite_percentile`-th percentile of the training
+    split's: of its episodes' returns (each episode counted once, however long) with
+    `fit.elite_by == "return"`, of its transitions' advantages with "advantage"."""
 
-    train_ids = episode_ids[split.train_idx]
-    _, first = np.unique(train_ids, return_index=True)
-    threshold = float(np.percentile(returns[split.train_idx][first], fit.elite_percentile))
-    is_elite = returns >= threshold
+    train_scores = scores[split.train_idx]
+    if fit.elite_by == "return":
+        _, first = np.unique(episode_ids[split.train_idx], return_index=True)
+        train_scores = train_scores[first]
+    threshold = float(np.percentile(train_scores, fit.elite_percentile))
+    is_elite = scores >= threshold
     return _EliteRows(
         np.flatnonzero(is_elite[split.train_idx]), np.flatnonzero(is_elite[split.val_idx]), threshold
     )
@@ -710,7 +722,7 @@ def _checked_buffer(
     actions: np.ndarray,
     episode_ids: np.ndarray,
     latents: np.ndarray | None,
-    returns: np.ndarray | None,
+    scores: np.ndarray | None,
     fit: FitConfig,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Refuse malformed refinement buffers with a message naming the problem; return float32 copies."""
@@ -747,19 +759,21 @@ def _checked_buffer(
     elif fit.decoder_input == "encoder_latent" or fit.anchor_weight:
         needs = "decoder_input='encoder_latent'" if fit.anchor_weight == 0 else "anchor_weight > 0"
         raise ValueError(f"{needs} needs the encoder latents of the buffer")
-    if returns is not None:
-        returns = np.asarray(returns, dtype=np.float64)
-        if returns.shape != (n,):
-            raise ValueError(f"returns must hold one value per row, shape ({n},), got {returns.shape}")
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (n,):
+            raise ValueError(f"scores must hold one value per row, shape ({n},), got {scores.shape}")
         _, first, inverse = np.unique(episode_ids, return_index=True, return_inverse=True)
-        if not np.array_equal(returns, returns[first][inverse], equal_nan=True):
+        if fit.elite_by == "return" and not np.array_equal(scores, scores[first][inverse], equal_nan=True):
             raise ValueError(
-                "returns must hold the same value (its episode's return) in every row of an episode"
+                "scores must hold the same value (its episode's return) in every row of an episode "
+                "with elite_by='return'"
             )
     elif fit.elite_share:
-        raise ValueError("elite_share > 0 needs the episode return of every row of the buffer")
-    for name, array in (("obs", obs), ("actions", actions), ("latents", latents), ("returns", returns)):
+        what = "episode return" if fit.elite_by == "return" else "advantage"
+        raise ValueError(f"elite_share > 0 needs the {what} of every row of the buffer")
+    for name, array in (("obs", obs), ("actions", actions), ("latents", latents), ("scores", scores)):
         if array is not None and not np.isfinite(array).all():
             bad = int((~np.isfinite(array.reshape(n, -1))).any(axis=1).sum())
             raise ValueError(f"{name} contains NaN or infinite values in {bad} of {n} rows")
-    return obs, actions, episode_ids, latents, returns
+    return obs, actions, episode_ids, latents, scores

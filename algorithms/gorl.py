@@ -56,6 +56,7 @@ import copy
 import dataclasses
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -70,7 +71,7 @@ from algorithms.decoders import Decoder, DecoderConfig, FitConfig, fit_decoder, 
 from algorithms.generative import ConditionalMLP
 from algorithms.memory import check_fits
 from algorithms.normalization import RunningMeanStd
-from algorithms.onpolicy import Batch, PolicyStep, make_adam, policy_input, torch_threads
+from algorithms.onpolicy import Batch, PolicyStep, compute_gae, make_adam, policy_input, torch_threads
 from algorithms.ppo import PRESETS as PPO_PRESETS
 from algorithms.ppo import PPOAgent, PPOConfig
 from algorithms.ppo import task_overrides as ppo_task_overrides
@@ -89,6 +90,7 @@ FIT_KEYS = {
     "select_by": "decoder_select",
     "elite_share": "decoder_elite_share",
     "elite_percentile": "decoder_elite_percentile",
+    "elite_by": "decoder_elite_by",
 }
 
 
@@ -149,6 +151,9 @@ class GoRLConfig(PPOConfig):
     # `decoder_elite_percentile`-th percentile of theirs (original code when on: 0.8)
     decoder_elite_share: float = 0.0
     decoder_elite_percentile: float = 50.0  # original code's hybrid sampling: the 50th percentile
+    # original code's hybrid sampling ranks episodes by "return"; "advantage" (chosen here) ranks
+    # transitions by their GAE advantage under the stage's critic (`FitConfig.elite_by`)
+    decoder_elite_by: Literal["return", "advantage"] = "return"
     decoder_width: int | None = None  # official release's width for the kind (FM 128, diffusion 64)
     decoder_depth: int = 4  # paper App. E.4 and official release: 4 hidden layers
     sampling_steps: int = 10  # paper App. E.4: 10 Euler (FM) or DDIM (diffusion) steps
@@ -176,6 +181,7 @@ class GoRLConfig(PPOConfig):
             select_by=self.decoder_select,
             elite_share=self.decoder_elite_share,
             elite_percentile=self.decoder_elite_percentile,
+            elite_by=self.decoder_elite_by,
         )
 
     def validate(self) -> None:
@@ -513,6 +519,7 @@ class PlayedEpisodes:
     episode_ids: np.ndarray  # (N,)
     episode_returns: np.ndarray  # (episodes,), indexed by episode id
     env_steps: int  # every env step taken, including those of sub-envs past their first episode
+    advantages: np.ndarray | None = None  # (N,) GAE advantages, when played with a `RefitCritic`
 
     @property
     def row_returns(self) -> np.ndarray:
@@ -521,12 +528,43 @@ class PlayedEpisodes:
         return self.episode_returns[self.episode_ids]
 
 
+@dataclass(frozen=True)
+class RefitCritic:
+    """The frozen critic and the encoder's GAE settings, to score refit transitions by advantage."""
+
+    value: Callable[[np.ndarray], Tensor]  # V of raw observations (B, obs_dim) -> (B,)
+    gamma: float
+    gae_lambda: float
+    reward_scale: float  # the critic learned values of rewards scaled by this
+
+    def advantages(self, steps: dict[str, list[np.ndarray]], last_obs: np.ndarray) -> np.ndarray:
+        """(T, n) advantages of one round's steps: `steps` holds per step the (n,) arrays
+        "values", "rewards", "terminated", "truncated", and "final_values" (V(final obs) where an
+        episode was truncated, else 0); `last_obs` follows the last step."""
+
+        values = torch.from_numpy(np.stack(steps["values"]))
+        last_values = self.value(last_obs).cpu()
+        next_values = torch.cat([values[1:], last_values[None]])
+        truncated = torch.from_numpy(np.stack(steps["truncated"]))
+        next_values = torch.where(truncated, torch.from_numpy(np.stack(steps["final_values"])), next_values)
+        rewards = torch.from_numpy(np.stack(steps["rewards"])) * self.reward_scale
+        advantages, _ = compute_gae(
+            rewards, values, next_values, torch.from_numpy(np.stack(steps["terminated"])), truncated,
+            self.gamma, self.gae_lambda,
+        )  # fmt: skip
+        return advantages.numpy()
+
+
 @torch.no_grad()
 def play_episodes(
-    env: LatentActionEnv, sample_latent: Callable[[np.ndarray], Tensor], episodes: int, seed: int
+    env: LatentActionEnv,
+    sample_latent: Callable[[np.ndarray], Tensor],
+    episodes: int,
+    seed: int,
+    critic: RefitCritic | None = None,
 ) -> PlayedEpisodes:
     """Run `episodes` complete episodes, `env.num_envs` at a time, each round from a fresh seeded
-    reset; their transitions and returns.
+    reset; their transitions and returns (and, given a `critic`, the transitions' advantages).
 
     Collects a refit buffer (stochastic latents) and runs GoRL's stage-start and stage-end
     evaluations (the encoder's mean as the latent).
@@ -535,6 +573,7 @@ def play_episodes(
     n = env.num_envs
     columns: dict[str, list[np.ndarray]] = {"obs": [], "actions": [], "latents": [], "episode_ids": []}
     returns: list[np.ndarray] = []
+    advantages: list[np.ndarray] = []
     env_steps = 0
     for round_index, keep in enumerate(episode_rounds(episodes, n)):
         round_seed = derived_seed(seed, round_index)
@@ -542,20 +581,37 @@ def play_episodes(
         running = np.ones(n, dtype=bool)
         running[keep:] = False
         episode_return = np.zeros(n)
+        # Per step, over all n sub-envs: what GAE needs, and which sub-envs' rows were kept.
+        steps: dict[str, list[np.ndarray]] = defaultdict(list)
         while running.any():
             z = sample_latent(obs)
-            next_obs, reward, terminated, truncated, _ = env.step(z)
+            next_obs, reward, terminated, truncated, info = env.step(z)
             env_steps += n
             columns["obs"].append(obs[running])
             columns["actions"].append(env.last_pre_tanh[running])
             columns["latents"].append(z.cpu().numpy()[running])
             columns["episode_ids"].append(np.flatnonzero(running) + round_index * n)
             episode_return += np.where(running, reward, 0.0)
-            running &= ~(np.asarray(terminated) | np.asarray(truncated))
+            terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
+            if critic is not None:
+                final_values = np.zeros(n, np.float32)
+                if truncated.any():
+                    final_obs = np.stack([info["final_obs"][i] for i in np.flatnonzero(truncated)])
+                    final_values[truncated] = critic.value(final_obs).cpu().numpy()
+                step = {"values": critic.value(obs).cpu().numpy(), "rewards": np.asarray(reward, np.float32)}
+                step |= {"terminated": terminated, "truncated": truncated & ~terminated}
+                for key, value in (step | {"final_values": final_values, "kept": running.copy()}).items():
+                    steps[key].append(value)
+            running &= ~(terminated | truncated)
             obs = next_obs
         returns.append(episode_return[:keep])
+        if critic is not None:
+            advantages.append(critic.advantages(steps, obs)[np.stack(steps["kept"])])
     data = {key: np.concatenate(value) for key, value in columns.items()}
-    return PlayedEpisodes(**data, episode_returns=np.concatenate(returns), env_steps=env_steps)
+    scored = np.concatenate(advantages) if critic is not None else None
+    return PlayedEpisodes(
+        **data, episode_returns=np.concatenate(returns), env_steps=env_steps, advantages=scored
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -671,14 +727,22 @@ class GoRLAgent(PPOAgent):
         def sample_latent(obs: np.ndarray) -> Tensor:
             return self.sample(model.dist(policy_input(obs, normalizer, self.device)), refit_rng)
 
+        def value(obs: np.ndarray) -> Tensor:
+            return model.value(policy_input(obs, normalizer, self.device))
+
+        # Scoring by advantage uses this stage's critic, before the next stage may reset it.
+        by_advantage = g.decoder_elite_share > 0 and g.decoder_elite_by == "advantage"
+        c = self.config
+        critic = RefitCritic(value, c.gamma, c.gae_lambda, c.reward_scale) if by_advantage else None
         self.refit_env = self._episode_env(self.refit_env, g.refit_episodes, self.refit_env_seed)
         with torch_threads(g.collect_threads):
-            data = play_episodes(self.refit_env, sample_latent, g.refit_episodes, stage_seed)
+            data = play_episodes(self.refit_env, sample_latent, g.refit_episodes, stage_seed, critic)
         self.total_steps += data.env_steps
         with torch_threads(g.update_threads):
             decoder, fit = fit_decoder(
                 g.decoder_config(), data.obs, data.actions, data.episode_ids,
-                seed=stage_seed, fit=g.fit_config(), latents=data.latents, returns=data.row_returns,
+                seed=stage_seed, fit=g.fit_config(), latents=data.latents,
+                scores=data.advantages if by_advantage else data.row_returns,
                 device=self.device,
             )  # fmt: skip
         self.env.decoder = decoder

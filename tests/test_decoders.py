@@ -154,7 +154,7 @@ def test_an_elite_share_leans_the_decoder_towards_the_better_episodes():
             np.float32
         ),
         "episode_ids": np.arange(n) // episode_len,
-        "returns": np.repeat(episode_return, episode_len),
+        "scores": np.repeat(episode_return, episode_len),
     }
     config = DecoderConfig(kind="flow", hidden_width=64, depth=3)
 
@@ -185,6 +185,18 @@ def test_elite_rows_are_the_episodes_at_or_above_the_training_episodes_percentil
     np.testing.assert_array_equal(
         split.train_idx[elite.train_rows], np.flatnonzero(np.isin(episode_ids, [2, 3]))
     )
+    np.testing.assert_array_equal(elite.val_rows, [0])
+
+
+def test_advantage_elite_rows_are_the_transitions_at_or_above_the_training_transitions_percentile():
+    episode_ids = np.repeat([0, 1, 2], [2, 3, 3])
+    advantages = np.array([9.0, -9.0, 0.1, 0.5, -0.2, 0.3, 0.0, 0.4])
+    is_val = episode_ids == 0
+    split = _EpisodeSplit(np.flatnonzero(~is_val), np.flatnonzero(is_val), np.arange(2), (1, 2), (0,))
+    # The six training transitions' median advantage is 0.2: each row counts, however its episode did.
+    elite = _elite_rows(episode_ids, advantages, split, FitConfig(elite_share=1.0, elite_by="advantage"))
+    assert elite.threshold == pytest.approx(0.2)
+    np.testing.assert_array_equal(split.train_idx[elite.train_rows], [3, 5, 7])
     np.testing.assert_array_equal(elite.val_rows, [0])
 
 
@@ -401,9 +413,12 @@ def test_bad_inputs_are_refused():
     refused("anchor_weight > 0 needs the encoder latents", fit=FitConfig(anchor_weight=1e-3))
     elite = FitConfig(steps=10, elite_share=0.8)
     refused("elite_share > 0 needs the episode return", fit=elite)
-    refused("one value per row", fit=elite, returns=np.zeros(399))
-    refused("same value", fit=elite, returns=np.arange(400.0))
-    refused("returns contains NaN", fit=elite, returns=np.full(400, np.nan))
+    refused("one value per row", fit=elite, scores=np.zeros(399))
+    refused("same value", fit=elite, scores=np.arange(400.0))
+    refused("scores contains NaN", fit=elite, scores=np.full(400, np.nan))
+    by_advantage = FitConfig(steps=10, elite_share=0.8, elite_by="advantage")
+    refused("elite_share > 0 needs the advantage", fit=by_advantage)
+    refused(r"elite_by must be 'return' or 'advantage', got 'reward'", fit=FitConfig(elite_by="reward"))
     refused(r"elite_share must lie in \[0, 1\]", fit=FitConfig(elite_share=1.5))
     refused(r"elite_percentile must lie in \[0, 100\]", fit=FitConfig(elite_share=0.5, elite_percentile=-1))
     with pytest.raises(ValueError, match="target_clip"):

@@ -593,6 +593,52 @@ def test_each_transition_carries_the_return_of_its_own_episode():
     )  # the episodes' returns differ: the check can tell them apart
 
 
+def test_refit_advantages_are_gae_within_each_episode_with_the_truncation_bootstrapped():
+    """With V = 1 everywhere, gamma 0.9 and lambda 1, every toy step (each episode ends truncated,
+    its final state bootstrapped at V = 1) has the TD error 2 r - 0.1 (reward scale 2), and its
+    advantage is the discounted sum of those up to its episode's end. A truncation taken for a
+    termination gives the last step 2 r - 1; a recursion that leaks across episodes, or rows
+    matched to the wrong advantages, give other sums (6 episodes on 4 envs, 2 rounds, so some
+    envs' later steps are not kept)."""
+
+    import envs
+    from algorithms.decoders import DecoderConfig, make_decoder
+    from algorithms.gorl import LatentActionEnv, RefitCritic, play_episodes
+    from envs.toy import TASKS, reward
+
+    env = LatentActionEnv(envs.make(TOY, 4, 0), None, make_decoder(DecoderConfig(kind="identity"), 2, 2), CPU)
+    noise = torch.Generator().manual_seed(0)
+    critic = RefitCritic(lambda obs: torch.ones(len(obs)), gamma=0.9, gae_lambda=1.0, reward_scale=2.0)
+    data = play_episodes(env, lambda obs: torch.randn(len(obs), 2, generator=noise), 6, seed=1, critic=critic)
+    env.close()
+    deltas = 2.0 * reward(data.obs, np.tanh(data.actions), TASKS[TOY]) - 0.1
+    expected = np.empty_like(deltas)
+    for episode in np.unique(data.episode_ids):
+        rows = np.flatnonzero(data.episode_ids == episode)  # in time order
+        running = 0.0
+        for row in rows[::-1]:
+            running = deltas[row] + 0.9 * running
+            expected[row] = running
+    assert data.advantages is not None and data.advantages.shape == (6 * 16,)
+    np.testing.assert_allclose(data.advantages, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_an_advantage_elite_share_ranks_the_refit_transitions_by_the_critic():
+    settings = config(
+        **SMALL,
+        num_refits=1,
+        decoder_elite_share=1.0,
+        decoder_elite_percentile=75,
+        decoder_elite_by="advantage",
+    )
+    agent = algorithms.get("gorl-fm").agent_cls(settings, TOY, 0, 4 * UPDATE, CPU)
+    refit = [m for m in (agent.train_iteration() for _ in range(3)) if "refit/env_steps" in m][0]
+    agent.close()
+    # An advantage is a scaled one-step reward (at most 1 x reward_scale 0.1) plus critic terms:
+    # well under an episode return's scale (0-16), of which the threshold would otherwise be one.
+    assert abs(refit["decoder/elite_threshold"]) < 1.0
+
+
 def test_an_elite_share_reaches_the_refit():
     settings = config(**SMALL, num_refits=1, decoder_elite_share=0.8, decoder_elite_percentile=75)
     assert (settings.fit_config().elite_share, settings.fit_config().elite_percentile) == (0.8, 75)
