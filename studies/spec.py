@@ -163,12 +163,14 @@ class Spec:
         return out
 
     def units(self) -> list[Unit]:
-        """Every unit of a grid or compare study, seed-major so early results cover all tasks."""
+        """Every unit of a grid or compare study, seed-major: a partial study (or one cut by
+        `max_trials`) has results of every configuration on every task, to compare."""
 
+        configurations = self.configurations()
         return [
             self.unit(label, algo, params, task, index)
-            for label, algo, params in self.configurations()
             for index in range(self.seeds)
+            for label, algo, params in configurations
             for task in self.tasks
         ]
 

@@ -247,13 +247,18 @@ def test_unit_seeds_are_deterministic_and_distinct(tmp_path):
     )
 
 
-def test_units_are_listed_seed_major_so_early_results_cover_every_task(tmp_path):
-    """Task-major, a partial study (or one cut by max_trials) had no run at all on its last tasks."""
+def test_units_are_listed_seed_major_so_early_results_cover_every_task_and_configuration(tmp_path):
+    """Task-major, a partial study (or one cut by max_trials) had no run at all on its last tasks;
+    configuration-major, none of its last configurations (a compare study's second variant
+    started once every seed of the first had run)."""
 
     text = GRID.replace('tasks = ["toy-bimodal"]', 'tasks = ["toy-bimodal", "toy-bimodal-easy"]')
-    spec = load_spec(write(tmp_path, text + f"[grid]\n{ppo_key()} = [1e-3]\n"))
-    assert [(u.task, u.seed_index) for u in spec.units()] == [
-        ("toy-bimodal", 0), ("toy-bimodal-easy", 0), ("toy-bimodal", 1), ("toy-bimodal-easy", 1)
+    spec = load_spec(write(tmp_path, text + f"[grid]\n{ppo_key()} = [1e-3, 2e-3]\n"))
+    low, high = f"{ppo_key()}=0.001", f"{ppo_key()}=0.002"
+    toy, easy = "toy-bimodal", "toy-bimodal-easy"
+    assert [(u.seed_index, u.variant, u.task) for u in spec.units()] == [
+        (0, low, toy), (0, low, easy), (0, high, toy), (0, high, easy),
+        (1, low, toy), (1, low, easy), (1, high, toy), (1, high, easy),
     ]  # fmt: skip
 
 
@@ -288,11 +293,11 @@ def test_compare_and_tune_units(tmp_path):
     spec = load_spec(write(tmp_path, compare))
     assert [u.key for u in spec.units()] == [
         "base|toy-bimodal|seed0",
-        "base|toy-bimodal|seed1",
         "low|toy-bimodal|seed0",
+        "base|toy-bimodal|seed1",
         "low|toy-bimodal|seed1",
     ]
-    assert spec.units()[2].params == {key: 1e-4}
+    assert spec.units()[1].params == {key: 1e-4}
 
     tune = (
         GRID.replace('"grid"', '"tune"') + f"max_trials = 5\n[fixed]\nclip = 0.2\n[space.{key}]\nlow = 1e-4\n"
