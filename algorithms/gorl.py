@@ -537,10 +537,31 @@ class RefitCritic:
     gae_lambda: float
     reward_scale: float  # the critic learned values of rewards scaled by this
 
+    def record(
+        self,
+        steps: dict[str, list[np.ndarray]],
+        obs: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        info: dict,
+    ) -> None:
+        """Append to `steps` what GAE needs of one step of n sub-envs taken from `obs`: V(obs),
+        the rewards, the ends, and V(final obs) of the episodes cut short by time (else 0)."""
+
+        cut = truncated & ~terminated
+        final_values = np.zeros(len(obs), np.float32)
+        if cut.any():
+            final_obs = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)])
+            final_values[cut] = self.value(final_obs).cpu().numpy()
+        steps["values"].append(self.value(obs).cpu().numpy())
+        steps["rewards"].append(np.asarray(reward, np.float32))
+        steps["terminated"].append(terminated)
+        steps["truncated"].append(cut)
+        steps["final_values"].append(final_values)
+
     def advantages(self, steps: dict[str, list[np.ndarray]], last_obs: np.ndarray) -> np.ndarray:
-        """(T, n) advantages of one round's steps: `steps` holds per step the (n,) arrays
-        "values", "rewards", "terminated", "truncated", and "final_values" (V(final obs) where an
-        episode was truncated, else 0); `last_obs` follows the last step."""
+        """(T, n) advantages of the steps `record` appended to `steps`; `last_obs` follows the last."""
 
         values = torch.from_numpy(np.stack(steps["values"]))
         last_values = self.value(last_obs).cpu()
@@ -583,6 +604,7 @@ def play_episodes(
         episode_return = np.zeros(n)
         # Per step, over all n sub-envs: what GAE needs, and which sub-envs' rows were kept.
         steps: dict[str, list[np.ndarray]] = defaultdict(list)
+        kept: list[np.ndarray] = []
         while running.any():
             z = sample_latent(obs)
             next_obs, reward, terminated, truncated, info = env.step(z)
@@ -594,19 +616,13 @@ def play_episodes(
             episode_return += np.where(running, reward, 0.0)
             terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
             if critic is not None:
-                final_values = np.zeros(n, np.float32)
-                if truncated.any():
-                    final_obs = np.stack([info["final_obs"][i] for i in np.flatnonzero(truncated)])
-                    final_values[truncated] = critic.value(final_obs).cpu().numpy()
-                step = {"values": critic.value(obs).cpu().numpy(), "rewards": np.asarray(reward, np.float32)}
-                step |= {"terminated": terminated, "truncated": truncated & ~terminated}
-                for key, value in (step | {"final_values": final_values, "kept": running.copy()}).items():
-                    steps[key].append(value)
+                critic.record(steps, obs, reward, terminated, truncated, info)
+                kept.append(running.copy())
             running &= ~(terminated | truncated)
             obs = next_obs
         returns.append(episode_return[:keep])
         if critic is not None:
-            advantages.append(critic.advantages(steps, obs)[np.stack(steps["kept"])])
+            advantages.append(critic.advantages(steps, obs)[np.stack(kept)])
     data = {key: np.concatenate(value) for key, value in columns.items()}
     scored = np.concatenate(advantages) if critic is not None else None
     return PlayedEpisodes(
@@ -732,8 +748,12 @@ class GoRLAgent(PPOAgent):
 
         # Scoring by advantage uses this stage's critic, before the next stage may reset it.
         by_advantage = g.decoder_elite_share > 0 and g.decoder_elite_by == "advantage"
-        c = self.config
-        critic = RefitCritic(value, c.gamma, c.gae_lambda, c.reward_scale) if by_advantage else None
+        encoder = self.config
+        critic = (
+            RefitCritic(value, encoder.gamma, encoder.gae_lambda, encoder.reward_scale)
+            if by_advantage
+            else None
+        )
         self.refit_env = self._episode_env(self.refit_env, g.refit_episodes, self.refit_env_seed)
         with torch_threads(g.collect_threads):
             data = play_episodes(self.refit_env, sample_latent, g.refit_episodes, stage_seed, critic)
