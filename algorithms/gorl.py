@@ -18,7 +18,11 @@ and the two parts learn on two timescales:
   encoder and the current decoder, and a *new* decoder (flow matching or diffusion,
   `algorithms.decoders`) learns to carry fresh noise eps ~ N(0, I) onto those pre-tanh
   actions (the "fixed-prior anchor", paper Eq. 4). Stage 0 uses the exact identity decoder,
-  so it is tanh-Gaussian PPO; every new decoder starts as the exact identity too.
+  so it is tanh-Gaussian PPO; every new decoder starts as the exact identity too. The paper
+  fits every collected action alike; `decoder_elite_share` fits (part of) each minibatch on
+  the better ones only, whole episodes ranked by return (`decoder_elite_by = "return"`, the
+  original code's option) or single transitions ranked by their advantage under the ending
+  stage's critic (`"advantage"`, `RefitCritic`).
 
 Stage schedule. The counted budget (the paper's convention: encoder env steps only) is cut
 into encoder stages, with a decoder refit between consecutive stages. Three keys set it, the
