@@ -151,12 +151,14 @@ class GoRLConfig(PPOConfig):
     # official release: keep the best-validation-loss decoder (finger-spin, fish-swim FM: endpoint_mse)
     decoder_select: Literal["val_loss", "endpoint_mse"] = "val_loss"
     # the original code's optional "hybrid sampling", off in the paper's runs and the release (0):
-    # the share of each decoder minibatch drawn from the refit episodes whose return reaches the
+    # the share of each decoder minibatch drawn from the refit's elite, its episodes whose return
+    # (or with decoder_elite_by=advantage its transitions whose advantage) reaches the
     # `decoder_elite_percentile`-th percentile of theirs (original code when on: 0.8)
     decoder_elite_share: float = 0.0
     decoder_elite_percentile: float = 50.0  # original code's hybrid sampling: the 50th percentile
-    # original code's hybrid sampling ranks episodes by "return"; "advantage" (chosen here) ranks
-    # transitions by their GAE advantage under the stage's critic (`FitConfig.elite_by`)
+    # original code's hybrid sampling ranks episodes by "return"; "advantage" (chosen here, as an
+    # episode's return says little about any one of its actions) ranks transitions by their GAE
+    # advantage under the ending stage's critic
     decoder_elite_by: Literal["return", "advantage"] = "return"
     decoder_width: int | None = None  # official release's width for the kind (FM 128, diffusion 64)
     decoder_depth: int = 4  # paper App. E.4 and official release: 4 hidden layers
