@@ -763,12 +763,13 @@ def _checked_buffer(
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (n,):
             raise ValueError(f"scores must hold one value per row, shape ({n},), got {scores.shape}")
-        _, first, inverse = np.unique(episode_ids, return_index=True, return_inverse=True)
-        if fit.elite_by == "return" and not np.array_equal(scores, scores[first][inverse], equal_nan=True):
-            raise ValueError(
-                "scores must hold the same value (its episode's return) in every row of an episode "
-                "with elite_by='return'"
-            )
+        if fit.elite_by == "return":
+            _, first, inverse = np.unique(episode_ids, return_index=True, return_inverse=True)
+            if not np.array_equal(scores, scores[first][inverse], equal_nan=True):
+                raise ValueError(
+                    "scores must hold the same value (its episode's return) in every row of an episode "
+                    "with elite_by='return'"
+                )
     elif fit.elite_share:
         what = "episode return" if fit.elite_by == "return" else "advantage"
         raise ValueError(f"elite_share > 0 needs the {what} of every row of the buffer")

@@ -75,7 +75,16 @@ from algorithms.decoders import Decoder, DecoderConfig, FitConfig, fit_decoder, 
 from algorithms.generative import ConditionalMLP
 from algorithms.memory import check_fits
 from algorithms.normalization import RunningMeanStd
-from algorithms.onpolicy import Batch, PolicyStep, compute_gae, make_adam, policy_input, torch_threads
+from algorithms.onpolicy import (
+    Batch,
+    PolicyStep,
+    compute_gae,
+    make_adam,
+    next_state_values,
+    policy_input,
+    time_limit_final_obs,
+    torch_threads,
+)
 from algorithms.ppo import PRESETS as PPO_PRESETS
 from algorithms.ppo import PPOAgent, PPOConfig
 from algorithms.ppo import task_overrides as ppo_task_overrides
@@ -543,43 +552,43 @@ class RefitCritic:
     gae_lambda: float
     reward_scale: float  # the critic learned values of rewards scaled by this
 
+
+class RoundAdvantages:
+    """What GAE needs of one round of `play_episodes`, step by step over all its sub-envs."""
+
+    def __init__(self, critic: RefitCritic) -> None:
+        self.critic = critic
+        self.steps: dict[str, list[Tensor]] = defaultdict(list)
+        self.final_values: dict[int, tuple[np.ndarray, Tensor]] = {}  # step -> (sub-envs, V(final obs))
+
     def record(
-        self,
-        steps: dict[str, list[np.ndarray]],
-        obs: np.ndarray,
-        reward: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-        info: dict,
+        self, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, info: dict
     ) -> None:
-        """Append to `steps` what GAE needs of one step of n sub-envs taken from `obs`: V(obs),
-        the rewards, the ends, and V(final obs) of the episodes cut short by time (else 0)."""
+        """One step taken from `obs`."""
 
-        cut = truncated & ~terminated
-        final_values = np.zeros(len(obs), np.float32)
-        if cut.any():
-            final_obs = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)])
-            final_values[cut] = self.value(final_obs).cpu().numpy()
-        steps["values"].append(self.value(obs).cpu().numpy())
-        steps["rewards"].append(np.asarray(reward, np.float32))
-        steps["terminated"].append(terminated)
-        steps["truncated"].append(cut)
-        steps["final_values"].append(final_values)
+        ended_by_time = time_limit_final_obs(terminated, truncated, info)
+        if ended_by_time is not None:
+            index, final_obs = ended_by_time
+            self.final_values[len(self.steps["values"])] = (index, self.critic.value(final_obs))
+        self.steps["values"].append(self.critic.value(obs))
+        self.steps["rewards"].append(
+            torch.as_tensor(np.asarray(reward, np.float32) * self.critic.reward_scale)
+        )
+        self.steps["terminated"].append(torch.from_numpy(terminated))
+        self.steps["truncated"].append(torch.from_numpy(truncated))
 
-    def advantages(self, steps: dict[str, list[np.ndarray]], last_obs: np.ndarray) -> np.ndarray:
-        """(T, n) advantages of the steps `record` appended to `steps`; `last_obs` follows the last."""
+    def advantages(self, last_obs: np.ndarray) -> np.ndarray:
+        """(T, n) advantages of the recorded steps; `last_obs` follows the last one."""
 
-        values = torch.from_numpy(np.stack(steps["values"]))
-        last_values = self.value(last_obs).cpu()
-        next_values = torch.cat([values[1:], last_values[None]])
-        truncated = torch.from_numpy(np.stack(steps["truncated"]))
-        next_values = torch.where(truncated, torch.from_numpy(np.stack(steps["final_values"])), next_values)
-        rewards = torch.from_numpy(np.stack(steps["rewards"])) * self.reward_scale
+        values = torch.stack(self.steps["values"])
+        next_values = next_state_values(values, self.critic.value(last_obs), self.final_values)
         advantages, _ = compute_gae(
-            rewards, values, next_values, torch.from_numpy(np.stack(steps["terminated"])), truncated,
-            self.gamma, self.gae_lambda,
+            torch.stack(self.steps["rewards"]).to(values.device), values, next_values,
+            torch.stack(self.steps["terminated"]).to(values.device),
+            torch.stack(self.steps["truncated"]).to(values.device),
+            self.critic.gamma, self.critic.gae_lambda,
         )  # fmt: skip
-        return advantages.numpy()
+        return advantages.cpu().numpy()
 
 
 @torch.no_grad()
@@ -608,9 +617,8 @@ def play_episodes(
         running = np.ones(n, dtype=bool)
         running[keep:] = False
         episode_return = np.zeros(n)
-        # Per step, over all n sub-envs: what GAE needs, and which sub-envs' rows were kept.
-        steps: dict[str, list[np.ndarray]] = defaultdict(list)
-        kept: list[np.ndarray] = []
+        scoring = RoundAdvantages(critic) if critic is not None else None
+        kept: list[np.ndarray] = []  # per step, which sub-envs' rows were kept
         while running.any():
             z = sample_latent(obs)
             next_obs, reward, terminated, truncated, info = env.step(z)
@@ -621,14 +629,14 @@ def play_episodes(
             columns["episode_ids"].append(np.flatnonzero(running) + round_index * n)
             episode_return += np.where(running, reward, 0.0)
             terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
-            if critic is not None:
-                critic.record(steps, obs, reward, terminated, truncated, info)
+            if scoring is not None:
+                scoring.record(obs, reward, terminated, truncated, info)
                 kept.append(running.copy())
             running &= ~(terminated | truncated)
             obs = next_obs
         returns.append(episode_return[:keep])
-        if critic is not None:
-            advantages.append(critic.advantages(steps, obs)[np.stack(kept)])
+        if scoring is not None:
+            advantages.append(scoring.advantages(obs)[np.stack(kept)])
     data = {key: np.concatenate(value) for key, value in columns.items()}
     scored = np.concatenate(advantages) if critic is not None else None
     return PlayedEpisodes(

@@ -164,11 +164,10 @@ def collect_rollout(
         step = policy(x)
         next_obs, reward, term, trunc, info = env.step(step.env_action.cpu().numpy())
         term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
-        ended_by_time = np.flatnonzero(trunc & ~term)
-        if ended_by_time.size:
-            # Stacking rows also accepts gymnasium's object arrays (None where no episode ended).
-            final_obs = np.stack([info["final_obs"][i] for i in ended_by_time])
-            final_values[t] = (ended_by_time, value(policy_input(final_obs, normalizer, device)))
+        ended_by_time = time_limit_final_obs(term, trunc, info)
+        if ended_by_time is not None:
+            index, final_obs = ended_by_time
+            final_values[t] = (index, value(policy_input(final_obs, normalizer, device)))
         episodes.record(np.asarray(reward, dtype=np.float64), term | trunc)
         steps["obs"].append(x)
         steps["actions"].append(step.action)
@@ -181,9 +180,7 @@ def collect_rollout(
         obs = next_obs
 
     values = torch.stack(steps["values"])
-    next_values = torch.cat([values[1:], value(policy_input(obs, normalizer, device))[None]])
-    for t, (index, v) in final_values.items():
-        next_values[t, torch.from_numpy(index).to(device)] = v
+    next_values = next_state_values(values, value(policy_input(obs, normalizer, device)), final_values)
     if normalizer is not None:
         normalizer.update(np.stack(raw_obs))
     rollout = Rollout(
@@ -197,6 +194,32 @@ def collect_rollout(
         truncated=torch.stack(truncated).to(device),
     )
     return rollout, obs
+
+
+def time_limit_final_obs(
+    terminated: np.ndarray, truncated: np.ndarray, info: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(sub-env indices, final observations) of the episodes a vector-env step ended by their time
+    limit (truncated, not terminated), whose last step bootstraps from V(final obs); None if none."""
+
+    ended_by_time = np.flatnonzero(truncated & ~terminated)
+    if not ended_by_time.size:
+        return None
+    # Stacking rows also accepts gymnasium's object arrays (None where no episode ended).
+    return ended_by_time, np.stack([info["final_obs"][i] for i in ended_by_time])
+
+
+def next_state_values(
+    values: Tensor, last_values: Tensor, final_values: Mapping[int, tuple[np.ndarray, Tensor]]
+) -> Tensor:
+    """V of the state after each step of time-major (T, N) `values`: the next step's, after the
+    last step `last_values`, and where step t ended episodes by time, `final_values[t]` =
+    (sub-env indices, V(final obs))."""
+
+    next_values = torch.cat([values[1:], last_values[None]])
+    for t, (index, v) in final_values.items():
+        next_values[t, torch.from_numpy(index).to(values.device)] = v
+    return next_values
 
 
 def compute_gae(
